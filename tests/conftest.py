@@ -1,0 +1,176 @@
+"""Shared test fixtures: the real tfps.py as a module and as a subprocess, real databases
+(a SQLite file per test, a fresh MariaDB database per test on 127.0.0.1:3306), free ports."""
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TFPS = REPO / "tfps.py"
+sys.path.insert(0, str(REPO))
+
+import tfps  # noqa: E402  (the module under test)
+
+MYSQL_HOST, MYSQL_PORT = "127.0.0.1", 3306
+
+
+def mysql_admin():
+    import pymysql
+    return pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", password="", autocommit=True)
+
+
+@pytest.fixture
+def mysql_url():
+    """A fresh, empty MariaDB database; dropped afterwards."""
+    name = f"tfps_test_{secrets.token_hex(4)}"
+    admin = mysql_admin()
+    admin.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+    yield f"mysql://root:@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
+    admin.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite://{tmp_path / 'tfps.db'}"
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def db_url(request, tmp_path):
+    """The same test on both backends."""
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path / 'tfps.db'}"
+    else:
+        yield request.getfixturevalue("mysql_url")
+
+
+def free_port():
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+
+
+def write_config(path, sections):
+    """sections: {'policy': {'learning_days': '0'}, ...} -> an INI file at path."""
+    lines = []
+    for section, keys in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {v}" for k, v in keys.items()]
+        lines.append("")
+    Path(path).write_text("\n".join(lines))
+    return str(path)
+
+
+def run_cli(*args, config=None, db=None, timeout=60, check=False):
+    """Run `python3 tfps.py ARGS...`; returns CompletedProcess with text stdout/stderr."""
+    cmd = [sys.executable, str(TFPS), *args]
+    if config:
+        cmd += ["-c", str(config)]
+    if db:
+        cmd += ["--db", db]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+class TfpsServer:
+    """`tfps.py serve` as a real subprocess on a free loopback port (UDP and TCP)."""
+
+    def __init__(self, tmp_path, db_url, sections=None, mode="redirect", port=None, host="127.0.0.1"):
+        self.port = port or free_port()
+        self.host = host
+        self.db_url = db_url
+        sections = {k: dict(v) for k, v in (sections or {}).items()}
+        sections.setdefault("server", {}).setdefault("listen", f"udp:{host}:{self.port}, tcp:{host}:{self.port}")
+        sections["server"].setdefault("mode", mode)
+        sections.setdefault("database", {}).setdefault("url", db_url)
+        self.config = write_config(tmp_path / f"tfps-{self.port}.conf", sections)
+        self.log_path = tmp_path / f"serve-{self.port}.log"
+        self.proc = None
+
+    def start(self, timeout=15):
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, str(TFPS), "serve", "-c", self.config],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.read_log()}")
+            if "serving in" in self.read_log():
+                return self
+            time.sleep(0.05)
+        raise AssertionError(f"serve did not start:\n{self.read_log()}")
+
+    def read_log(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+    def signal(self, signum):
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout=10):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+        return self.proc.returncode if self.proc else None
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Factory: start_server(db_url, sections={...}, mode='redirect') -> running TfpsServer."""
+    servers = []
+
+    def start(db_url=None, sections=None, mode="redirect", **kw):
+        server = TfpsServer(tmp_path, db_url or f"sqlite://{tmp_path / 'tfps.db'}", sections, mode, **kw).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def sip_invite(number, port, *, user="1001", domain="pbx.example.com", transport="UDP", local_port=5099,
+               branch=None, call_id=None, headers=(), cseq=1, method="INVITE", from_tag="ft1"):
+    """Bytes of a minimal valid request towards 127.0.0.1:port."""
+    branch = branch or "z9hG4bK" + secrets.token_hex(6)
+    call_id = call_id or secrets.token_hex(8) + "@test"
+    lines = [f"{method} sip:{number}@127.0.0.1:{port} SIP/2.0",
+             f"Via: SIP/2.0/{transport} 127.0.0.1:{local_port};branch={branch};rport",
+             "Max-Forwards: 70", f"From: <sip:{user}@{domain}>;tag={from_tag}", f"To: <sip:{number}@127.0.0.1>",
+             f"Call-ID: {call_id}", f"CSeq: {cseq} {method}", *headers, "Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def udp_socket(timeout=2.0):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(timeout)
+    return sock
+
+
+def recv_response(sock):
+    """One SIP response from a UDP socket, parsed with tfps's own parser."""
+    data, _ = sock.recvfrom(65536)
+    return tfps.parse_message(data), data

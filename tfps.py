@@ -1,0 +1,3835 @@
+#!/usr/bin/env python3
+"""TFPS, the Telephony Fraud Prevention System.
+
+A SIP redirect server that a PBX asks, before each international call, whether the call may go
+out. It answers within a millisecond or two with a verdict code and a human-readable reason,
+from blacklists (scanner User-Agents, bad source IPs, fraud number ranges, high-risk countries)
+and change analysis (per-account limits on concurrency, daily quotas, repeated A->B calls, new
+countries, limits learned from the account's own history).
+
+Standard library only, plus PyMySQL when the database is MySQL/MariaDB.
+
+Contents (sections appear in this order; each depends only on those above it)
+   1. Foundations        small helpers: time, durations, lists, logging
+   2. Configuration      tfps.conf keys, types, defaults; errors name file, line and key
+   3. SIP messages       sans-IO parser and builder for requests and responses
+   4. SIP transactions   sans-IO RFC 3261 server transactions with timers G, H, I, J
+   5. Numbers            E.164 normalization and longest-prefix country lookup
+   6. Database           SQLite / MySQL connections, schema.sql loading and migration
+   7. Lists              in-memory indexes of number, IP and User-Agent lists
+   8. Reputation         AbuseIPDB and APIBAN lookups on a worker pool, shared cache
+   9. Alerts             rate-limited alert events, outbox in the database, SMTP and webhook
+  10. Engine             the fraud pipeline: call attempt in, verdict out
+  11. Training           limits learned from each account's history; anomaly checks
+  12. Replay             the real engine over CDR files with simulated time
+  13. Server             selectors event loop moving bytes and timers for UDP and TCP
+  14. Admin              account, list and report operations behind the CLI
+  15. CLI                argparse subcommands and main()
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import csv
+import datetime as dt
+import heapq
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import selectors
+import signal
+import smtplib
+import socket
+import sqlite3
+import ssl
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zoneinfo
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+__version__ = "1.0.0"
+
+# =============================================================================================
+# 1. Foundations: small helpers used everywhere below
+# =============================================================================================
+
+log = logging.getLogger("tfps")
+
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text):
+    """'90' -> 90.0, '1.5s' -> 1.5, '15m' -> 900.0, '24h', '90d'. Raises ValueError."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text).lower())
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (examples: 30s, 15m, 24h, 90d)")
+    return float(m.group(1)) * DURATION_UNITS[m.group(2)]
+
+
+def split_list(text):
+    """'a, b,,c' -> ['a', 'b', 'c']."""
+    return [item.strip() for item in re.split(r"[,\s]+", text or "") if item.strip()]
+
+
+def country_set(text):
+    return {c.upper() for c in split_list(text)}
+
+
+def format_countries(codes):
+    return ",".join(sorted(codes))
+
+
+def parse_clock(text):
+    """'03:30' -> (3, 30); '24:00' is allowed as the end of a day."""
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
+    if not m or int(m.group(1)) > 24 or int(m.group(2)) > 59 or (int(m.group(1)) == 24 and int(m.group(2))):
+        raise ValueError(f"not a time of day: {text!r} (HH:MM)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def load_timezone(name):
+    if name.upper() in ("UTC", "Z", "GMT"):
+        return dt.timezone.utc
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone {name!r} (an IANA name such as Europe/Berlin; "
+                         "on Debian install the tzdata package)") from None
+
+
+def parse_time_arg(text, tz=dt.timezone.utc):
+    """An ISO 8601 time (naive means `tz`) -> epoch seconds."""
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=tz)
+    return when.timestamp()
+
+
+def is_public_ip(ip):
+    """False for private, loopback, link-local, CGNAT, documentation and other special ranges."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if addr.version == 6 and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return addr.is_global and not addr.is_multicast
+
+
+def setup_logging(level="info"):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s tfps %(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+class UserError(Exception):
+    """An error the operator can fix; printed as one line, never as a traceback."""
+
+
+# =============================================================================================
+# 2. Configuration: tfps.conf keys, their types and defaults; errors name file, line and key
+# =============================================================================================
+
+def _choice(*allowed):
+    def parse(text):
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+    return parse
+
+
+def _boolean(text):
+    value = text.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("must be yes or no")
+
+
+def _integer(low=0, high=None):
+    def parse(text):
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"must be between {low} and {high}" if high is not None else f"must be >= {low}")
+        return value
+    return parse
+
+
+def _number(text):
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _limit(text):
+    """A per-account limit: a whole number, or 'unlimited' (None)."""
+    if text.strip().lower() in ("unlimited", "none", "-1"):
+        return None
+    return _integer()(text)
+
+
+def _countries(text):
+    codes = country_set(text)
+    bad = [c for c in codes if not re.fullmatch(r"[A-Z]{2}|\*", c)]
+    if bad:
+        raise ValueError(f"not ISO 3166 country codes: {', '.join(sorted(bad))}")
+    return codes
+
+
+def _cidrs(text):
+    try:
+        return [ipaddress.ip_network(item, strict=False) for item in split_list(text)]
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _digits_list(text):
+    items = split_list(text)
+    if any(not item.isdigit() for item in items):
+        raise ValueError("must be a list of digit strings")
+    return sorted(items, key=len, reverse=True)
+
+
+def _holidays(text):
+    try:
+        return {dt.date.fromisoformat(item) for item in split_list(text)}
+    except ValueError:
+        raise ValueError("must be a list of dates YYYY-MM-DD") from None
+
+
+def _timezone(text):
+    load_timezone(text.strip())
+    return text.strip()
+
+
+def _clock(text):
+    parse_clock(text)
+    return text.strip()
+
+
+def _duration(text):
+    return parse_duration(text)
+
+
+def _text(text):
+    return text.strip()
+
+
+def _listen(text):
+    return [parse_listen(item) for item in split_list(text)]
+
+
+def _business_hours(text):
+    return BusinessHours.parse(text)
+
+
+def _regex(text):
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"bad regular expression: {exc}") from None
+    return text
+
+
+HIGH_RISK_DEFAULT = "CU, LV, TN, DZ, MA, AF, IQ, LK, MV, TD, GN, EE, MG"
+
+# section -> key -> (parser, default text, one-line help). tfps.conf documents the same keys.
+CONFIG_SPEC = {
+    "server": {
+        "listen": (_listen, "udp:0.0.0.0:5060, tcp:0.0.0.0:5060", "sockets to serve: udp:HOST:PORT or tcp:HOST:PORT, IPv6 as udp:[::1]:5060"),
+        "mode": (_choice("redirect", "failover", "monitor"), "redirect", "redirect (302 A00/Rnn), failover (503/603) or monitor (always approve, log and alert)"),
+        "trusted_peers": (_cidrs, "127.0.0.0/8, ::1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16", "networks allowed to send SIP; everything else is dropped silently"),
+        "redirect_host": (_text, "", "host of the 302 Contact URI; empty = the From domain"),
+        "max_message_size": (_integer(512, 1 << 20), "65535", "larger messages are dropped (UDP) or answered 513 (TCP)"),
+        "tcp_idle_timeout": (_duration, "300s", "close TCP connections idle this long"),
+        "tcp_max_connections": (_integer(1), "1024", "refuse TCP connections beyond this many"),
+        "node_name": (_text, "", "this node's name in the call log; empty = the host name"),
+        "log_level": (_choice("debug", "info", "warning", "error"), "info", "log verbosity on stderr"),
+        "log_verdicts": (_boolean, "yes", "one log line per verdict"),
+    },
+    "database": {
+        "url": (_text, "", "sqlite:///PATH or mysql://USER:PASSWORD@HOST:PORT/DB; empty = tfps.db beside tfps.py"),
+        "reload_interval": (_duration, "2s", "how often servers look for changes made by the CLI or other nodes"),
+        "flush_interval": (_duration, "1s", "how often the call log buffer is written"),
+    },
+    "policy": {
+        "home_country": (_text, "US", "ISO code of the country the PBX is in"),
+        "timezone": (_timezone, "UTC", "IANA timezone for business hours and calendar days"),
+        "business_hours": (_business_hours, "mon-fri 09:00-18:00", "ranges such as 'mon-fri 09:00-18:00, sat 09:00-13:00'; 'mon-sun 00:00-24:00' = always"),
+        "holidays": (_holidays, "", "dates YYYY-MM-DD treated as off hours"),
+        "international_prefixes": (_digits_list, "00, 011", "international access prefixes stripped from dialed numbers"),
+        "national_numbers": (_boolean, "no", "numbers without access prefix or '+' are national numbers of home_country"),
+        "unknown_accounts": (_choice("enroll", "reject"), "enroll", "enroll unknown accounts with the defaults below, or reject them (R14)"),
+        "default_concurrent_calls": (_limit, "10", "concurrent calls allowed in business hours (or 'unlimited')"),
+        "default_concurrent_calls_off": (_limit, "2", "concurrent calls allowed off hours"),
+        "default_daily_quota": (_limit, "100", "approved calls per business-hours day"),
+        "default_daily_quota_off": (_limit, "10", "approved calls per day off hours"),
+        "default_source_countries": (_countries, "", "countries callers may be in; empty = home_country"),
+        "default_destination_countries": (_countries, "", "countries that may be called; empty = home_country; * = any"),
+        "high_risk_countries": (_countries, HIGH_RISK_DEFAULT, "destinations always rejected (R06) unless the number is whitelisted"),
+        "require_source_country": (_boolean, "no", "reject calls whose source country cannot be told (R05)"),
+        "ab_max_calls": (_integer(1), "5", "calls to one number allowed within ab_window (R13)"),
+        "ab_window": (_duration, "30s", "window for repeated A->B calls"),
+        "ab_block": (_duration, "3600s", "how long an A->B pair stays blocked"),
+        "max_calls_per_minute": (_integer(), "0", "approved calls per account per 60 s (R15); 0 = off"),
+        "learning_days": (_integer(), "14", "days a new account spends in learning mode (0 = enforce at once)"),
+        "train_at": (_clock, "03:30", "daily training time in timezone"),
+        "train_window_days": (_integer(1), "90", "history used for training"),
+        "train_sigma": (_number, "2", "learned quota = ceil(mean + train_sigma x stddev)"),
+        "train_min_days": (_integer(1), "7", "accounts with fewer days of history keep their limits"),
+        "train_min_daily_quota": (_integer(), "10", "lower bound of a learned business-hours quota"),
+        "train_max_daily_quota": (_integer(), "1000", "upper bound of a learned business-hours quota"),
+        "train_min_daily_quota_off": (_integer(), "2", "lower bound of a learned off-hours quota"),
+        "train_max_daily_quota_off": (_integer(), "200", "upper bound of a learned off-hours quota"),
+        "train_min_concurrent": (_integer(), "2", "lower bound of a learned business-hours concurrency"),
+        "train_max_concurrent": (_integer(), "100", "upper bound of a learned business-hours concurrency"),
+        "train_min_concurrent_off": (_integer(), "1", "lower bound of a learned off-hours concurrency"),
+        "train_max_concurrent_off": (_integer(), "20", "upper bound of a learned off-hours concurrency"),
+        "train_min_country_calls": (_integer(1), "3", "approved calls that make a country learned"),
+        "anomaly_sigma": (_number, "3", "alert when calls today exceed mean + anomaly_sigma x stddev"),
+        "offhours_burst": (_integer(), "5", "alert when an account places this many off-hours calls within 10 minutes; 0 = off"),
+        "retention_days": (_integer(1), "90", "call log rows older than this are purged daily"),
+    },
+    "reputation": {
+        "abuseipdb_key": (_text, "", "AbuseIPDB API v2 key; empty = no AbuseIPDB lookups"),
+        "abuseipdb_url": (_text, "https://api.abuseipdb.com", "AbuseIPDB base URL"),
+        "abuse_threshold": (_integer(0, 100), "10", "abuseConfidenceScore at or above this rejects (R02)"),
+        "reputation_timeout": (_duration, "1.5s", "longest an INVITE waits for a lookup"),
+        "reputation_failure": (_choice("allow", "reject"), "allow", "verdict when the lookup fails or times out"),
+        "reputation_ttl": (_duration, "24h", "how long an answer is cached (failures: 5 minutes)"),
+        "reputation_workers": (_integer(1, 64), "4", "lookup threads"),
+        "apiban_key": (_text, "", "APIBAN key; empty = no APIBAN lookups"),
+        "apiban_url": (_text, "https://apiban.org", "APIBAN base URL"),
+    },
+    "alerts": {
+        "smtp_host": (_text, "", "SMTP server; empty = no e-mail"),
+        "smtp_port": (_integer(1, 65535), "25", "SMTP port"),
+        "smtp_tls": (_choice("none", "starttls", "ssl"), "none", "none, starttls or ssl"),
+        "smtp_user": (_text, "", "SMTP login; empty = no login"),
+        "smtp_password": (_text, "", "SMTP password"),
+        "smtp_from": (_text, "tfps@localhost", "From address of alert e-mail"),
+        "alert_email": (_text, "", "comma-separated recipients of every alert"),
+        "alert_webhook": (_text, "", "URL receiving a JSON POST per alert (Slack/Mattermost compatible)"),
+        "alert_interval": (_duration, "15m", "at most one alert per account and rule per interval"),
+        "retry_max_interval": (_duration, "10m", "longest wait between delivery retries"),
+        "summary_at": (_clock, "08:00", "time of the daily per-account rejection summary"),
+    },
+}
+
+SECRET_KEYS = {"abuseipdb_key", "apiban_key", "smtp_password"}
+
+
+class ConfigError(UserError):
+    pass
+
+
+class Config:
+    """Typed configuration: cfg.policy.timezone, cfg.server.mode, ... plus where each came from."""
+
+    def __init__(self, path=None):
+        self.path = path
+        self.raw = {}
+        for section, keys in CONFIG_SPEC.items():
+            ns = argparse.Namespace()
+            self.raw[section] = {}
+            for key, (parse, default, _help) in keys.items():
+                setattr(ns, key, parse(default))
+                self.raw[section][key] = default
+            setattr(self, section, ns)
+
+    @classmethod
+    def load(cls, path=None):
+        cfg = cls(path)
+        if path:
+            cfg._read(path)
+        cfg._finish()
+        return cfg
+
+    def _read(self, path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"),
+                                           strict=True, empty_lines_in_values=False)
+        parser.optionxform = str
+        try:
+            parser.read_string(text, source=path)
+        except configparser.Error as exc:
+            line = getattr(exc, "lineno", None)
+            where = f"{path}:{line}" if line else path
+            raise ConfigError(f"{where}: {exc.message.splitlines()[0]}") from None
+        lines = text.splitlines()
+        for section in parser.sections():
+            if section not in CONFIG_SPEC:
+                raise ConfigError(f"{path}:{_line_of(lines, section, None)}: unknown section [{section}] "
+                                  f"(known: {', '.join(CONFIG_SPEC)})")
+            for key, value in parser.items(section):
+                self.set(section, key, value, where=f"{path}:{_line_of(lines, section, key)}")
+
+    def set(self, section, key, value, where="command line"):
+        spec = CONFIG_SPEC[section].get(key)
+        if spec is None:
+            raise ConfigError(f"{where}: unknown key '{key}' in [{section}]")
+        try:
+            setattr(getattr(self, section), key, spec[0](value))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: [{section}] {key} = {value!r}: {exc}") from None
+        self.raw[section][key] = value
+
+    def _finish(self):
+        p = self.policy
+        p.home_country = p.home_country.upper()
+        if not re.fullmatch(r"[A-Z]{2}", p.home_country):
+            raise ConfigError(f"{self.path or 'defaults'}: [policy] home_country must be an ISO code")
+        p.tz = load_timezone(p.timezone)
+        p.default_source_countries = p.default_source_countries or {p.home_country}
+        p.default_destination_countries = p.default_destination_countries or {p.home_country}
+        if not self.server.node_name:
+            self.server.node_name = socket.gethostname()
+
+    def effective(self, mask=True):
+        out = {}
+        for section, keys in self.raw.items():
+            out[section] = {k: ("****" if mask and k in SECRET_KEYS and v else v) for k, v in keys.items()}
+        return out
+
+
+def _line_of(lines, section, key):
+    """Line number of `key` in `[section]` (or of the section header when key is None)."""
+    current = None
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        m = re.fullmatch(r"\[([^\]]+)\]", stripped)
+        if m:
+            current = m.group(1).strip()
+            if key is None and current == section:
+                return number
+        elif current == section and key is not None and re.match(rf"{re.escape(key)}\s*[=:]", stripped):
+            return number
+    return "?"
+
+
+def default_config_path():
+    return "/etc/tfps/tfps.conf" if os.path.exists("/etc/tfps/tfps.conf") else None
+
+
+def parse_listen(spec):
+    """'udp:0.0.0.0:5060' -> ('udp', '0.0.0.0', 5060); IPv6 as 'udp:[::1]:5060'."""
+    m = re.fullmatch(r"(udp|tcp):(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(\d{1,5})", spec.strip().lower())
+    if not m or not 0 < int(m.group(3)) < 65536:
+        raise ValueError(f"bad listen spec {spec!r} (udp:HOST:PORT or tcp:HOST:PORT, IPv6 as udp:[::1]:5060)")
+    return m.group(1), m.group(2).strip("[]"), int(m.group(3))
+
+
+WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class BusinessHours:
+    """Weekly business-hours ranges; holidays and everything outside the ranges are off hours."""
+
+    def __init__(self, ranges, text):
+        self.ranges = ranges  # weekday -> list of (start_minute, end_minute)
+        self.text = text
+
+    @classmethod
+    def parse(cls, text):
+        ranges = {d: [] for d in range(7)}
+        for part in [p.strip() for p in text.split(",") if p.strip()]:
+            m = re.fullmatch(r"([a-z]{3})(?:-([a-z]{3}))?\s+(\d{1,2}:\d{2})-(\d{1,2}:\d{2})", part.lower())
+            if not m or m.group(1) not in WEEKDAYS or (m.group(2) and m.group(2) not in WEEKDAYS):
+                raise ValueError(f"bad range {part!r} (example: mon-fri 09:00-18:00)")
+            first = WEEKDAYS.index(m.group(1))
+            last = WEEKDAYS.index(m.group(2) or m.group(1))
+            start, end = (h * 60 + mi for h, mi in (parse_clock(m.group(3)), parse_clock(m.group(4))))
+            if start >= end:
+                raise ValueError(f"bad range {part!r}: start must be before end")
+            day = first
+            while True:
+                ranges[day].append((start, end))
+                if day == last:
+                    break
+                day = (day + 1) % 7
+        return cls(ranges, text)
+
+    def contains(self, local, holidays=()):
+        if local.date() in holidays:
+            return False
+        minute = local.hour * 60 + local.minute
+        return any(start <= minute < end for start, end in self.ranges[local.weekday()])
+
+
+# =============================================================================================
+# 3. SIP messages: sans-IO parser and builder (bytes in, objects out; no sockets here)
+# =============================================================================================
+
+COMPACT_HEADERS = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
+                   "l": "content-length", "k": "supported", "s": "subject", "c": "content-type",
+                   "e": "content-encoding"}
+SINGLE_VALUE_HEADERS = ("from", "to", "call-id", "cseq", "max-forwards", "content-length")
+TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
+TOKEN_RE = re.compile(rf"[{TOKEN_CHARS}]+")
+REQUEST_LINE_RE = re.compile(rf"([{TOKEN_CHARS}]+) (\S+) SIP/(\d+\.\d+)")
+STATUS_LINE_RE = re.compile(r"SIP/2\.0 ([1-6]\d\d)(?: (.*))?")
+VIA_RE = re.compile(rf"SIP\s*/\s*2\.0\s*/\s*([{TOKEN_CHARS}]+)\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)"
+                    r"(?:\s*:\s*(\d{1,5}))?(.*)", re.S)
+PARAM_RE = re.compile(rf'\s*;\s*([{TOKEN_CHARS}]+)(?:\s*=\s*("(?:[^"\\]|\\.)*"|\[[0-9A-Fa-f:.]+\]|[^\s;,"]+))?\s*')
+BRANCH_COOKIE = "z9hG4bK"
+
+REASONS = {100: "Trying", 200: "OK", 302: "Moved Temporarily", 400: "Bad Request",
+           405: "Method Not Allowed", 416: "Unsupported URI Scheme", 481: "Call/Transaction Does Not Exist",
+           482: "Loop Detected", 483: "Too Many Hops", 484: "Address Incomplete",
+           487: "Request Terminated", 500: "Server Internal Error", 503: "Service Unavailable",
+           505: "Version Not Supported", 513: "Message Too Large", 603: "Decline"}
+
+
+class SipError(Exception):
+    """A message that cannot be used: status and reason phrase for the answer, if one can be routed."""
+
+    def __init__(self, status, reason):
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class SipUri:
+    scheme: str
+    user: str = ""
+    host: str = ""
+    port: int | None = None
+    params: dict = field(default_factory=dict)
+    headers: str = ""
+
+
+@dataclass(slots=True)
+class NameAddr:
+    display: str
+    uri: SipUri
+    raw_uri: str
+    params: dict
+
+
+@dataclass(slots=True)
+class Via:
+    transport: str
+    host: str
+    port: int | None
+    params: dict
+    raw: str
+
+    @property
+    def branch(self):
+        return self.params.get("branch") or ""
+
+    @property
+    def sent_by(self):
+        return f"{self.host.lower()}:{self.port or 5060}"
+
+
+class SipMessage:
+    """A parsed request or response. Header names are stored lower-case and in long form."""
+
+    __slots__ = ("method", "uri", "version", "status", "reason", "headers", "body", "defect", "_vias")
+
+    def __init__(self):
+        self.method = self.uri = self.reason = None
+        self.version = "2.0"
+        self.status = 0
+        self.headers = []  # (lower-case long name, value) in arrival order
+        self.body = b""
+        self.defect = None  # (status, reason) of the first problem found, for a request
+        self._vias = None
+
+    @property
+    def is_request(self):
+        return self.method is not None
+
+    def header(self, name):
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_values(self, name):
+        values = []
+        for key, value in self.headers:
+            if key == name:
+                values.extend(split_header_values(value))
+        return values
+
+    def vias(self):
+        """All Via values, top first; raises SipError when one is malformed."""
+        if self._vias is None:
+            self._vias = [parse_via(value) for value in self.header_values("via")]
+        return self._vias
+
+    def flag(self, status, reason):
+        if self.defect is None:
+            self.defect = (status, reason)
+
+
+def split_header_values(value):
+    """Split a comma-separated header value, ignoring commas inside quotes and <...>."""
+    parts, current, quoted, angle, escaped = [], [], False, False, False
+    for ch in value:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "<" and not quoted:
+            angle = True
+        elif ch == ">" and not quoted:
+            angle = False
+        elif ch == "," and not quoted and not angle:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current).strip())
+    return parts
+
+
+def parse_params(text):
+    """';a=1;b' -> {'a': '1', 'b': ''}; raises ValueError unless `text` is only parameters."""
+    params, pos = {}, 0
+    while pos < len(text):
+        m = PARAM_RE.match(text, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"bad parameters: {text.strip()[:40]!r}")
+        params[m.group(1).lower()] = m.group(2) or ""
+        pos = m.end()
+    return params
+
+
+def parse_via(value):
+    m = VIA_RE.fullmatch(value.strip())
+    if not m:
+        raise SipError(400, "Malformed Via Header")
+    try:
+        params = parse_params(m.group(4)) if m.group(4).strip() else {}
+    except ValueError:
+        raise SipError(400, "Malformed Via Header") from None
+    port = int(m.group(3)) if m.group(3) else None
+    if port is not None and not 0 < port < 65536:
+        raise SipError(400, "Malformed Via Header")
+    return Via(m.group(1).upper(), m.group(2).strip("[]"), port, params, value.strip())
+
+
+def parse_uri(text):
+    """sip:, sips: and tel: URIs; any other scheme yields SipUri with only `scheme` set."""
+    scheme, colon, rest = text.partition(":")
+    scheme = scheme.lower()
+    if not colon or not re.fullmatch(r"[a-z][a-z0-9+\-.]*", scheme):
+        raise ValueError(f"not a URI: {text[:40]!r}")
+    if re.search(r"\s", rest):
+        raise ValueError("whitespace inside a URI")
+    if scheme == "tel":
+        number, _, params = rest.partition(";")
+        return SipUri("tel", user=urllib.parse.unquote(number), params=parse_params(";" + params) if params else {})
+    if scheme not in ("sip", "sips"):
+        return SipUri(scheme)
+    user = ""
+    if "@" in rest:
+        user, _, rest = rest.partition("@")
+        user = user.partition(":")[0]  # drop a password
+    rest, _, headers = rest.partition("?")
+    m = re.match(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)(?::(\d{1,5}))?", rest)
+    if not m:
+        raise ValueError(f"bad host in URI {text[:40]!r}")
+    params = parse_params(rest[m.end():]) if rest[m.end():] else {}
+    return SipUri(scheme, urllib.parse.unquote(user), m.group(1).strip("[]").lower(),
+                  int(m.group(2)) if m.group(2) else None, params, headers)
+
+
+def parse_name_addr(value):
+    """From/To/Contact value -> NameAddr; raises ValueError when malformed."""
+    text = value.strip()
+    display = ""
+    if text.startswith('"'):
+        m = re.match(r'"((?:[^"\\]|\\.)*)"\s*', text, re.S)
+        if not m:
+            raise ValueError("unterminated quoted display name")
+        display, text = m.group(1), text[m.end():]
+        if not text.startswith("<"):
+            raise ValueError("display name without <URI>")
+    if "<" in text:
+        before, _, after = text.partition("<")
+        if before.strip() and not all(TOKEN_RE.fullmatch(w) for w in before.split()):
+            raise ValueError("display name with characters that need quotes")
+        display = display or " ".join(before.split())
+        raw_uri, closed, params = after.partition(">")
+        if not closed:
+            raise ValueError("unterminated <URI>")
+    else:
+        raw_uri, _, params = text.partition(";")
+        params = ";" + params if params else ""
+        if re.search(r"[\s,?]", raw_uri):
+            raise ValueError("addr-spec with characters that need <>")
+    return NameAddr(display, parse_uri(raw_uri.strip()), raw_uri.strip(), parse_params(params) if params.strip() else {})
+
+
+def _split_head_body(data):
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        idx = data.find(sep)
+        if idx >= 0:
+            return data[:idx], data[idx + len(sep):]
+    return data.rstrip(b"\r\n"), b""
+
+
+def parse_message(data):
+    """Bytes of one SIP message -> SipMessage. Raises SipError only when no start line or header
+    section can be read at all; other problems are noted in `.defect` so a request can still be
+    answered with an error response."""
+    head, body = _split_head_body(data.lstrip(b"\r\n"))
+    lines = re.split(r"\r?\n", head.decode("utf-8", "surrogateescape"))
+    msg = SipMessage()
+    start = lines[0]
+    m = REQUEST_LINE_RE.fullmatch(start)
+    if m:
+        msg.method, msg.uri, msg.version = m.group(1), m.group(2), m.group(3)
+        if msg.version != "2.0":
+            msg.flag(505, "Version Not Supported")
+    elif start.startswith("SIP/"):
+        m = STATUS_LINE_RE.fullmatch(start)
+        if not m:
+            raise SipError(400, "Malformed Status Line")
+        msg.status, msg.reason = int(m.group(1)), m.group(2) or ""
+    elif re.match(rf"[{TOKEN_CHARS}]+ ", start) and re.search(r" SIP/\d+\.\d+\s*$", start):
+        msg.method = start.split(" ", 1)[0]
+        msg.uri = start.split()[1] if len(start.split()) > 1 else ""
+        msg.flag(400, "Malformed Request Line")
+    else:
+        raise SipError(400, "Not a SIP message")
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if not msg.headers:
+                raise SipError(400, "Continuation line before any header")
+            name, value = msg.headers[-1]
+            msg.headers[-1] = (name, f"{value} {line.strip()}".strip())
+            continue
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not TOKEN_RE.fullmatch(name):
+            msg.flag(400, "Malformed Header Line")
+            continue
+        name = name.lower()
+        msg.headers.append((COMPACT_HEADERS.get(name, name), value.strip()))
+    for name in SINGLE_VALUE_HEADERS:
+        if len({v for k, v in msg.headers if k == name}) > 1 or \
+                any(len(split_header_values(v)) > 1 for k, v in msg.headers if k == name and k != "from" and k != "to"):
+            msg.flag(400, f"Multiple {name.title()} Values")
+    msg.body = _frame_body(msg, body)
+    return msg
+
+
+def _frame_body(msg, body):
+    length = msg.header("content-length")
+    if length is None:
+        return body
+    if not length.isdigit() or len(length) > 9:
+        msg.flag(400, "Bad Content-Length")
+        return body
+    if int(length) > len(body):
+        msg.flag(400, "Content-Length Exceeds Message")
+        return body
+    return body[:int(length)]
+
+
+def validate_request(msg):
+    """RFC 3261 sanity checks of a parsed request; raises SipError with the answer to send.
+    Returns the Request-URI and the From header, parsed."""
+    if msg.defect:
+        raise SipError(*msg.defect)
+    for name in ("via", "from", "to", "call-id", "cseq"):
+        if msg.header(name) is None:
+            raise SipError(400, f"Missing {name.title()} Header")
+    m = re.fullmatch(rf"(\d{{1,10}})\s+([{TOKEN_CHARS}]+)", msg.header("cseq"))
+    if not m or int(m.group(1)) >= 2 ** 31:
+        raise SipError(400, "Malformed CSeq Header")
+    if m.group(2) != msg.method:
+        raise SipError(400, "CSeq Method Does Not Match Request")
+    max_forwards = msg.header("max-forwards")
+    if max_forwards is not None and (not max_forwards.isdigit() or int(max_forwards) > 255):
+        raise SipError(400, "Malformed Max-Forwards Header")
+    for name in ("from", "to"):
+        try:
+            parse_name_addr(msg.header(name))
+        except ValueError:
+            raise SipError(400, f"Malformed {name.title()} Header") from None
+    try:
+        uri = parse_uri(msg.uri)
+    except ValueError:
+        raise SipError(400, "Malformed Request-URI") from None
+    if uri.scheme not in ("sip", "sips", "tel"):
+        raise SipError(416, "Unsupported URI Scheme")
+    if uri.headers:
+        raise SipError(400, "Headers Not Allowed In Request-URI")
+    return uri, parse_name_addr(msg.header("from"))
+
+
+def tag_of(name_addr_value):
+    try:
+        return parse_name_addr(name_addr_value).params.get("tag", "")
+    except ValueError:
+        return ""
+
+
+def build_response(req, status, reason=None, *, vias, to_tag=None, headers=()):
+    """Response bytes for `req`. `vias` are the Via values to echo (top one already carrying
+    received/rport); `to_tag` is added to To when it has none."""
+    to = req.header("to") or ""
+    if to_tag and not tag_of(to):
+        to = f"{to};tag={to_tag}"
+    lines = [f"SIP/2.0 {status} {reason or REASONS.get(status, 'Unknown')}"]
+    lines += [f"Via: {v}" for v in vias]
+    lines += [f"From: {req.header('from') or ''}", f"To: {to}", f"Call-ID: {req.header('call-id') or ''}",
+              f"CSeq: {req.header('cseq') or ''}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    lines += [f"Server: TFPS/{__version__}", "Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+class StreamFramer:
+    """Cuts a TCP byte stream into SIP messages framed by Content-Length (RFC 3261 §18.3)."""
+
+    def __init__(self, max_size):
+        self.max_size = max_size
+        self.buffer = bytearray()
+
+    def feed(self, data):
+        """Append bytes; return a list of complete messages. Raises SipError(513) when a message
+        grows past max_size and SipError(400) when one has no usable Content-Length."""
+        self.buffer += data
+        messages = []
+        while True:
+            while self.buffer[:2] == b"\r\n":
+                del self.buffer[:2]
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > self.max_size:
+                    raise SipError(513, "Message Too Large")
+                return messages
+            head = bytes(self.buffer[:end])
+            m = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$", head)
+            if not m:
+                raise SipError(400, "Missing Content-Length")
+            total = end + 4 + int(m.group(1))
+            if total > self.max_size:
+                raise SipError(513, "Message Too Large")
+            if len(self.buffer) < total:
+                return messages
+            messages.append(bytes(self.buffer[:total]))
+            del self.buffer[:total]
+
+
+# =============================================================================================
+# 4. SIP transactions: sans-IO RFC 3261 §17.2 server transactions and their timers
+# =============================================================================================
+
+T1, T2, T4 = 0.5, 4.0, 5.0
+
+
+class ServerTransaction:
+    __slots__ = ("key", "method", "dest", "reliable", "state", "response", "interval", "to_tag", "data")
+
+    def __init__(self, key, method, dest, reliable):
+        self.key = key
+        self.method = method
+        self.dest = dest          # opaque to this layer: where responses go
+        self.reliable = reliable  # TCP: no retransmissions
+        self.state = "proceeding"
+        self.response = None      # bytes of the last response sent
+        self.interval = T1
+        self.to_tag = secrets.token_hex(6)
+        self.data = None          # the application's state for this transaction
+
+
+class TransactionLayer:
+    """Matches requests to server transactions and says what to send and when.
+
+    Every method returns a list of (dest, bytes) to send; `poll(now)` fires due timers and
+    `next_deadline()` tells the event loop when to call it again."""
+
+    def __init__(self):
+        self.table = {}
+        self.timers = []
+        self._seq = 0
+
+    @staticmethod
+    def key(req, via, method=None):
+        method = method or ("INVITE" if req.method == "ACK" else req.method)
+        if via.branch.startswith(BRANCH_COOKIE):
+            return (via.branch, via.sent_by, method)
+        cseq = (req.header("cseq") or "").split()
+        return ("2543", req.uri, tag_of(req.header("from") or ""), req.header("call-id"),
+                cseq[0] if cseq else "", via.raw, method)
+
+    def receive(self, req, via, dest, reliable, now):
+        """Returns (transaction or None, sends). A transaction is returned only for a new
+        request the application must answer; retransmissions and ACKs are handled here."""
+        key = self.key(req, via)
+        tx = self.table.get(key)
+        if req.method == "ACK":
+            if tx is not None and tx.state == "completed":
+                tx.state = "confirmed"
+                self._schedule(now + (0 if reliable else T4), "I", tx)
+            return None, []
+        if tx is not None:
+            return None, ([(dest, tx.response)] if tx.response else [])
+        tx = ServerTransaction(key, req.method, dest, reliable)
+        self.table[key] = tx
+        return tx, []
+
+    def find_invite(self, cancel, via):
+        return self.table.get(self.key(cancel, via, "INVITE"))
+
+    def respond(self, tx, status, data, now):
+        tx.response = data
+        if status >= 200 and tx.state == "proceeding":
+            tx.state = "completed"
+            if tx.method == "INVITE":
+                if not tx.reliable:
+                    self._schedule(now + tx.interval, "G", tx)
+                self._schedule(now + 64 * T1, "H", tx)
+            else:
+                self._schedule(now + (0 if tx.reliable else 64 * T1), "J", tx)
+        return [(tx.dest, data)]
+
+    def next_deadline(self):
+        return self.timers[0][0] if self.timers else None
+
+    def poll(self, now):
+        sends = []
+        while self.timers and self.timers[0][0] <= now:
+            _, _, kind, tx = heapq.heappop(self.timers)
+            if self.table.get(tx.key) is not tx:
+                continue
+            if kind == "G" and tx.state == "completed":
+                sends.append((tx.dest, tx.response))
+                tx.interval = min(2 * tx.interval, T2)
+                self._schedule(now + tx.interval, "G", tx)
+            elif kind == "H" and tx.state == "completed":
+                log.info("no ACK for %s within Timer H; transaction ended", tx.key[0])
+                del self.table[tx.key]
+            elif kind in ("I", "J"):
+                del self.table[tx.key]
+        return sends
+
+    def _schedule(self, when, kind, tx):
+        self._seq += 1
+        heapq.heappush(self.timers, (when, self._seq, kind, tx))
+
+
+# =============================================================================================
+# 5. Numbers: E.164 normalization and longest-prefix country lookup
+# =============================================================================================
+
+VISUAL_SEPARATORS = re.compile(r"[\s\-().]")
+
+
+@dataclass(slots=True)
+class Country:
+    iso: str
+    name: str
+    calling_code: str
+    trunk_prefix: str
+    risk: str
+
+
+class CountryTable:
+    """ISO codes by E.164 prefix; shared country codes are told apart by the longest prefix."""
+
+    def __init__(self, rows):
+        self.by_iso = {}
+        self.by_prefix = {}
+        for iso, name, prefixes, risk, calling_code, trunk_prefix in rows:
+            self.by_iso[iso] = Country(iso, name, calling_code, trunk_prefix, risk)
+            for prefix in split_list(prefixes):
+                self.by_prefix[prefix] = iso
+        self.longest = max(map(len, self.by_prefix), default=0)
+
+    def lookup(self, digits):
+        for length in range(min(self.longest, len(digits)), 0, -1):
+            iso = self.by_prefix.get(digits[:length])
+            if iso:
+                return iso
+        return None
+
+    def name(self, iso):
+        country = self.by_iso.get(iso)
+        return country.name if country else iso
+
+    def label(self, iso):
+        return f"{iso} ({self.name(iso)})" if iso in self.by_iso else iso or "unknown"
+
+
+def dialed_number(user):
+    """The number part of a Request-URI user: user parameters (';npdi', ';rn=...') removed."""
+    return user.partition(";")[0]
+
+
+def normalize_number(dialed, policy, countries):
+    """Dialed string -> E.164 digits without '+', or None when it holds non-dialable characters.
+
+    '+' or an international access prefix (00, 011, ...) means the rest is E.164. Anything else
+    is E.164 too, unless national_numbers = yes: then it is a national number of home_country,
+    whose trunk prefix is removed and country code added."""
+    text = VISUAL_SEPARATORS.sub("", dialed)
+    plus = text.startswith("+")
+    digits = text[1:] if plus else text
+    if not digits.isdigit() or not digits.isascii():
+        return None
+    if plus:
+        return digits
+    for prefix in policy.international_prefixes:
+        if digits.startswith(prefix):
+            return digits[len(prefix):]
+    if policy.national_numbers:
+        home = countries.by_iso.get(policy.home_country)
+        if home:
+            if home.trunk_prefix and digits.startswith(home.trunk_prefix):
+                digits = digits[len(home.trunk_prefix):]
+            return home.calling_code + digits
+    return digits
+
+
+# =============================================================================================
+# 6. Database: SQLite and MySQL/MariaDB connections, schema.sql loading and in-place migration
+# =============================================================================================
+
+class DatabaseError(UserError):
+    pass
+
+
+def default_database_url():
+    base = os.path.dirname(os.path.abspath(__file__))
+    if ".pyz" in base or not os.access(base, os.W_OK):
+        base = os.getcwd()
+    return "sqlite://" + os.path.join(base, "tfps.db")
+
+
+def redact_url(url):
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1****@", url)
+
+
+def read_schema():
+    """schema.sql beside this file, also when this file runs from inside a zipapp."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
+    try:
+        return __loader__.get_data(path).decode("utf-8")
+    except OSError:
+        raise DatabaseError(f"schema.sql not found beside {os.path.abspath(__file__)}") from None
+
+
+class Database:
+    """One connection. SQL is written once with '?' placeholders; the MySQL dialect rewrites it."""
+
+    def __init__(self, url):
+        self.url = url or default_database_url()
+        self._translated = {}
+        if self.url.startswith("sqlite:"):
+            self.dialect = "sqlite"
+            self._connect_sqlite(self.url[len("sqlite:"):].removeprefix("//") or ":memory:")
+        elif self.url.startswith(("mysql:", "mariadb:")):
+            self.dialect = "mysql"
+            self._connect_mysql()
+        else:
+            raise DatabaseError(f"unsupported database URL {redact_url(self.url)!r} (sqlite:///PATH or mysql://USER:PASSWORD@HOST:PORT/DB)")
+
+    def _connect_sqlite(self, path):
+        if path != ":memory:" and os.path.dirname(path) and not os.path.isdir(os.path.dirname(path)):
+            raise DatabaseError(f"cannot open database {self.url}: directory {os.path.dirname(path)} does not exist")
+        try:
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+            self.conn.execute("PRAGMA busy_timeout = 10000")
+            if path != ":memory:":
+                self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open database {self.url}: {exc}") from None
+        self.errors = (sqlite3.Error,)
+
+    def _connect_mysql(self):
+        try:
+            import pymysql
+        except ImportError:
+            raise DatabaseError("the MySQL backend needs PyMySQL: apt install python3-pymysql "
+                                "(or pip install PyMySQL), or use the packaged tfps.pyz") from None
+        u = urllib.parse.urlsplit(self.url)
+        try:
+            self.conn = pymysql.connect(host=u.hostname or "127.0.0.1", port=u.port or 3306,
+                                        user=urllib.parse.unquote(u.username or "root"),
+                                        password=urllib.parse.unquote(u.password or ""),
+                                        database=u.path.lstrip("/") or "tfps", charset="utf8mb4",
+                                        autocommit=True, connect_timeout=5)
+        except pymysql.Error as exc:
+            raise DatabaseError(f"cannot open database {redact_url(self.url)}: {exc.args[-1] if exc.args else exc}") from None
+        self.errors = (pymysql.Error,)
+
+    def sql(self, text):
+        if self.dialect == "sqlite":
+            return text
+        out = self._translated.get(text)
+        if out is None:
+            out = self._translated[text] = text.replace("%", "%%").replace("?", "%s").replace("INSERT OR IGNORE", "INSERT IGNORE")
+        return out
+
+    def execute(self, text, params=()):
+        cur = self.conn.cursor()
+        cur.execute(self.sql(text), params)
+        return cur
+
+    def executemany(self, text, rows):
+        if rows:
+            self.conn.cursor().executemany(self.sql(text), rows)
+
+    def query(self, text, params=()):
+        return self.execute(text, params).fetchall()
+
+    def one(self, text, params=()):
+        return self.execute(text, params).fetchone()
+
+    def scalar(self, text, params=(), default=None):
+        row = self.one(text, params)
+        return row[0] if row and row[0] is not None else default
+
+    def begin(self):
+        if self.dialect == "sqlite":
+            self.conn.execute("BEGIN IMMEDIATE")
+        else:
+            self.conn.begin()
+
+    def commit(self):
+        self.conn.commit() if self.dialect == "mysql" else self.conn.execute("COMMIT")
+
+    def rollback(self):
+        try:
+            self.conn.rollback() if self.dialect == "mysql" else self.conn.execute("ROLLBACK")
+        except self.errors:
+            pass
+
+    def upsert(self, table, values, keys, update):
+        """INSERT a row or, on a key conflict, run `update` (an assignment list in which
+        NEW(col) names the value that was to be inserted). Returns the cursor."""
+        cols = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        if self.dialect == "sqlite":
+            update = re.sub(r"NEW\((\w+)\)", r"excluded.\1", update)
+            text = f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}"
+        else:
+            update = re.sub(r"NEW\((\w+)\)", r"VALUES(\1)", update)
+            text = f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {update}"
+        return self.execute(text, tuple(values.values()))
+
+    def ping(self):
+        """Reconnect a dropped MySQL connection (the server outlives database restarts)."""
+        if self.dialect == "mysql":
+            self.conn.ping(reconnect=True)
+
+    def close(self):
+        try:
+            self.conn.close()
+        except self.errors:
+            pass
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def tables(self):
+        if self.dialect == "sqlite":
+            rows = self.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+        else:
+            rows = self.query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
+        return {r[0].lower() for r in rows}
+
+    def columns(self, table):
+        if self.dialect == "sqlite":
+            return {r[1].lower() for r in self.query(f"PRAGMA table_info({table})")}
+        return {r[0].lower() for r in self.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?", (table,))}
+
+    def schema_version(self):
+        if "meta" not in self.tables():
+            return 0
+        return int(self.scalar("SELECT value FROM meta WHERE name = 'schema_version'", default=0))
+
+    def initdb(self):
+        """Create missing tables, add missing columns, load seed rows. Idempotent.
+        Returns (old_version, new_version, added columns)."""
+        schema = read_schema()
+        target = int(re.search(r"'schema_version',\s*(\d+)", schema).group(1))
+        old = self.schema_version()
+        added = []
+        existing = self.tables()
+        for statement in schema_statements(schema):
+            create = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
+            if create and create.group(1) in existing:
+                added += self._add_missing_columns(create.group(1), statement)
+                continue
+            for text in (sqlite_statements(statement) if self.dialect == "sqlite" else [statement]):
+                self.execute(text)
+        self.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (target,))
+        bump_change_serial(self)
+        return old, target, added
+
+    def _add_missing_columns(self, table, statement):
+        have = self.columns(table)
+        added = []
+        for line in statement.splitlines()[1:]:
+            m = re.match(r"\s+(\w+) (.+?),?$", line)
+            if m and m.group(1).upper() not in ("PRIMARY", "UNIQUE", "INDEX", "KEY") and m.group(1).lower() not in have:
+                definition = m.group(2).replace("AUTO_INCREMENT", "")
+                self.execute(f"ALTER TABLE {table} ADD COLUMN {m.group(1)} {definition}")
+                added.append(f"{table}.{m.group(1)}")
+        return added
+
+    def ensure_schema(self):
+        """Create the schema on first use so that `tfps.py serve` works on a fresh box."""
+        if self.schema_version() < int(re.search(r"'schema_version',\s*(\d+)", read_schema()).group(1)):
+            self.initdb()
+
+
+def schema_statements(schema):
+    text = "\n".join(line for line in schema.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in re.split(r";\s*$", text, flags=re.M) if s.strip()]
+
+
+def sqlite_statements(statement):
+    """One MySQL statement of schema.sql -> the SQLite statements that do the same."""
+    statement = statement.replace("INSERT IGNORE", "INSERT OR IGNORE")
+    statement = statement.replace("BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT")
+    statement = re.sub(r"\)\s*ENGINE=\w+[^;]*$", ")", statement)
+    table = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
+    indexes = re.findall(r"^\s*INDEX (\w+) \(([^)]*)\),?\s*$", statement, flags=re.M)
+    statement = re.sub(r"^\s*INDEX \w+ \([^)]*\),?\s*\n", "", statement, flags=re.M)
+    statement = re.sub(r",\s*\)$", "\n)", statement)
+    out = [statement]
+    out += [f"CREATE INDEX IF NOT EXISTS {name} ON {table.group(1)} ({cols})" for name, cols in indexes]
+    return out
+
+
+def bump_change_serial(db):
+    """Tell running servers on every node that accounts or lists changed."""
+    db.execute("UPDATE meta SET value = value + 1 WHERE name = 'change_serial'")
+
+
+def open_database(url):
+    db = Database(url)
+    try:
+        db.ensure_schema()
+    except db.errors as exc:
+        raise DatabaseError(f"database {redact_url(db.url)}: {exc}") from None
+    return db
+
+
+# =============================================================================================
+# 7. Lists: in-memory indexes of the number, IP and User-Agent lists and the country table
+# =============================================================================================
+
+class PrefixSet:
+    def __init__(self, prefixes=()):
+        self.items = set(prefixes)
+        self.lengths = sorted({len(p) for p in self.items}, reverse=True)
+
+    def match(self, digits):
+        """Longest listed prefix of `digits`, or None."""
+        for length in self.lengths:
+            if length <= len(digits) and digits[:length] in self.items:
+                return digits[:length]
+        return None
+
+
+class NetworkSet:
+    def __init__(self, cidrs=()):
+        self.nets = {4: {}, 6: {}}  # version -> prefix length -> {network int: cidr text}
+        for cidr in cidrs:
+            net = ipaddress.ip_network(cidr, strict=False)
+            self.nets[net.version].setdefault(net.prefixlen, {})[int(net.network_address)] = str(net)
+        self.masks = {v: sorted(((plen, ((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1)) for plen in d),
+                                reverse=True) for v, d, bits in ((4, self.nets[4], 32), (6, self.nets[6], 128))}
+
+    def match(self, ip):
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        if addr.version == 6 and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        value, table = int(addr), self.nets[addr.version]
+        for plen, mask in self.masks[addr.version]:
+            cidr = table[plen].get(value & mask)
+            if cidr:
+                return cidr
+        return None
+
+
+class UserAgentList:
+    """Case-insensitive regexes matched as one alternation; results cached per User-Agent."""
+
+    def __init__(self, patterns=()):
+        self.patterns = [p for p in patterns if _valid_regex(p)]
+        self.combined = re.compile("|".join(f"(?:{p})" for p in self.patterns), re.I) if self.patterns else None
+        self.cache = {}
+
+    def match(self, ua):
+        if not self.combined or not ua:
+            return None
+        if ua in self.cache:
+            return self.cache[ua]
+        found = None
+        if self.combined.search(ua):
+            found = next(p for p in self.patterns if re.search(p, ua, re.I))
+        if len(self.cache) > 10000:
+            self.cache.clear()
+        self.cache[ua] = found
+        return found
+
+
+def _valid_regex(pattern):
+    try:
+        re.compile(pattern)
+        return True
+    except re.error:
+        log.warning("User-Agent pattern %r is not a valid regular expression; ignored", pattern)
+        return False
+
+
+class Lists:
+    """Everything the rules look up, loaded from the database in one go."""
+
+    def __init__(self, db):
+        rows = db.query("SELECT kind, prefix FROM number_list")
+        self.number_black = PrefixSet(p for k, p in rows if k == "black")
+        self.number_white = PrefixSet(p for k, p in rows if k == "white")
+        rows = db.query("SELECT kind, cidr FROM ip_list")
+        self.ip_black = NetworkSet(c for k, c in rows if k == "black")
+        self.ip_white = NetworkSet(c for k, c in rows if k == "white")
+        self.user_agents = UserAgentList(r[0] for r in db.query("SELECT pattern FROM ua_list ORDER BY pattern"))
+        self.countries = CountryTable(db.query(
+            "SELECT iso, name, prefixes, risk, calling_code, trunk_prefix FROM countries"))
+
+
+# =============================================================================================
+# 8. Reputation: AbuseIPDB and APIBAN lookups on a worker pool, cached in the database
+# =============================================================================================
+
+FAILURE_TTL = 300.0
+
+
+@dataclass(slots=True)
+class Reputation:
+    ip: str
+    ok: bool                 # False: the lookup failed (timeout, HTTP error, rate limit)
+    score: int | None = None
+    country: str = ""
+    whitelisted: bool = False
+    apiban: bool = False
+    source: str = ""
+    detail: str = ""
+    checked: float = 0.0
+
+
+class RateLimited(Exception):
+    def __init__(self, until):
+        super().__init__(f"rate limited until {time.strftime('%H:%M:%S', time.localtime(until))}")
+        self.until = until
+
+
+class ReputationClient:
+    """Blocking HTTP lookups; called from worker threads and from the CLI, never from the loop."""
+
+    def __init__(self, rcfg):
+        self.rcfg = rcfg
+
+    @property
+    def enabled(self):
+        return bool(self.rcfg.abuseipdb_key or self.rcfg.apiban_key)
+
+    def fetch(self, ip, now=None):
+        """Returns a Reputation (ok=False on failure); raises RateLimited on HTTP 429."""
+        now = now or time.time()
+        rep = Reputation(ip, True, checked=now)
+        sources = []
+        try:
+            if self.rcfg.abuseipdb_key:
+                self._abuseipdb(ip, rep, now)
+                sources.append("abuseipdb")
+            if self.rcfg.apiban_key:
+                self._apiban(ip, rep, now)
+                sources.append("apiban")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            rep.ok = False
+            rep.detail = _describe_http_error(exc)
+        rep.source = "+".join(sources)
+        return rep
+
+    def _get(self, url, headers, now):
+        request = urllib.request.Request(url, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.rcfg.reputation_timeout) as response:
+                return response.status, json.loads(response.read().decode("utf-8") or "{}")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 429:
+                raise RateLimited(_retry_until(exc.headers, now)) from None
+            if exc.code == 404:
+                return 404, json.loads(exc.read().decode("utf-8") or "{}")
+            raise
+
+    def _abuseipdb(self, ip, rep, now):
+        url = (f"{self.rcfg.abuseipdb_url.rstrip('/')}/api/v2/check?"
+               + urllib.parse.urlencode({"ipAddress": ip, "maxAgeInDays": 90}))
+        status, body = self._get(url, {"Key": self.rcfg.abuseipdb_key, "Accept": "application/json"}, now)
+        if status != 200:
+            raise ValueError(f"AbuseIPDB answered HTTP {status}")
+        data = body["data"]
+        rep.score = int(data["abuseConfidenceScore"])
+        rep.country = (data.get("countryCode") or "").upper()
+        rep.whitelisted = bool(data.get("isWhitelisted"))
+
+    def _apiban(self, ip, rep, now):
+        url = f"{self.rcfg.apiban_url.rstrip('/')}/api/{urllib.parse.quote(self.rcfg.apiban_key)}/check/{ip}"
+        status, body = self._get(url, {"Accept": "application/json"}, now)
+        rep.apiban = status == 200 and str(body.get("ID", "none")).lower() != "none"
+
+
+def _retry_until(headers, now):
+    retry_after = headers.get("Retry-After")
+    if retry_after and retry_after.strip().isdigit():
+        return now + int(retry_after)
+    reset = headers.get("X-RateLimit-Reset")
+    if reset and reset.strip().isdigit():
+        return float(reset)
+    return now + 60
+
+
+def _describe_http_error(exc):
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"
+    if isinstance(exc, urllib.error.URLError):
+        return f"unreachable: {exc.reason}"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "timeout"
+    return f"{type(exc).__name__}: {exc}"
+
+
+REPUTATION_COLUMNS = "ip, ok, score, country, whitelisted, apiban, source, detail, checked, expires"
+
+
+def reputation_from_row(row):
+    ip, ok, score, country, whitelisted, apiban, source, detail, checked, _expires = row
+    return Reputation(ip, bool(ok), score, country, bool(whitelisted), bool(apiban), source, detail, checked)
+
+
+def store_reputation(db, rep, ttl):
+    expires = rep.checked + (ttl if rep.ok else FAILURE_TTL)
+    values = {"ip": rep.ip, "ok": int(rep.ok), "score": rep.score, "country": rep.country,
+              "whitelisted": int(rep.whitelisted), "apiban": int(rep.apiban), "source": rep.source,
+              "detail": rep.detail[:255], "checked": rep.checked, "expires": expires}
+    db.upsert("reputation_cache", values, ["ip"],
+              ", ".join(f"{col} = NEW({col})" for col in values if col != "ip"))
+
+
+def cached_reputation(db, ip, now):
+    row = db.one(f"SELECT {REPUTATION_COLUMNS} FROM reputation_cache WHERE ip = ? AND expires > ?", (ip, now))
+    return reputation_from_row(row) if row else None
+
+
+class ReputationService:
+    """The event loop's view of reputation: a memory and database cache in front of a small
+    worker pool. Concurrent requests for one IP share one lookup. Results come back through
+    `completed`, and `wake()` tells the loop to call `deliver()`."""
+
+    def __init__(self, cfg, db_url, wake):
+        self.rcfg = cfg.reputation
+        self.client = ReputationClient(self.rcfg)
+        self.db_url = db_url
+        self.wake = wake
+        self.memory = {}        # ip -> Reputation
+        self.waiting = {}       # ip -> [callback]
+        self.completed = deque()
+        self.paused_until = 0.0
+        self.local = threading.local()
+        self.pool = ThreadPoolExecutor(self.rcfg.reputation_workers, thread_name_prefix="reputation") if self.client.enabled else None
+        if not self.client.enabled:
+            log.warning("reputation lookups are off: no abuseipdb_key or apiban_key in [reputation]")
+
+    def known(self, db, ip, now):
+        """A usable Reputation, or None when a lookup is needed (or not possible)."""
+        rep = self.memory.get(ip)
+        if rep is not None and now < rep.checked + (self.rcfg.reputation_ttl if rep.ok else FAILURE_TTL):
+            return rep
+        rep = cached_reputation(db, ip, now)
+        if rep is not None:
+            if len(self.memory) > 100000:
+                self.memory.clear()
+            self.memory[ip] = rep
+        return rep
+
+    def wanted(self, ip):
+        return self.pool is not None and is_public_ip(ip)
+
+    def paused(self, now):
+        return now < self.paused_until
+
+    def request(self, ip, callback):
+        callbacks = self.waiting.setdefault(ip, [])
+        callbacks.append(callback)
+        if len(callbacks) == 1:
+            self.pool.submit(self._lookup, ip)
+
+    def _lookup(self, ip):
+        now = time.time()
+        try:
+            rep = self.client.fetch(ip, now)
+        except RateLimited as exc:
+            rep = Reputation(ip, False, detail=str(exc), checked=now)
+            self.completed.append((ip, rep, exc.until))
+            self.wake()
+            return
+        try:
+            if not hasattr(self.local, "db"):
+                self.local.db = Database(self.db_url)
+            store_reputation(self.local.db, rep, self.rcfg.reputation_ttl)
+        except Exception as exc:  # the verdict must still come
+            log.error("reputation cache write for %s failed: %s", ip, exc)
+        self.completed.append((ip, rep, None))
+        self.wake()
+
+    def deliver(self):
+        """On the loop: hand finished lookups to the calls waiting for them."""
+        while self.completed:
+            ip, rep, paused_until = self.completed.popleft()
+            if paused_until:
+                if paused_until > self.paused_until:
+                    log.warning("reputation service rate limit (HTTP 429): no lookups until %s",
+                                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(paused_until)))
+                self.paused_until = max(self.paused_until, paused_until)
+            else:
+                self.memory[ip] = rep
+            for callback in self.waiting.pop(ip, []):
+                callback(rep)
+
+    def close(self):
+        if self.pool:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+# =============================================================================================
+# 9. Alerts: rate-limited events, an outbox in the database, delivery by SMTP and webhook
+# =============================================================================================
+
+@dataclass(slots=True)
+class AlertEvent:
+    kind: str          # rejection, would-reject, enrolled, anomaly, summary
+    account: str       # user@domain
+    rule: str          # verdict code or anomaly name: the rate-limit key with `account`
+    subject: str
+    body: str
+    fields: dict
+    email: str = ""    # the account's own address, an extra recipient
+
+
+class AlertQueue:
+    """Collects events on the hot path; `flush` rate-limits them and writes the outbox."""
+
+    def __init__(self, acfg):
+        self.acfg = acfg
+        self.events = []
+
+    def add(self, event):
+        self.events.append(event)
+
+    def flush(self, db, now):
+        events, self.events = self.events, []
+        for event in events:
+            row = db.one("SELECT last_sent, suppressed FROM alert_throttle WHERE account = ? AND rule = ?",
+                         (event.account, event.rule))
+            if row and now - row[0] < self.acfg.alert_interval:
+                db.execute("UPDATE alert_throttle SET suppressed = suppressed + 1 WHERE account = ? AND rule = ?",
+                           (event.account, event.rule))
+                continue
+            db.upsert("alert_throttle", {"account": event.account, "rule": event.rule, "last_sent": now, "suppressed": 0},
+                      ["account", "rule"], "last_sent = NEW(last_sent), suppressed = 0")
+            body = event.body
+            if row and row[1]:
+                body += (f"\n\n{row[1]} more alert(s) of this kind for {event.account} were suppressed "
+                         f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row[0]))} (alert_interval).")
+                event.fields["suppressed"] = row[1]
+            log.warning("alert: %s", event.subject)
+            self._enqueue(db, event, body, now)
+
+    def _enqueue(self, db, event, body, now):
+        recipients = split_list(self.acfg.alert_email) + ([event.email] if event.email else [])
+        email = bool(self.acfg.smtp_host and recipients)
+        webhook = bool(self.acfg.alert_webhook)
+        if not (email or webhook):
+            return
+        payload = dict(event.fields, text=f"{event.subject}\n{body}", kind=event.kind,
+                       account=event.account, rule=event.rule, time=now)
+        db.execute("INSERT INTO alert_outbox (created, kind, account, code, subject, body, payload, recipients, "
+                   "email_pending, webhook_pending, attempts, next_try) VALUES (?,?,?,?,?,?,?,?,?,?,0,?)",
+                   (now, event.kind, event.account, event.rule[:8], event.subject[:255], body,
+                    json.dumps(payload, default=str), ",".join(recipients), int(email), int(webhook), now))
+
+
+def send_email(acfg, recipients, subject, body):
+    msg = EmailMessage()
+    msg["From"] = acfg.smtp_from
+    msg["To"] = ", ".join(recipients)
+    msg["Subject"] = subject
+    msg.set_content(body)
+    smtp_class = smtplib.SMTP_SSL if acfg.smtp_tls == "ssl" else smtplib.SMTP
+    with smtp_class(acfg.smtp_host, acfg.smtp_port, timeout=15) as smtp:
+        if acfg.smtp_tls == "starttls":
+            smtp.starttls(context=ssl.create_default_context())
+        if acfg.smtp_user:
+            smtp.login(acfg.smtp_user, acfg.smtp_password)
+        smtp.send_message(msg)
+
+
+def post_webhook(url, payload):
+    request = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+class AlertDispatcher:
+    """A thread that delivers the outbox: each row until every channel took it, with back-off.
+    Rows are claimed with a lease, so several nodes can run dispatchers on one database."""
+
+    LEASE = 120.0
+
+    def __init__(self, cfg, db_url):
+        self.acfg = cfg.alerts
+        self.db_url = db_url
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="alerts", daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+
+    def _run(self):
+        db = None
+        while not self.stop_event.is_set():
+            try:
+                db = db or Database(self.db_url)
+                self.deliver_due(db, time.time())
+            except Exception as exc:  # keep the thread alive through database outages
+                log.error("alert delivery: %s", exc)
+                if db:
+                    db.close()
+                db = None
+            self.stop_event.wait(1.0)
+        if db:
+            db.close()
+
+    def deliver_due(self, db, now):
+        rows = db.query("SELECT id, subject, body, payload, recipients, email_pending, webhook_pending, attempts, next_try "
+                        "FROM alert_outbox WHERE next_try <= ? ORDER BY id LIMIT 20", (now,))
+        for alert_id, subject, body, payload, recipients, email, webhook, attempts, next_try in rows:
+            claimed = db.execute("UPDATE alert_outbox SET next_try = ? WHERE id = ? AND next_try = ?",
+                                 (now + self.LEASE, alert_id, next_try)).rowcount
+            if not claimed:
+                continue
+            errors = []
+            if email:
+                try:
+                    send_email(self.acfg, split_list(recipients), subject, body)
+                    email = 0
+                except (OSError, smtplib.SMTPException) as exc:
+                    errors.append(f"smtp: {exc}")
+            if webhook:
+                try:
+                    post_webhook(self.acfg.alert_webhook, json.loads(payload))
+                    webhook = 0
+                except (OSError, ValueError) as exc:
+                    errors.append(f"webhook: {_describe_http_error(exc)}")
+            if not errors:
+                db.execute("DELETE FROM alert_outbox WHERE id = ?", (alert_id,))
+                continue
+            delay = min(self.acfg.retry_max_interval, 5.0 * 2 ** attempts)
+            db.execute("UPDATE alert_outbox SET email_pending = ?, webhook_pending = ?, attempts = attempts + 1, "
+                       "next_try = ?, last_error = ? WHERE id = ?",
+                       (email, webhook, time.time() + delay, "; ".join(errors)[:255], alert_id))
+            log.warning("alert %s not delivered (%s); retry in %.0f s", alert_id, "; ".join(errors), delay)
+
+
+# =============================================================================================
+# 10. Engine: the fraud pipeline. One call attempt in, one verdict out.
+# =============================================================================================
+
+APPROVED = "A00"
+LIMIT_FIELDS = ("concurrent_calls", "concurrent_calls_off", "daily_quota", "daily_quota_off")
+ACCOUNT_COLUMNS = ("id, user, domain, concurrent_calls, concurrent_calls_off, daily_quota, daily_quota_off, "
+                   "source_countries, dest_countries, blocked, email, state, learning_until, pinned, created, last_seen, anomaly_daily")
+ATTACK_SIGNATURE = re.compile(r"['\"\\`]|--|/\*|\*/|%2[27]|%5c|%00|[=<>;\x00-\x1f]", re.I)
+UA_ATTACK_SIGNATURE = re.compile(r"['\"\\`]|/\*|\*/|%2[27]|%5c|%00|[\x00-\x1f]|\bunion\s+select\b|\bor\s+1\s*=\s*1\b", re.I)
+
+
+@dataclass(slots=True)
+class CallAttempt:
+    user: str
+    domain: str
+    number: str                         # as dialed: the Request-URI user
+    source_ip: str = ""
+    user_agent: str = ""
+    concurrent_calls: int | None = None  # the user's calls including this one, as the PBX counts them
+    ts: float = 0.0
+    call_id: str = ""
+    from_uri: str = ""
+    source_country: str = ""            # when known without a lookup (replay, CLI)
+    reputation: Reputation | None = None
+
+
+@dataclass(slots=True)
+class Account:
+    id: int | None
+    user: str
+    domain: str
+    concurrent_calls: int | None
+    concurrent_calls_off: int | None
+    daily_quota: int | None
+    daily_quota_off: int | None
+    source_countries: set
+    dest_countries: set
+    blocked: bool
+    email: str
+    state: str
+    learning_until: float | None
+    pinned: set
+    created: float
+    last_seen: float | None
+    anomaly_daily: int | None = None   # learned: more approved calls a day than this is unusual
+
+    @classmethod
+    def from_row(cls, row):
+        (id_, user, domain, cc, cc_off, quota, quota_off, src, dst, blocked, email, state,
+         learning_until, pinned, created, last_seen, anomaly_daily) = row
+        return cls(id_, user, domain, cc, cc_off, quota, quota_off, country_set(src), country_set(dst),
+                   bool(blocked), email, state, learning_until, set(split_list(pinned)), created, last_seen,
+                   anomaly_daily)
+
+    @property
+    def name(self):
+        return f"{self.user}@{self.domain}"
+
+    def learning(self, now):
+        return self.state == "learning" and (self.learning_until is None or now < self.learning_until)
+
+
+@dataclass(slots=True)
+class Rejection:
+    code: str
+    reason: str
+    undo: str = ""       # the command that lifts a false positive
+    soft: bool = False   # change analysis: only logged while the account is learning
+
+
+@dataclass(slots=True)
+class Verdict:
+    code: str
+    reason: str
+    attempt: CallAttempt
+    number: str = ""
+    dest_country: str = ""
+    source_country: str = ""
+    off_hours: bool = False
+    account: Account | None = None
+    undo: str = ""
+    would: Rejection | None = None   # what was not enforced (monitor mode, learning)
+
+    @property
+    def approved(self):
+        return self.code == APPROVED
+
+
+class Call:
+    """Working state of one attempt while the rules run."""
+
+    __slots__ = ("attempt", "now", "number", "dest_country", "source_country", "account", "off_hours",
+                 "day", "ip_white", "number_white", "counted", "dry_run")
+
+    def __init__(self, attempt, now, dry_run):
+        self.attempt = attempt
+        self.now = now
+        self.dry_run = dry_run
+        self.counted = False
+
+
+# -- the rules, in pipeline order: each returns a Rejection or None ----------------------------
+
+def attack_signature(engine, call):
+    a = call.attempt
+    for label, value in (("user", a.user), ("domain", a.domain), ("number", a.number)):
+        if ATTACK_SIGNATURE.search(value):
+            return Rejection("R12", f"attack signature in the {label} {value[:60]!r}")
+    if UA_ATTACK_SIGNATURE.search(a.user_agent):
+        return Rejection("R12", f"attack signature in the User-Agent {a.user_agent[:60]!r}")
+    if call.number is None:
+        return Rejection("R12", f"non-dialable characters in the number {a.number[:40]!r}")
+    return None
+
+
+def scanner_user_agent(engine, call):
+    pattern = engine.lists.user_agents.match(call.attempt.user_agent)
+    if pattern:
+        return Rejection("R01", f"User-Agent {call.attempt.user_agent[:60]!r} matches blacklisted pattern {pattern!r}",
+                         f"tfps.py blacklist remove ua '{pattern}'")
+    return None
+
+
+def bad_source_ip(engine, call):
+    ip = call.attempt.source_ip
+    if call.ip_white:
+        return None
+    cidr = engine.lists.ip_black.match(ip)
+    if cidr:
+        return Rejection("R02", f"source IP {ip} is blacklisted ({cidr})", f"tfps.py blacklist remove ip {cidr}")
+    rep = call.attempt.reputation
+    if rep is None or rep.whitelisted:
+        return None
+    undo = f"tfps.py whitelist add ip {ip}"
+    if not rep.ok:
+        if engine.cfg.reputation.reputation_failure == "reject":
+            return Rejection("R02", f"reputation of {ip} unknown ({rep.detail}) and reputation_failure = reject", undo)
+        return None
+    if rep.apiban:
+        return Rejection("R02", f"source IP {ip} is listed by APIBAN", undo)
+    threshold = engine.cfg.reputation.abuse_threshold
+    if rep.score is not None and rep.score >= threshold:
+        return Rejection("R02", f"source IP {ip} has AbuseIPDB confidence score {rep.score} (threshold {threshold})", undo)
+    return None
+
+
+def blocked_account(engine, call):
+    acc = call.account
+    if acc.id is None and engine.cfg.policy.unknown_accounts == "reject":
+        return Rejection("R14", f"unknown account {acc.name} (unknown_accounts = reject)", f"tfps.py add {acc.user} {acc.domain}")
+    if acc.blocked:
+        return Rejection("R14", f"account {acc.name} is blocked by the administrator", f"tfps.py unblock {acc.user} {acc.domain}")
+    return None
+
+
+def blacklisted_number(engine, call):
+    if call.number_white:
+        return None
+    prefix = engine.lists.number_black.match(call.number)
+    if prefix:
+        return Rejection("R03", f"number {call.number} matches blacklisted prefix {prefix}",
+                         f"tfps.py whitelist add number {call.number}")
+    return None
+
+
+def repeated_a_to_b(engine, call):
+    acc, p = call.account, engine.cfg.policy
+    if call.number_white or acc.id is None:
+        return None
+    attempts, blocked_until = engine.count_ab_attempt(acc.id, call.number, call.now, call.dry_run)
+    undo = f"tfps.py reset {acc.user} {acc.domain}"
+    if blocked_until > call.now:
+        until = time.strftime("%H:%M:%S", time.localtime(blocked_until))
+        return Rejection("R13", f"{acc.name} -> {call.number} is blocked until {until} after repeated calls", undo)
+    if attempts > p.ab_max_calls:
+        if not call.dry_run:
+            engine.block_ab(acc.id, call.number, call.now + p.ab_block)
+        return Rejection("R13", f"{acc.name} called {call.number} {attempts} times within {p.ab_window:g} s "
+                                f"(limit {p.ab_max_calls}); pair blocked for {p.ab_block:g} s", undo)
+    return None
+
+
+def unknown_country_code(engine, call):
+    if call.dest_country is None:
+        return Rejection("R07", f"no known country code starts the number {call.number}")
+    return None
+
+
+def destination_country(engine, call):
+    if call.number_white:
+        return None
+    iso, acc = call.dest_country, call.account
+    label = engine.countries.label(iso)
+    if iso in engine.high_risk:
+        return Rejection("R06", f"destination {label} is a high-risk country", f"tfps.py whitelist add number {call.number}")
+    if "*" in acc.dest_countries or iso in acc.dest_countries:
+        return None
+    return Rejection("R06", f"destination {label} is not among the allowed destinations of {acc.name} "
+                            f"({format_countries(acc.dest_countries) or 'none'})",
+                     f"tfps.py allow {acc.user} {acc.domain} --dest {iso}", soft=True)
+
+
+def source_country_not_allowed(engine, call):
+    iso, acc = call.source_country, call.account
+    if call.ip_white or not iso or "*" in acc.source_countries or iso in acc.source_countries:
+        return None
+    return Rejection("R04", f"source IP {call.attempt.source_ip} is in {engine.countries.label(iso)}, not among the allowed "
+                            f"source countries of {acc.name} ({format_countries(acc.source_countries) or 'none'})",
+                     f"tfps.py allow {acc.user} {acc.domain} --source {iso}", soft=True)
+
+
+def source_country_unknown(engine, call):
+    ip = call.attempt.source_ip
+    if not engine.cfg.policy.require_source_country or call.source_country or call.ip_white or not is_public_ip(ip):
+        return None
+    return Rejection("R05", f"the country of source IP {ip or '(none)'} is unknown and require_source_country = yes",
+                     f"tfps.py whitelist add ip {ip}")
+
+
+def concurrent_calls(engine, call):
+    acc, calls = call.account, call.attempt.concurrent_calls
+    limit = acc.concurrent_calls_off if call.off_hours else acc.concurrent_calls
+    if calls is None or limit is None or calls <= limit:
+        return None
+    code, hours, flag = ("R08", "off hours", "--concurrent-off") if call.off_hours else ("R10", "business hours", "--concurrent")
+    return Rejection(code, f"{acc.name} has {calls} concurrent calls, limit {limit} in {hours}",
+                     f"tfps.py set {acc.user} {acc.domain} {flag} {calls}", soft=True)
+
+
+def calls_per_minute(engine, call):
+    limit, acc = engine.cfg.policy.max_calls_per_minute, call.account
+    if not limit or acc.id is None:
+        return None
+    recent = engine.recent_approved(acc.id, call.now, 60)
+    if recent >= limit:
+        return Rejection("R15", f"{acc.name} placed {recent} approved calls in the last 60 s (max_calls_per_minute = {limit})",
+                         "raise [policy] max_calls_per_minute in tfps.conf", soft=True)
+    return None
+
+
+def daily_quota(engine, call):
+    acc = call.account
+    limit = acc.daily_quota_off if call.off_hours else acc.daily_quota
+    if limit is None:
+        return None
+    bucket = "off" if call.off_hours else "biz"
+    if call.dry_run or acc.id is None:
+        within = engine.approved_today(acc.id, call.day, bucket) < limit
+    else:
+        within = call.counted = engine.take_quota(acc.id, call.day, bucket, limit)
+    if within:
+        return None
+    code, hours, flag = ("R09", "off-hours", "--daily-quota-off") if call.off_hours else ("R11", "business-hours", "--daily-quota")
+    return Rejection(code, f"{acc.name} reached its {hours} daily quota of {limit} approved calls",
+                     f"tfps.py reset {acc.user} {acc.domain}  (or: tfps.py set {acc.user} {acc.domain} {flag} {limit * 2})",
+                     soft=True)
+
+
+PIPELINE = (attack_signature, scanner_user_agent, bad_source_ip, blocked_account, blacklisted_number,
+            repeated_a_to_b, unknown_country_code, destination_country, source_country_not_allowed,
+            source_country_unknown, concurrent_calls, calls_per_minute, daily_quota)
+
+
+class Engine:
+    """The decision engine. `decide` evaluates one attempt; `record` logs the verdict with the SIP
+    answer that was sent; `flush` writes the buffered call log and alerts. Not thread-safe: one
+    engine per event loop (or per CLI command)."""
+
+    def __init__(self, cfg, db, alerts=None):
+        self.cfg = cfg
+        self.db = db
+        self.alerts = alerts or AlertQueue(cfg.alerts)
+        self.node = cfg.server.node_name
+        self.log_rows = []
+        self.last_seen = {}
+        self.recent = {}   # account id -> deque of (time, off_hours) of approved calls, last 10 minutes
+        self.today = {}    # (account id, day) -> approved calls, for anomaly alerts
+        self.seen = set()  # (account id, 'src'|'dst', iso) known to be in account_seen
+        self.reload()
+
+    # -- data kept in memory; reloaded when the change serial moves ---------------------------
+
+    def reload(self):
+        self.serial = self.db.scalar("SELECT value FROM meta WHERE name = 'change_serial'", default=0)
+        self.lists = Lists(self.db)
+        self.countries = self.lists.countries
+        self.high_risk = set(self.cfg.policy.high_risk_countries) | {
+            c.iso for c in self.countries.by_iso.values() if c.risk == "high"}
+        self.accounts = {}
+        for row in self.db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts"):
+            acc = Account.from_row(row)
+            self.accounts[(acc.user.lower(), acc.domain.lower())] = acc
+
+    def check_for_changes(self):
+        """Reload when the CLI or another node changed accounts or lists. Returns True if so."""
+        serial = self.db.scalar("SELECT value FROM meta WHERE name = 'change_serial'", default=0)
+        if serial != self.serial:
+            self.reload()
+            return True
+        return False
+
+    # -- the entry point ----------------------------------------------------------------------
+
+    def decide(self, attempt, *, enforce=True, count=True):
+        """Evaluate one call attempt. enforce=False (monitor mode) turns every rejection into a
+        'would reject'; count=False (the CLI's check) evaluates without writing anything."""
+        now = attempt.ts or time.time()
+        attempt.ts = now
+        call = Call(attempt, now, dry_run=not count)
+        if count:
+            self.db.begin()
+        try:
+            verdict = self._run_pipeline(call, enforce)
+            if count:
+                self.db.commit()
+        except BaseException:
+            if count:
+                self.db.rollback()
+            raise
+        return verdict
+
+    def _run_pipeline(self, call, enforce):
+        self._prepare(call)
+        learning = call.account.learning(call.now)
+        would = None
+        for rule in PIPELINE:
+            rejection = rule(self, call)
+            if rejection is None:
+                continue
+            if enforce and not (rejection.soft and learning):
+                return self._verdict(call, rejection.code, rejection.reason, rejection.undo, would)
+            would = would or rejection
+        self._approve(call)
+        reason = "approved"
+        if would:
+            reason = f"approved ({'learning' if enforce else 'monitor'} mode; would reject {would.code}: {would.reason})"
+        return self._verdict(call, APPROVED, reason, would.undo if would else "", would)
+
+    def _prepare(self, call):
+        a, p = call.attempt, self.cfg.policy
+        call.number = normalize_number(dialed_number(a.number), p, self.countries)
+        call.dest_country = self.countries.lookup(call.number) if call.number else None
+        call.ip_white = bool(a.source_ip and self.lists.ip_white.match(a.source_ip))
+        call.number_white = bool(call.number and self.lists.number_white.match(call.number))
+        rep = a.reputation
+        call.source_country = (a.source_country or (rep.country if rep and rep.ok else "")).upper()
+        local = dt.datetime.fromtimestamp(call.now, p.tz)
+        call.off_hours = not p.business_hours.contains(local, p.holidays)
+        call.day = local.date().isoformat()
+        call.account = self._account(a.user, a.domain, call)
+
+    def _verdict(self, call, code, reason, undo, would):
+        return Verdict(code, reason, call.attempt, call.number or "", call.dest_country or "", call.source_country,
+                       call.off_hours, call.account, undo, would)
+
+    # -- accounts -----------------------------------------------------------------------------
+
+    def _account(self, user, domain, call):
+        key = (user.lower(), domain.lower())
+        acc = self.accounts.get(key)
+        if acc is not None:
+            return acc
+        if not call.dry_run and self.cfg.policy.unknown_accounts == "enroll":
+            acc = self._enroll(user, domain, call.now)
+        if acc is None:
+            acc = self.new_account(None, user, domain, call.now)
+        return acc
+
+    def new_account(self, account_id, user, domain, now):
+        p = self.cfg.policy
+        learning = p.learning_days > 0
+        return Account(account_id, user, domain, p.default_concurrent_calls, p.default_concurrent_calls_off,
+                       p.default_daily_quota, p.default_daily_quota_off, set(p.default_source_countries),
+                       set(p.default_destination_countries), False, "", "learning" if learning else "enforcing",
+                       now + p.learning_days * 86400 if learning else None, set(), now, None)
+
+    def _enroll(self, user, domain, now):
+        acc = self.new_account(None, user, domain, now)
+        inserted = insert_account(self.db, acc)
+        row = self.db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
+        acc = Account.from_row(row)
+        self.accounts[(user.lower(), domain.lower())] = acc
+        if inserted:
+            self.alerts.add(AlertEvent(
+                "enrolled", acc.name, "NEW", f"TFPS: new account {acc.name} enrolled",
+                f"The account {acc.name} placed its first call and was enrolled with the default limits "
+                f"({describe_limits(acc)}).\nIt is in {acc.state} mode."
+                + (f" until {time.strftime('%Y-%m-%d', time.localtime(acc.learning_until))}." if acc.learning_until else "")
+                + f"\nTo stop it: tfps.py block {acc.user} {acc.domain}",
+                {"user": user, "domain": domain}))
+        return acc
+
+    # -- counters (atomic in the database, so every node sees the same numbers) ----------------
+
+    def count_ab_attempt(self, account_id, number, now, dry_run):
+        """Count an attempt to call `number`; returns (attempts in the window, blocked_until)."""
+        window = self.cfg.policy.ab_window
+        if dry_run:
+            row = self.db.one("SELECT window_start, attempts, blocked_until FROM ab_pairs WHERE account_id = ? AND number = ?",
+                              (account_id, number))
+            if not row:
+                return 1, 0.0
+            return (1 if row[0] <= now - window else row[1] + 1), row[2]
+        self.db.upsert("ab_pairs", {"account_id": account_id, "number": number, "window_start": now, "attempts": 1,
+                                    "blocked_until": 0.0}, ["account_id", "number"],
+                       f"attempts = CASE WHEN window_start <= NEW(window_start) - {window!r} THEN 1 ELSE attempts + 1 END, "
+                       f"window_start = CASE WHEN window_start <= NEW(window_start) - {window!r} THEN NEW(window_start) ELSE window_start END")
+        attempts, blocked_until = self.db.one("SELECT attempts, blocked_until FROM ab_pairs WHERE account_id = ? AND number = ?",
+                                              (account_id, number))
+        return attempts, blocked_until
+
+    def block_ab(self, account_id, number, until):
+        self.db.execute("UPDATE ab_pairs SET blocked_until = ? WHERE account_id = ? AND number = ?", (until, account_id, number))
+
+    def take_quota(self, account_id, day, bucket, limit):
+        """Count one approved call if the account is still under `limit`; atomic across nodes."""
+        update = "UPDATE daily_counters SET approved = approved + 1 WHERE account_id = ? AND day = ? AND bucket = ? AND approved < ?"
+        if self.db.execute(update, (account_id, day, bucket, limit)).rowcount == 1:
+            return True
+        if limit > 0 and self.db.execute("INSERT OR IGNORE INTO daily_counters (account_id, day, bucket, approved) VALUES (?, ?, ?, 1)",
+                                          (account_id, day, bucket)).rowcount == 1:
+            return True
+        return limit > 0 and self.db.execute(update, (account_id, day, bucket, limit)).rowcount == 1
+
+    def count_approved(self, account_id, day, bucket):
+        self.db.upsert("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": 1},
+                       ["account_id", "day", "bucket"], "approved = approved + 1")
+
+    def approved_today(self, account_id, day, bucket):
+        if account_id is None:
+            return 0
+        return self.db.scalar("SELECT approved FROM daily_counters WHERE account_id = ? AND day = ? AND bucket = ?",
+                              (account_id, day, bucket), default=0)
+
+    def recent_approved(self, account_id, now, seconds):
+        recent = self.recent.get(account_id)
+        if not recent:
+            return 0
+        while recent and recent[0][0] <= now - 600:
+            recent.popleft()
+        return sum(1 for ts, _off in recent if ts > now - seconds)
+
+    # -- approval: counting and anomaly alerts ------------------------------------------------
+
+    def _approve(self, call):
+        acc = call.account
+        if call.dry_run or acc.id is None:
+            return
+        if not call.counted:
+            self.count_approved(acc.id, call.day, "off" if call.off_hours else "biz")
+        self.recent.setdefault(acc.id, deque()).append((call.now, call.off_hours))
+        self._check_anomalies(call)
+
+    def _check_anomalies(self, call):
+        acc, p = call.account, self.cfg.policy
+        for direction, iso in (("dst", call.dest_country), ("src", call.source_country)):
+            if iso and (acc.id, direction, iso) not in self.seen:
+                self.seen.add((acc.id, direction, iso))
+                first = self.db.execute("INSERT OR IGNORE INTO account_seen (account_id, direction, iso, first_seen) VALUES (?, ?, ?, ?)",
+                                        (acc.id, direction, iso, call.now)).rowcount == 1
+                if first and acc.created < call.now - 86400:  # a normal to differ from
+                    what = "to the new destination" if direction == "dst" else "from the new source country"
+                    self._anomaly(call, f"NEW_{direction.upper()}_{iso}", f"first call {what} {self.countries.label(iso)}",
+                                  f"If expected, nothing to do; if not: tfps.py block {acc.user} {acc.domain}")
+        key = (acc.id, call.day)
+        if key not in self.today:
+            self.today = {k: v for k, v in self.today.items() if k[1] == call.day}
+            self.today[key] = self.db.scalar("SELECT SUM(approved) FROM daily_counters WHERE account_id = ? AND day = ?",
+                                             (acc.id, call.day), default=1) - 1
+        self.today[key] += 1
+        threshold = acc.anomaly_daily
+        if threshold is not None and self.today[key] == threshold + 1:
+            self._anomaly(call, "DAILY_VOLUME", f"{self.today[key]} approved calls today, above the usual "
+                          f"maximum of {threshold} (mean + {p.anomaly_sigma:g} x stddev of its history)",
+                          f"tfps.py show {acc.user} {acc.domain}")
+        if call.off_hours and p.offhours_burst:
+            burst = sum(1 for ts, off in self.recent[acc.id] if off and ts > call.now - 600)
+            if burst == p.offhours_burst:
+                self._anomaly(call, "OFFHOURS_BURST", f"{burst} off-hours calls within 10 minutes",
+                              f"tfps.py block {acc.user} {acc.domain}")
+
+    def _anomaly(self, call, rule, what, undo):
+        acc = call.account
+        self.alerts.add(AlertEvent(
+            "anomaly", acc.name, rule, f"TFPS anomaly: {acc.name}: {what}",
+            f"Account {acc.name} called {call.number} ({self.countries.label(call.dest_country)}) from "
+            f"{call.attempt.source_ip or 'unknown IP'}: {what}.\nThe call was approved; this is a notice only.\n{undo}",
+            {"number": call.number, "dest_country": call.dest_country, "source_ip": call.attempt.source_ip}, acc.email))
+
+    # -- the call log -------------------------------------------------------------------------
+
+    def record(self, verdict, sip_response, latency_ms):
+        a, acc = verdict.attempt, verdict.account
+        would = verdict.would
+        self.log_rows.append((
+            a.ts, a.call_id[:255], acc.id if acc else None, a.user[:128], a.domain[:255], a.from_uri[:512],
+            a.number[:64], verdict.number[:32], a.source_ip[:45], a.user_agent[:255], verdict.source_country,
+            verdict.dest_country, int(verdict.off_hours), a.concurrent_calls, verdict.code,
+            would.code if would else "", verdict.reason[:512], sip_response[:64],
+            a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3)))
+        if acc and acc.id is not None:
+            self.last_seen[acc.id] = a.ts
+        if not verdict.approved or would:
+            self._alert_rejection(verdict, sip_response)
+
+    def _alert_rejection(self, verdict, sip_response):
+        a, acc = verdict.attempt, verdict.account
+        rejection = verdict.would if verdict.approved else None
+        code, reason = (rejection.code, rejection.reason) if rejection else (verdict.code, verdict.reason)
+        undo = rejection.undo if rejection else verdict.undo
+        kind = "would-reject" if rejection else "rejection"
+        name = acc.name if acc else f"{a.user}@{a.domain}"
+        headline = "would have been rejected" if rejection else "rejected"
+        body = (f"Call from {name} to {verdict.number or a.number} ({self.countries.label(verdict.dest_country)}) "
+                f"{headline} with {code}: {reason}.\n"
+                f"Source IP {a.source_ip or '-'} ({verdict.source_country or 'country unknown'}), "
+                f"User-Agent {a.user_agent or '-'}, {'off' if verdict.off_hours else 'business'} hours, "
+                f"Call-ID {a.call_id or '-'}, answered {sip_response}.\n")
+        if undo:
+            body += f"If this is a false positive: {undo}\n"
+        self.alerts.add(AlertEvent(kind, name, code, f"TFPS {code}: {name} -> {verdict.number or a.number} {headline}",
+                                   body, {"code": code, "reason": reason, "number": verdict.number, "undo": undo,
+                                          "dest_country": verdict.dest_country, "source_ip": a.source_ip,
+                                          "user_agent": a.user_agent, "call_id": a.call_id, "enforced": not rejection},
+                                   acc.email if acc else ""))
+
+    def flush(self, now=None):
+        """Write buffered call log rows, last-seen times and alerts in one transaction."""
+        rows, self.log_rows = self.log_rows, []
+        seen, self.last_seen = self.last_seen, {}
+        if not (rows or seen or self.alerts.events):
+            return
+        self.db.begin()
+        try:
+            self.db.executemany(
+                "INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
+                "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
+                "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self.db.executemany("UPDATE accounts SET last_seen = ? WHERE id = ?", [(ts, i) for i, ts in seen.items()])
+            self.alerts.flush(self.db, now or time.time())
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            self.log_rows[:0] = rows
+            raise
+
+
+def insert_account(db, acc):
+    """INSERT OR IGNORE one account; returns True when it was new."""
+    return db.execute(
+        "INSERT OR IGNORE INTO accounts (user, domain, concurrent_calls, concurrent_calls_off, daily_quota, daily_quota_off, "
+        "source_countries, dest_countries, blocked, email, state, learning_until, pinned, created, updated) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (acc.user, acc.domain, acc.concurrent_calls, acc.concurrent_calls_off, acc.daily_quota, acc.daily_quota_off,
+         format_countries(acc.source_countries), format_countries(acc.dest_countries), int(acc.blocked), acc.email,
+         acc.state, acc.learning_until, ",".join(sorted(acc.pinned)), acc.created, acc.created)).rowcount == 1
+
+
+def describe_limits(acc):
+    def show(value):
+        return "unlimited" if value is None else str(value)
+    return (f"concurrent {show(acc.concurrent_calls)}/{show(acc.concurrent_calls_off)} (business/off), "
+            f"daily quota {show(acc.daily_quota)}/{show(acc.daily_quota_off)}, "
+            f"destinations {format_countries(acc.dest_countries) or 'none'}, sources {format_countries(acc.source_countries) or 'none'}")
+
+
+# =============================================================================================
+# 11. Training: limits learned from each account's own history; daily jobs under a cluster lock
+# =============================================================================================
+
+@dataclass(slots=True)
+class Proposal:
+    account: Account
+    changes: list            # (field, current, proposed, why)
+    skipped: str = ""        # why nothing was learned
+
+
+def acquire_lock(db, name, holder, now, ttl):
+    """A cluster-wide lock held until now + ttl; True when this holder got it."""
+    if db.execute("UPDATE locks SET holder = ?, expires = ? WHERE name = ? AND expires <= ?",
+                  (holder, now + ttl, name, now)).rowcount == 1:
+        return True
+    return db.execute("INSERT OR IGNORE INTO locks (name, holder, expires) VALUES (?, ?, ?)",
+                      (name, holder, now + ttl)).rowcount == 1
+
+
+def release_lock(db, name, holder):
+    db.execute("DELETE FROM locks WHERE name = ? AND holder = ?", (name, holder))
+
+
+def local_day_number(db, tz, now):
+    """SQL expression for the calendar day (days since the epoch) of call_log.ts in `tz`, and its
+    parameter. The offset at `now` is used for the whole window (a DST change shifts one hour)."""
+    offset = dt.datetime.fromtimestamp(now, tz).utcoffset().total_seconds()
+    expr = "CAST((ts + ?) / 86400 AS INTEGER)" if db.dialect == "sqlite" else "FLOOR((ts + ?) / 86400)"
+    return expr, offset
+
+
+def history(cfg, db, now, account_id=None):
+    """Approved calls over the training window, per account: calls per (day, off_hours), the
+    highest reported concurrency per bucket, and calls per destination and source country."""
+    p = cfg.policy
+    since = now - p.train_window_days * 86400
+    day_expr, offset = local_day_number(db, p.tz, now)
+    where = "code = 'A00' AND ts >= ? AND ts < ?" + (" AND account_id = ?" if account_id else " AND account_id IS NOT NULL")
+    args = (since, now) + ((account_id,) if account_id else ())
+    stats = {}
+    for acc_id, day, off, calls, peak in db.query(
+            f"SELECT account_id, {day_expr} AS d, off_hours, COUNT(*), MAX(concurrent_calls) FROM call_log "
+            f"WHERE {where} GROUP BY account_id, d, off_hours", (offset,) + args):
+        s = stats.setdefault(acc_id, {"days": {}, "peak": {0: None, 1: None}, "dst": {}, "src": {}})
+        s["days"].setdefault(int(day), [0, 0])[int(off)] += calls
+        if peak is not None:
+            s["peak"][int(off)] = max(peak, s["peak"][int(off)] or 0)
+    for column, key in (("dest_country", "dst"), ("source_country", "src")):
+        for acc_id, iso, calls in db.query(
+                f"SELECT account_id, {column}, COUNT(*) FROM call_log WHERE {where} AND {column} <> '' "
+                f"GROUP BY account_id, {column}", args):
+            if acc_id in stats:
+                stats[acc_id][key][iso] = calls
+    return stats
+
+
+def _mean_std(values):
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def propose(cfg, acc, stats, now):
+    """What training would change on one account, and why."""
+    p = cfg.policy
+    if not stats:
+        return Proposal(acc, [], "no approved calls in the training window")
+    today = int((now + dt.datetime.fromtimestamp(now, p.tz).utcoffset().total_seconds()) // 86400)
+    first = min(stats["days"])
+    days = list(range(first, today))  # complete days only
+    if len(days) < p.train_min_days:
+        return Proposal(acc, [], f"{len(days)} day(s) of history, fewer than train_min_days = {p.train_min_days}")
+    business_days = [d for d in days if _has_business_hours(p, dt.date.fromordinal(d + 719163))]
+    changes = []
+
+    def learn(field_name, value, why):
+        current = getattr(acc, field_name)
+        if field_name in acc.pinned:
+            return
+        if value != current:
+            changes.append((field_name, current, value, why))
+
+    for field_name, bucket, days_of, low, high in (
+            ("daily_quota", 0, business_days, p.train_min_daily_quota, p.train_max_daily_quota),
+            ("daily_quota_off", 1, days, p.train_min_daily_quota_off, p.train_max_daily_quota_off)):
+        if days_of:
+            mean, std = _mean_std([stats["days"].get(d, [0, 0])[bucket] for d in days_of])
+            raw = math.ceil(mean + p.train_sigma * std)
+            learn(field_name, min(max(raw, low), high),
+                  f"{len(days_of)} days: mean {mean:.2f} + {p.train_sigma:g} x stddev {std:.2f} = {raw}, bounds {low}..{high}")
+    for field_name, bucket, low, high in (("concurrent_calls", 0, p.train_min_concurrent, p.train_max_concurrent),
+                                          ("concurrent_calls_off", 1, p.train_min_concurrent_off, p.train_max_concurrent_off)):
+        peak = stats["peak"][bucket]
+        if peak is not None:
+            learn(field_name, min(max(peak + 1, low), high), f"highest reported concurrency {peak} + 1, bounds {low}..{high}")
+    for field_name, key in (("dest_countries", "dst"), ("source_countries", "src")):
+        current = getattr(acc, field_name)
+        if field_name in acc.pinned or "*" in current:
+            continue
+        new = {iso for iso, calls in stats[key].items() if calls >= p.train_min_country_calls
+               and iso not in p.high_risk_countries and iso not in current}
+        if new:
+            changes.append((field_name, format_countries(current), format_countries(current | new),
+                            f"used in >= {p.train_min_country_calls} approved calls: {format_countries(new)}"))
+    totals = [sum(stats["days"].get(d, [0, 0])) for d in days]
+    mean, std = _mean_std(totals)
+    anomaly = math.floor(mean + p.anomaly_sigma * std)
+    if anomaly != acc.anomaly_daily:
+        changes.append(("anomaly_daily", acc.anomaly_daily, anomaly,
+                        f"alert above mean {mean:.2f} + {p.anomaly_sigma:g} x stddev {std:.2f} calls a day"))
+    return Proposal(acc, changes)
+
+
+def _has_business_hours(p, day):
+    return day not in p.holidays and bool(p.business_hours.ranges[day.weekday()])
+
+
+def apply_proposal(db, proposal, now):
+    sets, args = [], []
+    for field_name, _current, proposed, _why in proposal.changes:
+        sets.append(f"{field_name} = ?")
+        args.append(proposed)
+    if sets:
+        db.execute(f"UPDATE accounts SET {', '.join(sets)}, updated = ? WHERE id = ?", (*args, now, proposal.account.id))
+
+
+def train(cfg, db, now, account=None, dry_run=False):
+    """Learn limits for every account (or one). Returns the proposals; applies them unless dry_run."""
+    accounts = [Account.from_row(r) for r in db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY user, domain")]
+    if account:
+        accounts = [a for a in accounts if a.id == account.id]
+    stats = history(cfg, db, now, account.id if account else None)
+    proposals = [propose(cfg, acc, stats.get(acc.id), now) for acc in accounts]
+    if not dry_run:
+        db.begin()
+        for proposal in proposals:
+            apply_proposal(db, proposal, now)
+        bump_change_serial(db)
+        db.commit()
+    return proposals
+
+
+def finish_learning(cfg, db, now):
+    """Accounts whose learning period ended: train them and switch them to enforcing."""
+    rows = db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE state = 'learning' AND learning_until <= ?", (now,))
+    for acc in map(Account.from_row, rows):
+        proposal = train(cfg, db, now, account=acc)[0]
+        db.execute("UPDATE accounts SET state = 'enforcing', updated = ? WHERE id = ?", (now, acc.id))
+        bump_change_serial(db)
+        log.info("account %s leaves learning mode: %s", acc.name,
+                 "; ".join(f"{f} {c} -> {n}" for f, c, n, _ in proposal.changes) or proposal.skipped or "limits unchanged")
+    return len(rows)
+
+
+def purge(cfg, db, now, older_than):
+    cutoff = now - older_than
+    counts = {}
+    for table, where, args in (
+            ("call_log", "ts < ?", (cutoff,)),
+            ("daily_counters", "day < ?", (dt.datetime.fromtimestamp(cutoff, cfg.policy.tz).date().isoformat(),)),
+            ("ab_pairs", "window_start < ? AND blocked_until < ?", (now - cfg.policy.ab_window, now)),
+            ("reputation_cache", "expires < ?", (now,)),
+            ("locks", "expires < ?", (now,))):
+        counts[table] = db.execute(f"DELETE FROM {table} WHERE {where}", args).rowcount
+    return counts
+
+
+def daily_summaries(cfg, db, engine, now):
+    """One alert per account that had rejections on the previous calendar day."""
+    local = dt.datetime.fromtimestamp(now, cfg.policy.tz)
+    end = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    start = (end - dt.timedelta(days=1))
+    rows = db.query("SELECT user, domain, code, COUNT(*) FROM call_log WHERE ts >= ? AND ts < ? AND "
+                    "(code <> 'A00' OR would_code <> '') GROUP BY user, domain, code",
+                    (start.timestamp(), end.timestamp()))
+    per_account = {}
+    for user, domain, code, calls in rows:
+        per_account.setdefault((user, domain), []).append((code, calls))
+    for (user, domain), codes in per_account.items():
+        acc = engine.accounts.get((user.lower(), domain.lower()))
+        lines = "\n".join(f"  {code}: {calls}" for code, calls in sorted(codes))
+        engine.alerts.add(AlertEvent(
+            "summary", f"{user}@{domain}", f"SUMMARY{start.date().isoformat()}",
+            f"TFPS daily summary {start.date().isoformat()}: {user}@{domain}",
+            f"Rejected (or, in monitor/learning mode, would-be rejected) calls of {user}@{domain} on "
+            f"{start.date().isoformat()}:\n{lines}\nDetails: tfps.py calls --account {user}@{domain} --since 48h",
+            {"day": start.date().isoformat(), "codes": dict(codes)}, acc.email if acc else ""))
+    return len(per_account)
+
+
+class DailyJobs:
+    """Training at train_at, the rejection summary at summary_at, the purge after training, and the
+    end of learning periods. Each daily job runs on one node only, under a lock named by day."""
+
+    def __init__(self, cfg, db, engine):
+        self.cfg = cfg
+        self.db = db
+        self.engine = engine
+        self.done = {}
+
+    def run_due(self, now=None):
+        now = now or time.time()
+        p = self.cfg.policy
+        if finish_learning(self.cfg, self.db, now):
+            self.engine.check_for_changes()
+        local = dt.datetime.fromtimestamp(now, p.tz)
+        today = local.date().isoformat()
+        for name, at in (("train", p.train_at), ("purge", p.train_at), ("summary", self.cfg.alerts.summary_at)):
+            hour, minute = parse_clock(at)
+            if self.done.get(name) == today or (local.hour, local.minute) < (hour, minute):
+                continue
+            self.done[name] = today
+            if not acquire_lock(self.db, f"{name}:{today}", self.cfg.server.node_name, now, 2 * 86400):
+                continue
+            self.engine.flush(now)
+            if name == "train":
+                proposals = train(self.cfg, self.db, now)
+                log.info("daily training: %d account(s) changed", sum(1 for x in proposals if x.changes))
+            elif name == "purge":
+                log.info("daily purge: %s", purge(self.cfg, self.db, now, p.retention_days * 86400))
+            else:
+                log.info("daily summary: %d account(s) with rejections", daily_summaries(self.cfg, self.db, self.engine, now))
+            self.engine.check_for_changes()
+
+
+# =============================================================================================
+# 12. Replay: the real engine over historical CDRs with simulated time (backtesting)
+# =============================================================================================
+
+REPLAY_COLUMNS = ("time", "user", "domain", "number", "source_ip", "user_agent", "concurrent_calls")
+
+
+def read_cdrs(path):
+    try:
+        fh = open(path, newline="", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in REPLAY_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"{path}: missing column(s) {', '.join(missing)} (header row required)")
+        rows = []
+        for line, row in enumerate(reader, 2):
+            try:
+                ts = dt.datetime.fromisoformat(row["time"].strip()).timestamp()
+            except ValueError:
+                raise UserError(f"{path}:{line}: time {row['time']!r} is not ISO 8601 with offset") from None
+            calls = (row.get("concurrent_calls") or "").strip()
+            if calls and not calls.isdigit():
+                raise UserError(f"{path}:{line}: concurrent_calls {calls!r} is not a whole number")
+            rows.append((ts, line, row))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return rows
+
+
+def replay(cfg, path, db_url=None):
+    """Run the engine over a CDR file; returns the report as a dict."""
+    rows = read_cdrs(path)
+    db = open_database(db_url or "sqlite://:memory:")
+    engine = Engine(cfg, db)
+    jobs = DailyJobs(cfg, db, engine)
+    enforce = cfg.server.mode != "monitor"
+    codes, rejected_accounts = {}, {}
+    fraud = fraud_blocked = legit = legit_blocked = 0
+    episodes, open_episode = [], {}
+    next_jobs = 0.0
+    for ts, _line, row in rows:
+        if ts >= next_jobs:
+            jobs.run_due(ts)
+            next_jobs = ts + 60
+        calls = (row.get("concurrent_calls") or "").strip()
+        attempt = CallAttempt(row["user"].strip(), row["domain"].strip(), row["number"].strip(),
+                              (row.get("source_ip") or "").strip(), (row.get("user_agent") or "").strip(),
+                              int(calls) if calls else None, ts, source_country=(row.get("source_country") or "").strip())
+        verdict = engine.decide(attempt, enforce=enforce)
+        engine.record(verdict, "replay", 0.0)
+        if len(engine.log_rows) >= 5000:
+            engine.flush(ts)
+        codes[verdict.code] = codes.get(verdict.code, 0) + 1
+        account = f"{attempt.user}@{attempt.domain}"
+        if not verdict.approved:
+            rejected_accounts.setdefault(account, {}).setdefault(verdict.code, 0)
+            rejected_accounts[account][verdict.code] += 1
+        label = (row.get("label") or "").strip().lower()
+        if label == "fraud":
+            fraud += 1
+            fraud_blocked += not verdict.approved
+            episode = open_episode.get(account)
+            if episode is None:
+                episode = open_episode[account] = {"account": account, "start": row["time"].strip(), "calls": 0,
+                                                   "leaked_before_first_block": None, "_leaked": 0}
+                episodes.append(episode)
+            episode["calls"] += 1
+            if episode["leaked_before_first_block"] is None:
+                if verdict.approved:
+                    episode["_leaked"] += 1
+                else:
+                    episode["leaked_before_first_block"] = episode["_leaked"]
+        elif label == "legit":
+            legit += 1
+            legit_blocked += not verdict.approved
+            open_episode.pop(account, None)
+    engine.flush()
+    db.close()
+    for episode in episodes:
+        leaked = episode.pop("_leaked")
+        if episode["leaked_before_first_block"] is None:
+            episode["leaked_before_first_block"] = leaked
+            episode["blocked"] = False
+        else:
+            episode["blocked"] = True
+    return {"rows": len(rows), "codes": dict(sorted(codes.items())), "rejected_accounts": rejected_accounts,
+            "fraud_calls": fraud, "fraud_blocked": fraud_blocked,
+            "fraud_blocked_pct": round(100.0 * fraud_blocked / fraud, 2) if fraud else None,
+            "legit_calls": legit, "legit_blocked": legit_blocked,
+            "legit_blocked_pct": round(100.0 * legit_blocked / legit, 2) if legit else None,
+            "episodes": episodes}
+
+
+# =============================================================================================
+# 13. Server: one selectors event loop that moves bytes and timers for UDP and TCP
+# =============================================================================================
+
+ALLOWED_METHODS = "INVITE, ACK, CANCEL, OPTIONS, BYE"
+VERDICT_PREFIX = re.compile(r"(?:A00|R\d\d)")
+
+
+def call_identity(msg, uri, from_addr, packet_ip, now):
+    """The CallAttempt a request describes: P-tfps first, then the legacy X-tfps/P-* headers,
+    then the From URI, the packet's source and the User-Agent header."""
+    user, domain = from_addr.uri.user, from_addr.uri.host
+    ip, ua, calls = packet_ip, msg.header("user-agent") or "", None
+    legacy = msg.header("x-tfps")
+    if legacy and "@" in legacy:
+        user, _, domain = legacy.strip().partition("@")
+    ip = msg.header("p-received") or msg.header("p-source") or ip
+    ua = msg.header("p-ua") or ua
+    calls = msg.header("p-calls") or calls
+    p_tfps = msg.header("p-tfps")
+    if p_tfps is not None:
+        fields = p_tfps.split(";")
+        if len(fields) > 5:  # a User-Agent with ';' in it: the count is always the last field
+            fields = fields[:3] + [";".join(fields[3:-1]), fields[-1]]
+        fields += [""] * (5 - len(fields))
+        user, domain = fields[0].strip() or user, fields[1].strip() or domain
+        ip, ua, calls = fields[2].strip() or ip, fields[3].strip() or ua, fields[4].strip() or calls
+    calls = str(calls).strip() if calls is not None else ""
+    return CallAttempt(user=user, domain=domain, number=dialed_number(uri.user), source_ip=ip.strip(),
+                       user_agent=ua.strip(), concurrent_calls=int(calls) if calls.isdigit() else None,
+                       ts=now, call_id=msg.header("call-id") or "", from_uri=from_addr.raw_uri)
+
+
+def header_safe(text):
+    return re.sub(r"[\r\n\x00]+", " ", text)[:300]
+
+
+class UdpEndpoint:
+    def __init__(self, sock):
+        self.sock = sock
+        self.transport = "udp"
+
+    def send(self, data, addr):
+        try:
+            self.sock.sendto(data, addr)
+        except OSError as exc:
+            log.debug("UDP send to %s failed: %s", addr, exc)
+
+
+class TcpConnection:
+    def __init__(self, sock, addr, max_size, now):
+        self.sock = sock
+        self.addr = addr
+        self.framer = StreamFramer(max_size)
+        self.outbuf = bytearray()
+        self.last_active = now
+        self.closed = False
+        self.transport = "tcp"
+
+    def send(self, data, _addr=None):
+        if self.closed:
+            return
+        if not self.outbuf:
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.closed = True
+                return
+            data = data[sent:]
+        self.outbuf += data
+
+
+class PendingInvite:
+    """Application state of an INVITE transaction while its verdict is computed."""
+
+    __slots__ = ("msg", "vias", "attempt", "started", "done", "from_host")
+
+    def __init__(self, msg, vias, attempt, started, from_host):
+        self.msg = msg
+        self.vias = vias
+        self.attempt = attempt
+        self.started = started
+        self.done = False
+        self.from_host = from_host
+
+
+class Server:
+    def __init__(self, cfg, db, config_path=None):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.db = db
+        self.engine = Engine(cfg, db)
+        self.txl = TransactionLayer()
+        self.selector = selectors.DefaultSelector()
+        self.timers = []
+        self._seq = 0
+        self.connections = {}
+        self.listeners = []
+        self.stopping = False
+        self.reload_requested = False
+        self.counters = {"untrusted": 0, "malformed": 0, "verdicts": 0}
+        self._trusted_cache = {}
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self.reputation = ReputationService(cfg, db.url, self.wake)
+        self.dispatcher = AlertDispatcher(cfg, db.url)
+        self.jobs = DailyJobs(cfg, db, self.engine)
+
+    # -- sockets ------------------------------------------------------------------------------
+
+    def bind(self):
+        for transport, host, port in self.cfg.server.listen:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+            sock = socket.socket(family, kind)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise UserError(f"cannot listen on {transport}:{host}:{port}: {exc.strerror}") from None
+            sock.setblocking(False)
+            if transport == "udp":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                self.selector.register(sock, selectors.EVENT_READ, ("udp", UdpEndpoint(sock)))
+            else:
+                sock.listen(512)
+                self.selector.register(sock, selectors.EVENT_READ, ("listen", None))
+            self.listeners.append(sock)
+            log.info("listening on %s:%s:%d", transport, host, sock.getsockname()[1])
+
+    def wake(self):
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def call_later(self, delay, callback, *args):
+        self._seq += 1
+        heapq.heappush(self.timers, (time.monotonic() + delay, self._seq, callback, args))
+
+    def every(self, interval, callback):
+        def tick():
+            try:
+                callback()
+            except Exception as exc:
+                log.error("%s failed: %s", callback.__name__, exc)
+                self._recover_db()
+            self.call_later(interval, tick)
+        self.call_later(interval, tick)
+
+    def _run_timers(self):
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, callback, args = heapq.heappop(self.timers)
+            callback(*args)
+        for dest, data in self.txl.poll(now):
+            self._send(dest, data)
+
+    def _timeout(self):
+        deadlines = [d for d in (self.timers[0][0] if self.timers else None, self.txl.next_deadline()) if d is not None]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else 1.0
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self):
+        self.bind()
+        self.every(self.cfg.database.flush_interval, self.flush)
+        self.every(self.cfg.database.reload_interval, self.engine.check_for_changes)
+        self.every(5.0, self._close_idle_connections)
+        self.every(30.0, self.jobs.run_due)
+        self.dispatcher.start()
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup_signal)
+        log.info("TFPS %s serving in %s mode, database %s", __version__, self.cfg.server.mode, redact_url(self.db.url))
+        while not self.stopping:
+            for key, events in self.selector.select(self._timeout()):
+                kind, obj = key.data
+                try:
+                    if kind == "udp":
+                        self._read_udp(key.fileobj, obj)
+                    elif kind == "listen":
+                        self._accept(key.fileobj)
+                    elif kind == "tcp":
+                        self._service_tcp(obj, events)
+                    else:
+                        self._drain_wake()
+                except Exception:  # one bad packet or peer must never stop the loop
+                    log.exception("unexpected error while handling %s traffic", kind)
+            self._run_timers()
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload_config()
+        self.shutdown()
+
+    def _on_stop_signal(self, signum, frame):
+        self.stopping = True
+
+    def _on_hup_signal(self, signum, frame):
+        self.reload_requested = True
+
+    def _drain_wake(self):
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        self.reputation.deliver()
+
+    def shutdown(self):
+        log.info("stopping: answering pending transactions")
+        for tx in list(self.txl.table.values()):
+            if isinstance(tx.data, PendingInvite) and not tx.data.done:
+                self._finish_invite(tx, Reputation(tx.data.attempt.source_ip, False, detail="server stopping"))
+        for dest, data in self.txl.poll(time.monotonic()):
+            self._send(dest, data)
+        for conn in list(self.connections.values()):
+            self._flush_tcp(conn)
+        self.dispatcher.stop()
+        self.reputation.close()
+        try:
+            self.flush()
+        finally:
+            self.db.close()
+            for sock in self.listeners:
+                sock.close()
+        log.info("stopped after %d verdicts (%d packets from untrusted sources dropped, %d malformed)",
+                 self.counters["verdicts"], self.counters["untrusted"], self.counters["malformed"])
+
+    def flush(self):
+        self.engine.flush()
+
+    def _recover_db(self):
+        try:
+            self.db.ping()
+        except Exception as exc:
+            log.error("database still unavailable: %s", exc)
+
+    def reload_config(self):
+        try:
+            cfg = Config.load(self.config_path)
+        except UserError as exc:
+            log.error("SIGHUP: configuration not reloaded: %s", exc)
+            return
+        if cfg.server.listen != self.cfg.server.listen:
+            log.warning("SIGHUP: listen changed; it takes effect at the next restart")
+        self.cfg.server.mode = cfg.server.mode
+        self.cfg.server.trusted_peers = cfg.server.trusted_peers
+        self.cfg.server.redirect_host = cfg.server.redirect_host
+        for section in ("policy", "reputation", "alerts"):
+            setattr(self.cfg, section, getattr(cfg, section))
+        self._trusted_cache.clear()
+        self.engine.reload()
+        log.info("SIGHUP: configuration and lists reloaded (mode %s)", self.cfg.server.mode)
+
+    # -- transports ---------------------------------------------------------------------------
+
+    def trusted(self, ip):
+        ok = self._trusted_cache.get(ip)
+        if ok is None:
+            addr = ipaddress.ip_address(ip.split("%")[0])
+            if addr.version == 6 and addr.ipv4_mapped:
+                addr = addr.ipv4_mapped
+            ok = any(addr in net for net in self.cfg.server.trusted_peers)
+            if len(self._trusted_cache) > 65536:
+                self._trusted_cache.clear()
+            self._trusted_cache[ip] = ok
+            if not ok:
+                log.warning("dropping SIP from untrusted source %s (trusted_peers)", ip)
+        if not ok:
+            self.counters["untrusted"] += 1
+        return ok
+
+    def _read_udp(self, sock, endpoint):
+        limit = self.cfg.server.max_message_size
+        for _ in range(64):
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if not self.trusted(addr[0]):
+                continue
+            if len(data) > limit:
+                self.counters["malformed"] += 1
+                continue
+            if data.strip(b"\r\n\0 "):
+                self.on_message(data, endpoint, addr[:2])
+
+    def _accept(self, listener):
+        try:
+            sock, addr = listener.accept()
+        except OSError:
+            return
+        if not self.trusted(addr[0]) or len(self.connections) >= self.cfg.server.tcp_max_connections:
+            if self.connections and len(self.connections) >= self.cfg.server.tcp_max_connections:
+                log.warning("refusing TCP connection from %s: tcp_max_connections reached", addr[0])
+            sock.close()
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = TcpConnection(sock, addr[:2], self.cfg.server.max_message_size, time.monotonic())
+        self.connections[sock.fileno()] = conn
+        self.selector.register(sock, selectors.EVENT_READ, ("tcp", conn))
+
+    def _service_tcp(self, conn, events):
+        if events & selectors.EVENT_WRITE:
+            self._flush_tcp(conn)
+        if not events & selectors.EVENT_READ or conn.closed:
+            return
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_tcp(conn)
+            return
+        conn.last_active = time.monotonic()
+        try:
+            messages = conn.framer.feed(data)
+        except SipError as exc:
+            self._reject_stream(conn, exc)
+            return
+        for message in messages:
+            self.on_message(message, conn, conn.addr)
+        self._flush_tcp(conn)
+
+    def _reject_stream(self, conn, exc):
+        """A stream that cannot be framed: answer what can be answered, then close it."""
+        try:
+            msg = parse_message(bytes(conn.framer.buffer[:8192]))
+            if msg.is_request and msg.method != "ACK":
+                vias = [self._top_via_value(msg.vias()[0], conn.addr)] + [v.raw for v in msg.vias()[1:]]
+                conn.send(build_response(msg, exc.status, exc.reason, vias=vias))
+        except (SipError, IndexError):
+            pass
+        self.counters["malformed"] += 1
+        self._flush_tcp(conn)
+        self._close_tcp(conn)
+
+    def _flush_tcp(self, conn):
+        if conn.outbuf and not conn.closed:
+            try:
+                sent = conn.sock.send(conn.outbuf)
+                del conn.outbuf[:sent]
+            except BlockingIOError:
+                pass
+            except OSError:
+                conn.closed = True
+        if conn.closed:
+            self._close_tcp(conn)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
+        self.selector.modify(conn.sock, events, ("tcp", conn))
+
+    def _close_tcp(self, conn):
+        conn.closed = True
+        if self.connections.pop(conn.sock.fileno(), None) is not None:
+            self.selector.unregister(conn.sock)
+        conn.sock.close()
+
+    def _close_idle_connections(self):
+        cutoff = time.monotonic() - self.cfg.server.tcp_idle_timeout
+        for conn in [c for c in self.connections.values() if c.last_active < cutoff]:
+            self._close_tcp(conn)
+
+    def _send(self, dest, data):
+        endpoint, addr = dest
+        endpoint.send(data, addr)
+        if endpoint.transport == "tcp" and not endpoint.closed:
+            self._flush_tcp(endpoint)
+
+    # -- SIP ----------------------------------------------------------------------------------
+
+    def _top_via_value(self, via, addr):
+        """The top Via as echoed in responses, with received and rport (RFC 3261 §18.2.1, RFC 3581)."""
+        value = via.raw
+        if "rport" in via.params and not via.params["rport"]:
+            value = re.sub(r";\s*rport(?=\s*(?:;|$))", f";rport={addr[1]}", value, count=1, flags=re.I)
+        if via.host != addr[0] or "rport" in via.params:
+            value += f";received={addr[0]}"
+        return value
+
+    @staticmethod
+    def _response_dest(endpoint, addr, via):
+        if endpoint.transport == "tcp":
+            return endpoint, addr
+        if via.params.get("maddr"):
+            return endpoint, (via.params["maddr"].strip("[]"), via.port or 5060)
+        if "rport" in via.params:
+            return endpoint, addr
+        return endpoint, (addr[0], via.port or 5060)
+
+    def on_message(self, data, endpoint, addr):
+        try:
+            msg = parse_message(data)
+            if not msg.is_request:
+                return  # a redirect server sends no requests, so responses match nothing
+            vias = msg.vias()
+        except SipError:
+            self.counters["malformed"] += 1
+            return
+        if not vias:
+            self.counters["malformed"] += 1
+            return
+        top = vias[0]
+        dest = self._response_dest(endpoint, addr, top)
+        via_values = [self._top_via_value(top, addr)] + [v.raw for v in vias[1:]]
+        try:
+            uri, from_addr = validate_request(msg)
+        except SipError as exc:
+            self.counters["malformed"] += 1
+            if msg.method != "ACK":
+                self._send(dest, build_response(msg, exc.status, exc.reason, vias=via_values, to_tag=secrets.token_hex(6)))
+            return
+        now = time.monotonic()
+        tx, sends = self.txl.receive(msg, top, dest, endpoint.transport == "tcp", now)
+        for send in sends:
+            self._send(*send)
+        if tx is None:
+            return
+        if msg.method == "INVITE":
+            self._on_invite(tx, msg, uri, from_addr, via_values, addr)
+        elif msg.method == "OPTIONS":
+            self._respond(tx, msg, via_values, 200, headers=[("Allow", ALLOWED_METHODS), ("Accept", "application/sdp")])
+        elif msg.method == "CANCEL":
+            self._on_cancel(tx, msg, top, via_values)
+        elif msg.method == "BYE":
+            self._respond(tx, msg, via_values, 481)
+        else:
+            self._respond(tx, msg, via_values, 405, headers=[("Allow", ALLOWED_METHODS)])
+
+    def _respond(self, tx, msg, vias, status, reason=None, headers=()):
+        data = build_response(msg, status, reason, vias=vias, to_tag=tx.to_tag if status > 100 else None, headers=headers)
+        for send in self.txl.respond(tx, status, data, time.monotonic()):
+            self._send(*send)
+
+    def _on_cancel(self, tx, msg, top, vias):
+        invite = self.txl.find_invite(msg, top)
+        if invite is None:
+            self._respond(tx, msg, vias, 481)
+            return
+        self._respond(tx, msg, vias, 200)
+        pending = invite.data
+        if invite.state == "proceeding" and isinstance(pending, PendingInvite) and not pending.done:
+            pending.done = True
+            self._respond(invite, pending.msg, pending.vias, 487)
+            log.info("call-id=%s cancelled before its verdict", pending.attempt.call_id)
+
+    def _on_invite(self, tx, msg, uri, from_addr, vias, addr):
+        user = dialed_number(uri.user)
+        if (msg.header("max-forwards") or "70").lstrip("0") == "":
+            return self._respond(tx, msg, vias, 483)
+        if not user:
+            return self._respond(tx, msg, vias, 484)
+        if VERDICT_PREFIX.match(user):
+            return self._respond(tx, msg, vias, 482, headers=[("X-TFPS-Reason", "Request-URI already carries a verdict")])
+        attempt = call_identity(msg, uri, from_addr, addr[0], time.time())
+        tx.data = PendingInvite(msg, vias, attempt, time.monotonic(), from_addr.uri.host)
+        ip = attempt.source_ip
+        if self.reputation.wanted(ip) and not self.engine.lists.ip_white.match(ip):
+            rep = self.reputation.known(self.db, ip, attempt.ts)
+            if rep is None and self.reputation.paused(attempt.ts):
+                rep = Reputation(ip, False, detail="lookups paused by the service's rate limit")
+            if rep is None:
+                self.reputation.request(ip, lambda result: self._finish_invite(tx, result))
+                self.call_later(0.1, self._send_trying, tx)
+                self.call_later(self.cfg.reputation.reputation_timeout, self._finish_invite, tx,
+                                Reputation(ip, False, detail=f"no answer within {self.cfg.reputation.reputation_timeout:g} s"))
+                return None
+            attempt.reputation = rep
+        return self._finish_invite(tx, None)
+
+    def _send_trying(self, tx):
+        if not tx.data.done:
+            self._respond(tx, tx.data.msg, tx.data.vias, 100)
+
+    def _finish_invite(self, tx, reputation):
+        pending = tx.data
+        if pending.done:
+            return
+        pending.done = True
+        attempt = pending.attempt
+        if reputation is not None:
+            attempt.reputation = reputation
+            if not reputation.ok:
+                log.warning("call-id=%s reputation of %s unavailable (%s): reputation_failure = %s", attempt.call_id,
+                            attempt.source_ip, reputation.detail, self.cfg.reputation.reputation_failure)
+        mode = self.cfg.server.mode
+        try:
+            verdict = self.engine.decide(attempt, enforce=mode != "monitor")
+        except Exception as exc:
+            log.error("call-id=%s no verdict: %s", attempt.call_id, exc)
+            self._recover_db()
+            self._respond(tx, pending.msg, pending.vias, 500, "TFPS Database Unavailable",
+                          headers=[("X-TFPS-Reason", header_safe(str(exc)))])
+            return
+        status, reason, headers, summary = self._verdict_response(verdict, pending)
+        self._respond(tx, pending.msg, pending.vias, status, reason, headers)
+        latency = (time.monotonic() - pending.started) * 1000
+        self.engine.record(verdict, summary, latency)
+        self.counters["verdicts"] += 1
+        if self.cfg.server.log_verdicts:
+            log.info("verdict call-id=%s account=%s@%s number=%s code=%s reason=%s latency=%.2fms", attempt.call_id,
+                     attempt.user, attempt.domain, verdict.number or attempt.number, verdict.code, verdict.reason, latency)
+
+    def _verdict_response(self, verdict, pending):
+        headers = [("X-TFPS-Code", verdict.code), ("X-TFPS-Reason", header_safe(verdict.reason))]
+        if self.cfg.server.mode == "failover":
+            status = 503 if verdict.approved else 603
+            return status, None, headers, f"{status}"
+        host = self.cfg.server.redirect_host or pending.from_host
+        host = f"[{host}]" if ":" in host else host
+        contact = f"<sip:{verdict.code}{pending.attempt.number}@{host}>"
+        return 302, None, [("Contact", contact)] + headers, f"302 {verdict.code}"
+
+
+# =============================================================================================
+# 14. Admin: account, list and report operations behind the CLI
+# =============================================================================================
+
+LIST_KINDS = {"number": ("number_list", "prefix"), "ip": ("ip_list", "cidr"), "ua": ("ua_list", "pattern")}
+
+
+def find_account(db, user, domain):
+    row = db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
+    if row is None:
+        raise UserError(f"unknown account {user}@{domain} (tfps.py list shows the accounts; tfps.py add creates one)")
+    return Account.from_row(row)
+
+
+def today_key(cfg, now):
+    return dt.datetime.fromtimestamp(now, cfg.policy.tz).date().isoformat()
+
+
+def calls_today(db, cfg, account_id, now):
+    rows = db.query("SELECT bucket, approved FROM daily_counters WHERE account_id = ? AND day = ?",
+                    (account_id, today_key(cfg, now)))
+    counts = {"biz": 0, "off": 0}
+    counts.update(dict(rows))
+    return counts
+
+
+def update_account(db, acc, now, end_learning=True, **fields):
+    """Write changed account fields, pin them against training, and notify running servers."""
+    pinned = set(acc.pinned) | {f for f in fields if f in LIMIT_FIELDS or f in ("dest_countries", "source_countries")}
+    values = {k: (format_countries(v) if isinstance(v, set) else v) for k, v in fields.items()}
+    values["pinned"] = ",".join(sorted(pinned))
+    if end_learning:
+        values["state"] = "enforcing"
+    sets = ", ".join(f"{k} = ?" for k in values)
+    db.execute(f"UPDATE accounts SET {sets}, updated = ? WHERE id = ?", (*values.values(), now, acc.id))
+    bump_change_serial(db)
+
+
+def reset_account(db, cfg, acc, now):
+    counters = db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ?", (acc.id, today_key(cfg, now))).rowcount
+    pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (acc.id,)).rowcount
+    bump_change_serial(db)
+    return counters, pairs
+
+
+def remove_account(db, acc):
+    for table in ("daily_counters", "ab_pairs", "account_seen"):
+        db.execute(f"DELETE FROM {table} WHERE account_id = ?", (acc.id,))
+    db.execute("DELETE FROM accounts WHERE id = ?", (acc.id,))
+    bump_change_serial(db)
+
+
+def normalize_list_value(kind, value):
+    """Validate and canonicalize one list entry; raises ValueError."""
+    value = value.strip()
+    if kind == "number":
+        digits = VISUAL_SEPARATORS.sub("", value).lstrip("+")
+        if not digits.isdigit() or len(digits) > 32:
+            raise ValueError(f"{value!r} is not a number prefix (digits only)")
+        return digits
+    if kind == "ip":
+        return str(ipaddress.ip_network(value, strict=False))
+    if not value or len(value) > 255:
+        raise ValueError("a User-Agent pattern must have 1 to 255 characters")
+    re.compile(value)
+    return value
+
+
+def list_add(db, color, kind, values, note, now):
+    """Add entries; returns (added, already present)."""
+    table, column = LIST_KINDS[kind]
+    added = present = 0
+    for value in values:
+        if kind == "ua":
+            cur = db.execute("INSERT OR IGNORE INTO ua_list (pattern, note, created) VALUES (?, ?, ?)", (value, note, now))
+        else:
+            cur = db.execute(f"INSERT OR IGNORE INTO {table} (kind, {column}, note, created) VALUES (?, ?, ?, ?)",
+                             (color, value, note, now))
+        added += cur.rowcount == 1
+        present += cur.rowcount != 1
+    bump_change_serial(db)
+    return added, present
+
+
+def list_remove(db, color, kind, value):
+    table, column = LIST_KINDS[kind]
+    if kind == "ua":
+        removed = db.execute("DELETE FROM ua_list WHERE pattern = ?", (value,)).rowcount
+    else:
+        removed = db.execute(f"DELETE FROM {table} WHERE kind = ? AND {column} = ?", (color, value)).rowcount
+    bump_change_serial(db)
+    return removed
+
+
+def list_entries(db, color, kind):
+    table, column = LIST_KINDS[kind]
+    if kind == "ua":
+        return db.query("SELECT pattern, note, created FROM ua_list ORDER BY pattern")
+    return db.query(f"SELECT {column}, note, created FROM {table} WHERE kind = ? ORDER BY {column}", (color,))
+
+
+def read_list_file(path, kind):
+    """Entries of an import file: one per line, '#' starts a comment. Returns (values, errors)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    values, errors = [], []
+    for number, line in enumerate(lines, 1):
+        text = line if kind == "ua" and not line.lstrip().startswith("#") else line.split("#", 1)[0]
+        if not text.strip():
+            continue
+        try:
+            values.append(normalize_list_value(kind, text))
+        except (ValueError, re.error) as exc:
+            errors.append(f"{path}:{number}: {exc}")
+    return values, errors
+
+
+def query_calls(db, since, account=None, code=None, limit=50):
+    where, args = ["ts >= ?"], [since]
+    if account:
+        user, _, domain = account.partition("@")
+        where.append("user = ? AND domain = ?")
+        args += [user, domain]
+    if code:
+        where.append("(code = ? OR would_code = ?)")
+        args += [code.upper(), code.upper()]
+    return db.query("SELECT ts, user, domain, number, dest_country, source_ip, source_country, code, would_code, reason, "
+                    f"sip_response, latency_ms, node FROM call_log WHERE {' AND '.join(where)} ORDER BY ts DESC, id DESC LIMIT ?",
+                    (*args, limit))
+
+
+def call_stats(db, since):
+    by_code = db.query("SELECT code, would_code, COUNT(*) FROM call_log WHERE ts >= ? GROUP BY code, would_code "
+                       "ORDER BY COUNT(*) DESC", (since,))
+    top_accounts = db.query("SELECT user, domain, COUNT(*), SUM(CASE WHEN code <> 'A00' THEN 1 ELSE 0 END) FROM call_log "
+                            "WHERE ts >= ? GROUP BY user, domain ORDER BY 4 DESC, 3 DESC LIMIT 10", (since,))
+    top_countries = db.query("SELECT dest_country, COUNT(*), SUM(CASE WHEN code <> 'A00' THEN 1 ELSE 0 END) FROM call_log "
+                             "WHERE ts >= ? GROUP BY dest_country ORDER BY 2 DESC LIMIT 10", (since,))
+    return by_code, top_accounts, top_countries
+
+
+def probe(number, server, *, user="probe", domain="tfps.invalid", transport="udp", ip=None, ua=None, calls=None, timeout=5.0):
+    """Send a real INVITE, ACK a final answer; returns (response SipMessage, round trip ms) or None."""
+    host, port = parse_listen(f"{transport}:{server}")[1:]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((host, port))
+        local_ip, local_port = sock.getsockname()[:2]
+        local = f"[{local_ip}]" if ":" in local_ip else local_ip
+        target = f"[{host}]" if ":" in host else host
+        branch, tag, call_id = BRANCH_COOKIE + secrets.token_hex(8), secrets.token_hex(4), f"{secrets.token_hex(8)}@tfps-probe"
+        ruri = f"sip:{number}@{target}:{port}"
+        common = [f"Via: SIP/2.0/{transport.upper()} {local}:{local_port};branch={branch};rport", "Max-Forwards: 70",
+                  f"From: <sip:{user}@{domain}>;tag={tag}"]
+        extra = [f"User-Agent: {ua or 'TFPS probe ' + __version__}"]
+        if ip or calls is not None:
+            extra.append(f"P-tfps: {user};{domain};{ip or ''};{ua or ''};{'' if calls is None else calls}")
+        invite = "\r\n".join([f"INVITE {ruri} SIP/2.0", *common, f"To: <{ruri}>", f"Call-ID: {call_id}", "CSeq: 1 INVITE",
+                              f"Contact: <sip:{user}@{local}:{local_port}>", *extra, "Content-Length: 0", "", ""]).encode()
+        started = time.monotonic()
+        response = _probe_exchange(sock, invite, transport, started + timeout)
+        if response is None:
+            return None
+        rtt = (time.monotonic() - started) * 1000
+        if response.status >= 300:
+            ack = "\r\n".join([f"ACK {ruri} SIP/2.0", *common, f"To: {response.header('to')}", f"Call-ID: {call_id}",
+                               "CSeq: 1 ACK", "Content-Length: 0", "", ""]).encode()
+            sock.send(ack)
+        return response, rtt
+    except OSError as exc:
+        raise UserError(f"probe to {server} over {transport}: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+
+
+def _probe_exchange(sock, invite, transport, deadline):
+    framer = StreamFramer(1 << 20)
+    interval, next_send = T1, time.monotonic()
+    while time.monotonic() < deadline:
+        if next_send is not None and time.monotonic() >= next_send:
+            sock.send(invite)
+            next_send = time.monotonic() + interval if transport == "udp" else None
+            interval = min(interval * 2, T2)
+        sock.settimeout(max(0.01, min(deadline, next_send or deadline) - time.monotonic()))
+        try:
+            data = sock.recv(65536)
+        except (socket.timeout, ConnectionRefusedError):
+            continue
+        if not data:
+            return None
+        for raw in (framer.feed(data) if transport == "tcp" else [data]):
+            msg = parse_message(raw)
+            if not msg.is_request and msg.status >= 200:
+                return msg
+            if not msg.is_request:
+                next_send = None  # a provisional answer stops retransmissions
+    return None
+
+
+# =============================================================================================
+# 15. CLI: argparse subcommands and main()
+# =============================================================================================
+
+def print_table(headers, rows, as_json=False):
+    if as_json:
+        print(json.dumps([dict(zip(headers, row)) for row in rows], indent=2, default=str))
+        return
+    text = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in text]) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in text:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def fmt_time(ts):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+def fmt_limit(value):
+    return "unlimited" if value is None else value
+
+
+def count_arg(text):
+    """A limit on the command line: a whole number or 'unlimited'."""
+    try:
+        return _limit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def countries_arg(text):
+    try:
+        return _countries(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def duration_arg(text):
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def account_arg(text):
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not USER@DOMAIN")
+    return text
+
+
+def listen_arg(text):
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="FILE", help="configuration file (default /etc/tfps/tfps.conf if present)")
+    common.add_argument("--db", metavar="URL", help="database URL, overriding [database] url")
+    json_opt = argparse.ArgumentParser(add_help=False)
+    json_opt.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    account = argparse.ArgumentParser(add_help=False)
+    account.add_argument("user")
+    account.add_argument("domain")
+    limits = argparse.ArgumentParser(add_help=False)
+    limits.add_argument("--concurrent", type=count_arg, metavar="N", help="concurrent calls, business hours")
+    limits.add_argument("--concurrent-off", type=count_arg, metavar="N", help="concurrent calls, off hours")
+    limits.add_argument("--daily-quota", type=count_arg, metavar="N", help="approved calls a day, business hours")
+    limits.add_argument("--daily-quota-off", type=count_arg, metavar="N", help="approved calls a day, off hours")
+    limits.add_argument("--email", metavar="ADDR", help="the account's alert address")
+    countries = argparse.ArgumentParser(add_help=False)
+    countries.add_argument("--dest", type=countries_arg, metavar="CC,...", help="destination countries")
+    countries.add_argument("--source", type=countries_arg, metavar="CC,...", help="source countries")
+
+    parser = argparse.ArgumentParser(prog="tfps.py", description="TFPS, the Telephony Fraud Prevention System.")
+    parser.add_argument("--version", action="version", version=f"TFPS {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("serve", parents=[common], help="run the SIP server")
+    p.add_argument("--listen", action="append", type=listen_arg, metavar="SPEC", help="udp:HOST:PORT or tcp:HOST:PORT (repeatable)")
+    p.add_argument("--mode", choices=("redirect", "failover", "monitor"))
+    sub.add_parser("initdb", parents=[common], help="create or migrate the database in place")
+    p = sub.add_parser("config", parents=[common], help="configuration tools")
+    p.add_argument("action", choices=("check",), help="check: validate and print the effective configuration")
+    sub.add_parser("list", parents=[common, json_opt], help="list accounts")
+    sub.add_parser("show", parents=[common, account, json_opt], help="one account: limits, today's counters, last verdicts")
+    sub.add_parser("add", parents=[common, account, limits, countries], help="pre-provision an account")
+    sub.add_parser("remove", parents=[common, account], help="remove an account and its counters")
+    sub.add_parser("reset", parents=[common, account], help="zero today's counters and A->B blocks of an account")
+    sub.add_parser("set", parents=[common, account, limits], help="set limits by hand (pinned against training)")
+    sub.add_parser("allow", parents=[common, account, countries], help="allow destination/source countries")
+    sub.add_parser("deny", parents=[common, account, countries], help="remove allowed destination/source countries")
+    sub.add_parser("block", parents=[common, account], help="reject every call of an account (R14)")
+    sub.add_parser("unblock", parents=[common, account], help="lift a block")
+    p = sub.add_parser("learn", parents=[common, account], help="put an account in learning mode, or end it")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--days", type=int, metavar="N", help="learn for N more days")
+    g.add_argument("--stop", action="store_true", help="end learning now and enforce")
+    for color in ("blacklist", "whitelist"):
+        p = sub.add_parser(color, parents=[common, json_opt], help=f"manage the {color} of numbers, IPs" + (" and User-Agents" if color == "blacklist" else ""))
+        p.add_argument("action", choices=("add", "remove", "list", "import"))
+        p.add_argument("kind", choices=("number", "ip", "ua") if color == "blacklist" else ("number", "ip"))
+        p.add_argument("value", nargs="?", help="prefix, CIDR or regex; a file for import")
+        p.add_argument("--note", default="", help="a note stored with added entries")
+    p = sub.add_parser("calls", parents=[common, json_opt], help="verdict history")
+    p.add_argument("--account", type=account_arg, metavar="USER@DOMAIN")
+    p.add_argument("--code", metavar="CODE", help="A00, R01 ... R15 (also matches would-be rejections)")
+    p.add_argument("--since", type=duration_arg, default=86400.0, metavar="DURATION", help="default 24h")
+    p.add_argument("--limit", type=int, default=50, metavar="N")
+    p = sub.add_parser("stats", parents=[common, json_opt], help="verdicts by code, top accounts and destinations")
+    p.add_argument("--since", type=duration_arg, default=7 * 86400.0, metavar="DURATION", help="default 7d")
+    p = sub.add_parser("check", parents=[common, account, json_opt], help="evaluate a hypothetical call without counting it")
+    p.add_argument("number")
+    p.add_argument("--ip", default="", help="the caller's source IP")
+    p.add_argument("--ua", default="", help="the caller's User-Agent")
+    p.add_argument("--calls", type=int, help="concurrent calls reported by the PBX")
+    p.add_argument("--country", default="", help="source country, instead of a reputation lookup")
+    p.add_argument("--at", metavar="TIME", help="ISO 8601 time of the call (default now)")
+    p = sub.add_parser("probe", parents=[common], help="send a real INVITE to a TFPS server and show the answer")
+    p.add_argument("number")
+    p.add_argument("--server", required=True, metavar="HOST:PORT")
+    p.add_argument("--from", dest="from_", type=account_arg, default="probe@tfps.invalid", metavar="USER@DOMAIN")
+    p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
+    p.add_argument("--ip", help="caller IP passed in P-tfps")
+    p.add_argument("--ua", help="caller User-Agent")
+    p.add_argument("--calls", type=int, help="concurrent calls passed in P-tfps")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+    p = sub.add_parser("purge", parents=[common], help="delete call log rows and expired state")
+    p.add_argument("--older-than", type=duration_arg, required=True, metavar="DURATION", help="e.g. 90d")
+    p = sub.add_parser("reputation", parents=[common, json_opt], help="show the reputation of an IP (cached or fresh)")
+    p.add_argument("ip")
+    p.add_argument("--fresh", action="store_true", help="ignore the cache")
+    p = sub.add_parser("train", parents=[common, json_opt], help="learn limits from the call history")
+    p.add_argument("--dry-run", action="store_true", help="show current -> proposed values, change nothing")
+    p.add_argument("--account", type=account_arg, metavar="USER@DOMAIN")
+    p = sub.add_parser("replay", parents=[common, json_opt], help="backtest the policy on a CDR file")
+    p.add_argument("cdr", metavar="CDR.csv")
+    return parser
+
+
+def load_config(args):
+    cfg = Config.load(args.config or default_config_path())
+    if getattr(args, "db", None):
+        cfg.set("database", "url", args.db)
+    if getattr(args, "mode", None):
+        cfg.set("server", "mode", args.mode)
+    if getattr(args, "listen", None):
+        cfg.server.listen = args.listen
+    return cfg
+
+
+def cmd_serve(args, cfg):
+    setup_logging(cfg.server.log_level)
+    db = open_database(cfg.database.url)
+    Server(cfg, db, args.config or default_config_path()).run()
+    return 0
+
+
+def cmd_initdb(args, cfg):
+    db = Database(cfg.database.url)
+    old, new, added = db.initdb()
+    action = "created" if old == 0 else ("migrated" if old != new or added else "checked")
+    print(f"database {redact_url(db.url)} {action}: schema version {new}" + (f"; added columns {', '.join(added)}" if added else ""))
+    print(f"{db.scalar('SELECT COUNT(*) FROM countries')} countries, {db.scalar('SELECT COUNT(*) FROM ua_list')} User-Agent patterns")
+    return 0
+
+
+def cmd_config(args, cfg):
+    print(f"# {args.config or default_config_path() or 'built-in defaults'}: OK")
+    for section, keys in cfg.effective().items():
+        print(f"\n[{section}]")
+        for key, value in keys.items():
+            print(f"{key} = {value}")
+    return 0
+
+
+def cmd_list(args, cfg, db):
+    now = time.time()
+    rows = []
+    for acc in (Account.from_row(r) for r in db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY domain, user")):
+        today = calls_today(db, cfg, acc.id, now)
+        rows.append((acc.user, acc.domain, fmt_time(acc.created), acc.state if acc.learning(now) else "enforcing",
+                     f"{fmt_limit(acc.concurrent_calls)}/{fmt_limit(acc.concurrent_calls_off)}",
+                     f"{fmt_limit(acc.daily_quota)}/{fmt_limit(acc.daily_quota_off)}",
+                     format_countries(acc.dest_countries), format_countries(acc.source_countries),
+                     "yes" if acc.blocked else "no", today["biz"] + today["off"]))
+    print_table(["user", "domain", "created", "state", "concurrent", "daily_quota", "dest", "source", "blocked", "calls_today"],
+                rows, args.json)
+    return 0
+
+
+def cmd_show(args, cfg, db):
+    acc = find_account(db, args.user, args.domain)
+    now = time.time()
+    today = calls_today(db, cfg, acc.id, now)
+    verdicts = query_calls(db, 0, f"{acc.user}@{acc.domain}", limit=10)
+    info = {"account": acc.name, "state": acc.state if acc.learning(now) else "enforcing",
+            "learning_until": fmt_time(acc.learning_until) if acc.learning(now) else "",
+            "created": fmt_time(acc.created), "last_seen": fmt_time(acc.last_seen), "blocked": acc.blocked,
+            "email": acc.email, "concurrent_calls": fmt_limit(acc.concurrent_calls),
+            "concurrent_calls_off": fmt_limit(acc.concurrent_calls_off), "daily_quota": fmt_limit(acc.daily_quota),
+            "daily_quota_off": fmt_limit(acc.daily_quota_off), "dest_countries": format_countries(acc.dest_countries),
+            "source_countries": format_countries(acc.source_countries), "pinned": ",".join(sorted(acc.pinned)),
+            "anomaly_daily": acc.anomaly_daily, "approved_today_business": today["biz"], "approved_today_off": today["off"]}
+    headers = ["time", "number", "dest", "source_ip", "code", "would", "reason"]
+    rows = [(fmt_time(r[0]), r[3], r[4], r[5], r[7], r[8], r[9]) for r in verdicts]
+    if args.json:
+        print(json.dumps(dict(info, last_verdicts=[dict(zip(headers, r)) for r in rows]), indent=2, default=str))
+        return 0
+    for key, value in info.items():
+        print(f"{key:24} {value}")
+    print("\nlast verdicts:")
+    print_table(headers, rows)
+    return 0
+
+
+def _limit_fields(args):
+    fields = {}
+    for option, column in (("concurrent", "concurrent_calls"), ("concurrent_off", "concurrent_calls_off"),
+                           ("daily_quota", "daily_quota"), ("daily_quota_off", "daily_quota_off")):
+        if getattr(args, option) is not None:
+            fields[column] = getattr(args, option)
+    return fields
+
+
+def cmd_add(args, cfg, db):
+    engine_defaults = Engine.new_account(argparse.Namespace(cfg=cfg), None, args.user, args.domain, time.time())
+    if not insert_account(db, engine_defaults):
+        raise UserError(f"account {args.user}@{args.domain} already exists")
+    acc = find_account(db, args.user, args.domain)
+    fields = _limit_fields(args)
+    if args.email is not None:
+        fields["email"] = args.email
+    if args.dest:
+        fields["dest_countries"] = args.dest
+    if args.source:
+        fields["source_countries"] = args.source
+    update_account(db, acc, time.time(), end_learning=False, **fields)
+    print(f"added {acc.name}: {describe_limits(find_account(db, args.user, args.domain))}")
+    return 0
+
+
+def cmd_set(args, cfg, db):
+    acc = find_account(db, args.user, args.domain)
+    fields = _limit_fields(args)
+    if args.email is not None:
+        fields["email"] = args.email
+    if not fields:
+        raise UserError("nothing to set: give --concurrent, --concurrent-off, --daily-quota, --daily-quota-off or --email")
+    update_account(db, acc, time.time(), **fields)
+    print(f"{acc.name}: {describe_limits(find_account(db, args.user, args.domain))} (pinned: {', '.join(sorted(fields))})")
+    return 0
+
+
+def cmd_allow(args, cfg, db):
+    acc = find_account(db, args.user, args.domain)
+    if not (args.dest or args.source):
+        raise UserError(f"nothing to {args.command}: give --dest CC,... and/or --source CC,...")
+    fields = {}
+    for option, column in (("dest", "dest_countries"), ("source", "source_countries")):
+        codes = getattr(args, option)
+        if codes:
+            current = getattr(acc, column)
+            fields[column] = current | codes if args.command == "allow" else current - codes
+    update_account(db, acc, time.time(), **fields)
+    print(f"{acc.name}: {describe_limits(find_account(db, args.user, args.domain))}")
+    return 0
+
+
+def cmd_block(args, cfg, db):
+    acc = find_account(db, args.user, args.domain)
+    update_account(db, acc, time.time(), end_learning=False, blocked=int(args.command == "block"))
+    print(f"{acc.name} {'blocked' if args.command == 'block' else 'unblocked'}; running servers follow within "
+          f"{cfg.database.reload_interval:g} s")
+    return 0
+
+
+def cmd_learn(args, cfg, db):
+    acc = find_account(db, args.user, args.domain)
+    now = time.time()
+    if args.stop:
+        update_account(db, acc, now, end_learning=True)
+        print(f"{acc.name} is enforcing")
+    else:
+        db.execute("UPDATE accounts SET state = 'learning', learning_until = ?, updated = ? WHERE id = ?",
+                   (now + args.days * 86400, now, acc.id))
+        bump_change_serial(db)
+        print(f"{acc.name} is learning until {fmt_time(now + args.days * 86400)}")
+    return 0
+
+
+def cmd_remove(args, cfg, db):
+    acc = find_account(db, args.user, args.domain)
+    remove_account(db, acc)
+    print(f"removed {acc.name}")
+    return 0
+
+
+def cmd_reset(args, cfg, db):
+    acc = find_account(db, args.user, args.domain)
+    counters, pairs = reset_account(db, cfg, acc, time.time())
+    print(f"{acc.name}: today's counters cleared ({counters} bucket(s)), {pairs} A->B pair(s) cleared")
+    return 0
+
+
+def cmd_list_admin(args, cfg, db):
+    color = "black" if args.command == "blacklist" else "white"
+    now = time.time()
+    if args.action == "list":
+        rows = [(value, note, fmt_time(created)) for value, note, created in list_entries(db, color, args.kind)]
+        print_table([args.kind, "note", "added"], rows, args.json)
+        return 0
+    if not args.value:
+        raise UsageError(f"{args.command} {args.action} {args.kind} needs a value" + (" (a file)" if args.action == "import" else ""))
+    if args.action == "import":
+        values, errors = read_list_file(args.value, args.kind)
+        added, present = list_add(db, color, args.kind, values, args.note or f"import {os.path.basename(args.value)}", now)
+        for error in errors:
+            print(error, file=sys.stderr)
+        print(f"imported {args.value}: {added} added, {present} already present, {len(errors)} invalid")
+        return 1 if errors and not values else 0
+    try:
+        value = normalize_list_value(args.kind, args.value)
+    except (ValueError, re.error) as exc:
+        raise UserError(f"{args.command} {args.kind}: {exc}") from None
+    if args.action == "add":
+        added, _ = list_add(db, color, args.kind, [value], args.note, now)
+        print(f"{args.command} {args.kind} {value}: {'added' if added else 'already present'}")
+        return 0
+    if not list_remove(db, color, args.kind, value):
+        raise UserError(f"{args.command} {args.kind} {value}: not present")
+    print(f"{args.command} {args.kind} {value}: removed")
+    return 0
+
+
+def cmd_calls(args, cfg, db):
+    rows = query_calls(db, time.time() - args.since, args.account, args.code, args.limit)
+    print_table(["time", "account", "number", "dest", "source_ip", "src", "code", "would", "reason", "response", "ms", "node"],
+                [(fmt_time(r[0]), f"{r[1]}@{r[2]}", *r[3:11], round(r[11], 2), r[12]) for r in rows], args.json)
+    return 0
+
+
+def cmd_stats(args, cfg, db):
+    by_code, top_accounts, top_countries = call_stats(db, time.time() - args.since)
+    if args.json:
+        print(json.dumps({"by_code": [{"code": c, "would_code": w, "calls": n} for c, w, n in by_code],
+                          "top_accounts": [{"account": f"{u}@{d}", "calls": n, "rejected": r} for u, d, n, r in top_accounts],
+                          "top_destinations": [{"country": c, "calls": n, "rejected": r} for c, n, r in top_countries]}, indent=2))
+        return 0
+    total = sum(n for _c, _w, n in by_code)
+    approved = sum(n for c, _w, n in by_code if c == APPROVED)
+    print(f"{total} verdicts since {fmt_time(time.time() - args.since)}: {approved} approved, {total - approved} rejected\n")
+    print_table(["code", "would_code", "calls"], by_code)
+    print()
+    print_table(["account", "calls", "rejected"], [(f"{u}@{d}", n, r) for u, d, n, r in top_accounts])
+    print()
+    print_table(["destination", "calls", "rejected"], top_countries)
+    return 0
+
+
+def cmd_check(args, cfg, db):
+    engine = Engine(cfg, db)
+    tz = cfg.policy.tz
+    ts = parse_time_arg(args.at, tz) if args.at else time.time()
+    attempt = CallAttempt(args.user, args.domain, args.number, args.ip, args.ua, args.calls, ts, source_country=args.country.upper())
+    client = ReputationClient(cfg.reputation)
+    if args.ip and not args.country and client.enabled and is_public_ip(args.ip) and not engine.lists.ip_white.match(args.ip):
+        attempt.reputation = cached_reputation(db, args.ip, ts) or client.fetch(args.ip)
+    verdict = engine.decide(attempt, count=False)
+    result = {"code": verdict.code, "reason": verdict.reason, "number": verdict.number, "dest_country": verdict.dest_country,
+              "source_country": verdict.source_country, "off_hours": verdict.off_hours,
+              "would_code": verdict.would.code if verdict.would else "", "undo": verdict.undo}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{verdict.code}  {verdict.reason}")
+        print(f"number {verdict.number or '-'} ({engine.countries.label(verdict.dest_country)}), "
+              f"{'off' if verdict.off_hours else 'business'} hours, source country {verdict.source_country or 'unknown'}")
+        if verdict.undo:
+            print(f"to allow it: {verdict.undo}")
+    return 0
+
+
+def cmd_probe(args, cfg):
+    user, _, domain = args.from_.partition("@")
+    result = probe(args.number, args.server, user=user, domain=domain, transport=args.transport, ip=args.ip,
+                   ua=args.ua, calls=args.calls, timeout=args.timeout)
+    if result is None:
+        print(f"no answer from {args.server} over {args.transport} within {args.timeout:g} s")
+        return 1
+    response, rtt = result
+    print(f"SIP/2.0 {response.status} {response.reason}")
+    if response.header("contact"):
+        print(f"Contact: {response.header('contact')}")
+    print(f"code: {response.header('x-tfps-code') or '-'}")
+    print(f"reason: {response.header('x-tfps-reason') or '-'}")
+    print(f"round trip: {rtt:.2f} ms")
+    return 0
+
+
+def cmd_purge(args, cfg, db):
+    counts = purge(cfg, db, time.time(), args.older_than)
+    print(", ".join(f"{table}: {n} deleted" for table, n in counts.items()))
+    return 0
+
+
+def cmd_reputation(args, cfg, db):
+    try:
+        ipaddress.ip_address(args.ip)
+    except ValueError:
+        raise UsageError(f"{args.ip!r} is not an IP address") from None
+    now = time.time()
+    rep = None if args.fresh else cached_reputation(db, args.ip, now)
+    origin = "cache"
+    if rep is None:
+        if not is_public_ip(args.ip):
+            raise UserError(f"{args.ip} is a private or special-purpose address: never looked up")
+        client = ReputationClient(cfg.reputation)
+        if not client.enabled:
+            raise UserError("reputation lookups are off: set abuseipdb_key or apiban_key in [reputation]")
+        try:
+            rep = client.fetch(args.ip, now)
+        except RateLimited as exc:
+            raise UserError(f"reputation service: {exc}") from None
+        store_reputation(db, rep, cfg.reputation.reputation_ttl)
+        origin = "fresh"
+    result = {"ip": rep.ip, "ok": rep.ok, "score": rep.score, "country": rep.country, "whitelisted": rep.whitelisted,
+              "apiban": rep.apiban, "source": rep.source, "detail": rep.detail, "origin": origin,
+              "age_seconds": round(now - rep.checked, 1)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key:12} {value}")
+    return 0 if rep.ok else 1
+
+
+def cmd_train(args, cfg, db):
+    account = None
+    if args.account:
+        account = find_account(db, *args.account.split("@", 1))
+    now = time.time()
+    if not args.dry_run and not acquire_lock(db, "train", cfg.server.node_name, now, 3600):
+        raise UserError("another node is training right now; try again later")
+    try:
+        proposals = train(cfg, db, now, account, dry_run=args.dry_run)
+    finally:
+        if not args.dry_run:
+            release_lock(db, "train", cfg.server.node_name)
+    rows = []
+    for proposal in proposals:
+        if not proposal.changes:
+            rows.append((proposal.account.name, "-", "", "", proposal.skipped or "no change"))
+        for field_name, current, proposed, why in proposal.changes:
+            rows.append((proposal.account.name, field_name, fmt_limit(current), proposed, why))
+    print_table(["account", "field", "current", "proposed" if args.dry_run else "learned", "why"], rows, args.json)
+    return 0
+
+
+def cmd_replay(args, cfg):
+    logging.getLogger("tfps").setLevel(logging.ERROR)
+    report = replay(cfg, args.cdr, args.db)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['rows']} CDR rows replayed")
+    print_table(["code", "calls"], list(report["codes"].items()))
+    if report["rejected_accounts"]:
+        print("\naccounts with rejections:")
+        print_table(["account", "rejections"], [(a, ", ".join(f"{c}x{n}" for c, n in sorted(codes.items())))
+                                                  for a, codes in sorted(report["rejected_accounts"].items())])
+    if report["fraud_calls"] or report["legit_calls"]:
+        print(f"\nfraud calls blocked: {report['fraud_blocked']}/{report['fraud_calls']} ({report['fraud_blocked_pct']}%)")
+        print(f"legitimate calls blocked: {report['legit_blocked']}/{report['legit_calls']} ({report['legit_blocked_pct']}%)")
+        print_table(["account", "episode start", "calls", "leaked before first block", "blocked"],
+                    [(e["account"], e["start"], e["calls"], e["leaked_before_first_block"], e["blocked"]) for e in report["episodes"]])
+    return 0
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing: usage and exit code 2."""
+
+
+COMMANDS_WITHOUT_DB = {"serve": cmd_serve, "initdb": cmd_initdb, "config": cmd_config, "probe": cmd_probe, "replay": cmd_replay}
+COMMANDS = {"list": cmd_list, "show": cmd_show, "add": cmd_add, "remove": cmd_remove, "reset": cmd_reset, "set": cmd_set,
+            "allow": cmd_allow, "deny": cmd_allow, "block": cmd_block, "unblock": cmd_block, "learn": cmd_learn,
+            "blacklist": cmd_list_admin, "whitelist": cmd_list_admin, "calls": cmd_calls, "stats": cmd_stats,
+            "check": cmd_check, "purge": cmd_purge, "reputation": cmd_reputation, "train": cmd_train}
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        setup_logging("warning")
+    db = None
+    try:
+        cfg = load_config(args)
+        if args.command in COMMANDS_WITHOUT_DB:
+            return COMMANDS_WITHOUT_DB[args.command](args, cfg)
+        db = open_database(cfg.database.url)
+        return COMMANDS[args.command](args, cfg, db)
+    except UsageError as exc:
+        parser.parse_args([args.command, "--help"]) if False else None
+        print(f"tfps.py {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        print(f"tfps: {exc}", file=sys.stderr)
+        return 1
+    except (sqlite3.Error, OSError) as exc:
+        print(f"tfps: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if type(exc).__module__.startswith("pymysql"):
+            print(f"tfps: database error: {exc.args[-1] if exc.args else exc}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        if db is not None:
+            db.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,7 @@ import argparse
 import configparser
 import csv
 import datetime as dt
+import decimal
 import heapq
 import ipaddress
 import json
@@ -403,6 +404,9 @@ class Config:
         except ValueError as exc:
             raise ConfigError(f"{where}: [{section}] {key} = {value!r}: {exc}") from None
         self.raw[section][key] = value
+        if section == "policy" and key in ("home_country", "timezone", "default_source_countries",
+                                           "default_destination_countries"):
+            self._finish()
 
     def _finish(self):
         p = self.policy
@@ -781,11 +785,14 @@ def validate_request(msg):
     max_forwards = msg.header("max-forwards")
     if max_forwards is not None and (not max_forwards.isdigit() or int(max_forwards) > 255):
         raise SipError(400, "Malformed Max-Forwards Header")
-    for name in ("from", "to"):
-        try:
-            parse_name_addr(msg.header(name))
-        except ValueError:
-            raise SipError(400, f"Malformed {name.title()} Header") from None
+    try:
+        from_addr = parse_name_addr(msg.header("from"))
+    except ValueError:
+        raise SipError(400, "Malformed From Header") from None
+    try:
+        parse_name_addr(msg.header("to"))
+    except ValueError:
+        raise SipError(400, "Malformed To Header") from None
     try:
         uri = parse_uri(msg.uri)
     except ValueError:
@@ -794,7 +801,7 @@ def validate_request(msg):
         raise SipError(416, "Unsupported URI Scheme")
     if uri.headers:
         raise SipError(400, "Headers Not Allowed In Request-URI")
-    return uri, parse_name_addr(msg.header("from"))
+    return uri, from_addr
 
 
 def tag_of(name_addr_value):
@@ -1123,11 +1130,21 @@ class Database:
         row = self.one(text, params)
         return row[0] if row and row[0] is not None else default
 
+    @property
+    def group_commit(self):
+        """SQLite commits verdicts in groups (at each flush): a commit per verdict would cost more
+        than the verdict. MySQL commits each verdict, so other nodes see the counters at once."""
+        return self.dialect == "sqlite"
+
+    @property
+    def in_transaction(self):
+        return self.dialect == "sqlite" and self.conn.in_transaction
+
     def begin(self):
-        if self.dialect == "sqlite":
-            self.conn.execute("BEGIN IMMEDIATE")
-        else:
+        if self.dialect == "mysql":
             self.conn.begin()
+        elif not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
 
     def commit(self):
         self.conn.commit() if self.dialect == "mysql" else self.conn.execute("COMMIT")
@@ -1141,14 +1158,18 @@ class Database:
     def upsert(self, table, values, keys, update):
         """INSERT a row or, on a key conflict, run `update` (an assignment list in which
         NEW(col) names the value that was to be inserted). Returns the cursor."""
-        cols = ", ".join(values)
-        marks = ", ".join("?" * len(values))
-        if self.dialect == "sqlite":
-            update = re.sub(r"NEW\((\w+)\)", r"excluded.\1", update)
-            text = f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}"
-        else:
-            update = re.sub(r"NEW\((\w+)\)", r"VALUES(\1)", update)
-            text = f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {update}"
+        shape = (table, tuple(values), tuple(keys), update)
+        text = self._translated.get(shape)
+        if text is None:
+            cols = ", ".join(values)
+            marks = ", ".join("?" * len(values))
+            if self.dialect == "sqlite":
+                update = re.sub(r"NEW\((\w+)\)", r"excluded.\1", update)
+                text = f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}"
+            else:
+                update = re.sub(r"NEW\((\w+)\)", r"VALUES(\1)", update)
+                text = f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {update}"
+            self._translated[shape] = text
         return self.execute(text, tuple(values.values()))
 
     def ping(self):
@@ -1276,20 +1297,27 @@ class NetworkSet:
             self.nets[net.version].setdefault(net.prefixlen, {})[int(net.network_address)] = str(net)
         self.masks = {v: sorted(((plen, ((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1)) for plen in d),
                                 reverse=True) for v, d, bits in ((4, self.nets[4], 32), (6, self.nets[6], 128))}
+        self.cache = {}
 
     def match(self, ip):
+        """The listed network containing `ip`, or None; answers are memoized per address."""
+        if ip in self.cache:
+            return self.cache[ip]
+        found = None
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
-            return None
-        if addr.version == 6 and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        value, table = int(addr), self.nets[addr.version]
-        for plen, mask in self.masks[addr.version]:
-            cidr = table[plen].get(value & mask)
-            if cidr:
-                return cidr
-        return None
+            addr = None
+        if addr is not None:
+            if addr.version == 6 and addr.ipv4_mapped:
+                addr = addr.ipv4_mapped
+            value, table = int(addr), self.nets[addr.version]
+            found = next((table[plen][value & mask] for plen, mask in self.masks[addr.version]
+                          if value & mask in table[plen]), None)
+        if len(self.cache) > 65536:
+            self.cache.clear()
+        self.cache[ip] = found
+        return found
 
 
 class UserAgentList:
@@ -1515,14 +1543,14 @@ class ReputationService:
             self.completed.append((ip, rep, exc.until))
             self.wake()
             return
+        self.completed.append((ip, rep, None))
+        self.wake()
         try:
             if not hasattr(self.local, "db"):
                 self.local.db = Database(self.db_url)
             store_reputation(self.local.db, rep, self.rcfg.reputation_ttl)
-        except Exception as exc:  # the verdict must still come
+        except Exception as exc:  # a cache miss later is the only cost
             log.error("reputation cache write for %s failed: %s", ip, exc)
-        self.completed.append((ip, rep, None))
-        self.wake()
 
     def deliver(self):
         """On the loop: hand finished lookups to the calls waiting for them."""
@@ -1584,7 +1612,7 @@ class AlertQueue:
                 body += (f"\n\n{row[1]} more alert(s) of this kind for {event.account} were suppressed "
                          f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row[0]))} (alert_interval).")
                 event.fields["suppressed"] = row[1]
-            log.warning("alert: %s", event.subject)
+            log.info("alert: %s", event.subject)
             self._enqueue(db, event, body, now)
 
     def _enqueue(self, db, event, body, now):
@@ -2002,7 +2030,7 @@ class Engine:
             self.db.begin()
         try:
             verdict = self._run_pipeline(call, enforce)
-            if count:
+            if count and not self.db.group_commit:
                 self.db.commit()
         except BaseException:
             if count:
@@ -2038,6 +2066,7 @@ class Engine:
         local = dt.datetime.fromtimestamp(call.now, p.tz)
         call.off_hours = not p.business_hours.contains(local, p.holidays)
         call.day = local.date().isoformat()
+        a.domain = a.domain.lower()
         call.account = self._account(a.user, a.domain, call)
 
     def _verdict(self, call, code, reason, undo, would):
@@ -2054,20 +2083,11 @@ class Engine:
         if not call.dry_run and self.cfg.policy.unknown_accounts == "enroll":
             acc = self._enroll(user, domain, call.now)
         if acc is None:
-            acc = self.new_account(None, user, domain, call.now)
+            acc = default_account(self.cfg, user, domain, call.now)
         return acc
 
-    def new_account(self, account_id, user, domain, now):
-        p = self.cfg.policy
-        learning = p.learning_days > 0
-        return Account(account_id, user, domain, p.default_concurrent_calls, p.default_concurrent_calls_off,
-                       p.default_daily_quota, p.default_daily_quota_off, set(p.default_source_countries),
-                       set(p.default_destination_countries), False, "", "learning" if learning else "enforcing",
-                       now + p.learning_days * 86400 if learning else None, set(), now, None)
-
     def _enroll(self, user, domain, now):
-        acc = self.new_account(None, user, domain, now)
-        inserted = insert_account(self.db, acc)
+        inserted = insert_account(self.db, default_account(self.cfg, user, domain, now))
         row = self.db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
         acc = Account.from_row(row)
         self.accounts[(user.lower(), domain.lower())] = acc
@@ -2155,9 +2175,10 @@ class Engine:
                                   f"If expected, nothing to do; if not: tfps.py block {acc.user} {acc.domain}")
         key = (acc.id, call.day)
         if key not in self.today:
-            self.today = {k: v for k, v in self.today.items() if k[1] == call.day}
-            self.today[key] = self.db.scalar("SELECT SUM(approved) FROM daily_counters WHERE account_id = ? AND day = ?",
-                                             (acc.id, call.day), default=1) - 1
+            if self.today and next(iter(self.today))[1] != call.day:
+                self.today.clear()
+            self.today[key] = int(self.db.scalar("SELECT SUM(approved) FROM daily_counters WHERE account_id = ? AND day = ?",
+                                                 (acc.id, call.day), default=1)) - 1
         self.today[key] += 1
         threshold = acc.anomaly_daily
         if threshold is not None and self.today[key] == threshold + 1:
@@ -2219,7 +2240,7 @@ class Engine:
         """Write buffered call log rows, last-seen times and alerts in one transaction."""
         rows, self.log_rows = self.log_rows, []
         seen, self.last_seen = self.last_seen, {}
-        if not (rows or seen or self.alerts.events):
+        if not (rows or seen or self.alerts.events or self.db.in_transaction):
             return
         self.db.begin()
         try:
@@ -2234,6 +2255,16 @@ class Engine:
             self.db.rollback()
             self.log_rows[:0] = rows
             raise
+
+
+def default_account(cfg, user, domain, now):
+    """A new account as enrollment creates it: the [policy] default_* limits, learning first."""
+    p = cfg.policy
+    learning = p.learning_days > 0
+    return Account(None, user, domain, p.default_concurrent_calls, p.default_concurrent_calls_off,
+                   p.default_daily_quota, p.default_daily_quota_off, set(p.default_source_countries),
+                   set(p.default_destination_countries), False, "", "learning" if learning else "enforcing",
+                   now + p.learning_days * 86400 if learning else None, set(), now, None)
 
 
 def insert_account(db, acc):
@@ -3110,6 +3141,7 @@ LIST_KINDS = {"number": ("number_list", "prefix"), "ip": ("ip_list", "cidr"), "u
 
 
 def find_account(db, user, domain):
+    domain = domain.lower()
     row = db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
     if row is None:
         raise UserError(f"unknown account {user}@{domain} (tfps.py list shows the accounts; tfps.py add creates one)")
@@ -3243,7 +3275,12 @@ def call_stats(db, since):
                             "WHERE ts >= ? GROUP BY user, domain ORDER BY 4 DESC, 3 DESC LIMIT 10", (since,))
     top_countries = db.query("SELECT dest_country, COUNT(*), SUM(CASE WHEN code <> 'A00' THEN 1 ELSE 0 END) FROM call_log "
                              "WHERE ts >= ? GROUP BY dest_country ORDER BY 2 DESC LIMIT 10", (since,))
-    return by_code, top_accounts, top_countries
+    return _int_sums(by_code), _int_sums(top_accounts), _int_sums(top_countries)
+
+
+def _int_sums(rows):
+    """MySQL returns SUM() as Decimal; the reports want plain integers."""
+    return [tuple(int(v) if isinstance(v, decimal.Decimal) else v for v in row) for row in rows]
 
 
 def probe(number, server, *, user="probe", domain="tfps.invalid", transport="udp", ip=None, ua=None, calls=None, timeout=5.0):
@@ -3535,8 +3572,7 @@ def _limit_fields(args):
 
 
 def cmd_add(args, cfg, db):
-    engine_defaults = Engine.new_account(argparse.Namespace(cfg=cfg), None, args.user, args.domain, time.time())
-    if not insert_account(db, engine_defaults):
+    if not insert_account(db, default_account(cfg, args.user, args.domain, time.time())):
         raise UserError(f"account {args.user}@{args.domain} already exists")
     acc = find_account(db, args.user, args.domain)
     fields = _limit_fields(args)
@@ -3812,7 +3848,7 @@ def main(argv=None):
         db = open_database(cfg.database.url)
         return COMMANDS[args.command](args, cfg, db)
     except UsageError as exc:
-        parser.parse_args([args.command, "--help"]) if False else None
+        parser.print_usage(sys.stderr)
         print(f"tfps.py {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except UserError as exc:

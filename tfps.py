@@ -484,7 +484,7 @@ class BusinessHours:
         return cls(ranges, text)
 
     def contains(self, local, holidays=()):
-        if local.date() in holidays:
+        if holidays and local.date() in holidays:
             return False
         minute = local.hour * 60 + local.minute
         return any(start <= minute < end for start, end in self.ranges[local.weekday()])
@@ -561,13 +561,14 @@ class Via:
 class SipMessage:
     """A parsed request or response. Header names are stored lower-case and in long form."""
 
-    __slots__ = ("method", "uri", "version", "status", "reason", "headers", "body", "defect", "_vias")
+    __slots__ = ("method", "uri", "version", "status", "reason", "headers", "first", "body", "defect", "_vias")
 
     def __init__(self):
         self.method = self.uri = self.reason = None
         self.version = "2.0"
         self.status = 0
         self.headers = []  # (lower-case long name, value) in arrival order
+        self.first = {}    # name -> first value
         self.body = b""
         self.defect = None  # (status, reason) of the first problem found, for a request
         self._vias = None
@@ -577,10 +578,7 @@ class SipMessage:
         return self.method is not None
 
     def header(self, name):
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return self.first.get(name)
 
     def header_values(self, name):
         values = []
@@ -602,6 +600,8 @@ class SipMessage:
 
 def split_header_values(value):
     """Split a comma-separated header value, ignoring commas inside quotes and <...>."""
+    if "," not in value:
+        return [value.strip()]
     parts, current, quoted, angle, escaped = [], [], False, False, False
     for ch in value:
         if escaped:
@@ -748,9 +748,10 @@ def parse_message(data):
             continue
         name = name.lower()
         msg.headers.append((COMPACT_HEADERS.get(name, name), value.strip()))
-    for name in SINGLE_VALUE_HEADERS:
-        if len({v for k, v in msg.headers if k == name}) > 1 or \
-                any(len(split_header_values(v)) > 1 for k, v in msg.headers if k == name and k != "from" and k != "to"):
+    for name, value in msg.headers:
+        first = msg.first.setdefault(name, value)
+        if name in SINGLE_VALUE_HEADERS and (first != value or (
+                "," in value and name not in ("from", "to") and len(split_header_values(value)) > 1)):
             msg.flag(400, f"Multiple {name.title()} Values")
     msg.body = _frame_body(msg, body)
     return msg
@@ -804,6 +805,11 @@ def validate_request(msg):
     return uri, from_addr
 
 
+def has_tag(name_addr_value):
+    params = name_addr_value.rpartition(">")[2] if "<" in name_addr_value else name_addr_value
+    return re.search(r";\s*tag\s*=", params, re.I) is not None
+
+
 def tag_of(name_addr_value):
     try:
         return parse_name_addr(name_addr_value).params.get("tag", "")
@@ -815,7 +821,7 @@ def build_response(req, status, reason=None, *, vias, to_tag=None, headers=()):
     """Response bytes for `req`. `vias` are the Via values to echo (top one already carrying
     received/rport); `to_tag` is added to To when it has none."""
     to = req.header("to") or ""
-    if to_tag and not tag_of(to):
+    if to_tag and not has_tag(to):
         to = f"{to};tag={to_tag}"
     lines = [f"SIP/2.0 {status} {reason or REASONS.get(status, 'Unknown')}"]
     lines += [f"Via: {v}" for v in vias]
@@ -2144,11 +2150,7 @@ class Engine:
                               (account_id, day, bucket), default=0)
 
     def recent_approved(self, account_id, now, seconds):
-        recent = self.recent.get(account_id)
-        if not recent:
-            return 0
-        while recent and recent[0][0] <= now - 600:
-            recent.popleft()
+        recent = self.recent.get(account_id, ())
         return sum(1 for ts, _off in recent if ts > now - seconds)
 
     # -- approval: counting and anomaly alerts ------------------------------------------------
@@ -2159,7 +2161,10 @@ class Engine:
             return
         if not call.counted:
             self.count_approved(acc.id, call.day, "off" if call.off_hours else "biz")
-        self.recent.setdefault(acc.id, deque()).append((call.now, call.off_hours))
+        recent = self.recent.setdefault(acc.id, deque())
+        while recent and recent[0][0] <= call.now - 600:
+            recent.popleft()
+        recent.append((call.now, call.off_hours))
         self._check_anomalies(call)
 
     def _check_anomalies(self, call):

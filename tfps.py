@@ -250,14 +250,6 @@ def _business_hours(text):
     return BusinessHours.parse(text)
 
 
-def _regex(text):
-    try:
-        re.compile(text)
-    except re.error as exc:
-        raise ValueError(f"bad regular expression: {exc}") from None
-    return text
-
-
 HIGH_RISK_DEFAULT = "CU, LV, TN, DZ, MA, AF, IQ, LK, MV, TD, GN, EE, MG"
 
 # section -> key -> (parser, default text, one-line help). tfps.conf documents the same keys.
@@ -3371,39 +3363,26 @@ def fmt_limit(value):
     return "unlimited" if value is None else value
 
 
-def count_arg(text):
-    """A limit on the command line: a whole number or 'unlimited'."""
-    try:
-        return _limit(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def arg_type(parse):
+    """An argparse type from one of the config parsers, keeping its error message."""
+    def convert(text):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
 
 
-def countries_arg(text):
-    try:
-        return _countries(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def duration_arg(text):
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+count_arg = arg_type(_limit)
+countries_arg = arg_type(_countries)
+duration_arg = arg_type(parse_duration)
+listen_arg = arg_type(parse_listen)
 
 
 def account_arg(text):
     if not re.fullmatch(r"[^@\s]+@[^@\s]+", text):
         raise argparse.ArgumentTypeError(f"{text!r} is not USER@DOMAIN")
     return text
-
-
-def listen_arg(text):
-    try:
-        return parse_listen(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser():

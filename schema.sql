@@ -182,6 +182,43 @@ CREATE TABLE IF NOT EXISTS locks (
   expires DOUBLE NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
+-- Running servers reload accounts and lists when change_serial moves. These triggers move it
+-- for every change, including ones made directly in the database. An account's own activity
+-- (last_seen) does not count as a change, nor does a new account (nodes load it on first use).
+CREATE TRIGGER accounts_changed AFTER UPDATE ON accounts FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial' AND NOT (
+    NEW.user <=> OLD.user AND NEW.domain <=> OLD.domain AND NEW.concurrent_calls <=> OLD.concurrent_calls AND
+    NEW.concurrent_calls_off <=> OLD.concurrent_calls_off AND NEW.daily_quota <=> OLD.daily_quota AND NEW.daily_quota_off <=> OLD.daily_quota_off AND
+    NEW.source_countries <=> OLD.source_countries AND NEW.dest_countries <=> OLD.dest_countries AND NEW.blocked <=> OLD.blocked AND
+    NEW.email <=> OLD.email AND NEW.state <=> OLD.state AND NEW.learning_until <=> OLD.learning_until AND
+    NEW.pinned <=> OLD.pinned AND NEW.anomaly_daily <=> OLD.anomaly_daily);
+CREATE TRIGGER accounts_removed AFTER DELETE ON accounts FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+CREATE TRIGGER number_list_added AFTER INSERT ON number_list FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+CREATE TRIGGER number_list_changed AFTER UPDATE ON number_list FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+CREATE TRIGGER number_list_removed AFTER DELETE ON number_list FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+CREATE TRIGGER ip_list_added AFTER INSERT ON ip_list FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+CREATE TRIGGER ip_list_changed AFTER UPDATE ON ip_list FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+CREATE TRIGGER ip_list_removed AFTER DELETE ON ip_list FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+CREATE TRIGGER ua_list_added AFTER INSERT ON ua_list FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+CREATE TRIGGER ua_list_changed AFTER UPDATE ON ua_list FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+CREATE TRIGGER ua_list_removed AFTER DELETE ON ua_list FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+CREATE TRIGGER countries_added AFTER INSERT ON countries FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+CREATE TRIGGER countries_changed AFTER UPDATE ON countries FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+CREATE TRIGGER countries_removed AFTER DELETE ON countries FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+
 -- Default User-Agent blacklist: well-known SIP scanners and attack tools.
 INSERT IGNORE INTO ua_list (pattern, note, created) VALUES
   ('friendly-scanner', 'SIPVicious', 0),

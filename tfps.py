@@ -1190,6 +1190,13 @@ class Database:
             rows = self.query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
         return {r[0].lower() for r in rows}
 
+    def triggers(self):
+        if self.dialect == "sqlite":
+            rows = self.query("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        else:
+            rows = self.query("SELECT trigger_name FROM information_schema.triggers WHERE trigger_schema = DATABASE()")
+        return {r[0].lower() for r in rows}
+
     def columns(self, table):
         if self.dialect == "sqlite":
             return {r[1].lower() for r in self.query(f"PRAGMA table_info({table})")}
@@ -1208,16 +1215,18 @@ class Database:
         target = int(re.search(r"'schema_version',\s*(\d+)", schema).group(1))
         old = self.schema_version()
         added = []
-        existing = self.tables()
+        existing, triggers = self.tables(), self.triggers()
         for statement in schema_statements(schema):
             create = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
             if create and create.group(1) in existing:
                 added += self._add_missing_columns(create.group(1), statement)
                 continue
+            trigger = re.match(r"CREATE TRIGGER (\w+)", statement)
+            if trigger and trigger.group(1).lower() in triggers:
+                continue
             for text in (sqlite_statements(statement) if self.dialect == "sqlite" else [statement]):
                 self.execute(text)
         self.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (target,))
-        bump_change_serial(self)
         return old, target, added
 
     def _add_missing_columns(self, table, statement):
@@ -1244,6 +1253,9 @@ def schema_statements(schema):
 
 def sqlite_statements(statement):
     """One MySQL statement of schema.sql -> the SQLite statements that do the same."""
+    trigger = re.fullmatch(r"(CREATE TRIGGER .*? FOR EACH ROW)\s+(.*)", statement, re.S)
+    if trigger:
+        return [f"{trigger.group(1)} BEGIN {trigger.group(2).replace('<=>', 'IS')}; END"]
     statement = statement.replace("INSERT IGNORE", "INSERT OR IGNORE")
     statement = statement.replace("BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT")
     statement = re.sub(r"\)\s*ENGINE=\w+[^;]*$", ")", statement)
@@ -1254,11 +1266,6 @@ def sqlite_statements(statement):
     out = [statement]
     out += [f"CREATE INDEX IF NOT EXISTS {name} ON {table.group(1)} ({cols})" for name, cols in indexes]
     return out
-
-
-def bump_change_serial(db):
-    """Tell running servers on every node that accounts or lists changed."""
-    db.execute("UPDATE meta SET value = value + 1 WHERE name = 'change_serial'")
 
 
 def open_database(url):
@@ -2420,7 +2427,6 @@ def train(cfg, db, now, account=None, dry_run=False):
         db.begin()
         for proposal in proposals:
             apply_proposal(db, proposal, now)
-        bump_change_serial(db)
         db.commit()
     return proposals
 
@@ -2431,7 +2437,6 @@ def finish_learning(cfg, db, now):
     for acc in map(Account.from_row, rows):
         proposal = train(cfg, db, now, account=acc)[0]
         db.execute("UPDATE accounts SET state = 'enforcing', updated = ? WHERE id = ?", (now, acc.id))
-        bump_change_serial(db)
         log.info("account %s leaves learning mode: %s", acc.name,
                  "; ".join(f"{f} {c} -> {n}" for f, c, n, _ in proposal.changes) or proposal.skipped or "limits unchanged")
     return len(rows)
@@ -3158,7 +3163,7 @@ def calls_today(db, cfg, account_id, now):
 
 
 def update_account(db, acc, now, end_learning=True, **fields):
-    """Write changed account fields, pin them against training, and notify running servers."""
+    """Write changed account fields and pin them against training."""
     pinned = set(acc.pinned) | {f for f in fields if f in LIMIT_FIELDS or f in ("dest_countries", "source_countries")}
     values = {k: (format_countries(v) if isinstance(v, set) else v) for k, v in fields.items()}
     values["pinned"] = ",".join(sorted(pinned))
@@ -3166,13 +3171,11 @@ def update_account(db, acc, now, end_learning=True, **fields):
         values["state"] = "enforcing"
     sets = ", ".join(f"{k} = ?" for k in values)
     db.execute(f"UPDATE accounts SET {sets}, updated = ? WHERE id = ?", (*values.values(), now, acc.id))
-    bump_change_serial(db)
 
 
 def reset_account(db, cfg, acc, now):
     counters = db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ?", (acc.id, today_key(cfg, now))).rowcount
     pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (acc.id,)).rowcount
-    bump_change_serial(db)
     return counters, pairs
 
 
@@ -3180,7 +3183,6 @@ def remove_account(db, acc):
     for table in ("daily_counters", "ab_pairs", "account_seen"):
         db.execute(f"DELETE FROM {table} WHERE account_id = ?", (acc.id,))
     db.execute("DELETE FROM accounts WHERE id = ?", (acc.id,))
-    bump_change_serial(db)
 
 
 def normalize_list_value(kind, value):
@@ -3202,7 +3204,8 @@ def normalize_list_value(kind, value):
 def list_add(db, color, kind, values, note, now):
     """Add entries; returns (added, already present)."""
     table, column = LIST_KINDS[kind]
-    added = present = 0
+    added = 0
+    db.begin()
     for value in values:
         if kind == "ua":
             cur = db.execute("INSERT OR IGNORE INTO ua_list (pattern, note, created) VALUES (?, ?, ?)", (value, note, now))
@@ -3210,9 +3213,8 @@ def list_add(db, color, kind, values, note, now):
             cur = db.execute(f"INSERT OR IGNORE INTO {table} (kind, {column}, note, created) VALUES (?, ?, ?, ?)",
                              (color, value, note, now))
         added += cur.rowcount == 1
-        present += cur.rowcount != 1
-    bump_change_serial(db)
-    return added, present
+    db.commit()
+    return added, len(values) - added
 
 
 def list_remove(db, color, kind, value):
@@ -3221,7 +3223,6 @@ def list_remove(db, color, kind, value):
         removed = db.execute("DELETE FROM ua_list WHERE pattern = ?", (value,)).rowcount
     else:
         removed = db.execute(f"DELETE FROM {table} WHERE kind = ? AND {column} = ?", (color, value)).rowcount
-    bump_change_serial(db)
     return removed
 
 
@@ -3615,7 +3616,6 @@ def cmd_learn(args, cfg, db):
     else:
         db.execute("UPDATE accounts SET state = 'learning', learning_until = ?, updated = ? WHERE id = ?",
                    (now + args.days * 86400, now, acc.id))
-        bump_change_serial(db)
         print(f"{acc.name} is learning until {fmt_time(now + args.days * 86400)}")
     return 0
 

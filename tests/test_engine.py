@@ -1,0 +1,741 @@
+"""The decision engine, rule by rule (hit, miss, boundary), on both backends: a real SQLite file
+and a fresh real MariaDB database. The clock is frozen: every attempt carries its own time."""
+
+import datetime as dt
+
+import pytest
+
+import tfps
+from conftest import write_config
+
+UTC = dt.timezone.utc
+
+
+def at(y, m, d, hh, mm=0, ss=0.0, tz=UTC):
+    return dt.datetime(y, m, d, hh, mm, tzinfo=tz).timestamp() + ss
+
+
+WED_10 = at(2025, 1, 15, 10)   # Wednesday, business hours (mon-fri 09:00-18:00 UTC)
+WED_20 = at(2025, 1, 15, 20)   # Wednesday, off hours
+THU_10 = at(2025, 1, 16, 10)
+SAT_10 = at(2025, 1, 18, 10)   # Saturday: off hours all day
+
+USER, DOMAIN = "1001", "pbx.example.com"
+US_NUMBER = "12125551234"
+
+
+def us(i):
+    """A distinct US number per i, so that repeated calls do not trip A->B (R13)."""
+    return f"1212555{i:04d}"
+
+
+class Env:
+    def __init__(self, tmp_path, db_url, policy=None, **sections):
+        policy = {"learning_days": "0", **(policy or {})}
+        conf = {"policy": policy, "server": {"node_name": "node-t"}}
+        for section, keys in sections.items():
+            conf.setdefault(section, {}).update(keys)
+        self.cfg = tfps.Config.load(write_config(tmp_path / "engine.conf", conf))
+        self.db = tfps.open_database(db_url)
+        self.engine = tfps.Engine(self.cfg, self.db)
+
+    def call(self, number=US_NUMBER, ts=WED_10, user=USER, domain=DOMAIN, enforce=True, count=True, **kw):
+        attempt = tfps.CallAttempt(user, domain, number, ts=ts, **kw)
+        return self.engine.decide(attempt, enforce=enforce, count=count)
+
+    def code(self, *args, **kw):
+        return self.call(*args, **kw).code
+
+    def account(self, user=USER, domain=DOMAIN, now=WED_10 - 3600, **fields):
+        """An existing account (enrolled with the defaults), with `fields` set by hand."""
+        try:
+            acc = tfps.find_account(self.db, user, domain)
+        except tfps.UserError:
+            tfps.insert_account(self.db, self.engine.new_account(None, user, domain, now))
+            acc = tfps.find_account(self.db, user, domain)
+        if fields:
+            tfps.update_account(self.db, acc, now, **fields)
+        self.engine.reload()
+        return tfps.find_account(self.db, user, domain)
+
+    def add(self, color, kind, *values):
+        tfps.list_add(self.db, color, kind, list(values), "test", WED_10)
+        assert self.engine.check_for_changes()
+
+    def count(self, table):
+        return self.db.scalar(f"SELECT COUNT(*) FROM {table}")
+
+    def counter(self, acc, day, bucket):
+        return self.db.scalar("SELECT approved FROM daily_counters WHERE account_id = ? AND day = ? AND bucket = ?",
+                              (acc.id, day, bucket), default=0)
+
+
+@pytest.fixture
+def make(tmp_path, db_url):
+    envs = []
+
+    def make(policy=None, **sections):
+        env = Env(tmp_path, db_url, policy, **sections)
+        envs.append(env)
+        return env
+
+    yield make
+    for env in envs:
+        env.db.close()
+
+
+@pytest.fixture
+def env(make):
+    return make()
+
+
+# -- enrollment and the approved path -------------------------------------------------------------
+
+def test_new_account_enrolled_with_defaults_and_approved(env):
+    v = env.call()
+    assert (v.code, v.number, v.dest_country, v.off_hours, v.would) == ("A00", US_NUMBER, "US", False, None)
+    acc = tfps.find_account(env.db, USER, DOMAIN)
+    assert (acc.concurrent_calls, acc.concurrent_calls_off, acc.daily_quota, acc.daily_quota_off) == (10, 2, 100, 10)
+    assert acc.dest_countries == {"US"} and acc.source_countries == {"US"}
+    assert acc.state == "enforcing" and not acc.blocked
+    assert env.counter(acc, "2025-01-15", "biz") == 1
+
+
+def test_account_lookup_is_case_insensitive(env):
+    env.account()
+    assert env.code(user="1001", domain="PBX.Example.COM") == "A00"
+    assert env.count("accounts") == 1
+
+
+# -- R12 attack signatures ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value", [
+    ("number", "1212555'1234"), ("number", '1212555"1234'), ("number", "12125551234--"),
+    ("number", "1212/*x*/5551234"), ("number", "12125551234=1"), ("number", "1212\\5551234"),
+    ("number", "1212%275551234"), ("number", "1212%225551234"), ("number", "1212555ABCD"),
+    ("number", "12125551234 or 1"), ("number", "*72"),
+    ("user", "1001' OR '1'='1"), ("user", "1001--"), ("user", "admin=1"), ("user", "10%2701"),
+    ("domain", "pbx.example.com/*"), ("domain", "pbx\\example.com"), ("domain", "pbx%22.example.com"),
+    ("user_agent", "x' or 1=1"), ("user_agent", "sipp union select password"), ("user_agent", "ua/*comment*/"),
+])
+def test_r12_attack_signature(env, field, value):
+    kw = {field: value}
+    v = env.call(**kw)
+    assert v.code == "R12", v.reason
+
+
+@pytest.mark.parametrize("number", ["12125551234", "+1 (212) 555-1234", "011-44-20-7946-0000", "1.212.555.1234"])
+def test_r12_miss_for_clean_input(env, number):
+    assert env.code(number, user="alice.smith-1", domain="sip.example-pbx.com", user_agent="Asterisk PBX 18.2") == "A00"
+
+
+def test_r12_comes_first(env):
+    env.add("black", "ip", "203.0.113.0/24")
+    assert env.code("1212555'1234", user_agent="friendly-scanner", source_ip="203.0.113.9") == "R12"
+
+
+# -- R01 scanner User-Agents ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("ua", ["friendly-scanner", "FRIENDLY-SCANNER", "Friendly-Scanner/1.2", "sipvicious 0.3.4",
+                                "VaxSIPUserAgent/3.1", "pplsip", "Nmap NSE", "PBX", "pbx", "Trixbox", "SipClient",
+                                "sipcli/v1.8"])
+def test_r01_hit(env, ua):
+    v = env.call(user_agent=ua)
+    assert v.code == "R01", v.reason
+
+
+@pytest.mark.parametrize("ua", ["", "MyPBX", "PBX 1.0", "Asterisk PBX 18", "Trixbox 2.8", "SipClientX", "Linphone/5.0",
+                                "FreeSWITCH-mod_sofia/1.10"])
+def test_r01_miss(env, ua):
+    assert env.code(user_agent=ua) == "A00"
+
+
+def test_r01_custom_pattern_added_and_removed(env):
+    env.add("black", "ua", r"^evil[0-9]+$")
+    assert env.code(user_agent="EVIL42") == "R01"
+    assert env.code(user_agent="evil", number=us(1)) == "A00"
+    assert env.code(user_agent="evil42 extra", number=us(2)) == "A00"
+    tfps.list_remove(env.db, "black", "ua", r"^evil[0-9]+$")
+    assert env.engine.check_for_changes()
+    assert env.code(user_agent="EVIL42", number=us(3)) == "A00"
+
+
+# -- R02 source IP: local list and reputation ---------------------------------------------------------
+
+@pytest.mark.parametrize("ip, code", [
+    ("203.0.113.0", "R02"), ("203.0.113.77", "R02"), ("203.0.113.255", "R02"),
+    ("203.0.112.255", "A00"), ("203.0.114.0", "A00"),
+    ("2001:db8:bad::1", "R02"), ("2001:db8:bad:ffff:ffff:ffff:ffff:ffff", "R02"), ("2001:db8:bae::1", "A00"),
+    ("2001:db8:bac:ffff::1", "A00"), ("::ffff:203.0.113.9", "R02"), ("", "A00"), ("not-an-ip", "A00"),
+])
+def test_r02_local_blacklist_ipv4_ipv6(env, ip, code):
+    env.add("black", "ip", "203.0.113.0/24", "2001:db8:bad::/48")
+    v = env.call(source_ip=ip)
+    assert v.code == code, v.reason
+
+
+def test_r02_whitelisted_ip_beats_blacklist(env):
+    env.add("black", "ip", "203.0.113.0/24")
+    env.add("white", "ip", "203.0.113.5/32")
+    assert env.code(source_ip="203.0.113.5", number=us(1)) == "A00"
+    assert env.code(source_ip="203.0.113.6", number=us(2)) == "R02"
+
+
+def rep(ip, **kw):
+    return tfps.Reputation(ip, kw.pop("ok", True), **kw)
+
+
+@pytest.mark.parametrize("threshold", [10, 50])
+def test_r02_reputation_threshold_boundary(make, threshold):
+    env = make(reputation={"abuse_threshold": str(threshold)})
+    ip = "81.2.69.142"
+    assert env.code(us(1), source_ip=ip, reputation=rep(ip, score=threshold - 1, country="US")) == "A00"
+    v = env.call(us(2), source_ip=ip, reputation=rep(ip, score=threshold, country="US"))
+    assert v.code == "R02" and str(threshold) in v.reason
+    assert env.code(us(3), source_ip=ip, reputation=rep(ip, score=100, country="US")) == "R02"
+    assert env.code(us(4), source_ip=ip, reputation=rep(ip, score=None, country="US")) == "A00"
+
+
+def test_r02_reputation_apiban_failure_and_whitelisted(make):
+    ip = "81.2.69.142"
+    env = make()
+    assert env.code(us(1), source_ip=ip, reputation=rep(ip, score=0, apiban=True)) == "R02"
+    assert env.code(us(2), source_ip=ip, reputation=rep(ip, ok=False, detail="timeout")) == "A00"   # failure = allow
+    assert env.code(us(3), source_ip=ip, reputation=rep(ip, score=100, whitelisted=True)) == "A00"
+    env2 = make(reputation={"reputation_failure": "reject"})
+    v = env2.call(us(4), source_ip=ip, reputation=rep(ip, ok=False, detail="timeout"))
+    assert v.code == "R02" and "reputation_failure" in v.reason
+
+
+def test_r02_ip_whitelist_skips_reputation(env):
+    ip = "81.2.69.142"
+    env.add("white", "ip", "81.2.69.0/24")
+    assert env.code(source_ip=ip, reputation=rep(ip, score=100, apiban=True, country="CN")) == "A00"
+
+
+# -- R14 blocked or unknown accounts ------------------------------------------------------------------
+
+def test_r14_blocked_account(env):
+    acc = env.account(blocked=1)
+    env.add("black", "number", "1212")
+    v = env.call()
+    assert v.code == "R14" and "blocked" in v.reason       # R14 comes before R03
+    env.add("black", "ip", "203.0.113.0/24")
+    assert env.code(source_ip="203.0.113.1") == "R02"        # ... and after R02
+    assert env.code(user="1002") == "R03"                    # other accounts are not blocked
+    tfps.update_account(env.db, acc, WED_10, blocked=0)
+    env.engine.check_for_changes()
+    tfps.list_remove(env.db, "black", "number", "1212")
+    env.engine.check_for_changes()
+    assert env.code(number=us(7)) == "A00"
+
+
+def test_r14_unknown_accounts_reject(make):
+    env = make({"unknown_accounts": "reject"})
+    v = env.call(user="stranger")
+    assert v.code == "R14" and "unknown account" in v.reason
+    assert env.count("accounts") == 0                      # not enrolled
+    env.account()
+    assert env.code() == "A00"
+
+
+# -- R03 number blacklist, whitelist wins --------------------------------------------------------------
+
+@pytest.mark.parametrize("number, code", [
+    ("12125551234", "R03"), ("+1 212 555 1234", "R03"), ("0011212555", "R03"), ("1212555", "R03"),
+    ("1212556", "A00"), ("121255", "A00"), ("12125561234", "A00"),
+    ("12125559000", "A00"),   # whitelisted longer prefix wins
+])
+def test_r03_blacklist_prefix(env, number, code):
+    env.add("black", "number", "1212555")
+    env.add("white", "number", "12125559")
+    v = env.call(number)
+    assert v.code == code, v.reason
+
+
+def test_whitelisted_number_beats_blacklist_and_skips_r06_r13(env):
+    env.account(dest_countries={"US"})
+    env.add("black", "number", "53", "44")
+    env.add("white", "number", "5312345678", "442079460000")
+    for i in range(8):                                      # R13 skipped: 8 calls in 8 s
+        v = env.call("5312345678", ts=WED_10 + i)
+        assert v.code == "A00", (i, v.reason)                # R03 lost, R06 high-risk skipped
+    assert env.code("442079460000") == "A00"                 # R06 own list skipped
+    assert env.code("5312345679") == "R03"
+    env.add("black", "number", "5399")  # blacklisted but not whitelisted: R03 still first
+    assert env.code("5399123456") == "R03"
+    assert env.count("ab_pairs") == 0
+
+
+# -- R13 repeated A->B ---------------------------------------------------------------------------------
+
+def test_r13_sixth_call_rejected_and_pair_stays_blocked(env):
+    acc = env.account()
+    t0 = WED_10
+    for i in range(5):
+        assert env.code(ts=t0 + i) == "A00", i
+    v = env.call(ts=t0 + 5)
+    assert v.code == "R13" and "6 times" in v.reason
+    assert env.code(us(9), ts=t0 + 6) == "A00"               # another number is fine
+    assert env.code(user="1002", ts=t0 + 6) == "A00"          # another account too
+    assert env.code(ts=t0 + 40) == "R13"                      # the window expired, the block did not
+    assert env.code(ts=t0 + 5 + 3599) == "R13"
+    assert env.code(ts=t0 + 5 + 3600) == "A00"                # ab_block elapsed
+    assert env.counter(acc, "2025-01-15", "biz") == 5 + 1 + 1
+
+
+def test_r13_window_expiry_without_block(env):
+    env.account()
+    t0 = WED_10
+    for i in range(5):
+        assert env.code(ts=t0 + i) == "A00"
+    assert env.code(ts=t0 + 30) == "A00"                      # window restarted at t0 + 30
+    for i in range(1, 5):
+        assert env.code(ts=t0 + 30 + i) == "A00"
+    assert env.code(ts=t0 + 35) == "R13"
+
+
+def test_r13_window_boundary(env):
+    env.account()
+    for i in range(5):
+        assert env.code(ts=WED_10) == "A00"
+    assert env.code(ts=WED_10 + 29.9) == "R13"
+
+
+def test_r13_reset_account_clears_block(env):
+    acc = env.account()
+    for i in range(6):
+        env.call(ts=WED_10 + i)
+    assert env.code(ts=WED_10 + 10) == "R13"
+    tfps.reset_account(env.db, env.cfg, acc, WED_10 + 11)
+    env.engine.check_for_changes()
+    assert env.count("ab_pairs") == 0
+    assert env.code(ts=WED_10 + 12) == "A00"
+
+
+def test_r13_configurable_max(make):
+    env = make({"ab_max_calls": "2", "ab_window": "10s", "ab_block": "60s"})
+    env.account()
+    assert [env.code(ts=WED_10 + i) for i in range(3)] == ["A00", "A00", "R13"]
+    assert env.code(ts=WED_10 + 59) == "R13"
+    assert env.code(ts=WED_10 + 2 + 60) == "A00"
+
+
+# -- R07 unknown country code ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("number", ["9991234567", "+999 123 4567", "0099912345", "8001234567"])
+def test_r07_unknown_country_code(env, number):
+    env.account(dest_countries={"*"})
+    v = env.call(number)
+    assert (v.code, v.dest_country) == ("R07", ""), v.reason
+
+
+def test_r07_miss(env):
+    env.account(dest_countries={"*"})
+    assert env.code("4930123456") == "A00"
+
+
+# -- R06 destination country -------------------------------------------------------------------------
+
+def test_r06_high_risk_even_when_allowed(env):
+    env.account(dest_countries={"*", "CU"})
+    v = env.call("5312345678")
+    assert (v.code, v.dest_country) == ("R06", "CU") and "high-risk" in v.reason
+    for number in ("37120000000", "21620000000", "93700000000", "37250000000"):   # LV TN AF EE
+        assert env.code(number) == "R06"
+
+
+def test_r06_account_destination_list(env):
+    acc = env.account(dest_countries={"US"})
+    v = env.call("442079460000")
+    assert (v.code, v.dest_country) == ("R06", "GB") and "allowed destinations" in v.reason
+    assert env.code("18765551234") == "R06"                   # NANP Caribbean is not the US
+    assert env.code("14165551234") == "R06"                   # nor is Canada
+    assert env.code(US_NUMBER) == "A00"
+    env.account(dest_countries={"US", "GB"})
+    assert env.code("442079460000", ts=WED_10 + 1) == "A00"
+    assert env.code("441481123456") == "R06"                  # Guernsey is not GB
+    env.account(dest_countries={"*"})
+    assert env.code("18765551234") == "A00"
+    assert env.code("5312345678") == "R06"                    # '*' does not open high-risk countries
+    assert acc.id == tfps.find_account(env.db, USER, DOMAIN).id
+
+
+def test_r06_configured_high_risk(make):
+    env = make({"high_risk_countries": "JM"})
+    env.account(dest_countries={"*"})
+    assert env.code("18765551234") == "R06"
+    assert env.code("5312345678") == "R06"                    # risk 'high' in the country table
+    assert env.code("37120000000") == "A00"                   # LV: no longer in the configured list
+
+
+def test_default_destination_countries(make):
+    env = make({"default_destination_countries": "US, GB"})
+    assert env.code("442079460000") == "A00"
+    assert env.code("4930123456") == "R06"
+
+
+# -- R04 source country -------------------------------------------------------------------------------
+
+def test_r04_source_country(env):
+    env.account()
+    ip = "81.2.69.142"
+    v = env.call(us(1), source_ip=ip, source_country="DE")
+    assert (v.code, v.source_country) == ("R04", "DE"), v.reason
+    assert env.code(us(2), source_ip=ip, reputation=rep(ip, score=0, country="DE")) == "R04"
+    assert env.code(us(3), source_ip=ip, source_country="US") == "A00"
+    assert env.code(us(4), source_ip=ip, source_country="") == "A00"            # unknown: R05's business
+    assert env.code(us(5), source_ip=ip, reputation=rep(ip, ok=False, country="DE")) == "A00"
+    env.account(source_countries={"US", "DE"})
+    assert env.code(us(6), source_ip=ip, source_country="DE") == "A00"
+    env.account(source_countries={"*"})
+    assert env.code(us(7), source_ip=ip, source_country="CN") == "A00"
+
+
+def test_r04_ip_whitelist_skips(env):
+    env.account()
+    env.add("white", "ip", "81.2.69.142")
+    assert env.code(source_ip="81.2.69.142", source_country="DE") == "A00"
+
+
+@pytest.mark.parametrize("ip", ["192.168.1.20", "10.1.2.3", "127.0.0.1", "fd00::1"])
+def test_r04_private_ip_skips(env, ip):
+    """Issue: 'R04 ... (private IPs skip)'."""
+    env.account()
+    v = env.call(source_ip=ip, reputation=rep(ip, score=0, country="DE"))
+    assert v.code == "A00", v.reason
+
+
+# -- R05 source country unknown -------------------------------------------------------------------------
+
+def test_r05_require_source_country(make):
+    env = make({"require_source_country": "yes"})
+    env.account()
+    ip = "81.2.69.142"
+    v = env.call(us(1), source_ip=ip)
+    assert v.code == "R05", v.reason
+    assert env.code(us(2), source_ip=ip, source_country="US") == "A00"
+    assert env.code(us(3), source_ip="192.168.1.20") == "A00"                   # private
+    env.add("white", "ip", ip)
+    assert env.code(us(4), source_ip=ip) == "A00"                               # whitelisted
+
+
+def test_r05_off_by_default(env):
+    assert env.code(source_ip="81.2.69.142") == "A00"
+
+
+# -- R10 / R08 concurrent calls ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ts, calls, code", [
+    (WED_10, None, "A00"), (WED_10, 1, "A00"), (WED_10, 10, "A00"), (WED_10, 11, "R10"), (WED_10, 500, "R10"),
+    (WED_20, 2, "A00"), (WED_20, 3, "R08"), (SAT_10, 3, "R08"),
+    (at(2025, 1, 15, 17, 59, 59), 3, "A00"), (at(2025, 1, 15, 18), 3, "R08"),
+    (at(2025, 1, 15, 8, 59, 59), 3, "R08"), (at(2025, 1, 15, 9), 3, "A00"),
+])
+def test_r10_r08_concurrency(env, ts, calls, code):
+    env.account()
+    v = env.call(ts=ts, concurrent_calls=calls)
+    assert v.code == code, v.reason
+
+
+def test_concurrency_limits_zero_and_unlimited(env):
+    env.account(concurrent_calls=0, concurrent_calls_off=None)
+    assert env.code(us(1), concurrent_calls=1) == "R10"
+    assert env.code(us(2), ts=WED_20, concurrent_calls=1000) == "A00"
+
+
+# -- R15 calls per minute ---------------------------------------------------------------------------------
+
+def test_r15_max_calls_per_minute(make):
+    env = make({"max_calls_per_minute": "3"})
+    env.account()
+    t0 = WED_10
+    assert [env.code(us(i), ts=t0 + i) for i in range(3)] == ["A00"] * 3
+    v = env.call(us(3), ts=t0 + 3)
+    assert v.code == "R15" and "3 approved calls" in v.reason
+    assert env.code(us(4), ts=t0 + 59.9) == "R15"
+    assert env.code(us(5), ts=t0 + 60) == "A00"              # the call at t0 left the window
+    assert env.code(us(6), ts=t0 + 60.5) == "R15"            # rejected calls did not count, this one did
+
+
+def test_r15_off_by_default(env):
+    env.account()
+    assert {env.code(us(i), ts=WED_10 + i * 0.01) for i in range(25)} == {"A00"}
+
+
+# -- R11 / R09 daily quotas ---------------------------------------------------------------------------------
+
+def test_r11_business_quota(env):
+    acc = env.account(daily_quota=3)
+    assert [env.code(us(i), ts=WED_10 + i) for i in range(3)] == ["A00"] * 3
+    v = env.call(us(3), ts=WED_10 + 3)
+    assert v.code == "R11" and "daily quota of 3" in v.reason
+    assert env.code(us(4), ts=at(2025, 1, 15, 17, 59, 59)) == "R11"
+    assert env.counter(acc, "2025-01-15", "biz") == 3
+    assert env.code(us(5), ts=THU_10) == "A00"                # the next day starts at zero
+    assert env.counter(acc, "2025-01-16", "biz") == 1
+
+
+def test_r09_off_hours_quota_separate(env):
+    acc = env.account(daily_quota=2, daily_quota_off=2)
+    assert [env.code(us(i), ts=WED_10 + i) for i in range(2)] == ["A00", "A00"]
+    assert env.code(us(2), ts=WED_10 + 2) == "R11"
+    assert [env.code(us(10 + i), ts=WED_20 + i) for i in range(2)] == ["A00", "A00"]  # own bucket
+    v = env.call(us(12), ts=WED_20 + 2)
+    assert (v.code, v.off_hours) == ("R09", True)
+    assert env.counter(acc, "2025-01-15", "biz") == 2
+    assert env.counter(acc, "2025-01-15", "off") == 2
+    assert env.code(us(13), ts=at(2025, 1, 16, 8)) == "A00"   # Thursday 08:00: a new day, off hours
+
+
+def test_quota_1800_edge(env):
+    env.account(daily_quota=2, daily_quota_off=1)
+    assert env.code(us(1), ts=at(2025, 1, 15, 17, 58)) == "A00"
+    assert env.code(us(2), ts=at(2025, 1, 15, 17, 59)) == "A00"
+    v = env.call(us(3), ts=at(2025, 1, 15, 17, 59, 59.9))
+    assert (v.code, v.off_hours) == ("R11", False)
+    v = env.call(us(4), ts=at(2025, 1, 15, 18))
+    assert (v.code, v.off_hours) == ("A00", True)
+    assert env.code(us(5), ts=at(2025, 1, 15, 18, 0, 1)) == "R09"
+
+
+def test_quota_holiday_is_off_hours(make):
+    env = make({"holidays": "2025-01-15, 2025-12-25"})
+    acc = env.account(daily_quota=5, daily_quota_off=1)
+    v = env.call(us(1))
+    assert (v.code, v.off_hours) == ("A00", True)
+    assert env.code(us(2), ts=WED_10 + 1) == "R09"
+    assert env.counter(acc, "2025-01-15", "off") == 1
+    assert env.call(us(3), ts=THU_10).off_hours is False
+
+
+def test_quota_weekend_is_off_hours(env):
+    env.account(daily_quota=5, daily_quota_off=1)
+    assert env.code(us(1), ts=SAT_10) == "A00"
+    assert env.code(us(2), ts=SAT_10 + 1) == "R09"
+
+
+def test_quota_calendar_day_in_timezone(make):
+    env = make({"timezone": "America/New_York"})
+    acc = env.account(daily_quota_off=1)
+    first = env.call(us(1), ts=at(2025, 1, 16, 2))        # 21:00 on the 15th in New York
+    assert (first.code, first.off_hours) == ("A00", True)
+    assert env.counter(acc, "2025-01-15", "off") == 1
+    assert env.code(us(2), ts=at(2025, 1, 16, 4, 59)) == "R09"      # 23:59 New York: same day
+    assert env.code(us(3), ts=at(2025, 1, 16, 5)) == "A00"          # midnight New York: next day
+    assert env.call(us(4), ts=at(2025, 1, 16, 14, 30)).off_hours is False   # 09:30 New York
+    assert env.call(us(5), ts=at(2025, 1, 16, 13, 59)).off_hours is True    # 08:59 New York
+
+
+def test_business_hours_config(make):
+    env = make({"business_hours": "mon-fri 09:00-12:00, mon-fri 13:00-17:00, sat 10:00-14:00"})
+    assert env.call(us(1), ts=at(2025, 1, 15, 12, 30)).off_hours is True
+    assert env.call(us(2), ts=at(2025, 1, 15, 13)).off_hours is False
+    assert env.call(us(3), ts=at(2025, 1, 18, 13, 59)).off_hours is False
+    assert env.call(us(4), ts=at(2025, 1, 18, 14)).off_hours is True
+
+
+def test_business_hours_parse():
+    always = tfps.BusinessHours.parse("mon-sun 00:00-24:00")
+    assert all(always.contains(dt.datetime(2025, 1, d, h, 59)) for d in range(13, 20) for h in (0, 12, 23))
+    wrap = tfps.BusinessHours.parse("fri-mon 09:00-18:00")
+    assert wrap.contains(dt.datetime(2025, 1, 19, 9)) and not wrap.contains(dt.datetime(2025, 1, 15, 9))
+    assert not wrap.contains(dt.datetime(2025, 1, 17, 9), holidays={dt.date(2025, 1, 17)})
+    for bad in ("mon-fri 18:00-09:00", "xyz 09:00-10:00", "mon-fri 9-18", "mon 09:00-25:00"):
+        with pytest.raises(ValueError):
+            tfps.BusinessHours.parse(bad)
+
+
+def test_quota_zero_and_unlimited(env):
+    acc = env.account(daily_quota=0, daily_quota_off=None)
+    assert env.code(us(1)) == "R11"                          # 0 = none allowed
+    assert {env.code(us(100 + i), ts=WED_20 + i) for i in range(30)} == {"A00"}
+    assert env.counter(acc, "2025-01-15", "biz") == 0
+    assert env.counter(acc, "2025-01-15", "off") == 30
+
+
+def test_only_approved_calls_count(env):
+    acc = env.account(daily_quota=2)
+    for i in range(5):
+        assert env.code("5312345678", ts=WED_10 + i * 40) == "R06"
+        assert env.code("9991234567", ts=WED_10 + i * 40) == "R07"
+        assert env.code(us(i), ts=WED_10 + i * 40, concurrent_calls=50) == "R10"
+    assert env.counter(acc, "2025-01-15", "biz") == 0
+    assert [env.code(us(10 + i), ts=WED_10 + 300 + i) for i in range(3)] == ["A00", "A00", "R11"]
+    assert env.counter(acc, "2025-01-15", "biz") == 2
+
+
+def test_reset_account_clears_todays_counters(env):
+    acc = env.account(daily_quota=1)
+    assert env.code(us(1)) == "A00"
+    assert env.code(us(2)) == "R11"
+    tfps.reset_account(env.db, env.cfg, acc, WED_10 + 5)
+    env.engine.check_for_changes()
+    assert env.code(us(3), ts=WED_10 + 6) == "A00"
+    assert env.code(us(4), ts=WED_10 + 7) == "R11"
+
+
+def test_limits_changed_reach_engine(env):
+    acc = env.account(daily_quota=1)
+    assert env.code(us(1)) == "A00"
+    assert env.code(us(2)) == "R11"
+    tfps.update_account(env.db, acc, WED_10, daily_quota=3)
+    assert env.engine.check_for_changes()
+    assert env.code(us(3)) == "A00"
+    assert env.code(us(4)) == "A00"
+    assert env.code(us(5)) == "R11"
+    assert not env.engine.check_for_changes()
+
+
+# -- learning mode, monitor mode, dry run -------------------------------------------------------------
+
+def test_learning_mode_soft_rules_only_logged(make):
+    env = make({"learning_days": "14", "max_calls_per_minute": "100"})
+    env.call(us(0))                                             # enrolls the account in learning mode
+    acc = tfps.find_account(env.db, USER, DOMAIN)
+    assert acc.state == "learning" and acc.learning_until == pytest.approx(WED_10 + 14 * 86400)
+    ip = "81.2.69.142"
+    soft = [
+        ("R06", dict(number="442079460000")),                              # own destination list
+        ("R04", dict(number=us(1), source_ip=ip, source_country="DE")),
+        ("R10", dict(number=us(2), concurrent_calls=11)),
+        ("R08", dict(number=us(3), concurrent_calls=3, ts=WED_20)),
+    ]
+    for code, kw in soft:
+        v = env.call(**kw)
+        assert v.code == "A00" and v.would is not None and v.would.code == code, (code, v.reason)
+        assert "learning" in v.reason
+    hard = [
+        ("R06", dict(number="5312345678")),                                # high-risk country
+        ("R01", dict(number=us(4), user_agent="friendly-scanner")),
+        ("R12", dict(number="1212555'1")),
+    ]
+    for code, kw in hard:
+        assert env.code(**kw) == code
+    env.add("black", "number", "1900")
+    assert env.code("19005551234") == "R03"
+    for i in range(5):
+        env.call(us(50), ts=WED_10 + 100 + i)
+    assert env.code(us(50), ts=WED_10 + 105) == "R13"
+    tfps.update_account(env.db, acc, WED_10, end_learning=False, blocked=1)
+    env.engine.check_for_changes()
+    assert env.code(us(51)) == "R14"
+    assert tfps.find_account(env.db, USER, DOMAIN).state == "learning"
+
+
+def test_learning_mode_quota_and_velocity_are_soft(make):
+    env = make({"learning_days": "14", "max_calls_per_minute": "2"})
+    env.call(us(0), ts=WED_10 - 3600)
+    acc = tfps.find_account(env.db, USER, DOMAIN)
+    tfps.update_account(env.db, acc, WED_10, end_learning=False, daily_quota=1, daily_quota_off=1)
+    env.engine.check_for_changes()
+    codes = [env.call(us(i), ts=WED_10 + i) for i in range(1, 4)]
+    assert [v.code for v in codes] == ["A00"] * 3
+    assert [v.would.code if v.would else None for v in codes] == [None, "R11", "R11"]
+    v = env.call(us(9), ts=WED_10 + 3.5)
+    assert v.code == "A00" and v.would.code == "R15"
+    v = env.call(us(10), ts=WED_20)
+    assert v.code == "A00" and v.would is None
+    v = env.call(us(11), ts=WED_20 + 100)
+    assert v.code == "A00" and v.would.code == "R09"
+
+
+def test_learning_mode_r14_unknown_rejects(make):
+    env = make({"learning_days": "14", "unknown_accounts": "reject"})
+    assert env.code() == "R14"
+
+
+def test_learning_ends_after_learning_days(make):
+    env = make({"learning_days": "1"})
+    v = env.call("442079460000")
+    assert v.code == "A00" and v.would.code == "R06"
+    assert env.code("442079460000", ts=WED_10 + 86400) == "R06"
+
+
+def test_monitor_mode_never_rejects(env):
+    env.account()
+    for code, kw in [("R06", dict(number="5312345678")), ("R01", dict(number=us(1), user_agent="sipvicious")),
+                     ("R07", dict(number="9991234567")), ("R12", dict(number="1212'--"))]:
+        v = env.call(enforce=False, **kw)
+        assert v.code == "A00" and v.would is not None and v.would.code == code, (code, v.reason)
+        assert "monitor" in v.reason
+    v = env.call(us(2), enforce=False)
+    assert v.code == "A00" and v.would is None and v.reason == "approved"
+
+
+def test_dry_run_writes_nothing(env):
+    tables = ("accounts", "daily_counters", "ab_pairs", "account_seen", "call_log", "alert_outbox")
+    v = env.call(count=False)
+    assert v.code == "A00"
+    assert {t: env.count(t) for t in tables} == {t: 0 for t in tables}     # not even enrolled
+    acc = env.account(daily_quota=2)
+    before = {t: env.count(t) for t in tables}
+    for i in range(10):
+        assert env.code(ts=WED_10 + i, count=False) == "A00"            # R13 and R11 untouched
+    assert env.code("5312345678", count=False) == "R06"
+    assert {t: env.count(t) for t in tables} == before
+    assert env.counter(acc, "2025-01-15", "biz") == 0
+
+
+def test_dry_run_reflects_current_state(env):
+    env.account(daily_quota=2)
+    for i in range(5):
+        env.call(ts=WED_10 + i) if i < 2 else env.call(us(i), ts=WED_10 + i)
+    assert env.code(us(20), ts=WED_10 + 6, count=False) == "R11"
+    assert env.code(us(20), ts=WED_20, count=False) == "A00"
+    env.account(daily_quota=100)
+    for i in range(3):
+        env.call(ts=WED_10 + 10 + i)
+    assert env.code(ts=WED_10 + 14, count=False) == "R13"     # would be the 6th call
+    assert env.db.scalar("SELECT blocked_until FROM ab_pairs") == 0    # but nothing was blocked
+    assert env.code(ts=WED_10 + 15) == "R13"
+
+
+# -- the call log ---------------------------------------------------------------------------------
+
+COLUMNS = ("ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, user_agent, source_country, "
+           "dest_country, off_hours, concurrent_calls, code, would_code, reason, sip_response, abuse_score, node, latency_ms")
+
+
+def test_call_log_rows(env):
+    acc = env.account(dest_countries={"US"})
+    ip = "81.2.69.142"
+    v1 = env.call("+1 (212) 555-1234", source_ip=ip, user_agent="Yealink SIP-T46S", concurrent_calls=3,
+                  call_id="abc@pbx", from_uri="sip:1001@pbx.example.com", reputation=rep(ip, score=4, country="US"))
+    env.engine.record(v1, "302 A00", 0.5)
+    v2 = env.call("5312345678", ts=WED_20, source_ip="192.168.1.2", call_id="def@pbx")
+    env.engine.record(v2, "302 R06", 1.25)
+    assert env.count("call_log") == 0                          # buffered until flush
+    env.engine.flush()
+    rows = env.db.query(f"SELECT {COLUMNS} FROM call_log ORDER BY ts")
+    assert len(rows) == 2
+    names = [c.strip() for c in COLUMNS.split(",")]
+    r1, r2 = (dict(zip(names, row)) for row in rows)
+    assert r1["ts"] == pytest.approx(WED_10)
+    assert (r1["call_id"], r1["account_id"], r1["user"], r1["domain"]) == ("abc@pbx", acc.id, USER, DOMAIN)
+    assert (r1["from_uri"], r1["dialed"], r1["number"]) == ("sip:1001@pbx.example.com", "+1 (212) 555-1234", US_NUMBER)
+    assert (r1["source_ip"], r1["user_agent"], r1["source_country"], r1["dest_country"]) == (ip, "Yealink SIP-T46S", "US", "US")
+    assert (r1["off_hours"], r1["concurrent_calls"], r1["code"], r1["would_code"]) == (0, 3, "A00", "")
+    assert (r1["reason"], r1["sip_response"], r1["abuse_score"], r1["node"]) == ("approved", "302 A00", 4, "node-t")
+    assert r1["latency_ms"] == pytest.approx(0.5)
+    assert r2["ts"] == pytest.approx(WED_20)
+    assert (r2["code"], r2["dest_country"], r2["off_hours"], r2["sip_response"]) == ("R06", "CU", 1, "302 R06")
+    assert "high-risk" in r2["reason"] and r2["abuse_score"] is None and r2["concurrent_calls"] is None
+    assert r2["latency_ms"] == pytest.approx(1.25)
+    assert env.db.scalar("SELECT last_seen FROM accounts WHERE id = ?", (acc.id,)) == pytest.approx(WED_20)
+    assert env.count("alert_outbox") >= 1                       # the rejection was alerted
+
+
+def test_call_log_would_code_in_monitor_mode(env):
+    v = env.call("5312345678", enforce=False)
+    env.engine.record(v, "302 A00", 0.1)
+    env.engine.flush()
+    assert env.db.one("SELECT code, would_code FROM call_log") == ("A00", "R06")
+
+
+def test_call_log_unknown_number_row(env):
+    v = env.call("1212'x")
+    env.engine.record(v, "302 R12", 0.1)
+    env.engine.flush()
+    row = env.db.one("SELECT code, dialed, number, dest_country FROM call_log")
+    assert row == ("R12", "1212'x", "", "")

@@ -1371,6 +1371,11 @@ class Lists:
             "SELECT iso, name, prefixes, risk, calling_code, trunk_prefix FROM countries"))
 
 
+
+def high_risk_countries(cfg, db):
+    """[policy] high_risk_countries plus the countries marked risk = 'high' in the database."""
+    return set(cfg.policy.high_risk_countries) | {r[0] for r in db.query("SELECT iso FROM countries WHERE risk = 'high'")}
+
 # =============================================================================================
 # 8. Reputation: AbuseIPDB and APIBAN lookups on a worker pool, cached in the database
 # =============================================================================================
@@ -2008,8 +2013,7 @@ class Engine:
         self.serial = self.db.scalar("SELECT value FROM meta WHERE name = 'change_serial'", default=0)
         self.lists = Lists(self.db)
         self.countries = self.lists.countries
-        self.high_risk = set(self.cfg.policy.high_risk_countries) | {
-            c.iso for c in self.countries.by_iso.values() if c.risk == "high"}
+        self.high_risk = high_risk_countries(self.cfg, self.db)
         self.accounts = {}
         for row in self.db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts"):
             acc = Account.from_row(row)
@@ -2352,7 +2356,7 @@ def _mean_std(values):
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
-def propose(cfg, acc, stats, now):
+def propose(cfg, acc, stats, now, high_risk):
     """What training would change on one account, and why."""
     p = cfg.policy
     if not stats:
@@ -2390,7 +2394,7 @@ def propose(cfg, acc, stats, now):
         if field_name in acc.pinned or "*" in current:
             continue
         new = {iso for iso, calls in stats[key].items() if calls >= p.train_min_country_calls
-               and iso not in p.high_risk_countries and iso not in current}
+               and iso not in high_risk and iso not in current}
         if new:
             changes.append((field_name, format_countries(current), format_countries(current | new),
                             f"used in >= {p.train_min_country_calls} approved calls: {format_countries(new)}"))
@@ -2422,7 +2426,8 @@ def train(cfg, db, now, account=None, dry_run=False):
     if account:
         accounts = [a for a in accounts if a.id == account.id]
     stats = history(cfg, db, now, account.id if account else None)
-    proposals = [propose(cfg, acc, stats.get(acc.id), now) for acc in accounts]
+    high_risk = high_risk_countries(cfg, db)
+    proposals = [propose(cfg, acc, stats.get(acc.id), now, high_risk) for acc in accounts]
     if not dry_run:
         db.begin()
         for proposal in proposals:
@@ -2470,7 +2475,7 @@ def daily_summaries(cfg, db, engine, now):
         acc = engine.accounts.get((user.lower(), domain.lower()))
         lines = "\n".join(f"  {code}: {calls}" for code, calls in sorted(codes))
         engine.alerts.add(AlertEvent(
-            "summary", f"{user}@{domain}", f"SUMMARY{start.date().isoformat()}",
+            "summary", f"{user}@{domain}", "SUMMARY",
             f"TFPS daily summary {start.date().isoformat()}: {user}@{domain}",
             f"Rejected (or, in monitor/learning mode, would-be rejected) calls of {user}@{domain} on "
             f"{start.date().isoformat()}:\n{lines}\nDetails: tfps.py calls --account {user}@{domain} --since 48h",
@@ -2491,6 +2496,7 @@ class DailyJobs:
     def run_due(self, now=None):
         now = now or time.time()
         p = self.cfg.policy
+        self.engine.flush(now)
         if finish_learning(self.cfg, self.db, now):
             self.engine.check_for_changes()
         local = dt.datetime.fromtimestamp(now, p.tz)
@@ -2502,7 +2508,6 @@ class DailyJobs:
             self.done[name] = today
             if not acquire_lock(self.db, f"{name}:{today}", self.cfg.server.node_name, now, 2 * 86400):
                 continue
-            self.engine.flush(now)
             if name == "train":
                 proposals = train(self.cfg, self.db, now)
                 log.info("daily training: %d account(s) changed", sum(1 for x in proposals if x.changes))
@@ -2532,10 +2537,15 @@ def read_cdrs(path):
             raise UserError(f"{path}: missing column(s) {', '.join(missing)} (header row required)")
         rows = []
         for line, row in enumerate(reader, 2):
+            if any(row.get(c) is None for c in REPLAY_COLUMNS):
+                raise UserError(f"{path}:{line}: fewer fields than the header")
             try:
-                ts = dt.datetime.fromisoformat(row["time"].strip()).timestamp()
+                when = dt.datetime.fromisoformat(row["time"].strip())
             except ValueError:
-                raise UserError(f"{path}:{line}: time {row['time']!r} is not ISO 8601 with offset") from None
+                when = None
+            if when is None or when.tzinfo is None:
+                raise UserError(f"{path}:{line}: time {row['time']!r} is not ISO 8601 with offset")
+            ts = when.timestamp()
             calls = (row.get("concurrent_calls") or "").strip()
             if calls and not calls.isdigit():
                 raise UserError(f"{path}:{line}: concurrent_calls {calls!r} is not a whole number")

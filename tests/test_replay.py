@@ -1,0 +1,283 @@
+"""`tfps.py replay` (issue 6): the real engine over the labeled synthetic CDR file
+tests/data/irsf_burst.csv (made by tests/data/gen_cdr.py) with simulated time, its metrics,
+learning and training during the replay, and the error paths of the CSV reader."""
+
+import csv
+import datetime as dt
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tfps
+from conftest import run_cli, write_config
+
+DATA = Path(__file__).resolve().parent / "data"
+CDR = DATA / "irsf_burst.csv"
+COMPROMISED = "1001@branch.example.net"
+HEADER = "time,user,domain,number,source_ip,user_agent,concurrent_calls"
+
+
+def cdr_rows(path=CDR):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def replay_config(tmp_path, name="replay.conf", **policy):
+    keys = {"timezone": "UTC", "home_country": "US", "learning_days": "14"}
+    keys.update({k: str(v) for k, v in policy.items()})
+    return write_config(tmp_path / name, {"policy": keys, "server": {"mode": "redirect", "node_name": "replay"}})
+
+
+def replay_json(path, conf, *extra):
+    r = run_cli("replay", str(path), "--json", *extra, config=conf)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def write_cdr(path, header, lines):
+    Path(path).write_text("\n".join([header, *lines]) + "\n")
+    return path
+
+
+# -- the data set ------------------------------------------------------------------------------
+
+def test_generator_reproduces_the_kept_csv(tmp_path):
+    out = tmp_path / "again.csv"
+    r = subprocess.run([sys.executable, str(DATA / "gen_cdr.py"), str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == CDR.read_bytes(), "tests/data/irsf_burst.csv differs from what gen_cdr.py makes"
+
+
+def test_the_data_set_is_what_it_claims():
+    rows = cdr_rows()
+    times = [dt.datetime.fromisoformat(r["time"]) for r in rows]
+    assert all(t.utcoffset() is not None for t in times)
+    assert times == sorted(times)
+    legit = [(t, r) for t, r in zip(times, rows) if r["label"] == "legit"]
+    fraud = [(t, r) for t, r in zip(times, rows) if r["label"] == "fraud"]
+    assert len(legit) + len(fraud) == len(rows) and len(fraud) >= 20
+    # about two months of office traffic: weekdays, 09:00-18:00, several accounts, US callers
+    assert (legit[-1][0] - legit[0][0]).days >= 60
+    assert all(t.weekday() < 5 and 9 <= t.hour < 18 for t, _ in legit)
+    assert len({(r["user"], r["domain"]) for _, r in legit}) >= 3
+    assert {r["source_country"] for _, r in legit} == {"US"}
+    assert {r["number"][:3] for _, r in legit if r["user"] == "sales"} >= {"+44", "+49"}
+    assert {r["number"][:2] for _, r in legit if r["user"] != "sales"} == {"+1"}
+    # one night-time burst of one account from abroad, mostly to Sierra Leone (+232), rising concurrency
+    assert {f"{r['user']}@{r['domain']}" for _, r in fraud} == {COMPROMISED}
+    assert all(t.hour < 6 for t, _ in fraud) and (fraud[-1][0] - fraud[0][0]).total_seconds() < 3600
+    assert {r["source_country"] for _, r in fraud} == {"RO"}
+    assert sum(r["number"].startswith("+232") for _, r in fraud) >= 20
+    assert max(int(r["concurrent_calls"]) for _, r in fraud) > max(
+        int(r["concurrent_calls"]) for _, r in legit if f"{r['user']}@{r['domain']}" == COMPROMISED)
+    # the compromised account has legitimate calls before and after the burst
+    own = [t for t, r in legit if f"{r['user']}@{r['domain']}" == COMPROMISED]
+    assert min(own) < fraud[0][0] < fraud[-1][0] < max(own)
+
+
+# -- replay over it ------------------------------------------------------------------------------
+
+def test_replay_blocks_the_burst_early_and_no_legitimate_call(tmp_path):
+    rows = cdr_rows()
+    report = replay_json(CDR, replay_config(tmp_path))
+    for key in ("rows", "codes", "fraud_calls", "fraud_blocked_pct", "legit_calls", "legit_blocked_pct", "episodes"):
+        assert key in report, key
+    assert report["rows"] == len(rows)
+    assert sum(report["codes"].values()) == len(rows)
+    assert report["fraud_calls"] == sum(r["label"] == "fraud" for r in rows)
+    assert report["legit_calls"] == sum(r["label"] == "legit" for r in rows)
+    assert report["legit_blocked"] == 0 and report["legit_blocked_pct"] == 0.0, report["rejected_accounts"]
+    assert report["fraud_blocked_pct"] == round(100 * report["fraud_blocked"] / report["fraud_calls"], 2)
+    assert report["fraud_blocked_pct"] >= 90
+    first_fraud = next(r for r in rows if r["label"] == "fraud")
+    assert len(report["episodes"]) == 1
+    episode = report["episodes"][0]
+    assert episode["account"] == COMPROMISED and episode["start"] == first_fraud["time"]
+    assert episode["calls"] == report["fraud_calls"]
+    assert episode["blocked"] is True
+    assert episode["leaked_before_first_block"] <= 4, "the burst was not blocked within its first 5 calls"
+    # the rejections are the compromised account's, for change-analysis reasons
+    assert set(report["rejected_accounts"]) == {COMPROMISED}
+    assert set(report["rejected_accounts"][COMPROMISED]) <= {"R04", "R06", "R08", "R09", "R15"}
+    assert report["codes"]["A00"] == report["legit_calls"] + report["fraud_calls"] - report["fraud_blocked"]
+
+
+def test_replay_text_output_shows_the_metrics(tmp_path):
+    report = replay_json(CDR, replay_config(tmp_path))
+    r = run_cli("replay", str(CDR), config=replay_config(tmp_path))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert f"{report['rows']} CDR rows replayed" in out
+    for code, calls in report["codes"].items():
+        assert any(line.split() == [code, str(calls)] for line in out.splitlines()), code
+    assert COMPROMISED in out
+    assert (f"fraud calls blocked: {report['fraud_blocked']}/{report['fraud_calls']} "
+            f"({report['fraud_blocked_pct']}%)") in out
+    assert f"legitimate calls blocked: 0/{report['legit_calls']} (0.0%)" in out
+    episode = report["episodes"][0]
+    line = next(line for line in out.splitlines() if line.startswith(COMPROMISED) and episode["start"] in line)
+    assert line.split()[1:] == [episode["start"], str(episode["calls"]), str(episode["leaked_before_first_block"]), "True"]
+
+
+def test_replay_runs_in_time_order_whatever_the_file_order(tmp_path):
+    lines = CDR.read_text().splitlines()
+    body = lines[1:]
+    random.Random(3).shuffle(body)
+    shuffled = write_cdr(tmp_path / "shuffled.csv", lines[0], body)
+    conf = replay_config(tmp_path)
+    assert replay_json(shuffled, conf) == replay_json(CDR, conf)
+
+
+def test_replay_learns_during_the_history_into_a_database(tmp_path, sqlite_url):
+    """--db keeps what the replay did: every verdict logged, accounts enforcing with limits learned
+    from their own traffic, sales allowed to call GB and DE (learned while learning)."""
+    rows = cdr_rows()
+    conf = replay_config(tmp_path)
+    report = replay_json(CDR, conf, "--db", sqlite_url)
+    assert report["legit_blocked"] == 0
+    db = tfps.open_database(sqlite_url)
+    assert db.scalar("SELECT COUNT(*) FROM call_log") == len(rows)
+    accounts = {a.name: a for a in (tfps.Account.from_row(r) for r in db.query(f"SELECT {tfps.ACCOUNT_COLUMNS} FROM accounts"))}
+    assert set(accounts) == {f"{r['user']}@{r['domain']}" for r in rows}
+    last = dt.datetime.fromisoformat(rows[-1]["time"]).timestamp()
+    for name, acc in accounts.items():
+        first = min(dt.datetime.fromisoformat(r["time"]).timestamp() for r in rows if f"{r['user']}@{r['domain']}" == name)
+        assert acc.created == pytest.approx(first) and acc.learning_until == pytest.approx(first + 14 * 86400)
+        assert acc.state == "enforcing" and not acc.learning(last)
+        assert acc.anomaly_daily is not None, f"{name} was never trained"
+        assert acc.daily_quota != 100 or acc.concurrent_calls != 10, f"{name} keeps the defaults"
+        assert "SL" not in acc.dest_countries and "RO" not in acc.source_countries
+        peak = max(int(r["concurrent_calls"]) for r in rows if f"{r['user']}@{r['domain']}" == name and r["label"] == "legit")
+        assert acc.concurrent_calls == max(peak + 1, 2)
+    assert accounts["sales@hq.example.com"].dest_countries == {"US", "GB", "DE"}
+    assert accounts["reception@hq.example.com"].dest_countries == {"US"}
+    # daily training ran under the day's lock on the simulated days
+    assert db.scalar("SELECT COUNT(*) FROM locks WHERE name = ?", (f"train:{rows[-1]['time'][:10]}",)) == 1
+    db.close()
+
+
+def test_replay_on_mariadb_gives_the_same_report(tmp_path, mysql_url):
+    conf = replay_config(tmp_path)
+    in_memory = replay_json(CDR, conf)
+    on_mariadb = replay_json(CDR, conf, "--db", mysql_url)
+    assert on_mariadb == in_memory
+
+
+def test_learning_mode_only_logs_and_no_learning_blocks_legitimate_calls(tmp_path):
+    """The contrast that shows what the learned limits do: accounts still learning (a year) let the
+    burst through, with the would-be rejections logged; enforcing the defaults at once
+    (learning_days = 0) stops the burst but also blocks sales' calls abroad."""
+    learning = replay_json(CDR, replay_config(tmp_path, "learning.conf", learning_days=365))
+    assert learning["codes"] == {"A00": learning["rows"]}
+    assert learning["fraud_blocked"] == 0 and learning["episodes"][0]["blocked"] is False
+    assert learning["episodes"][0]["leaked_before_first_block"] == learning["fraud_calls"]
+
+    at_once = replay_json(CDR, replay_config(tmp_path, "at-once.conf", learning_days=0))
+    assert at_once["episodes"][0]["leaked_before_first_block"] == 0
+    assert at_once["legit_blocked"] > 0
+    assert set(at_once["rejected_accounts"]) == {COMPROMISED, "sales@hq.example.com"}
+    assert set(at_once["rejected_accounts"]["sales@hq.example.com"]) == {"R06"}
+
+
+def test_a_home_country_burst_from_the_pbx_is_stopped_by_the_learned_off_hours_limits(tmp_path):
+    """The same burst, but dialled to US numbers from the PBX's own address: no country rule
+    fires, the learned off-hours quota and concurrency (the account never calls at night) do."""
+    rows = cdr_rows()
+    legit_branch = next(r for r in rows if r["user"] == "1001" and r["label"] == "legit")
+    for i, r in enumerate(rows):
+        if r["label"] == "fraud":
+            r.update(number=f"+1900555{i % 10000:04d}", source_ip=legit_branch["source_ip"], source_country="US",
+                     user_agent=legit_branch["user_agent"])
+    path = tmp_path / "home_burst.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        out = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        out.writeheader()
+        out.writerows(rows)
+    report = replay_json(path, replay_config(tmp_path))
+    episode = report["episodes"][0]
+    assert episode["blocked"] and 0 < episode["leaked_before_first_block"] <= 4
+    assert report["legit_blocked"] == 0
+    assert set(report["rejected_accounts"][COMPROMISED]) <= {"R08", "R09"}
+
+
+def test_replay_without_labels(tmp_path):
+    path = write_cdr(tmp_path / "plain.csv", HEADER, [
+        "2024-03-04T10:00:00+01:00,1001,pbx.example.com,+12125550100,198.51.100.1,FPBX,1",
+        "2024-03-04T10:05:00+01:00,1001,pbx.example.com,+37161234567,198.51.100.1,FPBX,1",
+    ])
+    report = replay_json(path, replay_config(tmp_path))
+    assert report["rows"] == 2 and report["codes"] == {"A00": 1, "R06": 1}
+    assert report["fraud_calls"] == report["legit_calls"] == 0
+    assert report["fraud_blocked_pct"] is None and report["legit_blocked_pct"] is None and report["episodes"] == []
+    r = run_cli("replay", str(path), config=replay_config(tmp_path))
+    assert r.returncode == 0 and "fraud calls blocked" not in r.stdout and "1001@pbx.example.com" in r.stdout
+
+
+# -- error paths ---------------------------------------------------------------------------------
+
+GOOD = "2024-03-04T10:00:00+00:00,1001,pbx.example.com,+12125550100,198.51.100.1,FPBX,1"
+
+
+def replay_error(tmp_path, path):
+    r = run_cli("replay", str(path), config=replay_config(tmp_path))
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stdout == ""
+    return r.stderr
+
+
+@pytest.mark.parametrize("missing", ["time", "number", "concurrent_calls"])
+def test_missing_column_is_named(tmp_path, missing):
+    columns = HEADER.split(",")
+    keep = [i for i, c in enumerate(columns) if c != missing]
+    line = GOOD.split(",")
+    path = write_cdr(tmp_path / "cdr.csv", ",".join(columns[i] for i in keep), [",".join(line[i] for i in keep)])
+    err = replay_error(tmp_path, path)
+    assert str(path) in err and missing in err and "missing column" in err
+
+
+def test_missing_columns_and_no_header(tmp_path):
+    err = replay_error(tmp_path, write_cdr(tmp_path / "two.csv", "time,user,domain,number,source_ip", ["x,y,z,1,2"]))
+    assert "user_agent" in err and "concurrent_calls" in err
+    err = replay_error(tmp_path, write_cdr(tmp_path / "headless.csv", GOOD, [GOOD]))
+    assert "missing column" in err and "header" in err
+
+
+@pytest.mark.parametrize("bad_time", ["yesterday", "2024-13-01T10:00:00+00:00", ""])
+def test_bad_time_names_file_and_line(tmp_path, bad_time):
+    bad = GOOD.replace("2024-03-04T10:00:00+00:00", bad_time)
+    path = write_cdr(tmp_path / "cdr.csv", HEADER, [GOOD, GOOD.replace("0100", "0101"), bad])
+    err = replay_error(tmp_path, path)
+    assert f"{path}:4:" in err and "time" in err
+
+
+def test_time_without_offset_is_refused(tmp_path):
+    """The format says ISO 8601 *with offset* (and the error message says so). A time without
+    one would silently be read in the replaying machine's local timezone, shifting every call's
+    business/off-hours bucket and day: it must be refused like any other bad time."""
+    path = write_cdr(tmp_path / "cdr.csv", HEADER, [GOOD, "2024-03-04 10:05:00,1001,pbx.example.com,+12125550101,198.51.100.1,FPBX,1"])
+    err = replay_error(tmp_path, path)
+    assert f"{path}:3:" in err and "offset" in err
+
+
+def test_bad_concurrent_calls_names_file_and_line(tmp_path):
+    path = write_cdr(tmp_path / "cdr.csv", HEADER, [GOOD, GOOD.rsplit(",", 1)[0] + ",two"])
+    err = replay_error(tmp_path, path)
+    assert f"{path}:3:" in err and "concurrent_calls" in err
+
+
+def test_short_row_names_file_and_line(tmp_path):
+    """A truncated row (fewer fields than the header) is a data error like a bad time: a message
+    with file:line, not a Python traceback."""
+    path = write_cdr(tmp_path / "cdr.csv", HEADER, [GOOD, "2024-03-04T10:05:00+00:00,1001"])
+    err = replay_error(tmp_path, path)
+    assert f"{path}:3" in err
+
+
+def test_unreadable_file(tmp_path):
+    err = replay_error(tmp_path, tmp_path / "nope.csv")
+    assert "nope.csv" in err and "cannot read" in err

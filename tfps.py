@@ -494,7 +494,7 @@ TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
 TOKEN_RE = re.compile(rf"[{TOKEN_CHARS}]+")
 REQUEST_LINE_RE = re.compile(rf"([{TOKEN_CHARS}]+) (\S+) SIP/(\d+\.\d+)")
 STATUS_LINE_RE = re.compile(r"SIP/2\.0 ([1-6]\d\d)(?: (.*))?")
-VIA_RE = re.compile(rf"SIP\s*/\s*2\.0\s*/\s*([{TOKEN_CHARS}]+)\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)"
+VIA_RE = re.compile(rf"SIP\s*/\s*\d+\.\d+\s*/\s*([{TOKEN_CHARS}]+)\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)"
                     r"(?:\s*:\s*(\d{1,5}))?(.*)", re.S)
 PARAM_RE = re.compile(rf'\s*;\s*([{TOKEN_CHARS}]+)(?:\s*=\s*("(?:[^"\\]|\\.)*"|\[[0-9A-Fa-f:.]+\]|[^\s;,"]+))?\s*')
 BRANCH_COOKIE = "z9hG4bK"
@@ -688,6 +688,7 @@ def parse_name_addr(value):
             raise ValueError("unterminated <URI>")
     else:
         raw_uri, _, params = text.partition(";")
+        raw_uri = raw_uri.strip()
         params = ";" + params if params else ""
         if re.search(r"[\s,?]", raw_uri):
             raise ValueError("addr-spec with characters that need <>")
@@ -753,7 +754,7 @@ def _frame_body(msg, body):
     length = msg.header("content-length")
     if length is None:
         return body
-    if not length.isdigit() or len(length) > 9:
+    if not re.fullmatch(r"[0-9]{1,9}", length):
         msg.flag(400, "Bad Content-Length")
         return body
     if int(length) > len(body):
@@ -776,7 +777,8 @@ def validate_request(msg):
     if m.group(2) != msg.method:
         raise SipError(400, "CSeq Method Does Not Match Request")
     max_forwards = msg.header("max-forwards")
-    if max_forwards is not None and (not max_forwards.isdigit() or int(max_forwards) > 255):
+    hops = re.fullmatch(r"0*([0-9]{1,3})", max_forwards or "70")
+    if not hops or int(hops.group(1)) > 255:
         raise SipError(400, "Malformed Max-Forwards Header")
     try:
         from_addr = parse_name_addr(msg.header("from"))
@@ -848,6 +850,8 @@ class StreamFramer:
             m = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$", head)
             if not m:
                 raise SipError(400, "Missing Content-Length")
+            if len(m.group(1)) > 9:
+                raise SipError(400, "Bad Content-Length")
             total = end + 4 + int(m.group(1))
             if total > self.max_size:
                 raise SipError(513, "Message Too Large")
@@ -2647,7 +2651,7 @@ def call_identity(msg, uri, from_addr, packet_ip, now):
         ip, ua, calls = fields[2].strip() or ip, fields[3].strip() or ua, fields[4].strip() or calls
     calls = str(calls).strip() if calls is not None else ""
     return CallAttempt(user=user, domain=domain, number=dialed_number(uri.user), source_ip=ip.strip(),
-                       user_agent=ua.strip(), concurrent_calls=int(calls) if calls.isdigit() else None,
+                       user_agent=ua.strip(), concurrent_calls=int(calls) if re.fullmatch(r"[0-9]{1,6}", calls) else None,
                        ts=now, call_id=msg.header("call-id") or "", from_uri=from_addr.raw_uri)
 
 
@@ -3086,7 +3090,7 @@ class Server:
         if VERDICT_PREFIX.match(user):
             return self._respond(tx, msg, vias, 482, headers=[("X-TFPS-Reason", "Request-URI already carries a verdict")])
         attempt = call_identity(msg, uri, from_addr, addr[0], time.time())
-        tx.data = PendingInvite(msg, vias, attempt, time.monotonic(), from_addr.uri.host)
+        tx.data = PendingInvite(msg, vias, attempt, time.monotonic(), from_addr.uri.host or uri.host)
         ip = attempt.source_ip
         if self.reputation.wanted(ip) and not self.engine.lists.ip_white.match(ip):
             rep = self.reputation.known(self.db, ip, attempt.ts)
@@ -3132,7 +3136,7 @@ class Server:
         self.counters["verdicts"] += 1
         if self.cfg.server.log_verdicts:
             log.info("verdict call-id=%s account=%s@%s number=%s code=%s reason=%s latency=%.2fms", attempt.call_id,
-                     attempt.user, attempt.domain, verdict.number or attempt.number, verdict.code, verdict.reason, latency)
+                     attempt.user, attempt.domain, header_safe(verdict.number or attempt.number), verdict.code, verdict.reason, latency)
 
     def _verdict_response(self, verdict, pending):
         headers = [("X-TFPS-Code", verdict.code), ("X-TFPS-Reason", header_safe(verdict.reason))]
@@ -3141,7 +3145,8 @@ class Server:
             return status, None, headers, f"{status}"
         host = self.cfg.server.redirect_host or pending.from_host
         host = f"[{host}]" if ":" in host else host
-        contact = f"<sip:{verdict.code}{pending.attempt.number}@{host}>"
+        user = urllib.parse.quote(pending.attempt.number, safe="-_.!~*'()&=+$,;?/")
+        contact = f"<sip:{verdict.code}{user}@{host}>"
         return 302, None, [("Contact", contact)] + headers, f"302 {verdict.code}"
 
 

@@ -15,8 +15,9 @@ CREATE TABLE IF NOT EXISTS meta (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 1);
--- Bumped by every administrative change; running servers poll it and reload.
-INSERT IGNORE INTO meta (name, value) VALUES ('change_serial', 0);
+-- Moved by every change of accounts or lists (see the triggers below); servers poll them.
+INSERT IGNORE INTO meta (name, value) VALUES ('accounts_serial', 0);
+INSERT IGNORE INTO meta (name, value) VALUES ('lists_serial', 0);
 
 CREATE TABLE IF NOT EXISTS accounts (
   id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -49,12 +50,13 @@ CREATE TABLE IF NOT EXISTS daily_counters (
   PRIMARY KEY (account_id, day, bucket)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
--- A->B attempt windows and blocks.
+-- A->B pairs: times of the latest attempts (a sliding window of ab_window seconds, at most
+-- ab_max_calls + 1 of them, comma-separated) and blocks.
 CREATE TABLE IF NOT EXISTS ab_pairs (
   account_id BIGINT NOT NULL,
   number VARCHAR(32) NOT NULL,
-  window_start DOUBLE NOT NULL,
-  attempts INT NOT NULL,
+  times TEXT NOT NULL,
+  last_attempt DOUBLE NOT NULL,
   blocked_until DOUBLE NOT NULL DEFAULT 0,
   PRIMARY KEY (account_id, number)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
@@ -182,42 +184,43 @@ CREATE TABLE IF NOT EXISTS locks (
   expires DOUBLE NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
--- Running servers reload accounts and lists when change_serial moves. These triggers move it
--- for every change, including ones made directly in the database. An account's own activity
--- (last_seen) does not count as a change, nor does a new account (nodes load it on first use).
+-- Running servers reload lists when lists_serial moves and re-read accounts when
+-- accounts_serial moves. These triggers move them for every change, including ones made
+-- directly in the database. An account's own activity (last_seen) is not a change, nor is a
+-- new account: nodes read accounts on first use.
 CREATE TRIGGER accounts_changed AFTER UPDATE ON accounts FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial' AND NOT (
+  UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial' AND NOT (
     NEW.user <=> OLD.user AND NEW.domain <=> OLD.domain AND NEW.concurrent_calls <=> OLD.concurrent_calls AND
     NEW.concurrent_calls_off <=> OLD.concurrent_calls_off AND NEW.daily_quota <=> OLD.daily_quota AND NEW.daily_quota_off <=> OLD.daily_quota_off AND
     NEW.source_countries <=> OLD.source_countries AND NEW.dest_countries <=> OLD.dest_countries AND NEW.blocked <=> OLD.blocked AND
     NEW.email <=> OLD.email AND NEW.state <=> OLD.state AND NEW.learning_until <=> OLD.learning_until AND
     NEW.pinned <=> OLD.pinned AND NEW.anomaly_daily <=> OLD.anomaly_daily);
 CREATE TRIGGER accounts_removed AFTER DELETE ON accounts FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+  UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial';
 CREATE TRIGGER number_list_added AFTER INSERT ON number_list FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+  UPDATE meta SET value = value + 1 WHERE name = 'lists_serial';
 CREATE TRIGGER number_list_changed AFTER UPDATE ON number_list FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+  UPDATE meta SET value = value + 1 WHERE name = 'lists_serial';
 CREATE TRIGGER number_list_removed AFTER DELETE ON number_list FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+  UPDATE meta SET value = value + 1 WHERE name = 'lists_serial';
 CREATE TRIGGER ip_list_added AFTER INSERT ON ip_list FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+  UPDATE meta SET value = value + 1 WHERE name = 'lists_serial';
 CREATE TRIGGER ip_list_changed AFTER UPDATE ON ip_list FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+  UPDATE meta SET value = value + 1 WHERE name = 'lists_serial';
 CREATE TRIGGER ip_list_removed AFTER DELETE ON ip_list FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+  UPDATE meta SET value = value + 1 WHERE name = 'lists_serial';
 CREATE TRIGGER ua_list_added AFTER INSERT ON ua_list FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+  UPDATE meta SET value = value + 1 WHERE name = 'lists_serial';
 CREATE TRIGGER ua_list_changed AFTER UPDATE ON ua_list FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+  UPDATE meta SET value = value + 1 WHERE name = 'lists_serial';
 CREATE TRIGGER ua_list_removed AFTER DELETE ON ua_list FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+  UPDATE meta SET value = value + 1 WHERE name = 'lists_serial';
 CREATE TRIGGER countries_added AFTER INSERT ON countries FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+  UPDATE meta SET value = value + 1 WHERE name = 'lists_serial';
 CREATE TRIGGER countries_changed AFTER UPDATE ON countries FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+  UPDATE meta SET value = value + 1 WHERE name = 'lists_serial';
 CREATE TRIGGER countries_removed AFTER DELETE ON countries FOR EACH ROW
-  UPDATE meta SET value = value + 1 WHERE name = 'change_serial';
+  UPDATE meta SET value = value + 1 WHERE name = 'lists_serial';
 
 -- Default User-Agent blacklist: well-known SIP scanners and attack tools.
 INSERT IGNORE INTO ua_list (pattern, note, created) VALUES

@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
 import csv
 import datetime as dt
 import decimal
+import gc
 import heapq
+import http.client
 import ipaddress
 import json
 import logging
@@ -195,6 +198,13 @@ def _limit(text):
     return _integer()(text)
 
 
+def _country(text):
+    value = text.strip().upper()
+    if not re.fullmatch(r"[A-Z]{2}", value):
+        raise ValueError("must be an ISO 3166 country code such as US")
+    return value
+
+
 def _countries(text):
     codes = country_set(text)
     bad = [c for c in codes if not re.fullmatch(r"[A-Z]{2}|\*", c)]
@@ -272,7 +282,7 @@ CONFIG_SPEC = {
         "flush_interval": (_duration, "1s", "how often the call log buffer is written"),
     },
     "policy": {
-        "home_country": (_text, "US", "ISO code of the country the PBX is in"),
+        "home_country": (_country, "US", "ISO code of the country the PBX is in"),
         "timezone": (_timezone, "UTC", "IANA timezone for business hours and calendar days"),
         "business_hours": (_business_hours, "mon-fri 09:00-18:00", "ranges such as 'mon-fri 09:00-18:00, sat 09:00-13:00'; 'mon-sun 00:00-24:00' = always"),
         "holidays": (_holidays, "", "dates YYYY-MM-DD treated as off hours"),
@@ -287,7 +297,7 @@ CONFIG_SPEC = {
         "default_destination_countries": (_countries, "", "countries that may be called; empty = home_country; * = any"),
         "high_risk_countries": (_countries, HIGH_RISK_DEFAULT, "destinations always rejected (R06) unless the number is whitelisted"),
         "require_source_country": (_boolean, "no", "reject calls whose source country cannot be told (R05)"),
-        "ab_max_calls": (_integer(1), "5", "calls to one number allowed within ab_window (R13)"),
+        "ab_max_calls": (_integer(1, 1000), "5", "calls to one number allowed within ab_window (R13)"),
         "ab_window": (_duration, "30s", "window for repeated A->B calls"),
         "ab_block": (_duration, "3600s", "how long an A->B pair stays blocked"),
         "max_calls_per_minute": (_integer(), "0", "approved calls per account per 60 s (R15); 0 = off"),
@@ -402,9 +412,6 @@ class Config:
 
     def _finish(self):
         p = self.policy
-        p.home_country = p.home_country.upper()
-        if not re.fullmatch(r"[A-Z]{2}", p.home_country):
-            raise ConfigError(f"{self.path or 'defaults'}: [policy] home_country must be an ISO code")
         p.tz = load_timezone(p.timezone)
         p.default_source_countries = p.default_source_countries or {p.home_country}
         p.default_destination_countries = p.default_destination_countries or {p.home_country}
@@ -415,6 +422,8 @@ class Config:
         out = {}
         for section, keys in self.raw.items():
             out[section] = {k: ("****" if mask and k in SECRET_KEYS and v else v) for k, v in keys.items()}
+        if mask:
+            out["database"]["url"] = redact_url(out["database"]["url"])
         return out
 
 
@@ -515,7 +524,7 @@ class SipError(Exception):
         self.reason = reason
 
 
-@dataclass(slots=True)
+@dataclass
 class SipUri:
     scheme: str
     user: str = ""
@@ -525,7 +534,7 @@ class SipUri:
     headers: str = ""
 
 
-@dataclass(slots=True)
+@dataclass
 class NameAddr:
     display: str
     uri: SipUri
@@ -533,7 +542,7 @@ class NameAddr:
     params: dict
 
 
-@dataclass(slots=True)
+@dataclass
 class Via:
     transport: str
     host: str
@@ -911,6 +920,7 @@ class TransactionLayer:
         if req.method == "ACK":
             if tx is not None and tx.state == "completed":
                 tx.state = "confirmed"
+                tx.response = tx.data = None  # nothing is sent again; keep the heap entries small
                 self._schedule(now + (0 if reliable else T4), "I", tx)
             return None, []
         if tx is not None:
@@ -966,7 +976,7 @@ class TransactionLayer:
 VISUAL_SEPARATORS = re.compile(r"[\s\-().]")
 
 
-@dataclass(slots=True)
+@dataclass
 class Country:
     iso: str
     name: str
@@ -1042,7 +1052,7 @@ class DatabaseError(UserError):
 
 def default_database_url():
     base = os.path.dirname(os.path.abspath(__file__))
-    if ".pyz" in base or not os.access(base, os.W_OK):
+    if not os.path.isdir(base) or not os.access(base, os.W_OK):  # inside a zipapp, or read-only
         base = os.getcwd()
     return "sqlite://" + os.path.join(base, "tfps.db")
 
@@ -1053,7 +1063,7 @@ def redact_url(url):
 
 def read_schema():
     """schema.sql beside this file, also when this file runs from inside a zipapp."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
+    path = os.path.join(os.path.dirname(__file__), "schema.sql")  # the loader's own spelling of the path
     try:
         return __loader__.get_data(path).decode("utf-8")
     except OSError:
@@ -1132,11 +1142,47 @@ class Database:
         row = self.one(text, params)
         return row[0] if row and row[0] is not None else default
 
-    @property
-    def group_commit(self):
-        """SQLite commits verdicts in groups (at each flush): a commit per verdict would cost more
-        than the verdict. MySQL commits each verdict, so other nodes see the counters at once."""
-        return self.dialect == "sqlite"
+    @contextlib.contextmanager
+    def atomic(self):
+        """One verdict's writes, all or nothing. MySQL: a transaction committed at once, so other
+        nodes see the counters. SQLite: a savepoint inside a group transaction that the next
+        commit() (the call log flush) makes durable; a commit per verdict would cost more than
+        the verdict itself."""
+        if self.dialect == "mysql":
+            self.conn.begin()
+            try:
+                yield
+                self.conn.commit()
+            except BaseException:
+                self.rollback()
+                raise
+            return
+        self.begin()
+        self.conn.execute("SAVEPOINT verdict")
+        try:
+            yield
+            self.conn.execute("RELEASE verdict")
+        except BaseException:
+            self.conn.execute("ROLLBACK TO verdict")
+            self.conn.execute("RELEASE verdict")
+            raise
+
+    def transient(self, exc):
+        """A deadlock or lock wait timeout: the same work may simply be tried again."""
+        return self.dialect == "mysql" and bool(exc.args) and exc.args[0] in (1205, 1213)
+
+    def increment_below(self, table, keys, column, limit):
+        """Add 1 to `column` of the row `keys` (creating it with 1) unless that makes it exceed
+        `limit`; one statement, so racing nodes neither overshoot nor deadlock. True if counted."""
+        cols = ", ".join(keys)
+        marks = ", ".join("?" * len(keys))
+        if self.dialect == "mysql":
+            cur = self.execute(f"INSERT INTO {table} ({cols}, {column}) VALUES ({marks}, 1) ON DUPLICATE KEY UPDATE "
+                               f"{column} = IF({column} < ?, {column} + 1, {column})", (*keys.values(), limit))
+            return cur.rowcount in (1, 2)  # inserted, updated; 0 = unchanged, the limit is reached
+        cur = self.execute(f"INSERT INTO {table} ({cols}, {column}) VALUES ({marks}, 1) ON CONFLICT ({cols}) DO UPDATE "
+                           f"SET {column} = {column} + 1 WHERE {column} < ?", (*keys.values(), limit))
+        return cur.rowcount == 1
 
     @property
     def in_transaction(self):
@@ -1177,7 +1223,10 @@ class Database:
     def ping(self):
         """Reconnect a dropped MySQL connection (the server outlives database restarts)."""
         if self.dialect == "mysql":
-            self.conn.ping(reconnect=True)
+            try:
+                self.conn.ping(reconnect=False)
+            except self.errors:
+                self._connect_mysql()
 
     def close(self):
         try:
@@ -1333,8 +1382,8 @@ class UserAgentList:
     """Case-insensitive regexes matched as one alternation; results cached per User-Agent."""
 
     def __init__(self, patterns=()):
-        self.patterns = [p for p in patterns if _valid_regex(p)]
-        self.combined = re.compile("|".join(f"(?:{p})" for p in self.patterns), re.I) if self.patterns else None
+        self.patterns = [(p, re.compile(p, re.I)) for p in patterns if _valid_regex(p)]
+        self.combined = re.compile("|".join(f"(?:{p})" for p, _ in self.patterns), re.I) if self.patterns else None
         self.cache = {}
 
     def match(self, ua):
@@ -1344,7 +1393,7 @@ class UserAgentList:
             return self.cache[ua]
         found = None
         if self.combined.search(ua):
-            found = next(p for p in self.patterns if re.search(p, ua, re.I))
+            found = next(p for p, rx in self.patterns if rx.search(ua))
         if len(self.cache) > 10000:
             self.cache.clear()
         self.cache[ua] = found
@@ -1387,7 +1436,7 @@ def high_risk_countries(cfg, db):
 FAILURE_TTL = 300.0
 
 
-@dataclass(slots=True)
+@dataclass
 class Reputation:
     ip: str
     ok: bool                 # False: the lookup failed (timeout, HTTP error, rate limit)
@@ -1420,17 +1469,18 @@ class ReputationClient:
         """Returns a Reputation (ok=False on failure); raises RateLimited on HTTP 429."""
         now = now or time.time()
         rep = Reputation(ip, True, checked=now)
-        sources = []
-        try:
-            if self.rcfg.abuseipdb_key:
-                self._abuseipdb(ip, rep, now)
-                sources.append("abuseipdb")
-            if self.rcfg.apiban_key:
-                self._apiban(ip, rep, now)
-                sources.append("apiban")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            rep.ok = False
-            rep.detail = _describe_http_error(exc)
+        sources, errors = [], []
+        for name, key, lookup in (("abuseipdb", self.rcfg.abuseipdb_key, self._abuseipdb),
+                                  ("apiban", self.rcfg.apiban_key, self._apiban)):
+            if not key:
+                continue
+            try:
+                lookup(ip, rep, now)
+                sources.append(name)
+            except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException) as exc:
+                errors.append(f"{name}: {_describe_http_error(exc)}")
+        rep.ok = bool(sources)   # one source that answered is a result
+        rep.detail = "; ".join(errors)
         rep.source = "+".join(sources)
         return rep
 
@@ -1571,7 +1621,7 @@ class ReputationService:
         while self.completed:
             ip, rep, paused_until = self.completed.popleft()
             if paused_until:
-                if paused_until > self.paused_until:
+                if not self.paused(time.time()):
                     log.warning("reputation service rate limit (HTTP 429): no lookups until %s",
                                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(paused_until)))
                 self.paused_until = max(self.paused_until, paused_until)
@@ -1589,7 +1639,7 @@ class ReputationService:
 # 9. Alerts: rate-limited events, an outbox in the database, delivery by SMTP and webhook
 # =============================================================================================
 
-@dataclass(slots=True)
+@dataclass
 class AlertEvent:
     kind: str          # rejection, would-reject, enrolled, anomaly, summary
     account: str       # user@domain
@@ -1611,8 +1661,12 @@ class AlertQueue:
         self.events.append(event)
 
     def flush(self, db, now):
-        events, self.events = self.events, []
-        for event in events:
+        self.write(db, now)
+        self.events = []
+
+    def write(self, db, now):
+        """Write the events into the current transaction; the caller clears them once it commits."""
+        for event in sorted(self.events, key=lambda e: (e.account, e.rule)):  # one lock order on every node
             row = db.one("SELECT last_sent, suppressed FROM alert_throttle WHERE account = ? AND rule = ?",
                          (event.account, event.rule))
             if row and now - row[0] < self.acfg.alert_interval:
@@ -1742,7 +1796,7 @@ ATTACK_SIGNATURE = re.compile(r"['\"\\`]|--|/\*|\*/|%2[27]|%5c|%00|[=<>;\x00-\x1
 UA_ATTACK_SIGNATURE = re.compile(r"['\"\\`]|/\*|\*/|%2[27]|%5c|%00|[\x00-\x1f]|\bunion\s+select\b|\bor\s+1\s*=\s*1\b", re.I)
 
 
-@dataclass(slots=True)
+@dataclass
 class CallAttempt:
     user: str
     domain: str
@@ -1757,7 +1811,7 @@ class CallAttempt:
     reputation: Reputation | None = None
 
 
-@dataclass(slots=True)
+@dataclass
 class Account:
     id: int | None
     user: str
@@ -1793,7 +1847,7 @@ class Account:
         return self.state == "learning" and (self.learning_until is None or now < self.learning_until)
 
 
-@dataclass(slots=True)
+@dataclass
 class Rejection:
     code: str
     reason: str
@@ -1801,7 +1855,7 @@ class Rejection:
     soft: bool = False   # change analysis: only logged while the account is learning
 
 
-@dataclass(slots=True)
+@dataclass
 class Verdict:
     code: str
     reason: str
@@ -1887,7 +1941,7 @@ def blocked_account(engine, call):
 
 
 def blacklisted_number(engine, call):
-    if call.number_white:
+    if call.number_white or not call.number:
         return None
     prefix = engine.lists.number_black.match(call.number)
     if prefix:
@@ -1898,7 +1952,7 @@ def blacklisted_number(engine, call):
 
 def repeated_a_to_b(engine, call):
     acc, p = call.account, engine.cfg.policy
-    if call.number_white or acc.id is None:
+    if call.number_white or acc.id is None or not call.number:
         return None
     attempts, blocked_until = engine.count_ab_attempt(acc.id, call.number, call.now, call.dry_run)
     undo = f"tfps.py reset {acc.user} {acc.domain}"
@@ -1934,9 +1988,11 @@ def destination_country(engine, call):
 
 
 def source_country_not_allowed(engine, call):
-    iso, acc = call.source_country, call.account
+    iso, acc, a = call.source_country, call.account, call.attempt
     if call.ip_white or not iso or "*" in acc.source_countries or iso in acc.source_countries:
         return None
+    if not a.source_country and a.source_ip and not is_public_ip(a.source_ip):
+        return None  # a private address has no country; one given explicitly (CDR, CLI) still counts
     return Rejection("R04", f"source IP {call.attempt.source_ip} is in {engine.countries.label(iso)}, not among the allowed "
                             f"source countries of {acc.name} ({format_countries(acc.source_countries) or 'none'})",
                      f"tfps.py allow {acc.user} {acc.domain} --source {iso}", soft=True)
@@ -1964,7 +2020,7 @@ def calls_per_minute(engine, call):
     limit, acc = engine.cfg.policy.max_calls_per_minute, call.account
     if not limit or acc.id is None:
         return None
-    recent = engine.recent_approved(acc.id, call.now, 60)
+    recent = len(engine.window(engine.last_minute, acc.id, call.now, 60))
     if recent >= limit:
         return Rejection("R15", f"{acc.name} placed {recent} approved calls in the last 60 s (max_calls_per_minute = {limit})",
                          "raise [policy] max_calls_per_minute in tfps.conf", soft=True)
@@ -2006,7 +2062,8 @@ class Engine:
         self.node = cfg.server.node_name
         self.log_rows = []
         self.last_seen = {}
-        self.recent = {}   # account id -> deque of (time, off_hours) of approved calls, last 10 minutes
+        self.last_minute = {}  # account id -> times of approved calls in the last 60 s (R15)
+        self.offhours = {}     # account id -> times of approved off-hours calls in the last 10 minutes
         self.today = {}    # (account id, day) -> approved calls, for anomaly alerts
         self.seen = set()  # (account id, 'src'|'dst', iso) known to be in account_seen
         self.reload()
@@ -2014,22 +2071,27 @@ class Engine:
     # -- data kept in memory; reloaded when the change serial moves ---------------------------
 
     def reload(self):
-        self.serial = self.db.scalar("SELECT value FROM meta WHERE name = 'change_serial'", default=0)
+        self.serials = self._serials()
         self.lists = Lists(self.db)
         self.countries = self.lists.countries
         self.high_risk = high_risk_countries(self.cfg, self.db)
-        self.accounts = {}
-        for row in self.db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts"):
-            acc = Account.from_row(row)
-            self.accounts[(acc.user.lower(), acc.domain.lower())] = acc
+        self.accounts = {}  # (user, domain) -> Account, filled on first use
+
+    def _serials(self):
+        return dict(self.db.query("SELECT name, value FROM meta WHERE name IN ('accounts_serial', 'lists_serial')"))
 
     def check_for_changes(self):
-        """Reload when the CLI or another node changed accounts or lists. Returns True if so."""
-        serial = self.db.scalar("SELECT value FROM meta WHERE name = 'change_serial'", default=0)
-        if serial != self.serial:
+        """Follow changes made by the CLI, by hand in the database or by another node: lists are
+        reloaded, accounts are forgotten and read again on their next call. True if anything changed."""
+        serials = self._serials()
+        if serials == self.serials:
+            return False
+        if serials.get("lists_serial") != self.serials.get("lists_serial"):
             self.reload()
-            return True
-        return False
+        else:
+            self.serials = serials
+            self.accounts.clear()
+        return True
 
     # -- the entry point ----------------------------------------------------------------------
 
@@ -2038,18 +2100,16 @@ class Engine:
         'would reject'; count=False (the CLI's check) evaluates without writing anything."""
         now = attempt.ts or time.time()
         attempt.ts = now
-        call = Call(attempt, now, dry_run=not count)
-        if count:
-            self.db.begin()
-        try:
-            verdict = self._run_pipeline(call, enforce)
-            if count and not self.db.group_commit:
-                self.db.commit()
-        except BaseException:
-            if count:
-                self.db.rollback()
-            raise
-        return verdict
+        if not count:
+            return self._run_pipeline(Call(attempt, now, dry_run=True), enforce)
+        for tries in range(3):
+            try:
+                with self.db.atomic():
+                    return self._run_pipeline(Call(attempt, now, dry_run=False), enforce)
+            except self.db.errors as exc:
+                if tries == 2 or not self.db.transient(exc):
+                    raise
+                log.info("call-id=%s: %s; evaluating again", attempt.call_id, exc)
 
     def _run_pipeline(self, call, enforce):
         self._prepare(call)
@@ -2089,11 +2149,13 @@ class Engine:
     # -- accounts -----------------------------------------------------------------------------
 
     def _account(self, user, domain, call):
-        key = (user.lower(), domain.lower())
-        acc = self.accounts.get(key)
+        acc = self.accounts.get((user, domain))
         if acc is not None:
             return acc
-        if not call.dry_run and self.cfg.policy.unknown_accounts == "enroll":
+        row = self.db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
+        if row is not None:
+            acc = self.accounts[(user, domain)] = Account.from_row(row)
+        elif not call.dry_run and self.cfg.policy.unknown_accounts == "enroll":
             acc = self._enroll(user, domain, call.now)
         if acc is None:
             acc = default_account(self.cfg, user, domain, call.now)
@@ -2102,8 +2164,7 @@ class Engine:
     def _enroll(self, user, domain, now):
         inserted = insert_account(self.db, default_account(self.cfg, user, domain, now))
         row = self.db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
-        acc = Account.from_row(row)
-        self.accounts[(user.lower(), domain.lower())] = acc
+        acc = self.accounts[(user, domain)] = Account.from_row(row)
         if inserted:
             self.alerts.add(AlertEvent(
                 "enrolled", acc.name, "NEW", f"TFPS: new account {acc.name} enrolled",
@@ -2117,34 +2178,27 @@ class Engine:
     # -- counters (atomic in the database, so every node sees the same numbers) ----------------
 
     def count_ab_attempt(self, account_id, number, now, dry_run):
-        """Count an attempt to call `number`; returns (attempts in the window, blocked_until)."""
-        window = self.cfg.policy.ab_window
-        if dry_run:
-            row = self.db.one("SELECT window_start, attempts, blocked_until FROM ab_pairs WHERE account_id = ? AND number = ?",
-                              (account_id, number))
-            if not row:
-                return 1, 0.0
-            return (1 if row[0] <= now - window else row[1] + 1), row[2]
-        self.db.upsert("ab_pairs", {"account_id": account_id, "number": number, "window_start": now, "attempts": 1,
-                                    "blocked_until": 0.0}, ["account_id", "number"],
-                       f"attempts = CASE WHEN window_start <= NEW(window_start) - {window!r} THEN 1 ELSE attempts + 1 END, "
-                       f"window_start = CASE WHEN window_start <= NEW(window_start) - {window!r} THEN NEW(window_start) ELSE window_start END")
-        attempts, blocked_until = self.db.one("SELECT attempts, blocked_until FROM ab_pairs WHERE account_id = ? AND number = ?",
-                                              (account_id, number))
-        return attempts, blocked_until
+        """Record an attempt to call `number`; returns (attempts within the last ab_window seconds,
+        this one included, counted up to ab_max_calls + 1; blocked_until)."""
+        p = self.cfg.policy
+        lock = " FOR UPDATE" if self.db.dialect == "mysql" and not dry_run else ""
+        row = self.db.one(f"SELECT times, blocked_until FROM ab_pairs WHERE account_id = ? AND number = ?{lock}",
+                          (account_id, number))
+        times = [t for t in map(float, split_list(row[0])) if t > now - p.ab_window] if row else []
+        times = times[-p.ab_max_calls:] + [now]
+        if not dry_run:
+            self.db.upsert("ab_pairs", {"account_id": account_id, "number": number, "times": ",".join(f"{t:.3f}" for t in times),
+                                        "last_attempt": now, "blocked_until": 0.0}, ["account_id", "number"],
+                           "times = NEW(times), last_attempt = NEW(last_attempt)")
+        return len(times), row[1] if row else 0.0
 
     def block_ab(self, account_id, number, until):
         self.db.execute("UPDATE ab_pairs SET blocked_until = ? WHERE account_id = ? AND number = ?", (until, account_id, number))
 
     def take_quota(self, account_id, day, bucket, limit):
         """Count one approved call if the account is still under `limit`; atomic across nodes."""
-        update = "UPDATE daily_counters SET approved = approved + 1 WHERE account_id = ? AND day = ? AND bucket = ? AND approved < ?"
-        if self.db.execute(update, (account_id, day, bucket, limit)).rowcount == 1:
-            return True
-        if limit > 0 and self.db.execute("INSERT OR IGNORE INTO daily_counters (account_id, day, bucket, approved) VALUES (?, ?, ?, 1)",
-                                          (account_id, day, bucket)).rowcount == 1:
-            return True
-        return limit > 0 and self.db.execute(update, (account_id, day, bucket, limit)).rowcount == 1
+        return limit > 0 and self.db.increment_below(
+            "daily_counters", {"account_id": account_id, "day": day, "bucket": bucket}, "approved", limit)
 
     def count_approved(self, account_id, day, bucket):
         self.db.upsert("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": 1},
@@ -2156,9 +2210,13 @@ class Engine:
         return self.db.scalar("SELECT approved FROM daily_counters WHERE account_id = ? AND day = ? AND bucket = ?",
                               (account_id, day, bucket), default=0)
 
-    def recent_approved(self, account_id, now, seconds):
-        recent = self.recent.get(account_id, ())
-        return sum(1 for ts, _off in recent if ts > now - seconds)
+    @staticmethod
+    def window(windows, account_id, now, seconds):
+        """The account's deque of call times, trimmed to the last `seconds`."""
+        times = windows.setdefault(account_id, deque())
+        while times and times[0] <= now - seconds:
+            times.popleft()
+        return times
 
     # -- approval: counting and anomaly alerts ------------------------------------------------
 
@@ -2168,10 +2226,8 @@ class Engine:
             return
         if not call.counted:
             self.count_approved(acc.id, call.day, "off" if call.off_hours else "biz")
-        recent = self.recent.setdefault(acc.id, deque())
-        while recent and recent[0][0] <= call.now - 600:
-            recent.popleft()
-        recent.append((call.now, call.off_hours))
+        if self.cfg.policy.max_calls_per_minute:
+            self.window(self.last_minute, acc.id, call.now, 60).append(call.now)
         self._check_anomalies(call)
 
     def _check_anomalies(self, call):
@@ -2198,7 +2254,9 @@ class Engine:
                           f"maximum of {threshold} (mean + {p.anomaly_sigma:g} x stddev of its history)",
                           f"tfps.py show {acc.user} {acc.domain}")
         if call.off_hours and p.offhours_burst:
-            burst = sum(1 for ts, off in self.recent[acc.id] if off and ts > call.now - 600)
+            times = self.window(self.offhours, acc.id, call.now, 600)
+            times.append(call.now)
+            burst = len(times)
             if burst == p.offhours_burst:
                 self._anomaly(call, "OFFHOURS_BURST", f"{burst} off-hours calls within 10 minutes",
                               f"tfps.py block {acc.user} {acc.domain}")
@@ -2254,18 +2312,21 @@ class Engine:
         seen, self.last_seen = self.last_seen, {}
         if not (rows or seen or self.alerts.events or self.db.in_transaction):
             return
-        self.db.begin()
         try:
+            self.db.begin()
             self.db.executemany(
                 "INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
                 "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
                 "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-            self.db.executemany("UPDATE accounts SET last_seen = ? WHERE id = ?", [(ts, i) for i, ts in seen.items()])
-            self.alerts.flush(self.db, now or time.time())
+            self.db.executemany("UPDATE accounts SET last_seen = ? WHERE id = ?", [(ts, i) for i, ts in sorted(seen.items())])
+            self.alerts.write(self.db, now or time.time())
             self.db.commit()
+            self.alerts.events = []
         except BaseException:
             self.db.rollback()
             self.log_rows[:0] = rows
+            for account_id, ts in seen.items():
+                self.last_seen.setdefault(account_id, ts)
             raise
 
 
@@ -2302,7 +2363,7 @@ def describe_limits(acc):
 # 11. Training: limits learned from each account's own history; daily jobs under a cluster lock
 # =============================================================================================
 
-@dataclass(slots=True)
+@dataclass
 class Proposal:
     account: Account
     changes: list            # (field, current, proposed, why)
@@ -2330,14 +2391,18 @@ def local_day_number(db, tz, now):
     return expr, offset
 
 
-def history(cfg, db, now, account_id=None):
-    """Approved calls over the training window, per account: calls per (day, off_hours), the
-    highest reported concurrency per bucket, and calls per destination and source country."""
+def history(cfg, db, now, account_ids=None):
+    """Approved calls over the training window, per account (all, or those in `account_ids`): calls
+    per (day, off_hours), the highest reported concurrency per bucket, and calls per destination
+    and source country."""
     p = cfg.policy
     since = now - p.train_window_days * 86400
     day_expr, offset = local_day_number(db, p.tz, now)
-    where = "code = 'A00' AND ts >= ? AND ts < ?" + (" AND account_id = ?" if account_id else " AND account_id IS NOT NULL")
-    args = (since, now) + ((account_id,) if account_id else ())
+    if account_ids is None:
+        where, args = "code = 'A00' AND ts >= ? AND ts < ? AND account_id IS NOT NULL", (since, now)
+    else:
+        marks = ", ".join("?" * len(account_ids)) or "NULL"
+        where, args = f"code = 'A00' AND ts >= ? AND ts < ? AND account_id IN ({marks})", (since, now, *account_ids)
     stats = {}
     for acc_id, day, off, calls, peak in db.query(
             f"SELECT account_id, {day_expr} AS d, off_hours, COUNT(*), MAX(concurrent_calls) FROM call_log "
@@ -2426,10 +2491,15 @@ def apply_proposal(db, proposal, now):
 
 def train(cfg, db, now, account=None, dry_run=False):
     """Learn limits for every account (or one). Returns the proposals; applies them unless dry_run."""
-    accounts = [Account.from_row(r) for r in db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY user, domain")]
-    if account:
-        accounts = [a for a in accounts if a.id == account.id]
-    stats = history(cfg, db, now, account.id if account else None)
+    if account is None:
+        accounts = [Account.from_row(r) for r in db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY user, domain")]
+    else:
+        accounts = [account]
+    return train_accounts(cfg, db, now, accounts, dry_run, everyone=account is None)
+
+
+def train_accounts(cfg, db, now, accounts, dry_run=False, everyone=False):
+    stats = history(cfg, db, now, None if everyone else [a.id for a in accounts])
     high_risk = high_risk_countries(cfg, db)
     proposals = [propose(cfg, acc, stats.get(acc.id), now, high_risk) for acc in accounts]
     if not dry_run:
@@ -2442,13 +2512,16 @@ def train(cfg, db, now, account=None, dry_run=False):
 
 def finish_learning(cfg, db, now):
     """Accounts whose learning period ended: train them and switch them to enforcing."""
-    rows = db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE state = 'learning' AND learning_until <= ?", (now,))
-    for acc in map(Account.from_row, rows):
-        proposal = train(cfg, db, now, account=acc)[0]
+    accounts = [Account.from_row(r) for r in db.query(
+        f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE state = 'learning' AND learning_until <= ?", (now,))]
+    if not accounts:
+        return 0
+    for proposal in train_accounts(cfg, db, now, accounts):
+        acc = proposal.account
         db.execute("UPDATE accounts SET state = 'enforcing', updated = ? WHERE id = ?", (now, acc.id))
         log.info("account %s leaves learning mode: %s", acc.name,
                  "; ".join(f"{f} {c} -> {n}" for f, c, n, _ in proposal.changes) or proposal.skipped or "limits unchanged")
-    return len(rows)
+    return len(accounts)
 
 
 def purge(cfg, db, now, older_than):
@@ -2457,7 +2530,7 @@ def purge(cfg, db, now, older_than):
     for table, where, args in (
             ("call_log", "ts < ?", (cutoff,)),
             ("daily_counters", "day < ?", (dt.datetime.fromtimestamp(cutoff, cfg.policy.tz).date().isoformat(),)),
-            ("ab_pairs", "window_start < ? AND blocked_until < ?", (now - cfg.policy.ab_window, now)),
+            ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (now - cfg.policy.ab_window, now)),
             ("reputation_cache", "expires < ?", (now,)),
             ("locks", "expires < ?", (now,))):
         counts[table] = db.execute(f"DELETE FROM {table} WHERE {where}", args).rowcount
@@ -2469,21 +2542,22 @@ def daily_summaries(cfg, db, engine, now):
     local = dt.datetime.fromtimestamp(now, cfg.policy.tz)
     end = local.replace(hour=0, minute=0, second=0, microsecond=0)
     start = (end - dt.timedelta(days=1))
-    rows = db.query("SELECT user, domain, code, COUNT(*) FROM call_log WHERE ts >= ? AND ts < ? AND "
-                    "(code <> 'A00' OR would_code <> '') GROUP BY user, domain, code",
+    rows = db.query("SELECT c.user, c.domain, CASE WHEN c.code = 'A00' THEN c.would_code ELSE c.code END AS k, COUNT(*), "
+                    "MAX(a.email) FROM call_log c LEFT JOIN accounts a ON a.id = c.account_id WHERE c.ts >= ? AND c.ts < ? "
+                    "AND (c.code <> 'A00' OR c.would_code <> '') GROUP BY c.user, c.domain, k",
                     (start.timestamp(), end.timestamp()))
-    per_account = {}
-    for user, domain, code, calls in rows:
-        per_account.setdefault((user, domain), []).append((code, calls))
+    per_account, emails = {}, {}
+    for user, domain, code, calls, email in rows:
+        per_account.setdefault((user, domain), []).append((code, int(calls)))
+        emails[(user, domain)] = email or ""
     for (user, domain), codes in per_account.items():
-        acc = engine.accounts.get((user.lower(), domain.lower()))
         lines = "\n".join(f"  {code}: {calls}" for code, calls in sorted(codes))
         engine.alerts.add(AlertEvent(
             "summary", f"{user}@{domain}", "SUMMARY",
             f"TFPS daily summary {start.date().isoformat()}: {user}@{domain}",
             f"Rejected (or, in monitor/learning mode, would-be rejected) calls of {user}@{domain} on "
             f"{start.date().isoformat()}:\n{lines}\nDetails: tfps.py calls --account {user}@{domain} --since 48h",
-            {"day": start.date().isoformat(), "codes": dict(codes)}, acc.email if acc else ""))
+            {"day": start.date().isoformat(), "codes": dict(codes)}, emails[(user, domain)]))
     return len(per_account)
 
 
@@ -2650,9 +2724,15 @@ def call_identity(msg, uri, from_addr, packet_ip, now):
         user, domain = fields[0].strip() or user, fields[1].strip() or domain
         ip, ua, calls = fields[2].strip() or ip, fields[3].strip() or ua, fields[4].strip() or calls
     calls = str(calls).strip() if calls is not None else ""
-    return CallAttempt(user=user, domain=domain, number=dialed_number(uri.user), source_ip=ip.strip(),
+    return CallAttempt(user=user, domain=domain, number=dialed_number(uri.user), source_ip=without_port(ip.strip()),
                        user_agent=ua.strip(), concurrent_calls=int(calls) if re.fullmatch(r"[0-9]{1,6}", calls) else None,
                        ts=now, call_id=msg.header("call-id") or "", from_uri=from_addr.raw_uri)
+
+
+def without_port(ip):
+    """'192.0.2.1:5060' -> '192.0.2.1', '[2001:db8::1]:5060' -> '2001:db8::1'; dialplans pass both forms."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::\d+)?|(\d+\.\d+\.\d+\.\d+):\d+", ip)
+    return (m.group(1) or m.group(2)) if m else ip
 
 
 def header_safe(text):
@@ -2782,7 +2862,10 @@ class Server:
         now = time.monotonic()
         while self.timers and self.timers[0][0] <= now:
             _, _, callback, args = heapq.heappop(self.timers)
-            callback(*args)
+            try:
+                callback(*args)
+            except Exception:  # a failing timer must never stop the loop
+                log.exception("timer %s failed", getattr(callback, "__name__", callback))
         for dest, data in self.txl.poll(now):
             self._send(dest, data)
 
@@ -2799,6 +2882,7 @@ class Server:
         self.every(5.0, self._close_idle_connections)
         self.every(30.0, self.jobs.run_due)
         self.dispatcher.start()
+        gc.freeze()  # what is loaded now lives as long as the process: keep it out of collections
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
@@ -2875,11 +2959,10 @@ class Server:
             return
         if cfg.server.listen != self.cfg.server.listen:
             log.warning("SIGHUP: listen changed; it takes effect at the next restart")
-        self.cfg.server.mode = cfg.server.mode
-        self.cfg.server.trusted_peers = cfg.server.trusted_peers
-        self.cfg.server.redirect_host = cfg.server.redirect_host
-        for section in ("policy", "reputation", "alerts"):
-            setattr(self.cfg, section, getattr(cfg, section))
+        listen = self.cfg.server.listen
+        for section in CONFIG_SPEC:  # in place: the engine, alert and reputation objects hold these
+            vars(getattr(self.cfg, section)).update(vars(getattr(cfg, section)))
+        self.cfg.server.listen = listen
         self._trusted_cache.clear()
         self.engine.reload()
         log.info("SIGHUP: configuration and lists reloaded (mode %s)", self.cfg.server.mode)
@@ -3106,12 +3189,12 @@ class Server:
         return self._finish_invite(tx, None)
 
     def _send_trying(self, tx):
-        if not tx.data.done:
+        if tx.data is not None and not tx.data.done:
             self._respond(tx, tx.data.msg, tx.data.vias, 100)
 
     def _finish_invite(self, tx, reputation):
         pending = tx.data
-        if pending.done:
+        if pending is None or pending.done:  # answered already (CANCEL, timeout) and maybe ACKed
             return
         pending.done = True
         attempt = pending.attempt
@@ -3395,6 +3478,14 @@ duration_arg = arg_type(parse_duration)
 listen_arg = arg_type(parse_listen)
 
 
+def server_arg(text):
+    try:
+        parse_listen(f"udp:{text}")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (IPv6 as [::1]:5060)") from None
+    return text
+
+
 def account_arg(text):
     if not re.fullmatch(r"[^@\s]+@[^@\s]+", text):
         raise argparse.ArgumentTypeError(f"{text!r} is not USER@DOMAIN")
@@ -3411,10 +3502,10 @@ def build_parser():
     account.add_argument("user")
     account.add_argument("domain")
     limits = argparse.ArgumentParser(add_help=False)
-    limits.add_argument("--concurrent", type=count_arg, metavar="N", help="concurrent calls, business hours")
-    limits.add_argument("--concurrent-off", type=count_arg, metavar="N", help="concurrent calls, off hours")
-    limits.add_argument("--daily-quota", type=count_arg, metavar="N", help="approved calls a day, business hours")
-    limits.add_argument("--daily-quota-off", type=count_arg, metavar="N", help="approved calls a day, off hours")
+    limits.add_argument("--concurrent", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="concurrent calls, business hours")
+    limits.add_argument("--concurrent-off", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="concurrent calls, off hours")
+    limits.add_argument("--daily-quota", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="approved calls a day, business hours")
+    limits.add_argument("--daily-quota-off", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="approved calls a day, off hours")
     limits.add_argument("--email", metavar="ADDR", help="the account's alert address")
     countries = argparse.ArgumentParser(add_help=False)
     countries.add_argument("--dest", type=countries_arg, metavar="CC,...", help="destination countries")
@@ -3454,7 +3545,7 @@ def build_parser():
     p.add_argument("--account", type=account_arg, metavar="USER@DOMAIN")
     p.add_argument("--code", metavar="CODE", help="A00, R01 ... R15 (also matches would-be rejections)")
     p.add_argument("--since", type=duration_arg, default=86400.0, metavar="DURATION", help="default 24h")
-    p.add_argument("--limit", type=int, default=50, metavar="N")
+    p.add_argument("--limit", type=arg_type(_integer(1)), default=50, metavar="N")
     p = sub.add_parser("stats", parents=[common, json_opt], help="verdicts by code, top accounts and destinations")
     p.add_argument("--since", type=duration_arg, default=7 * 86400.0, metavar="DURATION", help="default 7d")
     p = sub.add_parser("check", parents=[common, account, json_opt], help="evaluate a hypothetical call without counting it")
@@ -3466,7 +3557,7 @@ def build_parser():
     p.add_argument("--at", metavar="TIME", help="ISO 8601 time of the call (default now)")
     p = sub.add_parser("probe", parents=[common], help="send a real INVITE to a TFPS server and show the answer")
     p.add_argument("number")
-    p.add_argument("--server", required=True, metavar="HOST:PORT")
+    p.add_argument("--server", required=True, type=server_arg, metavar="HOST:PORT")
     p.add_argument("--from", dest="from_", type=account_arg, default="probe@tfps.invalid", metavar="USER@DOMAIN")
     p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
     p.add_argument("--ip", help="caller IP passed in P-tfps")
@@ -3566,7 +3657,7 @@ def _limit_fields(args):
     fields = {}
     for option, column in (("concurrent", "concurrent_calls"), ("concurrent_off", "concurrent_calls_off"),
                            ("daily_quota", "daily_quota"), ("daily_quota_off", "daily_quota_off")):
-        if getattr(args, option) is not None:
+        if hasattr(args, option):
             fields[column] = getattr(args, option)
     return fields
 
@@ -3846,6 +3937,9 @@ def main(argv=None):
             return COMMANDS_WITHOUT_DB[args.command](args, cfg)
         db = open_database(cfg.database.url)
         return COMMANDS[args.command](args, cfg, db)
+    except BrokenPipeError:  # `tfps.py calls | head`: the reader left; exit quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"tfps.py {args.command}: error: {exc}", file=sys.stderr)

@@ -166,7 +166,7 @@ default_concurrent_calls = unlimited
 default_concurrent_calls_off = unlimited
 default_destination_countries = *
 default_source_countries = *
-ab_max_calls = 1000000
+ab_max_calls = 1000
 max_calls_per_minute = 0
 """)
     return conf

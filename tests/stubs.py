@@ -98,6 +98,15 @@ class _AbuseHandler(_QuietHandler):
         if self.headers.get("Key") != stub.key:
             return self._send_json(401, {"errors": [{"detail": "Authentication failed"}]})
         status = cfg["status"]
+        if cfg["truncate"]:          # promise more than is sent, then hang up
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "500")
+            self.end_headers()
+            self.wfile.write(b'{"data": {"ipAddress": ')
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if status != 200:
             return self._send_json(status, {"errors": [{"detail": f"status {status}", "status": status}]},
                                    cfg["headers"])
@@ -116,7 +125,7 @@ class AbuseIPDBStub(_HttpStub):
         super().__init__()
         self.key = key
         self.default = {"score": 0, "country": "US", "latency": 0.0, "status": 200, "headers": (),
-                        "whitelisted": False}
+                        "whitelisted": False, "truncate": False}
         self.per_ip = {}
         self.counts = Counter()
         self.requests = []
@@ -171,6 +180,8 @@ class _WebhookHandler(_QuietHandler):
         with stub.lock:
             stub.attempts += 1
             status = stub.status
+        if stub.latency:
+            stub.release.wait(stub.latency)
         if status != 200:
             return self._send_json(status, {"error": "unavailable"})
         try:
@@ -194,6 +205,7 @@ class WebhookStub(_HttpStub):
         self.content_types = []
         self.attempts = 0
         self.status = 200
+        self.latency = 0.0
 
     def of_kind(self, kind):
         with self.lock:
@@ -392,3 +404,30 @@ def wait_until(predicate, timeout, interval=0.05, message="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
+
+
+class BackgroundCall:
+    """An INVITE whose answers are read by a thread (so arrival times are exact)."""
+
+    def __init__(self, port, ip, number=US_NUMBER, timeout=8.0, **kw):
+        from conftest import udp_socket
+        self.sock = udp_socket(timeout)
+        self.answer = None
+        self.error = None
+        self.sent_at = send_invite(self.sock, port, ip, number, **kw)
+        self.thread = threading.Thread(target=self._read, args=(timeout,), daemon=True)
+        self.thread.start()
+
+    def _read(self, timeout):
+        try:
+            self.answer = wait_final(self.sock, self.sent_at, timeout)
+        except Exception as exc:  # reported by result()
+            self.error = exc
+
+    def result(self, timeout=10.0):
+        self.thread.join(timeout)
+        self.sock.close()
+        if self.error:
+            raise self.error
+        assert self.answer is not None, "no final answer"
+        return self.answer

@@ -4,13 +4,14 @@ on 127.0.0.1; public addresses such as 8.8.8.8 only ever appear inside P-tfps he
 stubs' answers."""
 
 import json
+import signal
 import time
 
 import pytest
 
 import tfps
 from conftest import run_cli, udp_socket, write_config
-from stubs import (AbuseIPDBStub, ApibanStub, call, send_invite, unique_us_number, wait_final, wait_until)
+from stubs import (AbuseIPDBStub, BackgroundCall, ApibanStub, call, reserve_port, send_invite, unique_us_number, wait_final, wait_until)
 
 ACCOUNT = ("1001", "pbx.example.com")
 
@@ -58,18 +59,17 @@ def test_slow_lookup_does_not_delay_calls_from_cached_or_private_ips(start_serve
     assert call(srv.port, "192.168.10.20").code == "A00"    # warm the private path too
     assert abuse.counts["1.1.1.1"] == 1
 
-    with udp_socket(8) as slow:
-        slow_sent = send_invite(slow, srv.port, "8.8.8.8", number=unique_us_number(9999))
-        wait_until(lambda: abuse.counts["8.8.8.8"] == 1, 1.0, message="the slow lookup to reach the stub")
-        answers = []
-        ips = ["1.1.1.1", "192.168.10.20", "10.1.2.3", "1.1.1.1", "127.0.0.1", "100.64.7.7"]
-        i = 0
-        # keep calling while the 2 s lookup is pending (stop well before it can finish)
-        while time.perf_counter() - slow_sent < 1.5:
-            answers.append((ips[i % len(ips)], call(srv.port, ips[i % len(ips)], number=unique_us_number(i))))
-            i += 1
-            time.sleep(0.02)
-        slow_answer = wait_final(slow, slow_sent, timeout=6)
+    slow = BackgroundCall(srv.port, "8.8.8.8", number=unique_us_number(9999))
+    wait_until(lambda: abuse.counts["8.8.8.8"] == 1, 1.0, message="the slow lookup to reach the stub")
+    answers = []
+    ips = ["1.1.1.1", "192.168.10.20", "10.1.2.3", "1.1.1.1", "127.0.0.1", "100.64.7.7"]
+    i = 0
+    # keep calling while the 2 s lookup is pending (stop well before it can finish)
+    while time.perf_counter() - slow.sent_at < 1.5:
+        answers.append((ips[i % len(ips)], call(srv.port, ips[i % len(ips)], number=unique_us_number(i))))
+        i += 1
+        time.sleep(0.02)
+    slow_answer = slow.result()
 
     assert len(answers) >= 20
     assert all(a.code == "A00" for _, a in answers), answers
@@ -277,6 +277,18 @@ def test_apiban_listed_ip_is_rejected_naming_apiban(start_server, abuse, apiban,
     assert abuse.total() == (2 if with_abuseipdb else 0)
 
 
+def test_apiban_outage_does_not_hide_what_abuseipdb_said(start_server, abuse):
+    """APIBAN unreachable while AbuseIPDB answered: the AbuseIPDB score and country still count
+    (a known-bad IP must not pass just because the second source is down)."""
+    abuse.set("8.8.8.8", score=90, country="US")
+    abuse.set("1.1.1.1", score=0, country="DE")
+    srv = start_server(sections=sections(abuse, apiban_key="k", apiban_url=f"http://127.0.0.1:{reserve_port()}"))
+    bad = call(srv.port, "8.8.8.8")
+    assert bad.code == "R02" and "score 90" in bad.reason, bad
+    foreign = call(srv.port, "1.1.1.1", number=unique_us_number(1))
+    assert foreign.code == "R04", foreign
+
+
 def test_source_country_from_lookup_drives_r04_and_allow_source_lifts_it(start_server, abuse, tmp_path):
     abuse.set("8.8.8.8", score=0, country="DE")
     abuse.set("1.1.1.1", score=0, country="US")
@@ -290,13 +302,18 @@ def test_source_country_from_lookup_drives_r04_and_allow_source_lifts_it(start_s
     unknown = call(srv.port, "9.9.9.9", number=unique_us_number(2))
     assert unknown.code == "R05", unknown
 
-    run_cli("allow", *ACCOUNT, "--source", "DE", db=srv.db_url, check=True)
+    # the server commits its enrolment at its next flush; then the undo command applies
+    wait_until(lambda: run_cli("allow", *ACCOUNT, "--source", "DE", db=srv.db_url).returncode == 0, 5,
+               interval=0.2, message="allow --source DE to succeed")
     wait_until(lambda: call(srv.port, "8.8.8.8", number=unique_us_number(3)).code == "A00", 3,
                interval=0.1, message="R04 to be lifted by allow --source DE")
     assert abuse.counts["8.8.8.8"] == 1
-    rows = tfps.Database(srv.db_url).query(
-        "SELECT source_ip, source_country, code FROM call_log WHERE source_ip = '8.8.8.8' ORDER BY id")
-    assert rows[0] == ("8.8.8.8", "DE", "R04") and rows[-1] == ("8.8.8.8", "DE", "A00")
+    db = tfps.Database(srv.db_url)
+    rows = wait_until(lambda: db.query("SELECT source_ip, source_country, code FROM call_log "
+                                       "WHERE source_ip = '8.8.8.8' AND code = 'A00'"), 5, message="the call log")
+    assert rows[0] == ("8.8.8.8", "DE", "A00")
+    assert db.query("SELECT source_country, code FROM call_log WHERE source_ip = '8.8.8.8' ORDER BY id")[0] == ("DE", "R04")
+    db.close()
 
 
 # -- what is never looked up --------------------------------------------------------------------
@@ -340,7 +357,7 @@ def test_reputation_cli_prints_fresh_then_cached_result(abuse, tmp_path, sqlite_
     cached = json.loads(run_cli("reputation", "8.8.8.8", "--json", config=conf, db=sqlite_url, check=True).stdout)
     assert cached["origin"] == "cache" and cached["score"] == 42 and cached["age_seconds"] >= 0.2
     text = run_cli("reputation", "8.8.8.8", config=conf, db=sqlite_url, check=True).stdout
-    lines = dict(line.split(None, 1) for line in text.splitlines() if line.strip())
+    lines = dict((line.split(None, 1) + [""])[:2] for line in text.splitlines() if line.strip())
     assert lines["score"].strip() == "42" and lines["country"].strip() == "FR"
     assert lines["origin"].strip() == "cache" and "age_seconds" in lines
     assert abuse.counts["8.8.8.8"] == 1
@@ -360,6 +377,26 @@ def test_reputation_cli_shares_the_cache_with_the_server(start_server, abuse, sq
     conf = write_config(tmp_path / "cli.conf", {k: v for k, v in sections(abuse).items() if k == "reputation"})
     srv = start_server(sqlite_url, sections=sections(abuse))
     assert call(srv.port, "8.8.8.8").code == "R02"
+    db = tfps.Database(sqlite_url)
+    wait_until(lambda: db.one("SELECT score FROM reputation_cache WHERE ip = '8.8.8.8'"), 5,
+               message="the server to store the lookup in reputation_cache")
+    db.close()
     data = json.loads(run_cli("reputation", "8.8.8.8", "--json", config=conf, db=sqlite_url, check=True).stdout)
     assert data["origin"] == "cache" and data["score"] == 55
     assert abuse.counts["8.8.8.8"] == 1
+
+
+def test_sighup_applies_new_reputation_settings(start_server, abuse, sqlite_url):
+    """SIGHUP reloads [reputation]: the next lookup goes to the new AbuseIPDB URL with the new key."""
+    with AbuseIPDBStub(key="second-key") as second:
+        second.set("9.9.9.9", score=70)
+        srv = start_server(sqlite_url, sections=sections(abuse))
+        assert call(srv.port, "8.8.8.8").code == "A00"
+        write_config(srv.config, {**sections(second),
+                                  "server": {"listen": f"udp:127.0.0.1:{srv.port}, tcp:127.0.0.1:{srv.port}"},
+                                  "database": {"url": sqlite_url, "reload_interval": "0.2s", "flush_interval": "0.5s"}})
+        srv.signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP: configuration and lists reloaded" in srv.read_log(), 5, message="the reload")
+        answer = call(srv.port, "9.9.9.9", number=unique_us_number(1))
+        assert (abuse.counts["9.9.9.9"], second.counts["9.9.9.9"]) == (0, 1), "lookup went to the old URL"
+        assert answer.code == "R02" and "score 70" in answer.reason

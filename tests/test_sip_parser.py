@@ -1242,11 +1242,14 @@ def test_fuzz_no_exception_but_sip_error_escapes():
 # Torture messages sent to a running server over UDP
 # =============================================================================================
 
-def route_to(data, port):
+def route_to(data, port, tag=b""):
     """Make the top Via point back at the test's socket: its sent-by becomes 127.0.0.1:PORT;rport
-    (the RFC messages name documentation hosts; a response must come back here)."""
-    return re.sub(rb"(?i)((?:^|\r\n)(?:via|v)[ \t]*:\s*SIP\s*/\s*\d+\.\d+\s*/\s*[A-Za-z]+\s+)[^;,\r\n]+",
+    (the RFC messages name documentation hosts; a response must come back here). `tag` is added to
+    a z9hG4bK branch: several RFC messages share branch=z9hG4bKkdjuw, and a message matching an
+    earlier, confirmed transaction is rightly absorbed without an answer (RFC 3261 17.2.1)."""
+    data = re.sub(rb"(?i)((?:^|\r\n)(?:via|v)[ \t]*:\s*SIP\s*/\s*\d+\.\d+\s*/\s*[A-Za-z]+\s+)[^;,\r\n]+",
                   lambda m: m.group(1) + f"127.0.0.1:{port};rport".encode(), data, count=1)
+    return re.sub(rb"(branch\s*=\s*z9hG4bK[^;,\s]*)", lambda m: m.group(1) + tag, data, count=1) if tag else data
 
 
 SERVER_EXPECTED = {
@@ -1270,7 +1273,7 @@ def test_torture_messages_against_running_server(start_server):
     got = {}
     try:
         for name in sorted(SERVER_EXPECTED):
-            data = route_to(TORTURE[name], port)
+            data = route_to(TORTURE[name], port, tag=name.encode())
             if SERVER_EXPECTED[name] is not None or name == "badinv01":
                 assert f"127.0.0.1:{port};rport".encode() in data, name
             sock.sendto(data, ("127.0.0.1", server.port))

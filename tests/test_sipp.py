@@ -24,7 +24,7 @@ LOAD_POLICY = {
     "default_daily_quota_off": "unlimited",
     "default_concurrent_calls": "unlimited",
     "default_concurrent_calls_off": "unlimited",
-    "ab_max_calls": "1000000",
+    "ab_max_calls": "1000",
     "default_destination_countries": "*",
 }
 

@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# install.sh: install TFPS as a service on Debian 11, 12 or 13. Run as root; safe to run again.
+#
+#   ./install.sh                      install under /, create user tfps, enable tfps.service
+#   ./install.sh --prefix DIR         install everything under DIR (DIR/etc/tfps/tfps.conf,
+#                                     DIR/var/lib/tfps, DIR/usr/local/bin/tfps, ...)
+#   ./install.sh --no-systemd         no system user, no unit, no systemctl (containers, CI)
+#   ./install.sh --build-only         only build ./tfps.pyz
+#   ./install.sh --print-unit         print the systemd unit that would be installed
+#
+# What it does, each step only when needed:
+#   1. apt-get install python3 and python3-pymysql when missing (pip as a fallback for PyMySQL)
+#   2. build ./tfps.pyz with `python3 -m zipapp`: tfps.py, schema.sql and a vendored copy of
+#      PyMySQL, so the binary also runs where PyMySQL is not installed
+#   3. install it as PREFIX/usr/local/bin/tfps (replaced atomically)
+#   4. create the system user tfps (unless --no-systemd)
+#   5. PREFIX/etc/tfps/tfps.conf from ./tfps.conf with [database] url pointing at
+#      PREFIX/var/lib/tfps/tfps.db; an existing tfps.conf is always kept
+#   6. PREFIX/var/lib/tfps (mode 0700) and `tfps initdb` (creates or migrates the database)
+#   7. PREFIX/etc/systemd/system/tfps.service, enabled and (re)started when systemd runs
+set -euo pipefail
+
+usage() {
+  sed -n '2,9s/^# \{0,1\}//p' "$0"
+}
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+say() { echo "install.sh: $*"; }
+
+PREFIX=""
+SYSTEMD=1
+BUILD_ONLY=0
+PRINT_UNIT=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) [ $# -ge 2 ] || { echo "install.sh: --prefix needs a directory" >&2; usage >&2; exit 2; }
+              PREFIX="$2"; shift 2 ;;
+    --prefix=*) PREFIX="${1#--prefix=}"; shift ;;
+    --no-systemd) SYSTEMD=0; shift ;;
+    --build-only) BUILD_ONLY=1; shift ;;
+    --print-unit) PRINT_UNIT=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "install.sh: unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYZ_OUT="$SRC/tfps.pyz"
+
+# An absolute prefix without a trailing slash; "" means /.
+if [ -n "$PREFIX" ]; then
+  mkdir -p "$PREFIX"
+  PREFIX="$(cd "$PREFIX" && pwd)"
+  [ "$PREFIX" = "/" ] && PREFIX=""
+fi
+BIN="$PREFIX/usr/local/bin/tfps"
+CONF_DIR="$PREFIX/etc/tfps"
+CONF="$CONF_DIR/tfps.conf"
+STATE_DIR="$PREFIX/var/lib/tfps"
+UNIT_DIR="$PREFIX/etc/systemd/system"
+UNIT="$UNIT_DIR/tfps.service"
+DB_URL="sqlite://$STATE_DIR/tfps.db"
+
+unit_text() {
+  cat <<EOF
+# Installed by TFPS install.sh. Reload the configuration with: systemctl reload tfps
+[Unit]
+Description=TFPS, the Telephony Fraud Prevention System (SIP redirect server)
+Documentation=file://$CONF
+After=network-online.target mariadb.service mysql.service
+Wants=network-online.target
+
+[Service]
+Type=simple
+User=tfps
+Group=tfps
+ExecStart=$BIN serve -c $CONF
+ExecReload=/bin/kill -HUP \$MAINPID
+Restart=on-failure
+RestartSec=2s
+TimeoutStopSec=10s
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ReadWritePaths=$STATE_DIR
+UMask=0077
+
+[Install]
+WantedBy=multi-user.target
+EOF
+}
+
+if [ "$PRINT_UNIT" = 1 ]; then
+  unit_text
+  exit 0
+fi
+
+for f in tfps.py schema.sql tfps.conf; do
+  [ -f "$SRC/$f" ] || die "$SRC/$f is missing: run install.sh from a TFPS checkout"
+done
+
+if [ "$BUILD_ONLY" = 0 ] && [ "$(id -u)" != 0 ]; then
+  die "run as root (or use --build-only to just build tfps.pyz)"
+fi
+
+APT_UPDATED=0
+apt_install() {
+  command -v apt-get >/dev/null || return 1
+  if [ "$APT_UPDATED" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq || return 1
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+pymysql_dir() {
+  python3 -c 'import os, pymysql; print(os.path.dirname(pymysql.__file__))' 2>/dev/null
+}
+
+# -- 1. python3 and PyMySQL ---------------------------------------------------------------------
+if ! command -v python3 >/dev/null; then
+  [ "$BUILD_ONLY" = 0 ] || die "python3 is missing (apt-get install python3)"
+  say "installing python3"
+  apt_install python3 || die "could not install python3 with apt-get"
+fi
+python3 "$SRC/tfps.py" --version >/dev/null 2>&1 ||
+  die "tfps.py does not run on $(python3 -V 2>&1): $(python3 "$SRC/tfps.py" --version 2>&1 | tail -n 1)"
+
+if [ -z "$(pymysql_dir)" ] && [ "$BUILD_ONLY" = 0 ]; then
+  say "installing PyMySQL (python3-pymysql)"
+  apt_install python3-pymysql || true
+  if [ -z "$(pymysql_dir)" ]; then
+    say "python3-pymysql is not visible to $(command -v python3); trying pip"
+    python3 -m pip install -q PyMySQL 2>/dev/null ||
+      python3 -m pip install -q --break-system-packages PyMySQL 2>/dev/null || true
+  fi
+fi
+
+# -- 2. build tfps.pyz ----------------------------------------------------------------------------
+BUILD="$(mktemp -d "${TMPDIR:-/tmp}/tfps-build.XXXXXX")"
+trap 'rm -rf "$BUILD"' EXIT
+mkdir "$BUILD/app"
+cp "$SRC/tfps.py" "$SRC/schema.sql" "$BUILD/app/"
+PYMYSQL_SRC="$(pymysql_dir || true)"
+if [ -n "$PYMYSQL_SRC" ]; then
+  cp -R "$PYMYSQL_SRC" "$BUILD/app/pymysql"
+else
+  # No PyMySQL on this python3 (e.g. --build-only on a bare box): vendor it straight from PyPI.
+  python3 -m pip install -q --no-deps --no-compile --target "$BUILD/vendor" PyMySQL >/dev/null 2>&1 ||
+    die "PyMySQL is needed to build tfps.pyz: apt-get install python3-pymysql (or pip install PyMySQL)"
+  cp -R "$BUILD/vendor/pymysql" "$BUILD/app/pymysql"
+fi
+find "$BUILD/app" -name __pycache__ -type d -prune -exec rm -rf {} +
+# Our own __main__ instead of `zipapp -m tfps:main`, whose generated one drops main()'s return
+# value: the exit status (0 ok, 1 failure, 2 usage) must survive.
+cat > "$BUILD/app/__main__.py" <<'EOF'
+import sys
+
+import tfps
+
+sys.exit(tfps.main())
+EOF
+python3 -m zipapp "$BUILD/app" -o "$BUILD/tfps.pyz" -p '/usr/bin/env python3' -c
+# The vendored PyMySQL must load from the archive alone, with no site-packages at all.
+python3 -S -c 'import sys; sys.path[:0] = [sys.argv[1]]; import pymysql, tfps' "$BUILD/tfps.pyz" ||
+  die "the built tfps.pyz does not import tfps and PyMySQL without site-packages"
+python3 "$BUILD/tfps.pyz" --version >/dev/null || die "the built tfps.pyz does not run"
+BUILT="$(python3 "$BUILD/tfps.pyz" --version), PyMySQL $(python3 -S -c 'import sys; sys.path[:0] = [sys.argv[1]]; import pymysql; print(pymysql.__version__)' "$BUILD/tfps.pyz") vendored"
+if [ -w "$SRC" ]; then
+  cp "$BUILD/tfps.pyz" "$PYZ_OUT.tmp.$$"
+  chmod 0755 "$PYZ_OUT.tmp.$$"
+  mv -f "$PYZ_OUT.tmp.$$" "$PYZ_OUT"
+  say "built $PYZ_OUT ($BUILT)"
+elif [ "$BUILD_ONLY" = 1 ]; then
+  die "cannot write $PYZ_OUT: $SRC is not writable"
+else
+  say "built tfps.pyz ($BUILT); $SRC is not writable, so no copy is left there"
+fi
+if [ "$BUILD_ONLY" = 1 ]; then
+  exit 0
+fi
+
+# -- 3. the binary ----------------------------------------------------------------------------------
+install -d -m 0755 "$PREFIX/usr/local/bin"
+install -m 0755 "$BUILD/tfps.pyz" "$BIN.new"
+mv -f "$BIN.new" "$BIN"
+say "installed $BIN"
+
+# -- 4. the system user -----------------------------------------------------------------------------
+if [ "$SYSTEMD" = 1 ]; then
+  if ! id -u tfps >/dev/null 2>&1; then
+    useradd --system --user-group --no-create-home --home-dir "$STATE_DIR" \
+            --shell /usr/sbin/nologin --comment "TFPS fraud prevention" tfps
+    say "created system user tfps"
+  fi
+fi
+
+# -- 5. the configuration ---------------------------------------------------------------------------
+install -d -m 0755 "$CONF_DIR"
+if [ -e "$CONF" ]; then
+  say "keeping existing $CONF"
+else
+  # The documented example, with the database under the state directory.
+  sed '/^\[database\]/,/^\[/ s|^url *=.*$|url = '"$DB_URL"'|' "$SRC/tfps.conf" > "$CONF.new"
+  grep -qx "url = $DB_URL" "$CONF.new" || die "could not set [database] url in $CONF"
+  chmod 0640 "$CONF.new"
+  mv -f "$CONF.new" "$CONF"
+  say "wrote $CONF"
+fi
+if [ "$SYSTEMD" = 1 ]; then
+  chown root:tfps "$CONF"
+fi
+
+# -- 6. the state directory and the database --------------------------------------------------------
+install -d -m 0700 "$STATE_DIR"
+chmod 0700 "$STATE_DIR"
+"$BIN" initdb -c "$CONF" || die "initdb failed: check [database] url in $CONF, then run install.sh again"
+if [ "$SYSTEMD" = 1 ]; then
+  chown -R tfps:tfps "$STATE_DIR"
+fi
+
+# -- 7. systemd ---------------------------------------------------------------------------------------
+if [ "$SYSTEMD" = 1 ]; then
+  install -d -m 0755 "$UNIT_DIR"
+  unit_text > "$UNIT.new"
+  chmod 0644 "$UNIT.new"
+  mv -f "$UNIT.new" "$UNIT"
+  say "wrote $UNIT"
+  if [ -n "$PREFIX" ]; then
+    say "not enabling a unit under --prefix; to use it: systemctl enable --now $UNIT"
+  elif ! command -v systemctl >/dev/null; then
+    say "systemctl not found: start TFPS with: $BIN serve -c $CONF"
+  elif [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+    systemctl enable --quiet tfps.service
+    systemctl restart tfps.service
+    say "tfps.service enabled and (re)started; logs: journalctl -u tfps"
+  else
+    systemctl enable --quiet tfps.service || true
+    say "systemd is not running here; tfps.service is enabled for the next boot"
+  fi
+fi
+
+say "done. Check the configuration with: $BIN config check -c $CONF"

@@ -1,0 +1,227 @@
+"""Two TFPS nodes (two real `tfps.py serve` processes) sharing one real MariaDB database race for
+the same account's daily quota: together they never approve more than the quota."""
+
+import secrets
+import threading
+import time
+from collections import Counter
+
+import tfps
+from conftest import recv_response, run_cli, sip_invite, udp_socket
+from test_engine_sip import code_of, invite, poll
+
+DOMAIN = "race.example.com"
+USERS = tuple(str(2001 + i) for i in range(8))   # eight accounts: eight fresh counter rows to race for
+QUOTA = 12
+THREADS_PER_NODE = 6
+INVITES_PER_THREAD = 16         # 2 nodes x 6 threads x 16 = 192 INVITEs, 24 per account, quota 12 each
+
+
+def fire(port, calls, barrier, results, errors):
+    """Send all INVITEs at once, then collect the final answers (retransmitting like a UAC)."""
+    sock = udp_socket(timeout=0.3)
+    try:
+        local = sock.getsockname()[1]
+        pending, user_of = {}, {}
+        for user, number in calls:
+            call_id = secrets.token_hex(8) + "@race"
+            pending[call_id] = sip_invite(number, port, user=user, domain=DOMAIN, local_port=local, call_id=call_id)
+            user_of[call_id] = user
+        barrier.wait(timeout=30)
+        for data in pending.values():
+            sock.sendto(data, ("127.0.0.1", port))
+        deadline = time.monotonic() + 30
+        last_send = time.monotonic()
+        while pending and time.monotonic() < deadline:
+            try:
+                msg, _raw = recv_response(sock)
+            except TimeoutError:
+                if time.monotonic() - last_send > 1.0:
+                    for data in pending.values():
+                        sock.sendto(data, ("127.0.0.1", port))
+                    last_send = time.monotonic()
+                continue
+            call_id = msg.header("call-id")
+            if msg.status >= 200 and call_id in pending:
+                del pending[call_id]
+                results.append((port, user_of[call_id], msg.status, msg.header("x-tfps-code"), msg.header("x-tfps-reason")))
+        if pending:
+            errors.append(f"{len(pending)} INVITEs to port {port} got no final answer")
+    except Exception as exc:  # reported by the test thread
+        errors.append(repr(exc))
+    finally:
+        sock.close()
+
+
+def create_accounts(url, users, **limits):
+    cfg = tfps.Config.load(None)
+    cfg.set("policy", "learning_days", "0")
+    db = tfps.open_database(url)
+    now = time.time()
+    ids = {}
+    for user in users:
+        tfps.insert_account(db, tfps.default_account(cfg, user, DOMAIN, now - 60))
+        acc = tfps.find_account(db, user, DOMAIN)
+        tfps.update_account(db, acc, now, **limits)
+        ids[user] = acc.id
+    db.close()
+    return ids
+
+
+def test_two_nodes_never_exceed_the_daily_quota(mysql_url, start_server):
+    ids = create_accounts(mysql_url, USERS, daily_quota=QUOTA, daily_quota_off=QUOTA)
+    policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
+    nodes = [start_server(mysql_url, {"policy": policy, "server": {"node_name": name}}) for name in ("node-a", "node-b")]
+
+    threads, results, errors = [], [], []
+    total = 2 * THREADS_PER_NODE * INVITES_PER_THREAD
+    per_account = total // len(USERS)
+    barrier = threading.Barrier(2 * THREADS_PER_NODE)
+    serial = 0
+    for node in nodes:
+        for _ in range(THREADS_PER_NODE):
+            calls = []
+            for _ in range(INVITES_PER_THREAD):   # accounts interleaved, a distinct number each (no R13)
+                calls.append((USERS[serial % len(USERS)], f"1212{serial:07d}"))
+                serial += 1
+            threads.append(threading.Thread(target=fire, args=(node.port, calls, barrier, results, errors)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(results) == total
+
+    db = tfps.open_database(mysql_url)
+    try:
+        # the quota is never exceeded: per account, exactly QUOTA approvals across both nodes
+        for user in USERS:
+            approved = sum(1 for _p, u, _s, code, _r in results if u == user and code == "A00")
+            assert approved == QUOTA, (user, Counter(code for _p, u, _s, code, _r in results if u == user))
+            counters = db.query("SELECT bucket, approved FROM daily_counters WHERE account_id = ?", (ids[user],))
+            assert [(bucket, int(n)) for bucket, n in counters] == [("biz", QUOTA)], user
+        # and every INVITE got its verdict: no 500 (e.g. a database deadlock) instead of A00/R11
+        statuses = Counter(status for _p, _u, status, _c, _r in results)
+        assert statuses == {302: total}, [r for r in results if r[2] != 302][:3]
+        codes = Counter(code for _p, _u, _s, code, _r in results)
+        assert codes == {"A00": QUOTA * len(USERS), "R11": total - QUOTA * len(USERS)}
+        assert all(f"daily quota of {QUOTA}" in reason for _p, _u, _s, code, reason in results if code == "R11")
+        assert set(Counter(port for port, *_ in results).values()) == {total // 2}
+
+        for node in nodes:
+            assert node.stop() == 0
+        rows = db.query("SELECT node, code, COUNT(*) FROM call_log GROUP BY node, code")
+        by_code = Counter()
+        for _node, code, n in rows:
+            by_code[code] += int(n)
+        assert by_code == {"A00": QUOTA * len(USERS), "R11": total - QUOTA * len(USERS)}
+        assert {r[0] for r in rows} == {"node-a", "node-b"}
+        assert per_account * len(USERS) == total
+    finally:
+        db.close()
+
+
+def test_concurrent_engines_race_for_a_fresh_counter(mysql_url):
+    """Two engines (two nodes' worth of connections) decide calls of the same fresh account at the
+    same moment, round after round: every call gets a verdict (no deadlock error escapes
+    `decide`) and each account gets exactly its quota."""
+    rounds, calls_per_engine, quota = 12, 5, 3
+    users = [f"r{i}" for i in range(rounds)]
+    ids = create_accounts(mysql_url, users, daily_quota=quota, daily_quota_off=quota)
+    cfg = tfps.Config.load(None)
+    cfg.set("policy", "business_hours", "mon-sun 00:00-24:00")
+    engines = [tfps.Engine(cfg, tfps.open_database(mysql_url)) for _ in range(2)]
+    verdicts, errors = [], []
+
+    def work(engine, user, k, barrier):
+        barrier.wait(timeout=30)
+        for i in range(calls_per_engine):
+            try:
+                v = engine.decide(tfps.CallAttempt(user, DOMAIN, f"1212{k}{i:06d}", ts=time.time()))
+                verdicts.append((user, v.code))
+            except Exception as exc:
+                errors.append(f"{user}: {exc!r}")
+
+    try:
+        for user in users:
+            barrier = threading.Barrier(2)
+            threads = [threading.Thread(target=work, args=(engines[k], user, k, barrier)) for k in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        db = engines[0].db
+        for user in users:
+            approved = db.scalar("SELECT SUM(approved) FROM daily_counters WHERE account_id = ?", (ids[user],), default=0)
+            assert int(approved) <= quota, user
+        assert not errors, f"{len(errors)} of {rounds * 2 * calls_per_engine} decisions failed, e.g. {errors[0]}"
+        for user in users:
+            codes = Counter(code for u, code in verdicts if u == user)
+            assert codes == {"A00": quota, "R11": 2 * calls_per_engine - quota}, (user, codes)
+    finally:
+        for engine in engines:
+            engine.db.close()
+
+
+def test_two_nodes_flush_call_logs_at_once(mysql_url):
+    """Two nodes serving the same accounts flush their call logs at the same moment (every
+    flush_interval): neither flush fails (e.g. with a deadlock) and no row is lost."""
+    users = [f"f{i}" for i in range(6)]
+    create_accounts(mysql_url, users)
+    cfg = tfps.Config.load(None)
+    cfg.set("policy", "business_hours", "mon-sun 00:00-24:00")
+    engines = [tfps.Engine(cfg, tfps.open_database(mysql_url)) for _ in range(2)]
+    rounds, errors = 10, []
+    one_at_a_time = threading.Lock()   # the verdicts do not race here; only the flushes do
+
+    def work(k, barrier):
+        engine = engines[k]
+        order = users if k == 0 else users[::-1]     # each node saw the accounts in its own order
+        for r in range(rounds):
+            with one_at_a_time:
+                for j, user in enumerate(order):
+                    verdict = engine.decide(tfps.CallAttempt(user, DOMAIN, f"1212{k}{r:03d}{j:03d}", ts=time.time()))
+                    assert verdict.code == "A00", verdict.reason
+                    engine.record(verdict, "302 A00", 0.1)
+            barrier.wait(timeout=30)
+            try:
+                engine.flush()
+            except Exception as exc:
+                errors.append(f"node {k} round {r}: {exc!r}")
+
+    def run(k, barrier):
+        try:
+            work(k, barrier)
+        except Exception as exc:
+            errors.append(f"node {k}: {exc!r}")
+            barrier.abort()
+
+    try:
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=run, args=(k, barrier)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, f"{len(errors)} of {2 * rounds} flushes failed, e.g. {errors[0]}"
+        assert engines[0].db.scalar("SELECT COUNT(*) FROM call_log") == 2 * rounds * len(users)
+    finally:
+        for engine in engines:
+            engine.db.close()
+
+
+def test_cli_change_reaches_every_node(mysql_url, start_server):
+    create_accounts(mysql_url, ["3001"])
+    policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
+    nodes = [start_server(mysql_url, {"policy": policy, "server": {"node_name": name}}) for name in ("node-a", "node-b")]
+    calls = (f"1212{i:07d}" for i in range(10000000))
+    kw = {"user": "3001", "domain": DOMAIN}
+    for node in nodes:
+        assert code_of(invite(node, next(calls), **kw)) == "A00"
+    for args in (("block", "3001", DOMAIN), ("unblock", "3001", DOMAIN), ("blacklist", "add", "number", "121277")):
+        run_cli(*args, config=nodes[0].config, db=mysql_url, check=True)
+        done = time.monotonic()
+        expect = {"block": "R14", "unblock": "A00", "blacklist": "R03"}[args[0]]
+        for node in nodes:                        # each node within 5 s of the CLI command
+            numbers = (f"121277{i:05d}" for i in range(100000)) if expect == "R03" else calls
+            assert poll(node, expect, numbers, since=done, **kw) <= 5.0, (args, node.port)

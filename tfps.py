@@ -35,6 +35,7 @@ import contextlib
 import csv
 import datetime as dt
 import decimal
+import functools
 import gc
 import heapq
 import http.client
@@ -89,6 +90,12 @@ def split_list(text):
 
 def country_set(text):
     return {c.upper() for c in split_list(text)}
+
+
+@functools.lru_cache(maxsize=4096)
+def shared_countries(text):
+    """One frozen set per distinct country list: thousands of accounts share a few lists."""
+    return frozenset(country_set(text))
 
 
 def format_countries(codes):
@@ -279,7 +286,7 @@ CONFIG_SPEC = {
     "database": {
         "url": (_text, "", "sqlite:///PATH or mysql://USER:PASSWORD@HOST:PORT/DB; empty = tfps.db beside tfps.py"),
         "reload_interval": (_duration, "2s", "how often servers look for changes made by the CLI or other nodes"),
-        "flush_interval": (_duration, "1s", "how often the call log buffer is written"),
+        "flush_interval": (_duration, "0.25s", "how often the call log buffer is written (and, on SQLite, verdicts committed)"),
     },
     "policy": {
         "home_country": (_country, "US", "ISO code of the country the PBX is in"),
@@ -1835,7 +1842,7 @@ class Account:
     def from_row(cls, row):
         (id_, user, domain, cc, cc_off, quota, quota_off, src, dst, blocked, email, state,
          learning_until, pinned, created, last_seen, anomaly_daily) = row
-        return cls(id_, user, domain, cc, cc_off, quota, quota_off, country_set(src), country_set(dst),
+        return cls(id_, user, domain, cc, cc_off, quota, quota_off, shared_countries(src), shared_countries(dst),
                    bool(blocked), email, state, learning_until, set(split_list(pinned)), created, last_seen,
                    anomaly_daily)
 
@@ -2425,17 +2432,28 @@ def _mean_std(values):
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
-def propose(cfg, acc, stats, now, high_risk):
-    """What training would change on one account, and why."""
+def day_number(now, tz):
+    """Days since 1970-01-01 of the calendar day `now` falls on in `tz`."""
+    return int((now + dt.datetime.fromtimestamp(now, tz).utcoffset().total_seconds()) // 86400)
+
+
+def business_day_numbers(p, now):
+    """The day numbers of the training window that have business hours and are no holidays."""
+    today = day_number(now, p.tz)
+    return {d for d in range(today - p.train_window_days - 1, today)
+            if _has_business_hours(p, dt.date.fromordinal(d + 719163))}
+
+
+def propose(cfg, acc, stats, now, high_risk, business):
+    """What training would change on one account, and why. `business`: business_day_numbers()."""
     p = cfg.policy
     if not stats:
         return Proposal(acc, [], "no approved calls in the training window")
-    today = int((now + dt.datetime.fromtimestamp(now, p.tz).utcoffset().total_seconds()) // 86400)
     first = min(stats["days"])
-    days = list(range(first, today))  # complete days only
+    days = list(range(first, day_number(now, p.tz)))  # complete days only
     if len(days) < p.train_min_days:
         return Proposal(acc, [], f"{len(days)} day(s) of history, fewer than train_min_days = {p.train_min_days}")
-    business_days = [d for d in days if _has_business_hours(p, dt.date.fromordinal(d + 719163))]
+    business_days = [d for d in days if d in business]
     changes = []
 
     def learn(field_name, value, why):
@@ -2501,7 +2519,8 @@ def train(cfg, db, now, account=None, dry_run=False):
 def train_accounts(cfg, db, now, accounts, dry_run=False, everyone=False):
     stats = history(cfg, db, now, None if everyone else [a.id for a in accounts])
     high_risk = high_risk_countries(cfg, db)
-    proposals = [propose(cfg, acc, stats.get(acc.id), now, high_risk) for acc in accounts]
+    business = business_day_numbers(cfg.policy, now)
+    proposals = [propose(cfg, acc, stats.get(acc.id), now, high_risk, business) for acc in accounts]
     if not dry_run:
         db.begin()
         for proposal in proposals:
@@ -2574,8 +2593,9 @@ class DailyJobs:
     def run_due(self, now=None):
         now = now or time.time()
         p = self.cfg.policy
-        self.engine.flush(now)
-        if finish_learning(self.cfg, self.db, now):
+        if self.db.one("SELECT 1 FROM accounts WHERE state = 'learning' AND learning_until <= ? LIMIT 1", (now,)):
+            self.engine.flush(now)  # train on every call so far
+            finish_learning(self.cfg, self.db, now)
             self.engine.check_for_changes()
         local = dt.datetime.fromtimestamp(now, p.tz)
         today = local.date().isoformat()
@@ -2586,6 +2606,7 @@ class DailyJobs:
             self.done[name] = today
             if not acquire_lock(self.db, f"{name}:{today}", self.cfg.server.node_name, now, 2 * 86400):
                 continue
+            self.engine.flush(now)
             if name == "train":
                 proposals = train(self.cfg, self.db, now)
                 log.info("daily training: %d account(s) changed", sum(1 for x in proposals if x.changes))

@@ -3,7 +3,7 @@
 
 Builds a database with 10,000 accounts, 20,000 blacklisted number prefixes, 500 User-Agent
 patterns and 200 blacklisted IP networks, then runs N verdicts through engine.decide + engine.record
-with engine.flush every second and engine.check_for_changes every 2 s (what `tfps.py serve` does),
+with engine.flush every [database] flush_interval and engine.check_for_changes every 2 s (what `tfps.py serve` does),
 over a realistic mix of random accounts, numbers (mostly allowed countries, some blacklisted
 prefixes, some high-risk or not-allowed countries) and User-Agents (a few scanners).
 
@@ -267,7 +267,8 @@ def run_backend(backend, n, mysql_base, max_seconds, profile, seed, distinct_uas
         flush_s, flushes, done, paused = 0.0, 0, 0, 0.0
         perf = time.perf_counter
         start = perf()
-        next_flush = start + 1.0
+        flush_every = cfg.database.flush_interval
+        next_flush = start + flush_every
         next_reload = start + 2.0
         deadline = start + max_seconds
         stop = False
@@ -297,7 +298,7 @@ def run_backend(backend, n, mysql_base, max_seconds, profile, seed, distinct_uas
                     flushes += 1
                     t2 = perf()
                     flush_s += t2 - t1
-                    next_flush = t2 + 1.0
+                    next_flush = t2 + flush_every
                     if t2 >= next_reload:
                         engine.check_for_changes()
                         next_reload = perf() + 2.0
@@ -396,7 +397,7 @@ def main():
             print(r["profile"])
     sys.stdout.flush()
     print(f"\nTFPS engine benchmark: {ACCOUNTS:,} accounts, {BLACK_PREFIXES:,} blacklisted prefixes, "
-          f"{UA_PATTERNS} UA patterns, {IP_CIDRS} IP networks, learning_days = 0, flush every 1 s")
+          f"{UA_PATTERNS} UA patterns, {IP_CIDRS} IP networks, learning_days = 0, flush every [database] flush_interval as serve does")
     header = f"{'backend':8} {'verdicts':>9} {'seconds':>8} {'verdicts/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} {'peak RSS MB':>12}"
     print(header)
     print("-" * len(header))

@@ -20,7 +20,7 @@ Contents (sections appear in this order; each depends only on those above it)
    8. Reputation         AbuseIPDB and APIBAN lookups on a worker pool, shared cache
    9. Alerts             rate-limited alert events, outbox in the database, SMTP and webhook
   10. Engine             the fraud pipeline: call attempt in, verdict out
-  11. Training           limits learned from each account's history; anomaly checks
+  11. Training           limits learned from each account's history; daily jobs
   12. Replay             the real engine over CDR files with simulated time
   13. Server             selectors event loop moving bytes and timers for UDP and TCP
   14. Admin              account, list and report operations behind the CLI
@@ -884,11 +884,17 @@ class StreamFramer:
 T1, T2, T4 = 0.5, 4.0, 5.0
 
 
-class ServerTransaction:
-    __slots__ = ("key", "method", "dest", "reliable", "state", "response", "interval", "to_tag", "data")
+TOP_VIA_RE = re.compile(rb"^(?:via|v)[ \t]*:[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*[A-Za-z]+[ \t]+"
+                        rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:[ \t]*:[ \t]*(\d{1,5}))?[^,\r\n]*?"
+                        rb";[ \t]*branch[ \t]*=[ \t]*(z9hG4bK[^;,\s]*)", re.I | re.M)
 
-    def __init__(self, key, method, dest, reliable):
+
+class ServerTransaction:
+    __slots__ = ("key", "serial", "method", "dest", "reliable", "state", "response", "interval", "to_tag", "data")
+
+    def __init__(self, key, serial, method, dest, reliable):
         self.key = key
+        self.serial = serial      # tells this transaction from a later one with the same key
         self.method = method
         self.dest = dest          # opaque to this layer: where responses go
         self.reliable = reliable  # TCP: no retransmissions
@@ -926,15 +932,34 @@ class TransactionLayer:
         tx = self.table.get(key)
         if req.method == "ACK":
             if tx is not None and tx.state == "completed":
-                tx.state = "confirmed"
-                tx.response = tx.data = None  # nothing is sent again; keep the heap entries small
-                self._schedule(now + (0 if reliable else T4), "I", tx)
+                self._confirm(tx, reliable, now)
             return None, []
         if tx is not None:
             return None, ([(dest, tx.response)] if tx.response else [])
-        tx = ServerTransaction(key, req.method, dest, reliable)
+        self._seq += 1
+        tx = ServerTransaction(key, self._seq, req.method, dest, reliable)
         self.table[key] = tx
         return tx, []
+
+    def absorb_ack(self, data, reliable, now):
+        """The common ACK, for a final response this layer sent, matched from its raw bytes
+        without a full parse. False when the ACK needs the full path (receive)."""
+        end = data.find(b"\r\n\r\n")
+        m = TOP_VIA_RE.search(data, 0, end if end >= 0 else len(data))
+        if not m:
+            return False
+        host = m.group(1).decode("ascii").strip("[]").lower()
+        tx = self.table.get((m.group(3).decode("ascii", "replace"), f"{host}:{int(m.group(2) or 5060)}", "INVITE"))
+        if tx is None or tx.state not in ("completed", "confirmed"):
+            return False
+        if tx.state == "completed":
+            self._confirm(tx, reliable, now)
+        return True
+
+    def _confirm(self, tx, reliable, now):
+        tx.state = "confirmed"
+        tx.response = tx.data = None  # nothing is sent again
+        self._schedule(now + (0 if reliable else T4), "I", tx)
 
     def find_invite(self, cancel, via):
         return self.table.get(self.key(cancel, via, "INVITE"))
@@ -957,8 +982,9 @@ class TransactionLayer:
     def poll(self, now):
         sends = []
         while self.timers and self.timers[0][0] <= now:
-            _, _, kind, tx = heapq.heappop(self.timers)
-            if self.table.get(tx.key) is not tx:
+            _, _, kind, key, serial = heapq.heappop(self.timers)
+            tx = self.table.get(key)
+            if tx is None or tx.serial != serial:
                 continue
             if kind == "G" and tx.state == "completed":
                 sends.append((tx.dest, tx.response))
@@ -972,8 +998,9 @@ class TransactionLayer:
         return sends
 
     def _schedule(self, when, kind, tx):
+        # keys, not transactions: tuples of strings and numbers are left alone by the garbage collector
         self._seq += 1
-        heapq.heappush(self.timers, (when, self._seq, kind, tx))
+        heapq.heappush(self.timers, (when, self._seq, kind, tx.key, tx.serial))
 
 
 # =============================================================================================
@@ -2898,7 +2925,7 @@ class Server:
 
     def run(self):
         self.bind()
-        self.every(self.cfg.database.flush_interval, self.flush)
+        self.every(self.cfg.database.flush_interval, self.engine.flush)
         self.every(self.cfg.database.reload_interval, self.engine.check_for_changes)
         self.every(5.0, self._close_idle_connections)
         self.every(30.0, self.jobs.run_due)
@@ -2955,16 +2982,13 @@ class Server:
         self.dispatcher.stop()
         self.reputation.close()
         try:
-            self.flush()
+            self.engine.flush()
         finally:
             self.db.close()
             for sock in self.listeners:
                 sock.close()
         log.info("stopped after %d verdicts (%d packets from untrusted sources dropped, %d malformed)",
                  self.counters["verdicts"], self.counters["untrusted"], self.counters["malformed"])
-
-    def flush(self):
-        self.engine.flush()
 
     def _recover_db(self):
         try:
@@ -3130,6 +3154,8 @@ class Server:
         return endpoint, (addr[0], via.port or 5060)
 
     def on_message(self, data, endpoint, addr):
+        if data[:4] == b"ACK " and self.txl.absorb_ack(data, endpoint.transport == "tcp", time.monotonic()):
+            return
         try:
             msg = parse_message(data)
             if not msg.is_request:
@@ -3187,12 +3213,11 @@ class Server:
 
     def _on_invite(self, tx, msg, uri, from_addr, vias, addr):
         user = dialed_number(uri.user)
-        if (msg.header("max-forwards") or "70").lstrip("0") == "":
-            return self._respond(tx, msg, vias, 483)
-        if not user:
-            return self._respond(tx, msg, vias, 484)
-        if VERDICT_PREFIX.match(user):
-            return self._respond(tx, msg, vias, 482, headers=[("X-TFPS-Reason", "Request-URI already carries a verdict")])
+        refusal = (483 if (msg.header("max-forwards") or "70").lstrip("0") == "" else
+                   484 if not user else 482 if VERDICT_PREFIX.match(user) else None)
+        if refusal:
+            self._respond(tx, msg, vias, refusal)
+            return
         attempt = call_identity(msg, uri, from_addr, addr[0], time.time())
         tx.data = PendingInvite(msg, vias, attempt, time.monotonic(), from_addr.uri.host or uri.host)
         ip = attempt.source_ip
@@ -3205,9 +3230,9 @@ class Server:
                 self.call_later(0.1, self._send_trying, tx)
                 self.call_later(self.cfg.reputation.reputation_timeout, self._finish_invite, tx,
                                 Reputation(ip, False, detail=f"no answer within {self.cfg.reputation.reputation_timeout:g} s"))
-                return None
+                return
             attempt.reputation = rep
-        return self._finish_invite(tx, None)
+        self._finish_invite(tx, None)
 
     def _send_trying(self, tx):
         if tx.data is not None and not tx.data.done:

@@ -3309,7 +3309,7 @@ def calls_today(db, cfg, account_id, now):
 def update_account(db, acc, now, end_learning=True, **fields):
     """Write changed account fields and pin them against training."""
     pinned = set(acc.pinned) | {f for f in fields if f in LIMIT_FIELDS or f in ("dest_countries", "source_countries")}
-    values = {k: (format_countries(v) if isinstance(v, set) else v) for k, v in fields.items()}
+    values = {k: (format_countries(v) if isinstance(v, (set, frozenset)) else v) for k, v in fields.items()}
     values["pinned"] = ",".join(sorted(pinned))
     if end_learning:
         values["state"] = "enforcing"

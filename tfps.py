@@ -420,8 +420,9 @@ class Config:
     def _finish(self):
         p = self.policy
         p.tz = load_timezone(p.timezone)
-        p.default_source_countries = p.default_source_countries or {p.home_country}
-        p.default_destination_countries = p.default_destination_countries or {p.home_country}
+        raw = self.raw["policy"]  # derived from the text, so the order of the keys does not matter
+        p.default_source_countries = _countries(raw["default_source_countries"]) or {p.home_country}
+        p.default_destination_countries = _countries(raw["default_destination_countries"]) or {p.home_country}
         if not self.server.node_name:
             self.server.node_name = socket.gethostname()
 
@@ -2275,18 +2276,9 @@ class Engine:
                     what = "to the new destination" if direction == "dst" else "from the new source country"
                     self._anomaly(call, f"NEW_{direction.upper()}_{iso}", f"first call {what} {self.countries.label(iso)}",
                                   f"If expected, nothing to do; if not: tfps.py block {acc.user} {acc.domain}")
-        key = (acc.id, call.day)
-        if key not in self.today:
-            if self.today and next(iter(self.today))[1] != call.day:
-                self.today.clear()
-            self.today[key] = int(self.db.scalar("SELECT SUM(approved) FROM daily_counters WHERE account_id = ? AND day = ?",
-                                                 (acc.id, call.day), default=1)) - 1
-        self.today[key] += 1
         threshold = acc.anomaly_daily
-        if threshold is not None and self.today[key] == threshold + 1:
-            self._anomaly(call, "DAILY_VOLUME", f"{self.today[key]} approved calls today, above the usual "
-                          f"maximum of {threshold} (mean + {p.anomaly_sigma:g} x stddev of its history)",
-                          f"tfps.py show {acc.user} {acc.domain}")
+        if threshold is not None:
+            self._check_daily_volume(call, threshold)
         if call.off_hours and p.offhours_burst:
             times = self.window(self.offhours, acc.id, call.now, 600)
             times.append(call.now)
@@ -2294,6 +2286,20 @@ class Engine:
             if burst == p.offhours_burst:
                 self._anomaly(call, "OFFHOURS_BURST", f"{burst} off-hours calls within 10 minutes",
                               f"tfps.py block {acc.user} {acc.domain}")
+
+    def _check_daily_volume(self, call, threshold):
+        acc, p = call.account, self.cfg.policy
+        key = (acc.id, call.day)
+        if key not in self.today:
+            if self.today and next(iter(self.today))[1] != call.day:
+                self.today.clear()
+            self.today[key] = int(self.db.scalar("SELECT SUM(approved) FROM daily_counters WHERE account_id = ? AND day = ?",
+                                                 (acc.id, call.day), default=1)) - 1
+        self.today[key] += 1
+        if self.today[key] == threshold + 1:
+            self._anomaly(call, "DAILY_VOLUME", f"{self.today[key]} approved calls today, above the usual "
+                          f"maximum of {threshold} (mean + {p.anomaly_sigma:g} x stddev of its history)",
+                          f"tfps.py show {acc.user} {acc.domain}")
 
     def _anomaly(self, call, rule, what, undo):
         acc = call.account

@@ -1271,18 +1271,12 @@ class Database:
 
     # -- schema ------------------------------------------------------------------------------
 
-    def tables(self):
+    def names(self, kind):
+        """Lower-case names of the tables (kind 'table') or triggers ('trigger') of this database."""
         if self.dialect == "sqlite":
-            rows = self.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+            rows = self.query("SELECT name FROM sqlite_master WHERE type = ?", (kind,))
         else:
-            rows = self.query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
-        return {r[0].lower() for r in rows}
-
-    def triggers(self):
-        if self.dialect == "sqlite":
-            rows = self.query("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        else:
-            rows = self.query("SELECT trigger_name FROM information_schema.triggers WHERE trigger_schema = DATABASE()")
+            rows = self.query(f"SELECT {kind}_name FROM information_schema.{kind}s WHERE {kind}_schema = DATABASE()")
         return {r[0].lower() for r in rows}
 
     def columns(self, table):
@@ -1292,7 +1286,7 @@ class Database:
             "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?", (table,))}
 
     def schema_version(self):
-        if "meta" not in self.tables():
+        if "meta" not in self.names("table"):
             return 0
         return int(self.scalar("SELECT value FROM meta WHERE name = 'schema_version'", default=0))
 
@@ -1303,7 +1297,7 @@ class Database:
         target = int(re.search(r"'schema_version',\s*(\d+)", schema).group(1))
         old = self.schema_version()
         added = []
-        existing, triggers = self.tables(), self.triggers()
+        existing, triggers = self.names("table"), self.names("trigger")
         for statement in schema_statements(schema):
             create = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
             if create and create.group(1) in existing:

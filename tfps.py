@@ -1145,7 +1145,9 @@ class Database:
                                         user=urllib.parse.unquote(u.username or "root"),
                                         password=urllib.parse.unquote(u.password or ""),
                                         database=u.path.lstrip("/") or "tfps", charset="utf8mb4",
-                                        autocommit=True, connect_timeout=5)
+                                        autocommit=True, connect_timeout=5,
+                                        # no gap locks: nodes inserting new rows side by side must not deadlock
+                                        init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         except pymysql.Error as exc:
             raise DatabaseError(f"cannot open database {redact_url(self.url)}: {exc.args[-1] if exc.args else exc}") from None
         self.errors = (pymysql.Error,)
@@ -1454,6 +1456,17 @@ class Lists:
 
 
 
+def change_serials(db):
+    return dict(db.query("SELECT name, value FROM meta WHERE name IN ('accounts_serial', 'lists_serial')"))
+
+
+def load_lists(cfg, db):
+    """(change serials, Lists, high-risk countries) as of now; the serials are read first, so a
+    change made while loading is seen by the next check."""
+    serials = change_serials(db)
+    return serials, Lists(db), high_risk_countries(cfg, db)
+
+
 def high_risk_countries(cfg, db):
     """[policy] high_risk_countries plus the countries marked risk = 'high' in the database."""
     return set(cfg.policy.high_risk_countries) | {r[0] for r in db.query("SELECT iso FROM countries WHERE risk = 'high'")}
@@ -1636,6 +1649,8 @@ class ReputationService:
             self.completed.append((ip, rep, exc.until))
             self.wake()
             return
+        except Exception as exc:  # whatever happens, the calls waiting for this IP get an answer
+            rep = Reputation(ip, False, detail=f"{type(exc).__name__}: {exc}", checked=now)
         self.completed.append((ip, rep, None))
         self.wake()
         try:
@@ -2100,27 +2115,29 @@ class Engine:
     # -- data kept in memory; reloaded when the change serial moves ---------------------------
 
     def reload(self):
-        self.serials = self._serials()
-        self.lists = Lists(self.db)
+        self.install(load_lists(self.cfg, self.db))
+
+    def install(self, loaded):
+        """Put what load_lists() returned in place; accounts are read again on their next call."""
+        self.serials, self.lists, self.high_risk = loaded
         self.countries = self.lists.countries
-        self.high_risk = high_risk_countries(self.cfg, self.db)
         self.accounts = {}  # (user, domain) -> Account, filled on first use
 
-    def _serials(self):
-        return dict(self.db.query("SELECT name, value FROM meta WHERE name IN ('accounts_serial', 'lists_serial')"))
-
-    def check_for_changes(self):
-        """Follow changes made by the CLI, by hand in the database or by another node: lists are
-        reloaded, accounts are forgotten and read again on their next call. True if anything changed."""
-        serials = self._serials()
-        if serials == self.serials:
-            return False
-        if serials.get("lists_serial") != self.serials.get("lists_serial"):
-            self.reload()
-        else:
-            self.serials = serials
+    def check_for_changes(self, reload_lists=None):
+        """Follow changes made by the CLI, by hand in the database or by another node: accounts
+        are forgotten and read again on their next call; the lists are loaded again by
+        `reload_lists` (default: here and now; the server loads them on a thread and installs
+        them when they are ready). True if anything changed."""
+        serials = change_serials(self.db)
+        changed = False
+        if serials.get("accounts_serial") != self.serials.get("accounts_serial"):
+            self.serials["accounts_serial"] = serials.get("accounts_serial")
             self.accounts.clear()
-        return True
+            changed = True
+        if serials.get("lists_serial") != self.serials.get("lists_serial"):
+            (reload_lists or self.reload)()
+            changed = True
+        return changed
 
     # -- the entry point ----------------------------------------------------------------------
 
@@ -2131,14 +2148,15 @@ class Engine:
         attempt.ts = now
         if not count:
             return self._run_pipeline(Call(attempt, now, dry_run=True), enforce)
-        for tries in range(3):
+        for tries in range(5):
             try:
                 with self.db.atomic():
                     return self._run_pipeline(Call(attempt, now, dry_run=False), enforce)
             except self.db.errors as exc:
-                if tries == 2 or not self.db.transient(exc):
+                if tries == 4 or not self.db.transient(exc):
                     raise
                 log.info("call-id=%s: %s; evaluating again", attempt.call_id, exc)
+                time.sleep(0.001 * (tries + 1))  # rare (a lock conflict between nodes): let the other side finish
 
     def _run_pipeline(self, call, enforce):
         self._prepare(call)
@@ -2859,6 +2877,8 @@ class Server:
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self.reputation = ReputationService(cfg, db.url, self.wake)
+        self.loaded_lists = deque()  # what the list-loading thread hands to the loop
+        self.loading_lists = False
         self.dispatcher = AlertDispatcher(cfg, db.url)
         self.jobs = DailyJobs(cfg, db, self.engine)
 
@@ -2926,7 +2946,7 @@ class Server:
     def run(self):
         self.bind()
         self.every(self.cfg.database.flush_interval, self.engine.flush)
-        self.every(self.cfg.database.reload_interval, self.engine.check_for_changes)
+        self.every(self.cfg.database.reload_interval, self._check_for_changes)
         self.every(5.0, self._close_idle_connections)
         self.every(30.0, self.jobs.run_due)
         self.dispatcher.start()
@@ -2969,6 +2989,34 @@ class Server:
         except BlockingIOError:
             pass
         self.reputation.deliver()
+        while self.loaded_lists:
+            loaded = self.loaded_lists.popleft()
+            self.loading_lists = False
+            if loaded:
+                self.engine.install(loaded)
+                log.info("lists reloaded")
+
+    def _check_for_changes(self):
+        self.engine.check_for_changes(reload_lists=self._start_loading_lists)
+
+    def _start_loading_lists(self):
+        """Large lists take a few hundred milliseconds to load: a thread does it, calls go on."""
+        if not self.loading_lists:
+            self.loading_lists = True
+            threading.Thread(target=self._load_lists, name="lists", daemon=True).start()
+
+    def _load_lists(self):
+        loaded = None
+        try:
+            db = Database(self.db.url)
+            try:
+                loaded = load_lists(self.cfg, db)
+            finally:
+                db.close()
+        except Exception as exc:
+            log.error("loading the changed lists failed (next try in %g s): %s", self.cfg.database.reload_interval, exc)
+        self.loaded_lists.append(loaded)
+        self.wake()
 
     def shutdown(self):
         log.info("stopping: answering pending transactions")

@@ -3100,9 +3100,11 @@ class Server:
             sock, addr = listener.accept()
         except OSError:
             return
-        if not self.trusted(addr[0]) or len(self.connections) >= self.cfg.server.tcp_max_connections:
-            if self.connections and len(self.connections) >= self.cfg.server.tcp_max_connections:
-                log.warning("refusing TCP connection from %s: tcp_max_connections reached", addr[0])
+        if not self.trusted(addr[0]):
+            sock.close()
+            return
+        if len(self.connections) >= self.cfg.server.tcp_max_connections:
+            log.warning("refusing TCP connection from %s: tcp_max_connections reached", addr[0])
             sock.close()
             return
         sock.setblocking(False)

@@ -320,16 +320,10 @@ def test_dispatcher_backs_off_exponentially_up_to_the_cap(tmp_path, sqlite_url):
 # -- daily summaries and configuration reloads --------------------------------------------------
 
 def test_daily_summary_is_queued_with_other_alerts(db_url):
-    cfg = tfps.Config.load(None)
-    cfg.set("alerts", "alert_webhook", "http://127.0.0.1:9/unused")
-    cfg.set("policy", "learning_days", "0")
-    db = tfps.open_database(db_url)
-    engine = tfps.Engine(cfg, db)
     now = time.time()
     yesterday = now - 86400
-    verdict = engine.decide(tfps.CallAttempt("1001", "pbx.example.com", cuba(1), source_ip="192.168.7.7", ts=yesterday))
-    assert verdict.code == "R06"
-    engine.record(verdict, "302 R06", 0.5)
+    engine, db = engine_with_a_rejection(db_url, ts=yesterday)
+    cfg = engine.cfg
     engine.flush(yesterday)
     db.execute("DELETE FROM alert_outbox")
 
@@ -366,15 +360,17 @@ def test_sighup_applies_new_alert_settings(start_server, tmp_path, sqlite_url):
         assert delivered == (1, 2), f"(old webhook, new webhook) got {delivered} rejection alerts"
 
 
-def mysql_engine(mysql_url):
+def engine_with_a_rejection(db_url, ts=0.0):
+    """An engine (webhook configured, learning off) that has just recorded one R06 verdict, which
+    raises two alert events: enrolled and R06."""
     cfg = tfps.Config.load(None)
     cfg.set("alerts", "alert_webhook", "http://127.0.0.1:9/unused")
     cfg.set("policy", "learning_days", "0")
-    db = tfps.open_database(mysql_url)
+    db = tfps.open_database(db_url)
     engine = tfps.Engine(cfg, db)
-    verdict = engine.decide(tfps.CallAttempt("1001", "pbx.example.com", cuba(1), source_ip="192.168.7.7"))
+    verdict = engine.decide(tfps.CallAttempt("1001", "pbx.example.com", cuba(1), source_ip="192.168.7.7", ts=ts))
     assert verdict.code == "R06"
-    engine.record(verdict, "302 R06", 0.5)       # raises two alert events: enrolled and R06
+    engine.record(verdict, "302 R06", 0.5)
     return engine, db
 
 
@@ -390,7 +386,7 @@ def test_connection_drop_before_a_flush_loses_neither_alerts_nor_call_log(mysql_
     the flush fails, the server reconnects (Database.ping, as Server._recover_db does) and the
     next flush writes everything that was pending."""
     import pymysql
-    engine, db = mysql_engine(mysql_url)
+    engine, db = engine_with_a_rejection(mysql_url)
     kill_connection(db)
     time.sleep(0.2)
     with pytest.raises(pymysql.Error):
@@ -409,7 +405,7 @@ def test_connection_drop_during_a_flush_loses_no_alert(mysql_url):
     import threading
     import pymysql
     from conftest import mysql_admin
-    engine, db = mysql_engine(mysql_url)
+    engine, db = engine_with_a_rejection(mysql_url)
     name = mysql_url.rsplit("/", 1)[1]
     locker = mysql_admin()
     locker.select_db(name)

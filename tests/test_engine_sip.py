@@ -156,3 +156,36 @@ def test_reset_lifts_ab_block_on_running_server(db_url, start_server):
     assert code_of(invite(server, "12125557777")) == "R13"
     run_cli("reset", USER, DOMAIN, config=server.config, db=db_url, check=True)
     assert poll(server, "A00", ["12125557777"] * 25) <= 5.0
+
+
+def test_direct_database_edits_reach_running_server(db_url, start_server):
+    """Issue 5: changes made 'directly in the database' (plain SQL, no CLI) reach a running
+    server within 5 s: the schema's triggers move the change serials the server polls."""
+    server = start_server(db_url, {"policy": ALWAYS_BUSINESS})
+    assert code_of(invite(server, "12125551234")) == "A00"
+    wait_for_account(db_url)
+    db = tfps.Database(db_url)
+    try:
+        since = time.monotonic()
+        db.execute("UPDATE accounts SET blocked = 1 WHERE user = ? AND domain = ?", (USER, DOMAIN))
+        assert poll(server, "R14", numbers("71"), since=since) <= 5.0
+
+        db.execute("UPDATE accounts SET blocked = 0 WHERE user = ? AND domain = ?", (USER, DOMAIN))
+        assert poll(server, "A00", numbers("72")) <= 5.0
+
+        since = time.monotonic()
+        db.execute("INSERT INTO number_list (kind, prefix, note, created) VALUES ('black', '1212730', 'by hand', 0)")
+        assert poll(server, "R03", numbers("73"), since=since) <= 5.0
+
+        serial = "SELECT value FROM meta WHERE name = 'accounts_serial'"
+        before = db.scalar(serial)
+        db.execute("UPDATE accounts SET last_seen = 1 WHERE user = ?", (USER,))  # activity, not a change
+        assert db.scalar(serial) == before
+        db.execute("UPDATE accounts SET email = 'noc@example.com' WHERE user = ?", (USER,))
+        assert db.scalar(serial) == before + 1
+        since = time.monotonic()
+        db.execute("DELETE FROM number_list WHERE prefix = '1212730'")
+        assert poll(server, "A00", numbers("73"), since=since) <= 5.0
+    finally:
+        db.close()
+    assert server.proc.poll() is None

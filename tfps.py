@@ -102,6 +102,10 @@ def format_countries(codes):
     return ",".join(sorted(codes))
 
 
+def fmt_time(ts):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
 def parse_clock(text):
     """'03:30' -> (3, 30); '24:00' is allowed as the end of a day."""
     m = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
@@ -131,15 +135,19 @@ def parse_time_arg(text, tz=dt.timezone.utc):
     return when.timestamp()
 
 
+def parse_ip(text):
+    """An IP address (an IPv4-mapped IPv6 address as IPv4), or None."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return addr.ipv4_mapped if addr.version == 6 and addr.ipv4_mapped else addr
+
+
 def is_public_ip(ip):
     """False for private, loopback, link-local, CGNAT, documentation and other special ranges."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if addr.version == 6 and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return addr.is_global and not addr.is_multicast
+    addr = parse_ip(ip)
+    return addr is not None and addr.is_global and not addr.is_multicast
 
 
 def setup_logging(level="info"):
@@ -251,10 +259,6 @@ def _clock(text):
     return text.strip()
 
 
-def _duration(text):
-    return parse_duration(text)
-
-
 def _text(text):
     return text.strip()
 
@@ -277,7 +281,7 @@ CONFIG_SPEC = {
         "trusted_peers": (_cidrs, "127.0.0.0/8, ::1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16", "networks allowed to send SIP; everything else is dropped silently"),
         "redirect_host": (_text, "", "host of the 302 Contact URI; empty = the From domain"),
         "max_message_size": (_integer(512, 1 << 20), "65535", "larger messages are dropped (UDP) or answered 513 (TCP)"),
-        "tcp_idle_timeout": (_duration, "300s", "close TCP connections idle this long"),
+        "tcp_idle_timeout": (parse_duration, "300s", "close TCP connections idle this long"),
         "tcp_max_connections": (_integer(1), "1024", "refuse TCP connections beyond this many"),
         "node_name": (_text, "", "this node's name in the call log; empty = the host name"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info", "log verbosity on stderr"),
@@ -285,8 +289,8 @@ CONFIG_SPEC = {
     },
     "database": {
         "url": (_text, "", "sqlite:///PATH or mysql://USER:PASSWORD@HOST:PORT/DB; empty = tfps.db beside tfps.py"),
-        "reload_interval": (_duration, "2s", "how often servers look for changes made by the CLI or other nodes"),
-        "flush_interval": (_duration, "0.25s", "how often the call log buffer is written (and, on SQLite, verdicts committed)"),
+        "reload_interval": (parse_duration, "2s", "how often servers look for changes made by the CLI or other nodes"),
+        "flush_interval": (parse_duration, "0.25s", "how often the call log buffer is written (and, on SQLite, verdicts committed)"),
     },
     "policy": {
         "home_country": (_country, "US", "ISO code of the country the PBX is in"),
@@ -305,8 +309,8 @@ CONFIG_SPEC = {
         "high_risk_countries": (_countries, HIGH_RISK_DEFAULT, "destinations always rejected (R06) unless the number is whitelisted"),
         "require_source_country": (_boolean, "no", "reject calls whose source country cannot be told (R05)"),
         "ab_max_calls": (_integer(1, 1000), "5", "calls to one number allowed within ab_window (R13)"),
-        "ab_window": (_duration, "30s", "window for repeated A->B calls"),
-        "ab_block": (_duration, "3600s", "how long an A->B pair stays blocked"),
+        "ab_window": (parse_duration, "30s", "window for repeated A->B calls"),
+        "ab_block": (parse_duration, "3600s", "how long an A->B pair stays blocked"),
         "max_calls_per_minute": (_integer(), "0", "approved calls per account per 60 s (R15); 0 = off"),
         "learning_days": (_integer(), "14", "days a new account spends in learning mode (0 = enforce at once)"),
         "train_at": (_clock, "03:30", "daily training time in timezone"),
@@ -330,9 +334,9 @@ CONFIG_SPEC = {
         "abuseipdb_key": (_text, "", "AbuseIPDB API v2 key; empty = no AbuseIPDB lookups"),
         "abuseipdb_url": (_text, "https://api.abuseipdb.com", "AbuseIPDB base URL"),
         "abuse_threshold": (_integer(0, 100), "10", "abuseConfidenceScore at or above this rejects (R02)"),
-        "reputation_timeout": (_duration, "1.5s", "longest an INVITE waits for a lookup"),
+        "reputation_timeout": (parse_duration, "1.5s", "longest an INVITE waits for a lookup"),
         "reputation_failure": (_choice("allow", "reject"), "allow", "verdict when the lookup fails or times out"),
-        "reputation_ttl": (_duration, "24h", "how long an answer is cached (failures: 5 minutes)"),
+        "reputation_ttl": (parse_duration, "24h", "how long an answer is cached (failures: 5 minutes)"),
         "reputation_workers": (_integer(1, 64), "4", "lookup threads"),
         "apiban_key": (_text, "", "APIBAN key; empty = no APIBAN lookups"),
         "apiban_url": (_text, "https://apiban.org", "APIBAN base URL"),
@@ -346,8 +350,8 @@ CONFIG_SPEC = {
         "smtp_from": (_text, "tfps@localhost", "From address of alert e-mail"),
         "alert_email": (_text, "", "comma-separated recipients of every alert"),
         "alert_webhook": (_text, "", "URL receiving a JSON POST per alert (Slack/Mattermost compatible)"),
-        "alert_interval": (_duration, "15m", "at most one alert per account and rule per interval"),
-        "retry_max_interval": (_duration, "10m", "longest wait between delivery retries"),
+        "alert_interval": (parse_duration, "15m", "at most one alert per account and rule per interval"),
+        "retry_max_interval": (parse_duration, "10m", "longest wait between delivery retries"),
         "summary_at": (_clock, "08:00", "time of the daily per-account rejection summary"),
     },
 }
@@ -1393,13 +1397,8 @@ class NetworkSet:
         if ip in self.cache:
             return self.cache[ip]
         found = None
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            addr = None
+        addr = parse_ip(ip)
         if addr is not None:
-            if addr.version == 6 and addr.ipv4_mapped:
-                addr = addr.ipv4_mapped
             value, table = int(addr), self.nets[addr.version]
             found = next((table[plen][value & mask] for plen, mask in self.masks[addr.version]
                           if value & mask in table[plen]), None)
@@ -1413,7 +1412,12 @@ class UserAgentList:
     """Case-insensitive regexes matched as one alternation; results cached per User-Agent."""
 
     def __init__(self, patterns=()):
-        self.patterns = [(p, re.compile(p, re.I)) for p in patterns if _valid_regex(p)]
+        self.patterns = []
+        for pattern in patterns:
+            try:
+                self.patterns.append((pattern, re.compile(pattern, re.I)))
+            except re.error:
+                log.warning("User-Agent pattern %r is not a valid regular expression; ignored", pattern)
         self.combined = re.compile("|".join(f"(?:{p})" for p, _ in self.patterns), re.I) if self.patterns else None
         self.cache = {}
 
@@ -1431,15 +1435,6 @@ class UserAgentList:
         return found
 
 
-def _valid_regex(pattern):
-    try:
-        re.compile(pattern)
-        return True
-    except re.error:
-        log.warning("User-Agent pattern %r is not a valid regular expression; ignored", pattern)
-        return False
-
-
 class Lists:
     """Everything the rules look up, loaded from the database in one go."""
 
@@ -1453,7 +1448,6 @@ class Lists:
         self.user_agents = UserAgentList(r[0] for r in db.query("SELECT pattern FROM ua_list ORDER BY pattern"))
         self.countries = CountryTable(db.query(
             "SELECT iso, name, prefixes, risk, calling_code, trunk_prefix FROM countries"))
-
 
 
 def change_serials(db):
@@ -1667,7 +1661,7 @@ class ReputationService:
             if paused_until:
                 if not self.paused(time.time()):
                     log.warning("reputation service rate limit (HTTP 429): no lookups until %s",
-                                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(paused_until)))
+                                fmt_time(paused_until))
                 self.paused_until = max(self.paused_until, paused_until)
             else:
                 self.memory[ip] = rep
@@ -1722,7 +1716,7 @@ class AlertQueue:
             body = event.body
             if row and row[1]:
                 body += (f"\n\n{row[1]} more alert(s) of this kind for {event.account} were suppressed "
-                         f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row[0]))} (alert_interval).")
+                         f"since {fmt_time(row[0])} (alert_interval).")
                 event.fields["suppressed"] = row[1]
             log.info("alert: %s", event.subject)
             self._enqueue(db, event, body, now)
@@ -3075,9 +3069,7 @@ class Server:
     def trusted(self, ip):
         ok = self._trusted_cache.get(ip)
         if ok is None:
-            addr = ipaddress.ip_address(ip.split("%")[0])
-            if addr.version == 6 and addr.ipv4_mapped:
-                addr = addr.ipv4_mapped
+            addr = parse_ip(ip.split("%")[0])
             ok = any(addr in net for net in self.cfg.server.trusted_peers)
             if len(self._trusted_cache) > 65536:
                 self._trusted_cache.clear()
@@ -3558,10 +3550,6 @@ def print_table(headers, rows, as_json=False):
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     for row in text:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-
-
-def fmt_time(ts):
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
 
 
 def fmt_limit(value):

@@ -3892,7 +3892,10 @@ def cmd_stats(args, cfg, db):
 def cmd_check(args, cfg, db):
     engine = Engine(cfg, db)
     tz = cfg.policy.tz
-    ts = parse_time_arg(args.at, tz) if args.at else time.time()
+    try:
+        ts = parse_time_arg(args.at, tz) if args.at else time.time()
+    except ValueError as exc:
+        raise UsageError(f"--at: {exc}") from None
     attempt = CallAttempt(args.user, args.domain, args.number, args.ip, args.ua, args.calls, ts, source_country=args.country.upper())
     client = ReputationClient(cfg.reputation)
     if args.ip and not args.country and client.enabled and is_public_ip(args.ip) and not engine.lists.ip_white.match(args.ip):

@@ -381,6 +381,16 @@ def kill_connection(db):
     admin.close()
 
 
+def assert_retried_flush_keeps_everything(engine, db):
+    """After a failed flush, reconnect and flush again: both alerts and the call log row are there."""
+    db.ping()
+    engine.flush()
+    kinds = sorted(r[0] for r in db.query("SELECT kind FROM alert_outbox"))
+    logged = db.scalar("SELECT COUNT(*) FROM call_log")
+    db.close()
+    assert (kinds, logged) == (["enrolled", "rejection"], 1), "(alerts, call log rows) after the retry"
+
+
 def test_connection_drop_before_a_flush_loses_neither_alerts_nor_call_log(mysql_url):
     """The MySQL connection drops (server restart, failover, wait_timeout) between two flushes:
     the flush fails, the server reconnects (Database.ping, as Server._recover_db does) and the
@@ -391,12 +401,7 @@ def test_connection_drop_before_a_flush_loses_neither_alerts_nor_call_log(mysql_
     time.sleep(0.2)
     with pytest.raises(pymysql.Error):
         engine.flush()
-    db.ping()
-    engine.flush()
-    kinds = sorted(r[0] for r in db.query("SELECT kind FROM alert_outbox"))
-    logged = db.scalar("SELECT COUNT(*) FROM call_log")
-    db.close()
-    assert (kinds, logged) == (["enrolled", "rejection"], 1), "(alerts, call log rows) after the retry"
+    assert_retried_flush_keeps_everything(engine, db)
 
 
 def test_connection_drop_during_a_flush_loses_no_alert(mysql_url):
@@ -429,9 +434,4 @@ def test_connection_drop_during_a_flush_loses_no_alert(mysql_url):
     locker.cursor().execute("UNLOCK TABLES")
     locker.close()
     assert errors, "the flush should have failed"
-    db.ping()
-    engine.flush()
-    kinds = sorted(r[0] for r in db.query("SELECT kind FROM alert_outbox"))
-    logged = db.scalar("SELECT COUNT(*) FROM call_log")
-    db.close()
-    assert (kinds, logged) == (["enrolled", "rejection"], 1), "(alerts, call log rows) after the retry"
+    assert_retried_flush_keeps_everything(engine, db)

@@ -1703,23 +1703,29 @@ class AlertQueue:
         self.events = []
 
     def write(self, db, now):
-        """Write the events into the current transaction; the caller clears them once it commits."""
-        for event in sorted(self.events, key=lambda e: (e.account, e.rule)):  # one lock order on every node
-            row = db.one("SELECT last_sent, suppressed FROM alert_throttle WHERE account = ? AND rule = ?",
-                         (event.account, event.rule))
+        """Write the events into the current transaction; the caller clears them once it commits.
+        Events of one account and rule are taken together: one throttle look-up for a flood."""
+        groups = {}
+        for event in self.events:
+            groups.setdefault((event.account, event.rule), []).append(event)
+        for (account, rule), events in sorted(groups.items()):  # one lock order on every node
+            row = db.one("SELECT last_sent, suppressed FROM alert_throttle WHERE account = ? AND rule = ?", (account, rule))
             if row and now - row[0] < self.acfg.alert_interval:
-                db.execute("UPDATE alert_throttle SET suppressed = suppressed + 1 WHERE account = ? AND rule = ?",
-                           (event.account, event.rule))
+                db.execute("UPDATE alert_throttle SET suppressed = suppressed + ? WHERE account = ? AND rule = ?",
+                           (len(events), account, rule))
                 continue
-            db.upsert("alert_throttle", {"account": event.account, "rule": event.rule, "last_sent": now, "suppressed": 0},
-                      ["account", "rule"], "last_sent = NEW(last_sent), suppressed = 0")
-            body = event.body
-            if row and row[1]:
-                body += (f"\n\n{row[1]} more alert(s) of this kind for {event.account} were suppressed "
-                         f"since {fmt_time(row[0])} (alert_interval).")
-                event.fields["suppressed"] = row[1]
-            log.info("alert: %s", event.subject)
-            self._enqueue(db, event, body, now)
+            sent = events if self.acfg.alert_interval <= 0 else events[:1]  # the rest fall within the interval
+            db.upsert("alert_throttle", {"account": account, "rule": rule, "last_sent": now,
+                                         "suppressed": len(events) - len(sent)},
+                      ["account", "rule"], "last_sent = NEW(last_sent), suppressed = NEW(suppressed)")
+            for i, event in enumerate(sent):
+                body = event.body
+                if i == 0 and row and row[1]:
+                    body += (f"\n\n{row[1]} more alert(s) of this kind for {account} were suppressed "
+                             f"since {fmt_time(row[0])} (alert_interval).")
+                    event.fields["suppressed"] = row[1]
+                log.info("alert: %s", event.subject)
+                self._enqueue(db, event, body, now)
 
     def _enqueue(self, db, event, body, now):
         recipients = split_list(self.acfg.alert_email) + ([event.email] if event.email else [])

@@ -14,7 +14,7 @@ CREATE TABLE IF NOT EXISTS meta (
   value BIGINT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
-INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 1);
+INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 2);
 -- Moved by every change of accounts or lists (see the triggers below); servers poll them.
 INSERT IGNORE INTO meta (name, value) VALUES ('accounts_serial', 0);
 INSERT IGNORE INTO meta (name, value) VALUES ('lists_serial', 0);
@@ -147,6 +147,36 @@ CREATE TABLE IF NOT EXISTS call_log (
   latency_ms DOUBLE NOT NULL DEFAULT 0,
   INDEX idx_call_log_ts (ts),
   INDEX idx_call_log_account (account_id, ts)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Approved calls per account and calendar day (days since 1970-01-01 in [policy] timezone),
+-- summed up from call_log once a day is over, so that training reads one row per account and
+-- day instead of every call of the window. history_days lists the days summed up.
+CREATE TABLE IF NOT EXISTS history_days (
+  day INT NOT NULL PRIMARY KEY,
+  aggregated DOUBLE NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS account_days (
+  account_id BIGINT NOT NULL,
+  day INT NOT NULL,
+  calls_biz INT NOT NULL DEFAULT 0,
+  calls_off INT NOT NULL DEFAULT 0,
+  peak_biz INT NULL,
+  peak_off INT NULL,
+  PRIMARY KEY (account_id, day),
+  INDEX idx_account_days_day (day)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- The same days' approved calls per destination (dst) and source (src) country.
+CREATE TABLE IF NOT EXISTS account_day_countries (
+  account_id BIGINT NOT NULL,
+  day INT NOT NULL,
+  direction CHAR(3) NOT NULL,
+  iso CHAR(2) NOT NULL,
+  calls INT NOT NULL,
+  PRIMARY KEY (account_id, day, direction, iso),
+  INDEX idx_account_day_countries_day (day)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Alerts waiting for delivery; a row is deleted once every channel has taken it.

@@ -1998,14 +1998,15 @@ def repeated_a_to_b(engine, call):
     acc, p = call.account, engine.cfg.policy
     if call.number_white or acc.id is None or not call.number:
         return None
-    attempts, blocked_until = engine.count_ab_attempt(acc.id, call.number, call.now, call.dry_run)
+    attempts, blocked_until = engine.counters.ab_attempt(acc.id, call.number, call.now, p.ab_window, p.ab_max_calls,
+                                                         call.dry_run)
     undo = f"tfps.py reset {acc.user} {acc.domain}"
     if blocked_until > call.now:
         until = time.strftime("%H:%M:%S", time.localtime(blocked_until))
         return Rejection("R13", f"{acc.name} -> {call.number} is blocked until {until} after repeated calls", undo)
     if attempts > p.ab_max_calls:
         if not call.dry_run:
-            engine.block_ab(acc.id, call.number, call.now + p.ab_block)
+            engine.counters.block_ab(acc.id, call.number, call.now + p.ab_block)
         return Rejection("R13", f"{acc.name} called {call.number} {attempts} times within {p.ab_window:g} s "
                                 f"(limit {p.ab_max_calls}); pair blocked for {p.ab_block:g} s", undo)
     return None
@@ -2077,10 +2078,12 @@ def daily_quota(engine, call):
     if limit is None:
         return None
     bucket = "off" if call.off_hours else "biz"
-    if call.dry_run or acc.id is None:
-        within = engine.approved_today(acc.id, call.day, bucket) < limit
+    if acc.id is None:
+        within = limit > 0
+    elif call.dry_run:
+        within = engine.counters.approved(acc.id, call.day, bucket) < limit
     else:
-        within = call.counted = engine.take_quota(acc.id, call.day, bucket, limit)
+        within = call.counted = engine.counters.take_quota(acc.id, call.day, bucket, limit)
     if within:
         return None
     code, hours, flag = ("R09", "off-hours", "--daily-quota-off") if call.off_hours else ("R11", "business-hours", "--daily-quota")
@@ -2094,15 +2097,107 @@ PIPELINE = (attack_signature, scanner_user_agent, bad_source_ip, blocked_account
             source_country_unknown, concurrent_calls, calls_per_minute, daily_quota)
 
 
+# -- counters: A->B windows and approved calls per day ---------------------------------------
+
+class SharedCounters:
+    """Counters kept in the database, changed atomically, so every node sharing it sees the same
+    numbers and a quota holds across nodes."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def ab_attempt(self, account_id, number, now, window, keep, dry_run):
+        """Record an attempt to call `number`; returns (attempts within the last `window` seconds,
+        this one included, counted up to keep + 1; blocked_until)."""
+        lock = " FOR UPDATE" if self.db.dialect == "mysql" and not dry_run else ""
+        row = self.db.one(f"SELECT times, blocked_until FROM ab_pairs WHERE account_id = ? AND number = ?{lock}",
+                          (account_id, number))
+        times = [t for t in map(float, split_list(row[0])) if t > now - window] if row else []
+        times = times[-keep:] + [now]
+        if not dry_run:
+            self.db.upsert("ab_pairs", {"account_id": account_id, "number": number, "times": ",".join(f"{t:.3f}" for t in times),
+                                        "last_attempt": now, "blocked_until": 0.0}, ["account_id", "number"],
+                           "times = NEW(times), last_attempt = NEW(last_attempt)")
+        return len(times), row[1] if row else 0.0
+
+    def block_ab(self, account_id, number, until):
+        self.db.execute("UPDATE ab_pairs SET blocked_until = ? WHERE account_id = ? AND number = ?", (until, account_id, number))
+
+    def take_quota(self, account_id, day, bucket, limit):
+        """Count one approved call if the account is still under `limit`. True if counted."""
+        return limit > 0 and self.db.increment_below(
+            "daily_counters", {"account_id": account_id, "day": day, "bucket": bucket}, "approved", limit)
+
+    def count_approved(self, account_id, day, bucket):
+        self.db.upsert("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": 1},
+                       ["account_id", "day", "bucket"], "approved = approved + 1")
+
+    def approved(self, account_id, day, bucket=None):
+        """Approved calls of the day, in one bucket ('biz', 'off') or both."""
+        if bucket is None:
+            return int(self.db.scalar("SELECT SUM(approved) FROM daily_counters WHERE account_id = ? AND day = ?",
+                                      (account_id, day), default=0))
+        return self.db.scalar("SELECT approved FROM daily_counters WHERE account_id = ? AND day = ? AND bucket = ?",
+                              (account_id, day, bucket), default=0)
+
+
+class PrivateCounters:
+    """The same counters in memory, for a database no other process uses (a replay into a fresh
+    in-memory database): no SQL on the verdict path. Calls must arrive in time order."""
+
+    def __init__(self):
+        self.pairs = {}   # (account id, number) -> [recent attempt times, blocked_until]
+        self.daily = {}   # (account id, day, bucket) -> approved calls, today's only
+        self.day = ""
+        self.pruned = 0.0
+
+    def ab_attempt(self, account_id, number, now, window, keep, dry_run):
+        if now - self.pruned > max(window, 3600):
+            self._forget_idle_pairs(now, window)
+        pair = self.pairs.get((account_id, number))
+        times = [t for t in pair[0] if t > now - window][-keep:] if pair else []
+        times.append(now)
+        blocked_until = pair[1] if pair else 0.0
+        if not dry_run:
+            self.pairs[(account_id, number)] = [times, blocked_until]
+        return len(times), blocked_until
+
+    def _forget_idle_pairs(self, now, window):
+        self.pruned = now
+        self.pairs = {k: pair for k, pair in self.pairs.items() if pair[0][-1] > now - window or pair[1] > now}
+
+    def block_ab(self, account_id, number, until):
+        self.pairs[(account_id, number)][1] = until
+
+    def take_quota(self, account_id, day, bucket, limit):
+        if self.approved(account_id, day, bucket) >= limit:
+            return False
+        self.count_approved(account_id, day, bucket)
+        return True
+
+    def count_approved(self, account_id, day, bucket):
+        if day != self.day:
+            self.day = day
+            self.daily = {k: v for k, v in self.daily.items() if k[1] >= day}
+        key = (account_id, day, bucket)
+        self.daily[key] = self.daily.get(key, 0) + 1
+
+    def approved(self, account_id, day, bucket=None):
+        if bucket is None:
+            return self.daily.get((account_id, day, "biz"), 0) + self.daily.get((account_id, day, "off"), 0)
+        return self.daily.get((account_id, day, bucket), 0)
+
+
 class Engine:
     """The decision engine. `decide` evaluates one attempt; `record` logs the verdict with the SIP
     answer that was sent; `flush` writes the buffered call log and alerts. Not thread-safe: one
     engine per event loop (or per CLI command)."""
 
-    def __init__(self, cfg, db, alerts=None):
+    def __init__(self, cfg, db, alerts=None, counters=None):
         self.cfg = cfg
         self.db = db
         self.alerts = alerts or AlertQueue(cfg.alerts)
+        self.counters = counters or SharedCounters(db)
         self.node = cfg.server.node_name
         self.log_rows = []
         self.last_seen = {}
@@ -2222,41 +2317,6 @@ class Engine:
                 {"user": user, "domain": domain}))
         return acc
 
-    # -- counters (atomic in the database, so every node sees the same numbers) ----------------
-
-    def count_ab_attempt(self, account_id, number, now, dry_run):
-        """Record an attempt to call `number`; returns (attempts within the last ab_window seconds,
-        this one included, counted up to ab_max_calls + 1; blocked_until)."""
-        p = self.cfg.policy
-        lock = " FOR UPDATE" if self.db.dialect == "mysql" and not dry_run else ""
-        row = self.db.one(f"SELECT times, blocked_until FROM ab_pairs WHERE account_id = ? AND number = ?{lock}",
-                          (account_id, number))
-        times = [t for t in map(float, split_list(row[0])) if t > now - p.ab_window] if row else []
-        times = times[-p.ab_max_calls:] + [now]
-        if not dry_run:
-            self.db.upsert("ab_pairs", {"account_id": account_id, "number": number, "times": ",".join(f"{t:.3f}" for t in times),
-                                        "last_attempt": now, "blocked_until": 0.0}, ["account_id", "number"],
-                           "times = NEW(times), last_attempt = NEW(last_attempt)")
-        return len(times), row[1] if row else 0.0
-
-    def block_ab(self, account_id, number, until):
-        self.db.execute("UPDATE ab_pairs SET blocked_until = ? WHERE account_id = ? AND number = ?", (until, account_id, number))
-
-    def take_quota(self, account_id, day, bucket, limit):
-        """Count one approved call if the account is still under `limit`; atomic across nodes."""
-        return limit > 0 and self.db.increment_below(
-            "daily_counters", {"account_id": account_id, "day": day, "bucket": bucket}, "approved", limit)
-
-    def count_approved(self, account_id, day, bucket):
-        self.db.upsert("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": 1},
-                       ["account_id", "day", "bucket"], "approved = approved + 1")
-
-    def approved_today(self, account_id, day, bucket):
-        if account_id is None:
-            return 0
-        return self.db.scalar("SELECT approved FROM daily_counters WHERE account_id = ? AND day = ? AND bucket = ?",
-                              (account_id, day, bucket), default=0)
-
     @staticmethod
     def window(windows, account_id, now, seconds):
         """The account's deque of call times, trimmed to the last `seconds`."""
@@ -2272,7 +2332,7 @@ class Engine:
         if call.dry_run or acc.id is None:
             return
         if not call.counted:
-            self.count_approved(acc.id, call.day, "off" if call.off_hours else "biz")
+            self.counters.count_approved(acc.id, call.day, "off" if call.off_hours else "biz")
         if self.cfg.policy.max_calls_per_minute:
             self.window(self.last_minute, acc.id, call.now, 60).append(call.now)
         self._check_anomalies(call)
@@ -2305,8 +2365,7 @@ class Engine:
         if key not in self.today:
             if self.today and next(iter(self.today))[1] != call.day:
                 self.today.clear()
-            self.today[key] = int(self.db.scalar("SELECT SUM(approved) FROM daily_counters WHERE account_id = ? AND day = ?",
-                                                 (acc.id, call.day), default=1)) - 1
+            self.today[key] = self.counters.approved(acc.id, call.day) - 1
         self.today[key] += 1
         if self.today[key] == threshold + 1:
             self._anomaly(call, "DAILY_VOLUME", f"{self.today[key]} approved calls today, above the usual "
@@ -2445,46 +2504,8 @@ def release_lock(db, name, holder):
     db.execute("DELETE FROM locks WHERE name = ? AND holder = ?", (name, holder))
 
 
-def local_day_number(db, tz, now):
-    """SQL expression for the calendar day (days since the epoch) of call_log.ts in `tz`, and its
-    parameter. The offset at `now` is used for the whole window (a DST change shifts one hour)."""
-    offset = dt.datetime.fromtimestamp(now, tz).utcoffset().total_seconds()
-    expr = "CAST((ts + ?) / 86400 AS INTEGER)" if db.dialect == "sqlite" else "FLOOR((ts + ?) / 86400)"
-    return expr, offset
-
-
-def history(cfg, db, now, account_ids=None):
-    """Approved calls over the training window, per account (all, or those in `account_ids`): calls
-    per (day, off_hours), the highest reported concurrency per bucket, and calls per destination
-    and source country."""
-    p = cfg.policy
-    since = now - p.train_window_days * 86400
-    day_expr, offset = local_day_number(db, p.tz, now)
-    if account_ids is None:
-        where, args = "code = 'A00' AND ts >= ? AND ts < ? AND account_id IS NOT NULL", (since, now)
-    else:
-        marks = ", ".join("?" * len(account_ids)) or "NULL"
-        where, args = f"code = 'A00' AND ts >= ? AND ts < ? AND account_id IN ({marks})", (since, now, *account_ids)
-    stats = {}
-    for acc_id, day, off, calls, peak in db.query(
-            f"SELECT account_id, {day_expr} AS d, off_hours, COUNT(*), MAX(concurrent_calls) FROM call_log "
-            f"WHERE {where} GROUP BY account_id, d, off_hours", (offset,) + args):
-        s = stats.setdefault(acc_id, {"days": {}, "peak": {0: None, 1: None}, "dst": {}, "src": {}})
-        s["days"].setdefault(int(day), [0, 0])[int(off)] += calls
-        if peak is not None:
-            s["peak"][int(off)] = max(peak, s["peak"][int(off)] or 0)
-    for column, key in (("dest_country", "dst"), ("source_country", "src")):
-        for acc_id, iso, calls in db.query(
-                f"SELECT account_id, {column}, COUNT(*) FROM call_log WHERE {where} AND {column} <> '' "
-                f"GROUP BY account_id, {column}", args):
-            if acc_id in stats:
-                stats[acc_id][key][iso] = calls
-    return stats
-
-
-def _mean_std(values):
-    mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+SETTLE = 300  # seconds after a day's end when every node's calls of that day are in call_log
 
 
 def day_number(now, tz):
@@ -2492,23 +2513,146 @@ def day_number(now, tz):
     return int((now + dt.datetime.fromtimestamp(now, tz).utcoffset().total_seconds()) // 86400)
 
 
+def day_bounds(day, tz):
+    """[start, end) of calendar day number `day` in `tz`, as Unix times."""
+    date = dt.date.fromordinal(day + EPOCH_ORDINAL)
+    return (dt.datetime.combine(date, dt.time(), tz).timestamp(),
+            dt.datetime.combine(date + dt.timedelta(days=1), dt.time(), tz).timestamp())
+
+
+def aggregate_days(cfg, db, now):
+    """Sum up call_log per account for the days of the training window that are over and not
+    summed up yet. Returns the first day left to call_log (today, or yesterday within SETTLE
+    seconds of midnight). Nodes racing here sum each day once: the history_days row decides."""
+    p = cfg.policy
+    today = day_number(now, p.tz)
+    first = today - p.train_window_days
+    done = {row[0] for row in db.query("SELECT day FROM history_days WHERE day >= ?", (first,))}
+    for day in range(first, today):
+        if day in done:
+            continue
+        start, end = day_bounds(day, p.tz)
+        if end > now - SETTLE:
+            return day
+        where = "code = 'A00' AND account_id IS NOT NULL AND ts >= ? AND ts < ?"
+        db.begin()
+        try:
+            if db.execute("INSERT OR IGNORE INTO history_days (day, aggregated) VALUES (?, ?)", (day, now)).rowcount == 1:
+                db.execute("INSERT INTO account_days (account_id, day, calls_biz, calls_off, peak_biz, peak_off) "
+                           "SELECT account_id, ?, SUM(1 - off_hours), SUM(off_hours), MAX(CASE WHEN off_hours = 0 THEN "
+                           "concurrent_calls END), MAX(CASE WHEN off_hours = 1 THEN concurrent_calls END) "
+                           f"FROM call_log WHERE {where} GROUP BY account_id", (day, start, end))
+                for direction, column in (("dst", "dest_country"), ("src", "source_country")):
+                    db.execute("INSERT INTO account_day_countries (account_id, day, direction, iso, calls) "
+                               f"SELECT account_id, ?, ?, {column}, COUNT(*) FROM call_log WHERE {where} "
+                               f"AND {column} <> '' GROUP BY account_id, {column}", (day, direction, start, end))
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+    return today
+
+
+class AccountHistory:
+    """One account's approved calls over the training window: the first day with calls, per
+    bucket ('biz' = business-hours calls on business days, 'off' = off-hours calls, 'all') the
+    sum and the sum of squares of calls per complete day, the highest reported concurrency per
+    bucket (0 business hours, 1 off hours), and calls per destination and source country."""
+
+    __slots__ = ("first", "sums", "peak", "dst", "src")
+
+    def __init__(self, first):
+        self.first = first
+        self.sums = {"biz": [0, 0], "off": [0, 0], "all": [0, 0]}
+        self.peak = {0: None, 1: None}
+        self.dst = {}
+        self.src = {}
+
+    def add_day(self, biz, off, business):
+        for key, calls in (("biz", biz if business else 0), ("off", off), ("all", biz + off)):
+            self.sums[key][0] += calls
+            self.sums[key][1] += calls * calls
+
+    def add_peak(self, bucket, peak):
+        if peak is not None:
+            self.peak[bucket] = max(int(peak), self.peak[bucket] or 0)
+
+    def mean_std(self, key, days):
+        """Mean and population stddev of calls per day over `days` days, days without calls included."""
+        total, squares = self.sums[key]
+        return total / days, math.sqrt(max(days * squares - total * total, 0)) / days
+
+
+def history(cfg, db, now, account_ids=None):
+    """AccountHistory per account id (all accounts, or those in `account_ids`): the complete
+    days of the training window from the daily sums, what is not summed up yet (today so far)
+    from call_log."""
+    p = cfg.policy
+    today = day_number(now, p.tz)
+    since = today - p.train_window_days
+    unsummed = aggregate_days(cfg, db, now)
+    business = business_day_numbers(p, now)
+    only, ids = "", ()
+    if account_ids is not None:
+        only, ids = f" AND account_id IN ({', '.join('?' * len(account_ids)) or 'NULL'})", tuple(account_ids)
+    in_business = ", ".join(map(str, sorted(business))) or "NULL"
+    stats = {}
+    for acc_id, first, b, b2, o, o2, a, a2, peak_biz, peak_off in db.query(
+            f"SELECT account_id, MIN(day), SUM(CASE WHEN day IN ({in_business}) THEN calls_biz ELSE 0 END), "
+            f"SUM(CASE WHEN day IN ({in_business}) THEN calls_biz * calls_biz ELSE 0 END), SUM(calls_off), "
+            "SUM(calls_off * calls_off), SUM(calls_biz + calls_off), SUM((calls_biz + calls_off) * (calls_biz + calls_off)), "
+            f"MAX(peak_biz), MAX(peak_off) FROM account_days WHERE day >= ? AND day < ?{only} GROUP BY account_id",
+            (since, unsummed, *ids)):
+        h = stats[acc_id] = AccountHistory(int(first))
+        h.sums = {"biz": [int(b), int(b2)], "off": [int(o), int(o2)], "all": [int(a), int(a2)]}
+        h.add_peak(0, peak_biz)
+        h.add_peak(1, peak_off)
+    for acc_id, direction, iso, calls in db.query(
+            "SELECT account_id, direction, iso, SUM(calls) FROM account_day_countries WHERE day >= ? AND day < ?"
+            f"{only} GROUP BY account_id, direction, iso", (since, unsummed, *ids)):
+        getattr(stats[acc_id], direction)[iso] = int(calls)
+
+    start = day_bounds(unsummed, p.tz)[0]
+    where = f"code = 'A00' AND ts >= ? AND ts < ? AND account_id IS NOT NULL{only}"
+    day_expr = "CAST((ts + ?) / 86400 AS INTEGER)" if db.dialect == "sqlite" else "FLOOR((ts + ?) / 86400)"
+    offset = dt.datetime.fromtimestamp(now, p.tz).utcoffset().total_seconds()
+    for acc_id, day, biz, off, peak_biz, peak_off in db.query(
+            f"SELECT account_id, {day_expr} AS d, SUM(1 - off_hours), SUM(off_hours), MAX(CASE WHEN off_hours = 0 THEN "
+            f"concurrent_calls END), MAX(CASE WHEN off_hours = 1 THEN concurrent_calls END) FROM call_log WHERE {where} "
+            "GROUP BY account_id, d", (offset, start, now, *ids)):
+        day = int(day)
+        h = stats.setdefault(acc_id, AccountHistory(day))
+        h.first = min(h.first, day)
+        if day < today:
+            h.add_day(int(biz), int(off), day in business)
+        h.add_peak(0, peak_biz)
+        h.add_peak(1, peak_off)
+    for direction, column in (("dst", "dest_country"), ("src", "source_country")):
+        for acc_id, iso, calls in db.query(f"SELECT account_id, {column}, COUNT(*) FROM call_log WHERE {where} "
+                                           f"AND {column} <> '' GROUP BY account_id, {column}", (start, now, *ids)):
+            counts = getattr(stats.setdefault(acc_id, AccountHistory(today)), direction)  # a first call since the query above
+            counts[iso] = counts.get(iso, 0) + int(calls)
+    return stats
+
+
 def business_day_numbers(p, now):
     """The day numbers of the training window that have business hours and are no holidays."""
     today = day_number(now, p.tz)
     return {d for d in range(today - p.train_window_days - 1, today)
-            if _has_business_hours(p, dt.date.fromordinal(d + 719163))}
+            if _has_business_hours(p, dt.date.fromordinal(d + EPOCH_ORDINAL))}
 
 
 def propose(cfg, acc, stats, now, high_risk, business):
-    """What training would change on one account, and why. `business`: business_day_numbers()."""
+    """What training would change on one account, and why. `stats`: its AccountHistory;
+    `business`: business_day_numbers()."""
     p = cfg.policy
     if not stats:
         return Proposal(acc, [], "no approved calls in the training window")
-    first = min(stats["days"])
-    days = list(range(first, day_number(now, p.tz)))  # complete days only
-    if len(days) < p.train_min_days:
-        return Proposal(acc, [], f"{len(days)} day(s) of history, fewer than train_min_days = {p.train_min_days}")
-    business_days = [d for d in days if d in business]
+    today = day_number(now, p.tz)
+    days = today - stats.first  # complete days only
+    if days < p.train_min_days:
+        return Proposal(acc, [], f"{days} day(s) of history, fewer than train_min_days = {p.train_min_days}")
+    business_days = sum(1 for d in range(stats.first, today) if d in business)
     changes = []
 
     def learn(field_name, value, why):
@@ -2518,30 +2662,29 @@ def propose(cfg, acc, stats, now, high_risk, business):
         if value != current:
             changes.append((field_name, current, value, why))
 
-    for field_name, bucket, days_of, low, high in (
-            ("daily_quota", 0, business_days, p.train_min_daily_quota, p.train_max_daily_quota),
-            ("daily_quota_off", 1, days, p.train_min_daily_quota_off, p.train_max_daily_quota_off)):
-        if days_of:
-            mean, std = _mean_std([stats["days"].get(d, [0, 0])[bucket] for d in days_of])
+    for field_name, key, count, low, high in (
+            ("daily_quota", "biz", business_days, p.train_min_daily_quota, p.train_max_daily_quota),
+            ("daily_quota_off", "off", days, p.train_min_daily_quota_off, p.train_max_daily_quota_off)):
+        if count:
+            mean, std = stats.mean_std(key, count)
             raw = math.ceil(mean + p.train_sigma * std)
             learn(field_name, min(max(raw, low), high),
-                  f"{len(days_of)} days: mean {mean:.2f} + {p.train_sigma:g} x stddev {std:.2f} = {raw}, bounds {low}..{high}")
+                  f"{count} days: mean {mean:.2f} + {p.train_sigma:g} x stddev {std:.2f} = {raw}, bounds {low}..{high}")
     for field_name, bucket, low, high in (("concurrent_calls", 0, p.train_min_concurrent, p.train_max_concurrent),
                                           ("concurrent_calls_off", 1, p.train_min_concurrent_off, p.train_max_concurrent_off)):
-        peak = stats["peak"][bucket]
+        peak = stats.peak[bucket]
         if peak is not None:
             learn(field_name, min(max(peak + 1, low), high), f"highest reported concurrency {peak} + 1, bounds {low}..{high}")
-    for field_name, key in (("dest_countries", "dst"), ("source_countries", "src")):
+    for field_name, used in (("dest_countries", stats.dst), ("source_countries", stats.src)):
         current = getattr(acc, field_name)
         if field_name in acc.pinned or "*" in current:
             continue
-        new = {iso for iso, calls in stats[key].items() if calls >= p.train_min_country_calls
+        new = {iso for iso, calls in used.items() if calls >= p.train_min_country_calls
                and iso not in high_risk and iso not in current}
         if new:
             changes.append((field_name, format_countries(current), format_countries(current | new),
                             f"used in >= {p.train_min_country_calls} approved calls: {format_countries(new)}"))
-    totals = [sum(stats["days"].get(d, [0, 0])) for d in days]
-    mean, std = _mean_std(totals)
+    mean, std = stats.mean_std("all", days)
     anomaly = math.floor(mean + p.anomaly_sigma * std)
     if anomaly != acc.anomaly_daily:
         changes.append(("anomaly_daily", acc.anomaly_daily, anomaly,
@@ -2605,6 +2748,9 @@ def purge(cfg, db, now, older_than):
             ("call_log", "ts < ?", (cutoff,)),
             ("daily_counters", "day < ?", (dt.datetime.fromtimestamp(cutoff, cfg.policy.tz).date().isoformat(),)),
             ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (now - cfg.policy.ab_window, now)),
+            ("history_days", "day < ?", (day_number(cutoff, cfg.policy.tz),)),
+            ("account_days", "day < ?", (day_number(cutoff, cfg.policy.tz),)),
+            ("account_day_countries", "day < ?", (day_number(cutoff, cfg.policy.tz),)),
             ("reputation_cache", "expires < ?", (now,)),
             ("locks", "expires < ?", (now,))):
         counts[table] = db.execute(f"DELETE FROM {table} WHERE {where}", args).rowcount
@@ -2712,7 +2858,7 @@ def replay(cfg, path, db_url=None):
     """Run the engine over a CDR file; returns the report as a dict."""
     rows = read_cdrs(path)
     db = open_database(db_url or "sqlite://:memory:")
-    engine = Engine(cfg, db)
+    engine = Engine(cfg, db, counters=None if db_url else PrivateCounters())
     jobs = DailyJobs(cfg, db, engine)
     enforce = cfg.server.mode != "monitor"
     codes, rejected_accounts = {}, {}
@@ -3382,7 +3528,7 @@ def reset_account(db, cfg, acc, now):
 
 
 def remove_account(db, acc):
-    for table in ("daily_counters", "ab_pairs", "account_seen"):
+    for table in ("daily_counters", "ab_pairs", "account_seen", "account_days", "account_day_countries"):
         db.execute(f"DELETE FROM {table} WHERE account_id = ?", (acc.id,))
     db.execute("DELETE FROM accounts WHERE id = ?", (acc.id,))
 

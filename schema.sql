@@ -2,7 +2,8 @@
 --
 -- Written in the MySQL/MariaDB dialect, so `mysql tfps < schema.sql` works as is.
 -- `tfps.py initdb` reads this same file, rewrites the few dialect differences for
--- SQLite (AUTO_INCREMENT, ENGINE clauses, inline INDEX lines, INSERT IGNORE), creates
+-- SQLite (AUTO_INCREMENT, ENGINE clauses, inline INDEX lines, INSERT IGNORE; a table with a
+-- composite primary key is made WITHOUT ROWID, clustered by that key as in InnoDB), creates
 -- what is missing and adds columns that an older database lacks.
 --
 -- Conventions: times are Unix epoch seconds (DOUBLE), calendar days are 'YYYY-MM-DD'
@@ -164,8 +165,7 @@ CREATE TABLE IF NOT EXISTS account_days (
   calls_off INT NOT NULL DEFAULT 0,
   peak_biz INT NULL,
   peak_off INT NULL,
-  PRIMARY KEY (account_id, day),
-  INDEX idx_account_days_day (day)
+  PRIMARY KEY (account_id, day)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- The same days' approved calls per destination (dst) and source (src) country.
@@ -175,8 +175,7 @@ CREATE TABLE IF NOT EXISTS account_day_countries (
   direction CHAR(3) NOT NULL,
   iso CHAR(2) NOT NULL,
   calls INT NOT NULL,
-  PRIMARY KEY (account_id, day, direction, iso),
-  INDEX idx_account_day_countries_day (day)
+  PRIMARY KEY (account_id, direction, iso, day)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Alerts waiting for delivery; a row is deleted once every channel has taken it.

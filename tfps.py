@@ -43,6 +43,7 @@ import ipaddress
 import json
 import logging
 import math
+import operator
 import os
 import re
 import secrets
@@ -255,7 +256,8 @@ def _timezone(text):
 
 
 def _clock(text):
-    parse_clock(text)
+    if parse_clock(text)[0] == 24:
+        raise ValueError(f"not a time of day: {text!r} (00:00 to 23:59)")
     return text.strip()
 
 
@@ -501,6 +503,13 @@ class BusinessHours:
             return False
         minute = local.hour * 60 + local.minute
         return any(start <= minute < end for start, end in self.ranges[local.weekday()])
+
+    def next_change(self, local, holidays=()):
+        """The minute of `local`'s day (1440: midnight) before which contains() cannot change."""
+        if holidays and local.date() in holidays:
+            return 1440
+        minute = local.hour * 60 + local.minute
+        return min((edge for edges in self.ranges[local.weekday()] for edge in edges if edge > minute), default=1440)
 
 
 # =============================================================================================
@@ -1034,14 +1043,17 @@ class CountryTable:
             self.by_iso[iso] = Country(iso, name, calling_code, trunk_prefix, risk)
             for prefix in split_list(prefixes):
                 self.by_prefix[prefix] = iso
-        self.longest = max(map(len, self.by_prefix), default=0)
+        self.extended = {prefix[:n] for prefix in self.by_prefix for n in range(1, len(prefix))}
 
     def lookup(self, digits):
-        for length in range(min(self.longest, len(digits)), 0, -1):
-            iso = self.by_prefix.get(digits[:length])
-            if iso:
-                return iso
-        return None
+        """The country of the longest listed prefix of `digits`, or None."""
+        found = None
+        for length in range(1, len(digits) + 1):
+            head = digits[:length]
+            found = self.by_prefix.get(head, found)
+            if head not in self.extended:
+                break
+        return found
 
     def name(self, iso):
         country = self.by_iso.get(iso)
@@ -1351,6 +1363,8 @@ def sqlite_statements(statement):
     indexes = re.findall(r"^\s*INDEX (\w+) \(([^)]*)\),?\s*$", statement, flags=re.M)
     statement = re.sub(r"^\s*INDEX \w+ \([^)]*\),?\s*\n", "", statement, flags=re.M)
     statement = re.sub(r",\s*\)$", "\n)", statement)
+    if re.search(r"^\s*PRIMARY KEY \(", statement, flags=re.M):
+        statement += " WITHOUT ROWID"
     out = [statement]
     out += [f"CREATE INDEX IF NOT EXISTS {name} ON {table.group(1)} ({cols})" for name, cols in indexes]
     return out
@@ -1741,6 +1755,20 @@ class AlertQueue:
                     json.dumps(payload, default=str), ",".join(recipients), int(email), int(webhook), now))
 
 
+class AlertTally(AlertQueue):
+    """The alerts of a replay: counted per kind, never queued for delivery (the calls are history)."""
+
+    def __init__(self, acfg):
+        super().__init__(acfg)
+        self.counts = {}
+
+    def add(self, event):
+        self.counts[event.kind] = self.counts.get(event.kind, 0) + 1
+
+    def write(self, db, now):
+        pass
+
+
 def send_email(acfg, recipients, subject, body):
     msg = EmailMessage()
     msg["From"] = acfg.smtp_from
@@ -1934,9 +1962,10 @@ class Call:
 
 def attack_signature(engine, call):
     a = call.attempt
-    for label, value in (("user", a.user), ("domain", a.domain), ("number", a.number)):
-        if ATTACK_SIGNATURE.search(value):
-            return Rejection("R12", f"attack signature in the {label} {value[:60]!r}")
+    if ATTACK_SIGNATURE.search(f"{a.user} {a.domain} {a.number}"):  # a space matches nothing in the pattern
+        for label, value in (("user", a.user), ("domain", a.domain), ("number", a.number)):
+            if ATTACK_SIGNATURE.search(value):
+                return Rejection("R12", f"attack signature in the {label} {value[:60]!r}")
     if UA_ATTACK_SIGNATURE.search(a.user_agent):
         return Rejection("R12", f"attack signature in the User-Agent {a.user_agent[:60]!r}")
     if call.number is None:
@@ -2022,12 +2051,12 @@ def destination_country(engine, call):
     if call.number_white:
         return None
     iso, acc = call.dest_country, call.account
-    label = engine.countries.label(iso)
     if iso in engine.high_risk:
-        return Rejection("R06", f"destination {label} is a high-risk country", f"tfps.py whitelist add number {call.number}")
+        return Rejection("R06", f"destination {engine.countries.label(iso)} is a high-risk country",
+                         f"tfps.py whitelist add number {call.number}")
     if "*" in acc.dest_countries or iso in acc.dest_countries:
         return None
-    return Rejection("R06", f"destination {label} is not among the allowed destinations of {acc.name} "
+    return Rejection("R06", f"destination {engine.countries.label(iso)} is not among the allowed destinations of {acc.name} "
                             f"({format_countries(acc.dest_countries) or 'none'})",
                      f"tfps.py allow {acc.user} {acc.domain} --dest {iso}", soft=True)
 
@@ -2106,6 +2135,10 @@ class SharedCounters:
     def __init__(self, db):
         self.db = db
 
+    def atomic(self):
+        """One verdict's writes, all or nothing."""
+        return self.db.atomic()
+
     def ab_attempt(self, account_id, number, now, window, keep, dry_run):
         """Record an attempt to call `number`; returns (attempts within the last `window` seconds,
         this one included, counted up to keep + 1; blocked_until)."""
@@ -2151,8 +2184,13 @@ class PrivateCounters:
         self.day = ""
         self.pruned = 0.0
 
+    @staticmethod
+    def atomic():
+        """Nothing to guard: nobody else sees this database, and a failed verdict ends the run."""
+        return contextlib.nullcontext()
+
     def ab_attempt(self, account_id, number, now, window, keep, dry_run):
-        if now - self.pruned > max(window, 3600):
+        if now - self.pruned > window + 3600:
             self._forget_idle_pairs(now, window)
         pair = self.pairs.get((account_id, number))
         times = [t for t in pair[0] if t > now - window][-keep:] if pair else []
@@ -2217,6 +2255,7 @@ class Engine:
         self.serials, self.lists, self.high_risk = loaded
         self.countries = self.lists.countries
         self.accounts = {}  # (user, domain) -> Account, filled on first use
+        self.clock = (0.0, 0.0, "", False)  # (from, until, day, off hours): see _local_day
 
     def check_for_changes(self, reload_lists=None):
         """Follow changes made by the CLI, by hand in the database or by another node: accounts
@@ -2245,7 +2284,7 @@ class Engine:
             return self._run_pipeline(Call(attempt, now, dry_run=True), enforce)
         for tries in range(5):
             try:
-                with self.db.atomic():
+                with self.counters.atomic():
                     return self._run_pipeline(Call(attempt, now, dry_run=False), enforce)
             except self.db.errors as exc:
                 if tries == 4 or not self.db.transient(exc):
@@ -2278,11 +2317,23 @@ class Engine:
         call.number_white = bool(call.number and self.lists.number_white.match(call.number))
         rep = a.reputation
         call.source_country = (a.source_country or (rep.country if rep and rep.ok else "")).upper()
-        local = dt.datetime.fromtimestamp(call.now, p.tz)
-        call.off_hours = not p.business_hours.contains(local, p.holidays)
-        call.day = local.date().isoformat()
+        call.day, call.off_hours = self._local_day(call.now)
         a.domain = a.domain.lower()
         call.account = self._account(a.user, a.domain, call)
+
+    def _local_day(self, now):
+        """(calendar day, off hours) at `now`. Both hold until the next business-hours edge or
+        midnight, so the stretch is remembered and most calls skip the timezone arithmetic."""
+        start, end, day, off_hours = self.clock
+        if start <= now < end:
+            return day, off_hours
+        p = self.cfg.policy
+        local = dt.datetime.fromtimestamp(now, p.tz)
+        day, off_hours = local.date().isoformat(), not p.business_hours.contains(local, p.holidays)
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = (midnight + dt.timedelta(minutes=p.business_hours.next_change(local, p.holidays))).timestamp()
+        self.clock = (now, end, day, off_hours)
+        return day, off_hours
 
     def _verdict(self, call, code, reason, undo, would):
         return Verdict(code, reason, call.attempt, call.number or "", call.dest_country or "", call.source_country,
@@ -2792,30 +2843,39 @@ class DailyJobs:
         self.done = {}
 
     def run_due(self, now=None):
+        """Run what is due. Returns when something is next due, for a caller with simulated
+        time; the server calls every 30 s regardless, since accounts change under it."""
         now = now or time.time()
         p = self.cfg.policy
-        if self.db.one("SELECT 1 FROM accounts WHERE state = 'learning' AND learning_until <= ? LIMIT 1", (now,)):
+        learning_ends = self.db.scalar("SELECT MIN(learning_until) FROM accounts WHERE state = 'learning'")
+        if learning_ends is not None and learning_ends <= now:
             self.engine.flush(now)  # train on every call so far
             finish_learning(self.cfg, self.db, now)
             self.engine.check_for_changes()
+            learning_ends = self.db.scalar("SELECT MIN(learning_until) FROM accounts WHERE state = 'learning'")
         local = dt.datetime.fromtimestamp(now, p.tz)
         today = local.date().isoformat()
+        due = [learning_ends] if learning_ends is not None else []
         for name, at in (("train", p.train_at), ("purge", p.train_at), ("summary", self.cfg.alerts.summary_at)):
-            hour, minute = parse_clock(at)
-            if self.done.get(name) == today or (local.hour, local.minute) < (hour, minute):
-                continue
-            self.done[name] = today
-            if not acquire_lock(self.db, f"{name}:{today}", self.cfg.server.node_name, now, 2 * 86400):
-                continue
-            self.engine.flush(now)
-            if name == "train":
-                proposals = train(self.cfg, self.db, now)
-                log.info("daily training: %d account(s) changed", sum(1 for x in proposals if x.changes))
-            elif name == "purge":
-                log.info("daily purge: %s", purge(self.cfg, self.db, now, p.retention_days * 86400))
-            else:
-                log.info("daily summary: %d account(s) with rejections", daily_summaries(self.cfg, self.db, self.engine, now))
-            self.engine.check_for_changes()
+            at = parse_clock(at)
+            if self.done.get(name) != today and (local.hour, local.minute) >= at:
+                self.done[name] = today
+                if acquire_lock(self.db, f"{name}:{today}", self.cfg.server.node_name, now, 2 * 86400):
+                    self._run(name, now)
+            day = local.date() + dt.timedelta(days=1 if self.done.get(name) == today else 0)
+            due.append(dt.datetime.combine(day, dt.time(*at), p.tz).timestamp())
+        return min(due)
+
+    def _run(self, name, now):
+        self.engine.flush(now)
+        if name == "train":
+            proposals = train(self.cfg, self.db, now)
+            log.info("daily training: %d account(s) changed", sum(1 for x in proposals if x.changes))
+        elif name == "purge":
+            log.info("daily purge: %s", purge(self.cfg, self.db, now, self.cfg.policy.retention_days * 86400))
+        else:
+            log.info("daily summary: %d account(s) with rejections", daily_summaries(self.cfg, self.db, self.engine, now))
+        self.engine.check_for_changes()
 
 
 # =============================================================================================
@@ -2823,34 +2883,46 @@ class DailyJobs:
 # =============================================================================================
 
 REPLAY_COLUMNS = ("time", "user", "domain", "number", "source_ip", "user_agent", "concurrent_calls")
+OPTIONAL_COLUMNS = ("source_country", "label")
 
 
 def read_cdrs(path):
+    """The rows of a CDR file, sorted by time, each a tuple: (ts, time as written, user, domain,
+    number, source_ip, user_agent, concurrent_calls or None, source_country, label)."""
     try:
         fh = open(path, newline="", encoding="utf-8")
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror}") from None
     with fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in REPLAY_COLUMNS if c not in (reader.fieldnames or [])]
+        reader = csv.reader(fh)
+        header = [name.strip() for name in next(reader, [])]
+        missing = [c for c in REPLAY_COLUMNS if c not in header]
         if missing:
             raise UserError(f"{path}: missing column(s) {', '.join(missing)} (header row required)")
+        present = [c for c in REPLAY_COLUMNS + OPTIONAL_COLUMNS if c in header]
+        pick = operator.itemgetter(*(header.index(c) for c in present))
+        width = max(header.index(c) for c in present) + 1
+        absent = ("",) * (len(REPLAY_COLUMNS) + len(OPTIONAL_COLUMNS) - len(present))
         rows = []
-        for line, row in enumerate(reader, 2):
-            if any(row.get(c) is None for c in REPLAY_COLUMNS):
+        for fields in reader:
+            if not fields:
+                continue
+            line = reader.line_num
+            if len(fields) < width:
                 raise UserError(f"{path}:{line}: fewer fields than the header")
+            when, user, domain, number, ip, ua, calls, *optional = map(str.strip, pick(fields))
             try:
-                when = dt.datetime.fromisoformat(row["time"].strip())
+                ts = dt.datetime.fromisoformat(when)
             except ValueError:
-                when = None
-            if when is None or when.tzinfo is None:
-                raise UserError(f"{path}:{line}: time {row['time']!r} is not ISO 8601 with offset")
-            ts = when.timestamp()
-            calls = (row.get("concurrent_calls") or "").strip()
+                ts = None
+            if ts is None or ts.tzinfo is None:
+                raise UserError(f"{path}:{line}: time {when!r} is not ISO 8601 with offset")
             if calls and not calls.isdigit():
                 raise UserError(f"{path}:{line}: concurrent_calls {calls!r} is not a whole number")
-            rows.append((ts, line, row))
-    rows.sort(key=lambda r: (r[0], r[1]))
+            source_country, label = (*optional, *absent)
+            rows.append((ts.timestamp(), when, user, domain, number, ip, ua, int(calls) if calls else None,
+                         source_country, label.lower()))
+    rows.sort(key=operator.itemgetter(0))  # stable: rows of the same second keep their order
     return rows
 
 
@@ -2858,48 +2930,45 @@ def replay(cfg, path, db_url=None):
     """Run the engine over a CDR file; returns the report as a dict."""
     rows = read_cdrs(path)
     db = open_database(db_url or "sqlite://:memory:")
-    engine = Engine(cfg, db, counters=None if db_url else PrivateCounters())
+    alerts = AlertTally(cfg.alerts)
+    engine = Engine(cfg, db, alerts, counters=None if db_url else PrivateCounters())
     jobs = DailyJobs(cfg, db, engine)
     enforce = cfg.server.mode != "monitor"
     codes, rejected_accounts = {}, {}
     fraud = fraud_blocked = legit = legit_blocked = 0
     episodes, open_episode = [], {}
     next_jobs = 0.0
-    for ts, _line, row in rows:
+    for ts, when, user, domain, number, ip, ua, calls, source_country, label in rows:
         if ts >= next_jobs:
-            jobs.run_due(ts)
-            next_jobs = ts + 60
-        calls = (row.get("concurrent_calls") or "").strip()
-        attempt = CallAttempt(row["user"].strip(), row["domain"].strip(), row["number"].strip(),
-                              (row.get("source_ip") or "").strip(), (row.get("user_agent") or "").strip(),
-                              int(calls) if calls else None, ts, source_country=(row.get("source_country") or "").strip())
+            next_jobs = jobs.run_due(ts)
+        attempt = CallAttempt(user, domain, number, ip, ua, calls, ts, source_country=source_country)
         verdict = engine.decide(attempt, enforce=enforce)
         engine.record(verdict, "replay", 0.0)
         if len(engine.log_rows) >= 5000:
             engine.flush(ts)
+        approved = verdict.code == APPROVED
         codes[verdict.code] = codes.get(verdict.code, 0) + 1
-        account = f"{attempt.user}@{attempt.domain}"
-        if not verdict.approved:
-            rejected_accounts.setdefault(account, {}).setdefault(verdict.code, 0)
-            rejected_accounts[account][verdict.code] += 1
-        label = (row.get("label") or "").strip().lower()
+        account = f"{user}@{domain}"
+        if not approved:
+            per_code = rejected_accounts.setdefault(account, {})
+            per_code[verdict.code] = per_code.get(verdict.code, 0) + 1
         if label == "fraud":
             fraud += 1
-            fraud_blocked += not verdict.approved
+            fraud_blocked += not approved
             episode = open_episode.get(account)
             if episode is None:
-                episode = open_episode[account] = {"account": account, "start": row["time"].strip(), "calls": 0,
+                episode = open_episode[account] = {"account": account, "start": when, "calls": 0,
                                                    "leaked_before_first_block": None, "_leaked": 0}
                 episodes.append(episode)
             episode["calls"] += 1
             if episode["leaked_before_first_block"] is None:
-                if verdict.approved:
+                if approved:
                     episode["_leaked"] += 1
                 else:
                     episode["leaked_before_first_block"] = episode["_leaked"]
         elif label == "legit":
             legit += 1
-            legit_blocked += not verdict.approved
+            legit_blocked += not approved
             open_episode.pop(account, None)
     engine.flush()
     db.close()
@@ -2915,7 +2984,7 @@ def replay(cfg, path, db_url=None):
             "fraud_blocked_pct": round(100.0 * fraud_blocked / fraud, 2) if fraud else None,
             "legit_calls": legit, "legit_blocked": legit_blocked,
             "legit_blocked_pct": round(100.0 * legit_blocked / legit, 2) if legit else None,
-            "episodes": episodes}
+            "episodes": episodes, "alerts": dict(sorted(alerts.counts.items()))}
 
 
 # =============================================================================================
@@ -4160,6 +4229,9 @@ def cmd_replay(args, cfg):
         print(f"legitimate calls blocked: {report['legit_blocked']}/{report['legit_calls']} ({report['legit_blocked_pct']}%)")
         print_table(["account", "episode start", "calls", "leaked before first block", "blocked"],
                     [(e["account"], e["start"], e["calls"], e["leaked_before_first_block"], e["blocked"]) for e in report["episodes"]])
+    if report["alerts"]:
+        print("\nalerts that would have been raised (before rate limiting; none is sent by a replay):")
+        print_table(["kind", "alerts"], list(report["alerts"].items()))
     return 0
 
 

@@ -2,7 +2,7 @@
 --
 -- Written in the MySQL/MariaDB dialect, so `mysql tfps < schema.sql` works as is.
 -- `tfps.py initdb` reads this same file, rewrites the few dialect differences for
--- SQLite (AUTO_INCREMENT, ENGINE clauses, inline INDEX lines, INSERT IGNORE; a table with a
+-- SQLite (AUTO_INCREMENT becomes the rowid, ENGINE clauses, inline INDEX lines, INSERT IGNORE; a table with a
 -- composite primary key is made WITHOUT ROWID, clustered by that key as in InnoDB), creates
 -- what is missing and adds columns that an older database lacks.
 --
@@ -147,7 +147,7 @@ CREATE TABLE IF NOT EXISTS call_log (
   node VARCHAR(64) NOT NULL DEFAULT '',
   latency_ms DOUBLE NOT NULL DEFAULT 0,
   INDEX idx_call_log_ts (ts),
-  INDEX idx_call_log_account (account_id, ts)
+  INDEX idx_call_log_user (user, domain, ts)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Approved calls per account and calendar day (days since 1970-01-01 in [policy] timezone),

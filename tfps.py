@@ -30,6 +30,7 @@ Contents (sections appear in this order; each depends only on those above it)
 from __future__ import annotations
 
 import argparse
+import bisect
 import configparser
 import contextlib
 import csv
@@ -86,7 +87,9 @@ def parse_duration(text):
 
 def split_list(text):
     """'a, b,,c' -> ['a', 'b', 'c']."""
-    return [item.strip() for item in re.split(r"[,\s]+", text or "") if item.strip()]
+    if not text:
+        return []
+    return [item.strip() for item in re.split(r"[,\s]+", text) if item.strip()]
 
 
 def country_set(text):
@@ -1357,7 +1360,8 @@ def sqlite_statements(statement):
     if trigger:
         return [f"{trigger.group(1)} BEGIN {trigger.group(2).replace('<=>', 'IS')}; END"]
     statement = statement.replace("INSERT IGNORE", "INSERT OR IGNORE")
-    statement = statement.replace("BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT")
+    # the rowid itself: new ids are max + 1 without the sqlite_sequence bookkeeping of AUTOINCREMENT
+    statement = statement.replace("BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY", "INTEGER PRIMARY KEY")
     statement = re.sub(r"\)\s*ENGINE=\w+[^;]*$", ")", statement)
     table = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
     indexes = re.findall(r"^\s*INDEX (\w+) \(([^)]*)\),?\s*$", statement, flags=re.M)
@@ -1960,13 +1964,20 @@ class Call:
 
 # -- the rules, in pipeline order: each returns a Rejection or None ----------------------------
 
+@functools.lru_cache(maxsize=16384)
+def attack_in(text, pattern=ATTACK_SIGNATURE):
+    """Memoized: users, domains and User-Agents repeat from call to call."""
+    return pattern.search(text) is not None
+
+
 def attack_signature(engine, call):
     a = call.attempt
-    if ATTACK_SIGNATURE.search(f"{a.user} {a.domain} {a.number}"):  # a space matches nothing in the pattern
-        for label, value in (("user", a.user), ("domain", a.domain), ("number", a.number)):
-            if ATTACK_SIGNATURE.search(value):
-                return Rejection("R12", f"attack signature in the {label} {value[:60]!r}")
-    if UA_ATTACK_SIGNATURE.search(a.user_agent):
+    for label, value in (("user", a.user), ("domain", a.domain)):
+        if attack_in(value):
+            return Rejection("R12", f"attack signature in the {label} {value[:60]!r}")
+    if not a.number.lstrip("+").isdigit() and ATTACK_SIGNATURE.search(a.number):
+        return Rejection("R12", f"attack signature in the number {a.number[:60]!r}")
+    if attack_in(a.user_agent, UA_ATTACK_SIGNATURE):
         return Rejection("R12", f"attack signature in the User-Agent {a.user_agent[:60]!r}")
     if call.number is None:
         return Rejection("R12", f"non-dialable characters in the number {a.number[:40]!r}")
@@ -2643,10 +2654,11 @@ def history(cfg, db, now, account_ids=None):
     since = today - p.train_window_days
     unsummed = aggregate_days(cfg, db, now)
     business = business_day_numbers(p, now)
+    business_set = set(business)
     only, ids = "", ()
     if account_ids is not None:
         only, ids = f" AND account_id IN ({', '.join('?' * len(account_ids)) or 'NULL'})", tuple(account_ids)
-    in_business = ", ".join(map(str, sorted(business))) or "NULL"
+    in_business = ", ".join(map(str, business)) or "NULL"
     stats = {}
     for acc_id, first, b, b2, o, o2, a, a2, peak_biz, peak_off in db.query(
             f"SELECT account_id, MIN(day), SUM(CASE WHEN day IN ({in_business}) THEN calls_biz ELSE 0 END), "
@@ -2675,7 +2687,7 @@ def history(cfg, db, now, account_ids=None):
         h = stats.setdefault(acc_id, AccountHistory(day))
         h.first = min(h.first, day)
         if day < today:
-            h.add_day(int(biz), int(off), day in business)
+            h.add_day(int(biz), int(off), day in business_set)
         h.add_peak(0, peak_biz)
         h.add_peak(1, peak_off)
     for direction, column in (("dst", "dest_country"), ("src", "source_country")):
@@ -2687,10 +2699,10 @@ def history(cfg, db, now, account_ids=None):
 
 
 def business_day_numbers(p, now):
-    """The day numbers of the training window that have business hours and are no holidays."""
+    """The day numbers of the training window that have business hours and are no holidays, in order."""
     today = day_number(now, p.tz)
-    return {d for d in range(today - p.train_window_days - 1, today)
-            if _has_business_hours(p, dt.date.fromordinal(d + EPOCH_ORDINAL))}
+    return [d for d in range(today - p.train_window_days - 1, today)
+            if _has_business_hours(p, dt.date.fromordinal(d + EPOCH_ORDINAL))]
 
 
 def propose(cfg, acc, stats, now, high_risk, business):
@@ -2703,15 +2715,11 @@ def propose(cfg, acc, stats, now, high_risk, business):
     days = today - stats.first  # complete days only
     if days < p.train_min_days:
         return Proposal(acc, [], f"{days} day(s) of history, fewer than train_min_days = {p.train_min_days}")
-    business_days = sum(1 for d in range(stats.first, today) if d in business)
+    business_days = len(business) - bisect.bisect_left(business, stats.first)
     changes = []
 
-    def learn(field_name, value, why):
-        current = getattr(acc, field_name)
-        if field_name in acc.pinned:
-            return
-        if value != current:
-            changes.append((field_name, current, value, why))
+    def changed(field_name, value):
+        return field_name not in acc.pinned and value != getattr(acc, field_name)
 
     for field_name, key, count, low, high in (
             ("daily_quota", "biz", business_days, p.train_min_daily_quota, p.train_max_daily_quota),
@@ -2719,13 +2727,16 @@ def propose(cfg, acc, stats, now, high_risk, business):
         if count:
             mean, std = stats.mean_std(key, count)
             raw = math.ceil(mean + p.train_sigma * std)
-            learn(field_name, min(max(raw, low), high),
-                  f"{count} days: mean {mean:.2f} + {p.train_sigma:g} x stddev {std:.2f} = {raw}, bounds {low}..{high}")
+            if changed(field_name, min(max(raw, low), high)):
+                changes.append((field_name, getattr(acc, field_name), min(max(raw, low), high),
+                                f"{count} days: mean {mean:.2f} + {p.train_sigma:g} x stddev {std:.2f} = {raw}, "
+                                f"bounds {low}..{high}"))
     for field_name, bucket, low, high in (("concurrent_calls", 0, p.train_min_concurrent, p.train_max_concurrent),
                                           ("concurrent_calls_off", 1, p.train_min_concurrent_off, p.train_max_concurrent_off)):
         peak = stats.peak[bucket]
-        if peak is not None:
-            learn(field_name, min(max(peak + 1, low), high), f"highest reported concurrency {peak} + 1, bounds {low}..{high}")
+        if peak is not None and changed(field_name, min(max(peak + 1, low), high)):
+            changes.append((field_name, getattr(acc, field_name), min(max(peak + 1, low), high),
+                            f"highest reported concurrency {peak} + 1, bounds {low}..{high}"))
     for field_name, used in (("dest_countries", stats.dst), ("source_countries", stats.src)):
         current = getattr(acc, field_name)
         if field_name in acc.pinned or "*" in current:
@@ -2926,9 +2937,79 @@ def read_cdrs(path):
     return rows
 
 
-def replay(cfg, path, db_url=None):
-    """Run the engine over a CDR file; returns the report as a dict."""
+PARALLEL_REPLAY_ROWS = 20000  # below this, starting processes costs more than it saves
+
+
+def replay(cfg, path, db_url=None, jobs=None):
+    """Run the engine over a CDR file; returns the report as a dict.
+
+    A replay into a fresh in-memory database runs as `jobs` processes (default: one per CPU for
+    PARALLEL_REPLAY_ROWS rows or more), each over a share of the accounts with a database of its own. Accounts do not influence one
+    another (counters, training, learning and alerts are all per account), so the merged report
+    is the one a single process gives. A replay into a database given by URL runs in one."""
     rows = read_cdrs(path)
+    if jobs is None:
+        jobs = os.cpu_count() or 1 if len(rows) >= PARALLEL_REPLAY_ROWS else 1
+    if db_url or jobs == 1 or not hasattr(os, "fork"):
+        tally = replay_rows(cfg, enumerate(rows), db_url)
+    else:
+        tally = merge_tallies(in_processes(lambda shard: replay_rows(cfg, shard, None), shard_by_account(rows, jobs)))
+    return replay_report(tally, len(rows))
+
+
+def shard_by_account(rows, count):
+    """Split rows into at most `count` shards of whole accounts, about as many rows in each, as
+    (index, row) pairs."""
+    per_account = {}
+    for row in rows:
+        key = (row[2], row[3].lower())
+        per_account[key] = per_account.get(key, 0) + 1
+    loads, shard_of = [0] * count, {}
+    for key, calls in sorted(per_account.items(), key=lambda item: (-item[1], item[0])):
+        shard = loads.index(min(loads))
+        shard_of[key] = shard
+        loads[shard] += calls
+    shards = [[] for _ in range(count)]
+    for index, row in enumerate(rows):
+        shards[shard_of[(row[2], row[3].lower())]].append((index, row))
+    return [shard for shard in shards if shard]
+
+
+def in_processes(work, items):
+    """work(item) for each item, each but the first in a forked child that inherits `items` and
+    sends its JSON result back through a pipe."""
+    children = []
+    for item in items[1:]:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            try:
+                result = {"result": work(item)}
+            except BaseException as exc:
+                result = {"error": f"{type(exc).__name__}: {exc}"}
+            with os.fdopen(write_end, "w", encoding="utf-8") as fh:
+                json.dump(result, fh)
+            os._exit(0)
+        os.close(write_end)
+        children.append((pid, read_end))
+    results, errors = [work(items[0])], []
+    for pid, read_end in children:
+        with os.fdopen(read_end, encoding="utf-8") as fh:
+            text = fh.read()
+        os.waitpid(pid, 0)
+        answer = json.loads(text) if text else {"error": "the worker process died"}
+        if "error" in answer:
+            errors.append(answer["error"])
+        else:
+            results.append(answer["result"])
+    if errors:
+        raise UserError(f"replay worker failed: {errors[0]}")
+    return results
+
+
+def replay_rows(cfg, indexed_rows, db_url=None):
+    """The engine over (index, row) pairs in time order; returns the tally replay_report() reads."""
     db = open_database(db_url or "sqlite://:memory:")
     alerts = AlertTally(cfg.alerts)
     engine = Engine(cfg, db, alerts, counters=None if db_url else PrivateCounters())
@@ -2938,7 +3019,7 @@ def replay(cfg, path, db_url=None):
     fraud = fraud_blocked = legit = legit_blocked = 0
     episodes, open_episode = [], {}
     next_jobs = 0.0
-    for ts, when, user, domain, number, ip, ua, calls, source_country, label in rows:
+    for index, (ts, when, user, domain, number, ip, ua, calls, source_country, label) in indexed_rows:
         if ts >= next_jobs:
             next_jobs = jobs.run_due(ts)
         attempt = CallAttempt(user, domain, number, ip, ua, calls, ts, source_country=source_country)
@@ -2958,7 +3039,7 @@ def replay(cfg, path, db_url=None):
             episode = open_episode.get(account)
             if episode is None:
                 episode = open_episode[account] = {"account": account, "start": when, "calls": 0,
-                                                   "leaked_before_first_block": None, "_leaked": 0}
+                                                   "leaked_before_first_block": None, "_leaked": 0, "_row": index}
                 episodes.append(episode)
             episode["calls"] += 1
             if episode["leaked_before_first_block"] is None:
@@ -2972,19 +3053,41 @@ def replay(cfg, path, db_url=None):
             open_episode.pop(account, None)
     engine.flush()
     db.close()
+    return {"codes": codes, "rejected_accounts": rejected_accounts, "fraud": fraud, "fraud_blocked": fraud_blocked,
+            "legit": legit, "legit_blocked": legit_blocked, "episodes": episodes, "alerts": alerts.counts}
+
+
+def merge_tallies(tallies):
+    merged = {"codes": {}, "rejected_accounts": {}, "fraud": 0, "fraud_blocked": 0, "legit": 0, "legit_blocked": 0,
+              "episodes": [], "alerts": {}}
+    for tally in tallies:
+        for key in ("codes", "alerts"):
+            for name, count in tally[key].items():
+                merged[key][name] = merged[key].get(name, 0) + count
+        merged["rejected_accounts"].update(tally["rejected_accounts"])
+        for key in ("fraud", "fraud_blocked", "legit", "legit_blocked"):
+            merged[key] += tally[key]
+        merged["episodes"] += tally["episodes"]
+    merged["episodes"].sort(key=operator.itemgetter("_row"))
+    return merged
+
+
+def replay_report(tally, rows):
+    episodes = tally["episodes"]
     for episode in episodes:
+        del episode["_row"]
         leaked = episode.pop("_leaked")
-        if episode["leaked_before_first_block"] is None:
+        episode["blocked"] = episode["leaked_before_first_block"] is not None
+        if not episode["blocked"]:
             episode["leaked_before_first_block"] = leaked
-            episode["blocked"] = False
-        else:
-            episode["blocked"] = True
-    return {"rows": len(rows), "codes": dict(sorted(codes.items())), "rejected_accounts": rejected_accounts,
+    fraud, fraud_blocked, legit, legit_blocked = (tally[k] for k in ("fraud", "fraud_blocked", "legit", "legit_blocked"))
+    return {"rows": rows, "codes": dict(sorted(tally["codes"].items())),
+            "rejected_accounts": dict(sorted(tally["rejected_accounts"].items())),
             "fraud_calls": fraud, "fraud_blocked": fraud_blocked,
             "fraud_blocked_pct": round(100.0 * fraud_blocked / fraud, 2) if fraud else None,
             "legit_calls": legit, "legit_blocked": legit_blocked,
             "legit_blocked_pct": round(100.0 * legit_blocked / legit, 2) if legit else None,
-            "episodes": episodes, "alerts": dict(sorted(alerts.counts.items()))}
+            "episodes": episodes, "alerts": dict(sorted(tally["alerts"].items()))}
 
 
 # =============================================================================================
@@ -3889,6 +3992,8 @@ def build_parser():
     p.add_argument("--account", type=account_arg, metavar="USER@DOMAIN")
     p = sub.add_parser("replay", parents=[common, json_opt], help="backtest the policy on a CDR file")
     p.add_argument("cdr", metavar="CDR.csv")
+    p.add_argument("--jobs", type=arg_type(_integer(1)), metavar="N",
+                   help="processes for a replay in memory (default: one per CPU)")
     return parser
 
 
@@ -4214,7 +4319,7 @@ def cmd_train(args, cfg, db):
 
 def cmd_replay(args, cfg):
     logging.getLogger("tfps").setLevel(logging.ERROR)
-    report = replay(cfg, args.cdr, args.db)
+    report = replay(cfg, args.cdr, args.db, args.jobs)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

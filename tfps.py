@@ -2910,10 +2910,9 @@ def read_cdrs(path):
         missing = [c for c in REPLAY_COLUMNS if c not in header]
         if missing:
             raise UserError(f"{path}: missing column(s) {', '.join(missing)} (header row required)")
-        present = [c for c in REPLAY_COLUMNS + OPTIONAL_COLUMNS if c in header]
-        pick = operator.itemgetter(*(header.index(c) for c in present))
-        width = max(header.index(c) for c in present) + 1
-        absent = ("",) * (len(REPLAY_COLUMNS) + len(OPTIONAL_COLUMNS) - len(present))
+        # an absent optional column reads field -1: the "" appended to every row
+        pick = operator.itemgetter(*(header.index(c) if c in header else -1 for c in REPLAY_COLUMNS + OPTIONAL_COLUMNS))
+        width = max(header.index(c) for c in REPLAY_COLUMNS) + 1
         rows = []
         for fields in reader:
             if not fields:
@@ -2921,7 +2920,9 @@ def read_cdrs(path):
             line = reader.line_num
             if len(fields) < width:
                 raise UserError(f"{path}:{line}: fewer fields than the header")
-            when, user, domain, number, ip, ua, calls, *optional = map(str.strip, pick(fields))
+            fields += [""] * (len(header) - len(fields))
+            fields.append("")
+            when, user, domain, number, ip, ua, calls, source_country, label = map(str.strip, pick(fields))
             try:
                 ts = dt.datetime.fromisoformat(when)
             except ValueError:
@@ -2930,7 +2931,6 @@ def read_cdrs(path):
                 raise UserError(f"{path}:{line}: time {when!r} is not ISO 8601 with offset")
             if calls and not calls.isdigit():
                 raise UserError(f"{path}:{line}: concurrent_calls {calls!r} is not a whole number")
-            source_country, label = (*optional, *absent)
             rows.append((ts.timestamp(), when, user, domain, number, ip, ua, int(calls) if calls else None,
                          source_country, label.lower()))
     rows.sort(key=operator.itemgetter(0))  # stable: rows of the same second keep their order

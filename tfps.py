@@ -533,7 +533,7 @@ PARAM_RE = re.compile(rf'\s*;\s*([{TOKEN_CHARS}]+)(?:\s*=\s*("(?:[^"\\]|\\.)*"|\
 BRANCH_COOKIE = "z9hG4bK"
 
 REASONS = {100: "Trying", 200: "OK", 302: "Moved Temporarily", 400: "Bad Request",
-           405: "Method Not Allowed", 416: "Unsupported URI Scheme", 481: "Call/Transaction Does Not Exist",
+           405: "Method Not Allowed", 416: "Unsupported URI Scheme", 420: "Bad Extension", 481: "Call/Transaction Does Not Exist",
            482: "Loop Detected", 483: "Too Many Hops", 484: "Address Incomplete",
            487: "Request Terminated", 500: "Server Internal Error", 503: "Service Unavailable",
            505: "Version Not Supported", 513: "Message Too Large", 603: "Decline"}
@@ -830,6 +830,14 @@ def validate_request(msg):
     if uri.headers:
         raise SipError(400, "Headers Not Allowed In Request-URI")
     return uri, from_addr
+
+
+def unsupported_extensions(msg):
+    """The option tags of Require (RFC 3261 8.2.2.3): TFPS supports no extension, so all of them.
+    CANCEL and ACK never carry a Require that counts."""
+    if msg.method in ("CANCEL", "ACK"):
+        return []
+    return [tag for tag in msg.header_values("require") if tag]
 
 
 def has_tag(name_addr_value):
@@ -3559,7 +3567,10 @@ class Server:
             self._send(*send)
         if tx is None:
             return
-        if msg.method == "INVITE":
+        required = unsupported_extensions(msg) if msg.method in ("INVITE", "OPTIONS", "BYE") else []
+        if required:
+            self._respond(tx, msg, via_values, 420, headers=[("Unsupported", ", ".join(required))])
+        elif msg.method == "INVITE":
             self._on_invite(tx, msg, uri, from_addr, via_values, addr)
         elif msg.method == "OPTIONS":
             self._respond(tx, msg, via_values, 200, headers=[("Allow", ALLOWED_METHODS), ("Accept", "application/sdp")])

@@ -5,24 +5,35 @@ Generates a synthetic, labeled CDR CSV in a temporary directory (default 200,000
 60 days: office-hours traffic mostly to the account's usual countries, some off-hours calls and a
 few night-time IRSF bursts labeled fraud), then
 
-  1. times tfps.replay(cfg, path) in-process (SQLite in memory, the default) and prints rows/s;
-  2. times the full CLI `python3 tfps.py replay FILE --json` (interpreter start, CSV parsing, replay,
-     JSON output) and prints its wall time.
+  1. times the in-process replay both ways, --repeat times each (default 3), interleaved so that
+     the VM's drift hits both alike: tfps.replay(cfg, path, jobs=1) (one process) and
+     tfps.replay(cfg, path) (the default: one forked process per CPU, each over a share of the
+     accounts), and prints best and median seconds and rows/s and peak RSS of each;
+  2. checks that every report equals the first jobs=1 report ("reports identical: yes/no");
+  3. times a fixed pure-Python loop right before each timed run (calibration), so that a slow
+     moment of the machine can be told from a slow replay;
+  4. times the full CLI `python3 tfps.py replay FILE --json` once (interpreter start, CSV parsing,
+     replay with the default jobs, JSON output) and checks that its report is the same.
 
     python3 bench/replay_bench.py
-    python3 bench/replay_bench.py --rows 20000 --skip-cli
-    python3 bench/replay_bench.py --profile          # + cProfile of the in-process replay
+    python3 bench/replay_bench.py --rows 20000 --repeat 1 --skip-cli
+    python3 bench/replay_bench.py --profile          # + cProfile of one extra jobs=1 run
+
+Exit status 1 when a report differs, a run did not finish within --timeout or the CLI run failed;
+otherwise 0, whether the target is met or not.
 
 Target (issue 6): >= 20,000 CDR rows/s on SQLite in memory.
 """
 
 import argparse
 import datetime as dt
+import gc
 import json
 import os
 import random
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,137 +117,7 @@ def generate(path, rows, accounts, days, seed, tz_offset=-5):
     return len(out), fraud_rows
 
 
-def write_config(path):
-    Path(path).write_text("""[server]
-mode = redirect
-log_level = error
-[policy]
-home_country = US
-timezone = America/New_York
-business_hours = mon-fri 08:00-19:00
-""")
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=200_000, help="CDR rows (default 200,000)")
-    ap.add_argument("--accounts", type=int, default=500, help="accounts (default 500)")
-    ap.add_argument("--days", type=int, default=60, help="days of history (default 60)")
-    ap.add_argument("--config", help="a tfps.conf to replay with (default: US office policy, learning defaults)")
-    ap.add_argument("--skip-cli", action="store_true", help="skip the `tfps.py replay --json` run")
-    ap.add_argument("--profile", action="store_true", help="cProfile the in-process replay, print the top functions")
-    ap.add_argument("--timeout", type=int, default=120,
-                    help="give up on each run (in-process, CLI) after this many seconds (default 120); the CLI run "
-                         "is skipped when the in-process run took more than half of it")
-    ap.add_argument("--seed", type=int, default=6)
-    ap.add_argument("--generate-only", metavar="PATH", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-
-    if args.generate_only:   # in a child process, so that the generator's memory is not the replay's
-        rows, fraud_rows = generate(args.generate_only, args.rows, args.accounts, args.days, args.seed)
-        print(rows, fraud_rows)
-        return 0
-
-    import tfps
-    tfps.logging.getLogger("tfps").setLevel(tfps.logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="tfps-replay-bench-") as tmp:
-        cdr = os.path.join(tmp, "cdr.csv")
-        conf = args.config or os.path.join(tmp, "tfps.conf")
-        if not args.config:
-            write_config(conf)
-        t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, __file__, "--generate-only", cdr, "--rows", str(args.rows), "--accounts",
-                              str(args.accounts), "--days", str(args.days), "--seed", str(args.seed)],
-                             stdout=subprocess.PIPE, text=True, check=True, timeout=300).stdout
-        rows, fraud_rows = map(int, out.split())
-        csv_mb = os.path.getsize(cdr) / 1e6
-        log(f"generated {rows:,} CDR rows ({fraud_rows:,} fraud), {args.accounts} accounts, {args.days} days, "
-            f"{os.path.getsize(cdr) / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s")
-
-        cfg = tfps.Config.load(conf)
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        profiler = None
-        if args.profile:
-            import cProfile
-            profiler = cProfile.Profile()
-            profiler.enable()
-        def too_slow(signum, frame):
-            raise TimeoutError
-        signal.signal(signal.SIGALRM, too_slow)
-        signal.alarm(args.timeout)
-        t0 = time.perf_counter()
-        try:
-            report = tfps.replay(cfg, cdr)
-        except TimeoutError:
-            if profiler:
-                profiler.disable()
-            print(f"\nTFPS replay benchmark: {rows:,} rows: tfps.replay did not finish within {args.timeout} s, "
-                  f"so it runs at < {rows / args.timeout:,.0f} rows/s (target >= 20,000). --timeout 600 gives the figure.")
-            return 1
-        finally:
-            signal.alarm(0)
-        elapsed = time.perf_counter() - t0
-        if profiler:
-            profiler.disable()
-        rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        if report["rows"] != rows:
-            log(f"warning: replay reported {report['rows']} rows, the file has {rows}")
-
-        cli = None
-        if not args.skip_cli and elapsed > args.timeout / 2:
-            cli = {"rc": "skipped", "error": f"the in-process run took {elapsed:.0f} s; expect about as long"}
-        elif not args.skip_cli:
-            cmd = [sys.executable, str(TFPS), "replay", cdr, "--json", "-c", conf]
-            t1 = time.perf_counter()
-            with open(os.path.join(tmp, "cli.json"), "w") as out:
-                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
-                usage, rc = None, None
-                deadline = time.time() + args.timeout
-                while rc is None:
-                    pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-                    if pid:
-                        rc, usage = os.waitstatus_to_exitcode(status), ru
-                        proc.returncode = rc
-                    elif time.time() > deadline:
-                        proc.kill()
-                        proc.wait()
-                        rc = "timeout"
-                    else:
-                        time.sleep(0.05)
-                err = proc.stderr.read()
-            wall = time.perf_counter() - t1
-            cli = {"rc": rc, "wall_s": wall, "rss_mb": usage.ru_maxrss / 1024 if usage else float("nan")}
-            if rc == 0:
-                cli_report = json.loads(Path(tmp, "cli.json").read_text())
-                cli["rows"] = cli_report.get("rows")
-                cli["same_codes"] = cli_report.get("codes") == report["codes"]
-            else:
-                cli["error"] = (err or "").strip()[-300:]
-
-    if profiler:
-        import pstats
-        print("--- cProfile of tfps.replay (top 25 by own time) ---")
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-    print(f"\nTFPS replay benchmark: {rows:,} rows, {args.accounts} accounts, {args.days} days, SQLite in memory")
-    print(f"{'run':34} {'seconds':>8} {'rows/s':>9} {'peak RSS MB':>12}")
-    print("-" * 66)
-    print(f"{'tfps.replay(cfg, path) in-process':34} {elapsed:>8.2f} {rows / elapsed:>9,.0f} "
-          f"{(rss_peak) / 1024:>12.1f}")
-    if cli:
-        if cli["rc"] == 0:
-            print(f"{'python3 tfps.py replay FILE --json':34} {cli['wall_s']:>8.2f} {rows / cli['wall_s']:>9,.0f} "
-                  f"{cli['rss_mb']:>12.1f}")
-        else:
-            print(f"{'python3 tfps.py replay FILE --json':34} {'SKIPPED' if cli['rc'] == 'skipped' else 'FAILED'} "
-                  f"({cli['rc']}): {cli.get('error', '')}")
-    print(f"codes: {report['codes']}")
-    print(f"fraud calls blocked: {report['fraud_blocked_pct']}% of {report['fraud_calls']:,}; legitimate calls blocked: "
-          f"{report['legit_blocked_pct']}% of {report['legit_calls']:,}; {len(report['episodes'])} fraud episodes"
-          + (f"; CLI codes identical: {cli['same_codes']}" if cli and cli.get("rc") == 0 else ""))
-    print(f"(in-process peak RSS includes the benchmark process's own {rss0 / 1024:.0f} MB before the replay; "
-          f"the CSV is {csv_mb:.1f} MB)")
-    print("target: >= 20,000 rows/s in-process")
-    return 0
+@@BODY@@
 
 
 if __name__ == "__main__":

@@ -569,6 +569,22 @@ def test_other_methods(start_server, udp):
     assert verdict_lines(server) == []
 
 
+def test_require_gets_420_bad_extension(start_server, udp):
+    """RFC 3261 8.2.2.3: TFPS supports no extension, so every Require tag is listed back."""
+    server = start_server(sections={"policy": POLICY})
+    client = udp(server)
+    for method in ("INVITE", "OPTIONS", "BYE"):
+        client.send(client.invite(US, method=method, headers=["Require: 100rel, timer", "Require: foo"]))
+        msg, _ = client.final()
+        assert (msg.status, msg.reason, msg.header("cseq")) == (420, "Bad Extension", f"1 {method}"), method
+        assert [t.strip() for t in msg.header("unsupported").split(",")] == ["100rel", "timer", "foo"]
+    assert verdict_lines(server) == [], "a rejected extension is no call attempt"
+    # Supported (not Require) changes nothing: the verdict comes as usual
+    client.send(client.invite(US, headers=["Supported: 100rel, timer"]))
+    msg, _ = client.final()
+    assert msg.status == 302
+
+
 def test_sanity_answers(start_server, udp):
     server = start_server(sections={"policy": POLICY})
     client = udp(server)

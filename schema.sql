@@ -62,6 +62,14 @@ CREATE TABLE IF NOT EXISTS ab_pairs (
   PRIMARY KEY (account_id, number)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
+-- Times of each account's latest approved calls (at most max_calls_per_minute of them,
+-- comma-separated): R15, exact across nodes.
+CREATE TABLE IF NOT EXISTS rate_windows (
+  account_id BIGINT NOT NULL PRIMARY KEY,
+  times TEXT NOT NULL,
+  last_call DOUBLE NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
 -- Countries an account has been seen calling (dst) or calling from (src).
 CREATE TABLE IF NOT EXISTS account_seen (
   account_id BIGINT NOT NULL,

@@ -1961,13 +1961,14 @@ class Call:
     """Working state of one attempt while the rules run."""
 
     __slots__ = ("attempt", "now", "number", "dest_country", "source_country", "account", "off_hours",
-                 "day", "ip_white", "number_white", "counted", "dry_run")
+                 "day", "ip_white", "number_white", "counted", "dry_run", "last_minute")
 
     def __init__(self, attempt, now, dry_run):
         self.attempt = attempt
         self.now = now
         self.dry_run = dry_run
         self.counted = False
+        self.last_minute = None  # approved calls of the account in the last 60 s, once R15 looked
 
 
 # -- the rules, in pipeline order: each returns a Rejection or None ----------------------------
@@ -2113,7 +2114,8 @@ def calls_per_minute(engine, call):
     limit, acc = engine.cfg.policy.max_calls_per_minute, call.account
     if not limit or acc.id is None:
         return None
-    recent = len(engine.window(engine.last_minute, acc.id, call.now, 60))
+    call.last_minute = engine.counters.recent_calls(acc.id, call.now, 60, call.dry_run)
+    recent = len(call.last_minute)
     if recent >= limit:
         return Rejection("R15", f"{acc.name} placed {recent} approved calls in the last 60 s (max_calls_per_minute = {limit})",
                          "raise [policy] max_calls_per_minute in tfps.conf", soft=True)
@@ -2161,9 +2163,8 @@ class SharedCounters:
     def ab_attempt(self, account_id, number, now, window, keep, dry_run):
         """Record an attempt to call `number`; returns (attempts within the last `window` seconds,
         this one included, counted up to keep + 1; blocked_until)."""
-        lock = " FOR UPDATE" if self.db.dialect == "mysql" and not dry_run else ""
-        row = self.db.one(f"SELECT times, blocked_until FROM ab_pairs WHERE account_id = ? AND number = ?{lock}",
-                          (account_id, number))
+        row = self._read_for_update("ab_pairs", {"account_id": account_id, "number": number}, "times, blocked_until",
+                                    {"times": "", "last_attempt": now, "blocked_until": 0.0}, dry_run)
         times = [t for t in map(float, split_list(row[0])) if t > now - window] if row else []
         times = times[-keep:] + [now]
         if not dry_run:
@@ -2174,6 +2175,36 @@ class SharedCounters:
 
     def block_ab(self, account_id, number, until):
         self.db.execute("UPDATE ab_pairs SET blocked_until = ? WHERE account_id = ? AND number = ?", (until, account_id, number))
+
+    def recent_calls(self, account_id, now, window, dry_run):
+        """Times of the account's approved calls within the last `window` seconds (R15). Read
+        for update: the verdict that adds one holds the row until it commits."""
+        row = self._read_for_update("rate_windows", {"account_id": account_id}, "times", {"times": "", "last_call": now},
+                                    dry_run)
+        return [t for t in map(float, split_list(row[0])) if t > now - window] if row else []
+
+    def add_call(self, account_id, recent, now, keep):
+        """Add an approved call to what recent_calls() returned; the newest `keep` are kept."""
+        times = (recent + [now])[-keep:]
+        self.db.upsert("rate_windows", {"account_id": account_id, "times": ",".join(f"{t:.3f}" for t in times),
+                                        "last_call": now}, ["account_id"], "times = NEW(times), last_call = NEW(last_call)")
+
+    def _read_for_update(self, table, keys, columns, blank, dry_run):
+        """`columns` of the row `keys` of `table`, or None. On MySQL the row stays locked until
+        the verdict commits; a missing row locks nothing, and two nodes that both found none
+        would each write one, the later erasing the earlier: so it is created blank first (a
+        racing creator is waited for) and locked then. SQLite writers are serialized anyway."""
+        where = " AND ".join(f"{k} = ?" for k in keys)
+        select, args = f"SELECT {columns} FROM {table} WHERE {where}", tuple(keys.values())
+        if dry_run or self.db.dialect != "mysql":
+            return self.db.one(select, args)
+        row = self.db.one(select + " FOR UPDATE", args)
+        if row is None:
+            values = {**keys, **blank}
+            self.db.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                            tuple(values.values()))
+            row = self.db.one(select + " FOR UPDATE", args)
+        return row
 
     def take_quota(self, account_id, day, bucket, limit):
         """Count one approved call if the account is still under `limit`. True if counted."""
@@ -2199,6 +2230,7 @@ class PrivateCounters:
 
     def __init__(self):
         self.pairs = {}   # (account id, number) -> [recent attempt times, blocked_until]
+        self.rates = {}   # account id -> times of the latest approved calls (R15)
         self.daily = {}   # (account id, day, bucket) -> approved calls, today's only
         self.day = ""
         self.pruned = 0.0
@@ -2225,6 +2257,12 @@ class PrivateCounters:
 
     def block_ab(self, account_id, number, until):
         self.pairs[(account_id, number)][1] = until
+
+    def recent_calls(self, account_id, now, window, dry_run):
+        return [t for t in self.rates.get(account_id, ()) if t > now - window]
+
+    def add_call(self, account_id, recent, now, keep):
+        self.rates[account_id] = (recent + [now])[-keep:]
 
     def take_quota(self, account_id, day, bucket, limit):
         if self.approved(account_id, day, bucket) >= limit:
@@ -2258,7 +2296,6 @@ class Engine:
         self.node = cfg.server.node_name
         self.log_rows = []
         self.last_seen = {}
-        self.last_minute = {}  # account id -> times of approved calls in the last 60 s (R15)
         self.offhours = {}     # account id -> times of approved off-hours calls in the last 10 minutes
         self.today = {}    # (account id, day) -> approved calls, for anomaly alerts
         self.seen = set()  # (account id, 'src'|'dst', iso) known to be in account_seen
@@ -2403,8 +2440,8 @@ class Engine:
             return
         if not call.counted:
             self.counters.count_approved(acc.id, call.day, "off" if call.off_hours else "biz")
-        if self.cfg.policy.max_calls_per_minute:
-            self.window(self.last_minute, acc.id, call.now, 60).append(call.now)
+        if call.last_minute is not None:
+            self.counters.add_call(acc.id, call.last_minute, call.now, self.cfg.policy.max_calls_per_minute)
         self._check_anomalies(call)
 
     def _check_anomalies(self, call):
@@ -2818,6 +2855,7 @@ def purge(cfg, db, now, older_than):
             ("call_log", "ts < ?", (cutoff,)),
             ("daily_counters", "day < ?", (dt.datetime.fromtimestamp(cutoff, cfg.policy.tz).date().isoformat(),)),
             ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (now - cfg.policy.ab_window, now)),
+            ("rate_windows", "last_call < ?", (now - 60,)),
             ("history_days", "day < ?", (day_number(cutoff, cfg.policy.tz),)),
             ("account_days", "day < ?", (day_number(cutoff, cfg.policy.tz),)),
             ("account_day_countries", "day < ?", (day_number(cutoff, cfg.policy.tz),)),
@@ -3707,11 +3745,12 @@ def update_account(db, acc, now, end_learning=True, **fields):
 def reset_account(db, cfg, acc, now):
     counters = db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ?", (acc.id, today_key(cfg, now))).rowcount
     pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (acc.id,)).rowcount
+    db.execute("DELETE FROM rate_windows WHERE account_id = ?", (acc.id,))
     return counters, pairs
 
 
 def remove_account(db, acc):
-    for table in ("daily_counters", "ab_pairs", "account_seen", "account_days", "account_day_countries"):
+    for table in ("daily_counters", "ab_pairs", "rate_windows", "account_seen", "account_days", "account_day_countries"):
         db.execute(f"DELETE FROM {table} WHERE account_id = ?", (acc.id,))
     db.execute("DELETE FROM accounts WHERE id = ?", (acc.id,))
 

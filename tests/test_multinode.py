@@ -163,6 +163,62 @@ def test_concurrent_engines_race_for_a_fresh_counter(mysql_url):
             engine.db.close()
 
 
+def race_two_engines(mysql_url, user, policy, number_of):
+    """Two engines decide calls of `user` at the same moment, each `number_of` (a list of numbers
+    per engine, k -> [numbers]); returns the verdict codes and the engines (to be closed)."""
+    cfg = tfps.Config.load(None)
+    cfg.set("policy", "business_hours", "mon-sun 00:00-24:00")
+    for key, value in policy.items():
+        cfg.set("policy", key, str(value))
+    engines = [tfps.Engine(cfg, tfps.open_database(mysql_url)) for _ in range(2)]
+    start, verdicts, errors = time.time(), [], []
+
+    def work(k, barrier):
+        barrier.wait(timeout=30)
+        for i, number in enumerate(number_of(k)):
+            try:
+                verdicts.append(engines[k].decide(tfps.CallAttempt(user, DOMAIN, number, ts=start + i)).code)
+            except Exception as exc:
+                errors.append(repr(exc))
+
+    barrier = threading.Barrier(2)
+    threads = [threading.Thread(target=work, args=(k, barrier)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[0]
+    return Counter(verdicts), engines, start
+
+
+def test_max_calls_per_minute_holds_across_two_engines(mysql_url):
+    """R15 is counted in the database: two engines racing calls of one fresh account approve at
+    most max_calls_per_minute of them within 60 s between them, not that many each."""
+    limit, calls = 4, 6
+    create_accounts(mysql_url, ["m1"], daily_quota=None, daily_quota_off=None)
+    codes, engines, start = race_two_engines(mysql_url, "m1", {"max_calls_per_minute": limit},
+                                             lambda k: [f"1212{k}{i:06d}" for i in range(calls)])
+    try:
+        assert codes == {"A00": limit, "R15": 2 * calls - limit}, codes
+        late = engines[1].decide(tfps.CallAttempt("m1", DOMAIN, "12129990000", ts=start + 61 + calls))
+        assert late.code == "A00", late.reason     # a minute later the window has moved on
+    finally:
+        for engine in engines:
+            engine.db.close()
+
+
+def test_a_to_b_window_of_a_new_pair_holds_across_two_engines(mysql_url):
+    """The first attempts at a new A->B pair race on two engines: none is lost, so exactly
+    ab_max_calls of them pass and the rest are R13."""
+    create_accounts(mysql_url, ["p1"], daily_quota=None, daily_quota_off=None)
+    codes, engines, _ = race_two_engines(mysql_url, "p1", {"ab_max_calls": 2}, lambda k: ["12125550100"] * 3)
+    try:
+        assert codes == {"A00": 2, "R13": 4}, codes
+    finally:
+        for engine in engines:
+            engine.db.close()
+
+
 def test_two_nodes_flush_call_logs_at_once(mysql_url):
     """Two nodes serving the same accounts flush their call logs at the same moment (every
     flush_interval): neither flush fails (e.g. with a deadlock) and no row is lost."""

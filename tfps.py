@@ -36,6 +36,7 @@ import contextlib
 import csv
 import datetime as dt
 import decimal
+import errno
 import functools
 import gc
 import heapq
@@ -3199,12 +3200,13 @@ class TcpConnection:
         self.outbuf = bytearray()
         self.last_active = now
         self.closed = False
+        self.connecting = False  # an outgoing connection whose connect() has not completed
         self.transport = "tcp"
 
     def send(self, data, _addr=None):
         if self.closed:
             return
-        if not self.outbuf:
+        if not self.outbuf and not self.connecting:
             try:
                 sent = self.sock.send(data)
             except BlockingIOError:
@@ -3241,6 +3243,7 @@ class Server:
         self.timers = []
         self._seq = 0
         self.connections = {}
+        self.outgoing = {}  # (ip, port) -> TcpConnection opened to send responses (RFC 3261 §18.2.2)
         self.listeners = []
         self.stopping = False
         self.reload_requested = False
@@ -3485,7 +3488,37 @@ class Server:
         self.connections[sock.fileno()] = conn
         self.selector.register(sock, selectors.EVENT_READ, ("tcp", conn))
 
+    def _connect(self, addr):
+        """A connection to `addr` for responses whose request's connection has closed (RFC 3261
+        §18.2.2: the received address and the sent-by port); None when none can be opened."""
+        conn = self.outgoing.get(addr)
+        if conn is not None and not conn.closed:
+            return conn
+        if len(self.connections) >= self.cfg.server.tcp_max_connections:
+            log.warning("no TCP connection to %s for a response: tcp_max_connections reached", addr[0])
+            return None
+        sock = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        error = sock.connect_ex(addr)
+        if error not in (0, errno.EINPROGRESS):
+            log.info("cannot open a TCP connection to %s:%d for a response: %s", addr[0], addr[1], os.strerror(error))
+            sock.close()
+            return None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = TcpConnection(sock, addr, self.cfg.server.max_message_size, time.monotonic())
+        conn.connecting = error == errno.EINPROGRESS
+        self.connections[sock.fileno()] = self.outgoing[addr] = conn
+        self.selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("tcp", conn))
+        return conn
+
     def _service_tcp(self, conn, events):
+        if events & selectors.EVENT_WRITE and conn.connecting:
+            error = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                log.info("TCP connection to %s:%d for a response failed: %s", *conn.addr, os.strerror(error))
+                self._close_tcp(conn)
+                return
+            conn.connecting = False
         if events & selectors.EVENT_WRITE:
             self._flush_tcp(conn)
         if not events & selectors.EVENT_READ or conn.closed:
@@ -3523,7 +3556,7 @@ class Server:
         self._close_tcp(conn)
 
     def _flush_tcp(self, conn):
-        if conn.outbuf and not conn.closed:
+        if conn.outbuf and not conn.closed and not conn.connecting:
             try:
                 sent = conn.sock.send(conn.outbuf)
                 del conn.outbuf[:sent]
@@ -3534,13 +3567,15 @@ class Server:
         if conn.closed:
             self._close_tcp(conn)
             return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf or conn.connecting else 0)
         self.selector.modify(conn.sock, events, ("tcp", conn))
 
     def _close_tcp(self, conn):
         conn.closed = True
         if self.connections.pop(conn.sock.fileno(), None) is not None:
             self.selector.unregister(conn.sock)
+        if self.outgoing.get(conn.addr) is conn:
+            del self.outgoing[conn.addr]
         conn.sock.close()
 
     def _close_idle_connections(self):
@@ -3550,6 +3585,10 @@ class Server:
 
     def _send(self, dest, data):
         endpoint, addr = dest
+        if endpoint.transport == "tcp" and endpoint.closed:
+            endpoint = self._connect(addr)
+            if endpoint is None:
+                return
         endpoint.send(data, addr)
         if endpoint.transport == "tcp" and not endpoint.closed:
             self._flush_tcp(endpoint)
@@ -3568,7 +3607,7 @@ class Server:
     @staticmethod
     def _response_dest(endpoint, addr, via):
         if endpoint.transport == "tcp":
-            return endpoint, addr
+            return endpoint, (addr[0], via.port or 5060)  # where to connect should this connection close
         if via.params.get("maddr"):
             return endpoint, (via.params["maddr"].strip("[]"), via.port or 5060)
         if "rport" in via.params:

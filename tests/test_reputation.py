@@ -5,13 +5,15 @@ stubs' answers."""
 
 import json
 import signal
+import socket
 import time
 
 import pytest
 
 import tfps
-from conftest import run_cli, udp_socket, write_config
-from stubs import (AbuseIPDBStub, BackgroundCall, ApibanStub, call, reserve_port, send_invite, unique_us_number, wait_final, wait_until)
+from conftest import run_cli, sip_invite, udp_socket, write_config
+from stubs import (AbuseIPDBStub, BackgroundCall, ApibanStub, call, p_tfps, reserve_port, send_invite, unique_us_number,
+                   wait_final, wait_until)
 
 ACCOUNT = ("1001", "pbx.example.com")
 
@@ -50,6 +52,32 @@ def count_lines(text, needle):
 
 
 # -- a slow lookup never delays other calls ------------------------------------------------------
+
+def test_tcp_answer_after_the_pbx_closed_the_connection_goes_over_a_new_one(start_server, abuse):
+    """RFC 3261 §18.2.2: the PBX closes its TCP connection while the verdict waits for a slow
+    lookup; the answer goes over a new connection to the Via sent-by port."""
+    abuse.set("8.8.4.4", score=0, country="US", latency=1.0)
+    srv = start_server(sections=sections(abuse, reputation_timeout="4s"))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(6)
+        pbx_port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=3) as pbx:
+            pbx.sendall(sip_invite(unique_us_number(1), srv.port, transport="TCP", local_port=pbx_port,
+                                   headers=[p_tfps("8.8.4.4")]))
+        conn, peer = listener.accept()
+        with conn:
+            framer, answers = tfps.StreamFramer(1 << 16), []
+            conn.settimeout(6)
+            while not answers or answers[-1].status < 200:
+                data = conn.recv(65536)
+                assert data, f"connection closed after {[a.status for a in answers]}"
+                answers += [tfps.parse_message(m) for m in framer.feed(data)]
+    assert peer[0] == "127.0.0.1"
+    assert (answers[-1].status, answers[-1].header("x-tfps-code")) == (302, "A00")
+    assert {a.status for a in answers[:-1]} <= {100}
+
 
 def test_slow_lookup_does_not_delay_calls_from_cached_or_private_ips(start_server, abuse):
     abuse.set("1.1.1.1", score=0, country="US")

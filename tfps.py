@@ -288,7 +288,7 @@ CONFIG_SPEC = {
         "redirect_host": (_text, "", "host of the 302 Contact URI; empty = the From domain"),
         "max_message_size": (_integer(512, 1 << 20), "65535", "larger messages are dropped (UDP) or answered 513 (TCP)"),
         "tcp_idle_timeout": (parse_duration, "300s", "close TCP connections idle this long"),
-        "tcp_max_connections": (_integer(1), "1024", "refuse TCP connections beyond this many"),
+        "tcp_max_connections": (_integer(1), "1024", "TCP connections at most, accepted or opened for responses"),
         "node_name": (_text, "", "this node's name in the call log; empty = the host name"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info", "log verbosity on stderr"),
         "log_verdicts": (_boolean, "yes", "one log line per verdict"),

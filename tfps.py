@@ -21,7 +21,7 @@ Contents (sections appear in this order; each depends only on those above it)
    9. Alerts             rate-limited alert events, outbox in the database, SMTP and webhook
   10. Engine             the fraud pipeline: call attempt in, verdict out
   11. Training           limits learned from each account's history; daily jobs
-  12. Replay             the real engine over CDR files with simulated time
+  12. Replay             the real engine over CDR files with simulated time, in parallel by account
   13. Server             selectors event loop moving bytes and timers for UDP and TCP
   14. Admin              account, list and report operations behind the CLI
   15. CLI                argparse subcommands and main()

@@ -2628,6 +2628,18 @@ def day_bounds(day, tz):
             dt.datetime.combine(date + dt.timedelta(days=1), dt.time(), tz).timestamp())
 
 
+DAY_SUMS = ("SUM(1 - off_hours), SUM(off_hours), MAX(CASE WHEN off_hours = 0 THEN concurrent_calls END), "
+            "MAX(CASE WHEN off_hours = 1 THEN concurrent_calls END) FROM call_log "
+            "WHERE code = 'A00' AND account_id IS NOT NULL AND ts >= ? AND ts < ?")
+COUNTRY_COLUMNS = (("dst", "dest_country"), ("src", "source_country"))
+
+
+def country_sums(column, only=""):
+    """COUNT(*) ... GROUP BY: approved calls per account and country in a time range."""
+    return (f"COUNT(*) FROM call_log WHERE code = 'A00' AND account_id IS NOT NULL AND ts >= ? AND ts < ? "
+            f"AND {column} <> ''{only} GROUP BY account_id, {column}")
+
+
 def aggregate_days(cfg, db, now):
     """Sum up call_log per account for the days of the training window that are over and not
     summed up yet. Returns the first day left to call_log (today, or yesterday within SETTLE
@@ -2642,18 +2654,14 @@ def aggregate_days(cfg, db, now):
         start, end = day_bounds(day, p.tz)
         if end > now - SETTLE:
             return day
-        where = "code = 'A00' AND account_id IS NOT NULL AND ts >= ? AND ts < ?"
         db.begin()
         try:
             if db.execute("INSERT OR IGNORE INTO history_days (day, aggregated) VALUES (?, ?)", (day, now)).rowcount == 1:
                 db.execute("INSERT INTO account_days (account_id, day, calls_biz, calls_off, peak_biz, peak_off) "
-                           "SELECT account_id, ?, SUM(1 - off_hours), SUM(off_hours), MAX(CASE WHEN off_hours = 0 THEN "
-                           "concurrent_calls END), MAX(CASE WHEN off_hours = 1 THEN concurrent_calls END) "
-                           f"FROM call_log WHERE {where} GROUP BY account_id", (day, start, end))
-                for direction, column in (("dst", "dest_country"), ("src", "source_country")):
+                           f"SELECT account_id, ?, {DAY_SUMS} GROUP BY account_id", (day, start, end))
+                for direction, column in COUNTRY_COLUMNS:
                     db.execute("INSERT INTO account_day_countries (account_id, day, direction, iso, calls) "
-                               f"SELECT account_id, ?, ?, {column}, COUNT(*) FROM call_log WHERE {where} "
-                               f"AND {column} <> '' GROUP BY account_id, {column}", (day, direction, start, end))
+                               f"SELECT account_id, ?, ?, {column}, {country_sums(column)}", (day, direction, start, end))
             db.commit()
         except BaseException:
             db.rollback()
@@ -2721,26 +2729,21 @@ def history(cfg, db, now, account_ids=None):
             f"{only} GROUP BY account_id, direction, iso", (since, unsummed, *ids)):
         getattr(stats[acc_id], direction)[iso] = int(calls)
 
-    start = day_bounds(unsummed, p.tz)[0]
-    where = f"code = 'A00' AND ts >= ? AND ts < ? AND account_id IS NOT NULL{only}"
-    day_expr = "CAST((ts + ?) / 86400 AS INTEGER)" if db.dialect == "sqlite" else "FLOOR((ts + ?) / 86400)"
-    offset = dt.datetime.fromtimestamp(now, p.tz).utcoffset().total_seconds()
-    for acc_id, day, biz, off, peak_biz, peak_off in db.query(
-            f"SELECT account_id, {day_expr} AS d, SUM(1 - off_hours), SUM(off_hours), MAX(CASE WHEN off_hours = 0 THEN "
-            f"concurrent_calls END), MAX(CASE WHEN off_hours = 1 THEN concurrent_calls END) FROM call_log WHERE {where} "
-            "GROUP BY account_id, d", (offset, start, now, *ids)):
-        day = int(day)
-        h = stats.setdefault(acc_id, AccountHistory(day))
-        h.first = min(h.first, day)
-        if day < today:
-            h.add_day(int(biz), int(off), day in business_set)
-        h.add_peak(0, peak_biz)
-        h.add_peak(1, peak_off)
-    for direction, column in (("dst", "dest_country"), ("src", "source_country")):
-        for acc_id, iso, calls in db.query(f"SELECT account_id, {column}, COUNT(*) FROM call_log WHERE {where} "
-                                           f"AND {column} <> '' GROUP BY account_id, {column}", (start, now, *ids)):
-            counts = getattr(stats.setdefault(acc_id, AccountHistory(today)), direction)  # a first call since the query above
-            counts[iso] = counts.get(iso, 0) + int(calls)
+    for day in range(unsummed, today + 1):  # day by day: each has its own bounds (and offset, on DST days)
+        start, end = day_bounds(day, p.tz)
+        span = (start, min(end, now), *ids)
+        for acc_id, biz, off, peak_biz, peak_off in db.query(
+                f"SELECT account_id, {DAY_SUMS}{only} GROUP BY account_id", span):
+            h = stats.setdefault(acc_id, AccountHistory(day))
+            h.first = min(h.first, day)
+            if day < today:
+                h.add_day(int(biz), int(off), day in business_set)
+            h.add_peak(0, peak_biz)
+            h.add_peak(1, peak_off)
+        for direction, column in COUNTRY_COLUMNS:
+            for acc_id, iso, calls in db.query(f"SELECT account_id, {column}, {country_sums(column, only)}", span):
+                counts = getattr(stats.setdefault(acc_id, AccountHistory(day)), direction)  # a first call since the query above
+                counts[iso] = counts.get(iso, 0) + int(calls)
     return stats
 
 
@@ -2998,28 +3001,27 @@ def replay(cfg, path, db_url=None, jobs=None):
     if jobs is None:
         jobs = os.cpu_count() or 1 if len(rows) >= PARALLEL_REPLAY_ROWS else 1
     if db_url or jobs == 1 or not hasattr(os, "fork"):
-        tally = replay_rows(cfg, enumerate(rows), db_url)
+        tally = replay_rows(cfg, rows, db_url)
     else:
-        tally = merge_tallies(in_processes(lambda shard: replay_rows(cfg, shard, None), shard_by_account(rows, jobs)))
+        owners, shards = shard_by_account(rows, jobs)
+        tally = merge_tallies(in_processes(lambda shard: replay_rows(cfg, rows, None, owners, shard), list(range(shards))))
     return replay_report(tally, len(rows))
 
 
 def shard_by_account(rows, count):
-    """Split rows into at most `count` shards of whole accounts, about as many rows in each, as
-    (index, row) pairs."""
+    """Share the accounts out among at most `count` shards, about as many rows in each. Returns
+    (the shard of each row, the number of shards)."""
     per_account = {}
     for row in rows:
         key = (row[2], row[3].lower())
         per_account[key] = per_account.get(key, 0) + 1
+    count = max(1, min(count, len(per_account), 255))
     loads, shard_of = [0] * count, {}
     for key, calls in sorted(per_account.items(), key=lambda item: (-item[1], item[0])):
         shard = loads.index(min(loads))
         shard_of[key] = shard
         loads[shard] += calls
-    shards = [[] for _ in range(count)]
-    for index, row in enumerate(rows):
-        shards[shard_of[(row[2], row[3].lower())]].append((index, row))
-    return [shard for shard in shards if shard]
+    return bytes(shard_of[(row[2], row[3].lower())] for row in rows), count
 
 
 def in_processes(work, items):
@@ -3055,8 +3057,10 @@ def in_processes(work, items):
     return results
 
 
-def replay_rows(cfg, indexed_rows, db_url=None):
-    """The engine over (index, row) pairs in time order; returns the tally replay_report() reads."""
+def replay_rows(cfg, rows, db_url=None, owners=None, shard=0):
+    """The engine over read_cdrs() rows; returns the tally replay_report() reads. With `owners`
+    (shard_by_account), only the rows of `shard`'s accounts are decided, while the daily jobs
+    still run at the times of all rows, as in a single process."""
     db = open_database(db_url or "sqlite://:memory:")
     alerts = AlertTally(cfg.alerts)
     engine = Engine(cfg, db, alerts, counters=None if db_url else PrivateCounters())
@@ -3066,9 +3070,11 @@ def replay_rows(cfg, indexed_rows, db_url=None):
     fraud = fraud_blocked = legit = legit_blocked = 0
     episodes, open_episode = [], {}
     next_jobs = 0.0
-    for index, (ts, when, user, domain, number, ip, ua, calls, source_country, label) in indexed_rows:
+    for index, (ts, when, user, domain, number, ip, ua, calls, source_country, label) in enumerate(rows):
         if ts >= next_jobs:
             next_jobs = jobs.run_due(ts)
+        if owners is not None and owners[index] != shard:
+            continue
         attempt = CallAttempt(user, domain, number, ip, ua, calls, ts, source_country=source_country)
         verdict = engine.decide(attempt, enforce=enforce)
         engine.record(verdict, "replay", 0.0)

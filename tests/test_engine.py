@@ -2,7 +2,9 @@
 and a fresh real MariaDB database. The clock is frozen: every attempt carries its own time."""
 
 import datetime as dt
+import random
 import secrets
+import zoneinfo
 
 import pytest
 
@@ -10,6 +12,7 @@ import tfps
 from conftest import MYSQL_HOST, MYSQL_PORT, mysql_admin, write_config
 
 UTC = dt.timezone.utc
+NY = zoneinfo.ZoneInfo("America/New_York")   # DST: 2024-03-10 has 23 hours, 2024-11-03 has 25
 
 
 def at(y, m, d, hh, mm=0, ss=0.0, tz=UTC):
@@ -32,7 +35,8 @@ def us(i):
 
 # Tables the engine and the admin functions write; cleared before each MariaDB test.
 MUTABLE_TABLES = ("accounts", "daily_counters", "ab_pairs", "account_seen", "number_list", "ip_list", "call_log",
-                  "alert_outbox", "alert_throttle", "reputation_cache", "locks")
+                  "alert_outbox", "alert_throttle", "reputation_cache", "locks", "history_days", "account_days",
+                  "account_day_countries")
 
 
 @pytest.fixture(scope="module")
@@ -806,3 +810,109 @@ def test_call_log_unknown_number_row(env):
     env.engine.flush()
     row = env.db.one("SELECT code, dialed, number, dest_country FROM call_log")
     assert row == ("R12", "1212'x", "", "")
+
+
+# -- the local day and off hours, remembered per stretch; when the daily jobs are next due ------------
+
+INDEPENDENCE_DAY = dt.date(2024, 7, 4)   # a Thursday, made a holiday below
+
+
+def local_day(ts, holidays=(INDEPENDENCE_DAY,)):
+    """(ISO day, off hours) in New York with mon-fri 09:00-18:00 business hours, from zoneinfo."""
+    local = dt.datetime.fromtimestamp(ts, NY)
+    return local.date().isoformat(), not (local.weekday() < 5 and local.date() not in holidays and 9 <= local.hour < 18)
+
+
+def stretch_end(ts, holidays=(INDEPENDENCE_DAY,)):
+    """The next moment local_day() may change: 09:00 or 18:00 of a business day, else midnight."""
+    local = dt.datetime.fromtimestamp(ts, NY)
+    edges = [dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(), NY).timestamp()]
+    if local.weekday() < 5 and local.date() not in holidays:
+        edges += [dt.datetime.combine(local.date(), dt.time(hour), NY).timestamp() for hour in (9, 18)]
+    return min(edge for edge in edges if edge > ts)
+
+
+def edges_of(y, m, d):
+    """Both sides of every edge of a New York day: 09:00, 18:00 and midnight."""
+    return [at(y, m, d, hh, mm, ss, tz=NY) for hh, mm, ss in
+            ((0, 0, 0.0), (8, 59, 59.0), (8, 59, 59.999), (9, 0, 0.0), (12, 0, 0.0), (17, 59, 59.0), (18, 0, 0.0),
+             (23, 59, 59.0), (23, 59, 59.999))]
+
+
+def sweep(first, last, step=433):
+    return [t for t in range(int(at(*first, 0, tz=NY)), int(at(*last, 0, tz=NY)), step)]
+
+
+def test_local_day_and_off_hours_follow_the_clock_whatever_the_order(tmp_path):
+    env = Env(tmp_path, f"sqlite://{tmp_path / 'tfps.db'}", {"timezone": "America/New_York", "holidays": "2024-07-04"})
+    try:
+        named = (edges_of(2024, 7, 3) + edges_of(2024, 7, 4) + edges_of(2024, 7, 5) + edges_of(2024, 7, 6)  # Wed..Sat
+                 + edges_of(2024, 3, 8) + edges_of(2024, 3, 10) + edges_of(2024, 3, 11)        # spring forward
+                 + [at(2024, 3, 10, 1, 59, 59, tz=NY), at(2024, 3, 10, 3, tz=NY)]
+                 + edges_of(2024, 11, 2) + edges_of(2024, 11, 3) + edges_of(2024, 11, 4)       # fall back
+                 + [at(2024, 11, 3, 1, 30, tz=NY), at(2024, 11, 3, 1, 30, tz=NY) + 3600])     # 01:30 EDT, 01:30 EST
+        dense = sweep((2024, 3, 8, 20), (2024, 3, 12, 4)) + sweep((2024, 11, 1, 20), (2024, 11, 5, 4))
+        shuffled = named + dense
+        random.Random(9).shuffle(shuffled)
+        sequences = [named, named[::-1], dense, dense[::-1], shuffled]
+        for times in sequences:
+            for ts in times:
+                assert env.engine._local_day(ts) == local_day(ts), dt.datetime.fromtimestamp(ts, NY)
+                assert env.engine.clock[1] == stretch_end(ts), dt.datetime.fromtimestamp(ts, NY)
+        # what the sequences cross
+        assert local_day(at(2024, 7, 3, 8, 59, 59, tz=NY)) == ("2024-07-03", True)
+        assert local_day(at(2024, 7, 3, 9, tz=NY)) == ("2024-07-03", False)
+        assert local_day(at(2024, 7, 4, 12, tz=NY)) == ("2024-07-04", True)
+        assert local_day(at(2024, 11, 3, 1, 30, tz=NY) + 3600) == ("2024-11-03", True)
+        assert stretch_end(at(2024, 3, 10, 12, tz=NY)) - at(2024, 3, 10, 0, tz=NY) == 23 * 3600
+        assert stretch_end(at(2024, 11, 3, 12, tz=NY)) - at(2024, 11, 3, 0, tz=NY) == 25 * 3600
+    finally:
+        env.db.close()
+
+
+def test_local_day_follows_a_reloaded_timezone(tmp_path):
+    """The remembered stretch belongs to the configuration: a reload (SIGHUP) starts afresh."""
+    env = Env(tmp_path, f"sqlite://{tmp_path / 'tfps.db'}", {"timezone": "America/New_York"})
+    try:
+        ts = at(2024, 7, 3, 3, 30)                     # 23:30 on the 2nd in New York
+        assert env.engine._local_day(ts) == ("2024-07-02", True)
+        env.cfg.set("policy", "timezone", "Asia/Tokyo")
+        env.engine.reload()
+        assert env.engine._local_day(ts + 60) == ("2024-07-03", False)      # 12:31 on a Wednesday in Tokyo...
+        env.cfg.set("policy", "business_hours", "sat-sun 10:00-16:00")
+        env.engine.reload()
+        assert env.engine._local_day(ts + 120) == ("2024-07-03", True)      # ... now off hours
+    finally:
+        env.db.close()
+
+
+def test_run_due_returns_the_next_learning_end_or_daily_job(make):
+    env = make({"timezone": "America/New_York", "learning_days": "14"})   # train_at 03:30, summary_at 08:00
+    created = at(2024, 2, 25, 6, tz=NY)
+    learner = env.account("learner", now=created)
+    env.account("veteran", now=created - 30 * 86400, daily_quota=50)  # enforcing: its old learning_until is over
+    assert learner.state == "learning" and learner.learning_until == created + 14 * 86400
+    learning_end = learner.learning_until                               # Sunday 2024-03-10, 07:00 EDT
+    jobs = tfps.DailyJobs(env.cfg, env.db, env.engine)
+
+    def locks():
+        return {r[0] for r in env.db.query("SELECT name FROM locks")}
+
+    # Saturday 2024-03-09 (EST); Sunday 2024-03-10 is the 23-hour day
+    assert jobs.run_due(at(2024, 3, 9, 2, tz=NY)) == at(2024, 3, 9, 3, 30, tz=NY)
+    assert locks() == set()
+    assert jobs.run_due(at(2024, 3, 9, 3, 29, 59, tz=NY)) == at(2024, 3, 9, 3, 30, tz=NY)
+    assert jobs.run_due(at(2024, 3, 9, 3, 30, tz=NY)) == at(2024, 3, 9, 8, tz=NY)        # trained; the summary next
+    assert locks() == {"train:2024-03-09", "purge:2024-03-09"}
+    assert jobs.run_due(at(2024, 3, 9, 7, 59, 59, tz=NY)) == at(2024, 3, 9, 8, tz=NY)
+    assert jobs.run_due(at(2024, 3, 9, 8, tz=NY)) == at(2024, 3, 10, 3, 30, tz=NY)       # all done until tomorrow
+    assert "summary:2024-03-09" in locks()
+    assert jobs.run_due(at(2024, 3, 10, 3, 30, tz=NY)) == learning_end                 # before the summary
+    assert tfps.find_account(env.db, "learner", DOMAIN).state == "learning"
+    assert jobs.run_due(learning_end - 0.5) == learning_end
+    assert jobs.run_due(learning_end) == at(2024, 3, 10, 8, tz=NY)
+    assert tfps.find_account(env.db, "learner", DOMAIN).state == "enforcing"
+    assert jobs.run_due(at(2024, 3, 10, 8, tz=NY)) == at(2024, 3, 11, 3, 30, tz=NY)
+    # another node's jobs: nothing left to do today, the same next moment
+    other = tfps.DailyJobs(env.cfg, env.db, env.engine)
+    assert other.run_due(at(2024, 3, 10, 9, tz=NY)) == at(2024, 3, 11, 3, 30, tz=NY)

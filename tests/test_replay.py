@@ -4,10 +4,12 @@ learning and training during the replay, and the error paths of the CSV reader."
 
 import csv
 import datetime as dt
+import importlib.util
 import json
 import random
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -26,10 +28,13 @@ def cdr_rows(path=CDR):
         return list(csv.DictReader(fh))
 
 
-def replay_config(tmp_path, name="replay.conf", **policy):
+def replay_config(tmp_path, name="replay.conf", alerts=None, **policy):
     keys = {"timezone": "UTC", "home_country": "US", "learning_days": "14"}
     keys.update({k: str(v) for k, v in policy.items()})
-    return write_config(tmp_path / name, {"policy": keys, "server": {"mode": "redirect", "node_name": "replay"}})
+    sections = {"policy": keys, "server": {"mode": "redirect", "node_name": "replay"}}
+    if alerts:
+        sections["alerts"] = alerts
+    return write_config(tmp_path / name, sections)
 
 
 def replay_json(path, conf, *extra):
@@ -281,3 +286,207 @@ def test_short_row_names_file_and_line(tmp_path):
 def test_unreadable_file(tmp_path):
     err = replay_error(tmp_path, tmp_path / "nope.csv")
     assert "nope.csv" in err and "cannot read" in err
+
+
+# -- in memory or into a database, one process or several ------------------------------------------
+
+def load_cdr_generator():
+    spec = importlib.util.spec_from_file_location("gen_cdr", DATA / "gen_cdr.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_rows(path, rows):
+    """CDR rows (datetime, user, domain, number, ip, ua, calls, source country, label) -> a CSV file."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh, lineterminator="\n")
+        out.writerow(["time", "user", "domain", "number", "source_ip", "user_agent", "concurrent_calls",
+                      "source_country", "label"])
+        for when, *rest in rows:
+            out.writerow([when.isoformat(timespec="seconds"), *rest])
+    return path
+
+
+BURST_ACCOUNTS = (("1001", "branch.example.net"), ("support", "hq.example.com"))
+
+
+def many_accounts_cdr(path):
+    """Eight weeks of office traffic of six accounts (gen_cdr's four and two more, one of them
+    written with its domain in mixed case), a call of every account at 12:00:00 each weekday (the
+    same second), and two night-time bursts that start at the same second: the small account
+    1001@branch.example.net (first in the file) and the biggest one, support@hq.example.com."""
+    gen = load_cdr_generator()
+    accounts = gen.ACCOUNTS + [("2001", "branch2.example.net", "198.51.100.88", "Yealink SIP-T46S", (4, 9), 3, {}),
+                               ("noc", "hq.example.com", "198.51.100.20", "FPBX-16.0.40(18.20.0)", (2, 6), 2, {})]
+    rng, rows = random.Random(77), []
+    day, index = dt.date(2024, 3, 4), 0
+    while day <= dt.date(2024, 4, 26):
+        if day.weekday() < 5:
+            for account in accounts:
+                rows += gen.office_day(rng, day, account, index)
+                user, domain, ip, ua = account[:4]
+                noon = dt.datetime.combine(day, dt.time(12), gen.UTC)
+                rows.append((noon, user, domain, gen.us_number(rng), ip, ua, 1, "US", "legit"))
+            index += 1
+        day += dt.timedelta(days=1)
+    rows = [(r[0], r[1], r[2].upper() if r[1] == "2001" and i % 2 else r[2], *r[3:]) for i, r in enumerate(rows)]
+    when = dt.datetime(2024, 4, 16, 2, 5, tzinfo=gen.UTC)
+    for i in range(20):
+        for user, domain in BURST_ACCOUNTS:
+            rows.append((when, user, domain, f"+23276{rng.randint(100000, 999999)}", "192.0.2.66", "Zoiper", 1 + i // 3,
+                         "RO", "fraud"))
+        when += dt.timedelta(seconds=rng.randint(20, 70))
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    return write_rows(path, rows)
+
+
+@pytest.mark.parametrize("backend", ["sqlite_url", "mysql_url"])
+def test_in_memory_replay_reports_what_a_replay_into_a_database_does(tmp_path, request, backend):
+    """PrivateCounters (in memory) and SharedCounters (SQL, on either backend) count the same."""
+    cfg = tfps.Config.load(replay_config(tmp_path))
+    in_memory = tfps.replay(cfg, CDR)
+    assert in_memory["codes"]["A00"] < in_memory["rows"] and in_memory["episodes"]
+    assert tfps.replay(cfg, CDR, request.getfixturevalue(backend)) == in_memory
+
+
+def test_the_many_accounts_file_is_what_it_claims(tmp_path):
+    rows = tfps.read_cdrs(many_accounts_cdr(tmp_path / "many.csv"))
+    accounts = Counter((r[2], r[3].lower()) for r in rows)
+    assert len(accounts) == 6 and len(rows) > 3000
+    assert len({r[3] for r in rows if r[2] == "2001"}) == 2                    # one account, two spellings
+    per_second = Counter(r[0] for r in rows)
+    assert sum(n == 6 for n in per_second.values()) >= 40                       # every account at 12:00:00
+    fraud = [r for r in rows if r[9] == "fraud"]
+    assert [(r[2], r[3]) for r in fraud[:2]] == list(BURST_ACCOUNTS) and fraud[0][0] == fraud[1][0]
+    owners, _ = tfps.shard_by_account(rows, 2)
+    first_shard = {(row[2], row[3].lower()) for row, owner in zip(rows, owners) if owner == 0}
+    assert BURST_ACCOUNTS[1] in first_shard and BURST_ACCOUNTS[0] not in first_shard
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_replay_in_several_processes_gives_the_report_of_one(tmp_path, jobs):
+    cfg = tfps.Config.load(replay_config(tmp_path))
+    many = many_accounts_cdr(tmp_path / "many.csv")
+    for path in (CDR, many):
+        single = tfps.replay(cfg, path, jobs=1)
+        assert tfps.replay(cfg, path, jobs=jobs) == single, path
+    # the bigger file's report has what the comparison is about
+    assert [e["account"] for e in single["episodes"]] == [f"{u}@{d}" for u, d in BURST_ACCOUNTS]
+    assert single["episodes"][0]["start"] == single["episodes"][1]["start"]
+    assert all(e["blocked"] for e in single["episodes"]) and single["legit_blocked"] == 0
+    assert single["alerts"]["enrolled"] == 6 and single["alerts"]["summary"] > 0
+
+
+def cdr_line(when, user, number):
+    return f"{when}+00:00,{user},a.example,{number},198.51.100.1,UA,1"
+
+
+# x is rejected on Monday (R06: Cuba is high risk), silent on Tuesday when y calls after 08:00
+IDLE_DAY = [cdr_line("2024-03-04T10:00:00", "x", "+12125550100"), cdr_line("2024-03-04T10:01:00", "x", "+5312345678"),
+            cdr_line("2024-03-04T10:02:00", "y", "+12125550101"), cdr_line("2024-03-05T10:00:00", "y", "+12125550102"),
+            cdr_line("2024-03-07T10:00:00", "x", "+12125550103")]
+# x learns for a day from Monday 10:00: 20 off-hours calls on Monday, none on Tuesday; y calls on
+# Tuesday at 10:30, after x's learning ended; x places 25 calls on Wednesday night, before train_at
+LEARNING_END = ([cdr_line("2024-03-04T10:00:00", "x", "+12125550999")]
+                + [cdr_line(f"2024-03-04T19:{k:02d}:00", "x", f"+1212555{k:04d}") for k in range(20)]
+                + [cdr_line("2024-03-05T10:30:00", "y", "+12125551000")]
+                + [cdr_line(f"2024-03-06T02:{k:02d}:00", "x", f"+1212556{k:04d}") for k in range(25)])
+
+
+@pytest.mark.parametrize("lines, policy, single", [
+    (IDLE_DAY, {}, {"codes": {"A00": 4, "R06": 1}, "summary": 1}),
+    (LEARNING_END, {"learning_days": 1, "train_min_days": 1}, {"codes": {"A00": 42, "R09": 5}, "summary": 1}),
+], ids=["summary-of-an-idle-account", "learning-end-of-an-idle-account"])
+def test_replay_in_several_processes_runs_the_daily_jobs_when_one_process_does(tmp_path, lines, policy, single):
+    """The daily jobs (end of learning with its training, training at train_at, the summary at
+    summary_at) run on the first row at or after their time. In one process that is anybody's
+    row, as on a server, which runs them every 30 s; a process given a share of the accounts must
+    run them at every row's time too. Were it to run them at its own accounts' next row only,
+    x's summary of Monday's rejection would never be raised (the job would run on Thursday, for
+    Wednesday), and x's learning would end on Wednesday night instead of Tuesday 10:30, training
+    on Tuesday too (0 calls): an off-hours quota of 30 (mean 10 + 2 x stddev 10) instead of 20,
+    and the 21st to 25th calls of Wednesday night approved instead of rejected (R09). The merged
+    report must be the one process's."""
+    path = write_cdr(tmp_path / "two.csv", HEADER, lines)
+    cfg = tfps.Config.load(replay_config(tmp_path, **policy))
+    one = tfps.replay(cfg, path, jobs=1)
+    assert (one["codes"], one["alerts"].get("summary")) == (single["codes"], single["summary"])
+    assert tfps.replay(cfg, path, jobs=2) == one
+
+
+def test_shard_by_account_keeps_accounts_whole_and_balanced(tmp_path):
+    rows = tfps.read_cdrs(many_accounts_cdr(tmp_path / "many.csv"))
+    rows += [(rows[-1][0] + k, *rows[-1][1:2], f"solo{k}", "Solo.Example", *rows[-1][4:]) for k in range(1, 8)]
+    per_account = Counter((r[2], r[3].lower()) for r in rows)
+    for count in (1, 2, 3, 4, 5, 16):
+        owners, shards = tfps.shard_by_account(rows, count)
+        assert len(owners) == len(rows) and shards == min(count, len(per_account))
+        assert set(owners) == set(range(shards)), "no empty shard"
+        owner = {}
+        for row, n in zip(rows, owners):
+            assert owner.setdefault((row[2], row[3].lower()), n) == n, f"{row[2]}@{row[3]} split"
+        loads = Counter(owners)
+        assert max(loads.values()) <= len(rows) / count + max(per_account.values()), loads
+    loads = sorted(Counter(tfps.shard_by_account(rows, 2)[0]).values())
+    assert loads[1] - loads[0] <= max(per_account.values())
+
+
+def test_replay_into_a_database_tallies_alerts_and_queues_none(tmp_path, sqlite_url):
+    conf = replay_config(tmp_path, alerts={"alert_webhook": "http://127.0.0.1:9/hook", "alert_interval": "0s"})
+    report = tfps.replay(tfps.Config.load(conf), CDR, sqlite_url)
+    rows = cdr_rows()
+    db = tfps.open_database(sqlite_url)
+    try:
+        assert db.scalar("SELECT COUNT(*) FROM alert_outbox") == 0, "a replay queued alerts for delivery"
+        assert db.scalar("SELECT COUNT(*) FROM alert_throttle") == 0
+        would = db.scalar("SELECT COUNT(*) FROM call_log WHERE code = 'A00' AND would_code <> ''")
+    finally:
+        db.close()
+    alerts = report["alerts"]
+    assert alerts["enrolled"] == len({(r["user"], r["domain"]) for r in rows}) == 4
+    assert alerts["rejection"] == report["rows"] - report["codes"]["A00"]
+    assert alerts["would-reject"] == would > 0
+    assert list(alerts) == sorted(alerts)
+
+
+@pytest.mark.parametrize("jobs", ["0", "x", "-1", "1.5"])
+def test_cli_replay_jobs_must_be_a_whole_number_from_1(tmp_path, jobs):
+    r = run_cli("replay", str(CDR), "--jobs", jobs, config=replay_config(tmp_path))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.startswith("usage:") and "--jobs" in r.stderr and r.stdout == ""
+
+
+def test_cli_replay_jobs_2(tmp_path):
+    conf = replay_config(tmp_path)
+    assert replay_json(CDR, conf, "--jobs", "2") == replay_json(CDR, conf)
+
+
+# -- read_cdrs: columns by name, short and long rows -------------------------------------------------
+
+def test_read_cdrs_finds_the_optional_columns_by_name_in_any_order(tmp_path):
+    path = write_cdr(tmp_path / "shuffled.csv",
+                     "label,concurrent_calls, source_country ,user_agent,source_ip,number,domain,user,time", [
+                         'FRAUD,3,RO,"Zoiper, rv2",192.0.2.66,+23276123456,Branch.Example.net,1001,2024-03-04T02:05:00+00:00',
+                         "legit,,US,FPBX,198.51.100.1,+12125550100,pbx.example.com,1001,2024-03-04T01:00:00-05:00"])
+    assert tfps.read_cdrs(path) == [
+        (dt.datetime(2024, 3, 4, 2, 5, tzinfo=dt.timezone.utc).timestamp(), "2024-03-04T02:05:00+00:00", "1001",
+         "Branch.Example.net", "+23276123456", "192.0.2.66", "Zoiper, rv2", 3, "RO", "fraud"),
+        (dt.datetime(2024, 3, 4, 6, 0, tzinfo=dt.timezone.utc).timestamp(), "2024-03-04T01:00:00-05:00", "1001",
+         "pbx.example.com", "+12125550100", "198.51.100.1", "FPBX", None, "US", "legit")]
+
+
+def test_read_cdrs_takes_long_rows_and_rows_short_of_optional_fields_only(tmp_path):
+    lines = [GOOD + ",US,legit,extra,more",          # longer than the header: the rest is ignored
+             GOOD.replace("10:00", "10:01") + ",DE",  # no label
+             GOOD.replace("10:00", "10:02")]          # neither source_country nor label
+    path = write_cdr(tmp_path / "ragged.csv", HEADER + ",source_country,label", lines)
+    assert [(r[1][11:16], r[7], r[8], r[9]) for r in tfps.read_cdrs(path)] == [
+        ("10:00", 1, "US", "legit"), ("10:01", 1, "DE", ""), ("10:02", 1, "", "")]
+    # one required field short is an error naming the file and line, with or without optional columns
+    for before, after in (("", ""), ("", ",source_country,label"), ("source_country,", "")):
+        full = ("US," if before else "") + GOOD
+        path = write_cdr(tmp_path / "short.csv", before + HEADER + after, [full, full, full.rsplit(",", 1)[0]])
+        with pytest.raises(tfps.UserError) as err:
+            tfps.read_cdrs(path)
+        assert str(err.value) == f"{path}:4: fewer fields than the header", (before, after)

@@ -1233,8 +1233,9 @@ class Database:
             raise
 
     def transient(self, exc):
-        """A deadlock or lock wait timeout: the same work may simply be tried again."""
-        return self.dialect == "mysql" and bool(exc.args) and exc.args[0] in (1205, 1213)
+        """A deadlock, a lock wait timeout, or a duplicate key from a row another node created
+        since it was looked for (SharedCounters): the same work may simply be tried again."""
+        return self.dialect == "mysql" and bool(exc.args) and exc.args[0] in (1062, 1205, 1213)
 
     def increment_below(self, table, keys, column, limit):
         """Add 1 to `column` of the row `keys` (creating it with 1) unless that makes it exceed
@@ -1969,7 +1970,7 @@ class Call:
         self.now = now
         self.dry_run = dry_run
         self.counted = False
-        self.last_minute = None  # approved calls of the account in the last 60 s, once R15 looked
+        self.last_minute = None  # recent_calls() of the account, once R15 looked
 
 
 # -- the rules, in pipeline order: each returns a Rejection or None ----------------------------
@@ -2116,7 +2117,7 @@ def calls_per_minute(engine, call):
     if not limit or acc.id is None:
         return None
     call.last_minute = engine.counters.recent_calls(acc.id, call.now, 60, call.dry_run)
-    recent = len(call.last_minute)
+    recent = len(call.last_minute[0])
     if recent >= limit:
         return Rejection("R15", f"{acc.name} placed {recent} approved calls in the last 60 s (max_calls_per_minute = {limit})",
                          "raise [policy] max_calls_per_minute in tfps.conf", soft=True)
@@ -2164,48 +2165,47 @@ class SharedCounters:
     def ab_attempt(self, account_id, number, now, window, keep, dry_run):
         """Record an attempt to call `number`; returns (attempts within the last `window` seconds,
         this one included, counted up to keep + 1; blocked_until)."""
-        row = self._read_for_update("ab_pairs", {"account_id": account_id, "number": number}, "times, blocked_until",
-                                    {"times": "", "last_attempt": now, "blocked_until": 0.0}, dry_run)
+        row = self._read_for_update("ab_pairs", "times, blocked_until", "account_id = ? AND number = ?",
+                                    (account_id, number), dry_run)
         times = [t for t in map(float, split_list(row[0])) if t > now - window] if row else []
         times = times[-keep:] + [now]
         if not dry_run:
-            self.db.upsert("ab_pairs", {"account_id": account_id, "number": number, "times": ",".join(f"{t:.3f}" for t in times),
-                                        "last_attempt": now, "blocked_until": 0.0}, ["account_id", "number"],
-                           "times = NEW(times), last_attempt = NEW(last_attempt)")
+            self._write("ab_pairs", {"account_id": account_id, "number": number, "times": ",".join(f"{t:.3f}" for t in times),
+                                     "last_attempt": now}, ["account_id", "number"], row is not None)
         return len(times), row[1] if row else 0.0
 
     def block_ab(self, account_id, number, until):
         self.db.execute("UPDATE ab_pairs SET blocked_until = ? WHERE account_id = ? AND number = ?", (until, account_id, number))
 
     def recent_calls(self, account_id, now, window, dry_run):
-        """Times of the account's approved calls within the last `window` seconds (R15). Read
-        for update: the verdict that adds one holds the row until it commits."""
-        row = self._read_for_update("rate_windows", {"account_id": account_id}, "times", {"times": "", "last_call": now},
-                                    dry_run)
-        return [t for t in map(float, split_list(row[0])) if t > now - window] if row else []
+        """(times of the account's approved calls within the last `window` seconds, whether its
+        row exists), for R15. Read for update: the verdict that adds a call holds the row."""
+        row = self._read_for_update("rate_windows", "times", "account_id = ?", (account_id,), dry_run)
+        return [t for t in map(float, split_list(row[0])) if t > now - window] if row else [], row is not None
 
     def add_call(self, account_id, recent, now, keep):
         """Add an approved call to what recent_calls() returned; the newest `keep` are kept."""
-        times = (recent + [now])[-keep:]
-        self.db.upsert("rate_windows", {"account_id": account_id, "times": ",".join(f"{t:.3f}" for t in times),
-                                        "last_call": now}, ["account_id"], "times = NEW(times), last_call = NEW(last_call)")
+        times, existed = recent
+        self._write("rate_windows", {"account_id": account_id, "times": ",".join(f"{t:.3f}" for t in (times + [now])[-keep:]),
+                                     "last_call": now}, ["account_id"], existed)
 
-    def _read_for_update(self, table, keys, columns, blank, dry_run):
-        """`columns` of the row `keys` of `table`, or None. On MySQL the row stays locked until
-        the verdict commits; a missing row locks nothing, and two nodes that both found none
-        would each write one, the later erasing the earlier: so it is created blank first (a
-        racing creator is waited for) and locked then. SQLite writers are serialized anyway."""
-        where = " AND ".join(f"{k} = ?" for k in keys)
-        select, args = f"SELECT {columns} FROM {table} WHERE {where}", tuple(keys.values())
-        if dry_run or self.db.dialect != "mysql":
-            return self.db.one(select, args)
-        row = self.db.one(select + " FOR UPDATE", args)
-        if row is None:
-            values = {**keys, **blank}
-            self.db.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+    def _read_for_update(self, table, columns, where, args, dry_run):
+        """`columns` of one row of `table`, or None. On MySQL the row stays locked until the
+        verdict commits, so that racing nodes take turns."""
+        lock = " FOR UPDATE" if self.db.dialect == "mysql" and not dry_run else ""
+        return self.db.one(f"SELECT {columns} FROM {table} WHERE {where}{lock}", args)
+
+    def _write(self, table, values, keys, existed):
+        """Write a row read by _read_for_update. A row that was missing locked nothing: a racing
+        node may have created it since, so on MySQL it is INSERTed, which then fails with a
+        duplicate key (Database.transient) and the verdict is evaluated again, reading the row
+        the other node wrote, instead of overwriting it. SQLite writers are serialized anyway."""
+        if existed or self.db.dialect != "mysql":
+            update = ", ".join(f"{c} = NEW({c})" for c in values if c not in keys)
+            self.db.upsert(table, values, keys, update)
+        else:
+            self.db.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                             tuple(values.values()))
-            row = self.db.one(select + " FOR UPDATE", args)
-        return row
 
     def take_quota(self, account_id, day, bucket, limit):
         """Count one approved call if the account is still under `limit`. True if counted."""
@@ -2260,10 +2260,10 @@ class PrivateCounters:
         self.pairs[(account_id, number)][1] = until
 
     def recent_calls(self, account_id, now, window, dry_run):
-        return [t for t in self.rates.get(account_id, ()) if t > now - window]
+        return [t for t in self.rates.get(account_id, ()) if t > now - window], account_id in self.rates
 
     def add_call(self, account_id, recent, now, keep):
-        self.rates[account_id] = (recent + [now])[-keep:]
+        self.rates[account_id] = (recent[0] + [now])[-keep:]
 
     def take_quota(self, account_id, day, bucket, limit):
         if self.approved(account_id, day, bucket) >= limit:

@@ -1322,8 +1322,8 @@ class Database:
         return int(self.scalar("SELECT value FROM meta WHERE name = 'schema_version'", default=0))
 
     def initdb(self):
-        """Create missing tables, add missing columns, load seed rows. Idempotent.
-        Returns (old_version, new_version, added columns)."""
+        """Create missing tables, add missing columns and indexes, load seed rows. Idempotent.
+        Returns (old_version, new_version, added columns and indexes as 'table.name')."""
         schema = read_schema()
         target = int(re.search(r"'schema_version',\s*(\d+)", schema).group(1))
         old = self.schema_version()
@@ -1333,6 +1333,7 @@ class Database:
             create = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
             if create and create.group(1) in existing:
                 added += self._add_missing_columns(create.group(1), statement)
+                added += self._add_missing_indexes(create.group(1), statement)
                 continue
             trigger = re.match(r"CREATE TRIGGER (\w+)", statement)
             if trigger and trigger.group(1).lower() in triggers:
@@ -1351,6 +1352,20 @@ class Database:
                 definition = m.group(2).replace("AUTO_INCREMENT", "")
                 self.execute(f"ALTER TABLE {table} ADD COLUMN {m.group(1)} {definition}")
                 added.append(f"{table}.{m.group(1)}")
+        return added
+
+    def _add_missing_indexes(self, table, statement):
+        if self.dialect == "sqlite":
+            have = {r[1].lower() for r in self.query(f"PRAGMA index_list({table})")}
+        else:
+            have = {r[0].lower() for r in self.query(
+                "SELECT DISTINCT index_name FROM information_schema.statistics WHERE table_schema = DATABASE() "
+                "AND table_name = ?", (table,))}
+        added = []
+        for name, columns in re.findall(r"^\s*INDEX (\w+) \(([^)]*)\)", statement, flags=re.M):
+            if name.lower() not in have:
+                self.execute(f"CREATE INDEX {name} ON {table} ({columns})")
+                added.append(f"{table}.{name}")
         return added
 
     def ensure_schema(self):
@@ -4114,7 +4129,7 @@ def cmd_initdb(args, cfg):
     db = Database(cfg.database.url)
     old, new, added = db.initdb()
     action = "created" if old == 0 else ("migrated" if old != new or added else "checked")
-    print(f"database {redact_url(db.url)} {action}: schema version {new}" + (f"; added columns {', '.join(added)}" if added else ""))
+    print(f"database {redact_url(db.url)} {action}: schema version {new}" + (f"; added {', '.join(added)}" if added else ""))
     print(f"{db.scalar('SELECT COUNT(*) FROM countries')} countries, {db.scalar('SELECT COUNT(*) FROM ua_list')} User-Agent patterns")
     return 0
 

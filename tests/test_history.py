@@ -335,18 +335,27 @@ def test_two_nodes_aggregating_at_once_sum_each_day_once(tmp_path, mysql_url):
 
 # -- a database of schema version 1 ---------------------------------------------------------------
 
+def call_log_indexes(db):
+    if db.dialect == "sqlite":
+        return {r[0] for r in db.query("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'call_log'")}
+    return {r[0] for r in db.query("SELECT index_name FROM information_schema.statistics "
+                                   "WHERE table_schema = DATABASE() AND table_name = 'call_log'")}
+
+
 def test_a_schema_1_database_is_upgraded_on_open_and_trains(tmp_path, db_url):
     cfg, _ = make_config(tmp_path, **TRAIN_POLICY)
     db = tfps.open_database(db_url)
-    for table in AGGREGATE_TABLES:
+    for table in AGGREGATE_TABLES + ("rate_windows",):
         db.execute(f"DROP TABLE {table}")
+    db.execute("DROP INDEX idx_call_log_user" + (" ON call_log" if db.dialect == "mysql" else ""))
     db.execute("UPDATE meta SET value = 1 WHERE name = 'schema_version'")
     accs, h = build_history(db, cfg)        # the history of a node that ran version 1
     db.close()
 
     db = tfps.open_database(db_url)
     assert db.schema_version() == 2
-    assert set(AGGREGATE_TABLES) <= db.names("table")
+    assert set(AGGREGATE_TABLES) | {"rate_windows"} <= db.names("table")
+    assert "idx_call_log_user" in call_log_indexes(db), "the index behind `show` and `calls --account`"
     assert {"day", "aggregated"} <= db.columns("history_days")
     assert {"account_id", "day", "calls_biz", "calls_off", "peak_biz", "peak_off"} <= db.columns("account_days")
     assert db.scalar("SELECT COUNT(*) FROM call_log") == len(h.rows), "the upgrade lost call log rows"

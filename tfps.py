@@ -2164,7 +2164,7 @@ PIPELINE = (attack_signature, scanner_user_agent, bad_source_ip, blocked_account
             source_country_unknown, concurrent_calls, calls_per_minute, daily_quota)
 
 
-# -- counters: A->B windows and approved calls per day ---------------------------------------
+# -- counters: A->B windows, approved calls per day and in the last minute ------------------
 
 class SharedCounters:
     """Counters kept in the database, changed atomically, so every node sharing it sees the same
@@ -2643,16 +2643,15 @@ def day_bounds(day, tz):
             dt.datetime.combine(date + dt.timedelta(days=1), dt.time(), tz).timestamp())
 
 
+APPROVED_IN_SPAN = "FROM call_log WHERE code = 'A00' AND account_id IS NOT NULL AND ts >= ? AND ts < ?"
 DAY_SUMS = ("SUM(1 - off_hours), SUM(off_hours), MAX(CASE WHEN off_hours = 0 THEN concurrent_calls END), "
-            "MAX(CASE WHEN off_hours = 1 THEN concurrent_calls END) FROM call_log "
-            "WHERE code = 'A00' AND account_id IS NOT NULL AND ts >= ? AND ts < ?")
+            f"MAX(CASE WHEN off_hours = 1 THEN concurrent_calls END) {APPROVED_IN_SPAN}")
 COUNTRY_COLUMNS = (("dst", "dest_country"), ("src", "source_country"))
 
 
 def country_sums(column, only=""):
-    """COUNT(*) ... GROUP BY: approved calls per account and country in a time range."""
-    return (f"COUNT(*) FROM call_log WHERE code = 'A00' AND account_id IS NOT NULL AND ts >= ? AND ts < ? "
-            f"AND {column} <> ''{only} GROUP BY account_id, {column}")
+    """COUNT(*) ... GROUP BY: approved calls per account and country in a time span."""
+    return f"COUNT(*) {APPROVED_IN_SPAN} AND {column} <> ''{only} GROUP BY account_id, {column}"
 
 
 def aggregate_days(cfg, db, now):
@@ -2791,15 +2790,17 @@ def propose(cfg, acc, stats, now, high_risk, business):
         if count:
             mean, std = stats.mean_std(key, count)
             raw = math.ceil(mean + p.train_sigma * std)
-            if changed(field_name, min(max(raw, low), high)):
-                changes.append((field_name, getattr(acc, field_name), min(max(raw, low), high),
+            value = min(max(raw, low), high)
+            if changed(field_name, value):
+                changes.append((field_name, getattr(acc, field_name), value,
                                 f"{count} days: mean {mean:.2f} + {p.train_sigma:g} x stddev {std:.2f} = {raw}, "
                                 f"bounds {low}..{high}"))
     for field_name, bucket, low, high in (("concurrent_calls", 0, p.train_min_concurrent, p.train_max_concurrent),
                                           ("concurrent_calls_off", 1, p.train_min_concurrent_off, p.train_max_concurrent_off)):
         peak = stats.peak[bucket]
-        if peak is not None and changed(field_name, min(max(peak + 1, low), high)):
-            changes.append((field_name, getattr(acc, field_name), min(max(peak + 1, low), high),
+        value = None if peak is None else min(max(peak + 1, low), high)
+        if value is not None and changed(field_name, value):
+            changes.append((field_name, getattr(acc, field_name), value,
                             f"highest reported concurrency {peak} + 1, bounds {low}..{high}"))
     for field_name, used in (("dest_countries", stats.dst), ("source_countries", stats.src)):
         current = getattr(acc, field_name)
@@ -3009,12 +3010,13 @@ def replay(cfg, path, db_url=None, jobs=None):
     """Run the engine over a CDR file; returns the report as a dict.
 
     A replay into a fresh in-memory database runs as `jobs` processes (default: one per CPU for
-    PARALLEL_REPLAY_ROWS rows or more), each over a share of the accounts with a database of its own. Accounts do not influence one
-    another (counters, training, learning and alerts are all per account), so the merged report
-    is the one a single process gives. A replay into a database given by URL runs in one."""
+    PARALLEL_REPLAY_ROWS rows or more), each over a share of the accounts with a database of its
+    own. Accounts do not influence one another (counters, training, learning and alerts are all
+    per account), so the merged report is the one a single process gives. A replay into a
+    database given by URL runs in one process."""
     rows = read_cdrs(path)
     if jobs is None:
-        jobs = os.cpu_count() or 1 if len(rows) >= PARALLEL_REPLAY_ROWS else 1
+        jobs = (os.cpu_count() or 1) if len(rows) >= PARALLEL_REPLAY_ROWS else 1
     if db_url or jobs == 1 or not hasattr(os, "fork"):
         tally = replay_rows(cfg, rows, db_url)
     else:
@@ -3047,22 +3049,34 @@ def in_processes(work, items):
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
-            os.close(read_end)
-            try:
-                result = {"result": work(item)}
-            except BaseException as exc:
-                result = {"error": f"{type(exc).__name__}: {exc}"}
-            with os.fdopen(write_end, "w", encoding="utf-8") as fh:
-                json.dump(result, fh)
-            os._exit(0)
+            try:  # whatever happens, the child ends here and never returns into the caller's code
+                os.close(read_end)
+                try:
+                    text = json.dumps({"result": work(item)})
+                except BaseException as exc:
+                    text = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+                with os.fdopen(write_end, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+            finally:
+                os._exit(0)
         os.close(write_end)
         children.append((pid, read_end))
-    results, errors = [work(items[0])], []
+    try:
+        results, errors = [work(items[0])], []
+    except BaseException:
+        for pid, read_end in children:
+            os.kill(pid, signal.SIGTERM)
+            os.close(read_end)
+            os.waitpid(pid, 0)
+        raise
     for pid, read_end in children:
         with os.fdopen(read_end, encoding="utf-8") as fh:
             text = fh.read()
         os.waitpid(pid, 0)
-        answer = json.loads(text) if text else {"error": "the worker process died"}
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = {"error": "the worker process died"}
         if "error" in answer:
             errors.append(answer["error"])
         else:

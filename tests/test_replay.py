@@ -490,3 +490,13 @@ def test_read_cdrs_takes_long_rows_and_rows_short_of_optional_fields_only(tmp_pa
         with pytest.raises(tfps.UserError) as err:
             tfps.read_cdrs(path)
         assert str(err.value) == f"{path}:4: fewer fields than the header", (before, after)
+
+
+def test_in_processes_returns_results_in_order_and_reports_a_failing_worker():
+    assert tfps.in_processes(lambda x: {"square": x * x}, [1, 2, 3]) == [{"square": 1}, {"square": 4}, {"square": 9}]
+    with pytest.raises(tfps.UserError, match="replay worker failed: ZeroDivisionError"):
+        tfps.in_processes(lambda x: 1 / x, [1, 0])          # in a child
+    with pytest.raises(ZeroDivisionError):
+        tfps.in_processes(lambda x: 1 / x, [0, 1])          # in this process: the child is stopped
+    with pytest.raises(tfps.UserError, match="replay worker failed: TypeError"):
+        tfps.in_processes(lambda x: {x}, [1, 2])            # a result JSON cannot carry

@@ -1362,7 +1362,7 @@ class Database:
                 "SELECT DISTINCT index_name FROM information_schema.statistics WHERE table_schema = DATABASE() "
                 "AND table_name = ?", (table,))}
         added = []
-        for name, columns in re.findall(r"^\s*INDEX (\w+) \(([^)]*)\)", statement, flags=re.M):
+        for name, columns in INDEX_LINE.findall(statement):
             if name.lower() not in have:
                 self.execute(f"CREATE INDEX {name} ON {table} ({columns})")
                 added.append(f"{table}.{name}")
@@ -1372,6 +1372,9 @@ class Database:
         """Create the schema on first use so that `tfps.py serve` works on a fresh box."""
         if self.schema_version() < int(re.search(r"'schema_version',\s*(\d+)", read_schema()).group(1)):
             self.initdb()
+
+
+INDEX_LINE = re.compile(r"^\s*INDEX (\w+) \(([^)]*)\),?[ \t]*$", re.M)  # an index inside CREATE TABLE
 
 
 def schema_statements(schema):
@@ -1389,8 +1392,8 @@ def sqlite_statements(statement):
     statement = statement.replace("BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY", "INTEGER PRIMARY KEY")
     statement = re.sub(r"\)\s*ENGINE=\w+[^;]*$", ")", statement)
     table = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
-    indexes = re.findall(r"^\s*INDEX (\w+) \(([^)]*)\),?\s*$", statement, flags=re.M)
-    statement = re.sub(r"^\s*INDEX \w+ \([^)]*\),?\s*\n", "", statement, flags=re.M)
+    indexes = INDEX_LINE.findall(statement)
+    statement = INDEX_LINE.sub("", statement)
     statement = re.sub(r",\s*\)$", "\n)", statement)
     if re.search(r"^\s*PRIMARY KEY \(", statement, flags=re.M):
         statement += " WITHOUT ROWID"

@@ -53,6 +53,16 @@ def fire(port, calls, barrier, results, errors):
         sock.close()
 
 
+def two_threads(target, timeout=30):
+    """target(k, barrier) for k = 0 and 1 on two threads that share a two-party barrier."""
+    barrier = threading.Barrier(2)
+    threads = [threading.Thread(target=target, args=(k, barrier)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+
+
 def create_accounts(url, users, **limits):
     cfg = tfps.Config.load(None)
     cfg.set("policy", "learning_days", "0")
@@ -144,12 +154,7 @@ def test_concurrent_engines_race_for_a_fresh_counter(mysql_url):
 
     try:
         for user in users:
-            barrier = threading.Barrier(2)
-            threads = [threading.Thread(target=work, args=(engines[k], user, k, barrier)) for k in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(30)
+            two_threads(lambda k, barrier: work(engines[k], user, k, barrier))
         db = engines[0].db
         for user in users:
             approved = db.scalar("SELECT SUM(approved) FROM daily_counters WHERE account_id = ?", (ids[user],), default=0)
@@ -181,12 +186,7 @@ def race_two_engines(mysql_url, user, policy, number_of):
             except Exception as exc:
                 errors.append(repr(exc))
 
-    barrier = threading.Barrier(2)
-    threads = [threading.Thread(target=work, args=(k, barrier)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    two_threads(work)
     assert not errors, errors[0]
     return Counter(verdicts), engines, start
 
@@ -253,12 +253,7 @@ def test_two_nodes_flush_call_logs_at_once(mysql_url):
             barrier.abort()
 
     try:
-        barrier = threading.Barrier(2)
-        threads = [threading.Thread(target=run, args=(k, barrier)) for k in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        two_threads(run, timeout=60)
         assert not errors, f"{len(errors)} of {2 * rounds} flushes failed, e.g. {errors[0]}"
         assert engines[0].db.scalar("SELECT COUNT(*) FROM call_log") == 2 * rounds * len(users)
     finally:

@@ -1133,6 +1133,10 @@ def read_schema():
         raise DatabaseError(f"schema.sql not found beside {os.path.abspath(__file__)}") from None
 
 
+RETIRED_INDEXES = (("call_log", "idx_call_log_account"),)  # schema version 1's; nothing reads by it since
+INDEX_LINE = re.compile(r"^\s*INDEX (\w+) \(([^)]*)\),?[ \t]*$", re.M)  # an index inside CREATE TABLE
+
+
 class Database:
     """One connection. SQL is written once with '?' placeholders; the MySQL dialect rewrites it."""
 
@@ -1322,8 +1326,8 @@ class Database:
         return int(self.scalar("SELECT value FROM meta WHERE name = 'schema_version'", default=0))
 
     def initdb(self):
-        """Create missing tables, add missing columns and indexes, load seed rows. Idempotent.
-        Returns (old_version, new_version, added columns and indexes as 'table.name')."""
+        """Create missing tables, add missing columns and indexes, drop retired indexes, load seed
+        rows. Idempotent. Returns (old_version, new_version, what changed: 'added table.name', ...)."""
         schema = read_schema()
         target = int(re.search(r"'schema_version',\s*(\d+)", schema).group(1))
         old = self.schema_version()
@@ -1332,14 +1336,18 @@ class Database:
         for statement in schema_statements(schema):
             create = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
             if create and create.group(1) in existing:
-                added += self._add_missing_columns(create.group(1), statement)
-                added += self._add_missing_indexes(create.group(1), statement)
+                added += [f"added {c}" for c in self._add_missing_columns(create.group(1), statement)]
+                added += [f"added {i}" for i in self._add_missing_indexes(create.group(1), statement)]
                 continue
             trigger = re.match(r"CREATE TRIGGER (\w+)", statement)
             if trigger and trigger.group(1).lower() in triggers:
                 continue
             for text in (sqlite_statements(statement) if self.dialect == "sqlite" else [statement]):
                 self.execute(text)
+        for table, name in RETIRED_INDEXES:
+            if name in self._indexes(table):
+                self.execute(f"DROP INDEX {name}" + (f" ON {table}" if self.dialect == "mysql" else ""))
+                added.append(f"dropped {table}.{name}")
         self.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (target,))
         return old, target, added
 
@@ -1354,13 +1362,15 @@ class Database:
                 added.append(f"{table}.{m.group(1)}")
         return added
 
-    def _add_missing_indexes(self, table, statement):
+    def _indexes(self, table):
         if self.dialect == "sqlite":
-            have = {r[1].lower() for r in self.query(f"PRAGMA index_list({table})")}
-        else:
-            have = {r[0].lower() for r in self.query(
-                "SELECT DISTINCT index_name FROM information_schema.statistics WHERE table_schema = DATABASE() "
-                "AND table_name = ?", (table,))}
+            return {r[1].lower() for r in self.query(f"PRAGMA index_list({table})")}
+        return {r[0].lower() for r in self.query(
+            "SELECT DISTINCT index_name FROM information_schema.statistics WHERE table_schema = DATABASE() "
+            "AND table_name = ?", (table,))}
+
+    def _add_missing_indexes(self, table, statement):
+        have = self._indexes(table)
         added = []
         for name, columns in INDEX_LINE.findall(statement):
             if name.lower() not in have:
@@ -1372,9 +1382,6 @@ class Database:
         """Create the schema on first use so that `tfps.py serve` works on a fresh box."""
         if self.schema_version() < int(re.search(r"'schema_version',\s*(\d+)", read_schema()).group(1)):
             self.initdb()
-
-
-INDEX_LINE = re.compile(r"^\s*INDEX (\w+) \(([^)]*)\),?[ \t]*$", re.M)  # an index inside CREATE TABLE
 
 
 def schema_statements(schema):
@@ -4146,7 +4153,7 @@ def cmd_initdb(args, cfg):
     db = Database(cfg.database.url)
     old, new, added = db.initdb()
     action = "created" if old == 0 else ("migrated" if old != new or added else "checked")
-    print(f"database {redact_url(db.url)} {action}: schema version {new}" + (f"; added {', '.join(added)}" if added else ""))
+    print(f"database {redact_url(db.url)} {action}: schema version {new}" + (f"; {', '.join(added)}" if added else ""))
     print(f"{db.scalar('SELECT COUNT(*) FROM countries')} countries, {db.scalar('SELECT COUNT(*) FROM ua_list')} User-Agent patterns")
     return 0
 

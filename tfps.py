@@ -2192,11 +2192,11 @@ class SharedCounters:
         this one included, counted up to keep + 1; blocked_until)."""
         row = self._read_for_update("ab_pairs", "times, blocked_until", "account_id = ? AND number = ?",
                                     (account_id, number), dry_run)
-        times = [t for t in map(float, split_list(row[0])) if t > now - window] if row else []
-        times = times[-keep:] + [now]
+        times = self._times_since(row, now - window)[-keep:] + [now]
         if not dry_run:
-            self._write("ab_pairs", {"account_id": account_id, "number": number, "times": ",".join(f"{t:.3f}" for t in times),
-                                     "last_attempt": now}, ["account_id", "number"], row is not None)
+            self._write("ab_pairs", {"account_id": account_id, "number": number, "times": self._format_times(times),
+                                     "last_attempt": now}, ["account_id", "number"],
+                        "times = NEW(times), last_attempt = NEW(last_attempt)", row is not None)
         return len(times), row[1] if row else 0.0
 
     def block_ab(self, account_id, number, until):
@@ -2206,13 +2206,22 @@ class SharedCounters:
         """(times of the account's approved calls within the last `window` seconds, whether its
         row exists), for R15. Read for update: the verdict that adds a call holds the row."""
         row = self._read_for_update("rate_windows", "times", "account_id = ?", (account_id,), dry_run)
-        return [t for t in map(float, split_list(row[0])) if t > now - window] if row else [], row is not None
+        return self._times_since(row, now - window), row is not None
 
     def add_call(self, account_id, recent, now, keep):
         """Add an approved call to what recent_calls() returned; the newest `keep` are kept."""
         times, existed = recent
-        self._write("rate_windows", {"account_id": account_id, "times": ",".join(f"{t:.3f}" for t in (times + [now])[-keep:]),
-                                     "last_call": now}, ["account_id"], existed)
+        self._write("rate_windows", {"account_id": account_id, "times": self._format_times((times + [now])[-keep:]),
+                                     "last_call": now}, ["account_id"], "times = NEW(times), last_call = NEW(last_call)", existed)
+
+    @staticmethod
+    def _times_since(row, since):
+        """The times (a comma-separated column, first of `row`) later than `since`."""
+        return [t for t in map(float, split_list(row[0])) if t > since] if row else []
+
+    @staticmethod
+    def _format_times(times):
+        return ",".join(f"{t:.3f}" for t in times)
 
     def _read_for_update(self, table, columns, where, args, dry_run):
         """`columns` of one row of `table`, or None. On MySQL the row stays locked until the
@@ -2220,13 +2229,12 @@ class SharedCounters:
         lock = " FOR UPDATE" if self.db.dialect == "mysql" and not dry_run else ""
         return self.db.one(f"SELECT {columns} FROM {table} WHERE {where}{lock}", args)
 
-    def _write(self, table, values, keys, existed):
+    def _write(self, table, values, keys, update, existed):
         """Write a row read by _read_for_update. A row that was missing locked nothing: a racing
         node may have created it since, so on MySQL it is INSERTed, which then fails with a
         duplicate key (Database.transient) and the verdict is evaluated again, reading the row
         the other node wrote, instead of overwriting it. SQLite writers are serialized anyway."""
         if existed or self.db.dialect != "mysql":
-            update = ", ".join(f"{c} = NEW({c})" for c in values if c not in keys)
             self.db.upsert(table, values, keys, update)
         else:
             self.db.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
@@ -2880,15 +2888,16 @@ def finish_learning(cfg, db, now):
 
 def purge(cfg, db, now, older_than):
     cutoff = now - older_than
+    cutoff_day = day_number(cutoff, cfg.policy.tz)
     counts = {}
     for table, where, args in (
             ("call_log", "ts < ?", (cutoff,)),
             ("daily_counters", "day < ?", (dt.datetime.fromtimestamp(cutoff, cfg.policy.tz).date().isoformat(),)),
             ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (now - cfg.policy.ab_window, now)),
             ("rate_windows", "last_call < ?", (now - 60,)),
-            ("history_days", "day < ?", (day_number(cutoff, cfg.policy.tz),)),
-            ("account_days", "day < ?", (day_number(cutoff, cfg.policy.tz),)),
-            ("account_day_countries", "day < ?", (day_number(cutoff, cfg.policy.tz),)),
+            ("history_days", "day < ?", (cutoff_day,)),
+            ("account_days", "day < ?", (cutoff_day,)),
+            ("account_day_countries", "day < ?", (cutoff_day,)),
             ("reputation_cache", "expires < ?", (now,)),
             ("locks", "expires < ?", (now,))):
         counts[table] = db.execute(f"DELETE FROM {table} WHERE {where}", args).rowcount
@@ -2934,12 +2943,12 @@ class DailyJobs:
         time; the server calls every 30 s regardless, since accounts change under it."""
         now = now or time.time()
         p = self.cfg.policy
-        learning_ends = self.db.scalar("SELECT MIN(learning_until) FROM accounts WHERE state = 'learning'")
+        learning_ends = self._next_learning_end()
         if learning_ends is not None and learning_ends <= now:
             self.engine.flush(now)  # train on every call so far
             finish_learning(self.cfg, self.db, now)
             self.engine.check_for_changes()
-            learning_ends = self.db.scalar("SELECT MIN(learning_until) FROM accounts WHERE state = 'learning'")
+            learning_ends = self._next_learning_end()
         local = dt.datetime.fromtimestamp(now, p.tz)
         today = local.date().isoformat()
         due = [learning_ends] if learning_ends is not None else []
@@ -2952,6 +2961,9 @@ class DailyJobs:
             day = local.date() + dt.timedelta(days=1 if self.done.get(name) == today else 0)
             due.append(dt.datetime.combine(day, dt.time(*at), p.tz).timestamp())
         return min(due)
+
+    def _next_learning_end(self):
+        return self.db.scalar("SELECT MIN(learning_until) FROM accounts WHERE state = 'learning'")
 
     def _run(self, name, now):
         self.engine.flush(now)

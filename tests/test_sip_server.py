@@ -71,18 +71,22 @@ class UdpClient:
         self.sock.close()
 
 
-@pytest.fixture
-def udp():
+def made_clients(cls):
+    """A fixture body: yields make(server, **kw) -> a new `cls` client; closes them all afterwards."""
     clients = []
 
     def make(server, **kw):
-        client = UdpClient(server, **kw)
-        clients.append(client)
-        return client
+        clients.append(cls(server, **kw))
+        return clients[-1]
 
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def udp():
+    yield from made_clients(UdpClient)
 
 
 def ack_for(request, response, method="ACK"):
@@ -170,16 +174,7 @@ class TcpClient:
 
 @pytest.fixture
 def tcp():
-    clients = []
-
-    def make(server, **kw):
-        client = TcpClient(server, **kw)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
+    yield from made_clients(TcpClient)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -201,6 +201,16 @@ def _integer(low=0, high=None):
     return parse
 
 
+def _duration(low=0.0, high=None):
+    """A duration (parse_duration) within [low, high] seconds."""
+    def parse(text):
+        value = parse_duration(text)
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"must be between {low:g}s and {high:g}s" if high is not None else f"must be at least {low:g}s")
+        return value
+    return parse
+
+
 def _number(text):
     try:
         value = float(text.strip())
@@ -269,6 +279,20 @@ def _text(text):
     return text.strip()
 
 
+def _header_text(text):
+    value = text.strip()
+    if not re.fullmatch(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*", value) or len(value) > 100:
+        raise ValueError("must be 1 to 100 printable ASCII characters")
+    return value
+
+
+def _auto_or(parse):
+    """'auto' (None: derived at run time) or what `parse` accepts."""
+    def parse_auto(text):
+        return None if text.strip().lower() == "auto" else parse(text)
+    return parse_auto
+
+
 def _listen(text):
     return [parse_listen(item) for item in split_list(text)]
 
@@ -284,19 +308,26 @@ CONFIG_SPEC = {
     "server": {
         "listen": (_listen, "udp:0.0.0.0:5060, tcp:0.0.0.0:5060", "sockets to serve: udp:HOST:PORT or tcp:HOST:PORT, IPv6 as udp:[::1]:5060"),
         "mode": (_choice("redirect", "failover", "monitor"), "redirect", "redirect (302 A00/Rnn), failover (503/603) or monitor (always approve, log and alert)"),
-        "trusted_peers": (_cidrs, "127.0.0.0/8, ::1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16", "networks allowed to send SIP; everything else is dropped silently"),
+        "trusted_peers": (_cidrs, "127.0.0.0/8, ::1", "networks allowed to send SIP; everything else is dropped (logged once a minute per source)"),
+        "legacy_headers": (_boolean, "no", "also read the identity from X-tfps, P-Received, P-Source, P-UA and P-Calls"),
+        "server_header": (_header_text, "TFPS", "Server header of responses (no version by default: scanners learn nothing)"),
         "redirect_host": (_text, "", "host of the 302 Contact URI; empty = the From domain"),
         "max_message_size": (_integer(512, 1 << 20), "65535", "larger messages are dropped (UDP) or answered 513 (TCP)"),
         "tcp_idle_timeout": (parse_duration, "300s", "close TCP connections idle this long"),
-        "tcp_max_connections": (_integer(1), "1024", "TCP connections at most, accepted or opened for responses"),
+        "tcp_max_connections": (_auto_or(_integer(1, 1 << 20)), "auto", "TCP connections at most, accepted or opened for responses; auto = from the open-file limit"),
+        "max_transactions": (_integer(100, 10_000_000), "100000", "SIP transactions held at most; past it new requests get 503"),
+        "resend_bytes_per_source": (_integer(1024, 1 << 30), "65536", "bytes of retransmitted responses per second at most to one source address"),
         "node_name": (_text, "", "this node's name in the call log; empty = the host name"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info", "log verbosity on stderr"),
         "log_verdicts": (_boolean, "yes", "one log line per verdict"),
     },
     "database": {
         "url": (_text, "", "sqlite:///PATH or mysql://USER:PASSWORD@HOST:PORT/DB; empty = tfps.db beside tfps.py"),
-        "reload_interval": (parse_duration, "2s", "how often servers look for changes made by the CLI or other nodes"),
-        "flush_interval": (parse_duration, "0.25s", "how often the call log buffer is written (and, on SQLite, verdicts committed)"),
+        "reload_interval": (_duration(0.1, 3600), "2s", "how often servers look for changes made by the CLI or other nodes"),
+        "flush_interval": (_duration(0.01, 60), "0.25s", "how often the call log buffer is written (and, on SQLite, verdicts committed)"),
+        "timeout": (_duration(0.05, 60), "0.5s", "longest the server waits to connect, read or write (MySQL); past it the database counts as down"),
+        "failure": (_choice("continue", "reject"), "continue", "while the database is down: continue (verdicts from memory) or reject (500)"),
+        "max_unflushed_rows": (_integer(1000, 10_000_000), "200000", "call log rows held in memory while the database is down; past it the oldest are dropped"),
     },
     "policy": {
         "home_country": (_country, "US", "ISO code of the country the PBX is in"),
@@ -362,7 +393,7 @@ CONFIG_SPEC = {
     },
 }
 
-SECRET_KEYS = {"abuseipdb_key", "apiban_key", "smtp_password"}
+SECRET_KEYS = {"abuseipdb_key", "apiban_key", "smtp_password", "alert_webhook"}
 
 
 class ConfigError(UserError):

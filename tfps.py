@@ -48,6 +48,7 @@ import math
 import operator
 import os
 import re
+import resource
 import secrets
 import selectors
 import signal
@@ -109,6 +110,16 @@ def format_countries(codes):
 
 def fmt_time(ts):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
+
+
+def storable(text, size):
+    """`text` cut to a column of `size` characters; bytes that were not UTF-8 become U+FFFD, so
+    that no row is refused by the database."""
+    text = text[:size]
+    return text if text.isascii() else UNDECODABLE.sub("\ufffd", text)
 
 
 def parse_clock(text):
@@ -555,6 +566,7 @@ COMPACT_HEADERS = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "con
                    "l": "content-length", "k": "supported", "s": "subject", "c": "content-type",
                    "e": "content-encoding"}
 SINGLE_VALUE_HEADERS = ("from", "to", "call-id", "cseq", "max-forwards", "content-length")
+ECHOED_HEADERS = ("via", "from", "to", "call-id", "cseq", "max-forwards", "content-length", "require")
 TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
 TOKEN_RE = re.compile(rf"[{TOKEN_CHARS}]+")
 REQUEST_LINE_RE = re.compile(rf"([{TOKEN_CHARS}]+) (\S+) SIP/(\d+\.\d+)")
@@ -811,8 +823,19 @@ def parse_message(data):
         if name in SINGLE_VALUE_HEADERS and (first != value or (
                 "," in value and name not in ("from", "to") and len(split_header_values(value)) > 1)):
             msg.flag(400, f"Multiple {name.title()} Values")
+    if not head.isascii():
+        _flag_undecodable(msg, start)
     msg.body = _frame_body(msg, body)
     return msg
+
+
+def _flag_undecodable(msg, start):
+    """Bytes that are not UTF-8 where a request is routed or echoed: no answer could be trusted."""
+    if UNDECODABLE.search(start):
+        msg.flag(400, "Invalid UTF-8 In Request-Line")
+    for name, value in msg.headers:
+        if name in ECHOED_HEADERS and UNDECODABLE.search(value):
+            msg.flag(400, f"Invalid UTF-8 In {name.title()} Header")
 
 
 def _frame_body(msg, body):
@@ -884,7 +907,7 @@ def tag_of(name_addr_value):
         return ""
 
 
-def build_response(req, status, reason=None, *, vias, to_tag=None, headers=()):
+def build_response(req, status, reason=None, *, vias, to_tag=None, headers=(), server="TFPS"):
     """Response bytes for `req`. `vias` are the Via values to echo (top one already carrying
     received/rport); `to_tag` is added to To when it has none."""
     to = req.header("to") or ""
@@ -895,7 +918,7 @@ def build_response(req, status, reason=None, *, vias, to_tag=None, headers=()):
     lines += [f"From: {req.header('from') or ''}", f"To: {to}", f"Call-ID: {req.header('call-id') or ''}",
               f"CSeq: {req.header('cseq') or ''}"]
     lines += [f"{name}: {value}" for name, value in headers]
-    lines += [f"Server: TFPS/{__version__}", "Content-Length: 0", "", ""]
+    lines += [f"Server: {server}", "Content-Length: 0", "", ""]
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
@@ -1951,6 +1974,7 @@ class CallAttempt:
     from_uri: str = ""
     source_country: str = ""            # when known without a lookup (replay, CLI)
     reputation: Reputation | None = None
+    defect: str = ""                    # why the identity cannot be trusted (rule R12)
 
 
 @dataclass
@@ -2037,8 +2061,19 @@ def attack_in(text, pattern=ATTACK_SIGNATURE):
     return pattern.search(text) is not None
 
 
+def undecodable_identity(attempt):
+    """What part of the identity holds bytes that are not UTF-8, or ''."""
+    for label, value in (("user", attempt.user), ("domain", attempt.domain), ("number", attempt.number),
+                         ("source IP", attempt.source_ip), ("User-Agent", attempt.user_agent)):
+        if not value.isascii() and UNDECODABLE.search(value):
+            return f"bytes that are not UTF-8 in the {label}"
+    return ""
+
+
 def attack_signature(engine, call):
     a = call.attempt
+    if a.defect:
+        return Rejection("R12", f"identity not accepted: {a.defect}")
     for label, value in (("user", a.user), ("domain", a.domain)):
         if attack_in(value):
             return Rejection("R12", f"attack signature in the {label} {value[:60]!r}")
@@ -2440,7 +2475,9 @@ class Engine:
         call.source_country = (a.source_country or (rep.country if rep and rep.ok else "")).upper()
         call.day, call.off_hours = self._local_day(call.now)
         a.domain = a.domain.lower()
-        call.account = self._account(a.user, a.domain, call)
+        a.defect = a.defect or undecodable_identity(a)
+        # an identity that rule R12 rejects must neither enroll an account nor reach a query
+        call.account = default_account(self.cfg, a.user, a.domain, call.now) if a.defect else self._account(a.user, a.domain, call)
 
     def _local_day(self, now):
         """(calendar day, off hours) at `now`. Both hold until the next business-hours edge or
@@ -2558,10 +2595,10 @@ class Engine:
         a, acc = verdict.attempt, verdict.account
         would = verdict.would
         self.log_rows.append((
-            a.ts, a.call_id[:255], acc.id if acc else None, a.user[:128], a.domain[:255], a.from_uri[:512],
-            a.number[:64], verdict.number[:32], a.source_ip[:45], a.user_agent[:255], verdict.source_country,
-            verdict.dest_country, int(verdict.off_hours), a.concurrent_calls, verdict.code,
-            would.code if would else "", verdict.reason[:512], sip_response[:64],
+            a.ts, storable(a.call_id, 255), acc.id if acc else None, storable(a.user, 128), storable(a.domain, 255),
+            storable(a.from_uri, 512), storable(a.number, 64), verdict.number[:32], storable(a.source_ip, 45),
+            storable(a.user_agent, 255), verdict.source_country, verdict.dest_country, int(verdict.off_hours),
+            a.concurrent_calls, verdict.code, would.code if would else "", storable(verdict.reason, 512), sip_response[:64],
             a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3)))
         if acc and acc.id is not None:
             self.last_seen[acc.id] = a.ts
@@ -3230,21 +3267,32 @@ def replay_report(tally, rows):
 # =============================================================================================
 
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, OPTIONS, BYE"
+UNTRUSTED_LOG_LINES = 20
 VERDICT_PREFIX = re.compile(r"(?:A00|R\d\d)")
 
 
-def call_identity(msg, uri, from_addr, packet_ip, now):
-    """The CallAttempt a request describes: P-tfps first, then the legacy X-tfps/P-* headers,
-    then the From URI, the packet's source and the User-Agent header."""
+IDENTITY_HEADER = "P-tfps"
+LEGACY_IDENTITY_HEADERS = ("X-tfps", "P-Received", "P-Source", "P-UA", "P-Calls")
+
+
+def call_identity(msg, uri, from_addr, packet_ip, now, legacy=False):
+    """The CallAttempt a request describes: P-tfps (added by the nearest proxy), with
+    `legacy` also the X-tfps/P-* headers, then the From URI, the packet's source and the
+    User-Agent header. A caller must not choose the identity that is checked: an identity
+    header that appears twice, or that is not UTF-8, leaves its defect for rule R12."""
     user, domain = from_addr.uri.user, from_addr.uri.host
     ip, ua, calls = packet_ip, msg.header("user-agent") or "", None
-    legacy = msg.header("x-tfps")
-    if legacy and "@" in legacy:
-        user, _, domain = legacy.strip().partition("@")
-    ip = msg.header("p-received") or msg.header("p-source") or ip
-    ua = msg.header("p-ua") or ua
-    calls = msg.header("p-calls") or calls
-    p_tfps = msg.header("p-tfps")
+    names = (IDENTITY_HEADER,) + (LEGACY_IDENTITY_HEADERS if legacy else ())
+    defect = next((f"more than one {name} header" for name in names
+                   if sum(1 for key, _ in msg.headers if key == name.lower()) > 1), "")
+    if legacy:
+        x_tfps = msg.header("x-tfps")
+        if x_tfps and "@" in x_tfps:
+            user, _, domain = x_tfps.strip().partition("@")
+        ip = msg.header("p-received") or msg.header("p-source") or ip
+        ua = msg.header("p-ua") or ua
+        calls = msg.header("p-calls") or calls
+    p_tfps = msg.header(IDENTITY_HEADER.lower())
     if p_tfps is not None:
         fields = p_tfps.split(";")
         if len(fields) > 5:  # a User-Agent with ';' in it: the count is always the last field
@@ -3253,9 +3301,20 @@ def call_identity(msg, uri, from_addr, packet_ip, now):
         user, domain = fields[0].strip() or user, fields[1].strip() or domain
         ip, ua, calls = fields[2].strip() or ip, fields[3].strip() or ua, fields[4].strip() or calls
     calls = str(calls).strip() if calls is not None else ""
-    return CallAttempt(user=user, domain=domain, number=dialed_number(uri.user), source_ip=without_port(ip.strip()),
-                       user_agent=ua.strip(), concurrent_calls=int(calls) if re.fullmatch(r"[0-9]{1,6}", calls) else None,
-                       ts=now, call_id=msg.header("call-id") or "", from_uri=from_addr.raw_uri)
+    attempt = CallAttempt(user=user, domain=domain, number=dialed_number(uri.user), source_ip=without_port(ip.strip()),
+                          user_agent=ua.strip(), concurrent_calls=int(calls) if re.fullmatch(r"[0-9]{1,6}", calls) else None,
+                          ts=now, call_id=msg.header("call-id") or "", from_uri=from_addr.raw_uri)
+    attempt.defect = defect
+    return attempt
+
+
+RESERVED_FILES = 64  # descriptors kept for the database, logs, lookups and alerts
+
+
+def tcp_connections_allowed():
+    """tcp_max_connections = auto: what the open-file limit leaves beside RESERVED_FILES."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 16 if soft == resource.RLIM_INFINITY else max(8, soft - RESERVED_FILES)
 
 
 def without_port(ip):
@@ -3335,8 +3394,12 @@ class Server:
         self.listeners = []
         self.stopping = False
         self.reload_requested = False
-        self.counters = {"untrusted": 0, "malformed": 0, "verdicts": 0}
+        self.tcp_max_connections = cfg.server.tcp_max_connections or tcp_connections_allowed()
+        self.counters = {"untrusted": 0, "malformed": 0, "verdicts": 0, "resend_dropped": 0}
         self._trusted_cache = {}
+        self._untrusted_logged = {}     # source -> when it was last logged
+        self._untrusted_minute = [0, 0]  # (minute, lines logged in it)
+        self._resent = {}               # source -> (second, bytes retransmitted to it in that second)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -3400,7 +3463,7 @@ class Server:
             except Exception:  # a failing timer must never stop the loop
                 log.exception("timer %s failed", getattr(callback, "__name__", callback))
         for dest, data in self.txl.poll(now):
-            self._send(dest, data)
+            self._resend(dest, data)
 
     def _timeout(self):
         deadlines = [d for d in (self.timers[0][0] if self.timers else None, self.txl.next_deadline()) if d is not None]
@@ -3535,11 +3598,41 @@ class Server:
             if len(self._trusted_cache) > 65536:
                 self._trusted_cache.clear()
             self._trusted_cache[ip] = ok
-            if not ok:
-                log.warning("dropping SIP from untrusted source %s (trusted_peers)", ip)
         if not ok:
             self.counters["untrusted"] += 1
+            self._log_untrusted(ip)
         return ok
+
+    def _log_untrusted(self, ip):
+        """Once a minute per source, at most UNTRUSTED_LOG_LINES lines a minute in all: a newcomer
+        learns which address to add, a flood from forged sources does not flood the journal."""
+        now = time.monotonic()
+        minute = int(now // 60)
+        if self._untrusted_minute[0] != minute:
+            self._untrusted_minute = [minute, 0]
+            if len(self._untrusted_logged) > 10000:
+                self._untrusted_logged.clear()
+        if now - self._untrusted_logged.get(ip, -60.0) < 60 or self._untrusted_minute[1] >= UNTRUSTED_LOG_LINES:
+            return
+        self._untrusted_logged[ip] = now
+        self._untrusted_minute[1] += 1
+        log.warning("dropping SIP from untrusted source %s: add it to [server] trusted_peers if it is a PBX or proxy "
+                    "(%d packets from untrusted sources dropped so far)", ip, self.counters["untrusted"])
+
+    def _resend(self, dest, data):
+        """A retransmitted response, within the per-source budget of resend_bytes_per_source."""
+        now = time.monotonic()
+        ip = dest[1][0]
+        second, spent = self._resent.get(ip, (0, 0))
+        if second != int(now):
+            if len(self._resent) > 65536:
+                self._resent.clear()
+            second, spent = int(now), 0
+        if spent + len(data) > self.cfg.server.resend_bytes_per_source:
+            self.counters["resend_dropped"] += 1
+            return
+        self._resent[ip] = (second, spent + len(data))
+        self._send(dest, data)
 
     def _read_udp(self, sock, endpoint):
         limit = self.cfg.server.max_message_size
@@ -3566,7 +3659,7 @@ class Server:
         if not self.trusted(addr[0]):
             sock.close()
             return
-        if len(self.connections) >= self.cfg.server.tcp_max_connections:
+        if len(self.connections) >= self.tcp_max_connections:
             log.warning("refusing TCP connection from %s: tcp_max_connections reached", addr[0])
             sock.close()
             return
@@ -3582,7 +3675,7 @@ class Server:
         conn = self.outgoing.get(addr)
         if conn is not None and not conn.closed:
             return conn
-        if len(self.connections) >= self.cfg.server.tcp_max_connections:
+        if len(self.connections) >= self.tcp_max_connections:
             log.warning("no TCP connection to %s for a response: tcp_max_connections reached", addr[0])
             return None
         sock = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, socket.SOCK_STREAM)
@@ -3636,7 +3729,7 @@ class Server:
             msg = parse_message(bytes(conn.framer.buffer[:8192]))
             if msg.is_request and msg.method != "ACK":
                 vias = [self._top_via_value(msg.vias()[0], conn.addr)] + [v.raw for v in msg.vias()[1:]]
-                conn.send(build_response(msg, exc.status, exc.reason, vias=vias))
+                conn.send(build_response(msg, exc.status, exc.reason, vias=vias, server=self.cfg.server.server_header))
         except (SipError, IndexError):
             pass
         self.counters["malformed"] += 1
@@ -3694,13 +3787,12 @@ class Server:
 
     @staticmethod
     def _response_dest(endpoint, addr, via):
+        """Where responses go: over UDP always back to the packet's source address and port, as
+        with rport (RFC 3581). The Via sent-by port and maddr are not obeyed: a forged request
+        must not direct answers at a third party."""
         if endpoint.transport == "tcp":
             return endpoint, (addr[0], via.port or 5060)  # where to connect should this connection close
-        if via.params.get("maddr"):
-            return endpoint, (via.params["maddr"].strip("[]"), via.port or 5060)
-        if "rport" in via.params:
-            return endpoint, addr
-        return endpoint, (addr[0], via.port or 5060)
+        return endpoint, addr
 
     def on_message(self, data, endpoint, addr):
         if data[:4] == b"ACK " and self.txl.absorb_ack(data, endpoint.transport == "tcp", time.monotonic()):
@@ -3724,12 +3816,13 @@ class Server:
         except SipError as exc:
             self.counters["malformed"] += 1
             if msg.method != "ACK":
-                self._send(dest, build_response(msg, exc.status, exc.reason, vias=via_values, to_tag=secrets.token_hex(6)))
+                self._send(dest, build_response(msg, exc.status, exc.reason, vias=via_values, to_tag=secrets.token_hex(6),
+                                                server=self.cfg.server.server_header))
             return
         now = time.monotonic()
         tx, sends = self.txl.receive(msg, top, dest, endpoint.transport == "tcp", now)
         for send in sends:
-            self._send(*send)
+            self._resend(*send)
         if tx is None:
             return
         required = unsupported_extensions(msg) if msg.method in ("INVITE", "OPTIONS", "BYE") else []
@@ -3747,7 +3840,8 @@ class Server:
             self._respond(tx, msg, via_values, 405, headers=[("Allow", ALLOWED_METHODS)])
 
     def _respond(self, tx, msg, vias, status, reason=None, headers=()):
-        data = build_response(msg, status, reason, vias=vias, to_tag=tx.to_tag if status > 100 else None, headers=headers)
+        data = build_response(msg, status, reason, vias=vias, to_tag=tx.to_tag if status > 100 else None, headers=headers,
+                              server=self.cfg.server.server_header)
         for send in self.txl.respond(tx, status, data, time.monotonic()):
             self._send(*send)
 
@@ -3770,7 +3864,7 @@ class Server:
         if refusal:
             self._respond(tx, msg, vias, refusal)
             return
-        attempt = call_identity(msg, uri, from_addr, addr[0], time.time())
+        attempt = call_identity(msg, uri, from_addr, addr[0], time.time(), self.cfg.server.legacy_headers)
         tx.data = PendingInvite(msg, vias, attempt, time.monotonic(), from_addr.uri.host or uri.host)
         ip = attempt.source_ip
         if self.reputation.wanted(ip) and not self.engine.lists.ip_white.match(ip):

@@ -1281,14 +1281,28 @@ class Database:
                 raise
             return
         self.begin()
-        self.conn.execute("SAVEPOINT verdict")
+        with self.savepoint("verdict"):
+            yield
+
+    @contextlib.contextmanager
+    def savepoint(self, name):
+        """Inside a transaction: what the block wrote, all or nothing, without ending the transaction."""
+        self.execute(f"SAVEPOINT {name}")
         try:
             yield
-            self.conn.execute("RELEASE verdict")
         except BaseException:
-            self.conn.execute("ROLLBACK TO verdict")
-            self.conn.execute("RELEASE verdict")
+            self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self.execute(f"RELEASE SAVEPOINT {name}")
             raise
+        self.execute(f"RELEASE SAVEPOINT {name}")
+
+    def unavailable(self, exc):
+        """The database cannot be used now (connection lost or refused, a timeout, a locked or
+        unwritable file), as opposed to a statement or row it refused."""
+        if self.dialect == "sqlite":
+            return isinstance(exc, sqlite3.OperationalError)
+        import pymysql
+        return isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError)) and not self.transient(exc)
 
     def transient(self, exc):
         """A deadlock, a lock wait timeout, or a duplicate key from a row another node created
@@ -1795,14 +1809,27 @@ class AlertEvent:
     email: str = ""    # the account's own address, an extra recipient
 
 
+MAX_QUEUED_ALERTS = 10000
+
+
 class AlertQueue:
     """Collects events on the hot path; `flush` rate-limits them and writes the outbox."""
 
     def __init__(self, acfg):
         self.acfg = acfg
         self.events = []
+        self.dropped = 0
 
     def add(self, event):
+        """Queue an event; its texts made storable (they quote what callers sent). While the
+        database is unavailable at most MAX_QUEUED_ALERTS wait; later ones are counted, not kept."""
+        if len(self.events) >= MAX_QUEUED_ALERTS:
+            self.dropped += 1
+            if self.dropped in (1, 1000) or self.dropped % 100000 == 0:
+                log.error("alert queue full (%d unwritten): %d alert(s) dropped", len(self.events), self.dropped)
+            return
+        event.account, event.subject, event.body = storable(event.account, 400), storable(event.subject, 255), storable(event.body, 16384)
+        event.fields = {k: storable(v, 1024) if isinstance(v, str) else v for k, v in event.fields.items()}
         self.events.append(event)
 
     def flush(self, db, now):
@@ -2383,6 +2410,11 @@ class PrivateCounters:
         return self.daily.get((account_id, day, bucket), 0)
 
 
+CALL_LOG_INSERT = ("INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
+                   "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
+                   "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+
+
 class Engine:
     """The decision engine. `decide` evaluates one attempt; `record` logs the verdict with the SIP
     answer that was sent; `flush` writes the buffered call log and alerts. Not thread-safe: one
@@ -2395,6 +2427,7 @@ class Engine:
         self.counters = counters or SharedCounters(db)
         self.node = cfg.server.node_name
         self.log_rows = []
+        self.dropped_rows = 0  # call log rows lost: refused by the database, or past max_unflushed_rows
         self.last_seen = {}
         self.offhours = {}     # account id -> times of approved off-hours calls in the last 10 minutes
         self.today = {}    # (account id, day) -> approved calls, for anomaly alerts
@@ -2600,6 +2633,8 @@ class Engine:
             storable(a.user_agent, 255), verdict.source_country, verdict.dest_country, int(verdict.off_hours),
             a.concurrent_calls, verdict.code, would.code if would else "", storable(verdict.reason, 512), sip_response[:64],
             a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3)))
+        if len(self.log_rows) > self.cfg.database.max_unflushed_rows:
+            self._bound_log_rows()
         if acc and acc.id is not None:
             self.last_seen[acc.id] = a.ts
         if not verdict.approved or would:
@@ -2627,17 +2662,19 @@ class Engine:
                                    acc.email if acc else ""))
 
     def flush(self, now=None):
-        """Write buffered call log rows, last-seen times and alerts in one transaction."""
+        """Make the verdicts' counters durable (SQLite: the group transaction), then write the
+        buffered call log rows, last-seen times and alerts in a transaction of their own: a call
+        log that cannot be written never takes the counters with it. Rows stay buffered while
+        the database is unavailable; a row the database refuses is logged and dropped alone."""
+        if self.db.in_transaction:
+            self.db.commit()
         rows, self.log_rows = self.log_rows, []
         seen, self.last_seen = self.last_seen, {}
-        if not (rows or seen or self.alerts.events or self.db.in_transaction):
+        if not (rows or seen or self.alerts.events):
             return
         try:
             self.db.begin()
-            self.db.executemany(
-                "INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
-                "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
-                "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._insert_call_log(rows)
             self._write_last_seen(sorted(seen.items()))
             self.alerts.write(self.db, now or time.time())
             self.db.commit()
@@ -2645,10 +2682,38 @@ class Engine:
         except BaseException:
             self.db.rollback()
             self.log_rows[:0] = rows
+            self._bound_log_rows()
             for account_id, ts in seen.items():
                 self.last_seen.setdefault(account_id, ts)
             raise
 
+    def _insert_call_log(self, rows):
+        try:
+            with self.db.savepoint("call_log"):
+                self.db.executemany(CALL_LOG_INSERT, rows)
+            return
+        except (ValueError, *self.db.errors) as exc:
+            if not isinstance(exc, ValueError) and self.db.unavailable(exc):
+                raise
+        for row in rows:  # one row is bad: find it, keep the others
+            try:
+                with self.db.savepoint("call_log"):
+                    self.db.execute(CALL_LOG_INSERT, row)
+            except (ValueError, *self.db.errors) as exc:
+                if not isinstance(exc, ValueError) and self.db.unavailable(exc):
+                    raise
+                self.dropped_rows += 1
+                log.error("call log row of call-id=%r (%s@%s, %s) refused by the database and dropped: %s",
+                          row[1], row[3], row[4], row[14], exc)
+
+    def _bound_log_rows(self):
+        """While the database is unavailable rows wait in memory, up to max_unflushed_rows."""
+        excess = len(self.log_rows) - self.cfg.database.max_unflushed_rows
+        if excess > 0:
+            del self.log_rows[:excess]
+            self.dropped_rows += excess
+            log.error("call log: %d unwritten row(s) dropped, the oldest, to stay within max_unflushed_rows = %d "
+                      "(%d dropped in all)", excess, self.cfg.database.max_unflushed_rows, self.dropped_rows)
 
     def _write_last_seen(self, items):
         """One UPDATE per 500 accounts, not one per account: a round trip each on MySQL."""

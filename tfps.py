@@ -985,13 +985,18 @@ class ServerTransaction:
         self.data = None          # the application's state for this transaction
 
 
+class TransactionTableFull(Exception):
+    """A new transaction would exceed the table's limit: answer 503 without keeping state."""
+
+
 class TransactionLayer:
     """Matches requests to server transactions and says what to send and when.
 
     Every method returns a list of (dest, bytes) to send; `poll(now)` fires due timers and
     `next_deadline()` tells the event loop when to call it again."""
 
-    def __init__(self):
+    def __init__(self, limit=None):
+        self.limit = limit  # transactions held at most
         self.table = {}
         self.timers = []
         self._seq = 0
@@ -1016,6 +1021,8 @@ class TransactionLayer:
             return None, []
         if tx is not None:
             return None, ([(dest, tx.response)] if tx.response else [])
+        if self.limit is not None and len(self.table) >= self.limit:
+            raise TransactionTableFull()
         self._seq += 1
         tx = ServerTransaction(key, self._seq, req.method, dest, reliable)
         self.table[key] = tx
@@ -2429,6 +2436,8 @@ class PrivateCounters:
         return self.daily.get((account_id, day, bucket), 0)
 
 
+MAX_CACHED = 200000  # accounts (and first-seen countries) kept in memory; past it the cache starts over
+
 CALL_LOG_INSERT = ("INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
                    "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
                    "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
@@ -2581,6 +2590,8 @@ class Engine:
             return acc
         if call.from_memory:
             return default_account(self.cfg, user, domain, call.now)
+        if len(self.accounts) >= MAX_CACHED:
+            self.accounts.clear()
         row = self.db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
         if row is not None:
             acc = self.accounts[(user, domain)] = Account.from_row(row)
@@ -2628,6 +2639,8 @@ class Engine:
         acc, p = call.account, self.cfg.policy
         for direction, iso in (("dst", call.dest_country), ("src", call.source_country)):
             if iso and (acc.id, direction, iso) not in self.seen and not call.from_memory:
+                if len(self.seen) >= MAX_CACHED:
+                    self.seen.clear()
                 self.seen.add((acc.id, direction, iso))
                 first = self.db.execute("INSERT OR IGNORE INTO account_seen (account_id, direction, iso, first_seen) VALUES (?, ?, ?, ?)",
                                         (acc.id, direction, iso, call.now)).rowcount == 1
@@ -3513,7 +3526,7 @@ class Server:
         self.config_path = config_path
         self.db = db
         self.engine = Engine(cfg, db)
-        self.txl = TransactionLayer()
+        self.txl = TransactionLayer(cfg.server.max_transactions)
         self.selector = selectors.DefaultSelector()
         self.timers = []
         self._seq = 0
@@ -3523,7 +3536,8 @@ class Server:
         self.stopping = False
         self.reload_requested = False
         self.tcp_max_connections = cfg.server.tcp_max_connections or tcp_connections_allowed()
-        self.counters = {"untrusted": 0, "malformed": 0, "verdicts": 0, "resend_dropped": 0}
+        self.counters = {"untrusted": 0, "malformed": 0, "verdicts": 0, "resend_dropped": 0, "overflow": 0,
+                         "accept_paused": 0, "tcp_refused": 0}
         self._trusted_cache = {}
         self._untrusted_logged = {}     # source -> when it was last logged
         self._untrusted_minute = [0, 0]  # (minute, lines logged in it)
@@ -3723,8 +3737,11 @@ class Server:
             self.db.close()
             for sock in self.listeners:
                 sock.close()
-        log.info("stopped after %d verdicts (%d packets from untrusted sources dropped, %d malformed)",
-                 self.counters["verdicts"], self.counters["untrusted"], self.counters["malformed"])
+        c = self.counters
+        log.info("stopped after %d verdicts (%d packets from untrusted sources dropped, %d malformed; %d requests "
+                 "refused for max_transactions, %d retransmissions over resend_bytes_per_source, %d TCP connections "
+                 "refused, %d call log rows lost)", c["verdicts"], c["untrusted"], c["malformed"], c["overflow"],
+                 c["resend_dropped"], c["tcp_refused"], self.engine.dropped_rows)
 
     def _database_unavailable(self, exc):
         """True when `exc` says the database cannot be used now; the first time, verdicts turn to
@@ -3861,13 +3878,20 @@ class Server:
     def _accept(self, listener):
         try:
             sock, addr = listener.accept()
-        except OSError:
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._pause_accepting(listener, exc)
             return
         if not self.trusted(addr[0]):
             sock.close()
             return
         if len(self.connections) >= self.tcp_max_connections:
-            log.warning("refusing TCP connection from %s: tcp_max_connections reached", addr[0])
+            self.counters["tcp_refused"] += 1
+            if self.counters["tcp_refused"] % 1000 == 1:
+                log.warning("refusing TCP connections: tcp_max_connections = %d reached (%d refused so far)",
+                            self.tcp_max_connections, self.counters["tcp_refused"])
             sock.close()
             return
         sock.setblocking(False)
@@ -3875,6 +3899,18 @@ class Server:
         conn = TcpConnection(sock, addr[:2], self.cfg.server.max_message_size, time.monotonic())
         self.connections[sock.fileno()] = conn
         self.selector.register(sock, selectors.EVENT_READ, ("tcp", conn))
+
+    def _pause_accepting(self, listener, exc):
+        """Out of file descriptors: the pending connection stays in the backlog and the listener
+        stays readable, so accepting again at once would spin. Pause for a second; UDP and the
+        open connections go on."""
+        self.selector.unregister(listener)
+        self.call_later(1.0, self.selector.register, listener, selectors.EVENT_READ, ("listen", None))
+        self.counters["accept_paused"] += 1
+        if self.counters["accept_paused"] % 60 == 1:
+            log.error("cannot accept TCP connections: %s (%d connections open, open-file limit %d); pausing accept for 1 s; "
+                      "raise LimitNOFILE or lower tcp_max_connections", exc.strerror, len(self.connections),
+                      resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
     def _connect(self, addr):
         """A connection to `addr` for responses whose request's connection has closed (RFC 3261
@@ -4027,7 +4063,11 @@ class Server:
                                                 server=self.cfg.server.server_header))
             return
         now = time.monotonic()
-        tx, sends = self.txl.receive(msg, top, dest, endpoint.transport == "tcp", now)
+        try:
+            tx, sends = self.txl.receive(msg, top, dest, endpoint.transport == "tcp", now)
+        except TransactionTableFull:
+            self._refuse_overflow(msg, dest, via_values)
+            return
         for send in sends:
             self._resend(*send)
         if tx is None:
@@ -4046,9 +4086,20 @@ class Server:
         else:
             self._respond(tx, msg, via_values, 405, headers=[("Allow", ALLOWED_METHODS)])
 
+    def _refuse_overflow(self, msg, dest, vias):
+        """503 without a transaction: the table is full (a flood, or verdicts far too slow)."""
+        self.counters["overflow"] += 1
+        if self.counters["overflow"] % 10000 == 1:
+            log.error("%d transactions held (max_transactions): new requests answered 503 (%d so far)",
+                      len(self.txl.table), self.counters["overflow"])
+        self._send(dest, build_response(msg, 503, None, vias=vias, to_tag=secrets.token_hex(6),
+                                        headers=[("Retry-After", "5")], server=self.cfg.server.server_header))
+
     def _respond(self, tx, msg, vias, status, reason=None, headers=()):
         data = build_response(msg, status, reason, vias=vias, to_tag=tx.to_tag if status > 100 else None, headers=headers,
                               server=self.cfg.server.server_header)
+        if status >= 200:
+            tx.data = None  # the request is answered: only the response bytes stay, until Timer H or the ACK
         for send in self.txl.respond(tx, status, data, time.monotonic()):
             self._send(*send)
 

@@ -326,7 +326,7 @@ CONFIG_SPEC = {
         "max_message_size": (_integer(512, 1 << 20), "65535", "larger messages are dropped (UDP) or answered 513 (TCP)"),
         "tcp_idle_timeout": (parse_duration, "300s", "close TCP connections idle this long"),
         "tcp_max_connections": (_auto_or(_integer(1, 1 << 20)), "auto", "TCP connections at most, accepted or opened for responses; auto = from the open-file limit"),
-        "max_transactions": (_integer(100, 10_000_000), "100000", "SIP transactions held at most; past it new requests get 503"),
+        "max_transactions": (_integer(100, 10_000_000), "100000", "SIP transactions held at most; past it new requests get 500"),
         "resend_bytes_per_source": (_integer(1024, 1 << 30), "65536", "bytes of retransmitted responses per second at most to one source address"),
         "node_name": (_text, "", "this node's name in the call log; empty = the host name"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info", "log verbosity on stderr"),
@@ -4087,12 +4087,13 @@ class Server:
             self._respond(tx, msg, via_values, 405, headers=[("Allow", ALLOWED_METHODS)])
 
     def _refuse_overflow(self, msg, dest, vias):
-        """503 without a transaction: the table is full (a flood, or verdicts far too slow)."""
+        """An answer without a transaction: the table is full (a flood, or verdicts far too slow).
+        500, not 503: in failover mode 503 means approved."""
         self.counters["overflow"] += 1
         if self.counters["overflow"] % 10000 == 1:
-            log.error("%d transactions held (max_transactions): new requests answered 503 (%d so far)",
+            log.error("%d transactions held (max_transactions): new requests answered 500 (%d so far)",
                       len(self.txl.table), self.counters["overflow"])
-        self._send(dest, build_response(msg, 503, None, vias=vias, to_tag=secrets.token_hex(6),
+        self._send(dest, build_response(msg, 500, "TFPS Overloaded", vias=vias, to_tag=secrets.token_hex(6),
                                         headers=[("Retry-After", "5")], server=self.cfg.server.server_header))
 
     def _respond(self, tx, msg, vias, status, reason=None, headers=()):

@@ -60,7 +60,7 @@ requirements = open(args[args.index("-r") + 1]).read()
 with open(os.environ["FAKE_PIP_LOG"], "a") as log:
     log.write(json.dumps({"args": args, "requirements": requirements}) + "\\n")
 if "--target" not in args:
-    sys.exit(1)  # as pip does on a system whose Python is managed by apt
+    sys.exit(1)  # no install into the system Python: install.sh goes on and vendors PyMySQL
 version = re.match(r"PyMySQL==(\\S+) ", requirements).group(1)
 package = os.path.join(args[args.index("--target") + 1], "pymysql")
 os.makedirs(package)
@@ -292,10 +292,10 @@ def test_existing_config_gets_mode_0640(tmp_path):
     conf.parent.mkdir(parents=True)
     conf.write_text("[database]\nurl = sqlite:///nowhere/else.db\n# edited by the operator\n")
     conf.chmod(0o644)
-    first = run_install(src, "--prefix", str(prefix), "--no-systemd", "--build-only", env=stub_bin(tmp_path / "bin"))
+    env = stub_bin(tmp_path / "bin")  # no apt-get, PyMySQL from the fake pip
+    first = run_install(src, "--prefix", str(prefix), "--no-systemd", "--build-only", env=env)
     assert first.returncode == 0 and mode(conf) == 0o644, "--build-only touches no configuration"
     conf.write_text(f"[database]\nurl = sqlite://{prefix}/var/lib/tfps/tfps.db\n# edited by the operator\n")
-    env = stub_bin(tmp_path / "bin")  # no apt-get, PyMySQL from the fake pip
     for before in (0o644, 0o600, 0o666):
         conf.chmod(before)
         result = run_install(src, "--prefix", str(prefix), "--no-systemd", env=env)

@@ -48,6 +48,7 @@ import math
 import operator
 import os
 import re
+import resource
 import secrets
 import selectors
 import signal
@@ -109,6 +110,16 @@ def format_countries(codes):
 
 def fmt_time(ts):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
+
+
+def storable(text, size):
+    """`text` cut to a column of `size` characters; bytes that were not UTF-8 become U+FFFD, so
+    that no row is refused by the database."""
+    text = text[:size]
+    return text if text.isascii() else UNDECODABLE.sub("\ufffd", text)
 
 
 def parse_clock(text):
@@ -315,7 +326,7 @@ CONFIG_SPEC = {
         "max_message_size": (_integer(512, 1 << 20), "65535", "larger messages are dropped (UDP) or answered 513 (TCP)"),
         "tcp_idle_timeout": (parse_duration, "300s", "close TCP connections idle this long"),
         "tcp_max_connections": (_auto_or(_integer(1, 1 << 20)), "auto", "TCP connections at most, accepted or opened for responses; auto = from the open-file limit"),
-        "max_transactions": (_integer(100, 10_000_000), "100000", "SIP transactions held at most; past it new requests get 503"),
+        "max_transactions": (_integer(100, 10_000_000), "100000", "SIP transactions held at most; past it new requests get 500"),
         "resend_bytes_per_source": (_integer(1024, 1 << 30), "65536", "bytes of retransmitted responses per second at most to one source address"),
         "node_name": (_text, "", "this node's name in the call log; empty = the host name"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info", "log verbosity on stderr"),
@@ -555,6 +566,7 @@ COMPACT_HEADERS = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "con
                    "l": "content-length", "k": "supported", "s": "subject", "c": "content-type",
                    "e": "content-encoding"}
 SINGLE_VALUE_HEADERS = ("from", "to", "call-id", "cseq", "max-forwards", "content-length")
+ECHOED_HEADERS = ("via", "from", "to", "call-id", "cseq", "max-forwards", "content-length", "require")
 TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
 TOKEN_RE = re.compile(rf"[{TOKEN_CHARS}]+")
 REQUEST_LINE_RE = re.compile(rf"([{TOKEN_CHARS}]+) (\S+) SIP/(\d+\.\d+)")
@@ -811,8 +823,19 @@ def parse_message(data):
         if name in SINGLE_VALUE_HEADERS and (first != value or (
                 "," in value and name not in ("from", "to") and len(split_header_values(value)) > 1)):
             msg.flag(400, f"Multiple {name.title()} Values")
+    if not head.isascii():
+        _flag_undecodable(msg, start)
     msg.body = _frame_body(msg, body)
     return msg
+
+
+def _flag_undecodable(msg, start):
+    """Bytes that are not UTF-8 where a request is routed or echoed: no answer could be trusted."""
+    if UNDECODABLE.search(start):
+        msg.flag(400, "Invalid UTF-8 In Request-Line")
+    for name, value in msg.headers:
+        if name in ECHOED_HEADERS and UNDECODABLE.search(value):
+            msg.flag(400, f"Invalid UTF-8 In {name.title()} Header")
 
 
 def _frame_body(msg, body):
@@ -884,7 +907,7 @@ def tag_of(name_addr_value):
         return ""
 
 
-def build_response(req, status, reason=None, *, vias, to_tag=None, headers=()):
+def build_response(req, status, reason=None, *, vias, to_tag=None, headers=(), server="TFPS"):
     """Response bytes for `req`. `vias` are the Via values to echo (top one already carrying
     received/rport); `to_tag` is added to To when it has none."""
     to = req.header("to") or ""
@@ -895,7 +918,7 @@ def build_response(req, status, reason=None, *, vias, to_tag=None, headers=()):
     lines += [f"From: {req.header('from') or ''}", f"To: {to}", f"Call-ID: {req.header('call-id') or ''}",
               f"CSeq: {req.header('cseq') or ''}"]
     lines += [f"{name}: {value}" for name, value in headers]
-    lines += [f"Server: TFPS/{__version__}", "Content-Length: 0", "", ""]
+    lines += [f"Server: {server}", "Content-Length: 0", "", ""]
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
@@ -962,13 +985,18 @@ class ServerTransaction:
         self.data = None          # the application's state for this transaction
 
 
+class TransactionTableFull(Exception):
+    """A new transaction would exceed the table's limit: answer 503 without keeping state."""
+
+
 class TransactionLayer:
     """Matches requests to server transactions and says what to send and when.
 
     Every method returns a list of (dest, bytes) to send; `poll(now)` fires due timers and
     `next_deadline()` tells the event loop when to call it again."""
 
-    def __init__(self):
+    def __init__(self, limit=None):
+        self.limit = limit  # transactions held at most
         self.table = {}
         self.timers = []
         self._seq = 0
@@ -993,6 +1021,8 @@ class TransactionLayer:
             return None, []
         if tx is not None:
             return None, ([(dest, tx.response)] if tx.response else [])
+        if self.limit is not None and len(self.table) >= self.limit:
+            raise TransactionTableFull()
         self._seq += 1
         tx = ServerTransaction(key, self._seq, req.method, dest, reliable)
         self.table[key] = tx
@@ -1171,8 +1201,11 @@ INDEX_LINE = re.compile(r"^\s*INDEX (\w+) \(([^)]*)\),?[ \t]*$", re.M)  # an ind
 class Database:
     """One connection. SQL is written once with '?' placeholders; the MySQL dialect rewrites it."""
 
-    def __init__(self, url):
+    def __init__(self, url, timeout=None):
+        """`timeout`: the longest any connect, read or write may wait (the server's connection:
+        [database] timeout); None = the patient defaults of the CLI and background threads."""
         self.url = url or default_database_url()
+        self.timeout = timeout
         self._translated = {}
         if self.url.startswith("sqlite:"):
             self.dialect = "sqlite"
@@ -1187,8 +1220,9 @@ class Database:
         if path != ":memory:" and os.path.dirname(path) and not os.path.isdir(os.path.dirname(path)):
             raise DatabaseError(f"cannot open database {self.url}: directory {os.path.dirname(path)} does not exist")
         try:
-            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-            self.conn.execute("PRAGMA busy_timeout = 10000")
+            wait = self.timeout or 10.0
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=wait)
+            self.conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
             if path != ":memory:":
                 self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
@@ -1208,7 +1242,8 @@ class Database:
                                         user=urllib.parse.unquote(u.username or "root"),
                                         password=urllib.parse.unquote(u.password or ""),
                                         database=u.path.lstrip("/") or "tfps", charset="utf8mb4",
-                                        autocommit=True, connect_timeout=5,
+                                        autocommit=True, connect_timeout=min(self.timeout or 5.0, 5.0),
+                                        read_timeout=self.timeout or 600.0, write_timeout=self.timeout or 600.0,
                                         # no gap locks: nodes inserting new rows side by side must not deadlock
                                         init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         except pymysql.Error as exc:
@@ -1253,19 +1288,33 @@ class Database:
             try:
                 yield
                 self.conn.commit()
-            except BaseException:
-                self.rollback()
+            except BaseException as exc:
+                self.rollback(exc)
                 raise
             return
         self.begin()
-        self.conn.execute("SAVEPOINT verdict")
+        with self.savepoint("verdict"):
+            yield
+
+    @contextlib.contextmanager
+    def savepoint(self, name):
+        """Inside a transaction: what the block wrote, all or nothing, without ending the transaction."""
+        self.execute(f"SAVEPOINT {name}")
         try:
             yield
-            self.conn.execute("RELEASE verdict")
         except BaseException:
-            self.conn.execute("ROLLBACK TO verdict")
-            self.conn.execute("RELEASE verdict")
+            self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self.execute(f"RELEASE SAVEPOINT {name}")
             raise
+        self.execute(f"RELEASE SAVEPOINT {name}")
+
+    def unavailable(self, exc):
+        """The database cannot be used now (connection lost or refused, a timeout, a locked or
+        unwritable file), as opposed to a statement or row it refused."""
+        if self.dialect == "sqlite":
+            return isinstance(exc, sqlite3.OperationalError)
+        import pymysql
+        return isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError)) and not self.transient(exc)
 
     def transient(self, exc):
         """A deadlock, a lock wait timeout, or a duplicate key from a row another node created
@@ -1298,7 +1347,11 @@ class Database:
     def commit(self):
         self.conn.commit() if self.dialect == "mysql" else self.conn.execute("COMMIT")
 
-    def rollback(self):
+    def rollback(self, cause=None):
+        """Roll back, unless `cause` says the MySQL connection is gone: the server has rolled
+        back already, and a frozen server would make us wait for the answer once more."""
+        if self.dialect == "mysql" and isinstance(cause, self.errors) and self.unavailable(cause):
+            return
         try:
             self.conn.rollback() if self.dialect == "mysql" else self.conn.execute("ROLLBACK")
         except self.errors:
@@ -1321,15 +1374,19 @@ class Database:
             self._translated[shape] = text
         return self.execute(text, tuple(values.values()))
 
-    def ping(self):
-        """Reconnect a dropped MySQL connection (the server outlives database restarts)."""
+    def probe(self):
+        """Raise unless the database answers and, for SQLite, can be written."""
         if self.dialect == "mysql":
-            try:
-                self.conn.ping(reconnect=False)
-            except self.errors:
-                self._connect_mysql()
+            self.scalar("SELECT 1")
+        else:
+            self.execute("BEGIN IMMEDIATE")
+            self.execute("ROLLBACK")
 
     def close(self):
+        """Close at once: a connection to a frozen server must not wait for a goodbye."""
+        if self.dialect == "mysql":
+            self.conn._force_close()  # PyMySQL's close() would first send COM_QUIT and wait
+            return
         try:
             self.conn.close()
         except self.errors:
@@ -1699,6 +1756,8 @@ class ReputationService:
         rep = self.memory.get(ip)
         if rep is not None and now < rep.checked + (self.rcfg.reputation_ttl if rep.ok else FAILURE_TTL):
             return rep
+        if db is None:  # the database is unavailable
+            return None
         rep = cached_reputation(db, ip, now)
         if rep is not None:
             if len(self.memory) > 100000:
@@ -1737,6 +1796,9 @@ class ReputationService:
             store_reputation(self.local.db, rep, self.rcfg.reputation_ttl)
         except Exception as exc:  # a cache miss later is the only cost
             log.error("reputation cache write for %s failed: %s", ip, exc)
+            if hasattr(self.local, "db"):
+                self.local.db.close()
+                del self.local.db  # connected again on the next write
 
     def deliver(self):
         """On the loop: hand finished lookups to the calls waiting for them."""
@@ -1772,14 +1834,27 @@ class AlertEvent:
     email: str = ""    # the account's own address, an extra recipient
 
 
+MAX_QUEUED_ALERTS = 10000
+
+
 class AlertQueue:
     """Collects events on the hot path; `flush` rate-limits them and writes the outbox."""
 
     def __init__(self, acfg):
         self.acfg = acfg
         self.events = []
+        self.dropped = 0
 
     def add(self, event):
+        """Queue an event; its texts made storable (they quote what callers sent). While the
+        database is unavailable at most MAX_QUEUED_ALERTS wait; later ones are counted, not kept."""
+        if len(self.events) >= MAX_QUEUED_ALERTS:
+            self.dropped += 1
+            if self.dropped in (1, 1000) or self.dropped % 100000 == 0:
+                log.error("alert queue full (%d unwritten): %d alert(s) dropped", len(self.events), self.dropped)
+            return
+        event.account, event.subject, event.body = storable(event.account, 400), storable(event.subject, 255), storable(event.body, 16384)
+        event.fields = {k: storable(v, 1024) if isinstance(v, str) else v for k, v in event.fields.items()}
         self.events.append(event)
 
     def flush(self, db, now):
@@ -1951,6 +2026,7 @@ class CallAttempt:
     from_uri: str = ""
     source_country: str = ""            # when known without a lookup (replay, CLI)
     reputation: Reputation | None = None
+    defect: str = ""                    # why the identity cannot be trusted (rule R12)
 
 
 @dataclass
@@ -2019,12 +2095,13 @@ class Call:
     """Working state of one attempt while the rules run."""
 
     __slots__ = ("attempt", "now", "number", "dest_country", "source_country", "account", "off_hours",
-                 "day", "ip_white", "number_white", "counted", "dry_run", "last_minute")
+                 "day", "ip_white", "number_white", "counted", "dry_run", "last_minute", "from_memory")
 
-    def __init__(self, attempt, now, dry_run):
+    def __init__(self, attempt, now, dry_run, from_memory=False):
         self.attempt = attempt
         self.now = now
         self.dry_run = dry_run
+        self.from_memory = from_memory  # the database is unavailable: nothing may be read or written there
         self.counted = False
         self.last_minute = None  # recent_calls() of the account, once R15 looked
 
@@ -2037,8 +2114,19 @@ def attack_in(text, pattern=ATTACK_SIGNATURE):
     return pattern.search(text) is not None
 
 
+def undecodable_identity(attempt):
+    """What part of the identity holds bytes that are not UTF-8, or ''."""
+    for label, value in (("user", attempt.user), ("domain", attempt.domain), ("number", attempt.number),
+                         ("source IP", attempt.source_ip), ("User-Agent", attempt.user_agent)):
+        if not value.isascii() and UNDECODABLE.search(value):
+            return f"bytes that are not UTF-8 in the {label}"
+    return ""
+
+
 def attack_signature(engine, call):
     a = call.attempt
+    if a.defect:
+        return Rejection("R12", f"identity not accepted: {a.defect}")
     for label, value in (("user", a.user), ("domain", a.domain)):
         if attack_in(value):
             return Rejection("R12", f"attack signature in the {label} {value[:60]!r}")
@@ -2348,6 +2436,13 @@ class PrivateCounters:
         return self.daily.get((account_id, day, bucket), 0)
 
 
+MAX_CACHED = 200000  # accounts (and first-seen countries) kept in memory; past it the cache starts over
+
+CALL_LOG_INSERT = ("INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
+                   "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
+                   "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+
+
 class Engine:
     """The decision engine. `decide` evaluates one attempt; `record` logs the verdict with the SIP
     answer that was sent; `flush` writes the buffered call log and alerts. Not thread-safe: one
@@ -2358,8 +2453,10 @@ class Engine:
         self.db = db
         self.alerts = alerts or AlertQueue(cfg.alerts)
         self.counters = counters or SharedCounters(db)
+        self.local_counters = None  # counters while the database is unavailable: decide_from_memory
         self.node = cfg.server.node_name
         self.log_rows = []
+        self.dropped_rows = 0  # call log rows lost: refused by the database, or past max_unflushed_rows
         self.last_seen = {}
         self.offhours = {}     # account id -> times of approved off-hours calls in the last 10 minutes
         self.today = {}    # (account id, day) -> approved calls, for anomaly alerts
@@ -2413,6 +2510,29 @@ class Engine:
                 log.info("call-id=%s: %s; evaluating again", attempt.call_id, exc)
                 time.sleep(0.001 * (tries + 1))  # rare (a lock conflict between nodes): let the other side finish
 
+    def decide_from_memory(self, attempt, *, enforce=True):
+        """While the database is unavailable: the same rules over what is in memory. The lists
+        and the accounts read before are at hand; counters start from zero in `local_counters`
+        (kept until the database is back); an account never seen gets the default limits and
+        is neither enrolled nor counted."""
+        attempt.ts = attempt.ts or time.time()
+        if self.local_counters is None:
+            self.local_counters = PrivateCounters()
+        shared, self.counters = self.counters, self.local_counters
+        try:
+            verdict = self._run_pipeline(Call(attempt, attempt.ts, dry_run=False, from_memory=True), enforce)
+        finally:
+            self.counters = shared
+        verdict.reason += " (database unavailable: decided from memory)"
+        return verdict
+
+    def use_database(self, db):
+        """Go on with another connection to the same database (the server reconnects on a thread)."""
+        self.db = db
+        if isinstance(self.counters, SharedCounters):
+            self.counters.db = db
+        self.local_counters = None
+
     def _run_pipeline(self, call, enforce):
         self._prepare(call)
         learning = call.account.learning(call.now)
@@ -2440,7 +2560,9 @@ class Engine:
         call.source_country = (a.source_country or (rep.country if rep and rep.ok else "")).upper()
         call.day, call.off_hours = self._local_day(call.now)
         a.domain = a.domain.lower()
-        call.account = self._account(a.user, a.domain, call)
+        a.defect = a.defect or undecodable_identity(a)
+        # an identity that rule R12 rejects must neither enroll an account nor reach a query
+        call.account = default_account(self.cfg, a.user, a.domain, call.now) if a.defect else self._account(a.user, a.domain, call)
 
     def _local_day(self, now):
         """(calendar day, off hours) at `now`. Both hold until the next business-hours edge or
@@ -2466,6 +2588,10 @@ class Engine:
         acc = self.accounts.get((user, domain))
         if acc is not None:
             return acc
+        if call.from_memory:
+            return default_account(self.cfg, user, domain, call.now)
+        if len(self.accounts) >= MAX_CACHED:
+            self.accounts.clear()
         row = self.db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
         if row is not None:
             acc = self.accounts[(user, domain)] = Account.from_row(row)
@@ -2512,7 +2638,9 @@ class Engine:
     def _check_anomalies(self, call):
         acc, p = call.account, self.cfg.policy
         for direction, iso in (("dst", call.dest_country), ("src", call.source_country)):
-            if iso and (acc.id, direction, iso) not in self.seen:
+            if iso and (acc.id, direction, iso) not in self.seen and not call.from_memory:
+                if len(self.seen) >= MAX_CACHED:
+                    self.seen.clear()
                 self.seen.add((acc.id, direction, iso))
                 first = self.db.execute("INSERT OR IGNORE INTO account_seen (account_id, direction, iso, first_seen) VALUES (?, ?, ?, ?)",
                                         (acc.id, direction, iso, call.now)).rowcount == 1
@@ -2558,11 +2686,13 @@ class Engine:
         a, acc = verdict.attempt, verdict.account
         would = verdict.would
         self.log_rows.append((
-            a.ts, a.call_id[:255], acc.id if acc else None, a.user[:128], a.domain[:255], a.from_uri[:512],
-            a.number[:64], verdict.number[:32], a.source_ip[:45], a.user_agent[:255], verdict.source_country,
-            verdict.dest_country, int(verdict.off_hours), a.concurrent_calls, verdict.code,
-            would.code if would else "", verdict.reason[:512], sip_response[:64],
+            a.ts, storable(a.call_id, 255), acc.id if acc else None, storable(a.user, 128), storable(a.domain, 255),
+            storable(a.from_uri, 512), storable(a.number, 64), verdict.number[:32], storable(a.source_ip, 45),
+            storable(a.user_agent, 255), verdict.source_country, verdict.dest_country, int(verdict.off_hours),
+            a.concurrent_calls, verdict.code, would.code if would else "", storable(verdict.reason, 512), sip_response[:64],
             a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3)))
+        if len(self.log_rows) > self.cfg.database.max_unflushed_rows:
+            self._bound_log_rows()
         if acc and acc.id is not None:
             self.last_seen[acc.id] = a.ts
         if not verdict.approved or would:
@@ -2590,28 +2720,58 @@ class Engine:
                                    acc.email if acc else ""))
 
     def flush(self, now=None):
-        """Write buffered call log rows, last-seen times and alerts in one transaction."""
+        """Make the verdicts' counters durable (SQLite: the group transaction), then write the
+        buffered call log rows, last-seen times and alerts in a transaction of their own: a call
+        log that cannot be written never takes the counters with it. Rows stay buffered while
+        the database is unavailable; a row the database refuses is logged and dropped alone."""
+        if self.db.in_transaction:
+            self.db.commit()
         rows, self.log_rows = self.log_rows, []
         seen, self.last_seen = self.last_seen, {}
-        if not (rows or seen or self.alerts.events or self.db.in_transaction):
+        if not (rows or seen or self.alerts.events):
             return
         try:
             self.db.begin()
-            self.db.executemany(
-                "INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
-                "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
-                "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._insert_call_log(rows)
             self._write_last_seen(sorted(seen.items()))
             self.alerts.write(self.db, now or time.time())
             self.db.commit()
             self.alerts.events = []
-        except BaseException:
-            self.db.rollback()
+        except BaseException as exc:
+            self.db.rollback(exc)
             self.log_rows[:0] = rows
+            self._bound_log_rows()
             for account_id, ts in seen.items():
                 self.last_seen.setdefault(account_id, ts)
             raise
 
+    def _insert_call_log(self, rows):
+        try:
+            with self.db.savepoint("call_log"):
+                self.db.executemany(CALL_LOG_INSERT, rows)
+            return
+        except (ValueError, *self.db.errors) as exc:
+            if not isinstance(exc, ValueError) and self.db.unavailable(exc):
+                raise
+        for row in rows:  # one row is bad: find it, keep the others
+            try:
+                with self.db.savepoint("call_log"):
+                    self.db.execute(CALL_LOG_INSERT, row)
+            except (ValueError, *self.db.errors) as exc:
+                if not isinstance(exc, ValueError) and self.db.unavailable(exc):
+                    raise
+                self.dropped_rows += 1
+                log.error("call log row of call-id=%r (%s@%s, %s) refused by the database and dropped: %s",
+                          row[1], row[3], row[4], row[14], exc)
+
+    def _bound_log_rows(self):
+        """While the database is unavailable rows wait in memory, up to max_unflushed_rows."""
+        excess = len(self.log_rows) - self.cfg.database.max_unflushed_rows
+        if excess > 0:
+            del self.log_rows[:excess]
+            self.dropped_rows += excess
+            log.error("call log: %d unwritten row(s) dropped, the oldest, to stay within max_unflushed_rows = %d "
+                      "(%d dropped in all)", excess, self.cfg.database.max_unflushed_rows, self.dropped_rows)
 
     def _write_last_seen(self, items):
         """One UPDATE per 500 accounts, not one per account: a round trip each on MySQL."""
@@ -2935,7 +3095,7 @@ def purge(cfg, db, now, older_than):
     return counts
 
 
-def daily_summaries(cfg, db, engine, now):
+def daily_summaries(cfg, db, alerts, now):
     """One alert per account that had rejections on the previous calendar day."""
     local = dt.datetime.fromtimestamp(now, cfg.policy.tz)
     end = local.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -2950,7 +3110,7 @@ def daily_summaries(cfg, db, engine, now):
         emails[(user, domain)] = email or ""
     for (user, domain), codes in per_account.items():
         lines = "\n".join(f"  {code}: {calls}" for code, calls in sorted(codes))
-        engine.alerts.add(AlertEvent(
+        alerts.add(AlertEvent(
             "summary", f"{user}@{domain}", "SUMMARY",
             f"TFPS daily summary {start.date().isoformat()}: {user}@{domain}",
             f"Rejected (or, in monitor/learning mode, would-be rejected) calls of {user}@{domain} on "
@@ -2963,11 +3123,28 @@ class DailyJobs:
     """Training at train_at, the rejection summary at summary_at, the purge after training, and the
     end of learning periods. Each daily job runs on one node only, under a lock named by day."""
 
-    def __init__(self, cfg, db, engine):
+    def __init__(self, cfg, db, engine=None):
+        """`engine`: the engine whose buffered calls the jobs must see and whose caches must
+        follow their changes at once (replay, tests). Without one (the server, which runs the
+        jobs on a thread of their own) the loop follows the changes like any other, within
+        reload_interval, and the summaries are written here."""
         self.cfg = cfg
         self.db = db
         self.engine = engine
+        self.alerts = engine.alerts if engine else AlertQueue(cfg.alerts)
         self.done = {}
+
+    def _flush(self, now):
+        if self.engine:
+            self.engine.flush(now)
+        elif self.alerts.events:
+            self.db.begin()
+            self.alerts.flush(self.db, now)
+            self.db.commit()
+
+    def _follow_changes(self):
+        if self.engine:
+            self.engine.check_for_changes()
 
     def run_due(self, now=None):
         """Run what is due. Returns when something is next due, for a caller with simulated
@@ -2976,9 +3153,9 @@ class DailyJobs:
         p = self.cfg.policy
         learning_ends = self._next_learning_end()
         if learning_ends is not None and learning_ends <= now:
-            self.engine.flush(now)  # train on every call so far
+            self._flush(now)  # train on every call so far
             finish_learning(self.cfg, self.db, now)
-            self.engine.check_for_changes()
+            self._follow_changes()
             learning_ends = self._next_learning_end()
         local = dt.datetime.fromtimestamp(now, p.tz)
         today = local.date().isoformat()
@@ -2997,15 +3174,16 @@ class DailyJobs:
         return self.db.scalar("SELECT MIN(learning_until) FROM accounts WHERE state = 'learning'")
 
     def _run(self, name, now):
-        self.engine.flush(now)
+        self._flush(now)
         if name == "train":
             proposals = train(self.cfg, self.db, now)
             log.info("daily training: %d account(s) changed", sum(1 for x in proposals if x.changes))
         elif name == "purge":
             log.info("daily purge: %s", purge(self.cfg, self.db, now, self.cfg.policy.retention_days * 86400))
         else:
-            log.info("daily summary: %d account(s) with rejections", daily_summaries(self.cfg, self.db, self.engine, now))
-        self.engine.check_for_changes()
+            log.info("daily summary: %d account(s) with rejections", daily_summaries(self.cfg, self.db, self.alerts, now))
+            self._flush(now)
+        self._follow_changes()
 
 
 # =============================================================================================
@@ -3230,21 +3408,32 @@ def replay_report(tally, rows):
 # =============================================================================================
 
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, OPTIONS, BYE"
+UNTRUSTED_LOG_LINES = 20
 VERDICT_PREFIX = re.compile(r"(?:A00|R\d\d)")
 
 
-def call_identity(msg, uri, from_addr, packet_ip, now):
-    """The CallAttempt a request describes: P-tfps first, then the legacy X-tfps/P-* headers,
-    then the From URI, the packet's source and the User-Agent header."""
+IDENTITY_HEADER = "P-tfps"
+LEGACY_IDENTITY_HEADERS = ("X-tfps", "P-Received", "P-Source", "P-UA", "P-Calls")
+
+
+def call_identity(msg, uri, from_addr, packet_ip, now, legacy=False):
+    """The CallAttempt a request describes: P-tfps (added by the nearest proxy), with
+    `legacy` also the X-tfps/P-* headers, then the From URI, the packet's source and the
+    User-Agent header. A caller must not choose the identity that is checked: an identity
+    header that appears twice, or that is not UTF-8, leaves its defect for rule R12."""
     user, domain = from_addr.uri.user, from_addr.uri.host
     ip, ua, calls = packet_ip, msg.header("user-agent") or "", None
-    legacy = msg.header("x-tfps")
-    if legacy and "@" in legacy:
-        user, _, domain = legacy.strip().partition("@")
-    ip = msg.header("p-received") or msg.header("p-source") or ip
-    ua = msg.header("p-ua") or ua
-    calls = msg.header("p-calls") or calls
-    p_tfps = msg.header("p-tfps")
+    names = (IDENTITY_HEADER,) + (LEGACY_IDENTITY_HEADERS if legacy else ())
+    defect = next((f"more than one {name} header" for name in names
+                   if sum(1 for key, _ in msg.headers if key == name.lower()) > 1), "")
+    if legacy:
+        x_tfps = msg.header("x-tfps")
+        if x_tfps and "@" in x_tfps:
+            user, _, domain = x_tfps.strip().partition("@")
+        ip = msg.header("p-received") or msg.header("p-source") or ip
+        ua = msg.header("p-ua") or ua
+        calls = msg.header("p-calls") or calls
+    p_tfps = msg.header(IDENTITY_HEADER.lower())
     if p_tfps is not None:
         fields = p_tfps.split(";")
         if len(fields) > 5:  # a User-Agent with ';' in it: the count is always the last field
@@ -3253,9 +3442,20 @@ def call_identity(msg, uri, from_addr, packet_ip, now):
         user, domain = fields[0].strip() or user, fields[1].strip() or domain
         ip, ua, calls = fields[2].strip() or ip, fields[3].strip() or ua, fields[4].strip() or calls
     calls = str(calls).strip() if calls is not None else ""
-    return CallAttempt(user=user, domain=domain, number=dialed_number(uri.user), source_ip=without_port(ip.strip()),
-                       user_agent=ua.strip(), concurrent_calls=int(calls) if re.fullmatch(r"[0-9]{1,6}", calls) else None,
-                       ts=now, call_id=msg.header("call-id") or "", from_uri=from_addr.raw_uri)
+    attempt = CallAttempt(user=user, domain=domain, number=dialed_number(uri.user), source_ip=without_port(ip.strip()),
+                          user_agent=ua.strip(), concurrent_calls=int(calls) if re.fullmatch(r"[0-9]{1,6}", calls) else None,
+                          ts=now, call_id=msg.header("call-id") or "", from_uri=from_addr.raw_uri)
+    attempt.defect = defect
+    return attempt
+
+
+RESERVED_FILES = 64  # descriptors kept for the database, logs, lookups and alerts
+
+
+def tcp_connections_allowed():
+    """tcp_max_connections = auto: what the open-file limit leaves beside RESERVED_FILES."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 16 if soft == resource.RLIM_INFINITY else max(8, soft - RESERVED_FILES)
 
 
 def without_port(ip):
@@ -3326,7 +3526,7 @@ class Server:
         self.config_path = config_path
         self.db = db
         self.engine = Engine(cfg, db)
-        self.txl = TransactionLayer()
+        self.txl = TransactionLayer(cfg.server.max_transactions)
         self.selector = selectors.DefaultSelector()
         self.timers = []
         self._seq = 0
@@ -3335,8 +3535,13 @@ class Server:
         self.listeners = []
         self.stopping = False
         self.reload_requested = False
-        self.counters = {"untrusted": 0, "malformed": 0, "verdicts": 0}
+        self.tcp_max_connections = cfg.server.tcp_max_connections or tcp_connections_allowed()
+        self.counters = {"untrusted": 0, "malformed": 0, "verdicts": 0, "resend_dropped": 0, "overflow": 0,
+                         "accept_paused": 0, "tcp_refused": 0}
         self._trusted_cache = {}
+        self._untrusted_logged = {}     # source -> when it was last logged
+        self._untrusted_minute = [0, 0]  # (minute, lines logged in it)
+        self._resent = {}               # source -> (second, bytes retransmitted to it in that second)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -3344,8 +3549,11 @@ class Server:
         self.reputation = ReputationService(cfg, db.url, self.wake)
         self.loaded_lists = deque()  # what the list-loading thread hands to the loop
         self.loading_lists = False
+        self.lists_reason = "lists reloaded"  # what the log says once they are in place
         self.dispatcher = AlertDispatcher(cfg, db.url)
-        self.jobs = DailyJobs(cfg, db, self.engine)
+        self.database_down = None      # since when (monotonic) the database has been unavailable
+        self.reconnected = deque()     # a new connection, from the reconnecting thread to the loop
+        self.threads_stop = threading.Event()
 
     # -- sockets ------------------------------------------------------------------------------
 
@@ -3386,8 +3594,8 @@ class Server:
             try:
                 callback()
             except Exception as exc:
-                log.error("%s failed: %s", callback.__name__, exc)
-                self._recover_db()
+                if not self._database_unavailable(exc):
+                    log.error("%s failed: %s", callback.__name__, exc)
             self.call_later(interval, tick)
         self.call_later(interval, tick)
 
@@ -3400,7 +3608,7 @@ class Server:
             except Exception:  # a failing timer must never stop the loop
                 log.exception("timer %s failed", getattr(callback, "__name__", callback))
         for dest, data in self.txl.poll(now):
-            self._send(dest, data)
+            self._resend(dest, data)
 
     def _timeout(self):
         deadlines = [d for d in (self.timers[0][0] if self.timers else None, self.txl.next_deadline()) if d is not None]
@@ -3410,10 +3618,10 @@ class Server:
 
     def run(self):
         self.bind()
-        self.every(self.cfg.database.flush_interval, self.engine.flush)
+        self.every(self.cfg.database.flush_interval, self._flush)
         self.every(self.cfg.database.reload_interval, self._check_for_changes)
         self.every(5.0, self._close_idle_connections)
-        self.every(30.0, self.jobs.run_due)
+        threading.Thread(target=self._run_daily_jobs, name="daily-jobs", daemon=True).start()
         self.dispatcher.start()
         gc.freeze()  # what is loaded now lives as long as the process: keep it out of collections
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
@@ -3454,15 +3662,40 @@ class Server:
         except BlockingIOError:
             pass
         self.reputation.deliver()
+        while self.reconnected:
+            self._database_back(self.reconnected.popleft())
         while self.loaded_lists:
             loaded = self.loaded_lists.popleft()
             self.loading_lists = False
             if loaded:
                 self.engine.install(loaded)
-                log.info("lists reloaded")
+                log.info("%s", self.lists_reason)
+                self.lists_reason = "lists reloaded"
 
     def _check_for_changes(self):
-        self.engine.check_for_changes(reload_lists=self._start_loading_lists)
+        if self.database_down is None:
+            self.engine.check_for_changes(reload_lists=self._start_loading_lists)
+
+    def _flush(self):
+        if self.database_down is None:
+            self.engine.flush()
+
+    def _run_daily_jobs(self):
+        """Training, purge, summaries and the end of learning on a thread and a connection of
+        their own: a long query must not hold up verdicts. Their changes reach the loop like
+        any other change (reload_interval)."""
+        jobs = DailyJobs(self.cfg, None)
+        while not self.threads_stop.wait(30.0):
+            try:
+                jobs.db = jobs.db or Database(self.db.url)
+                jobs.run_due()
+            except Exception as exc:
+                log.error("daily jobs: %s", exc)
+                if jobs.db:
+                    jobs.db.close()
+                jobs.db = None
+        if jobs.db:
+            jobs.db.close()
 
     def _start_loading_lists(self):
         """Large lists take a few hundred milliseconds to load: a thread does it, calls go on."""
@@ -3492,22 +3725,74 @@ class Server:
             self._send(dest, data)
         for conn in list(self.connections.values()):
             self._flush_tcp(conn)
+        self.threads_stop.set()
         self.dispatcher.stop()
         self.reputation.close()
         try:
             self.engine.flush()
+        except Exception as exc:
+            log.error("stopping with %d call log row(s) unwritten: the database is unavailable: %s",
+                      len(self.engine.log_rows), exc)
         finally:
             self.db.close()
             for sock in self.listeners:
                 sock.close()
-        log.info("stopped after %d verdicts (%d packets from untrusted sources dropped, %d malformed)",
-                 self.counters["verdicts"], self.counters["untrusted"], self.counters["malformed"])
+        c = self.counters
+        log.info("stopped after %d verdicts (%d packets from untrusted sources dropped, %d malformed; %d requests "
+                 "refused for max_transactions, %d retransmissions over resend_bytes_per_source, %d TCP connections "
+                 "refused, %d call log rows lost)", c["verdicts"], c["untrusted"], c["malformed"], c["overflow"],
+                 c["resend_dropped"], c["tcp_refused"], self.engine.dropped_rows)
 
-    def _recover_db(self):
+    def _database_unavailable(self, exc):
+        """True when `exc` says the database cannot be used now; the first time, verdicts turn to
+        the [database] failure policy and a thread starts reconnecting."""
+        if not (isinstance(exc, self.db.errors) and self.db.unavailable(exc)):
+            return False
+        if self.database_down is None:
+            self.database_down = time.monotonic()
+            log.error("database %s unavailable (%s); until it is back, %s; reconnecting in the background",
+                      redact_url(self.db.url), exc, "verdicts are decided from memory" if self.cfg.database.failure == "continue"
+                      else "INVITEs are answered 500")
+            threading.Thread(target=self._reconnect, name="reconnect", daemon=True).start()
+        return True
+
+    def _reconnect(self):
+        """Off the loop, with back-off: connect until the database answers, then hand the new
+        connection to the loop."""
+        delay = 0.25
+        while not self.stopping:
+            try:
+                db = Database(self.db.url, timeout=self.cfg.database.timeout)
+                try:
+                    db.probe()
+                except BaseException:
+                    db.close()
+                    raise
+            except Exception as exc:
+                log.info("database still unavailable, next try in %.2g s: %s", delay, exc)
+                self.threads_stop.wait(delay)
+                delay = min(2 * delay, 30.0)
+                continue
+            self.reconnected.append(db)
+            self.wake()
+            return
+
+    def _database_back(self, db):
+        old, self.db = self.db, db
+        if old.in_transaction:  # SQLite: verdicts not yet committed by a flush
+            with contextlib.suppress(*old.errors):
+                old.commit()
+        old.close()
+        self.engine.use_database(db)
+        log.warning("database back after %.1f s; writing the %d call log row(s) kept meanwhile",
+                    time.monotonic() - self.database_down, len(self.engine.log_rows))
+        self.database_down = None
+        self.engine.accounts.clear()  # changed meanwhile, maybe
         try:
-            self.db.ping()
+            self.engine.flush()
         except Exception as exc:
-            log.error("database still unavailable: %s", exc)
+            if not self._database_unavailable(exc):
+                log.error("flush failed: %s", exc)
 
     def reload_config(self):
         try:
@@ -3522,8 +3807,10 @@ class Server:
             vars(getattr(self.cfg, section)).update(vars(getattr(cfg, section)))
         self.cfg.server.listen = listen
         self._trusted_cache.clear()
-        self.engine.reload()
-        log.info("SIGHUP: configuration and lists reloaded (mode %s)", self.cfg.server.mode)
+        self.tcp_max_connections = self.cfg.server.tcp_max_connections or tcp_connections_allowed()
+        self.loading_lists = False  # load them again, with the new configuration
+        self.lists_reason = f"SIGHUP: configuration and lists reloaded (mode {self.cfg.server.mode})"
+        self._start_loading_lists()
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -3535,11 +3822,41 @@ class Server:
             if len(self._trusted_cache) > 65536:
                 self._trusted_cache.clear()
             self._trusted_cache[ip] = ok
-            if not ok:
-                log.warning("dropping SIP from untrusted source %s (trusted_peers)", ip)
         if not ok:
             self.counters["untrusted"] += 1
+            self._log_untrusted(ip)
         return ok
+
+    def _log_untrusted(self, ip):
+        """Once a minute per source, at most UNTRUSTED_LOG_LINES lines a minute in all: a newcomer
+        learns which address to add, a flood from forged sources does not flood the journal."""
+        now = time.monotonic()
+        minute = int(now // 60)
+        if self._untrusted_minute[0] != minute:
+            self._untrusted_minute = [minute, 0]
+            if len(self._untrusted_logged) > 10000:
+                self._untrusted_logged.clear()
+        if now - self._untrusted_logged.get(ip, -60.0) < 60 or self._untrusted_minute[1] >= UNTRUSTED_LOG_LINES:
+            return
+        self._untrusted_logged[ip] = now
+        self._untrusted_minute[1] += 1
+        log.warning("dropping SIP from untrusted source %s: add it to [server] trusted_peers if it is a PBX or proxy "
+                    "(%d packets from untrusted sources dropped so far)", ip, self.counters["untrusted"])
+
+    def _resend(self, dest, data):
+        """A retransmitted response, within the per-source budget of resend_bytes_per_source."""
+        now = time.monotonic()
+        ip = dest[1][0]
+        second, spent = self._resent.get(ip, (0, 0))
+        if second != int(now):
+            if len(self._resent) > 65536:
+                self._resent.clear()
+            second, spent = int(now), 0
+        if spent + len(data) > self.cfg.server.resend_bytes_per_source:
+            self.counters["resend_dropped"] += 1
+            return
+        self._resent[ip] = (second, spent + len(data))
+        self._send(dest, data)
 
     def _read_udp(self, sock, endpoint):
         limit = self.cfg.server.max_message_size
@@ -3561,13 +3878,20 @@ class Server:
     def _accept(self, listener):
         try:
             sock, addr = listener.accept()
-        except OSError:
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._pause_accepting(listener, exc)
             return
         if not self.trusted(addr[0]):
             sock.close()
             return
-        if len(self.connections) >= self.cfg.server.tcp_max_connections:
-            log.warning("refusing TCP connection from %s: tcp_max_connections reached", addr[0])
+        if len(self.connections) >= self.tcp_max_connections:
+            self.counters["tcp_refused"] += 1
+            if self.counters["tcp_refused"] % 1000 == 1:
+                log.warning("refusing TCP connections: tcp_max_connections = %d reached (%d refused so far)",
+                            self.tcp_max_connections, self.counters["tcp_refused"])
             sock.close()
             return
         sock.setblocking(False)
@@ -3576,13 +3900,25 @@ class Server:
         self.connections[sock.fileno()] = conn
         self.selector.register(sock, selectors.EVENT_READ, ("tcp", conn))
 
+    def _pause_accepting(self, listener, exc):
+        """Out of file descriptors: the pending connection stays in the backlog and the listener
+        stays readable, so accepting again at once would spin. Pause for a second; UDP and the
+        open connections go on."""
+        self.selector.unregister(listener)
+        self.call_later(1.0, self.selector.register, listener, selectors.EVENT_READ, ("listen", None))
+        self.counters["accept_paused"] += 1
+        if self.counters["accept_paused"] % 60 == 1:
+            log.error("cannot accept TCP connections: %s (%d connections open, open-file limit %d); pausing accept for 1 s; "
+                      "raise LimitNOFILE or lower tcp_max_connections", exc.strerror, len(self.connections),
+                      resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
     def _connect(self, addr):
         """A connection to `addr` for responses whose request's connection has closed (RFC 3261
         §18.2.2: the received address and the sent-by port); None when none can be opened."""
         conn = self.outgoing.get(addr)
         if conn is not None and not conn.closed:
             return conn
-        if len(self.connections) >= self.cfg.server.tcp_max_connections:
+        if len(self.connections) >= self.tcp_max_connections:
             log.warning("no TCP connection to %s for a response: tcp_max_connections reached", addr[0])
             return None
         sock = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, socket.SOCK_STREAM)
@@ -3636,7 +3972,7 @@ class Server:
             msg = parse_message(bytes(conn.framer.buffer[:8192]))
             if msg.is_request and msg.method != "ACK":
                 vias = [self._top_via_value(msg.vias()[0], conn.addr)] + [v.raw for v in msg.vias()[1:]]
-                conn.send(build_response(msg, exc.status, exc.reason, vias=vias))
+                conn.send(build_response(msg, exc.status, exc.reason, vias=vias, server=self.cfg.server.server_header))
         except (SipError, IndexError):
             pass
         self.counters["malformed"] += 1
@@ -3694,13 +4030,12 @@ class Server:
 
     @staticmethod
     def _response_dest(endpoint, addr, via):
+        """Where responses go: over UDP always back to the packet's source address and port, as
+        with rport (RFC 3581). The Via sent-by port and maddr are not obeyed: a forged request
+        must not direct answers at a third party."""
         if endpoint.transport == "tcp":
             return endpoint, (addr[0], via.port or 5060)  # where to connect should this connection close
-        if via.params.get("maddr"):
-            return endpoint, (via.params["maddr"].strip("[]"), via.port or 5060)
-        if "rport" in via.params:
-            return endpoint, addr
-        return endpoint, (addr[0], via.port or 5060)
+        return endpoint, addr
 
     def on_message(self, data, endpoint, addr):
         if data[:4] == b"ACK " and self.txl.absorb_ack(data, endpoint.transport == "tcp", time.monotonic()):
@@ -3724,12 +4059,17 @@ class Server:
         except SipError as exc:
             self.counters["malformed"] += 1
             if msg.method != "ACK":
-                self._send(dest, build_response(msg, exc.status, exc.reason, vias=via_values, to_tag=secrets.token_hex(6)))
+                self._send(dest, build_response(msg, exc.status, exc.reason, vias=via_values, to_tag=secrets.token_hex(6),
+                                                server=self.cfg.server.server_header))
             return
         now = time.monotonic()
-        tx, sends = self.txl.receive(msg, top, dest, endpoint.transport == "tcp", now)
+        try:
+            tx, sends = self.txl.receive(msg, top, dest, endpoint.transport == "tcp", now)
+        except TransactionTableFull:
+            self._refuse_overflow(msg, dest, via_values)
+            return
         for send in sends:
-            self._send(*send)
+            self._resend(*send)
         if tx is None:
             return
         required = unsupported_extensions(msg) if msg.method in ("INVITE", "OPTIONS", "BYE") else []
@@ -3746,8 +4086,21 @@ class Server:
         else:
             self._respond(tx, msg, via_values, 405, headers=[("Allow", ALLOWED_METHODS)])
 
+    def _refuse_overflow(self, msg, dest, vias):
+        """An answer without a transaction: the table is full (a flood, or verdicts far too slow).
+        500, not 503: in failover mode 503 means approved."""
+        self.counters["overflow"] += 1
+        if self.counters["overflow"] % 10000 == 1:
+            log.error("%d transactions held (max_transactions): new requests answered 500 (%d so far)",
+                      len(self.txl.table), self.counters["overflow"])
+        self._send(dest, build_response(msg, 500, "TFPS Overloaded", vias=vias, to_tag=secrets.token_hex(6),
+                                        headers=[("Retry-After", "5")], server=self.cfg.server.server_header))
+
     def _respond(self, tx, msg, vias, status, reason=None, headers=()):
-        data = build_response(msg, status, reason, vias=vias, to_tag=tx.to_tag if status > 100 else None, headers=headers)
+        data = build_response(msg, status, reason, vias=vias, to_tag=tx.to_tag if status > 100 else None, headers=headers,
+                              server=self.cfg.server.server_header)
+        if status >= 200:
+            tx.data = None  # the request is answered: only the response bytes stay, until Timer H or the ACK
         for send in self.txl.respond(tx, status, data, time.monotonic()):
             self._send(*send)
 
@@ -3770,11 +4123,11 @@ class Server:
         if refusal:
             self._respond(tx, msg, vias, refusal)
             return
-        attempt = call_identity(msg, uri, from_addr, addr[0], time.time())
+        attempt = call_identity(msg, uri, from_addr, addr[0], time.time(), self.cfg.server.legacy_headers)
         tx.data = PendingInvite(msg, vias, attempt, time.monotonic(), from_addr.uri.host or uri.host)
         ip = attempt.source_ip
         if self.reputation.wanted(ip) and not self.engine.lists.ip_white.match(ip):
-            rep = self.reputation.known(self.db, ip, attempt.ts)
+            rep = self._known_reputation(ip, attempt.ts)
             if rep is None and self.reputation.paused(attempt.ts):
                 rep = Reputation(ip, False, detail="lookups paused by the service's rate limit")
             if rep is None:
@@ -3785,6 +4138,14 @@ class Server:
                 return
             attempt.reputation = rep
         self._finish_invite(tx, None)
+
+    def _known_reputation(self, ip, now):
+        try:
+            return self.reputation.known(self.db if self.database_down is None else None, ip, now)
+        except Exception as exc:
+            if not self._database_unavailable(exc):
+                raise
+            return self.reputation.known(None, ip, now)
 
     def _send_trying(self, tx):
         if tx.data is not None and not tx.data.done:
@@ -3801,14 +4162,10 @@ class Server:
             if not reputation.ok:
                 log.warning("call-id=%s reputation of %s unavailable (%s): reputation_failure = %s", attempt.call_id,
                             attempt.source_ip, reputation.detail, self.cfg.reputation.reputation_failure)
-        mode = self.cfg.server.mode
-        try:
-            verdict = self.engine.decide(attempt, enforce=mode != "monitor")
-        except Exception as exc:
-            log.error("call-id=%s no verdict: %s", attempt.call_id, exc)
-            self._recover_db()
+        verdict = self._decide(attempt)
+        if verdict is None:  # the peer learns that there is no verdict, the log says why
             self._respond(tx, pending.msg, pending.vias, 500, "TFPS Database Unavailable",
-                          headers=[("X-TFPS-Reason", header_safe(str(exc)))])
+                          headers=[("X-TFPS-Reason", "no verdict: database unavailable")])
             return
         status, reason, headers, summary = self._verdict_response(verdict, pending)
         self._respond(tx, pending.msg, pending.vias, status, reason, headers)
@@ -3818,6 +4175,22 @@ class Server:
         if self.cfg.server.log_verdicts:
             log.info("verdict call-id=%s account=%s@%s number=%s code=%s reason=%s latency=%.2fms", attempt.call_id,
                      attempt.user, attempt.domain, header_safe(verdict.number or attempt.number), verdict.code, verdict.reason, latency)
+
+    def _decide(self, attempt):
+        """The verdict; from memory while the database is unavailable and [database] failure is
+        continue; None when there is none to give."""
+        enforce = self.cfg.server.mode != "monitor"
+        if self.database_down is None:
+            try:
+                return self.engine.decide(attempt, enforce=enforce)
+            except Exception as exc:
+                if not self._database_unavailable(exc):
+                    log.exception("call-id=%s no verdict", attempt.call_id)
+                    return None
+                log.error("call-id=%s: database unavailable: %s", attempt.call_id, exc)
+        if self.cfg.database.failure == "continue":
+            return self.engine.decide_from_memory(attempt, enforce=enforce)
+        return None
 
     def _verdict_response(self, verdict, pending):
         headers = [("X-TFPS-Code", verdict.code), ("X-TFPS-Reason", header_safe(verdict.reason))]
@@ -4187,7 +4560,8 @@ def load_config(args):
 
 def cmd_serve(args, cfg):
     setup_logging(cfg.server.log_level)
-    db = open_database(cfg.database.url)
+    open_database(cfg.database.url).close()  # the schema, created or migrated with the CLI's patience
+    db = Database(cfg.database.url, timeout=cfg.database.timeout)
     Server(cfg, db, args.config or default_config_path()).run()
     return 0
 

@@ -1,5 +1,6 @@
 """Fuzzing the whole request path in process: mutated SIP messages through Server.on_message
-(and TCP streams through StreamFramer) with the real engine and a real database, no sockets.
+(and TCP streams through a TcpConnection's StreamFramer, over a socketpair) with the real engine
+and a real database; no network.
 
 Seeds are valid INVITE, OPTIONS, CANCEL, ACK and BYE requests carrying a P-tfps identity header.
 Each message is one of: a valid INVITE (some with harmless variations: compact forms, folding,
@@ -86,7 +87,8 @@ class Request:
     def render(self):
         headers = self.headers
         if self.fix_length:
-            headers = [(n, str(len(self.body)).encode() if n == b"Content-Length" else v) for n, v in headers]
+            length = str(len(self.body)).encode()
+            headers = [(n, length if n.lower() in (b"content-length", b"l") else v) for n, v in headers]
         lines = [self.method + b" " + self.ruri + b" SIP/2.0"] + [n + b": " + v for n, v in headers]
         return b"\r\n".join(lines) + b"\r\n\r\n" + self.body
 
@@ -132,12 +134,8 @@ def harmless(rng, req):
     kind = rng.randrange(8)
     if kind == 0:
         req.headers = [(COMPACT.get(n, n), v) for n, v in req.headers]
-        req.fix_length = False
-        req.headers = [(n, str(len(req.body)).encode() if n == b"l" else v) for n, v in req.headers]
     elif kind == 1:
         req.headers = [(n.swapcase() if rng.random() < 0.5 else n.lower(), v) for n, v in req.headers]
-        req.fix_length = False
-        req.headers = [(n, str(len(req.body)).encode() if n.lower() == b"content-length" else v) for n, v in req.headers]
     elif kind == 2:
         top = req.headers[:1]
         rest = req.headers[1:]
@@ -146,7 +144,7 @@ def harmless(rng, req):
     elif kind == 3:
         req.headers.insert(2, (b"Subject", b"folded\r\n  across\r\n\tthree lines"))
     elif kind == 4:
-        depth = rng.choice((2, 10, 70, 300))
+        depth = rng.choice((2, 10, 70)) if rng.random() < 0.9 else 300
         req.headers[1:1] = [(b"Via", f"SIP/2.0/UDP 10.{i % 250}.0.1:5060;branch=z9hG4bKdeep{i}".encode())
                             for i in range(depth)]
     elif kind == 5:
@@ -228,7 +226,7 @@ def break_structure(rng, req):
         filler = rng.choice((b"a", b"1", b";", b",", b" ", b"<"))
         headers.insert(rng.randrange(len(headers) + 1), (name, filler * size))
     elif kind == 6:                                      # a deep Via stack, some of it malformed
-        depth = rng.choice((100, 500, 900))
+        depth = rng.choice((20, 50, 100, 200)) if rng.random() < 0.9 else 900
         vias = [(b"Via", f"SIP/2.0/UDP h{i}.example.com;branch=z9hG4bK{i}".encode()) for i in range(depth)]
         if rng.random() < 0.5:
             vias[rng.randrange(depth)] = (b"Via", b"SIP/2.0/UDP ;;;")
@@ -298,6 +296,26 @@ def raised(exc):
     return f"{type(exc).__name__} at {' < '.join(reversed(where[-3:]))}: {shape(str(exc))}"
 
 
+class Reply:
+    """The start line and first header values of a response: what the checks need, read much
+    faster than parse_message reads it (responses echo deep Via stacks)."""
+
+    __slots__ = ("status", "headers")
+    STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6]\d\d) [^\r\n]*\r\n")
+    WANTED = re.compile(rb"^(Server|X-TFPS-Code|X-TFPS-Reason|Contact|To):[ \t]*(.*?)\r?$", re.M)
+
+    def __init__(self, head):
+        m = self.STATUS_LINE.match(head)
+        self.status = int(m.group(1)) if m else 0
+        self.headers = {}
+        for name, value in self.WANTED.findall(head):
+            self.headers.setdefault(name.lower().decode(), value)
+
+    def header(self, name):
+        value = self.headers.get(name)
+        return None if value is None else value.decode("utf-8", "surrogateescape")
+
+
 class VirtualTime:
     """tfps's `time` module with a monotonic clock the test moves forward."""
 
@@ -350,6 +368,8 @@ class Fuzz:
         tfps.update_account(self.db, clean, time.time(), daily_quota=CLEAN_QUOTA)
         self.clean_id = clean.id
         self.server = tfps.Server(self.cfg, self.db)
+        self.on_message = self.server.on_message
+        self.server.on_message = self.on_tcp_message  # only _service_tcp calls it: UDP goes to deliver()
         self.udp = UdpEndpoint()
         self.errors = Collector()
         logging.getLogger("tfps").addHandler(self.errors)
@@ -382,13 +402,10 @@ class Fuzz:
             name = head[head.rfind(b"\n", 0, bare.start()) + 1:bare.start()].partition(b":")[0]
             self.problem(f"{head[8:11].decode()} response with a bare CR or LF in its "
                          f"{name.decode(errors='replace')} header", request)
-        try:
-            msg = tfps.parse_message(data)
-        except tfps.SipError:
-            self.problem("response tfps cannot parse", request)
+        msg = Reply(head)
+        if not msg.status:
+            self.problem(f"response with the start line {head[:40]!r}", request)
             return None
-        if msg.is_request:
-            self.problem("a response that parses as a request", request)
         if msg.header("server") != "TFPS":
             self.problem(f"response Server header is {msg.header('server')!r}, not 'TFPS'", request)
         if msg.status == 500:
@@ -412,55 +429,46 @@ class Fuzz:
         """One datagram, as _read_udp hands it on; returns the parsed responses."""
         if len(data) > self.cfg.server.max_message_size or not data.strip(b"\r\n\0 "):
             return []  # _read_udp drops these before on_message
-        seen = len(self.errors.records)
-        self.fed += 1
-        try:
-            self.server.on_message(data, self.udp, ADDR)
-        except Exception as exc:  # noqa: BLE001 - this is what the test looks for
-            self.problem(f"on_message raised {raised(exc)}", data)
-        for record in self.errors.records[seen:]:
-            self.problem(f"logged at {record.levelname}: {shape(record.getMessage())}", data)
+        self.deliver(data, self.udp)
         answers = self.answers(self.udp.sent, data)
         self.after_message()
         return answers
 
+    def deliver(self, data, endpoint):
+        """on_message, and what it must not do: raise, or log at ERROR."""
+        seen = len(self.errors.records)
+        self.fed += 1
+        try:
+            self.on_message(data, endpoint, ADDR)
+        except Exception as exc:  # noqa: BLE001 - this is what the test looks for
+            self.problem(f"on_message ({endpoint.transport}) raised {raised(exc)}", data)
+        for record in self.errors.records[seen:]:
+            self.problem(f"logged at {record.levelname}: {shape(record.getMessage())}", data)
+
     def tcp_stream(self, messages):
-        """Messages as one TCP stream cut into random pieces, through a real TcpConnection."""
-        rng = self.rng
+        """Messages as one TCP stream cut into random pieces, read by the server's own TCP path
+        (_service_tcp: framing, an answer to a stream that cannot be framed, on_message)."""
         stream = b"".join(messages)
         ours, theirs = socket.socketpair()
-        theirs.setblocking(False)
         ours.setblocking(False)
-        conn = tfps.TcpConnection(ours, ADDR, self.cfg.server.max_message_size, self.clock.monotonic())
+        theirs.setblocking(False)  # a piece fits in the socket buffer: the server reads all of each
         server = self.server
+        conn = tfps.TcpConnection(ours, ADDR, self.cfg.server.max_message_size, self.clock.monotonic())
         server.connections[ours.fileno()] = conn
         server.selector.register(ours, tfps.selectors.EVENT_READ, ("tcp", conn))
         replies = tfps.StreamFramer(1 << 22)
         pos = 0
         try:
             while pos < len(stream) and not conn.closed:
-                piece = stream[pos:pos + rng.choice((1, 7, 100, 1500, 65536))]
+                piece = stream[pos:pos + self.rng.choice((1, 7, 100, 1500, 65536))]
                 pos += len(piece)
-                try:
-                    framed = conn.framer.feed(piece)
-                except tfps.SipError as exc:
-                    server._reject_stream(conn, exc)
-                    break
-                except Exception as exc:  # noqa: BLE001
-                    self.problem(f"StreamFramer raised {raised(exc)}", stream)
-                    break
-                for data in framed:
-                    seen = len(self.errors.records)
-                    self.fed += 1
+                theirs.sendall(piece)
+                while not conn.closed and self._readable(ours):
                     try:
-                        server.on_message(data, conn, conn.addr)
-                    except Exception as exc:  # noqa: BLE001
-                        self.problem(f"on_message (TCP) raised {raised(exc)}", data)
-                    for record in self.errors.records[seen:]:
-                        self.problem(f"logged at {record.levelname}: {shape(record.getMessage())}", data)
-                    self.after_message()
-                if not conn.closed:
-                    server._flush_tcp(conn)
+                        server._service_tcp(conn, tfps.selectors.EVENT_READ)
+                    except Exception as exc:  # noqa: BLE001 - the loop would log "unexpected error"
+                        self.problem(f"_service_tcp raised {raised(exc)}", stream)
+                        server._close_tcp(conn)
                 self._drain(theirs, replies, conn, stream)
         finally:
             if not conn.closed:
@@ -468,22 +476,34 @@ class Fuzz:
             self._drain(theirs, replies, conn, stream)
             theirs.close()
 
+    @staticmethod
+    def _readable(sock):
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK))
+        except BlockingIOError:
+            return False
+
     def _drain(self, sock, replies, conn, stream):
+        """Read the responses the server wrote to the connection."""
         while True:
+            if conn.outbuf and not conn.closed:
+                self.server._flush_tcp(conn)
             try:
                 chunk = sock.recv(1 << 20)
-            except (BlockingIOError, OSError):
-                break
+            except OSError:
+                return
             if not chunk:
-                break
+                return
             try:
-                sent = replies.feed(chunk)
+                self.answers(replies.feed(chunk), stream)
             except tfps.SipError:
                 self.problem("TCP responses that cannot be framed", stream)
                 return
-            self.answers(sent, stream)
-            if conn.outbuf and not conn.closed:
-                self.server._flush_tcp(conn)
+
+    def on_tcp_message(self, data, endpoint, addr):
+        """Stands in for server.on_message when _service_tcp calls it."""
+        self.deliver(data, endpoint)
+        self.after_message()
 
     def after_message(self):
         self.clock.offset += STEP
@@ -578,7 +598,7 @@ class Fuzz:
 
     def owe_ack(self, req, answers):
         final = [m for m in answers if m.status >= 200]
-        if final and self.rng.random() < 0.85:
+        if final and final[0].header("to") and self.rng.random() < 0.85:
             ack = with_method(req, b"ACK")
             ack.set(b"To", final[0].header("to").encode("utf-8", "surrogateescape"))
             self.acks.append(ack.render())
@@ -645,12 +665,13 @@ class Fuzz:
         self.flush()
 
     def close(self):
-        """Server.shutdown without sockets: answer what is pending, stop, flush, close."""
+        """Server.shutdown without listening sockets: answer what is pending, stop, close."""
         server = self.server
         for tx in list(server.txl.table.values()):
             if isinstance(tx.data, tfps.PendingInvite) and not tx.data.done:
                 server._finish_invite(tx, tfps.Reputation(tx.data.attempt.source_ip, False, detail="stopping"))
-        server.dispatcher.stop_event.set()  # its thread never started: the loop starts it
+        server.threads_stop.set()
+        server.dispatcher.stop_event.set()  # its thread never started: run() starts it
         server.reputation.close()
         server.selector.close()
         server._wake_r.close()

@@ -4001,7 +4001,7 @@ def normalize_list_value(kind, value):
     if kind == "number":
         digits = VISUAL_SEPARATORS.sub("", value).lstrip("+")
         if not re.fullmatch(r"[0-9]{1,32}", digits):
-            raise ValueError(f"{value[:40]!r} is not a number prefix (1 to 32 digits)")
+            raise ValueError(f"{value!r} is not a number prefix (digits only)")
         return digits
     if kind == "ip":
         return str(ipaddress.ip_network(value, strict=False))
@@ -4209,7 +4209,7 @@ countries_arg = arg_type(_countries)
 duration_arg = arg_type(parse_duration)
 listen_arg = arg_type(parse_listen)
 account_arg = arg_type(_account)
-number_arg = text_arg(64)  # call_log.dialed holds 64 characters
+number_arg = text_arg(64, spaces=True)  # call_log.dialed holds 64 characters
 
 
 def server_arg(text):

@@ -48,6 +48,7 @@ import math
 import operator
 import os
 import re
+import resource
 import secrets
 import selectors
 import signal
@@ -109,6 +110,16 @@ def format_countries(codes):
 
 def fmt_time(ts):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
+
+
+def storable(text, size):
+    """`text` cut to a column of `size` characters; bytes that were not UTF-8 become U+FFFD, so
+    that no row is refused by the database."""
+    text = text[:size]
+    return text if text.isascii() else UNDECODABLE.sub("\ufffd", text)
 
 
 def parse_clock(text):
@@ -555,6 +566,7 @@ COMPACT_HEADERS = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "con
                    "l": "content-length", "k": "supported", "s": "subject", "c": "content-type",
                    "e": "content-encoding"}
 SINGLE_VALUE_HEADERS = ("from", "to", "call-id", "cseq", "max-forwards", "content-length")
+ECHOED_HEADERS = ("via", "from", "to", "call-id", "cseq", "max-forwards", "content-length", "require")
 TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
 TOKEN_RE = re.compile(rf"[{TOKEN_CHARS}]+")
 REQUEST_LINE_RE = re.compile(rf"([{TOKEN_CHARS}]+) (\S+) SIP/(\d+\.\d+)")
@@ -811,8 +823,19 @@ def parse_message(data):
         if name in SINGLE_VALUE_HEADERS and (first != value or (
                 "," in value and name not in ("from", "to") and len(split_header_values(value)) > 1)):
             msg.flag(400, f"Multiple {name.title()} Values")
+    if not head.isascii():
+        _flag_undecodable(msg, start)
     msg.body = _frame_body(msg, body)
     return msg
+
+
+def _flag_undecodable(msg, start):
+    """Bytes that are not UTF-8 where a request is routed or echoed: no answer could be trusted."""
+    if UNDECODABLE.search(start):
+        msg.flag(400, "Invalid UTF-8 In Request-Line")
+    for name, value in msg.headers:
+        if name in ECHOED_HEADERS and UNDECODABLE.search(value):
+            msg.flag(400, f"Invalid UTF-8 In {name.title()} Header")
 
 
 def _frame_body(msg, body):
@@ -884,7 +907,7 @@ def tag_of(name_addr_value):
         return ""
 
 
-def build_response(req, status, reason=None, *, vias, to_tag=None, headers=()):
+def build_response(req, status, reason=None, *, vias, to_tag=None, headers=(), server="TFPS"):
     """Response bytes for `req`. `vias` are the Via values to echo (top one already carrying
     received/rport); `to_tag` is added to To when it has none."""
     to = req.header("to") or ""
@@ -895,7 +918,7 @@ def build_response(req, status, reason=None, *, vias, to_tag=None, headers=()):
     lines += [f"From: {req.header('from') or ''}", f"To: {to}", f"Call-ID: {req.header('call-id') or ''}",
               f"CSeq: {req.header('cseq') or ''}"]
     lines += [f"{name}: {value}" for name, value in headers]
-    lines += [f"Server: TFPS/{__version__}", "Content-Length: 0", "", ""]
+    lines += [f"Server: {server}", "Content-Length: 0", "", ""]
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
@@ -1258,14 +1281,28 @@ class Database:
                 raise
             return
         self.begin()
-        self.conn.execute("SAVEPOINT verdict")
+        with self.savepoint("verdict"):
+            yield
+
+    @contextlib.contextmanager
+    def savepoint(self, name):
+        """Inside a transaction: what the block wrote, all or nothing, without ending the transaction."""
+        self.execute(f"SAVEPOINT {name}")
         try:
             yield
-            self.conn.execute("RELEASE verdict")
         except BaseException:
-            self.conn.execute("ROLLBACK TO verdict")
-            self.conn.execute("RELEASE verdict")
+            self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self.execute(f"RELEASE SAVEPOINT {name}")
             raise
+        self.execute(f"RELEASE SAVEPOINT {name}")
+
+    def unavailable(self, exc):
+        """The database cannot be used now (connection lost or refused, a timeout, a locked or
+        unwritable file), as opposed to a statement or row it refused."""
+        if self.dialect == "sqlite":
+            return isinstance(exc, sqlite3.OperationalError)
+        import pymysql
+        return isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError)) and not self.transient(exc)
 
     def transient(self, exc):
         """A deadlock, a lock wait timeout, or a duplicate key from a row another node created
@@ -1772,14 +1809,27 @@ class AlertEvent:
     email: str = ""    # the account's own address, an extra recipient
 
 
+MAX_QUEUED_ALERTS = 10000
+
+
 class AlertQueue:
     """Collects events on the hot path; `flush` rate-limits them and writes the outbox."""
 
     def __init__(self, acfg):
         self.acfg = acfg
         self.events = []
+        self.dropped = 0
 
     def add(self, event):
+        """Queue an event; its texts made storable (they quote what callers sent). While the
+        database is unavailable at most MAX_QUEUED_ALERTS wait; later ones are counted, not kept."""
+        if len(self.events) >= MAX_QUEUED_ALERTS:
+            self.dropped += 1
+            if self.dropped in (1, 1000) or self.dropped % 100000 == 0:
+                log.error("alert queue full (%d unwritten): %d alert(s) dropped", len(self.events), self.dropped)
+            return
+        event.account, event.subject, event.body = storable(event.account, 400), storable(event.subject, 255), storable(event.body, 16384)
+        event.fields = {k: storable(v, 1024) if isinstance(v, str) else v for k, v in event.fields.items()}
         self.events.append(event)
 
     def flush(self, db, now):
@@ -1951,6 +2001,7 @@ class CallAttempt:
     from_uri: str = ""
     source_country: str = ""            # when known without a lookup (replay, CLI)
     reputation: Reputation | None = None
+    defect: str = ""                    # why the identity cannot be trusted (rule R12)
 
 
 @dataclass
@@ -2037,8 +2088,19 @@ def attack_in(text, pattern=ATTACK_SIGNATURE):
     return pattern.search(text) is not None
 
 
+def undecodable_identity(attempt):
+    """What part of the identity holds bytes that are not UTF-8, or ''."""
+    for label, value in (("user", attempt.user), ("domain", attempt.domain), ("number", attempt.number),
+                         ("source IP", attempt.source_ip), ("User-Agent", attempt.user_agent)):
+        if not value.isascii() and UNDECODABLE.search(value):
+            return f"bytes that are not UTF-8 in the {label}"
+    return ""
+
+
 def attack_signature(engine, call):
     a = call.attempt
+    if a.defect:
+        return Rejection("R12", f"identity not accepted: {a.defect}")
     for label, value in (("user", a.user), ("domain", a.domain)):
         if attack_in(value):
             return Rejection("R12", f"attack signature in the {label} {value[:60]!r}")
@@ -2348,6 +2410,11 @@ class PrivateCounters:
         return self.daily.get((account_id, day, bucket), 0)
 
 
+CALL_LOG_INSERT = ("INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
+                   "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
+                   "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+
+
 class Engine:
     """The decision engine. `decide` evaluates one attempt; `record` logs the verdict with the SIP
     answer that was sent; `flush` writes the buffered call log and alerts. Not thread-safe: one
@@ -2360,6 +2427,7 @@ class Engine:
         self.counters = counters or SharedCounters(db)
         self.node = cfg.server.node_name
         self.log_rows = []
+        self.dropped_rows = 0  # call log rows lost: refused by the database, or past max_unflushed_rows
         self.last_seen = {}
         self.offhours = {}     # account id -> times of approved off-hours calls in the last 10 minutes
         self.today = {}    # (account id, day) -> approved calls, for anomaly alerts
@@ -2440,7 +2508,9 @@ class Engine:
         call.source_country = (a.source_country or (rep.country if rep and rep.ok else "")).upper()
         call.day, call.off_hours = self._local_day(call.now)
         a.domain = a.domain.lower()
-        call.account = self._account(a.user, a.domain, call)
+        a.defect = a.defect or undecodable_identity(a)
+        # an identity that rule R12 rejects must neither enroll an account nor reach a query
+        call.account = default_account(self.cfg, a.user, a.domain, call.now) if a.defect else self._account(a.user, a.domain, call)
 
     def _local_day(self, now):
         """(calendar day, off hours) at `now`. Both hold until the next business-hours edge or
@@ -2558,11 +2628,13 @@ class Engine:
         a, acc = verdict.attempt, verdict.account
         would = verdict.would
         self.log_rows.append((
-            a.ts, a.call_id[:255], acc.id if acc else None, a.user[:128], a.domain[:255], a.from_uri[:512],
-            a.number[:64], verdict.number[:32], a.source_ip[:45], a.user_agent[:255], verdict.source_country,
-            verdict.dest_country, int(verdict.off_hours), a.concurrent_calls, verdict.code,
-            would.code if would else "", verdict.reason[:512], sip_response[:64],
+            a.ts, storable(a.call_id, 255), acc.id if acc else None, storable(a.user, 128), storable(a.domain, 255),
+            storable(a.from_uri, 512), storable(a.number, 64), verdict.number[:32], storable(a.source_ip, 45),
+            storable(a.user_agent, 255), verdict.source_country, verdict.dest_country, int(verdict.off_hours),
+            a.concurrent_calls, verdict.code, would.code if would else "", storable(verdict.reason, 512), sip_response[:64],
             a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3)))
+        if len(self.log_rows) > self.cfg.database.max_unflushed_rows:
+            self._bound_log_rows()
         if acc and acc.id is not None:
             self.last_seen[acc.id] = a.ts
         if not verdict.approved or would:
@@ -2590,17 +2662,19 @@ class Engine:
                                    acc.email if acc else ""))
 
     def flush(self, now=None):
-        """Write buffered call log rows, last-seen times and alerts in one transaction."""
+        """Make the verdicts' counters durable (SQLite: the group transaction), then write the
+        buffered call log rows, last-seen times and alerts in a transaction of their own: a call
+        log that cannot be written never takes the counters with it. Rows stay buffered while
+        the database is unavailable; a row the database refuses is logged and dropped alone."""
+        if self.db.in_transaction:
+            self.db.commit()
         rows, self.log_rows = self.log_rows, []
         seen, self.last_seen = self.last_seen, {}
-        if not (rows or seen or self.alerts.events or self.db.in_transaction):
+        if not (rows or seen or self.alerts.events):
             return
         try:
             self.db.begin()
-            self.db.executemany(
-                "INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
-                "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
-                "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._insert_call_log(rows)
             self._write_last_seen(sorted(seen.items()))
             self.alerts.write(self.db, now or time.time())
             self.db.commit()
@@ -2608,10 +2682,38 @@ class Engine:
         except BaseException:
             self.db.rollback()
             self.log_rows[:0] = rows
+            self._bound_log_rows()
             for account_id, ts in seen.items():
                 self.last_seen.setdefault(account_id, ts)
             raise
 
+    def _insert_call_log(self, rows):
+        try:
+            with self.db.savepoint("call_log"):
+                self.db.executemany(CALL_LOG_INSERT, rows)
+            return
+        except (ValueError, *self.db.errors) as exc:
+            if not isinstance(exc, ValueError) and self.db.unavailable(exc):
+                raise
+        for row in rows:  # one row is bad: find it, keep the others
+            try:
+                with self.db.savepoint("call_log"):
+                    self.db.execute(CALL_LOG_INSERT, row)
+            except (ValueError, *self.db.errors) as exc:
+                if not isinstance(exc, ValueError) and self.db.unavailable(exc):
+                    raise
+                self.dropped_rows += 1
+                log.error("call log row of call-id=%r (%s@%s, %s) refused by the database and dropped: %s",
+                          row[1], row[3], row[4], row[14], exc)
+
+    def _bound_log_rows(self):
+        """While the database is unavailable rows wait in memory, up to max_unflushed_rows."""
+        excess = len(self.log_rows) - self.cfg.database.max_unflushed_rows
+        if excess > 0:
+            del self.log_rows[:excess]
+            self.dropped_rows += excess
+            log.error("call log: %d unwritten row(s) dropped, the oldest, to stay within max_unflushed_rows = %d "
+                      "(%d dropped in all)", excess, self.cfg.database.max_unflushed_rows, self.dropped_rows)
 
     def _write_last_seen(self, items):
         """One UPDATE per 500 accounts, not one per account: a round trip each on MySQL."""
@@ -3230,21 +3332,32 @@ def replay_report(tally, rows):
 # =============================================================================================
 
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, OPTIONS, BYE"
+UNTRUSTED_LOG_LINES = 20
 VERDICT_PREFIX = re.compile(r"(?:A00|R\d\d)")
 
 
-def call_identity(msg, uri, from_addr, packet_ip, now):
-    """The CallAttempt a request describes: P-tfps first, then the legacy X-tfps/P-* headers,
-    then the From URI, the packet's source and the User-Agent header."""
+IDENTITY_HEADER = "P-tfps"
+LEGACY_IDENTITY_HEADERS = ("X-tfps", "P-Received", "P-Source", "P-UA", "P-Calls")
+
+
+def call_identity(msg, uri, from_addr, packet_ip, now, legacy=False):
+    """The CallAttempt a request describes: P-tfps (added by the nearest proxy), with
+    `legacy` also the X-tfps/P-* headers, then the From URI, the packet's source and the
+    User-Agent header. A caller must not choose the identity that is checked: an identity
+    header that appears twice, or that is not UTF-8, leaves its defect for rule R12."""
     user, domain = from_addr.uri.user, from_addr.uri.host
     ip, ua, calls = packet_ip, msg.header("user-agent") or "", None
-    legacy = msg.header("x-tfps")
-    if legacy and "@" in legacy:
-        user, _, domain = legacy.strip().partition("@")
-    ip = msg.header("p-received") or msg.header("p-source") or ip
-    ua = msg.header("p-ua") or ua
-    calls = msg.header("p-calls") or calls
-    p_tfps = msg.header("p-tfps")
+    names = (IDENTITY_HEADER,) + (LEGACY_IDENTITY_HEADERS if legacy else ())
+    defect = next((f"more than one {name} header" for name in names
+                   if sum(1 for key, _ in msg.headers if key == name.lower()) > 1), "")
+    if legacy:
+        x_tfps = msg.header("x-tfps")
+        if x_tfps and "@" in x_tfps:
+            user, _, domain = x_tfps.strip().partition("@")
+        ip = msg.header("p-received") or msg.header("p-source") or ip
+        ua = msg.header("p-ua") or ua
+        calls = msg.header("p-calls") or calls
+    p_tfps = msg.header(IDENTITY_HEADER.lower())
     if p_tfps is not None:
         fields = p_tfps.split(";")
         if len(fields) > 5:  # a User-Agent with ';' in it: the count is always the last field
@@ -3253,9 +3366,20 @@ def call_identity(msg, uri, from_addr, packet_ip, now):
         user, domain = fields[0].strip() or user, fields[1].strip() or domain
         ip, ua, calls = fields[2].strip() or ip, fields[3].strip() or ua, fields[4].strip() or calls
     calls = str(calls).strip() if calls is not None else ""
-    return CallAttempt(user=user, domain=domain, number=dialed_number(uri.user), source_ip=without_port(ip.strip()),
-                       user_agent=ua.strip(), concurrent_calls=int(calls) if re.fullmatch(r"[0-9]{1,6}", calls) else None,
-                       ts=now, call_id=msg.header("call-id") or "", from_uri=from_addr.raw_uri)
+    attempt = CallAttempt(user=user, domain=domain, number=dialed_number(uri.user), source_ip=without_port(ip.strip()),
+                          user_agent=ua.strip(), concurrent_calls=int(calls) if re.fullmatch(r"[0-9]{1,6}", calls) else None,
+                          ts=now, call_id=msg.header("call-id") or "", from_uri=from_addr.raw_uri)
+    attempt.defect = defect
+    return attempt
+
+
+RESERVED_FILES = 64  # descriptors kept for the database, logs, lookups and alerts
+
+
+def tcp_connections_allowed():
+    """tcp_max_connections = auto: what the open-file limit leaves beside RESERVED_FILES."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 16 if soft == resource.RLIM_INFINITY else max(8, soft - RESERVED_FILES)
 
 
 def without_port(ip):
@@ -3335,8 +3459,12 @@ class Server:
         self.listeners = []
         self.stopping = False
         self.reload_requested = False
-        self.counters = {"untrusted": 0, "malformed": 0, "verdicts": 0}
+        self.tcp_max_connections = cfg.server.tcp_max_connections or tcp_connections_allowed()
+        self.counters = {"untrusted": 0, "malformed": 0, "verdicts": 0, "resend_dropped": 0}
         self._trusted_cache = {}
+        self._untrusted_logged = {}     # source -> when it was last logged
+        self._untrusted_minute = [0, 0]  # (minute, lines logged in it)
+        self._resent = {}               # source -> (second, bytes retransmitted to it in that second)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -3400,7 +3528,7 @@ class Server:
             except Exception:  # a failing timer must never stop the loop
                 log.exception("timer %s failed", getattr(callback, "__name__", callback))
         for dest, data in self.txl.poll(now):
-            self._send(dest, data)
+            self._resend(dest, data)
 
     def _timeout(self):
         deadlines = [d for d in (self.timers[0][0] if self.timers else None, self.txl.next_deadline()) if d is not None]
@@ -3535,11 +3663,41 @@ class Server:
             if len(self._trusted_cache) > 65536:
                 self._trusted_cache.clear()
             self._trusted_cache[ip] = ok
-            if not ok:
-                log.warning("dropping SIP from untrusted source %s (trusted_peers)", ip)
         if not ok:
             self.counters["untrusted"] += 1
+            self._log_untrusted(ip)
         return ok
+
+    def _log_untrusted(self, ip):
+        """Once a minute per source, at most UNTRUSTED_LOG_LINES lines a minute in all: a newcomer
+        learns which address to add, a flood from forged sources does not flood the journal."""
+        now = time.monotonic()
+        minute = int(now // 60)
+        if self._untrusted_minute[0] != minute:
+            self._untrusted_minute = [minute, 0]
+            if len(self._untrusted_logged) > 10000:
+                self._untrusted_logged.clear()
+        if now - self._untrusted_logged.get(ip, -60.0) < 60 or self._untrusted_minute[1] >= UNTRUSTED_LOG_LINES:
+            return
+        self._untrusted_logged[ip] = now
+        self._untrusted_minute[1] += 1
+        log.warning("dropping SIP from untrusted source %s: add it to [server] trusted_peers if it is a PBX or proxy "
+                    "(%d packets from untrusted sources dropped so far)", ip, self.counters["untrusted"])
+
+    def _resend(self, dest, data):
+        """A retransmitted response, within the per-source budget of resend_bytes_per_source."""
+        now = time.monotonic()
+        ip = dest[1][0]
+        second, spent = self._resent.get(ip, (0, 0))
+        if second != int(now):
+            if len(self._resent) > 65536:
+                self._resent.clear()
+            second, spent = int(now), 0
+        if spent + len(data) > self.cfg.server.resend_bytes_per_source:
+            self.counters["resend_dropped"] += 1
+            return
+        self._resent[ip] = (second, spent + len(data))
+        self._send(dest, data)
 
     def _read_udp(self, sock, endpoint):
         limit = self.cfg.server.max_message_size
@@ -3566,7 +3724,7 @@ class Server:
         if not self.trusted(addr[0]):
             sock.close()
             return
-        if len(self.connections) >= self.cfg.server.tcp_max_connections:
+        if len(self.connections) >= self.tcp_max_connections:
             log.warning("refusing TCP connection from %s: tcp_max_connections reached", addr[0])
             sock.close()
             return
@@ -3582,7 +3740,7 @@ class Server:
         conn = self.outgoing.get(addr)
         if conn is not None and not conn.closed:
             return conn
-        if len(self.connections) >= self.cfg.server.tcp_max_connections:
+        if len(self.connections) >= self.tcp_max_connections:
             log.warning("no TCP connection to %s for a response: tcp_max_connections reached", addr[0])
             return None
         sock = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, socket.SOCK_STREAM)
@@ -3636,7 +3794,7 @@ class Server:
             msg = parse_message(bytes(conn.framer.buffer[:8192]))
             if msg.is_request and msg.method != "ACK":
                 vias = [self._top_via_value(msg.vias()[0], conn.addr)] + [v.raw for v in msg.vias()[1:]]
-                conn.send(build_response(msg, exc.status, exc.reason, vias=vias))
+                conn.send(build_response(msg, exc.status, exc.reason, vias=vias, server=self.cfg.server.server_header))
         except (SipError, IndexError):
             pass
         self.counters["malformed"] += 1
@@ -3694,13 +3852,12 @@ class Server:
 
     @staticmethod
     def _response_dest(endpoint, addr, via):
+        """Where responses go: over UDP always back to the packet's source address and port, as
+        with rport (RFC 3581). The Via sent-by port and maddr are not obeyed: a forged request
+        must not direct answers at a third party."""
         if endpoint.transport == "tcp":
             return endpoint, (addr[0], via.port or 5060)  # where to connect should this connection close
-        if via.params.get("maddr"):
-            return endpoint, (via.params["maddr"].strip("[]"), via.port or 5060)
-        if "rport" in via.params:
-            return endpoint, addr
-        return endpoint, (addr[0], via.port or 5060)
+        return endpoint, addr
 
     def on_message(self, data, endpoint, addr):
         if data[:4] == b"ACK " and self.txl.absorb_ack(data, endpoint.transport == "tcp", time.monotonic()):
@@ -3724,12 +3881,13 @@ class Server:
         except SipError as exc:
             self.counters["malformed"] += 1
             if msg.method != "ACK":
-                self._send(dest, build_response(msg, exc.status, exc.reason, vias=via_values, to_tag=secrets.token_hex(6)))
+                self._send(dest, build_response(msg, exc.status, exc.reason, vias=via_values, to_tag=secrets.token_hex(6),
+                                                server=self.cfg.server.server_header))
             return
         now = time.monotonic()
         tx, sends = self.txl.receive(msg, top, dest, endpoint.transport == "tcp", now)
         for send in sends:
-            self._send(*send)
+            self._resend(*send)
         if tx is None:
             return
         required = unsupported_extensions(msg) if msg.method in ("INVITE", "OPTIONS", "BYE") else []
@@ -3747,7 +3905,8 @@ class Server:
             self._respond(tx, msg, via_values, 405, headers=[("Allow", ALLOWED_METHODS)])
 
     def _respond(self, tx, msg, vias, status, reason=None, headers=()):
-        data = build_response(msg, status, reason, vias=vias, to_tag=tx.to_tag if status > 100 else None, headers=headers)
+        data = build_response(msg, status, reason, vias=vias, to_tag=tx.to_tag if status > 100 else None, headers=headers,
+                              server=self.cfg.server.server_header)
         for send in self.txl.respond(tx, status, data, time.monotonic()):
             self._send(*send)
 
@@ -3770,7 +3929,7 @@ class Server:
         if refusal:
             self._respond(tx, msg, vias, refusal)
             return
-        attempt = call_identity(msg, uri, from_addr, addr[0], time.time())
+        attempt = call_identity(msg, uri, from_addr, addr[0], time.time(), self.cfg.server.legacy_headers)
         tx.data = PendingInvite(msg, vias, attempt, time.monotonic(), from_addr.uri.host or uri.host)
         ip = attempt.source_ip
         if self.reputation.wanted(ip) and not self.engine.lists.ip_white.match(ip):

@@ -177,6 +177,46 @@ def test_r12_comes_first(env):
     assert env.code("1212555'1234", user_agent="friendly-scanner", source_ip="203.0.113.9") == "R12"
 
 
+@pytest.mark.parametrize("field", ["user", "domain", "user_agent", "source_ip", "number"])
+def test_r12_identity_with_bytes_that_are_not_utf8_is_rejected_without_enrolling(env, field):
+    kw = {"user": USER, "domain": DOMAIN, "number": US_NUMBER}
+    value = "Yealink \udcff" if field != "number" else "4420\udcff79"
+    kw[field] = value
+    v = env.call(**kw) if field in kw else env.call(**{field: value})
+    assert v.code == "R12" and "not UTF-8" in v.reason
+    env.engine.record(v, "302 R12", 0.1)
+    env.engine.flush()
+    assert env.count("accounts") == 0 and env.count("call_log") == 1
+    assert "\ufffd" in str(env.db.one("SELECT user, domain, user_agent, source_ip, dialed FROM call_log"))
+
+
+def test_a_row_the_database_refuses_is_dropped_alone_and_counters_survive(env, caplog):
+    env.account(daily_quota=3, concurrent_calls=None)
+    codes = []
+    for i in range(4):
+        v = env.call(us(i), ts=WED_10 + i)
+        codes.append(v.code)
+        env.engine.record(v, f"302 {v.code}", 0.1)
+        if i == 1:  # a row no database can store, between good ones
+            env.engine.log_rows.append(env.engine.log_rows[-1][:1] + ("\udcff",) + env.engine.log_rows[-1][2:])
+    env.engine.flush()
+    assert codes == ["A00", "A00", "A00", "R11"]
+    assert env.count("call_log") == 4 and env.engine.dropped_rows == 1 and not env.engine.log_rows
+    assert "refused by the database and dropped" in caplog.text
+    acc = tfps.find_account(env.db, USER, DOMAIN)
+    assert env.counter(acc, "2025-01-15", "biz") == 3
+    assert env.code(us(9), ts=WED_10 + 9) == "R11"  # counting goes on after the bad row
+
+
+def test_unwritten_rows_are_bounded_while_the_database_is_unavailable(make, caplog):
+    env = make(database={"max_unflushed_rows": "1000"})
+    for i in range(1500):
+        v = env.call(us(i % 1000), ts=WED_10 + i * 60, user=f"u{i % 7}")
+        env.engine.record(v, "302", 0.1)
+    assert len(env.engine.log_rows) == 1000 and env.engine.dropped_rows == 500
+    assert "max_unflushed_rows" in caplog.text
+
+
 # -- R01 scanner User-Agents ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("ua", ["friendly-scanner", "FRIENDLY-SCANNER", "Friendly-Scanner/1.2", "sipvicious 0.3.4",

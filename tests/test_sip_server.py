@@ -277,13 +277,53 @@ def test_identity_from_p_tfps_legacy_headers_and_fallbacks(start_server, udp):
          "dave@tenant-b.example.com", "127.0.0.1", "R01"),
         ("p-ua-semicolon", ["P-tfps: erin;tenant-b.example.com;192.168.10.11;Soft;phone 2.0;50"], None,
          "erin@tenant-b.example.com", "192.168.10.11", "R10"),
-        ("legacy", ["X-tfps: frank@legacy.example.com", "P-Received: 192.168.20.1", "P-UA: friendly-scanner",
-                    "P-Calls: 1"], "Grandstream", "frank@legacy.example.com", "192.168.20.1", "R01"),
-        ("legacy-src", ["X-tfps: gina@legacy.example.com", "P-Source: 192.168.20.2", "P-Calls: 99"], None,
-         "gina@legacy.example.com", "192.168.20.2", "R10"),
         ("fallback", [], "friendly-scanner", "1001@pbx.example.com", "127.0.0.1", "R01"),
         ("fallback-ok", [], "Asterisk PBX 20", "1002@pbx.example.com", "127.0.0.1", "A00"),
     ]
+    assert_identities(server, client, cases)
+
+
+LEGACY_CASES = [
+    ("legacy", ["X-tfps: frank@legacy.example.com", "P-Received: 192.168.20.1", "P-UA: friendly-scanner",
+                "P-Calls: 1"], "Grandstream", "frank@legacy.example.com", "192.168.20.1", "R01"),
+    ("legacy-src", ["X-tfps: gina@legacy.example.com", "P-Source: 192.168.20.2", "P-Calls: 99"], None,
+     "gina@legacy.example.com", "192.168.20.2", "R10"),
+]
+
+
+def test_legacy_identity_headers_are_read_only_when_enabled(start_server, udp):
+    policy = dict(POLICY, business_hours="mon-sun 00:00-24:00", default_concurrent_calls="10")
+    server = start_server(sections={"policy": policy, "server": {"legacy_headers": "yes"}})
+    assert_identities(server, udp(server), LEGACY_CASES)
+
+
+def test_legacy_identity_headers_are_ignored_by_default(start_server, udp):
+    policy = dict(POLICY, business_hours="mon-sun 00:00-24:00", default_concurrent_calls="10")
+    server = start_server(sections={"policy": policy})
+    ignored = [(call_id, headers, ua, "1001@pbx.example.com", "127.0.0.1", "A00")
+               for call_id, headers, ua, *_ in LEGACY_CASES]
+    assert_identities(server, udp(server), ignored)
+
+
+@pytest.mark.parametrize("headers,reason", [
+    (["P-tfps: mallory;pbx.example.com;127.0.0.1;Soft;1", "P-tfps: 1001;pbx.example.com;192.0.2.10;Yealink;1"],
+     "more than one P-tfps header"),
+    (["P-tfps: 1001;pbx.example.com;192.0.2.10;Yealink;1", "p-TFPS: 1001;pbx.example.com;192.0.2.10;Yealink;1"],
+     "more than one P-tfps header"),
+])
+def test_a_caller_cannot_choose_the_identity_that_is_checked(start_server, udp, headers, reason):
+    server = start_server(sections={"policy": POLICY})
+    client = udp(server)
+    client.send(client.invite(US, call_id="twice@test", headers=headers))
+    msg, _ = client.final()
+    assert msg.status == 302 and msg.header("contact").startswith("<sip:R12")
+    assert msg.header("x-tfps-code") == "R12" and reason in msg.header("x-tfps-reason")
+    server.stop()
+    assert call_log(server)[0]["code"] == "R12"
+
+
+def assert_identities(server, client, cases):
+    """Each case: (call-id, extra headers, user-agent header, expected account, source ip, code)."""
     for call_id, headers, ua, *_ in cases:
         headers = list(headers) + ([f"User-Agent: {ua}"] if ua else [])
         user = "1002" if call_id == "fallback-ok" else "1001"
@@ -764,28 +804,27 @@ def test_response_routing_rport_and_received(start_server, udp):
     via = msg.vias()[0]
     assert via.port == listener.port and via.params["rport"] == str(sender.port) and via.params["received"] == "127.0.0.1"
     assert listener.recv(0.5) is None
-    # no rport: the answer goes to the sent-by port; received only when the sent-by host differs
+    # no rport: the answer still goes back to the source, never to the Via's sent-by port;
+    # received only when the sent-by host differs
     data = sender.invite(US, local_port=listener.port).replace(b";rport", b"")
     sender.send(data)
-    msg, _ = listener.final()
+    msg, _ = sender.final()
     sender.send(ack_for(data, msg))
     via = msg.vias()[0]
     assert "rport" not in via.params and "received" not in via.params
     data = sender.invite(US, local_port=listener.port).replace(b";rport", b"").replace(
         f"127.0.0.1:{listener.port}".encode(), f"client.example.invalid:{listener.port}".encode())
     sender.send(data)
-    msg, _ = listener.final()
+    msg, _ = sender.final()
     sender.send(ack_for(data, msg))
     assert msg.vias()[0].params["received"] == "127.0.0.1" and msg.vias()[0].host == "client.example.invalid"
-    assert sender.recv(0.5) is None
-    # maddr: the answer goes to maddr at the sent-by port
-    data = sender.invite(US, local_port=listener.port).replace(b";rport", b";maddr=127.0.0.1").replace(
-        f"127.0.0.1:{listener.port}".encode(), f"client.example.invalid:{listener.port}".encode())
+    # maddr is not obeyed: a forged request must not direct answers at a third party
+    data = sender.invite(US, local_port=listener.port).replace(b";rport", b";maddr=127.0.0.2")
     sender.send(data)
-    msg, _ = listener.final()
+    msg, _ = sender.final()
     sender.send(ack_for(data, msg))
-    assert msg.vias()[0].params["maddr"] == "127.0.0.1"
-    assert sender.recv(0.5) is None
+    assert msg.vias()[0].params["maddr"] == "127.0.0.2"
+    assert listener.recv(0.5) is None
     # an answer to a request that crossed a proxy keeps the whole Via stack, top first
     data = sender.invite(US).replace(b"Max-Forwards:", b"Via: SIP/2.0/UDP proxy.example.com;branch=z9hG4bKprx1\r\nMax-Forwards:")
     sender.send(data)

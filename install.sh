@@ -9,13 +9,15 @@
 #   ./install.sh --print-unit         print the systemd unit that would be installed
 #
 # What it does, each step only when needed:
-#   1. apt-get install python3 and python3-pymysql when missing (pip as a fallback for PyMySQL)
+#   1. apt-get install python3 and python3-pymysql when missing (pip as a fallback for PyMySQL,
+#      always the one release pinned below, checked against its hash)
 #   2. build ./tfps.pyz with `python3 -m zipapp`: tfps.py, schema.sql and a vendored copy of
 #      PyMySQL, so the binary also runs where PyMySQL is not installed
 #   3. install it as PREFIX/usr/local/bin/tfps (replaced atomically)
 #   4. create the system user tfps (unless --no-systemd)
 #   5. PREFIX/etc/tfps/tfps.conf from ./tfps.conf with [database] url pointing at
-#      PREFIX/var/lib/tfps/tfps.db; an existing tfps.conf is always kept
+#      PREFIX/var/lib/tfps/tfps.db; an existing tfps.conf is always kept, but gets mode 0640
+#      (and owner root:tfps unless --no-systemd) like a new one
 #   6. PREFIX/var/lib/tfps (mode 0700) and `tfps initdb` (creates or migrates the database)
 #   7. PREFIX/etc/systemd/system/tfps.service, enabled and (re)started when systemd runs
 set -euo pipefail
@@ -61,6 +63,15 @@ UNIT_DIR="$PREFIX/etc/systemd/system"
 UNIT="$UNIT_DIR/tfps.service"
 DB_URL="sqlite://$STATE_DIR/tfps.db"
 
+# The PyMySQL release that pip installs or vendors when the system has none: one exact version,
+# accepted only as the wheel with this SHA-256 (PyPI's published digest), so that every tfps.pyz
+# built from this checkout carries the same code. 1.1.3 is the newest 1.1 release: it has the
+# fixes for SQL injection through dict keys (CVE-2024-36039, 1.1.1) and procedure names (1.1.3),
+# runs on Python 3.9 and later (Debian 11 has 3.9), and keeps 1.1's TLS and ping() defaults,
+# which 1.2 changed. Debian's python3-pymysql, when installed, is used instead.
+PYMYSQL_VERSION=1.1.3
+PYMYSQL_SHA256=8164ba62c552f6105f3b11753352d0f16b90d1703ba67d81923d5a8a5d1c5289
+
 unit_text() {
   cat <<EOF
 # Installed by TFPS install.sh. Reload the configuration with: systemctl reload tfps
@@ -79,6 +90,14 @@ ExecReload=/bin/kill -HUP \$MAINPID
 Restart=on-failure
 RestartSec=2s
 TimeoutStopSec=10s
+# [server] tcp_max_connections = auto is this limit less 64 (database, logs, lookups): 65472.
+LimitNOFILE=65536
+# A hard ceiling for a small appliance that also runs the PBX or the database. TFPS needs about
+# 40 MB idle and 70 MB at 1,000 calls/s; its own bounds (max_transactions, max_unflushed_rows
+# while the database is down, about 1 kB per TCP connection) keep even a flood within a few
+# hundred MB. Past 1G the kernel kills TFPS alone and systemd restarts it, instead of the OOM
+# killer choosing the PBX or MariaDB. Raise it (systemctl edit tfps) with those bounds.
+MemoryMax=1G
 AmbientCapabilities=CAP_NET_BIND_SERVICE
 CapabilityBoundingSet=CAP_NET_BIND_SERVICE
 NoNewPrivileges=yes
@@ -121,6 +140,17 @@ pymysql_dir() {
   python3 -c 'import os, pymysql; print(os.path.dirname(pymysql.__file__))' 2>/dev/null
 }
 
+# pip install of the pinned PyMySQL (extra pip options as arguments); pip's output goes to
+# $BUILD/pip.log. The hash makes pip refuse anything but that exact wheel.
+pip_pymysql() {
+  echo "PyMySQL==$PYMYSQL_VERSION --hash=sha256:$PYMYSQL_SHA256" > "$BUILD/pymysql-requirements.txt"
+  python3 -m pip install --no-deps --only-binary :all: --require-hashes \
+          -r "$BUILD/pymysql-requirements.txt" "$@" >> "$BUILD/pip.log" 2>&1
+}
+
+BUILD="$(mktemp -d "${TMPDIR:-/tmp}/tfps-build.XXXXXX")"
+trap 'rm -rf "$BUILD"' EXIT
+
 # -- 1. python3 and PyMySQL ---------------------------------------------------------------------
 if ! command -v python3 >/dev/null; then
   [ "$BUILD_ONLY" = 0 ] || die "python3 is missing (apt-get install python3)"
@@ -134,15 +164,12 @@ if [ -z "$(pymysql_dir)" ] && [ "$BUILD_ONLY" = 0 ]; then
   say "installing PyMySQL (python3-pymysql)"
   apt_install python3-pymysql || true
   if [ -z "$(pymysql_dir)" ]; then
-    say "python3-pymysql is not visible to $(command -v python3); trying pip"
-    python3 -m pip install -q PyMySQL 2>/dev/null ||
-      python3 -m pip install -q --break-system-packages PyMySQL 2>/dev/null || true
+    say "python3-pymysql is not visible to $(command -v python3); trying pip (PyMySQL==$PYMYSQL_VERSION)"
+    pip_pymysql -q || pip_pymysql -q --break-system-packages || true
   fi
 fi
 
 # -- 2. build tfps.pyz ----------------------------------------------------------------------------
-BUILD="$(mktemp -d "${TMPDIR:-/tmp}/tfps-build.XXXXXX")"
-trap 'rm -rf "$BUILD"' EXIT
 mkdir "$BUILD/app"
 cp "$SRC/tfps.py" "$SRC/schema.sql" "$BUILD/app/"
 PYMYSQL_SRC="$(pymysql_dir || true)"
@@ -150,8 +177,10 @@ if [ -n "$PYMYSQL_SRC" ]; then
   cp -R "$PYMYSQL_SRC" "$BUILD/app/pymysql"
 else
   # No PyMySQL on this python3 (e.g. --build-only on a bare box): vendor it straight from PyPI.
-  python3 -m pip install -q --no-deps --no-compile --target "$BUILD/vendor" PyMySQL >/dev/null 2>&1 ||
-    die "PyMySQL is needed to build tfps.pyz: apt-get install python3-pymysql (or pip install PyMySQL)"
+  if ! pip_pymysql -q --no-compile --target "$BUILD/vendor"; then
+    PIP_SAID="$(grep -v '^[[:space:]]*$' "$BUILD/pip.log" | tail -n 1 || true)"
+    die "PyMySQL is needed to build tfps.pyz: apt-get install python3-pymysql (pip could not install PyMySQL==$PYMYSQL_VERSION${PIP_SAID:+: $PIP_SAID})"
+  fi
   cp -R "$BUILD/vendor/pymysql" "$BUILD/app/pymysql"
 fi
 find "$BUILD/app" -name __pycache__ -type d -prune -exec rm -rf {} +
@@ -169,7 +198,8 @@ python3 -m zipapp "$BUILD/app" -o "$BUILD/tfps.pyz" -p '/usr/bin/env python3' -c
 python3 -S -c 'import sys; sys.path[:0] = [sys.argv[1]]; import pymysql, tfps' "$BUILD/tfps.pyz" ||
   die "the built tfps.pyz does not import tfps and PyMySQL without site-packages"
 python3 "$BUILD/tfps.pyz" --version >/dev/null || die "the built tfps.pyz does not run"
-BUILT="$(python3 "$BUILD/tfps.pyz" --version), PyMySQL $(python3 -S -c 'import sys; sys.path[:0] = [sys.argv[1]]; import pymysql; print(pymysql.__version__)' "$BUILD/tfps.pyz") vendored"
+# VERSION_STRING is PyMySQL's own version; __version__ is the mysqlclient version it imitates.
+BUILT="$(python3 "$BUILD/tfps.pyz" --version), PyMySQL $(python3 -S -c 'import sys; sys.path[:0] = [sys.argv[1]]; import pymysql; print(getattr(pymysql, "VERSION_STRING", pymysql.__version__))' "$BUILD/tfps.pyz") vendored"
 if [ -w "$SRC" ]; then
   cp "$BUILD/tfps.pyz" "$PYZ_OUT.tmp.$$"
   chmod 0755 "$PYZ_OUT.tmp.$$"
@@ -203,6 +233,13 @@ fi
 install -d -m 0755 "$CONF_DIR"
 if [ -e "$CONF" ]; then
   say "keeping existing $CONF"
+  # It may hold the database password and API keys: never readable by other users, whatever
+  # mode an editor or an older install left it with.
+  OLD_MODE="$(stat -L -c %a "$CONF")"
+  if [ "$OLD_MODE" != 640 ]; then
+    chmod 0640 "$CONF"
+    say "$CONF: mode $OLD_MODE -> 0640"
+  fi
 else
   # The documented example, with the database under the state directory.
   sed '/^\[database\]/,/^\[/ s|^url *=.*$|url = '"$DB_URL"'|' "$SRC/tfps.conf" > "$CONF.new"

@@ -326,7 +326,7 @@ CONFIG_SPEC = {
         "max_message_size": (_integer(512, 1 << 20), "65535", "larger messages are dropped (UDP) or answered 513 (TCP)"),
         "tcp_idle_timeout": (parse_duration, "300s", "close TCP connections idle this long"),
         "tcp_max_connections": (_auto_or(_integer(1, 1 << 20)), "auto", "TCP connections at most, accepted or opened for responses; auto = from the open-file limit"),
-        "max_transactions": (_integer(100, 10_000_000), "100000", "SIP transactions held at most; past it new requests get 503"),
+        "max_transactions": (_integer(100, 10_000_000), "100000", "SIP transactions held at most; past it new requests get 500"),
         "resend_bytes_per_source": (_integer(1024, 1 << 30), "65536", "bytes of retransmitted responses per second at most to one source address"),
         "node_name": (_text, "", "this node's name in the call log; empty = the host name"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info", "log verbosity on stderr"),
@@ -985,13 +985,18 @@ class ServerTransaction:
         self.data = None          # the application's state for this transaction
 
 
+class TransactionTableFull(Exception):
+    """A new transaction would exceed the table's limit: answer 503 without keeping state."""
+
+
 class TransactionLayer:
     """Matches requests to server transactions and says what to send and when.
 
     Every method returns a list of (dest, bytes) to send; `poll(now)` fires due timers and
     `next_deadline()` tells the event loop when to call it again."""
 
-    def __init__(self):
+    def __init__(self, limit=None):
+        self.limit = limit  # transactions held at most
         self.table = {}
         self.timers = []
         self._seq = 0
@@ -1016,6 +1021,8 @@ class TransactionLayer:
             return None, []
         if tx is not None:
             return None, ([(dest, tx.response)] if tx.response else [])
+        if self.limit is not None and len(self.table) >= self.limit:
+            raise TransactionTableFull()
         self._seq += 1
         tx = ServerTransaction(key, self._seq, req.method, dest, reliable)
         self.table[key] = tx
@@ -1194,8 +1201,11 @@ INDEX_LINE = re.compile(r"^\s*INDEX (\w+) \(([^)]*)\),?[ \t]*$", re.M)  # an ind
 class Database:
     """One connection. SQL is written once with '?' placeholders; the MySQL dialect rewrites it."""
 
-    def __init__(self, url):
+    def __init__(self, url, timeout=None):
+        """`timeout`: the longest any connect, read or write may wait (the server's connection:
+        [database] timeout); None = the patient defaults of the CLI and background threads."""
         self.url = url or default_database_url()
+        self.timeout = timeout
         self._translated = {}
         if self.url.startswith("sqlite:"):
             self.dialect = "sqlite"
@@ -1210,8 +1220,9 @@ class Database:
         if path != ":memory:" and os.path.dirname(path) and not os.path.isdir(os.path.dirname(path)):
             raise DatabaseError(f"cannot open database {self.url}: directory {os.path.dirname(path)} does not exist")
         try:
-            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-            self.conn.execute("PRAGMA busy_timeout = 10000")
+            wait = self.timeout or 10.0
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=wait)
+            self.conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
             if path != ":memory:":
                 self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
@@ -1231,7 +1242,8 @@ class Database:
                                         user=urllib.parse.unquote(u.username or "root"),
                                         password=urllib.parse.unquote(u.password or ""),
                                         database=u.path.lstrip("/") or "tfps", charset="utf8mb4",
-                                        autocommit=True, connect_timeout=5,
+                                        autocommit=True, connect_timeout=min(self.timeout or 5.0, 5.0),
+                                        read_timeout=self.timeout or 600.0, write_timeout=self.timeout or 600.0,
                                         # no gap locks: nodes inserting new rows side by side must not deadlock
                                         init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         except pymysql.Error as exc:
@@ -1276,8 +1288,8 @@ class Database:
             try:
                 yield
                 self.conn.commit()
-            except BaseException:
-                self.rollback()
+            except BaseException as exc:
+                self.rollback(exc)
                 raise
             return
         self.begin()
@@ -1335,7 +1347,11 @@ class Database:
     def commit(self):
         self.conn.commit() if self.dialect == "mysql" else self.conn.execute("COMMIT")
 
-    def rollback(self):
+    def rollback(self, cause=None):
+        """Roll back, unless `cause` says the MySQL connection is gone: the server has rolled
+        back already, and a frozen server would make us wait for the answer once more."""
+        if self.dialect == "mysql" and isinstance(cause, self.errors) and self.unavailable(cause):
+            return
         try:
             self.conn.rollback() if self.dialect == "mysql" else self.conn.execute("ROLLBACK")
         except self.errors:
@@ -1358,15 +1374,19 @@ class Database:
             self._translated[shape] = text
         return self.execute(text, tuple(values.values()))
 
-    def ping(self):
-        """Reconnect a dropped MySQL connection (the server outlives database restarts)."""
+    def probe(self):
+        """Raise unless the database answers and, for SQLite, can be written."""
         if self.dialect == "mysql":
-            try:
-                self.conn.ping(reconnect=False)
-            except self.errors:
-                self._connect_mysql()
+            self.scalar("SELECT 1")
+        else:
+            self.execute("BEGIN IMMEDIATE")
+            self.execute("ROLLBACK")
 
     def close(self):
+        """Close at once: a connection to a frozen server must not wait for a goodbye."""
+        if self.dialect == "mysql":
+            self.conn._force_close()  # PyMySQL's close() would first send COM_QUIT and wait
+            return
         try:
             self.conn.close()
         except self.errors:
@@ -1736,6 +1756,8 @@ class ReputationService:
         rep = self.memory.get(ip)
         if rep is not None and now < rep.checked + (self.rcfg.reputation_ttl if rep.ok else FAILURE_TTL):
             return rep
+        if db is None:  # the database is unavailable
+            return None
         rep = cached_reputation(db, ip, now)
         if rep is not None:
             if len(self.memory) > 100000:
@@ -1774,6 +1796,9 @@ class ReputationService:
             store_reputation(self.local.db, rep, self.rcfg.reputation_ttl)
         except Exception as exc:  # a cache miss later is the only cost
             log.error("reputation cache write for %s failed: %s", ip, exc)
+            if hasattr(self.local, "db"):
+                self.local.db.close()
+                del self.local.db  # connected again on the next write
 
     def deliver(self):
         """On the loop: hand finished lookups to the calls waiting for them."""
@@ -2070,12 +2095,13 @@ class Call:
     """Working state of one attempt while the rules run."""
 
     __slots__ = ("attempt", "now", "number", "dest_country", "source_country", "account", "off_hours",
-                 "day", "ip_white", "number_white", "counted", "dry_run", "last_minute")
+                 "day", "ip_white", "number_white", "counted", "dry_run", "last_minute", "from_memory")
 
-    def __init__(self, attempt, now, dry_run):
+    def __init__(self, attempt, now, dry_run, from_memory=False):
         self.attempt = attempt
         self.now = now
         self.dry_run = dry_run
+        self.from_memory = from_memory  # the database is unavailable: nothing may be read or written there
         self.counted = False
         self.last_minute = None  # recent_calls() of the account, once R15 looked
 
@@ -2410,6 +2436,8 @@ class PrivateCounters:
         return self.daily.get((account_id, day, bucket), 0)
 
 
+MAX_CACHED = 200000  # accounts (and first-seen countries) kept in memory; past it the cache starts over
+
 CALL_LOG_INSERT = ("INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
                    "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
                    "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
@@ -2425,6 +2453,7 @@ class Engine:
         self.db = db
         self.alerts = alerts or AlertQueue(cfg.alerts)
         self.counters = counters or SharedCounters(db)
+        self.local_counters = None  # counters while the database is unavailable: decide_from_memory
         self.node = cfg.server.node_name
         self.log_rows = []
         self.dropped_rows = 0  # call log rows lost: refused by the database, or past max_unflushed_rows
@@ -2481,6 +2510,29 @@ class Engine:
                 log.info("call-id=%s: %s; evaluating again", attempt.call_id, exc)
                 time.sleep(0.001 * (tries + 1))  # rare (a lock conflict between nodes): let the other side finish
 
+    def decide_from_memory(self, attempt, *, enforce=True):
+        """While the database is unavailable: the same rules over what is in memory. The lists
+        and the accounts read before are at hand; counters start from zero in `local_counters`
+        (kept until the database is back); an account never seen gets the default limits and
+        is neither enrolled nor counted."""
+        attempt.ts = attempt.ts or time.time()
+        if self.local_counters is None:
+            self.local_counters = PrivateCounters()
+        shared, self.counters = self.counters, self.local_counters
+        try:
+            verdict = self._run_pipeline(Call(attempt, attempt.ts, dry_run=False, from_memory=True), enforce)
+        finally:
+            self.counters = shared
+        verdict.reason += " (database unavailable: decided from memory)"
+        return verdict
+
+    def use_database(self, db):
+        """Go on with another connection to the same database (the server reconnects on a thread)."""
+        self.db = db
+        if isinstance(self.counters, SharedCounters):
+            self.counters.db = db
+        self.local_counters = None
+
     def _run_pipeline(self, call, enforce):
         self._prepare(call)
         learning = call.account.learning(call.now)
@@ -2536,6 +2588,10 @@ class Engine:
         acc = self.accounts.get((user, domain))
         if acc is not None:
             return acc
+        if call.from_memory:
+            return default_account(self.cfg, user, domain, call.now)
+        if len(self.accounts) >= MAX_CACHED:
+            self.accounts.clear()
         row = self.db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
         if row is not None:
             acc = self.accounts[(user, domain)] = Account.from_row(row)
@@ -2582,7 +2638,9 @@ class Engine:
     def _check_anomalies(self, call):
         acc, p = call.account, self.cfg.policy
         for direction, iso in (("dst", call.dest_country), ("src", call.source_country)):
-            if iso and (acc.id, direction, iso) not in self.seen:
+            if iso and (acc.id, direction, iso) not in self.seen and not call.from_memory:
+                if len(self.seen) >= MAX_CACHED:
+                    self.seen.clear()
                 self.seen.add((acc.id, direction, iso))
                 first = self.db.execute("INSERT OR IGNORE INTO account_seen (account_id, direction, iso, first_seen) VALUES (?, ?, ?, ?)",
                                         (acc.id, direction, iso, call.now)).rowcount == 1
@@ -2679,8 +2737,8 @@ class Engine:
             self.alerts.write(self.db, now or time.time())
             self.db.commit()
             self.alerts.events = []
-        except BaseException:
-            self.db.rollback()
+        except BaseException as exc:
+            self.db.rollback(exc)
             self.log_rows[:0] = rows
             self._bound_log_rows()
             for account_id, ts in seen.items():
@@ -3037,7 +3095,7 @@ def purge(cfg, db, now, older_than):
     return counts
 
 
-def daily_summaries(cfg, db, engine, now):
+def daily_summaries(cfg, db, alerts, now):
     """One alert per account that had rejections on the previous calendar day."""
     local = dt.datetime.fromtimestamp(now, cfg.policy.tz)
     end = local.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -3052,7 +3110,7 @@ def daily_summaries(cfg, db, engine, now):
         emails[(user, domain)] = email or ""
     for (user, domain), codes in per_account.items():
         lines = "\n".join(f"  {code}: {calls}" for code, calls in sorted(codes))
-        engine.alerts.add(AlertEvent(
+        alerts.add(AlertEvent(
             "summary", f"{user}@{domain}", "SUMMARY",
             f"TFPS daily summary {start.date().isoformat()}: {user}@{domain}",
             f"Rejected (or, in monitor/learning mode, would-be rejected) calls of {user}@{domain} on "
@@ -3065,11 +3123,28 @@ class DailyJobs:
     """Training at train_at, the rejection summary at summary_at, the purge after training, and the
     end of learning periods. Each daily job runs on one node only, under a lock named by day."""
 
-    def __init__(self, cfg, db, engine):
+    def __init__(self, cfg, db, engine=None):
+        """`engine`: the engine whose buffered calls the jobs must see and whose caches must
+        follow their changes at once (replay, tests). Without one (the server, which runs the
+        jobs on a thread of their own) the loop follows the changes like any other, within
+        reload_interval, and the summaries are written here."""
         self.cfg = cfg
         self.db = db
         self.engine = engine
+        self.alerts = engine.alerts if engine else AlertQueue(cfg.alerts)
         self.done = {}
+
+    def _flush(self, now):
+        if self.engine:
+            self.engine.flush(now)
+        elif self.alerts.events:
+            self.db.begin()
+            self.alerts.flush(self.db, now)
+            self.db.commit()
+
+    def _follow_changes(self):
+        if self.engine:
+            self.engine.check_for_changes()
 
     def run_due(self, now=None):
         """Run what is due. Returns when something is next due, for a caller with simulated
@@ -3078,9 +3153,9 @@ class DailyJobs:
         p = self.cfg.policy
         learning_ends = self._next_learning_end()
         if learning_ends is not None and learning_ends <= now:
-            self.engine.flush(now)  # train on every call so far
+            self._flush(now)  # train on every call so far
             finish_learning(self.cfg, self.db, now)
-            self.engine.check_for_changes()
+            self._follow_changes()
             learning_ends = self._next_learning_end()
         local = dt.datetime.fromtimestamp(now, p.tz)
         today = local.date().isoformat()
@@ -3099,15 +3174,16 @@ class DailyJobs:
         return self.db.scalar("SELECT MIN(learning_until) FROM accounts WHERE state = 'learning'")
 
     def _run(self, name, now):
-        self.engine.flush(now)
+        self._flush(now)
         if name == "train":
             proposals = train(self.cfg, self.db, now)
             log.info("daily training: %d account(s) changed", sum(1 for x in proposals if x.changes))
         elif name == "purge":
             log.info("daily purge: %s", purge(self.cfg, self.db, now, self.cfg.policy.retention_days * 86400))
         else:
-            log.info("daily summary: %d account(s) with rejections", daily_summaries(self.cfg, self.db, self.engine, now))
-        self.engine.check_for_changes()
+            log.info("daily summary: %d account(s) with rejections", daily_summaries(self.cfg, self.db, self.alerts, now))
+            self._flush(now)
+        self._follow_changes()
 
 
 # =============================================================================================
@@ -3450,7 +3526,7 @@ class Server:
         self.config_path = config_path
         self.db = db
         self.engine = Engine(cfg, db)
-        self.txl = TransactionLayer()
+        self.txl = TransactionLayer(cfg.server.max_transactions)
         self.selector = selectors.DefaultSelector()
         self.timers = []
         self._seq = 0
@@ -3460,7 +3536,8 @@ class Server:
         self.stopping = False
         self.reload_requested = False
         self.tcp_max_connections = cfg.server.tcp_max_connections or tcp_connections_allowed()
-        self.counters = {"untrusted": 0, "malformed": 0, "verdicts": 0, "resend_dropped": 0}
+        self.counters = {"untrusted": 0, "malformed": 0, "verdicts": 0, "resend_dropped": 0, "overflow": 0,
+                         "accept_paused": 0, "tcp_refused": 0}
         self._trusted_cache = {}
         self._untrusted_logged = {}     # source -> when it was last logged
         self._untrusted_minute = [0, 0]  # (minute, lines logged in it)
@@ -3472,8 +3549,11 @@ class Server:
         self.reputation = ReputationService(cfg, db.url, self.wake)
         self.loaded_lists = deque()  # what the list-loading thread hands to the loop
         self.loading_lists = False
+        self.lists_reason = "lists reloaded"  # what the log says once they are in place
         self.dispatcher = AlertDispatcher(cfg, db.url)
-        self.jobs = DailyJobs(cfg, db, self.engine)
+        self.database_down = None      # since when (monotonic) the database has been unavailable
+        self.reconnected = deque()     # a new connection, from the reconnecting thread to the loop
+        self.threads_stop = threading.Event()
 
     # -- sockets ------------------------------------------------------------------------------
 
@@ -3514,8 +3594,8 @@ class Server:
             try:
                 callback()
             except Exception as exc:
-                log.error("%s failed: %s", callback.__name__, exc)
-                self._recover_db()
+                if not self._database_unavailable(exc):
+                    log.error("%s failed: %s", callback.__name__, exc)
             self.call_later(interval, tick)
         self.call_later(interval, tick)
 
@@ -3538,10 +3618,10 @@ class Server:
 
     def run(self):
         self.bind()
-        self.every(self.cfg.database.flush_interval, self.engine.flush)
+        self.every(self.cfg.database.flush_interval, self._flush)
         self.every(self.cfg.database.reload_interval, self._check_for_changes)
         self.every(5.0, self._close_idle_connections)
-        self.every(30.0, self.jobs.run_due)
+        threading.Thread(target=self._run_daily_jobs, name="daily-jobs", daemon=True).start()
         self.dispatcher.start()
         gc.freeze()  # what is loaded now lives as long as the process: keep it out of collections
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
@@ -3582,15 +3662,40 @@ class Server:
         except BlockingIOError:
             pass
         self.reputation.deliver()
+        while self.reconnected:
+            self._database_back(self.reconnected.popleft())
         while self.loaded_lists:
             loaded = self.loaded_lists.popleft()
             self.loading_lists = False
             if loaded:
                 self.engine.install(loaded)
-                log.info("lists reloaded")
+                log.info("%s", self.lists_reason)
+                self.lists_reason = "lists reloaded"
 
     def _check_for_changes(self):
-        self.engine.check_for_changes(reload_lists=self._start_loading_lists)
+        if self.database_down is None:
+            self.engine.check_for_changes(reload_lists=self._start_loading_lists)
+
+    def _flush(self):
+        if self.database_down is None:
+            self.engine.flush()
+
+    def _run_daily_jobs(self):
+        """Training, purge, summaries and the end of learning on a thread and a connection of
+        their own: a long query must not hold up verdicts. Their changes reach the loop like
+        any other change (reload_interval)."""
+        jobs = DailyJobs(self.cfg, None)
+        while not self.threads_stop.wait(30.0):
+            try:
+                jobs.db = jobs.db or Database(self.db.url)
+                jobs.run_due()
+            except Exception as exc:
+                log.error("daily jobs: %s", exc)
+                if jobs.db:
+                    jobs.db.close()
+                jobs.db = None
+        if jobs.db:
+            jobs.db.close()
 
     def _start_loading_lists(self):
         """Large lists take a few hundred milliseconds to load: a thread does it, calls go on."""
@@ -3620,22 +3725,74 @@ class Server:
             self._send(dest, data)
         for conn in list(self.connections.values()):
             self._flush_tcp(conn)
+        self.threads_stop.set()
         self.dispatcher.stop()
         self.reputation.close()
         try:
             self.engine.flush()
+        except Exception as exc:
+            log.error("stopping with %d call log row(s) unwritten: the database is unavailable: %s",
+                      len(self.engine.log_rows), exc)
         finally:
             self.db.close()
             for sock in self.listeners:
                 sock.close()
-        log.info("stopped after %d verdicts (%d packets from untrusted sources dropped, %d malformed)",
-                 self.counters["verdicts"], self.counters["untrusted"], self.counters["malformed"])
+        c = self.counters
+        log.info("stopped after %d verdicts (%d packets from untrusted sources dropped, %d malformed; %d requests "
+                 "refused for max_transactions, %d retransmissions over resend_bytes_per_source, %d TCP connections "
+                 "refused, %d call log rows lost)", c["verdicts"], c["untrusted"], c["malformed"], c["overflow"],
+                 c["resend_dropped"], c["tcp_refused"], self.engine.dropped_rows)
 
-    def _recover_db(self):
+    def _database_unavailable(self, exc):
+        """True when `exc` says the database cannot be used now; the first time, verdicts turn to
+        the [database] failure policy and a thread starts reconnecting."""
+        if not (isinstance(exc, self.db.errors) and self.db.unavailable(exc)):
+            return False
+        if self.database_down is None:
+            self.database_down = time.monotonic()
+            log.error("database %s unavailable (%s); until it is back, %s; reconnecting in the background",
+                      redact_url(self.db.url), exc, "verdicts are decided from memory" if self.cfg.database.failure == "continue"
+                      else "INVITEs are answered 500")
+            threading.Thread(target=self._reconnect, name="reconnect", daemon=True).start()
+        return True
+
+    def _reconnect(self):
+        """Off the loop, with back-off: connect until the database answers, then hand the new
+        connection to the loop."""
+        delay = 0.25
+        while not self.stopping:
+            try:
+                db = Database(self.db.url, timeout=self.cfg.database.timeout)
+                try:
+                    db.probe()
+                except BaseException:
+                    db.close()
+                    raise
+            except Exception as exc:
+                log.info("database still unavailable, next try in %.2g s: %s", delay, exc)
+                self.threads_stop.wait(delay)
+                delay = min(2 * delay, 30.0)
+                continue
+            self.reconnected.append(db)
+            self.wake()
+            return
+
+    def _database_back(self, db):
+        old, self.db = self.db, db
+        if old.in_transaction:  # SQLite: verdicts not yet committed by a flush
+            with contextlib.suppress(*old.errors):
+                old.commit()
+        old.close()
+        self.engine.use_database(db)
+        log.warning("database back after %.1f s; writing the %d call log row(s) kept meanwhile",
+                    time.monotonic() - self.database_down, len(self.engine.log_rows))
+        self.database_down = None
+        self.engine.accounts.clear()  # changed meanwhile, maybe
         try:
-            self.db.ping()
+            self.engine.flush()
         except Exception as exc:
-            log.error("database still unavailable: %s", exc)
+            if not self._database_unavailable(exc):
+                log.error("flush failed: %s", exc)
 
     def reload_config(self):
         try:
@@ -3650,8 +3807,10 @@ class Server:
             vars(getattr(self.cfg, section)).update(vars(getattr(cfg, section)))
         self.cfg.server.listen = listen
         self._trusted_cache.clear()
-        self.engine.reload()
-        log.info("SIGHUP: configuration and lists reloaded (mode %s)", self.cfg.server.mode)
+        self.tcp_max_connections = self.cfg.server.tcp_max_connections or tcp_connections_allowed()
+        self.loading_lists = False  # load them again, with the new configuration
+        self.lists_reason = f"SIGHUP: configuration and lists reloaded (mode {self.cfg.server.mode})"
+        self._start_loading_lists()
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -3719,13 +3878,20 @@ class Server:
     def _accept(self, listener):
         try:
             sock, addr = listener.accept()
-        except OSError:
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._pause_accepting(listener, exc)
             return
         if not self.trusted(addr[0]):
             sock.close()
             return
         if len(self.connections) >= self.tcp_max_connections:
-            log.warning("refusing TCP connection from %s: tcp_max_connections reached", addr[0])
+            self.counters["tcp_refused"] += 1
+            if self.counters["tcp_refused"] % 1000 == 1:
+                log.warning("refusing TCP connections: tcp_max_connections = %d reached (%d refused so far)",
+                            self.tcp_max_connections, self.counters["tcp_refused"])
             sock.close()
             return
         sock.setblocking(False)
@@ -3733,6 +3899,18 @@ class Server:
         conn = TcpConnection(sock, addr[:2], self.cfg.server.max_message_size, time.monotonic())
         self.connections[sock.fileno()] = conn
         self.selector.register(sock, selectors.EVENT_READ, ("tcp", conn))
+
+    def _pause_accepting(self, listener, exc):
+        """Out of file descriptors: the pending connection stays in the backlog and the listener
+        stays readable, so accepting again at once would spin. Pause for a second; UDP and the
+        open connections go on."""
+        self.selector.unregister(listener)
+        self.call_later(1.0, self.selector.register, listener, selectors.EVENT_READ, ("listen", None))
+        self.counters["accept_paused"] += 1
+        if self.counters["accept_paused"] % 60 == 1:
+            log.error("cannot accept TCP connections: %s (%d connections open, open-file limit %d); pausing accept for 1 s; "
+                      "raise LimitNOFILE or lower tcp_max_connections", exc.strerror, len(self.connections),
+                      resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
     def _connect(self, addr):
         """A connection to `addr` for responses whose request's connection has closed (RFC 3261
@@ -3885,7 +4063,11 @@ class Server:
                                                 server=self.cfg.server.server_header))
             return
         now = time.monotonic()
-        tx, sends = self.txl.receive(msg, top, dest, endpoint.transport == "tcp", now)
+        try:
+            tx, sends = self.txl.receive(msg, top, dest, endpoint.transport == "tcp", now)
+        except TransactionTableFull:
+            self._refuse_overflow(msg, dest, via_values)
+            return
         for send in sends:
             self._resend(*send)
         if tx is None:
@@ -3904,9 +4086,21 @@ class Server:
         else:
             self._respond(tx, msg, via_values, 405, headers=[("Allow", ALLOWED_METHODS)])
 
+    def _refuse_overflow(self, msg, dest, vias):
+        """An answer without a transaction: the table is full (a flood, or verdicts far too slow).
+        500, not 503: in failover mode 503 means approved."""
+        self.counters["overflow"] += 1
+        if self.counters["overflow"] % 10000 == 1:
+            log.error("%d transactions held (max_transactions): new requests answered 500 (%d so far)",
+                      len(self.txl.table), self.counters["overflow"])
+        self._send(dest, build_response(msg, 500, "TFPS Overloaded", vias=vias, to_tag=secrets.token_hex(6),
+                                        headers=[("Retry-After", "5")], server=self.cfg.server.server_header))
+
     def _respond(self, tx, msg, vias, status, reason=None, headers=()):
         data = build_response(msg, status, reason, vias=vias, to_tag=tx.to_tag if status > 100 else None, headers=headers,
                               server=self.cfg.server.server_header)
+        if status >= 200:
+            tx.data = None  # the request is answered: only the response bytes stay, until Timer H or the ACK
         for send in self.txl.respond(tx, status, data, time.monotonic()):
             self._send(*send)
 
@@ -3933,7 +4127,7 @@ class Server:
         tx.data = PendingInvite(msg, vias, attempt, time.monotonic(), from_addr.uri.host or uri.host)
         ip = attempt.source_ip
         if self.reputation.wanted(ip) and not self.engine.lists.ip_white.match(ip):
-            rep = self.reputation.known(self.db, ip, attempt.ts)
+            rep = self._known_reputation(ip, attempt.ts)
             if rep is None and self.reputation.paused(attempt.ts):
                 rep = Reputation(ip, False, detail="lookups paused by the service's rate limit")
             if rep is None:
@@ -3944,6 +4138,14 @@ class Server:
                 return
             attempt.reputation = rep
         self._finish_invite(tx, None)
+
+    def _known_reputation(self, ip, now):
+        try:
+            return self.reputation.known(self.db if self.database_down is None else None, ip, now)
+        except Exception as exc:
+            if not self._database_unavailable(exc):
+                raise
+            return self.reputation.known(None, ip, now)
 
     def _send_trying(self, tx):
         if tx.data is not None and not tx.data.done:
@@ -3960,14 +4162,10 @@ class Server:
             if not reputation.ok:
                 log.warning("call-id=%s reputation of %s unavailable (%s): reputation_failure = %s", attempt.call_id,
                             attempt.source_ip, reputation.detail, self.cfg.reputation.reputation_failure)
-        mode = self.cfg.server.mode
-        try:
-            verdict = self.engine.decide(attempt, enforce=mode != "monitor")
-        except Exception as exc:
-            log.error("call-id=%s no verdict: %s", attempt.call_id, exc)
-            self._recover_db()
+        verdict = self._decide(attempt)
+        if verdict is None:  # the peer learns that there is no verdict, the log says why
             self._respond(tx, pending.msg, pending.vias, 500, "TFPS Database Unavailable",
-                          headers=[("X-TFPS-Reason", header_safe(str(exc)))])
+                          headers=[("X-TFPS-Reason", "no verdict: database unavailable")])
             return
         status, reason, headers, summary = self._verdict_response(verdict, pending)
         self._respond(tx, pending.msg, pending.vias, status, reason, headers)
@@ -3977,6 +4175,22 @@ class Server:
         if self.cfg.server.log_verdicts:
             log.info("verdict call-id=%s account=%s@%s number=%s code=%s reason=%s latency=%.2fms", attempt.call_id,
                      attempt.user, attempt.domain, header_safe(verdict.number or attempt.number), verdict.code, verdict.reason, latency)
+
+    def _decide(self, attempt):
+        """The verdict; from memory while the database is unavailable and [database] failure is
+        continue; None when there is none to give."""
+        enforce = self.cfg.server.mode != "monitor"
+        if self.database_down is None:
+            try:
+                return self.engine.decide(attempt, enforce=enforce)
+            except Exception as exc:
+                if not self._database_unavailable(exc):
+                    log.exception("call-id=%s no verdict", attempt.call_id)
+                    return None
+                log.error("call-id=%s: database unavailable: %s", attempt.call_id, exc)
+        if self.cfg.database.failure == "continue":
+            return self.engine.decide_from_memory(attempt, enforce=enforce)
+        return None
 
     def _verdict_response(self, verdict, pending):
         headers = [("X-TFPS-Code", verdict.code), ("X-TFPS-Reason", header_safe(verdict.reason))]
@@ -4346,7 +4560,8 @@ def load_config(args):
 
 def cmd_serve(args, cfg):
     setup_logging(cfg.server.log_level)
-    db = open_database(cfg.database.url)
+    open_database(cfg.database.url).close()  # the schema, created or migrated with the CLI's patience
+    db = Database(cfg.database.url, timeout=cfg.database.timeout)
     Server(cfg, db, args.config or default_config_path()).run()
     return 0
 

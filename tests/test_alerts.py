@@ -329,7 +329,7 @@ def test_daily_summary_is_queued_with_other_alerts(db_url):
 
     today = engine.decide(tfps.CallAttempt("1001", "pbx.example.com", cuba(2), source_ip="192.168.7.7", ts=now))
     engine.record(today, "302 R06", 0.5)                 # an alert raised just before the summary
-    assert tfps.daily_summaries(cfg, db, engine, now) == 1
+    assert tfps.daily_summaries(cfg, db, engine.alerts, now) == 1
     engine.flush(now + 3600)
     kinds = sorted(r[0] for r in db.query("SELECT kind FROM alert_outbox"))
     payloads = [json.loads(r[0]) for r in db.query("SELECT payload FROM alert_outbox WHERE kind = 'summary'")]
@@ -383,7 +383,8 @@ def kill_connection(db):
 
 def assert_retried_flush_keeps_everything(engine, db):
     """After a failed flush, reconnect and flush again: both alerts and the call log row are there."""
-    db.ping()
+    db = tfps.Database(db.url)
+    engine.use_database(db)
     engine.flush()
     kinds = sorted(r[0] for r in db.query("SELECT kind FROM alert_outbox"))
     logged = db.scalar("SELECT COUNT(*) FROM call_log")

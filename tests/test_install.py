@@ -4,6 +4,7 @@ installed)."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -30,8 +31,9 @@ def checkout(dest):
     return dest
 
 
-def run_install(src, *args, timeout=120):
-    return subprocess.run(["bash", str(src / "install.sh"), *args], capture_output=True, text=True, timeout=timeout)
+def run_install(src, *args, timeout=120, env=None):
+    return subprocess.run(["bash", str(src / "install.sh"), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 def run_pyz(pyz, *args, python=None, cwd=None, timeout=60):
@@ -41,6 +43,47 @@ def run_pyz(pyz, *args, python=None, cwd=None, timeout=60):
 
 def mode(path):
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def pinned_pymysql():
+    """PYMYSQL_VERSION and PYMYSQL_SHA256 as install.sh sets them."""
+    text = (REPO / "install.sh").read_text()
+    version = re.search(r"^PYMYSQL_VERSION=(\S+)$", text, re.M).group(1)
+    sha256 = re.search(r"^PYMYSQL_SHA256=(\S+)$", text, re.M).group(1)
+    return version, sha256
+
+
+FAKE_PIP = """\
+import json, os, re, sys
+args = sys.argv[1:]
+requirements = open(args[args.index("-r") + 1]).read()
+with open(os.environ["FAKE_PIP_LOG"], "a") as log:
+    log.write(json.dumps({"args": args, "requirements": requirements}) + "\\n")
+if "--target" not in args:
+    sys.exit(1)  # no install into the system Python: install.sh goes on and vendors PyMySQL
+version = re.match(r"PyMySQL==(\\S+) ", requirements).group(1)
+package = os.path.join(args[args.index("--target") + 1], "pymysql")
+os.makedirs(package)
+with open(os.path.join(package, "__init__.py"), "w") as init:
+    init.write(f"VERSION_STRING = {version!r}\\n__version__ = '2.2.8'\\n")
+"""
+
+
+def stub_bin(directory, pip=None, **commands):
+    """A directory to put first on PATH, and the environment that does: python3 runs this interpreter
+    without site-packages (so no installed PyMySQL is visible), `python3 -m pip ARGS` runs
+    `pip ARGS` (default: FAKE_PIP, logging to DIRECTORY/pip.log), apt-get fails (nothing is
+    installed on this machine), and each of `commands` is a shell script body for that command."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "fake_pip.py").write_text(FAKE_PIP)
+    pip = pip or f"{sys.executable} -S {directory / 'fake_pip.py'}"
+    scripts = {"python3": f'if [ "$1" = -m ] && [ "$2" = pip ]; then\n  shift 2\n  exec {pip} "$@"\nfi\n'
+                          f'exec {sys.executable} -S "$@"\n',
+               "apt-get": "exit 100\n", **commands}
+    for name, body in scripts.items():
+        (directory / name).write_text("#!/bin/sh\n" + body)
+        (directory / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{directory}:{os.environ['PATH']}", "FAKE_PIP_LOG": str(directory / "pip.log")}
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +255,7 @@ def test_systemd_unit(installed, tmp_path):
     for line in ("Restart=on-failure", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "ReadWritePaths=/var/lib/tfps", "User=tfps",
                  "ExecStart=/usr/local/bin/tfps serve -c /etc/tfps/tfps.conf", "ExecReload=/bin/kill -HUP $MAINPID",
-                 "WantedBy=multi-user.target"):
+                 "LimitNOFILE=65536", "MemoryMax=1G", "WantedBy=multi-user.target"):
         assert line in unit.splitlines(), line
     prefix = installed["prefix"]
     prefixed = run_install(src, "--print-unit", "--prefix", str(prefix)).stdout
@@ -223,6 +266,123 @@ def test_systemd_unit(installed, tmp_path):
         path.write_text(prefixed)
         verify = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
         assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+
+
+def test_systemd_unit_limits_are_explained(installed):
+    """The open-file limit sizes tcp_max_connections = auto; the memory ceiling says why it is what it is."""
+    lines = run_install(installed["src"], "--print-unit").stdout.splitlines()
+    nofile = lines.index("LimitNOFILE=65536")
+    assert "tcp_max_connections = auto" in lines[nofile - 1] and "65472" in lines[nofile - 1]
+    memory = lines.index("MemoryMax=1G")
+    comment = []
+    for line in reversed(lines[:memory]):
+        if not line.startswith("#"):
+            break
+        comment.insert(0, line)
+    assert "max_transactions" in " ".join(comment) and "max_unflushed_rows" in " ".join(comment)
+    assert [line for line in lines if line.startswith(("LimitNOFILE=", "MemoryMax="))] == \
+        ["LimitNOFILE=65536", "MemoryMax=1G"]
+
+
+def test_existing_config_gets_mode_0640(tmp_path):
+    """A kept tfps.conf is not rewritten, but no longer readable by other users (or by none at all)."""
+    src = checkout(tmp_path / "src")
+    prefix = tmp_path / "root"
+    conf = prefix / "etc/tfps/tfps.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("[database]\nurl = sqlite:///nowhere/else.db\n# edited by the operator\n")
+    conf.chmod(0o644)
+    env = stub_bin(tmp_path / "bin")  # no apt-get, PyMySQL from the fake pip
+    first = run_install(src, "--prefix", str(prefix), "--no-systemd", "--build-only", env=env)
+    assert first.returncode == 0 and mode(conf) == 0o644, "--build-only touches no configuration"
+    conf.write_text(f"[database]\nurl = sqlite://{prefix}/var/lib/tfps/tfps.db\n# edited by the operator\n")
+    for before in (0o644, 0o600, 0o666):
+        conf.chmod(before)
+        result = run_install(src, "--prefix", str(prefix), "--no-systemd", env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert mode(conf) == 0o640, oct(before)
+        assert f"keeping existing {conf}" in result.stdout
+        assert f"{conf}: mode {before:o} -> 0640" in result.stdout
+        assert conf.read_text().endswith("# edited by the operator\n")
+    again = run_install(src, "--prefix", str(prefix), "--no-systemd", env=env)
+    assert again.returncode == 0 and mode(conf) == 0o640
+    assert "-> 0640" not in again.stdout, "an already private file is not reported"
+
+
+def test_existing_config_is_owned_by_root_and_group_tfps_with_systemd(tmp_path):
+    """With systemd (under --prefix: the unit is written, not enabled) a kept tfps.conf gets the owner
+    of a new one. The system user is stubbed out: the test creates no account on this machine."""
+    src = checkout(tmp_path / "src")
+    prefix = tmp_path / "root"
+    conf = prefix / "etc/tfps/tfps.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(f"[database]\nurl = sqlite://{prefix}/var/lib/tfps/tfps.db\n")
+    conf.chmod(0o644)
+    calls = tmp_path / "calls"
+    env = stub_bin(tmp_path / "bin",
+                   id='[ "$*" = "-u tfps" ] && { echo 999; exit 0; }\nexec /usr/bin/id "$@"\n',
+                   useradd=f'echo "useradd $*" >> {calls}\n',
+                   chown=f'echo "chown $*" >> {calls}\n')
+    result = run_install(src, "--prefix", str(prefix), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert mode(conf) == 0o640
+    assert f"chown root:tfps {conf}" in calls.read_text().splitlines()
+    assert "useradd" not in calls.read_text(), "the (stubbed) user tfps exists already"
+    assert (prefix / "etc/systemd/system/tfps.service").is_file()
+
+
+def test_pip_fallbacks_install_only_the_pinned_pymysql(tmp_path):
+    """No PyMySQL and no apt-get: every pip run asks for one exact version, as one wheel with one
+    hash, and nothing else; the vendored copy is that version (pip itself is faked: no network)."""
+    version, sha256 = pinned_pymysql()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version) and re.fullmatch(r"[0-9a-f]{64}", sha256)
+    env = stub_bin(tmp_path / "bin")
+    src = checkout(tmp_path / "src")
+    result = run_install(src, "--prefix", str(tmp_path / "root"), "--no-systemd", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = [json.loads(line) for line in Path(env["FAKE_PIP_LOG"]).read_text().splitlines()]
+    # Into the system Python (without, then with --break-system-packages), then vendored for the pyz.
+    assert [("--break-system-packages" in run["args"], "--target" in run["args"]) for run in runs] == \
+        [(False, False), (True, False), (False, True)]
+    for run in runs:
+        assert run["requirements"] == f"PyMySQL=={version} --hash=sha256:{sha256}\n"
+        assert run["args"][:6] == ["install", "--no-deps", "--only-binary", ":all:", "--require-hashes", "-r"]
+        assert not [arg for arg in run["args"] if "pymysql" in arg.lower() and not arg.endswith(".txt")]
+    assert f"trying pip (PyMySQL=={version})" in result.stdout
+    assert f"PyMySQL {version} vendored" in result.stdout
+
+
+def test_pip_failure_names_the_pinned_version_and_pips_reason(tmp_path):
+    env = stub_bin(tmp_path / "bin", pip="sh -c 'echo ERROR: no network here >&2; exit 1' pip")
+    src = checkout(tmp_path / "src")
+    result = run_install(src, "--build-only", env=env)
+    version, _ = pinned_pymysql()
+    assert result.returncode == 1
+    assert f"pip could not install PyMySQL=={version}: ERROR: no network here" in result.stderr
+    assert not (src / "tfps.pyz").exists()
+
+
+def test_pinned_pymysql_is_the_published_wheel_and_reaches_mariadb(tmp_path, mysql_url):
+    """The real pip fetches the pinned wheel and checks its hash; the pyz it goes into speaks to MariaDB."""
+    version, _ = pinned_pymysql()
+    reachable = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                                "-d", str(tmp_path / "download"), f"PyMySQL=={version}"],
+                               capture_output=True, text=True, timeout=120)
+    if reachable.returncode != 0:
+        pytest.skip(f"PyMySQL=={version} cannot be downloaded here: {reachable.stderr.strip()[-200:]}")
+    env = stub_bin(tmp_path / "bin", pip=f"{sys.executable} -m pip")
+    src = checkout(tmp_path / "src")
+    result = run_install(src, "--build-only", env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"PyMySQL {version} vendored" in result.stdout
+    pyz = src / "tfps.pyz"
+    assert f"VERSION_STRING = \"{version}\"" in zipfile.ZipFile(pyz).read("pymysql/__init__.py").decode()
+    no_site = tmp_path / "python-no-site"
+    no_site.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    no_site.chmod(0o755)
+    created = run_pyz(pyz, "initdb", "--db", mysql_url, python=str(no_site))
+    assert created.returncode == 0, created.stderr
+    assert "created: schema version" in created.stdout
 
 
 def test_pyz_started_through_a_relative_path(installed):

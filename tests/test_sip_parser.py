@@ -932,7 +932,8 @@ def test_rfc2543_request_without_branch_gets_its_own_transaction_key():
 # =============================================================================================
 
 def crlf(text):
-    return text.replace("\n", "\r\n").encode()
+    """'\\udcXX' in `text` stands for the byte XX that is not UTF-8."""
+    return text.replace("\n", "\r\n").encode("utf-8", "surrogateescape")
 
 
 BASE = """INVITE sip:12125551234@127.0.0.1:5060 SIP/2.0
@@ -1068,6 +1069,37 @@ def test_missing_headers_and_bad_values_give_400_naming_the_problem():
         with pytest.raises(tfps.SipError) as err:
             tfps.validate_request(tfps.parse_message(data))
         assert err.value.status == 400 and word.lower() in err.value.reason.lower(), (new, err.value.reason)
+
+
+@pytest.mark.parametrize("old,new,where", [
+    ("INVITE sip:12125551234@", "INVITE sip:1212\udcff5551234@", "Request-Line"),
+    ("From: \"Alice\"", "From: \"Al\udce9ce\"", "From"),
+    ("Call-ID: base1@test", "Call-ID: base\udcff@test", "Call-Id"),
+    ("CSeq: 1 INVITE", "CSeq: 1 INVITE\nVia: SIP/2.0/UDP h\udcff;branch=z9hG4bKx", "Via"),
+])
+def test_bytes_that_are_not_utf8_where_a_request_is_routed_or_echoed_give_400(old, new, where):
+    data = crlf(BASE.replace(old, new))
+    with pytest.raises(tfps.SipError) as err:
+        tfps.validate_request(tfps.parse_message(data))
+    assert err.value.status == 400 and err.value.reason == f"Invalid UTF-8 In {where}" + ("" if where == "Request-Line" else " Header")
+
+
+def test_bytes_that_are_not_utf8_in_other_headers_are_left_to_the_rules():
+    msg = tfps.parse_message(crlf(BASE.replace("CSeq: 1 INVITE", "CSeq: 1 INVITE\nUser-Agent: Yealink \udce9")))
+    tfps.validate_request(msg)
+    assert msg.header("user-agent") == "Yealink \udce9"  # R12 rejects it (tests/test_engine.py)
+
+
+def test_transaction_table_refuses_new_transactions_past_its_limit():
+    txl = tfps.TransactionLayer(limit=2)
+    msgs = [tfps.parse_message(crlf(BASE.replace("z9hG4bK", f"z9hG4bK{i}x"))) for i in range(3)]
+    for msg in msgs[:2]:
+        tx, _ = txl.receive(msg, msg.vias()[0], "dest", False, 0.0)
+        assert tx is not None
+    with pytest.raises(tfps.TransactionTableFull):
+        txl.receive(msgs[2], msgs[2].vias()[0], "dest", False, 0.0)
+    assert txl.receive(msgs[0], msgs[0].vias()[0], "dest", False, 0.1) == (None, [])  # a retransmission still matches
+    assert len(txl.table) == 2
 
 
 def test_hopeless_input_raises_sip_error_only():

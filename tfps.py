@@ -904,6 +904,8 @@ def parse_message(data):
     else:
         raise SipError(400, "Not a SIP message")
     for line in lines[1:]:
+        if "\r" in line:  # a bare CR would reach the answer, which echoes headers
+            msg.flag(400, "Bare CR In Header")
         if line[:1] in (" ", "\t"):
             if not msg.headers:
                 raise SipError(400, "Continuation line before any header")

@@ -2465,9 +2465,9 @@ class SharedCounters:
         return limit > 0 and self.db.increment_below(
             "daily_counters", {"account_id": account_id, "day": day, "bucket": bucket}, "approved", limit)
 
-    def count_approved(self, account_id, day, bucket):
-        self.db.upsert("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": 1},
-                       ["account_id", "day", "bucket"], "approved = approved + 1")
+    def count_approved(self, account_id, day, bucket, calls=1):
+        self.db.upsert("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": calls},
+                       ["account_id", "day", "bucket"], "approved = approved + NEW(approved)")
 
     def approved(self, account_id, day, bucket=None):
         """Approved calls of the day, in one bucket ('biz', 'off') or both."""
@@ -2632,6 +2632,15 @@ class Engine:
         self.db = db
         if isinstance(self.counters, SharedCounters):
             self.counters.db = db
+
+    def charge_outage_counts(self):
+        """The database is back: the calls approved from memory meanwhile are added to its daily
+        counters, so that the rest of the day's quota is charged for them."""
+        if self.local_counters is None:
+            return
+        with self.counters.atomic():
+            for (account_id, day, bucket), calls in self.local_counters.daily.items():
+                self.counters.count_approved(account_id, day, bucket, calls)
         self.local_counters = None
 
     def _run_pipeline(self, call, enforce):
@@ -3904,6 +3913,7 @@ class Server:
         self.database_down = None
         self.engine.accounts.clear()  # changed meanwhile, maybe
         try:
+            self.engine.charge_outage_counts()
             self.engine.flush()
         except Exception as exc:
             if not self._database_unavailable(exc):

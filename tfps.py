@@ -77,14 +77,24 @@ __version__ = "1.0.0"
 log = logging.getLogger("tfps")
 
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DAYS = 36525  # 100 years: any longer duration is a typo
+MAX_DURATION = MAX_DAYS * 86400.0
+# Times from 1970 to the last day that has a local date within year 9999 in every timezone.
+MAX_TIMESTAMP = dt.datetime(9999, 12, 30, tzinfo=dt.timezone.utc).timestamp()
+# What the columns of schema.sql hold: INT, accounts.user VARCHAR(128), accounts.domain VARCHAR(255).
+INT_MAX = 2**31 - 1
+USER_MAX, DOMAIN_MAX = 128, 255
 
 
 def parse_duration(text):
-    """'90' -> 90.0, '1.5s' -> 1.5, '15m' -> 900.0, '24h', '90d'. Raises ValueError."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text).lower())
+    """'90' -> 90.0, '1.5s' -> 1.5, '15m' -> 900.0, '24h', '90d', at most 100 years. Raises ValueError."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*", str(text).lower())
     if not m:
         raise ValueError(f"not a duration: {text!r} (examples: 30s, 15m, 24h, 90d)")
-    return float(m.group(1)) * DURATION_UNITS[m.group(2)]
+    value = float(m.group(1)) * DURATION_UNITS[m.group(2)]
+    if value > MAX_DURATION:
+        raise ValueError(f"duration {text!r} is longer than {MAX_DAYS} days")
+    return value
 
 
 def split_list(text):
@@ -124,7 +134,7 @@ def storable(text, size):
 
 def parse_clock(text):
     """'03:30' -> (3, 30); '24:00' is allowed as the end of a day."""
-    m = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
+    m = re.fullmatch(r"([0-9]{1,2}):([0-9]{2})", text.strip())
     if not m or int(m.group(1)) > 24 or int(m.group(2)) > 59 or (int(m.group(1)) == 24 and int(m.group(2))):
         raise ValueError(f"not a time of day: {text!r} (HH:MM)")
     return int(m.group(1)), int(m.group(2))
@@ -148,7 +158,53 @@ def parse_time_arg(text, tz=dt.timezone.utc):
         raise ValueError(f"not an ISO 8601 time: {text!r}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=tz)
-    return when.timestamp()
+    return timestamp_of(when)
+
+
+def timestamp_of(when):
+    """Epoch seconds of an aware datetime between 1970 and MAX_TIMESTAMP. Raises ValueError."""
+    try:
+        ts = when.timestamp()
+    except (OverflowError, ValueError):
+        ts = None
+    if ts is None or not 0 <= ts <= MAX_TIMESTAMP:
+        raise ValueError(f"time {when.isoformat()} is not between 1970-01-01 and 9999-12-30")
+    return ts
+
+
+def printable(text, longest, what, spaces=False):
+    """`text` stripped, when it is at most `longest` printable characters, and without spaces
+    unless `spaces`. Raises ValueError."""
+    value = text.strip()
+    if len(value) > longest or not value.isprintable() or (not spaces and " " in value):
+        raise ValueError(f"{what} must be at most {longest} printable characters" + ("" if spaces else " without spaces"))
+    return value
+
+
+def account_user(text):
+    return _account_part(text.strip(), USER_MAX, "a user")
+
+
+def account_domain(text):
+    """Lowercase, as every lookup reads it."""
+    return _account_part(text.strip().lower(), DOMAIN_MAX, "a domain")
+
+
+def _account_part(value, longest, what):
+    if not value or len(value) > longest or not value.isprintable() or " " in value or "@" in value:
+        raise ValueError(f"{what} must be 1 to {longest} printable characters without spaces or '@'")
+    return value
+
+
+def not_utf8(path):
+    """The message for a file that failed to decode as UTF-8, naming its first such line."""
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"{path}:{number}: not UTF-8 text (byte 0x{line[exc.start]:02X} in column {exc.start + 1}); save it as UTF-8"
+    return f"{path}: not UTF-8 text; save it as UTF-8"
 
 
 def parse_ip(text):
@@ -200,15 +256,14 @@ def _boolean(text):
     raise ValueError("must be yes or no")
 
 
-def _integer(low=0, high=None):
+def _integer(low=0, high=INT_MAX):
     def parse(text):
-        try:
-            value = int(text.strip())
-        except ValueError:
-            raise ValueError("must be a whole number") from None
-        if value < low or (high is not None and value > high):
-            raise ValueError(f"must be between {low} and {high}" if high is not None else f"must be >= {low}")
-        return value
+        value = text.strip()
+        if not re.fullmatch(r"[-+]?[0-9]+", value):
+            raise ValueError("must be a whole number")
+        if len(value) > 20 or not low <= int(value) <= high:  # int() refuses thousands of digits
+            raise ValueError(f"must be between {low} and {high}")
+        return int(value)
     return parse
 
 
@@ -222,21 +277,26 @@ def _duration(low=0.0, high=None):
     return parse
 
 
-def _number(text):
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError("must be a number") from None
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
+def _number(low, high):
+    def parse(text):
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if not low <= value <= high:  # also refuses nan
+            raise ValueError(f"must be between {low:g} and {high:g}")
+        return value
+    return parse
 
 
 def _limit(text):
-    """A per-account limit: a whole number, or 'unlimited' (None)."""
-    if text.strip().lower() in ("unlimited", "none", "-1"):
+    """A per-account limit: what an INT column holds, or 'unlimited' (None)."""
+    if text.strip().lower() == "unlimited":
         return None
-    return _integer()(text)
+    try:
+        return _integer()(text)
+    except ValueError:
+        raise ValueError(f"must be a whole number from 0 to {INT_MAX}, or unlimited") from None
 
 
 def _country(text):
@@ -287,7 +347,43 @@ def _clock(text):
 
 
 def _text(text):
-    return text.strip()
+    """One line of printable text (a value continued on indented lines has newlines)."""
+    return printable(text, 1024, "the value", spaces=True)
+
+
+def _name(longest):
+    return lambda text: printable(text, longest, "the value")
+
+
+def _split_url(url):
+    """urllib's parts of `url`, the port checked. Raises ValueError."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.port == 0:
+            raise ValueError("Port out of range 1-65535")
+    except ValueError as exc:
+        raise ValueError(f"bad URL: {exc}") from None
+    return parts
+
+
+def _http_url(text):
+    """'' or an http(s) URL with a host."""
+    url = _text(text)
+    if url:
+        parts = _split_url(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+    return url
+
+
+def _database_url(text):
+    """'' (tfps.db beside tfps.py), sqlite:///PATH or mysql://USER:PASSWORD@HOST:PORT/DB."""
+    url = printable(text, 1024, "a database URL", spaces=True)
+    if url.startswith(("mysql:", "mariadb:")):
+        _split_url(url)
+    elif url and not url.startswith("sqlite:"):
+        raise ValueError("unsupported database URL (sqlite:///PATH or mysql://USER:PASSWORD@HOST:PORT/DB)")
+    return url
 
 
 def _header_text(text):
@@ -322,18 +418,18 @@ CONFIG_SPEC = {
         "trusted_peers": (_cidrs, "127.0.0.0/8, ::1", "networks allowed to send SIP; everything else is dropped (logged once a minute per source)"),
         "legacy_headers": (_boolean, "no", "also read the identity from X-tfps, P-Received, P-Source, P-UA and P-Calls"),
         "server_header": (_header_text, "TFPS", "Server header of responses (no version by default: scanners learn nothing)"),
-        "redirect_host": (_text, "", "host of the 302 Contact URI; empty = the From domain"),
+        "redirect_host": (_name(255), "", "host of the 302 Contact URI; empty = the From domain"),
         "max_message_size": (_integer(512, 1 << 20), "65535", "larger messages are dropped (UDP) or answered 513 (TCP)"),
         "tcp_idle_timeout": (parse_duration, "300s", "close TCP connections idle this long"),
         "tcp_max_connections": (_auto_or(_integer(1, 1 << 20)), "auto", "TCP connections at most, accepted or opened for responses; auto = from the open-file limit"),
         "max_transactions": (_integer(100, 10_000_000), "100000", "SIP transactions held at most; past it new requests get 500"),
         "resend_bytes_per_source": (_integer(1024, 1 << 30), "65536", "bytes of retransmitted responses per second at most to one source address"),
-        "node_name": (_text, "", "this node's name in the call log; empty = the host name"),
+        "node_name": (_name(64), "", "this node's name in the call log; empty = the host name"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info", "log verbosity on stderr"),
         "log_verdicts": (_boolean, "yes", "one log line per verdict"),
     },
     "database": {
-        "url": (_text, "", "sqlite:///PATH or mysql://USER:PASSWORD@HOST:PORT/DB; empty = tfps.db beside tfps.py"),
+        "url": (_database_url, "", "sqlite:///PATH or mysql://USER:PASSWORD@HOST:PORT/DB; empty = tfps.db beside tfps.py"),
         "reload_interval": (_duration(0.1, 3600), "2s", "how often servers look for changes made by the CLI or other nodes"),
         "flush_interval": (_duration(0.01, 60), "0.25s", "how often the call log buffer is written (and, on SQLite, verdicts committed)"),
         "timeout": (_duration(0.05, 60), "0.5s", "longest the server waits to connect, read or write (MySQL); past it the database counts as down"),
@@ -360,11 +456,11 @@ CONFIG_SPEC = {
         "ab_window": (parse_duration, "30s", "window for repeated A->B calls"),
         "ab_block": (parse_duration, "3600s", "how long an A->B pair stays blocked"),
         "max_calls_per_minute": (_integer(), "0", "approved calls per account per 60 s (R15); 0 = off"),
-        "learning_days": (_integer(), "14", "days a new account spends in learning mode (0 = enforce at once)"),
+        "learning_days": (_integer(0, MAX_DAYS), "14", "days a new account spends in learning mode (0 = enforce at once)"),
         "train_at": (_clock, "03:30", "daily training time in timezone"),
-        "train_window_days": (_integer(1), "90", "history used for training"),
-        "train_sigma": (_number, "2", "learned quota = ceil(mean + train_sigma x stddev)"),
-        "train_min_days": (_integer(1), "7", "accounts with fewer days of history keep their limits"),
+        "train_window_days": (_integer(1, MAX_DAYS), "90", "history used for training"),
+        "train_sigma": (_number(0, 100), "2", "learned quota = ceil(mean + train_sigma x stddev)"),
+        "train_min_days": (_integer(1, MAX_DAYS), "7", "accounts with fewer days of history keep their limits"),
         "train_min_daily_quota": (_integer(), "10", "lower bound of a learned business-hours quota"),
         "train_max_daily_quota": (_integer(), "1000", "upper bound of a learned business-hours quota"),
         "train_min_daily_quota_off": (_integer(), "2", "lower bound of a learned off-hours quota"),
@@ -374,30 +470,30 @@ CONFIG_SPEC = {
         "train_min_concurrent_off": (_integer(), "1", "lower bound of a learned off-hours concurrency"),
         "train_max_concurrent_off": (_integer(), "20", "upper bound of a learned off-hours concurrency"),
         "train_min_country_calls": (_integer(1), "3", "approved calls that make a country learned"),
-        "anomaly_sigma": (_number, "3", "alert when calls today exceed mean + anomaly_sigma x stddev"),
+        "anomaly_sigma": (_number(0, 100), "3", "alert when calls today exceed mean + anomaly_sigma x stddev"),
         "offhours_burst": (_integer(), "5", "alert when an account places this many off-hours calls within 10 minutes; 0 = off"),
-        "retention_days": (_integer(1), "90", "call log rows older than this are purged daily"),
+        "retention_days": (_integer(1, MAX_DAYS), "90", "call log rows older than this are purged daily"),
     },
     "reputation": {
         "abuseipdb_key": (_text, "", "AbuseIPDB API v2 key; empty = no AbuseIPDB lookups"),
-        "abuseipdb_url": (_text, "https://api.abuseipdb.com", "AbuseIPDB base URL"),
+        "abuseipdb_url": (_http_url, "https://api.abuseipdb.com", "AbuseIPDB base URL"),
         "abuse_threshold": (_integer(0, 100), "10", "abuseConfidenceScore at or above this rejects (R02)"),
         "reputation_timeout": (parse_duration, "1.5s", "longest an INVITE waits for a lookup"),
         "reputation_failure": (_choice("allow", "reject"), "allow", "verdict when the lookup fails or times out"),
         "reputation_ttl": (parse_duration, "24h", "how long an answer is cached (failures: 5 minutes)"),
         "reputation_workers": (_integer(1, 64), "4", "lookup threads"),
         "apiban_key": (_text, "", "APIBAN key; empty = no APIBAN lookups"),
-        "apiban_url": (_text, "https://apiban.org", "APIBAN base URL"),
+        "apiban_url": (_http_url, "https://apiban.org", "APIBAN base URL"),
     },
     "alerts": {
-        "smtp_host": (_text, "", "SMTP server; empty = no e-mail"),
+        "smtp_host": (_name(255), "", "SMTP server; empty = no e-mail"),
         "smtp_port": (_integer(1, 65535), "25", "SMTP port"),
         "smtp_tls": (_choice("none", "starttls", "ssl"), "none", "none, starttls or ssl"),
         "smtp_user": (_text, "", "SMTP login; empty = no login"),
         "smtp_password": (_text, "", "SMTP password"),
         "smtp_from": (_text, "tfps@localhost", "From address of alert e-mail"),
         "alert_email": (_text, "", "comma-separated recipients of every alert"),
-        "alert_webhook": (_text, "", "URL receiving a JSON POST per alert (Slack/Mattermost compatible)"),
+        "alert_webhook": (_http_url, "", "URL receiving a JSON POST per alert (Slack/Mattermost compatible)"),
         "alert_interval": (parse_duration, "15m", "at most one alert per account and rule per interval"),
         "retry_max_interval": (parse_duration, "10m", "longest wait between delivery retries"),
         "summary_at": (_clock, "08:00", "time of the daily per-account rejection summary"),
@@ -435,10 +531,12 @@ class Config:
 
     def _read(self, path):
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:
                 text = fh.read()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(not_utf8(path)) from None
         parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"),
                                            strict=True, empty_lines_in_values=False)
         parser.optionxform = str
@@ -463,7 +561,8 @@ class Config:
         try:
             setattr(getattr(self, section), key, spec[0](value))
         except ValueError as exc:
-            raise ConfigError(f"{where}: [{section}] {key} = {value!r}: {exc}") from None
+            shown = "" if key in SECRET_KEYS or key == "url" else f" = {value!r}"  # a URL can hold a password
+            raise ConfigError(f"{where}: [{section}] {key}{shown}: {exc}") from None
         self.raw[section][key] = value
         if section == "policy" and key in ("home_country", "timezone", "default_source_countries",
                                            "default_destination_countries"):
@@ -805,6 +904,8 @@ def parse_message(data):
     else:
         raise SipError(400, "Not a SIP message")
     for line in lines[1:]:
+        if "\r" in line:  # a bare CR would reach the answer, which echoes headers
+            msg.flag(400, "Bare CR In Header")
         if line[:1] in (" ", "\t"):
             if not msg.headers:
                 raise SipError(400, "Continuation line before any header")
@@ -2364,9 +2465,9 @@ class SharedCounters:
         return limit > 0 and self.db.increment_below(
             "daily_counters", {"account_id": account_id, "day": day, "bucket": bucket}, "approved", limit)
 
-    def count_approved(self, account_id, day, bucket):
-        self.db.upsert("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": 1},
-                       ["account_id", "day", "bucket"], "approved = approved + 1")
+    def count_approved(self, account_id, day, bucket, calls=1):
+        self.db.upsert("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": calls},
+                       ["account_id", "day", "bucket"], "approved = approved + NEW(approved)")
 
     def approved(self, account_id, day, bucket=None):
         """Approved calls of the day, in one bucket ('biz', 'off') or both."""
@@ -2531,6 +2632,15 @@ class Engine:
         self.db = db
         if isinstance(self.counters, SharedCounters):
             self.counters.db = db
+
+    def charge_outage_counts(self):
+        """The database is back: the calls approved from memory meanwhile are added to its daily
+        counters, so that the rest of the day's quota is charged for them."""
+        if self.local_counters is None:
+            return
+        with self.counters.atomic():
+            for (account_id, day, bucket), calls in self.local_counters.daily.items():
+                self.counters.count_approved(account_id, day, bucket, calls)
         self.local_counters = None
 
     def _run_pipeline(self, call, enforce):
@@ -3198,38 +3308,52 @@ def read_cdrs(path):
     """The rows of a CDR file, sorted by time, each a tuple: (ts, time as written, user, domain,
     number, source_ip, user_agent, concurrent_calls or None, source_country, label)."""
     try:
-        fh = open(path, newline="", encoding="utf-8")
+        fh = open(path, newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror}") from None
     with fh:
         reader = csv.reader(fh)
-        header = [name.strip() for name in next(reader, [])]
-        missing = [c for c in REPLAY_COLUMNS if c not in header]
-        if missing:
-            raise UserError(f"{path}: missing column(s) {', '.join(missing)} (header row required)")
-        # an absent optional column reads field -1: the "" appended to every row
-        pick = operator.itemgetter(*(header.index(c) if c in header else -1 for c in REPLAY_COLUMNS + OPTIONAL_COLUMNS))
-        width = max(header.index(c) for c in REPLAY_COLUMNS) + 1
-        rows = []
-        for fields in reader:
-            if not fields:
-                continue
-            line = reader.line_num
-            if len(fields) < width:
-                raise UserError(f"{path}:{line}: fewer fields than the header")
-            fields += [""] * (len(header) - len(fields))
-            fields.append("")
-            when, user, domain, number, ip, ua, calls, source_country, label = map(str.strip, pick(fields))
-            try:
-                ts = dt.datetime.fromisoformat(when)
-            except ValueError:
-                ts = None
-            if ts is None or ts.tzinfo is None:
-                raise UserError(f"{path}:{line}: time {when!r} is not ISO 8601 with offset")
-            if calls and not calls.isdigit():
-                raise UserError(f"{path}:{line}: concurrent_calls {calls!r} is not a whole number")
-            rows.append((ts.timestamp(), when, user, domain, number, ip, ua, int(calls) if calls else None,
-                         source_country, label.lower()))
+        try:
+            return _cdr_rows(path, reader)
+        except UnicodeDecodeError:
+            raise UserError(not_utf8(path)) from None
+        except csv.Error as exc:
+            raise UserError(f"{path}:{reader.line_num}: {exc}") from None
+
+
+def _cdr_rows(path, reader):
+    header = [name.strip() for name in next(reader, [])]
+    missing = [c for c in REPLAY_COLUMNS if c not in header]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (header row required)")
+    # an absent optional column reads field -1: the "" appended to every row
+    pick = operator.itemgetter(*(header.index(c) if c in header else -1 for c in REPLAY_COLUMNS + OPTIONAL_COLUMNS))
+    width = max(header.index(c) for c in REPLAY_COLUMNS) + 1
+    rows = []
+    for fields in reader:
+        if not fields:
+            continue
+        line = reader.line_num
+        if len(fields) < width:
+            raise UserError(f"{path}:{line}: fewer fields than the header")
+        fields += [""] * (len(header) - len(fields))
+        fields.append("")
+        when, user, domain, number, ip, ua, calls, source_country, label = map(str.strip, pick(fields))
+        try:
+            ts = dt.datetime.fromisoformat(when)
+        except ValueError:
+            ts = None
+        if ts is None or ts.tzinfo is None:
+            raise UserError(f"{path}:{line}: time {when[:40]!r} is not ISO 8601 with offset")
+        if calls and not (re.fullmatch(r"[0-9]{1,10}", calls) and int(calls) <= INT_MAX):
+            raise UserError(f"{path}:{line}: concurrent_calls {calls[:40]!r} is not a whole number from 0 to {INT_MAX}")
+        try:
+            ts = timestamp_of(ts)
+            account_user(user)
+            account_domain(domain)
+        except ValueError as exc:
+            raise UserError(f"{path}:{line}: {exc}") from None
+        rows.append((ts, when, user, domain, number, ip, ua, int(calls) if calls else None, source_country, label.lower()))
     rows.sort(key=operator.itemgetter(0))  # stable: rows of the same second keep their order
     return rows
 
@@ -3789,6 +3913,7 @@ class Server:
         self.database_down = None
         self.engine.accounts.clear()  # changed meanwhile, maybe
         try:
+            self.engine.charge_outage_counts()
             self.engine.flush()
         except Exception as exc:
             if not self._database_unavailable(exc):
@@ -4260,14 +4385,17 @@ def normalize_list_value(kind, value):
     value = value.strip()
     if kind == "number":
         digits = VISUAL_SEPARATORS.sub("", value).lstrip("+")
-        if not digits.isdigit() or len(digits) > 32:
+        if not re.fullmatch(r"[0-9]{1,32}", digits):
             raise ValueError(f"{value!r} is not a number prefix (digits only)")
         return digits
     if kind == "ip":
         return str(ipaddress.ip_network(value, strict=False))
-    if not value or len(value) > 255:
-        raise ValueError("a User-Agent pattern must have 1 to 255 characters")
-    re.compile(value)
+    if not value or len(value) > 255 or not value.isprintable():
+        raise ValueError("a User-Agent pattern must have 1 to 255 printable characters")
+    try:
+        re.compile(value)
+    except (re.error, OverflowError, RecursionError) as exc:
+        raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
     return value
 
 
@@ -4306,10 +4434,12 @@ def list_entries(db, color, kind):
 def read_list_file(path, kind):
     """Entries of an import file: one per line, '#' starts a comment. Returns (values, errors)."""
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             lines = fh.read().splitlines()
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(not_utf8(path)) from None
     values, errors = [], []
     for number, line in enumerate(lines, 1):
         text = line if kind == "ua" and not line.lstrip().startswith("#") else line.split("#", 1)[0]
@@ -4317,7 +4447,7 @@ def read_list_file(path, kind):
             continue
         try:
             values.append(normalize_list_value(kind, text))
-        except (ValueError, re.error) as exc:
+        except ValueError as exc:
             errors.append(f"{path}:{number}: {exc}")
     return values, errors
 
@@ -4440,10 +4570,31 @@ def arg_type(parse):
     return convert
 
 
+def text_arg(longest, spaces=False):
+    return arg_type(lambda text: printable(text, longest, "the value", spaces))
+
+
+def _verdict_code(text):
+    if not re.fullmatch(r"[A-Za-z][0-9]{2}", text.strip()):
+        raise ValueError(f"{text!r} is not a verdict code such as A00 or R06")
+    return text.strip().upper()
+
+
+def _account(text):
+    user, _, domain = text.partition("@")
+    try:
+        return f"{account_user(user)}@{account_domain(domain)}"
+    except ValueError:
+        raise ValueError(f"{text!r} is not USER@DOMAIN") from None
+
+
 count_arg = arg_type(_limit)
+calls_arg = arg_type(_integer(0, INT_MAX))
 countries_arg = arg_type(_countries)
 duration_arg = arg_type(parse_duration)
 listen_arg = arg_type(parse_listen)
+account_arg = arg_type(_account)
+number_arg = text_arg(64, spaces=True)  # call_log.dialed holds 64 characters
 
 
 def server_arg(text):
@@ -4454,27 +4605,21 @@ def server_arg(text):
     return text
 
 
-def account_arg(text):
-    if not re.fullmatch(r"[^@\s]+@[^@\s]+", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not USER@DOMAIN")
-    return text
-
-
 def build_parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", metavar="FILE", help="configuration file (default /etc/tfps/tfps.conf if present)")
-    common.add_argument("--db", metavar="URL", help="database URL, overriding [database] url")
+    common.add_argument("--db", type=arg_type(_database_url), metavar="URL", help="database URL, overriding [database] url")
     json_opt = argparse.ArgumentParser(add_help=False)
     json_opt.add_argument("--json", action="store_true", help="print JSON instead of a table")
     account = argparse.ArgumentParser(add_help=False)
-    account.add_argument("user")
-    account.add_argument("domain")
+    account.add_argument("user", type=arg_type(account_user))
+    account.add_argument("domain", type=arg_type(account_domain))
     limits = argparse.ArgumentParser(add_help=False)
     limits.add_argument("--concurrent", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="concurrent calls, business hours")
     limits.add_argument("--concurrent-off", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="concurrent calls, off hours")
     limits.add_argument("--daily-quota", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="approved calls a day, business hours")
     limits.add_argument("--daily-quota-off", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="approved calls a day, off hours")
-    limits.add_argument("--email", metavar="ADDR", help="the account's alert address")
+    limits.add_argument("--email", type=text_arg(255), metavar="ADDR", help="the account's alert address")
     countries = argparse.ArgumentParser(add_help=False)
     countries.add_argument("--dest", type=countries_arg, metavar="CC,...", help="destination countries")
     countries.add_argument("--source", type=countries_arg, metavar="CC,...", help="source countries")
@@ -4501,37 +4646,37 @@ def build_parser():
     sub.add_parser("unblock", parents=[common, account], help="lift a block")
     p = sub.add_parser("learn", parents=[common, account], help="put an account in learning mode, or end it")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--days", type=int, metavar="N", help="learn for N more days")
+    g.add_argument("--days", type=arg_type(_integer(0, MAX_DAYS)), metavar="N", help="learn for N more days")
     g.add_argument("--stop", action="store_true", help="end learning now and enforce")
     for color in ("blacklist", "whitelist"):
         p = sub.add_parser(color, parents=[common, json_opt], help=f"manage the {color} of numbers, IPs" + (" and User-Agents" if color == "blacklist" else ""))
         p.add_argument("action", choices=("add", "remove", "list", "import"))
         p.add_argument("kind", choices=("number", "ip", "ua") if color == "blacklist" else ("number", "ip"))
         p.add_argument("value", nargs="?", help="prefix, CIDR or regex; a file for import")
-        p.add_argument("--note", default="", help="a note stored with added entries")
+        p.add_argument("--note", type=text_arg(255, spaces=True), default="", help="a note stored with added entries")
     p = sub.add_parser("calls", parents=[common, json_opt], help="verdict history")
     p.add_argument("--account", type=account_arg, metavar="USER@DOMAIN")
-    p.add_argument("--code", metavar="CODE", help="A00, R01 ... R15 (also matches would-be rejections)")
+    p.add_argument("--code", type=arg_type(_verdict_code), metavar="CODE", help="A00, R01 ... R15 (also matches would-be rejections)")
     p.add_argument("--since", type=duration_arg, default=86400.0, metavar="DURATION", help="default 24h")
     p.add_argument("--limit", type=arg_type(_integer(1)), default=50, metavar="N")
     p = sub.add_parser("stats", parents=[common, json_opt], help="verdicts by code, top accounts and destinations")
     p.add_argument("--since", type=duration_arg, default=7 * 86400.0, metavar="DURATION", help="default 7d")
     p = sub.add_parser("check", parents=[common, account, json_opt], help="evaluate a hypothetical call without counting it")
-    p.add_argument("number")
-    p.add_argument("--ip", default="", help="the caller's source IP")
-    p.add_argument("--ua", default="", help="the caller's User-Agent")
-    p.add_argument("--calls", type=int, help="concurrent calls reported by the PBX")
-    p.add_argument("--country", default="", help="source country, instead of a reputation lookup")
+    p.add_argument("number", type=number_arg)
+    p.add_argument("--ip", type=text_arg(64), default="", help="the caller's source IP")
+    p.add_argument("--ua", type=text_arg(255, spaces=True), default="", help="the caller's User-Agent")
+    p.add_argument("--calls", type=calls_arg, help="concurrent calls reported by the PBX")
+    p.add_argument("--country", type=arg_type(_country), help="source country, instead of a reputation lookup")
     p.add_argument("--at", metavar="TIME", help="ISO 8601 time of the call (default now)")
     p = sub.add_parser("probe", parents=[common], help="send a real INVITE to a TFPS server and show the answer")
-    p.add_argument("number")
+    p.add_argument("number", type=number_arg)
     p.add_argument("--server", required=True, type=server_arg, metavar="HOST:PORT")
     p.add_argument("--from", dest="from_", type=account_arg, default="probe@tfps.invalid", metavar="USER@DOMAIN")
     p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
-    p.add_argument("--ip", help="caller IP passed in P-tfps")
-    p.add_argument("--ua", help="caller User-Agent")
-    p.add_argument("--calls", type=int, help="concurrent calls passed in P-tfps")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+    p.add_argument("--ip", type=text_arg(64), help="caller IP passed in P-tfps")
+    p.add_argument("--ua", type=text_arg(255, spaces=True), help="caller User-Agent")
+    p.add_argument("--calls", type=calls_arg, help="concurrent calls passed in P-tfps")
+    p.add_argument("--timeout", type=arg_type(_duration(0.01, 3600)), default=5.0, metavar="SECONDS")
     p = sub.add_parser("purge", parents=[common], help="delete call log rows and expired state")
     p.add_argument("--older-than", type=duration_arg, required=True, metavar="DURATION", help="e.g. 90d")
     p = sub.add_parser("reputation", parents=[common, json_opt], help="show the reputation of an IP (cached or fresh)")
@@ -4729,7 +4874,7 @@ def cmd_list_admin(args, cfg, db):
         return 1 if errors and not values else 0
     try:
         value = normalize_list_value(args.kind, args.value)
-    except (ValueError, re.error) as exc:
+    except ValueError as exc:
         raise UserError(f"{args.command} {args.kind}: {exc}") from None
     if args.action == "add":
         added, _ = list_add(db, color, args.kind, [value], args.note, now)
@@ -4773,7 +4918,7 @@ def cmd_check(args, cfg, db):
         ts = parse_time_arg(args.at, tz) if args.at else time.time()
     except ValueError as exc:
         raise UsageError(f"--at: {exc}") from None
-    attempt = CallAttempt(args.user, args.domain, args.number, args.ip, args.ua, args.calls, ts, source_country=args.country.upper())
+    attempt = CallAttempt(args.user, args.domain, args.number, args.ip, args.ua, args.calls, ts, source_country=args.country or "")
     client = ReputationClient(cfg.reputation)
     if args.ip and not args.country and client.enabled and is_public_ip(args.ip) and not engine.lists.ip_white.match(args.ip):
         attempt.reputation = cached_reputation(db, args.ip, ts) or client.fetch(args.ip)
@@ -4904,6 +5049,12 @@ COMMANDS = {"list": cmd_list, "show": cmd_show, "add": cmd_add, "remove": cmd_re
 
 def main(argv=None):
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as lone surrogates
+            parser.error(f"argument {arg!r} is not UTF-8 text")
     args = parser.parse_args(argv)
     if args.command != "serve":
         setup_logging("warning")

@@ -155,6 +155,36 @@ USAGE_ERRORS = [
     ["serve", "--listen", "udp:nowhere"],
     ["serve", "--mode", "block-everything"],
     ["list", "--bogus-flag"],
+    # every argument is bounded: what the database columns hold, durations up to 100 years
+    ["set", *ACCOUNT, "--daily-quota", "99999999999999999999999"],
+    ["set", *ACCOUNT, "--concurrent", str(2**31)],
+    ["add", *ACCOUNT, "--daily-quota", "-1"],
+    ["add", *ACCOUNT, "--concurrent-off", "none"],
+    ["add", "\udcff\udcfe", DOMAIN],
+    ["add", "x" * 129, DOMAIN],
+    ["add", USER, "d" * 256],
+    ["add", "a\x1bb", DOMAIN],
+    ["add", USER, "pbx example.com"],
+    ["add", *ACCOUNT, "--email", "a\nb@example.com"],
+    ["learn", *ACCOUNT, "--days", "1e30"],
+    ["learn", *ACCOUNT, "--days", "99999999"],
+    ["calls", "--limit", "100000000000000000000"],
+    ["calls", "--code", "R06; DROP"],
+    ["calls", "--account", "a@b@c"],
+    ["stats", "--since", "1" * 400],
+    ["purge", "--older-than", "100000000000000000000d"],
+    ["check", *ACCOUNT, "12125551234", "--calls", str(10**20)],
+    ["check", *ACCOUNT, "1" * 65],
+    ["probe", "12125551234", "--server", "127.0.0.1:5060", "--timeout", "nan"],
+    ["probe", "12125551234", "--server", "127.0.0.1:5060", "--timeout", "inf"],
+    ["probe", "12125551234", "--server", "127.0.0.1:5060", "--timeout", "0"],
+    ["probe", "12125551234", "--server", "127.0.0.1:5060", "--ua", "x\r\nVia: evil"],
+    ["blacklist", "add", "number", "4470", "--note", "two\nlines"],
+    ["replay", "cdr.csv", "--jobs", str(10**30)],
+    ["list", "--db", "mysql://root:@127.0.0.1:99999/x"],
+    ["list", "--db", "mysql://root:@[::1/x"],
+    ["list", "--db", "mysql://root:@127.0.0.1:port/x"],
+    ["list", "--db", "postgres://tfps@localhost/tfps"],
 ]
 
 
@@ -173,6 +203,8 @@ def test_wrong_arguments_print_usage_and_exit_2(argv, tmp_path):
     ["probe", "12125551234", "--server", "nohost"],        # no port
     ["probe", "12125551234", "--server", "127.0.0.1:99999"],
     ["calls", "--limit", "-1"],
+    ["check", *ACCOUNT, "12125551234", "--at", "9999-12-31T23:59:59-12:00"],
+    ["check", *ACCOUNT, "12125551234", "--at", "1969-12-31T23:00:00"],
 ], ids=lambda a: " ".join(a))
 def test_bad_arguments_found_after_parsing_print_usage_and_exit_2(argv, tmp_path):
     result = failed(run_cli(*argv, db=f"sqlite://{tmp_path / 'tfps.db'}"), code=2)
@@ -275,6 +307,46 @@ def test_config_errors_name_file_line_and_key(text, line, needles, tmp_path):
     failed(run_cli("list", "-c", str(path)))
 
 
+def test_limits_and_durations_in_the_config_are_bounded(tmp_path):
+    """What `config check` passes, the database can store: a default limit past INT once passed
+    the check and then made every new account a 500."""
+    for key, value, needle in [("default_daily_quota", "99999999999999999999999", "0 to 2147483647, or unlimited"),
+                               ("default_concurrent_calls", str(2**31), "0 to 2147483647, or unlimited"),
+                               ("default_daily_quota_off", "-1", "or unlimited"),
+                               ("default_concurrent_calls_off", "none", "or unlimited"),
+                               ("learning_days", "99999999", "between 0 and 36525"),
+                               ("ab_block", "100000000000000000000d", "longer than 36525 days"),
+                               ("train_sigma", "nan", "between 0 and 100"),
+                               ("anomaly_sigma", "inf", "between 0 and 100"),
+                               ("ab_max_calls", "9" * 5000, "between 1 and 1000")]:
+        path = write_config(tmp_path / "tfps.conf", {"policy": {key: value}})
+        result = failed(run_cli("config", "check", "-c", path))
+        assert result.stderr.startswith(f"tfps: {path}:2: [policy] {key} = ") and needle in result.stderr, result.stderr
+    path = write_config(tmp_path / "tfps.conf", {"server": {"node_name": "n" * 65}})
+    assert "[server] node_name" in failed(run_cli("config", "check", "-c", path)).stderr
+    path = write_config(tmp_path / "tfps.conf", {"alerts": {"alert_webhook": "ftp://hooks.example.com/s3cret"}})
+    result = failed(run_cli("config", "check", "-c", path))
+    assert "[alerts] alert_webhook: must be an http:// or https:// URL" in result.stderr and "s3cret" not in result.stderr
+
+
+def test_config_value_continued_on_a_second_line_is_refused(tmp_path):
+    path = tmp_path / "tfps.conf"
+    path.write_text("[alerts]\nsmtp_from = tfps@example.com\n  Bcc: everyone@example.com\n")
+    assert failed(run_cli("config", "check", "-c", str(path))).stderr.startswith(f"tfps: {path}:2: [alerts] smtp_from = ")
+
+
+def test_config_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "tfps.conf"
+    path.write_bytes(b"[policy]\nhome_country = US\n# caf\xe9\n")
+    for command in (["config", "check"], ["list"]):
+        result = failed(run_cli(*command, "-c", str(path)))
+        assert result.stderr == f"tfps: {path}:3: not UTF-8 text (byte 0xE9 in column 6); save it as UTF-8\n"
+    path.write_bytes("[policy]\nhome_country = GB\n".encode("utf-16"))
+    assert failed(run_cli("config", "check", "-c", str(path))).stderr.startswith(f"tfps: {path}:1: not UTF-8 text")
+    path.write_bytes("\ufeff[policy]\nhome_country = GB\n".encode())  # a BOM, as Windows editors write
+    assert "home_country = GB" in ok(run_cli("config", "check", "-c", str(path))).stdout
+
+
 def test_config_file_that_cannot_be_read(tmp_path):
     result = failed(run_cli("config", "check", "-c", str(tmp_path / "missing.conf")))
     assert "missing.conf: cannot read: No such file or directory" in result.stderr
@@ -341,9 +413,16 @@ def test_missing_mysql_database_is_one_clear_line(command, tmp_path):
     assert "Unknown database 'tfps_no_such_db'" in result.stderr
 
 
-def test_unsupported_database_url(tmp_path):
-    result = failed(run_cli("list", db="postgres://tfps@localhost/tfps"))
-    assert "unsupported database URL" in result.stderr
+def test_bad_database_urls_are_usage_errors_that_hide_the_password(tmp_path):
+    for url, needle in [("postgres://tfps:s3cret@localhost/tfps", "unsupported database URL"),
+                        ("mysql://tfps:s3cret@127.0.0.1:99999/tfps", "Port out of range"),
+                        ("mysql://tfps:s3cret@[::1/tfps", "Invalid IPv6 URL")]:
+        result = failed(run_cli("list", db=url), code=2)
+        assert "argument --db: " in result.stderr and needle in result.stderr and "s3cret" not in result.stderr
+        conf = write_config(tmp_path / "tfps.conf", {"database": {"url": url}})
+        result = failed(run_cli("config", "check", "-c", conf))
+        assert result.stderr.startswith(f"tfps: {conf}:2: [database] url: ") and needle in result.stderr
+        assert "s3cret" not in result.stderr
 
 
 # -- accounts -----------------------------------------------------------------------------------
@@ -396,6 +475,18 @@ def test_account_lifecycle(db_url):
     assert ok(cli(db_url, "remove", *ACCOUNT)).stdout == f"removed {USER}@{DOMAIN}\n"
     assert as_json(cli(db_url, "list", "--json")) == []
     failed(cli(db_url, "show", *ACCOUNT))
+
+
+def test_domains_are_lowercase_everywhere(db_url):
+    """Lookups lowercase the domain, so a domain stored as typed could never be found again."""
+    ok(cli(db_url, "add", "5005", "PBX.Example.COM"))
+    assert account_row(db_url).keys() == {("5005", "pbx.example.com")}
+    assert "daily quota 3/10" in ok(cli(db_url, "set", "5005", "pbx.EXAMPLE.com", "--daily-quota", "3")).stdout
+    assert as_json(cli(db_url, "show", "5005", "Pbx.Example.Com", "--json"))["account"] == "5005@pbx.example.com"
+    ok(cli(db_url, "calls", "--account", "5005@PBX.example.com"))
+    ok(cli(db_url, "train", "--dry-run", "--account", "5005@PBX.example.com"))
+    assert "already exists" in failed(cli(db_url, "add", "5005", "pbx.example.COM")).stderr
+    ok(cli(db_url, "remove", "5005", "PBX.EXAMPLE.COM"))
 
 
 def test_limits_can_be_set_to_unlimited(db_url):
@@ -502,6 +593,18 @@ def test_import_is_idempotent_and_reports_counts(db_url, tmp_path):
     assert result.returncode == 1 and "0 added, 0 already present, 2 invalid" in result.stdout
     result = failed(cli(db_url, "blacklist", "import", "number", str(tmp_path / "missing.txt")))
     assert "missing.txt: cannot read" in result.stderr
+
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"4470\n# Cura\xe7ao\n5999\n")
+    result = failed(cli(db_url, "blacklist", "import", "number", str(latin)))
+    assert result.stderr == f"tfps: {latin}:2: not UTF-8 text (byte 0xE7 in column 7); save it as UTF-8\n"
+
+
+def test_list_entries_are_bounded(db_url):
+    for argv in (["blacklist", "add", "number", "²³"], ["blacklist", "add", "number", "1" * 33],
+                 ["blacklist", "add", "ua", "a{99999999999}"], ["blacklist", "add", "ua", "(" * 200 + ")" * 200],
+                 ["blacklist", "add", "ua", "x" * 256]):
+        assert failed(cli(db_url, *argv)).stderr.startswith(f"tfps: blacklist {argv[2]}: ")
 
 
 # -- check: a verdict without counting ----------------------------------------------------------

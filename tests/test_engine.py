@@ -208,6 +208,26 @@ def test_a_row_the_database_refuses_is_dropped_alone_and_counters_survive(env, c
     assert env.code(us(9), ts=WED_10 + 9) == "R11"  # counting goes on after the bad row
 
 
+def test_verdicts_from_memory_touch_no_database_and_are_charged_when_it_is_back(env):
+    acc = env.account(daily_quota=5, concurrent_calls=None)
+    assert [env.code(us(i), ts=WED_10 + i) for i in range(3)] == ["A00"] * 3
+    env.engine.flush()
+    env.db.close()  # every statement would fail now
+    from_memory = [env.engine.decide_from_memory(tfps.CallAttempt(USER, DOMAIN, us(10 + i), ts=WED_10 + 10 + i))
+                   for i in range(6)]
+    assert [v.code for v in from_memory] == ["A00"] * 5 + ["R11"]
+    assert all(v.reason.endswith("(database unavailable: decided from memory)") for v in from_memory)
+    stranger = env.engine.decide_from_memory(tfps.CallAttempt("9999", DOMAIN, us(99), ts=WED_10 + 20))
+    assert stranger.code == "A00" and stranger.account.id is None  # default limits, not enrolled
+    env.db = tfps.Database(env.db.url)
+    env.engine.use_database(env.db)
+    env.engine.charge_outage_counts()
+    env.engine.flush()
+    assert env.counter(acc, "2025-01-15", "biz") == 8 and env.engine.local_counters is None
+    assert env.code(us(30), ts=WED_10 + 30) == "R11"
+    assert env.count("accounts") == 1
+
+
 def test_unwritten_rows_are_bounded_while_the_database_is_unavailable(make, caplog):
     env = make(database={"max_unflushed_rows": "1000"})
     for i in range(1500):

@@ -275,6 +275,37 @@ def test_bad_concurrent_calls_names_file_and_line(tmp_path):
     assert f"{path}:3:" in err and "concurrent_calls" in err
 
 
+@pytest.mark.parametrize("field,value,needle", [
+    ("concurrent_calls", "\u00b2", "concurrent_calls"),           # a digit to str.isdigit(), not to int()
+    ("concurrent_calls", str(10**23), "concurrent_calls"),
+    ("time", "9999-12-31T23:59:59-12:00", "between 1970-01-01 and 9999-12-30"),
+    ("time", "0001-01-01T00:00:00+14:00", "between 1970-01-01 and 9999-12-30"),
+    ("user", "u" * 129, "user"),
+    ("domain", "pbx\x1b.example.com", "domain"),
+    ("user_agent", "Y" * 131073, "field larger than field limit"),
+], ids=["superscript-two", "10**23", "year-10000", "year-1", "long-user", "escape-in-domain", "huge-field"])
+def test_out_of_bounds_field_names_file_and_line(tmp_path, field, value, needle):
+    bad = dict(zip(HEADER.split(","), GOOD.split(",")), **{field: value})
+    path = write_cdr(tmp_path / "cdr.csv", HEADER, [GOOD, GOOD.replace("0100", "0101"), ",".join(bad.values())])
+    err = replay_error(tmp_path, path)
+    assert err.startswith(f"tfps: {path}:4: ") and needle in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_file_not_in_utf8_names_file_and_line(tmp_path, encoding):
+    path = tmp_path / "cdr.csv"
+    path.write_bytes("\n".join([HEADER, GOOD, GOOD.replace("FPBX", "Téléphone")]).encode(encoding))
+    err = replay_error(tmp_path, path)
+    line = 3 if encoding == "latin-1" else 1
+    assert err.startswith(f"tfps: {path}:{line}: not UTF-8 text"), err
+
+
+def test_byte_order_mark_is_read_as_utf8(tmp_path):
+    path = tmp_path / "cdr.csv"
+    path.write_text("\n".join([HEADER, GOOD]) + "\n", encoding="utf-8-sig")
+    assert tfps.read_cdrs(path)[0][2:4] == ("1001", "pbx.example.com")
+
+
 def test_short_row_names_file_and_line(tmp_path):
     """A truncated row (fewer fields than the header) is a data error like a bad time: a message
     with file:line, not a Python traceback."""

@@ -827,7 +827,7 @@ def parse_uri(text):
         raise ValueError("whitespace inside a URI")
     if scheme == "tel":
         number, _, params = rest.partition(";")
-        return SipUri("tel", user=urllib.parse.unquote(number), params=parse_params(";" + params) if params else {})
+        return SipUri("tel", user=urllib.parse.unquote(number, errors="surrogateescape"), params=parse_params(";" + params) if params else {})
     if scheme not in ("sip", "sips"):
         return SipUri(scheme)
     user = ""
@@ -839,7 +839,8 @@ def parse_uri(text):
     if not m:
         raise ValueError(f"bad host in URI {text[:40]!r}")
     params = parse_params(rest[m.end():]) if rest[m.end():] else {}
-    return SipUri(scheme, urllib.parse.unquote(user), m.group(1).strip("[]").lower(),
+    # an escaped byte that is not UTF-8 stays recognizable (UNDECODABLE), as an unescaped one does
+    return SipUri(scheme, urllib.parse.unquote(user, errors="surrogateescape"), m.group(1).strip("[]").lower(),
                   int(m.group(2)) if m.group(2) else None, params, headers)
 
 
@@ -1242,8 +1243,12 @@ def dialed_number(user):
     return user.partition(";")[0]
 
 
+MAX_NUMBER_DIGITS = 28  # E.164 has at most 15; the number columns hold 32, a calling code included
+
+
 def normalize_number(dialed, policy, countries):
-    """Dialed string -> E.164 digits without '+', or None when it holds non-dialable characters.
+    """Dialed string -> E.164 digits without '+', or None when it is not dialable: characters
+    other than digits and visual separators, or more than MAX_NUMBER_DIGITS digits.
 
     '+' or an international access prefix (00, 011, ...) means the rest is E.164. Anything else
     is E.164 too, unless national_numbers = yes: then it is a national number of home_country,
@@ -1251,7 +1256,7 @@ def normalize_number(dialed, policy, countries):
     text = VISUAL_SEPARATORS.sub("", dialed)
     plus = text.startswith("+")
     digits = text[1:] if plus else text
-    if not digits.isdigit() or not digits.isascii():
+    if not digits.isdigit() or not digits.isascii() or len(digits) > MAX_NUMBER_DIGITS:
         return None
     if plus:
         return digits
@@ -2215,12 +2220,16 @@ def attack_in(text, pattern=ATTACK_SIGNATURE):
     return pattern.search(text) is not None
 
 
-def undecodable_identity(attempt):
-    """What part of the identity holds bytes that are not UTF-8, or ''."""
+def identity_defect(attempt):
+    """Why the identity cannot be an account's, or '': bytes that are not UTF-8 (also when
+    percent-encoded), or a user or domain longer than the accounts table holds."""
     for label, value in (("user", attempt.user), ("domain", attempt.domain), ("number", attempt.number),
                          ("source IP", attempt.source_ip), ("User-Agent", attempt.user_agent)):
         if not value.isascii() and UNDECODABLE.search(value):
             return f"bytes that are not UTF-8 in the {label}"
+    for label, value, longest in (("user", attempt.user, USER_MAX), ("domain", attempt.domain, DOMAIN_MAX)):
+        if len(value) > longest:
+            return f"a {label} of {len(value)} characters (at most {longest})"
     return ""
 
 
@@ -2236,7 +2245,7 @@ def attack_signature(engine, call):
     if attack_in(a.user_agent, UA_ATTACK_SIGNATURE):
         return Rejection("R12", f"attack signature in the User-Agent {a.user_agent[:60]!r}")
     if call.number is None:
-        return Rejection("R12", f"non-dialable characters in the number {a.number[:40]!r}")
+        return Rejection("R12", f"not a dialable number: {a.number[:40]!r}")
     return None
 
 
@@ -2670,7 +2679,7 @@ class Engine:
         call.source_country = (a.source_country or (rep.country if rep and rep.ok else "")).upper()
         call.day, call.off_hours = self._local_day(call.now)
         a.domain = a.domain.lower()
-        a.defect = a.defect or undecodable_identity(a)
+        a.defect = a.defect or identity_defect(a)
         # an identity that rule R12 rejects must neither enroll an account nor reach a query
         call.account = default_account(self.cfg, a.user, a.domain, call.now) if a.defect else self._account(a.user, a.domain, call)
 
@@ -3550,6 +3559,8 @@ def call_identity(msg, uri, from_addr, packet_ip, now, legacy=False):
     names = (IDENTITY_HEADER,) + (LEGACY_IDENTITY_HEADERS if legacy else ())
     defect = next((f"more than one {name} header" for name in names
                    if sum(1 for key, _ in msg.headers if key == name.lower()) > 1), "")
+    defect = defect or next((f"bytes that are not UTF-8 in the {name} header" for name in names
+                             if UNDECODABLE.search(msg.header(name.lower()) or "")), "")
     if legacy:
         x_tfps = msg.header("x-tfps")
         if x_tfps and "@" in x_tfps:
@@ -4324,7 +4335,7 @@ class Server:
             return status, None, headers, f"{status}"
         host = self.cfg.server.redirect_host or pending.from_host
         host = f"[{host}]" if ":" in host else host
-        user = urllib.parse.quote(pending.attempt.number, safe="-_.!~*'()&=+$,;?/")
+        user = urllib.parse.quote(pending.attempt.number, safe="-_.!~*'()&=+$,;?/", errors="surrogateescape")
         contact = f"<sip:{verdict.code}{user}@{host}>"
         return 302, None, [("Contact", contact)] + headers, f"302 {verdict.code}"
 

@@ -190,6 +190,20 @@ def test_r12_identity_with_bytes_that_are_not_utf8_is_rejected_without_enrolling
     assert "\ufffd" in str(env.db.one("SELECT user, domain, user_agent, source_ip, dialed FROM call_log"))
 
 
+@pytest.mark.parametrize("field,value,reason", [
+    ("user", "1" * 129, "a user of 129 characters (at most 128)"),
+    ("domain", "d" * 252 + ".com", "a domain of 256 characters (at most 255)"),
+    ("number", "+" + "1" * 33, "not a dialable number"),
+])
+def test_r12_identity_or_number_longer_than_the_columns(env, field, value, reason):
+    v = env.call(**{field: value})
+    assert v.code == "R12" and reason in v.reason
+    env.engine.record(v, "302 R12", 0.1)
+    env.engine.flush()
+    assert env.count("call_log") == 1 and env.count("ab_pairs") == 0
+    assert env.count("accounts") == (1 if field == "number" else 0)  # the caller was a fine account
+
+
 def test_a_row_the_database_refuses_is_dropped_alone_and_counters_survive(env, caplog):
     env.account(daily_quota=3, concurrent_calls=None)
     codes = []

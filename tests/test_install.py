@@ -362,29 +362,6 @@ def test_pip_failure_names_the_pinned_version_and_pips_reason(tmp_path):
     assert not (src / "tfps.pyz").exists()
 
 
-def test_pinned_pymysql_is_the_published_wheel_and_reaches_mariadb(tmp_path, mysql_url):
-    """The real pip fetches the pinned wheel and checks its hash; the pyz it goes into speaks to MariaDB."""
-    version, _ = pinned_pymysql()
-    reachable = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                                "-d", str(tmp_path / "download"), f"PyMySQL=={version}"],
-                               capture_output=True, text=True, timeout=120)
-    if reachable.returncode != 0:
-        pytest.skip(f"PyMySQL=={version} cannot be downloaded here: {reachable.stderr.strip()[-200:]}")
-    env = stub_bin(tmp_path / "bin", pip=f"{sys.executable} -m pip")
-    src = checkout(tmp_path / "src")
-    result = run_install(src, "--build-only", env=env, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"PyMySQL {version} vendored" in result.stdout
-    pyz = src / "tfps.pyz"
-    assert f"VERSION_STRING = \"{version}\"" in zipfile.ZipFile(pyz).read("pymysql/__init__.py").decode()
-    no_site = tmp_path / "python-no-site"
-    no_site.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
-    no_site.chmod(0o755)
-    created = run_pyz(pyz, "initdb", "--db", mysql_url, python=str(no_site))
-    assert created.returncode == 0, created.stderr
-    assert "created: schema version" in created.stdout
-
-
 def test_pyz_started_through_a_relative_path(installed):
     """`python3 ../bin/tfps.pyz` (a path with '..') must still find schema.sql inside the archive."""
     cwd = installed["prefix"] / "var"

@@ -1090,6 +1090,23 @@ def test_bytes_that_are_not_utf8_in_other_headers_are_left_to_the_rules():
     assert msg.header("user-agent") == "Yealink \udce9"  # R12 rejects it (tests/test_engine.py)
 
 
+def test_percent_encoded_bytes_that_are_not_utf8_stay_recognizable():
+    msg = tfps.parse_message(crlf(BASE.replace("sip:1001@", "sip:10%ff01@").replace("sip:12125551234@127", "sip:%fe1@127")))
+    uri, from_addr = tfps.validate_request(msg)
+    attempt = tfps.call_identity(msg, uri, from_addr, "127.0.0.1", 0.0)
+    assert attempt.user == "10\udcff01" and attempt.number == "\udcfe1"  # identity_defect: R12
+    assert tfps.identity_defect(attempt) == "bytes that are not UTF-8 in the user"
+
+
+@pytest.mark.parametrize("header", ["P-tfps: 1001;pbx.example.com;192.0.2.10;Yealink \udcff;1",
+                                    "P-tfps: 1001;pbx.example.com\nP-tfps: 1001;pbx.example.com"])
+def test_an_identity_header_twice_or_not_utf8_is_a_defect(header):
+    msg = tfps.parse_message(crlf(BASE.replace("Content-Length", header + "\nContent-Length")))
+    uri, from_addr = tfps.validate_request(msg)
+    defect = tfps.call_identity(msg, uri, from_addr, "127.0.0.1", 0.0).defect
+    assert defect in ("bytes that are not UTF-8 in the P-tfps header", "more than one P-tfps header")
+
+
 def test_transaction_table_refuses_new_transactions_past_its_limit():
     txl = tfps.TransactionLayer(limit=2)
     msgs = [tfps.parse_message(crlf(BASE.replace("z9hG4bK", f"z9hG4bK{i}x"))) for i in range(3)]

@@ -19,6 +19,12 @@ reusing the INVITE's Via branch) with an injection CSV that spreads the calls ov
     bash bench/sip_bench.sh                         # full run, about 5 minutes
     bash bench/sip_bench.sh --duration 5 --rates 1000,2000
     bash bench/sip_bench.sh --profile               # + cProfile of the server, top functions
+    bash bench/sip_bench.sh --tfps /tmp/base/tfps.py  # serve another checkout's tfps.py
+    bash bench/sip_bench.sh --compare /tmp/base/tfps.py --rounds 2 --duration 10 --rates 1000,2000,3000
+
+--compare PATH runs two versions side by side (PATH as "prev", --tfps as "this"): every round starts
+both on fresh databases, then runs each rate step with one version and then the other, the order
+flipping from step to step and round to round, and prints one table with both versions' figures.
 
 Targets (issue 2): >= 3,000 calls/s sustained with 0 failed calls, p99 <= 5 ms at 1,000 calls/s,
 on the 2-core machine with sipp on the same machine.
@@ -31,7 +37,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -39,8 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-TFPS = REPO / "tfps.py"
+from benchlib import (TFPS, account_identities, describe_version, fmt, free_port, log, median, percentile,
+                      random_number, turns, write_config)
 
 SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
@@ -82,24 +87,6 @@ SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 </scenario>
 """
 
-# destinations that are neither high-risk nor blacklisted: (country code + area, national digits)
-DESTINATIONS = [("1212", 7), ("1415", 7), ("1305", 7), ("1416", 7), ("44", 10), ("49", 10), ("33", 9),
-                ("34", 9), ("39", 10), ("55", 11), ("52", 10), ("61", 9), ("81", 10), ("31", 9), ("46", 9)]
-USER_AGENTS = ["Yealink SIP-T46S 66.86.0.15", "Grandstream GXP2170 1.0.11.23", "PolycomVVX-VVX_411-UA/6.4.3.5018",
-               "Zoiper rv2.10.19.3", "Linphone/5.2.0 (belle-sip/5.2.0)", "Cisco-CP8845/12.8.1", "snom D785/10.1.159.12",
-               "Fanvil X6U 2.12.1", "MicroSIP/3.21.3", "FPBX-16.0.40(18.20.0)"]
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port(kind=socket.SOCK_DGRAM):
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cpu_seconds(pid):
     """User + system CPU time of a running process, from /proc (clock ticks)."""
     try:
@@ -119,62 +106,34 @@ def rss_mb(pid, field="VmRSS"):
     return float("nan")
 
 
-def percentile(sorted_values, q):
-    if not sorted_values:
-        return float("nan")
-    k = min(len(sorted_values) - 1, max(0, round(q / 100.0 * (len(sorted_values) - 1))))
-    return sorted_values[k]
-
-
 def write_inputs(work, users, rows, seed):
     rng = random.Random(seed)
-    user_names = [f"{2000 + i}" for i in range(users)]
-    ip_of = {u: f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}" for u in user_names}
-    ua_of = {u: rng.choice(USER_AGENTS) for u in user_names}
-
-    def number():
-        cc, length = rng.choice(DESTINATIONS)
-        return cc + rng.choice("2345678") + "".join(rng.choice("0123456789") for _ in range(length - 1))
-
+    accounts = account_identities(rng, users)
     with open(work / "calls.csv", "w") as fh:
         fh.write("SEQUENTIAL\n")
         for _ in range(rows):
-            u = rng.choice(user_names)
-            fh.write(f"{u};{number()};{ip_of[u]};{ua_of[u]}\n")
+            u, ip, ua = rng.choice(accounts)
+            fh.write(f"{u};{random_number(rng)};{ip};{ua}\n")
     with open(work / "warmup.csv", "w") as fh:   # every account once: enrollment happens here
         fh.write("SEQUENTIAL\n")
-        for u in user_names:
-            fh.write(f"{u};{number()};{ip_of[u]};{ua_of[u]}\n")
+        for u, ip, ua in accounts:
+            fh.write(f"{u};{random_number(rng)};{ip};{ua}\n")
     (work / "uac.xml").write_text(SCENARIO)
 
 
-def write_config(work, port, db_path):
-    conf = work / "tfps.conf"
-    conf.write_text(f"""[server]
-listen = udp:127.0.0.1:{port}
-mode = redirect
-log_verdicts = no
-log_level = info
-node_name = bench
-[database]
-url = sqlite://{db_path}
-[policy]
-learning_days = 0
-default_daily_quota = unlimited
-default_daily_quota_off = unlimited
-default_concurrent_calls = unlimited
-default_concurrent_calls_off = unlimited
-default_destination_countries = *
-default_source_countries = *
-ab_max_calls = 1000
-max_calls_per_minute = 0
-""")
-    return conf
+# `python3 -m cProfile tfps.py` runs the file without a module loader, and tfps.py reads its
+# schema.sql through __loader__: this imports it as __main__ with one. argv: OUTPUT TFPS_PY ARGS...
+PROFILED = """import cProfile, importlib.util, sys
+out, sys.argv = sys.argv[1], sys.argv[2:]
+spec = importlib.util.spec_from_file_location("__main__", sys.argv[0])
+module = sys.modules["__main__"] = importlib.util.module_from_spec(spec)
+cProfile.runctx("spec.loader.exec_module(module)", globals(), locals(), out)
+"""
 
 
 class Server:
-    def __init__(self, work, conf, profile):
-        self.work, self.conf, self.profile = work, conf, profile
+    def __init__(self, work, conf, profile, tfps=TFPS):
+        self.work, self.conf, self.profile, self.tfps = work, conf, profile, tfps
         self.proc = None
         self.runs = 0
 
@@ -184,8 +143,8 @@ class Server:
         self.log_fh = open(self.log_path, "w")
         cmd = [sys.executable]
         if self.profile:
-            cmd += ["-m", "cProfile", "-o", str(self.work / f"serve-{self.runs}.prof")]
-        cmd += [str(TFPS), "serve", "-c", str(self.conf)]
+            cmd += ["-c", PROFILED, str(self.work / f"serve-{self.runs}.prof")]
+        cmd += [str(self.tfps), "serve", "-c", str(self.conf)]
         self.proc = subprocess.Popen(cmd, stdout=self.log_fh, stderr=subprocess.STDOUT, cwd=self.work)
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -224,13 +183,15 @@ def server_latencies(db_path, after_id):
     return sorted(r[0] for r in rows), codes
 
 
-def run_sipp(args, work, port, csv_name, rate, calls, tag, server_pid=None):
+def run_sipp(args, work, port, csv_name, rate, calls, tag, server_pid=None, inputs=None):
+    """One sipp run in work/tag, with the scenario and CSV from `inputs` (default: work)."""
+    inputs = inputs or work
     step = work / tag
     step.mkdir()
-    shutil.copy(work / "uac.xml", step / "uac.xml")
+    shutil.copy(inputs / "uac.xml", step / "uac.xml")
     stats = step / "stats.csv"
     timeout_s = int(calls / rate + 30)
-    cmd = [args.sipp, f"127.0.0.1:{port}", "-sf", "uac.xml", "-inf", str(work / csv_name), "-i", "127.0.0.1",
+    cmd = [args.sipp, f"127.0.0.1:{port}", "-sf", "uac.xml", "-inf", str(inputs / csv_name), "-i", "127.0.0.1",
            "-p", str(free_port()), "-cp", str(free_port()), "-t", "u1", "-r", str(rate), "-rp", "1000",
            "-m", str(calls), "-l", str(max(200, rate * 3)), "-recv_timeout", str(args.recv_timeout_ms),
            "-timeout", f"{timeout_s}s", "-trace_stat", "-stf", str(stats), "-fd", "1",
@@ -294,8 +255,49 @@ def run_sipp(args, work, port, csv_name, rate, calls, tag, server_pid=None):
     return result
 
 
-def fmt(v, digits=2):
-    return "-" if v is None or v != v else f"{v:.{digits}f}"
+class Target:
+    """One tfps.py under test: its server, SQLite file and UDP port, in a work directory of its own."""
+
+    def __init__(self, args, work, tfps, label=""):
+        work.mkdir(exist_ok=True)
+        self.work, self.label = work, label
+        self.db_path = work / "tfps.db"
+        self.port = free_port()
+        self.server = Server(work, write_config(work, self.port, self.db_path), args.profile, tfps)
+
+    def warm_up(self, args, inputs):
+        self.server.start()
+        warm = run_sipp(args, self.work, self.port, "warmup.csv", 500, args.users, "warmup", inputs=inputs)
+        log(f"{self.label}warm-up: {warm.get('ok')} calls ok, {warm.get('failed')} failed ({args.users} accounts enrolled)")
+
+    def step(self, args, inputs, rate, latency=False, tag=None):
+        """One rate step: sipp at `rate` for --duration seconds, then the server's latencies from
+        its call log. A failed step stops the server (it restarts at the next step)."""
+        server = self.server
+        if server.proc is None:
+            server.start()
+        time.sleep(1.0)
+        before = last_call_id(self.db_path)
+        calls = int(rate * args.duration)
+        log(f"{self.label}rate {rate} calls/s: {calls} calls over {args.duration:g} s ...")
+        r = run_sipp(args, self.work, self.port, "calls.csv", rate, calls, tag or f"rate-{rate}", server.proc.pid, inputs)
+        time.sleep(1.5)   # the server writes its call log every second
+        try:
+            r["srv"], r["codes"] = server_latencies(self.db_path, before)
+        except sqlite3.Error as exc:
+            r["srv"], r["codes"] = [], {"error": str(exc)}
+        r["latency_run"] = latency
+        log(f"  -> {'PASS' if r['passed'] else 'FAIL'}: ok {r.get('ok')}, failed {r.get('failed')}, "
+            f"retrans {r.get('retrans')}, late 302s after the call ended {r.get('dead_msgs', 0) + r.get('out_of_call', 0)}, achieved {r['achieved']:.0f}/s, sipp rtt p50 {fmt(percentile(r['rtt'], 50), 0)} "
+            f"p99 {fmt(percentile(r['rtt'], 99), 0)} ms, server p99 {fmt(percentile(r['srv'], 99), 3)} ms, server CPU {r['srv_cpu_s']:.1f} s "
+            f"({us_per_call(r):.0f} µs/call), sipp CPU {r['sipp_cpu_s']:.1f} s, server peak RSS {r['srv_hwm_mb']:.0f} MB, codes {r['codes']}")
+        if not r["passed"]:
+            server.stop()   # drop the backlog and the retransmission timers before the next step
+        return r
+
+
+def us_per_call(r):
+    return 1e6 * r["srv_cpu_s"] / max(1, r.get("ok", 0))
 
 
 def main():
@@ -312,49 +314,55 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, sipp traces, database)")
     ap.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
     ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--tfps", type=Path, default=TFPS, help="the tfps.py to serve (default: this checkout's); "
+                    "it reads the schema.sql beside it")
+    ap.add_argument("--compare", type=Path, metavar="PATH",
+                    help="also run the tfps.py at PATH (e.g. a checkout of the previous commit), alternating with "
+                         "--tfps step by step over the same rates, and print both side by side")
+    ap.add_argument("--rounds", type=int, default=2, help="with --compare: rounds over the rates (default 2)")
     args = ap.parse_args()
     if not shutil.which(args.sipp):
         raise SystemExit("sipp not found: apt install sip-tester")
+    for path in [args.tfps] + ([args.compare] if args.compare else []):
+        if not path.is_file() or not (path.parent / "schema.sql").is_file():
+            raise SystemExit(f"{path}: no such tfps.py with a schema.sql beside it")
 
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
     if args.latency_rate in rates:
         rates.remove(args.latency_rate)
     work = Path(tempfile.mkdtemp(prefix="tfps-sip-bench-"))
-    db_path = work / "tfps.db"
-    port = free_port()
-    conf = write_config(work, port, db_path)
     write_inputs(work, args.users, args.csv_rows, args.seed)
-    server = Server(work, conf, args.profile)
-    results = []
     started = time.time()
+    if args.compare:
+        compare(args, work, [args.latency_rate] + sorted(r for r in rates if r > args.latency_rate), started)
+    else:
+        single(args, work, rates, started)
+    if args.keep:
+        print(f"work directory kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def print_profiles(args, work):
+    if args.profile:
+        import pstats
+        for prof in sorted(work.rglob("serve-*.prof")):
+            print(f"--- cProfile of the server ({prof.relative_to(work)}), top 30 by own time ---")
+            pstats.Stats(str(prof)).sort_stats("tottime").print_stats(30)
+
+
+def single(args, work, rates, started):
+    """One tfps.py: the rate steps, stepping up until one fails, then bisection."""
+    target = Target(args, work, args.tfps)
+    results = []
     try:
-        log(f"work directory {work}; server on udp:127.0.0.1:{port}")
-        server.start()
-        warm = run_sipp(args, work, port, "warmup.csv", 500, args.users, "warmup")
-        log(f"warm-up: {warm.get('ok')} calls ok, {warm.get('failed')} failed ({args.users} accounts enrolled)")
+        log(f"work directory {work}; server on udp:127.0.0.1:{target.port}")
+        target.warm_up(args, work)
 
         def step(rate, latency=False):
-            if server.proc is None:
-                server.start()
-            time.sleep(1.0)
-            before = last_call_id(db_path)
-            calls = int(rate * args.duration)
-            log(f"rate {rate} calls/s: {calls} calls over {args.duration:g} s ...")
-            r = run_sipp(args, work, port, "calls.csv", rate, calls, f"rate-{rate}", server.proc.pid)
-            time.sleep(1.5)   # the server writes its call log every second
-            try:
-                r["srv"], r["codes"] = server_latencies(db_path, before)
-            except sqlite3.Error as exc:
-                r["srv"], r["codes"] = [], {"error": str(exc)}
-            r["latency_run"] = latency
-            results.append(r)
-            log(f"  -> {'PASS' if r['passed'] else 'FAIL'}: ok {r.get('ok')}, failed {r.get('failed')}, "
-                f"retrans {r.get('retrans')}, late 302s after the call ended {r.get('dead_msgs', 0) + r.get('out_of_call', 0)}, achieved {r['achieved']:.0f}/s, sipp rtt p50 {fmt(percentile(r['rtt'], 50), 0)} "
-                f"p99 {fmt(percentile(r['rtt'], 99), 0)} ms, server p99 {fmt(percentile(r['srv'], 99), 3)} ms, server CPU {r['srv_cpu_s']:.1f} s "
-                f"({1e6 * r['srv_cpu_s'] / max(1, r.get('ok', 0)):.0f} µs/call), sipp CPU {r['sipp_cpu_s']:.1f} s, server peak RSS {r['srv_hwm_mb']:.0f} MB, codes {r['codes']}")
-            if not r["passed"]:
-                server.stop()   # drop the backlog and the retransmission timers before the next step
-            return r["passed"]
+            results.append(target.step(args, work, rate, latency))
+            return results[-1]["passed"]
 
         step(args.latency_rate, latency=True)
         best = args.latency_rate if results[-1]["passed"] else None
@@ -376,17 +384,15 @@ def main():
             else:
                 hi = mid
     finally:
-        server.stop()
+        target.server.stop()
 
     # -- report ------------------------------------------------------------------------------
-    if args.profile:
-        import pstats
-        for prof in sorted(work.glob("serve-*.prof")):
-            print(f"--- cProfile of the server ({prof.name}), top 30 by own time ---")
-            pstats.Stats(str(prof)).sort_stats("tottime").print_stats(30)
+    print_profiles(args, work)
     print(f"\nTFPS SIP benchmark: tfps.py serve (UDP, SQLite WAL, full engine, redirect mode) vs sipp on 127.0.0.1, "
           f"{args.users} accounts, {args.duration:g} s per step, recv timeout {args.recv_timeout_ms} ms, "
           f"{os.cpu_count()} CPUs, total {time.time() - started:.0f} s")
+    if args.tfps.resolve() != TFPS.resolve():
+        print(f"server: {describe_version(args.tfps)}")
     head = (f"{'offered/s':>9} {'calls':>7} {'ok':>7} {'failed':>6} {'retrans':>7} {'achieved/s':>10} "
             f"{'rtt p50':>7} {'rtt p99':>7} {'rtt max':>7} {'srv p50':>8} {'srv p99':>8} {'srv max':>8} {'srv CPU%':>8} {'µs/call':>7} {'RSS MB':>6}  result")
     print(head)
@@ -396,7 +402,7 @@ def main():
               f"{r['achieved']:>10.0f} {fmt(percentile(r['rtt'], 50), 0):>7} {fmt(percentile(r['rtt'], 99), 0):>7} "
               f"{fmt(r['rtt'][-1] if r['rtt'] else None, 0):>7} {fmt(percentile(r['srv'], 50), 3):>8} "
               f"{fmt(percentile(r['srv'], 99), 3):>8} {fmt(r['srv'][-1] if r['srv'] else None, 2):>8} "
-              f"{100 * r['srv_cpu_s'] / max(r['wall_s'], 0.1):>8.0f} {1e6 * r['srv_cpu_s'] / max(1, r.get('ok', 0)):>7.0f} {r['srv_hwm_mb']:>6.0f}  "
+              f"{100 * r['srv_cpu_s'] / max(r['wall_s'], 0.1):>8.0f} {us_per_call(r):>7.0f} {r['srv_hwm_mb']:>6.0f}  "
               f"{'PASS' if r['passed'] else 'FAIL'}{'  ' + r['error'] if r.get('error') else ''}")
     print("rtt = sipp response time INVITE -> 302 (whole ms, sipp's clock); srv = server decision latency from "
           "call_log.latency_ms (ms); srv CPU% = server CPU time / step wall time (100 = one core saturated); "
@@ -411,11 +417,62 @@ def main():
         print(f"response time at {lat['rate']} calls/s: sipp p50 {fmt(percentile(lat['rtt'], 50), 0)} ms, "
               f"p99 {fmt(percentile(lat['rtt'], 99), 0)} ms; server p50 {fmt(percentile(lat['srv'], 50), 3)} ms, "
               f"p99 {fmt(percentile(lat['srv'], 99), 3)} ms   (target p99 <= 5 ms)")
-    if args.keep:
-        print(f"work directory kept: {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+
+
+COMPARED = (("rate/s", lambda r: f"{r['achieved']:.0f}", 6), ("fail", lambda r: f"{r.get('failed', 0)}", 5),
+            ("p50", lambda r: fmt(percentile(r["rtt"], 50), 0), 4), ("p99", lambda r: fmt(percentile(r["rtt"], 99), 0), 4),
+            ("µs/call", lambda r: f"{us_per_call(r):.0f}", 7), ("RSS", lambda r: f"{r['srv_hwm_mb']:.0f}", 4))
+
+
+def compare(args, work, ladder, started):
+    """Two tfps.py side by side: each round starts both servers on fresh databases (and warms
+    both up), then runs every rate of the ladder with both, one after the other, the order
+    flipping from step to step and round to round. No stepping stops at a failure and there is
+    no bisection: both versions see the same steps."""
+    versions = [("prev", args.compare), ("this", args.tfps)]
+    results = {}   # (round, rate, label) -> result
+    for rnd in range(args.rounds):
+        targets = {label: Target(args, work / f"round{rnd + 1}-{label}", path, f"[round {rnd + 1}, {label}] ")
+                   for label, path in versions}
+        try:
+            for label, _ in turns(versions, rnd):
+                targets[label].warm_up(args, work)
+            for i, rate in enumerate(ladder):
+                for label, _ in turns(versions, rnd, i):
+                    results[rnd, rate, label] = targets[label].step(args, work, rate, latency=i == 0)
+                    results[rnd, rate, label]["first"] = turns(versions, rnd, i)[0][0] == label
+        finally:
+            for target in targets.values():
+                target.server.stop()
+
+    print_profiles(args, work)
+    print(f"\nTFPS SIP benchmark, two versions side by side: tfps.py serve (UDP, SQLite WAL, full engine, redirect mode) "
+          f"vs sipp on 127.0.0.1, {args.users} accounts, {args.duration:g} s per step, recv timeout {args.recv_timeout_ms} ms, "
+          f"{args.rounds} rounds, {os.cpu_count()} CPUs, total {time.time() - started:.0f} s")
+    for label, path in versions:
+        print(f"{label}: {describe_version(path)}")
+    cells = " ".join(f"{name:>{width}}" for name, _, width in COMPARED)
+    head = f"{'offered/s':>9} {'round':>5} | {cells} | {cells}"
+    print(f"{'':>15} | {'prev':^{len(cells)}} | {'this':^{len(cells)}}")
+    print(head)
+    print("-" * len(head))
+    for rate in ladder:
+        for rnd in range(args.rounds):
+            row = [" ".join(f"{get(results[rnd, rate, label]):>{width}}" for _, get, width in COMPARED)
+                   + ("*" if results[rnd, rate, label]["first"] else " ") for label, _ in versions]
+            print(f"{rate:>9} {rnd + 1:>5} | {row[0]}| {row[1]}")
+        summary = []
+        for label, _ in versions:
+            runs = [results[rnd, rate, label] for rnd in range(args.rounds)]
+            values = (f"{median([r['achieved'] for r in runs]):.0f}", f"{sum(r.get('failed', 0) for r in runs)}",
+                      fmt(median([percentile(r["rtt"], 50) for r in runs]), 0),
+                      fmt(median([percentile(r["rtt"], 99) for r in runs]), 0),
+                      f"{median([us_per_call(r) for r in runs]):.0f}", f"{max(r['srv_hwm_mb'] for r in runs):.0f}")
+            summary.append(" ".join(f"{v:>{width}}" for v, (_, _, width) in zip(values, COMPARED)))
+        print(f"{rate:>9} {'all':>5} | {summary[0]} | {summary[1]}")
+    print("rate/s = achieved calls/s (sipp's trace); fail = failed calls; p50/p99 = sipp response time INVITE -> 302 "
+          "(whole ms); µs/call = server CPU per successful call; RSS = server peak RSS (VmHWM) so far, MB; "
+          "* = this version ran the step first. Rows 'all': medians over the rounds, failed calls summed, RSS the largest.")
 
 
 if __name__ == "__main__":

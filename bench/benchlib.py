@@ -1,0 +1,122 @@
+"""Helpers shared by the benchmarks that run one tfps.py or two side by side (sip_bench.py,
+request_path_bench.py): the benchmark configuration, the call mix, loading a tfps.py by path,
+and the order in which two versions take turns."""
+
+import importlib.util
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TFPS = REPO / "tfps.py"
+
+# destinations that are neither high-risk nor blacklisted: (country code + area, national digits)
+DESTINATIONS = [("1212", 7), ("1415", 7), ("1305", 7), ("1416", 7), ("44", 10), ("49", 10), ("33", 9),
+                ("34", 9), ("39", 10), ("55", 11), ("52", 10), ("61", 9), ("81", 10), ("31", 9), ("46", 9)]
+USER_AGENTS = ["Yealink SIP-T46S 66.86.0.15", "Grandstream GXP2170 1.0.11.23", "PolycomVVX-VVX_411-UA/6.4.3.5018",
+               "Zoiper rv2.10.19.3", "Linphone/5.2.0 (belle-sip/5.2.0)", "Cisco-CP8845/12.8.1", "snom D785/10.1.159.12",
+               "Fanvil X6U 2.12.1", "MicroSIP/3.21.3", "FPBX-16.0.40(18.20.0)"]
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port(kind=socket.SOCK_DGRAM):
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(q / 100.0 * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+def median(values):
+    values = sorted(v for v in values if v == v)
+    if not values:
+        return float("nan")
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def fmt(v, digits=2):
+    return "-" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def random_number(rng):
+    """A dialed number in one of DESTINATIONS."""
+    cc, length = rng.choice(DESTINATIONS)
+    return cc + rng.choice("2345678") + "".join(rng.choice("0123456789") for _ in range(length - 1))
+
+
+def account_identities(rng, users):
+    """(user, source IP, User-Agent) of each benchmark account: every account calls from one
+    address with one phone. (The addresses are drawn before the User-Agents: the SIP benchmark's
+    injection CSV stays what it was for a given seed.)"""
+    names = [f"{2000 + i}" for i in range(users)]
+    ips = [f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}" for _ in names]
+    uas = [rng.choice(USER_AGENTS) for _ in names]
+    return list(zip(names, ips, uas))
+
+
+def write_config(work, port, db_path):
+    """A configuration that never rejects the benchmark traffic. It uses only keys that every
+    tfps.py since the SIP benchmark exists knows, so that two versions can run it alike."""
+    conf = Path(work) / "tfps.conf"
+    conf.write_text(f"""[server]
+listen = udp:127.0.0.1:{port}
+mode = redirect
+log_verdicts = no
+log_level = info
+node_name = bench
+[database]
+url = sqlite://{db_path}
+[policy]
+learning_days = 0
+default_daily_quota = unlimited
+default_daily_quota_off = unlimited
+default_concurrent_calls = unlimited
+default_concurrent_calls_off = unlimited
+default_destination_countries = *
+default_source_countries = *
+ab_max_calls = 1000
+max_calls_per_minute = 0
+""")
+    return conf
+
+
+def load_tfps(path):
+    """Imports the tfps.py at `path` as the module `tfps` (its dataclasses look their module up
+    in sys.modules); it reads the schema.sql beside it."""
+    spec = importlib.util.spec_from_file_location("tfps", str(path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tfps"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def describe_version(path):
+    """'PATH (commit abc1234)', with '+ uncommitted changes' when tfps.py differs from it."""
+    path = Path(path).resolve()
+    try:
+        commit = subprocess.run(["git", "-C", str(path.parent), "log", "-1", "--format=%h"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(path.parent), "status", "--porcelain", "--", path.name],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        commit = dirty = ""
+    if not commit:
+        return str(path)
+    return f"{path} (commit {commit}{' + uncommitted changes' if dirty else ''})"
+
+
+def turns(versions, round_index, step_index=0):
+    """The versions in the order they run a given step of a given round: the order flips from
+    one step to the next and from one round to the next, so that neither version always runs
+    first (right after a pause) or second (right after the other one's load)."""
+    return list(versions) if (round_index + step_index) % 2 == 0 else list(reversed(versions))

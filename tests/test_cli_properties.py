@@ -5,6 +5,7 @@ a closed port on 127.0.0.1."""
 
 import contextlib
 import io
+import itertools
 import logging
 import re
 from unittest import mock
@@ -17,11 +18,14 @@ from conftest import free_port, write_config
 import tfps
 
 # Reproducible in CI: the same examples every run, and no example database left in the tree.
-SWEEP = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+SWEEP = settings(max_examples=50, deadline=None, derandomize=True, database=None,
                  suppress_health_check=list(HealthCheck))
 
-VERBS = tfps.build_parser()._subparsers._group_actions[0].choices  # name -> subparser, new verbs included
+VERBS = next(a for a in tfps.build_parser()._actions if a.dest == "command").choices  # new verbs included
 FIXED_OPTIONS = {"-h", "--help", "-c", "--config", "--db"}  # the sweep sets these itself
+CLOSED_PORT = free_port()
+GOOD_CDR = (",".join(tfps.REPLAY_COLUMNS) + "\n2024-03-04T10:00:00+00:00,1001,pbx.example.com,12125551234,198.51.100.1,"
+            "Yealink,1\n").encode()
 
 NASTY = [
     "", " ", "0", "1", "-1", "-5", "1.5", "1e30", "nan", "inf", "1" * 25, str(10**23), str(2**31), str(2**31 - 1),
@@ -35,6 +39,12 @@ NASTY = [
     "(" * 200, "a{99999999999}", "^EvilDialer/", "friendly-scanner",
     "sqlite:", "mysql://root:@127.0.0.1:99999/x", "mysql://root:@[::1/x", "postgres://x",
 ]
+
+
+# The values that broke the CLI before it bounded everything: every argument gets each of them,
+# and the sweep draws them most often.
+EDGES = ["-1", str(2**31), str(10**23), "1e30", "nan", "inf", "9" * 5000, "100000000000000000000d",
+         "9999-12-31T23:59:59-12:00", "\udcff\udcfe", "x" * 300, "PBX.Example.COM", "\x1b[31m", "a\nb", ""]
 
 
 def cli(argv):
@@ -56,105 +66,143 @@ def assert_clean(argv, result):
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
-    """A scratch database with one account, a config without reputation keys, and a file whose
-    bytes each example rewrites (the import, CDR and config file of the sweep)."""
+    """A scratch database, a config without reputation keys, and a file whose bytes each example
+    rewrites (the import, CDR and config file of the sweep)."""
     root = tmp_path_factory.mktemp("cli-properties")
     saved = logging.getLogger("tfps")
     handlers, level, propagate = saved.handlers[:], saved.level, saved.propagate
     scratch = {"db": f"sqlite://{root / 'tfps.db'}", "conf": write_config(root / "tfps.conf", {"policy": {"learning_days": "0"}}),
                "file": root / "input"}
-    assert cli(["add", "1001", "pbx.example.com", "--db", scratch["db"]])[0] == 0
     yield scratch
     saved.handlers[:], saved.propagate = handlers, propagate
     saved.setLevel(level)
 
 
-# Values that pass, by argument, so that a drawn command line often gets past argparse into the
-# command; an argument not named here (a new one) draws from all of them.
+@pytest.fixture
+def provisioned(scratch):
+    """The scratch database with the account 1001@pbx.example.com, whatever an earlier verb removed."""
+    assert cli(["add", "1001", "pbx.example.com", "--db", scratch["db"]])[0] in (0, 1)  # 1: already there
+    return scratch
+
+
+# Values that pass, by argument, so that a command line gets past argparse into the command but
+# for the one or two values the sweep replaces; an argument not named here (a new one) draws from
+# all of them. FILE stands for the file whose bytes each example draws.
+FILE = "{file}"
 PLAUSIBLE = {
-    "user": ["1001", "2002"], "domain": ["pbx.example.com", "PBX.Example.COM"], "number": ["12125551234", "+53 5 5512345"],
+    "user": ["1001"], "domain": ["pbx.example.com", "PBX.Example.COM"], "number": ["12125551234", "+53 5 5512345"],
     "ip": ["198.51.100.7", "10.0.0.5", "8.8.8.8"], "ua": ["Yealink", "friendly-scanner"], "calls": ["1", "3"],
     "country": ["US", "GB"], "at": ["2026-01-05T10:00:00", "2026-01-05T23:00:00+01:00"], "days": ["3", "0"],
     "since": ["1h", "7d"], "older_than": ["90d", "0"], "limit": ["5"], "code": ["R06", "a00"],
-    "account": ["1001@pbx.example.com"], "from_": ["1001@pbx.example.com"], "value": ["4470", "192.0.2.0/24", "^Evil"],
+    "account": ["1001@pbx.example.com"], "from_": ["1001@pbx.example.com"], "value": ["4470", "192.0.2.0/24", "^Evil", FILE],
     "note": ["a note", ""], "concurrent": ["5", "unlimited"], "concurrent_off": ["0"], "daily_quota": ["100"],
     "daily_quota_off": ["unlimited"], "email": ["ops@example.com", ""], "dest": ["US", "GB,de"], "source": ["US"],
-    "jobs": ["1"], "listen": ["udp:127.0.0.1:5099"],
+    "jobs": ["1"], "listen": ["udp:127.0.0.1:5099"], "cdr": [FILE],
 }
 ANY_PLAUSIBLE = sorted({v for vs in PLAUSIBLE.values() for v in vs})
 
 
-def values(dest, file_path):
+def unusual():
     def usable(token):  # "--x" would be an option and "-c..." the config file: the sweep sets those
         return not token.startswith(("--", "-c")) and "\x00" not in token  # no command line holds a NUL
-    plausible = st.sampled_from(PLAUSIBLE.get(dest, ANY_PLAUSIBLE) + [str(file_path)])
-    nasty = st.sampled_from(NASTY)
-    return st.one_of(plausible, plausible, nasty, nasty, st.text(max_size=30), st.integers().map(str),
-                     st.floats().map(str)).filter(usable)
+    edges = st.sampled_from(EDGES)
+    return st.one_of(edges, edges, st.sampled_from(NASTY), st.text(max_size=30), st.integers().map(str),
+                     st.floats().map(str), st.sampled_from(ANY_PLAUSIBLE)).filter(usable)
 
 
 @st.composite
-def command_line(draw, subparser, file_path):
-    """Each positional argument and a random choice of the options, with values mostly of the
-    right kind, and now and then a stray token."""
-    argv = []
+def command_line(draw, subparser):
+    """Each positional argument and some of the options with plausible values, then one or two
+    of those values replaced by unusual ones, and now and then a stray token."""
+    args = []  # [option string or None, value or None]
     for action in subparser._actions:
         optional = bool(action.option_strings)
         if optional and (FIXED_OPTIONS & set(action.option_strings) or draw(st.integers(0, 2))):
             continue
         if not optional and action.nargs == "?" and not draw(st.booleans()):
             continue
-        value = st.sampled_from([str(c) for c in action.choices]) if action.choices else values(action.dest, file_path)
-        if optional:
-            argv.append(draw(st.sampled_from(action.option_strings)))
-        if action.nargs != 0:
-            argv.append(draw(value))
-    options = [s for a in subparser._actions for s in a.option_strings if s not in FIXED_OPTIONS]
-    if draw(st.integers(0, 3)) == 0:
-        argv.append(draw(st.sampled_from(options) if options and draw(st.booleans()) else values(None, file_path)))
+        choices = [str(c) for c in action.choices] if action.choices else PLAUSIBLE.get(action.dest, ANY_PLAUSIBLE)
+        args.append([draw(st.sampled_from(action.option_strings)) if optional else None,
+                     None if action.nargs == 0 else draw(st.sampled_from(choices))])
+    with_values = [arg for arg in args if arg[1] is not None]
+    for _ in range(draw(st.integers(0, 2)) if with_values else 0):
+        draw(st.sampled_from(with_values))[1] = draw(unusual())
+    argv = [token for arg in args for token in arg if token is not None]
+    if draw(st.integers(0, 4)) == 0:
+        options = [s for a in subparser._actions for s in a.option_strings if s not in FIXED_OPTIONS]
+        argv.insert(draw(st.integers(0, len(argv))), draw(st.sampled_from(options) if options else unusual()))
     return argv
+
+
+def pinned(verb, tokens, file_path):
+    """The tokens with FILE filled in, and what no example may change: probe talks only to a closed
+    port on the loopback (the last --server and --timeout win), replay forks no workers."""
+    tokens = [str(file_path) if token == FILE else token for token in tokens]
+    if verb == "probe":
+        tokens += ["--server", f"127.0.0.1:{CLOSED_PORT}", "--timeout", "0.05"]
+    if verb == "replay":
+        tokens += ["--jobs", "1"]
+    return tokens
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_every_argument_takes_every_edge_value(verb, provisioned):
+    """Each argument of a verb in turn gets each of EDGES while the others keep a plausible value
+    (flags such as --json are left out: they take no value)."""
+    line = [[action.option_strings[0] if action.option_strings else None,
+             str(action.choices[0]) if action.choices else PLAUSIBLE.get(action.dest, ANY_PLAUSIBLE)[0]]
+            for action in VERBS[verb]._actions if action.nargs != 0 and not FIXED_OPTIONS & set(action.option_strings)]
+    provisioned["file"].write_bytes(GOOD_CDR)
+    with mock.patch.dict(tfps.COMMANDS_WITHOUT_DB, serve=lambda args, cfg: 0):
+        for index, edge in itertools.product(range(len(line)), EDGES):
+            tokens = [token for i, (option, value) in enumerate(line) for token in (option, edge if i == index else value)
+                      if token is not None]
+            argv = [verb, "-c", provisioned["conf"], "--db", provisioned["db"], *pinned(verb, tokens, provisioned["file"])]
+            assert_clean(argv, cli(argv))
 
 
 def file_bytes():
     return st.one_of(st.binary(max_size=300), st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")),
-                     st.sampled_from([b"4470\n1.2.3.4\n", b"caf\xe9\n", "44\n".encode("utf-16"),
-                                      (",".join(tfps.REPLAY_COLUMNS) + "\n2024-03-04T10:00:00+00:00,1001,pbx.example.com,"
-                                       "12125551234,198.51.100.1,Yealink,1\n").encode()]))
+                     st.sampled_from([b"4470\n1.2.3.4\n", b"caf\xe9\n", "44\n".encode("utf-16"), GOOD_CDR]))
 
 
 @pytest.mark.parametrize("verb", sorted(VERBS))
-def test_any_arguments_end_in_0_1_or_2_without_a_traceback(verb, scratch):
-    closed_port = free_port()
-
+def test_any_arguments_end_in_0_1_or_2_without_a_traceback(verb, provisioned):
     @SWEEP
     @given(data=st.data())
     def sweep(data):
-        scratch["file"].write_bytes(data.draw(file_bytes(), "file"))
-        argv = [verb, "-c", scratch["conf"], "--db", scratch["db"],
-                *data.draw(command_line(VERBS[verb], scratch["file"]), "arguments")]
-        if verb == "probe":  # the last --server and --timeout win: nothing leaves the loopback
-            argv += ["--server", f"127.0.0.1:{closed_port}", "--timeout", "0.05"]
-        if verb == "replay":
-            argv += ["--jobs", "1"]  # no forked workers inside the test process
+        provisioned["file"].write_bytes(data.draw(file_bytes(), "file"))
+        argv = [verb, "-c", provisioned["conf"], "--db", provisioned["db"],
+                *pinned(verb, data.draw(command_line(VERBS[verb]), "arguments"), provisioned["file"])]
         assert_clean(argv, cli(argv))
 
     with mock.patch.dict(tfps.COMMANDS_WITHOUT_DB, serve=lambda args, cfg: 0):
         sweep()
 
 
-def config_text():
-    sections = st.sampled_from([*tfps.CONFIG_SPEC, "sever"])
-    known_keys = [key for keys in tfps.CONFIG_SPEC.values() for key in keys]
-    keys = st.one_of(st.sampled_from(known_keys), st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12))
+@st.composite
+def config_text(draw):
+    """Sections (now and then an unknown or repeated one) of known keys (now and then an unknown
+    one) set to their defaults or to random values, and now and then a line of junk."""
     values = st.one_of(st.sampled_from(NASTY), st.text(max_size=40), st.integers().map(str), st.floats().map(str))
-    line = st.one_of(sections.map(lambda s: f"[{s}]"), st.tuples(keys, values).map(lambda kv: f"{kv[0]} = {kv[1]}"),
-                     st.text(max_size=20))
-    return st.lists(line, max_size=8).map("\n".join)
+    lines = []
+    for _ in range(draw(st.integers(0, 3))):
+        section = draw(st.sampled_from([*tfps.CONFIG_SPEC, "sever"]))
+        lines.append(f"[{section}]")
+        keys = tfps.CONFIG_SPEC.get(section, tfps.CONFIG_SPEC["server"])
+        for _ in range(draw(st.integers(0, 4))):
+            key = draw(st.sampled_from(list(keys)) if draw(st.integers(0, 9)) else st.from_regex(r"[a-z_]{1,12}", fullmatch=True))
+            value = keys[key][1] if key in keys and draw(st.booleans()) else draw(values)
+            lines.append(f"{key} = {value}")
+    if draw(st.integers(0, 9)) == 0:
+        lines.insert(draw(st.integers(0, len(lines))), draw(st.text(max_size=20)))
+    return "\n".join(lines)
 
 
 def encoded(text_strategy):
-    """Text as a file holds it: UTF-8, a BOM, Latin-1, UTF-16, or bytes that are no encoding at all."""
-    return st.one_of(text_strategy.map(lambda t: t.encode("utf-8", "surrogatepass")),
+    """Text as a file holds it: UTF-8 mostly, a BOM, Latin-1, UTF-16, or bytes that are no encoding at all."""
+    utf8 = text_strategy.map(lambda t: t.encode("utf-8", "surrogatepass"))
+    return st.one_of(utf8, utf8, utf8,
                      text_strategy.map(lambda t: b"\xef\xbb\xbf" + t.encode("utf-8", "surrogatepass")),
                      text_strategy.map(lambda t: t.encode("latin-1", "replace")),
                      text_strategy.map(lambda t: t.encode("utf-16", "surrogatepass")),
@@ -172,20 +220,29 @@ def test_any_config_file_is_checked_without_a_traceback(content, scratch):
         assert len(err.strip().splitlines()) == 1 and err.startswith(f"tfps: {scratch['file']}"), err
 
 
-CDR_FIELDS = ["2024-03-04T10:00:00+00:00", "2024-03-04T23:30:00-05:00", "9999-12-31T23:59:59-12:00",
-              "0001-01-01T00:00:00+14:00", "1969-12-31T23:59:59+00:00", "2024-03-04 10:00:00", "1001",
-              "pbx.example.com", "PBX.EXAMPLE.COM", "12125551234", "+5355512345", "198.51.100.1", "Yealink", "2", "²",
-              str(10**23), "-1", "fraud", "legit", "GB", "x" * 200]
+GOOD_ROW = {"time": "2024-03-04T10:00:00+00:00", "user": "1001", "domain": "pbx.example.com", "number": "12125551234",
+            "source_ip": "198.51.100.1", "user_agent": "Yealink", "concurrent_calls": "2", "source_country": "US",
+            "label": "legit", "extra": ""}
+CDR_FIELDS = ["2024-03-04T23:30:00-05:00", "9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00",
+              "1969-12-31T23:59:59+00:00", "2024-03-04 10:00:00", "PBX.EXAMPLE.COM", "+5355512345", "²", str(10**23),
+              "-1", "fraud", "GB", "x" * 200, '"', '"a""b"', ""]
 
 
 def cdr_text():
-    columns = st.sampled_from([*tfps.REPLAY_COLUMNS, *tfps.OPTIONAL_COLUMNS, "extra"])
-    header = st.one_of(st.just(list(tfps.REPLAY_COLUMNS)), st.lists(columns, max_size=10))
-    field = st.one_of(st.sampled_from(CDR_FIELDS), st.text(max_size=20))
-    rows = st.lists(st.lists(field, max_size=9), max_size=6)
-    quoted = st.sampled_from(["", '"', '"a""b"'])
-    return st.tuples(header, rows, quoted).map(
-        lambda t: "\n".join([",".join(t[0]), *(",".join(row) + t[2] for row in t[1])]) + "\n")
+    """A header (mostly the right one) and rows that are good ones with some fields replaced."""
+    columns = [*tfps.REPLAY_COLUMNS, *tfps.OPTIONAL_COLUMNS]
+    header = st.one_of(st.just(columns), st.permutations(columns), st.lists(st.sampled_from([*GOOD_ROW, "x"]), max_size=10))
+    field = st.one_of(st.sampled_from(CDR_FIELDS), st.sampled_from(NASTY), st.text(max_size=20))
+
+    @st.composite
+    def text(draw):
+        names = draw(header)
+        lines = [",".join(names)]
+        for _ in range(draw(st.integers(0, 5))):
+            row = [GOOD_ROW.get(name, "") if draw(st.integers(0, 7)) else draw(field) for name in names]
+            lines.append(",".join(row[:draw(st.integers(0, len(row)))] if draw(st.integers(0, 9)) == 0 else row))
+        return "\n".join(lines) + "\n"
+    return text()
 
 
 @settings(SWEEP, max_examples=200)

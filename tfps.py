@@ -68,7 +68,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 # =============================================================================================
 # 1. Foundations: small helpers used everywhere below

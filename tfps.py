@@ -2218,13 +2218,14 @@ class Call:
     """Working state of one attempt while the rules run."""
 
     __slots__ = ("attempt", "now", "number", "dest_country", "source_country", "account", "off_hours",
-                 "day", "ip_white", "number_white", "counted", "dry_run", "last_minute", "from_memory")
+                 "day", "ip_white", "number_white", "counted", "dry_run", "last_minute", "from_memory", "unenrolled")
 
     def __init__(self, attempt, now, dry_run, from_memory=False):
         self.attempt = attempt
         self.now = now
         self.dry_run = dry_run
         self.from_memory = from_memory  # the database is unavailable: nothing may be read or written there
+        self.unenrolled = False  # a new account, to enroll once screening has passed
         self.counted = False
         self.last_minute = None  # recent_calls() of the account, once R15 looked
 
@@ -2415,9 +2416,12 @@ def daily_quota(engine, call):
                      soft=True)
 
 
-PIPELINE = (attack_signature, scanner_user_agent, bad_source_ip, blocked_account, blacklisted_number,
-            repeated_a_to_b, unknown_country_code, destination_country, source_country_not_allowed,
-            source_country_unknown, concurrent_calls, calls_per_minute, daily_quota)
+# Screening needs no account: a call it rejects (a scanner, a bad source, an attack) enrolls nothing.
+SCREENING = (attack_signature, scanner_user_agent, bad_source_ip)
+ACCOUNT_RULES = (blocked_account, blacklisted_number, repeated_a_to_b, unknown_country_code, destination_country,
+                 source_country_not_allowed, source_country_unknown, concurrent_calls, calls_per_minute, daily_quota)
+PIPELINE = SCREENING + ACCOUNT_RULES
+PROBE_DOMAIN = "tfps.invalid"  # `probe` calls from it; reserved (RFC 2606), so never enrolled
 
 
 # -- counters: A->B windows, approved calls per day and in the last minute ------------------
@@ -2671,15 +2675,18 @@ class Engine:
 
     def _run_pipeline(self, call, enforce):
         self._prepare(call)
-        learning = call.account.learning(call.now)
         would = None
-        for rule in PIPELINE:
-            rejection = rule(self, call)
-            if rejection is None:
-                continue
-            if enforce and not (rejection.soft and learning):
-                return self._verdict(call, rejection.code, rejection.reason, rejection.undo, would)
-            would = would or rejection
+        for rules in (SCREENING, ACCOUNT_RULES):
+            if rules is ACCOUNT_RULES and call.unenrolled and would is None:
+                call.account = self._enroll(call.attempt.user, call.attempt.domain, call.now)
+                call.unenrolled = False
+            for rule in rules:
+                rejection = rule(self, call)
+                if rejection is None:
+                    continue
+                if enforce and not (rejection.soft and call.account.learning(call.now)):
+                    return self._verdict(call, rejection.code, rejection.reason, rejection.undo, would)
+                would = would or rejection
         self._approve(call)
         reason = "approved"
         if would:
@@ -2731,11 +2738,10 @@ class Engine:
         row = self.db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
         if row is not None:
             acc = self.accounts[(user, domain)] = Account.from_row(row)
-        elif not call.dry_run and self.cfg.policy.unknown_accounts == "enroll":
-            acc = self._enroll(user, domain, call.now)
-        if acc is None:
-            acc = default_account(self.cfg, user, domain, call.now)
-        return acc
+            return acc
+        # enrolled once screening has passed (_run_pipeline); until then the defaults, unsaved
+        call.unenrolled = not call.dry_run and self.cfg.policy.unknown_accounts == "enroll" and domain != PROBE_DOMAIN
+        return default_account(self.cfg, user, domain, call.now)
 
     def _enroll(self, user, domain, now):
         inserted = insert_account(self.db, default_account(self.cfg, user, domain, now))

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -816,6 +817,22 @@ def test_probe_of_a_port_that_swallows_packets():
         port = sink.getsockname()[1]
         result = run_cli("probe", "12125551234", "--server", f"127.0.0.1:{port}", "--timeout", "1")
     assert result.returncode == 1 and "no answer" in result.stdout
+
+
+def test_messages_use_the_name_the_program_was_run_as(tmp_path, sqlite_url):
+    """Installed as `tfps`, the usage line, errors and the undo commands of verdicts say `tfps`."""
+    for name in ("schema.sql", "tfps.py"):
+        shutil.copy(REPO / name, tmp_path / name)
+    os.rename(tmp_path / "tfps.py", tmp_path / "tfps")
+
+    def tfps_(*args):
+        return subprocess.run([sys.executable, str(tmp_path / "tfps"), *args], capture_output=True, text=True, timeout=60)
+    assert tfps_("--help").stdout.startswith("usage: tfps [")
+    assert tfps_("show").stderr.splitlines()[-1].startswith("tfps show: error:")
+    ok(tfps_("add", *ACCOUNT, "--db", sqlite_url))
+    verdict = json.loads(ok(tfps_("check", *ACCOUNT, "0044 20 7946 0000", "--db", sqlite_url, "--json")).stdout)
+    assert verdict["undo"] == f"tfps allow {USER} {DOMAIN} --dest GB"
+    assert "tfps.py" not in tfps_("check", *ACCOUNT, "+53 5 5512345", "--db", sqlite_url).stdout
 
 
 def test_serve_on_a_port_in_use(sqlite_url):

@@ -3332,8 +3332,8 @@ class DailyJobs:
 # 12. Replay: the real engine over historical CDRs with simulated time (backtesting)
 # =============================================================================================
 
-REPLAY_COLUMNS = ("time", "user", "domain", "number", "source_ip", "user_agent", "concurrent_calls")
-OPTIONAL_COLUMNS = ("source_country", "label")
+REPLAY_COLUMNS = ("time", "user", "domain", "number")
+OPTIONAL_COLUMNS = ("source_ip", "user_agent", "concurrent_calls", "source_country", "label")
 
 
 def read_cdrs(path):

@@ -3,27 +3,34 @@
 #
 #   ./install.sh                      install under /, create user tfps, enable tfps.service
 #   ./install.sh --prefix DIR         install everything under DIR (DIR/etc/tfps/tfps.conf,
-#                                     DIR/var/lib/tfps, DIR/usr/local/bin/tfps, ...)
+#                                     DIR/var/lib/tfps, DIR/usr/local/bin/tfps, ...), touch
+#                                     nothing outside it: no packages, user, chown or systemctl
 #   ./install.sh --no-systemd         no system user, no unit, no systemctl (containers, CI)
-#   ./install.sh --build-only         only build ./tfps.pyz
+#   ./install.sh --build-only         only build ./tfps.pyz, ./tfps.1, ./tfps.bash-completion
 #   ./install.sh --print-unit         print the systemd unit that would be installed
 #
 # What it does, each step only when needed:
 #   1. apt-get install python3 and python3-pymysql when missing (pip as a fallback for PyMySQL,
-#      always the one release pinned below, checked against its hash)
-#   2. build ./tfps.pyz with `python3 -m zipapp`: tfps.py, schema.sql and a vendored copy of
-#      PyMySQL, so the binary also runs where PyMySQL is not installed
-#   3. install it as PREFIX/usr/local/bin/tfps (replaced atomically)
-#   4. create the system user tfps (unless --no-systemd)
+#      always the one release pinned below, checked against its hash); not with --prefix
+#   2. build ./tfps.pyz with `python3 -m zipapp`: tfps.py, schema.sql, LICENSE, NOTICE and a
+#      vendored copy of PyMySQL, so the binary also runs where PyMySQL is not installed; and
+#      the man page ./tfps.1 and ./tfps.bash-completion from tfps.py's argument parser
+#      (docs/gen_cli_docs.py)
+#   3. install them as PREFIX/usr/local/bin/tfps (replaced atomically),
+#      PREFIX/usr/local/share/man/man1/tfps.1 and
+#      PREFIX/usr/local/share/bash-completion/completions/tfps
+#   4. create the system user tfps (unless --no-systemd or --prefix)
 #   5. PREFIX/etc/tfps/tfps.conf from ./tfps.conf with [database] url pointing at
 #      PREFIX/var/lib/tfps/tfps.db; an existing tfps.conf is always kept, but gets mode 0640
-#      (and owner root:tfps unless --no-systemd) like a new one
-#   6. PREFIX/var/lib/tfps (mode 0700) and `tfps initdb` (creates or migrates the database)
-#   7. PREFIX/etc/systemd/system/tfps.service, enabled and (re)started when systemd runs
+#      (and owner root:tfps unless --no-systemd or --prefix) like a new one
+#   6. PREFIX/var/lib/tfps (mode 0700, owner tfps unless --no-systemd or --prefix) and
+#      `tfps initdb` (creates or migrates the database)
+#   7. PREFIX/etc/systemd/system/tfps.service (unless --no-systemd), enabled and (re)started
+#      when systemd runs and there is no --prefix
 set -euo pipefail
 
 usage() {
-  sed -n '2,9s/^# \{0,1\}//p' "$0"
+  sed -n '2,10s/^# \{0,1\}//p' "$0"
 }
 
 die() { echo "install.sh: $*" >&2; exit 1; }
@@ -48,14 +55,26 @@ done
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYZ_OUT="$SRC/tfps.pyz"
+MAN_OUT="$SRC/tfps.1"
+COMPLETION_OUT="$SRC/tfps.bash-completion"
 
-# An absolute prefix without a trailing slash; "" means /.
+# An absolute prefix without a trailing slash or symbolic links; "" means /. Its path goes into
+# the unit, the configuration and sed, so it is limited to characters that none of them reads
+# specially (no whitespace, quotes, backslash, $, %, &, |, ;).
 if [ -n "$PREFIX" ]; then
-  mkdir -p "$PREFIX"
-  PREFIX="$(cd "$PREFIX" && pwd)"
+  case "$PREFIX" in
+    *[!A-Za-z0-9._/+@,:=~-]*)
+      echo "install.sh: --prefix $PREFIX: use a directory whose path has only letters, digits and . _ / + @ , : = ~ -" >&2
+      exit 2 ;;
+  esac
+  # --print-unit only shows the unit: it creates no directory.
+  [ "$PRINT_UNIT" = 1 ] || mkdir -p "$PREFIX"
+  PREFIX="$(realpath -m "$PREFIX")"
   [ "$PREFIX" = "/" ] && PREFIX=""
 fi
 BIN="$PREFIX/usr/local/bin/tfps"
+MAN_PAGE="$PREFIX/usr/local/share/man/man1/tfps.1"
+COMPLETION="$PREFIX/usr/local/share/bash-completion/completions/tfps"
 CONF_DIR="$PREFIX/etc/tfps"
 CONF="$CONF_DIR/tfps.conf"
 STATE_DIR="$PREFIX/var/lib/tfps"
@@ -72,12 +91,22 @@ DB_URL="sqlite://$STATE_DIR/tfps.db"
 PYMYSQL_VERSION=1.1.3
 PYMYSQL_SHA256=8164ba62c552f6105f3b11753352d0f16b90d1703ba67d81923d5a8a5d1c5289
 
+# The unit runs from wherever the files are. A prefix under /tmp or /var/tmp would be hidden by
+# PrivateTmp (a private /tmp), one under a home directory by ProtectHome=yes: those get
+# PrivateTmp=no and ProtectHome=read-only (the state directory stays writable).
 unit_text() {
+  local private_tmp=yes protect_home=yes documentation="file://$CONF"
+  case "$PREFIX/" in
+    /tmp/*|/var/tmp/*) private_tmp=no ;;
+    /home/*|/root/*|/run/user/*) protect_home=read-only ;;
+  esac
+  # man:tfps(1) where man finds it, i.e. not under a prefix.
+  [ -n "$PREFIX" ] || documentation="man:tfps(1) $documentation"
   cat <<EOF
 # Installed by TFPS install.sh. Reload the configuration with: systemctl reload tfps
 [Unit]
 Description=TFPS, the Telephony Fraud Prevention System (SIP redirect server)
-Documentation=file://$CONF
+Documentation=$documentation
 After=network-online.target mariadb.service mysql.service
 Wants=network-online.target
 
@@ -98,14 +127,38 @@ LimitNOFILE=65536
 # hundred MB. Past 1G the kernel kills TFPS alone and systemd restarts it, instead of the OOM
 # killer choosing the PBX or MariaDB. Raise it (systemctl edit tfps) with those bounds.
 MemoryMax=1G
+# The sandbox: systemd-analyze security tfps rates its exposure 1.4 of 10 (1.6 without
+# PrivateTmp). TFPS needs UDP and TCP sockets, on ports below 1024 too (CAP_NET_BIND_SERVICE,
+# its only capability); its state directory, the only writable path (SQLite); MariaDB over TCP
+# or its unix socket; SMTP and HTTPS out (alerts, reputation). Python needs no writable and
+# executable memory. A system call outside the filter fails with EPERM instead of killing TFPS.
 AmbientCapabilities=CAP_NET_BIND_SERVICE
 CapabilityBoundingSet=CAP_NET_BIND_SERVICE
 NoNewPrivileges=yes
 ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
 ReadWritePaths=$STATE_DIR
+ProtectHome=$protect_home
+PrivateTmp=$private_tmp
+PrivateDevices=yes
+PrivateMounts=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RemoveIPC=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
 UMask=0077
 
 [Install]
@@ -118,7 +171,7 @@ if [ "$PRINT_UNIT" = 1 ]; then
   exit 0
 fi
 
-for f in tfps.py schema.sql tfps.conf; do
+for f in tfps.py schema.sql tfps.conf docs/gen_cli_docs.py; do
   [ -f "$SRC/$f" ] || die "$SRC/$f is missing: run install.sh from a TFPS checkout"
 done
 
@@ -128,6 +181,7 @@ fi
 
 APT_UPDATED=0
 apt_install() {
+  [ -z "$PREFIX" ] || return 1  # --prefix installs no packages on the host
   command -v apt-get >/dev/null || return 1
   if [ "$APT_UPDATED" = 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq || return 1
@@ -153,14 +207,15 @@ trap 'rm -rf "$BUILD"' EXIT
 
 # -- 1. python3 and PyMySQL ---------------------------------------------------------------------
 if ! command -v python3 >/dev/null; then
-  [ "$BUILD_ONLY" = 0 ] || die "python3 is missing (apt-get install python3)"
+  [ "$BUILD_ONLY" = 0 ] && [ -z "$PREFIX" ] || die "python3 is missing (apt-get install python3)"
   say "installing python3"
   apt_install python3 || die "could not install python3 with apt-get"
 fi
 python3 "$SRC/tfps.py" --version >/dev/null 2>&1 ||
   die "tfps.py does not run on $(python3 -V 2>&1): $(python3 "$SRC/tfps.py" --version 2>&1 | tail -n 1)"
 
-if [ -z "$(pymysql_dir)" ] && [ "$BUILD_ONLY" = 0 ]; then
+# Into the system only for an install under /: the built tfps.pyz brings its own PyMySQL anyway.
+if [ -z "$(pymysql_dir)" ] && [ "$BUILD_ONLY" = 0 ] && [ -z "$PREFIX" ]; then
   say "installing PyMySQL (python3-pymysql)"
   apt_install python3-pymysql || true
   if [ -z "$(pymysql_dir)" ]; then
@@ -172,9 +227,13 @@ fi
 # -- 2. build tfps.pyz ----------------------------------------------------------------------------
 mkdir "$BUILD/app"
 cp "$SRC/tfps.py" "$SRC/schema.sql" "$BUILD/app/"
+for f in LICENSE NOTICE; do
+  [ ! -f "$SRC/$f" ] || cp "$SRC/$f" "$BUILD/app/"
+done
 PYMYSQL_SRC="$(pymysql_dir || true)"
 if [ -n "$PYMYSQL_SRC" ]; then
   cp -R "$PYMYSQL_SRC" "$BUILD/app/pymysql"
+  PYMYSQL_META="$(dirname "$PYMYSQL_SRC")"
 else
   # No PyMySQL on this python3 (e.g. --build-only on a bare box): vendor it straight from PyPI.
   if ! pip_pymysql -q --no-compile --target "$BUILD/vendor"; then
@@ -182,7 +241,23 @@ else
     die "PyMySQL is needed to build tfps.pyz: apt-get install python3-pymysql (pip could not install PyMySQL==$PYMYSQL_VERSION${PIP_SAID:+: $PIP_SAID})"
   fi
   cp -R "$BUILD/vendor/pymysql" "$BUILD/app/pymysql"
+  PYMYSQL_META="$BUILD/vendor"
 fi
+# PyMySQL's license (MIT) travels with its copy, as pymysql/LICENSE: from its package metadata
+# (pip) or Debian's copyright file.
+python3 -S - "$PYMYSQL_META" "$BUILD/app/pymysql/LICENSE" <<'EOF' || say "PyMySQL's license file not found; tfps.pyz is built without it"
+import glob, os, shutil, sys
+meta, dest = sys.argv[1:]
+found = [path for info in sorted(glob.glob(os.path.join(meta, "*.*-info")))
+         if os.path.basename(info).lower().startswith("pymysql-")
+         for path in sorted(glob.glob(os.path.join(info, "**", "LICEN[CS]E*"), recursive=True))]
+debian = "/usr/share/doc/python3-pymysql/copyright"
+if not found and meta.startswith("/usr/lib/python3/") and os.path.isfile(debian):
+    found = [debian]
+if not found:
+    sys.exit(1)
+shutil.copyfile(found[0], dest)
+EOF
 find "$BUILD/app" -name __pycache__ -type d -prune -exec rm -rf {} +
 # Our own __main__ instead of `zipapp -m tfps:main`, whose generated one drops main()'s return
 # value: the exit status (0 ok, 1 failure, 2 usage) must survive.
@@ -200,28 +275,51 @@ python3 -S -c 'import sys; sys.path[:0] = [sys.argv[1]]; import pymysql, tfps' "
 python3 "$BUILD/tfps.pyz" --version >/dev/null || die "the built tfps.pyz does not run"
 # VERSION_STRING is PyMySQL's own version; __version__ is the mysqlclient version it imitates.
 BUILT="$(python3 "$BUILD/tfps.pyz" --version), PyMySQL $(python3 -S -c 'import sys; sys.path[:0] = [sys.argv[1]]; import pymysql; print(getattr(pymysql, "VERSION_STRING", pymysql.__version__))' "$BUILD/tfps.pyz") vendored"
+# The man page and the bash completion, from the argument parser of this very tfps.py.
+python3 "$SRC/docs/gen_cli_docs.py" --tfps "$SRC/tfps.py" --man "$BUILD/tfps.1" \
+        --bash-completion "$BUILD/tfps.bash-completion" ||
+  die "could not generate the man page and the bash completion from $SRC/tfps.py"
 if [ -w "$SRC" ]; then
-  cp "$BUILD/tfps.pyz" "$PYZ_OUT.tmp.$$"
-  chmod 0755 "$PYZ_OUT.tmp.$$"
-  mv -f "$PYZ_OUT.tmp.$$" "$PYZ_OUT"
-  say "built $PYZ_OUT ($BUILT)"
+  publish() {  # FILE in the build directory, DEST, MODE: replaced atomically
+    cp "$BUILD/$1" "$2.tmp.$$"
+    chmod "$3" "$2.tmp.$$"
+    mv -f "$2.tmp.$$" "$2"
+  }
+  publish tfps.pyz "$PYZ_OUT" 0755
+  publish tfps.1 "$MAN_OUT" 0644
+  publish tfps.bash-completion "$COMPLETION_OUT" 0644
+  say "built $PYZ_OUT ($BUILT), $MAN_OUT and $COMPLETION_OUT"
 elif [ "$BUILD_ONLY" = 1 ]; then
   die "cannot write $PYZ_OUT: $SRC is not writable"
 else
-  say "built tfps.pyz ($BUILT); $SRC is not writable, so no copy is left there"
+  say "built tfps.pyz ($BUILT), tfps.1 and tfps.bash-completion; $SRC is not writable, so no copy is left there"
 fi
 if [ "$BUILD_ONLY" = 1 ]; then
   exit 0
 fi
 
-# -- 3. the binary ----------------------------------------------------------------------------------
+# -- 3. the binary, the man page, the bash completion --------------------------------------------
 install -d -m 0755 "$PREFIX/usr/local/bin"
 install -m 0755 "$BUILD/tfps.pyz" "$BIN.new"
 mv -f "$BIN.new" "$BIN"
 say "installed $BIN"
+# mkdir, not install -d: an existing share directory keeps its mode (Debian's is 2775 root:staff).
+mkdir -p "$(dirname "$MAN_PAGE")" "$(dirname "$COMPLETION")"
+install -m 0644 "$BUILD/tfps.1" "$MAN_PAGE.new"
+mv -f "$MAN_PAGE.new" "$MAN_PAGE"
+install -m 0644 "$BUILD/tfps.bash-completion" "$COMPLETION.new"
+mv -f "$COMPLETION.new" "$COMPLETION"
+say "installed $MAN_PAGE and $COMPLETION"
+
+# The account tfps and the ownership of its files: only for an install under / with systemd.
+# --prefix touches nothing outside DIR (the unit it writes says what to do to run it).
+SYSTEM_USER=0
+if [ "$SYSTEMD" = 1 ] && [ -z "$PREFIX" ]; then
+  SYSTEM_USER=1
+fi
 
 # -- 4. the system user -----------------------------------------------------------------------------
-if [ "$SYSTEMD" = 1 ]; then
+if [ "$SYSTEM_USER" = 1 ]; then
   if ! id -u tfps >/dev/null 2>&1; then
     useradd --system --user-group --no-create-home --home-dir "$STATE_DIR" \
             --shell /usr/sbin/nologin --comment "TFPS fraud prevention" tfps
@@ -248,7 +346,7 @@ else
   mv -f "$CONF.new" "$CONF"
   say "wrote $CONF"
 fi
-if [ "$SYSTEMD" = 1 ]; then
+if [ "$SYSTEM_USER" = 1 ]; then
   chown root:tfps "$CONF"
 fi
 
@@ -256,7 +354,7 @@ fi
 install -d -m 0700 "$STATE_DIR"
 chmod 0700 "$STATE_DIR"
 "$BIN" initdb -c "$CONF" || die "initdb failed: check [database] url in $CONF, then run install.sh again"
-if [ "$SYSTEMD" = 1 ]; then
+if [ "$SYSTEM_USER" = 1 ]; then
   chown -R tfps:tfps "$STATE_DIR"
 fi
 
@@ -268,7 +366,11 @@ if [ "$SYSTEMD" = 1 ]; then
   mv -f "$UNIT.new" "$UNIT"
   say "wrote $UNIT"
   if [ -n "$PREFIX" ]; then
-    say "not enabling a unit under --prefix; to use it: systemctl enable --now $UNIT"
+    say "not enabling a unit under --prefix. It runs TFPS as the user tfps, which --prefix does not"
+    say "create; to use it:"
+    say "  id -u tfps || useradd --system --user-group --no-create-home --home-dir $STATE_DIR --shell /usr/sbin/nologin tfps"
+    say "  chown root:tfps $CONF && chown -R tfps:tfps $STATE_DIR"
+    say "  systemctl enable --now $UNIT"
   elif ! command -v systemctl >/dev/null; then
     say "systemctl not found: start TFPS with: $BIN serve -c $CONF"
   elif [ -d /run/systemd/system ]; then

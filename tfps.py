@@ -76,6 +76,14 @@ __version__ = "1.1.0"
 
 log = logging.getLogger("tfps")
 
+def program_name(argv0):
+    """The name the program was run as, for usage lines and for the undo commands that verdicts
+    and alerts print: `tfps` installed, `tfps.py` from a checkout, `tfps.pyz` as built."""
+    name = os.path.basename(argv0 or "")
+    return name if name.startswith("tfps") else "tfps"
+
+
+PROG = program_name(sys.argv[0])
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_DAYS = 36525  # 100 years: any longer duration is a typo
 MAX_DURATION = MAX_DAYS * 86400.0
@@ -118,8 +126,10 @@ def format_countries(codes):
     return ",".join(sorted(codes))
 
 
-def fmt_time(ts):
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+def fmt_time(ts, tz, form="%Y-%m-%d %H:%M:%S %Z"):
+    """A time as an operator reads it: in `tz` ([policy] timezone, the zone of business hours and
+    calendar days), with the zone shown. '' for no time."""
+    return dt.datetime.fromtimestamp(ts, tz).strftime(form) if ts else ""
 
 
 UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
@@ -611,6 +621,12 @@ def parse_listen(spec):
     if not m or not 0 < int(m.group(3)) < 65536:
         raise ValueError(f"bad listen spec {spec!r} (udp:HOST:PORT or tcp:HOST:PORT, IPv6 as udp:[::1]:5060)")
     return m.group(1), m.group(2).strip("[]"), int(m.group(3))
+
+
+def format_listen(listen):
+    """('udp', '::1', 5060) -> 'udp:[::1]:5060', as parse_listen reads it."""
+    transport, host, port = listen
+    return f"{transport}:[{host}]:{port}" if ":" in host else f"{transport}:{host}:{port}"
 
 
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -1734,7 +1750,7 @@ class Reputation:
 
 class RateLimited(Exception):
     def __init__(self, until):
-        super().__init__(f"rate limited until {time.strftime('%H:%M:%S', time.localtime(until))}")
+        super().__init__(f"rate limited until {fmt_time(until, dt.timezone.utc)}")
         self.until = until
 
 
@@ -1913,7 +1929,7 @@ class ReputationService:
             if paused_until:
                 if not self.paused(time.time()):
                     log.warning("reputation service rate limit (HTTP 429): no lookups until %s",
-                                fmt_time(paused_until))
+                                fmt_time(paused_until, dt.timezone.utc))
                 self.paused_until = max(self.paused_until, paused_until)
             else:
                 self.memory[ip] = rep
@@ -1946,8 +1962,9 @@ MAX_QUEUED_ALERTS = 10000
 class AlertQueue:
     """Collects events on the hot path; `flush` rate-limits them and writes the outbox."""
 
-    def __init__(self, acfg):
+    def __init__(self, acfg, tz=dt.timezone.utc):
         self.acfg = acfg
+        self.tz = tz  # of the times alerts print
         self.events = []
         self.dropped = 0
 
@@ -1987,7 +2004,7 @@ class AlertQueue:
                 body = event.body
                 if i == 0 and row and row[1]:
                     body += (f"\n\n{row[1]} more alert(s) of this kind for {account} were suppressed "
-                             f"since {fmt_time(row[0])} (alert_interval).")
+                             f"since {fmt_time(row[0], self.tz)} (alert_interval).")
                     event.fields["suppressed"] = row[1]
                 log.info("alert: %s", event.subject)
                 self._enqueue(db, event, body, now)
@@ -2009,8 +2026,8 @@ class AlertQueue:
 class AlertTally(AlertQueue):
     """The alerts of a replay: counted per kind, never queued for delivery (the calls are history)."""
 
-    def __init__(self, acfg):
-        super().__init__(acfg)
+    def __init__(self, acfg, tz=dt.timezone.utc):
+        super().__init__(acfg, tz)
         self.counts = {}
 
     def add(self, event):
@@ -2201,13 +2218,14 @@ class Call:
     """Working state of one attempt while the rules run."""
 
     __slots__ = ("attempt", "now", "number", "dest_country", "source_country", "account", "off_hours",
-                 "day", "ip_white", "number_white", "counted", "dry_run", "last_minute", "from_memory")
+                 "day", "ip_white", "number_white", "counted", "dry_run", "last_minute", "from_memory", "unenrolled")
 
     def __init__(self, attempt, now, dry_run, from_memory=False):
         self.attempt = attempt
         self.now = now
         self.dry_run = dry_run
         self.from_memory = from_memory  # the database is unavailable: nothing may be read or written there
+        self.unenrolled = False  # a new account, to enroll once screening has passed
         self.counted = False
         self.last_minute = None  # recent_calls() of the account, once R15 looked
 
@@ -2253,7 +2271,7 @@ def scanner_user_agent(engine, call):
     pattern = engine.lists.user_agents.match(call.attempt.user_agent)
     if pattern:
         return Rejection("R01", f"User-Agent {call.attempt.user_agent[:60]!r} matches blacklisted pattern {pattern!r}",
-                         f"tfps.py blacklist remove ua '{pattern}'")
+                         f"{PROG} blacklist remove ua '{pattern}'")
     return None
 
 
@@ -2263,11 +2281,11 @@ def bad_source_ip(engine, call):
         return None
     cidr = engine.lists.ip_black.match(ip)
     if cidr:
-        return Rejection("R02", f"source IP {ip} is blacklisted ({cidr})", f"tfps.py blacklist remove ip {cidr}")
+        return Rejection("R02", f"source IP {ip} is blacklisted ({cidr})", f"{PROG} blacklist remove ip {cidr}")
     rep = call.attempt.reputation
     if rep is None or rep.whitelisted:
         return None
-    undo = f"tfps.py whitelist add ip {ip}"
+    undo = f"{PROG} whitelist add ip {ip}"
     if not rep.ok:
         if engine.cfg.reputation.reputation_failure == "reject":
             return Rejection("R02", f"reputation of {ip} unknown ({rep.detail}) and reputation_failure = reject", undo)
@@ -2283,9 +2301,9 @@ def bad_source_ip(engine, call):
 def blocked_account(engine, call):
     acc = call.account
     if acc.id is None and engine.cfg.policy.unknown_accounts == "reject":
-        return Rejection("R14", f"unknown account {acc.name} (unknown_accounts = reject)", f"tfps.py add {acc.user} {acc.domain}")
+        return Rejection("R14", f"unknown account {acc.name} (unknown_accounts = reject)", f"{PROG} add {acc.user} {acc.domain}")
     if acc.blocked:
-        return Rejection("R14", f"account {acc.name} is blocked by the administrator", f"tfps.py unblock {acc.user} {acc.domain}")
+        return Rejection("R14", f"account {acc.name} is blocked by the administrator", f"{PROG} unblock {acc.user} {acc.domain}")
     return None
 
 
@@ -2295,7 +2313,7 @@ def blacklisted_number(engine, call):
     prefix = engine.lists.number_black.match(call.number)
     if prefix:
         return Rejection("R03", f"number {call.number} matches blacklisted prefix {prefix}",
-                         f"tfps.py whitelist add number {call.number}")
+                         f"{PROG} whitelist add number {call.number}")
     return None
 
 
@@ -2305,9 +2323,9 @@ def repeated_a_to_b(engine, call):
         return None
     attempts, blocked_until = engine.counters.ab_attempt(acc.id, call.number, call.now, p.ab_window, p.ab_max_calls,
                                                          call.dry_run)
-    undo = f"tfps.py reset {acc.user} {acc.domain}"
+    undo = f"{PROG} reset {acc.user} {acc.domain}"
     if blocked_until > call.now:
-        until = time.strftime("%H:%M:%S", time.localtime(blocked_until))
+        until = fmt_time(blocked_until, p.tz, "%H:%M:%S %Z")
         return Rejection("R13", f"{acc.name} -> {call.number} is blocked until {until} after repeated calls", undo)
     if attempts > p.ab_max_calls:
         if not call.dry_run:
@@ -2329,12 +2347,12 @@ def destination_country(engine, call):
     iso, acc = call.dest_country, call.account
     if iso in engine.high_risk:
         return Rejection("R06", f"destination {engine.countries.label(iso)} is a high-risk country",
-                         f"tfps.py whitelist add number {call.number}")
+                         f"{PROG} whitelist add number {call.number}")
     if "*" in acc.dest_countries or iso in acc.dest_countries:
         return None
     return Rejection("R06", f"destination {engine.countries.label(iso)} is not among the allowed destinations of {acc.name} "
                             f"({format_countries(acc.dest_countries) or 'none'})",
-                     f"tfps.py allow {acc.user} {acc.domain} --dest {iso}", soft=True)
+                     f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=True)
 
 
 def source_country_not_allowed(engine, call):
@@ -2345,7 +2363,7 @@ def source_country_not_allowed(engine, call):
         return None  # a private address has no country; one given explicitly (CDR, CLI) still counts
     return Rejection("R04", f"source IP {call.attempt.source_ip} is in {engine.countries.label(iso)}, not among the allowed "
                             f"source countries of {acc.name} ({format_countries(acc.source_countries) or 'none'})",
-                     f"tfps.py allow {acc.user} {acc.domain} --source {iso}", soft=True)
+                     f"{PROG} allow {acc.user} {acc.domain} --source {iso}", soft=True)
 
 
 def source_country_unknown(engine, call):
@@ -2353,7 +2371,7 @@ def source_country_unknown(engine, call):
     if not engine.cfg.policy.require_source_country or call.source_country or call.ip_white or not is_public_ip(ip):
         return None
     return Rejection("R05", f"the country of source IP {ip or '(none)'} is unknown and require_source_country = yes",
-                     f"tfps.py whitelist add ip {ip}")
+                     f"{PROG} whitelist add ip {ip}")
 
 
 def concurrent_calls(engine, call):
@@ -2363,7 +2381,7 @@ def concurrent_calls(engine, call):
         return None
     code, hours, flag = ("R08", "off hours", "--concurrent-off") if call.off_hours else ("R10", "business hours", "--concurrent")
     return Rejection(code, f"{acc.name} has {calls} concurrent calls, limit {limit} in {hours}",
-                     f"tfps.py set {acc.user} {acc.domain} {flag} {calls}", soft=True)
+                     f"{PROG} set {acc.user} {acc.domain} {flag} {calls}", soft=True)
 
 
 def calls_per_minute(engine, call):
@@ -2394,13 +2412,16 @@ def daily_quota(engine, call):
         return None
     code, hours, flag = ("R09", "off-hours", "--daily-quota-off") if call.off_hours else ("R11", "business-hours", "--daily-quota")
     return Rejection(code, f"{acc.name} reached its {hours} daily quota of {limit} approved calls",
-                     f"tfps.py reset {acc.user} {acc.domain}  (or: tfps.py set {acc.user} {acc.domain} {flag} {limit * 2})",
+                     f"{PROG} reset {acc.user} {acc.domain}  (or: {PROG} set {acc.user} {acc.domain} {flag} {limit * 2})",
                      soft=True)
 
 
-PIPELINE = (attack_signature, scanner_user_agent, bad_source_ip, blocked_account, blacklisted_number,
-            repeated_a_to_b, unknown_country_code, destination_country, source_country_not_allowed,
-            source_country_unknown, concurrent_calls, calls_per_minute, daily_quota)
+# Screening needs no account: a call it rejects (a scanner, a bad source, an attack) enrolls nothing.
+SCREENING = (attack_signature, scanner_user_agent, bad_source_ip)
+ACCOUNT_RULES = (blocked_account, blacklisted_number, repeated_a_to_b, unknown_country_code, destination_country,
+                 source_country_not_allowed, source_country_unknown, concurrent_calls, calls_per_minute, daily_quota)
+PIPELINE = SCREENING + ACCOUNT_RULES
+PROBE_DOMAIN = "tfps.invalid"  # `probe` calls from it; reserved (RFC 2606), so never enrolled
 
 
 # -- counters: A->B windows, approved calls per day and in the last minute ------------------
@@ -2561,7 +2582,7 @@ class Engine:
     def __init__(self, cfg, db, alerts=None, counters=None):
         self.cfg = cfg
         self.db = db
-        self.alerts = alerts or AlertQueue(cfg.alerts)
+        self.alerts = alerts or AlertQueue(cfg.alerts, cfg.policy.tz)
         self.counters = counters or SharedCounters(db)
         self.local_counters = None  # counters while the database is unavailable: decide_from_memory
         self.node = cfg.server.node_name
@@ -2654,15 +2675,18 @@ class Engine:
 
     def _run_pipeline(self, call, enforce):
         self._prepare(call)
-        learning = call.account.learning(call.now)
         would = None
-        for rule in PIPELINE:
-            rejection = rule(self, call)
-            if rejection is None:
-                continue
-            if enforce and not (rejection.soft and learning):
-                return self._verdict(call, rejection.code, rejection.reason, rejection.undo, would)
-            would = would or rejection
+        for rules in (SCREENING, ACCOUNT_RULES):
+            if rules is ACCOUNT_RULES and call.unenrolled and would is None:
+                call.account = self._enroll(call.attempt.user, call.attempt.domain, call.now)
+                call.unenrolled = False
+            for rule in rules:
+                rejection = rule(self, call)
+                if rejection is None:
+                    continue
+                if enforce and not (rejection.soft and call.account.learning(call.now)):
+                    return self._verdict(call, rejection.code, rejection.reason, rejection.undo, would)
+                would = would or rejection
         self._approve(call)
         reason = "approved"
         if would:
@@ -2714,11 +2738,10 @@ class Engine:
         row = self.db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
         if row is not None:
             acc = self.accounts[(user, domain)] = Account.from_row(row)
-        elif not call.dry_run and self.cfg.policy.unknown_accounts == "enroll":
-            acc = self._enroll(user, domain, call.now)
-        if acc is None:
-            acc = default_account(self.cfg, user, domain, call.now)
-        return acc
+            return acc
+        # enrolled once screening has passed (_run_pipeline); until then the defaults, unsaved
+        call.unenrolled = not call.dry_run and self.cfg.policy.unknown_accounts == "enroll" and domain != PROBE_DOMAIN
+        return default_account(self.cfg, user, domain, call.now)
 
     def _enroll(self, user, domain, now):
         inserted = insert_account(self.db, default_account(self.cfg, user, domain, now))
@@ -2729,8 +2752,8 @@ class Engine:
                 "enrolled", acc.name, "NEW", f"TFPS: new account {acc.name} enrolled",
                 f"The account {acc.name} placed its first call and was enrolled with the default limits "
                 f"({describe_limits(acc)}).\nIt is in {acc.state} mode."
-                + (f" until {time.strftime('%Y-%m-%d', time.localtime(acc.learning_until))}." if acc.learning_until else "")
-                + f"\nTo stop it: tfps.py block {acc.user} {acc.domain}",
+                + (f" until {fmt_time(acc.learning_until, self.cfg.policy.tz, '%Y-%m-%d')}." if acc.learning_until else "")
+                + f"\nTo stop it: {PROG} block {acc.user} {acc.domain}",
                 {"user": user, "domain": domain}))
         return acc
 
@@ -2766,7 +2789,7 @@ class Engine:
                 if first and acc.created < call.now - 86400:  # a normal to differ from
                     what = "to the new destination" if direction == "dst" else "from the new source country"
                     self._anomaly(call, f"NEW_{direction.upper()}_{iso}", f"first call {what} {self.countries.label(iso)}",
-                                  f"If expected, nothing to do; if not: tfps.py block {acc.user} {acc.domain}")
+                                  f"If expected, nothing to do; if not: {PROG} block {acc.user} {acc.domain}")
         threshold = acc.anomaly_daily
         if threshold is not None:
             self._check_daily_volume(call, threshold)
@@ -2776,7 +2799,7 @@ class Engine:
             burst = len(times)
             if burst == p.offhours_burst:
                 self._anomaly(call, "OFFHOURS_BURST", f"{burst} off-hours calls within 10 minutes",
-                              f"tfps.py block {acc.user} {acc.domain}")
+                              f"{PROG} block {acc.user} {acc.domain}")
 
     def _check_daily_volume(self, call, threshold):
         acc, p = call.account, self.cfg.policy
@@ -2789,7 +2812,7 @@ class Engine:
         if self.today[key] == threshold + 1:
             self._anomaly(call, "DAILY_VOLUME", f"{self.today[key]} approved calls today, above the usual "
                           f"maximum of {threshold} (mean + {p.anomaly_sigma:g} x stddev of its history)",
-                          f"tfps.py show {acc.user} {acc.domain}")
+                          f"{PROG} show {acc.user} {acc.domain}")
 
     def _anomaly(self, call, rule, what, undo):
         acc = call.account
@@ -3233,7 +3256,7 @@ def daily_summaries(cfg, db, alerts, now):
             "summary", f"{user}@{domain}", "SUMMARY",
             f"TFPS daily summary {start.date().isoformat()}: {user}@{domain}",
             f"Rejected (or, in monitor/learning mode, would-be rejected) calls of {user}@{domain} on "
-            f"{start.date().isoformat()}:\n{lines}\nDetails: tfps.py calls --account {user}@{domain} --since 48h",
+            f"{start.date().isoformat()}:\n{lines}\nDetails: {PROG} calls --account {user}@{domain} --since 48h",
             {"day": start.date().isoformat(), "codes": dict(codes)}, emails[(user, domain)]))
     return len(per_account)
 
@@ -3250,7 +3273,7 @@ class DailyJobs:
         self.cfg = cfg
         self.db = db
         self.engine = engine
-        self.alerts = engine.alerts if engine else AlertQueue(cfg.alerts)
+        self.alerts = engine.alerts if engine else AlertQueue(cfg.alerts, cfg.policy.tz)
         self.done = {}
 
     def _flush(self, now):
@@ -3309,8 +3332,8 @@ class DailyJobs:
 # 12. Replay: the real engine over historical CDRs with simulated time (backtesting)
 # =============================================================================================
 
-REPLAY_COLUMNS = ("time", "user", "domain", "number", "source_ip", "user_agent", "concurrent_calls")
-OPTIONAL_COLUMNS = ("source_country", "label")
+REPLAY_COLUMNS = ("time", "user", "domain", "number")
+OPTIONAL_COLUMNS = ("source_ip", "user_agent", "concurrent_calls", "source_country", "label")
 
 
 def read_cdrs(path):
@@ -3455,7 +3478,7 @@ def replay_rows(cfg, rows, db_url=None, owners=None, shard=0):
     (shard_by_account), only the rows of `shard`'s accounts are decided, while the daily jobs
     still run at the times of all rows, as in a single process."""
     db = open_database(db_url or "sqlite://:memory:")
-    alerts = AlertTally(cfg.alerts)
+    alerts = AlertTally(cfg.alerts, cfg.policy.tz)
     engine = Engine(cfg, db, alerts, counters=None if db_url else PrivateCounters())
     jobs = DailyJobs(cfg, db, engine)
     enforce = cfg.server.mode != "monitor"
@@ -3693,15 +3716,23 @@ class Server:
     # -- sockets ------------------------------------------------------------------------------
 
     def bind(self):
+        """Every listener, before anything is served; none if one cannot be had. SO_REUSEADDR
+        only on TCP (a restart must not wait for TIME_WAIT): on UDP it would let a second
+        instance take the port silently."""
         for transport, host, port in self.cfg.server.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
             sock = socket.socket(family, kind)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if transport == "tcp":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError as exc:
-                raise UserError(f"cannot listen on {transport}:{host}:{port}: {exc.strerror}") from None
+                sock.close()
+                for bound in self.listeners:
+                    bound.close()
+                raise UserError(f"cannot listen on {format_listen((transport, host, port))}: {exc.strerror}"
+                                + (" (another TFPS or SIP server runs there?)" if exc.errno == errno.EADDRINUSE else "")) from None
             sock.setblocking(False)
             if transport == "udp":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -3710,7 +3741,7 @@ class Server:
                 sock.listen(512)
                 self.selector.register(sock, selectors.EVENT_READ, ("listen", None))
             self.listeners.append(sock)
-            log.info("listening on %s:%s:%d", transport, host, sock.getsockname()[1])
+            log.info("listening on %s", format_listen((transport, host, sock.getsockname()[1])))
 
     def wake(self):
         try:
@@ -4351,7 +4382,7 @@ def find_account(db, user, domain):
     domain = domain.lower()
     row = db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
     if row is None:
-        raise UserError(f"unknown account {user}@{domain} (tfps.py list shows the accounts; tfps.py add creates one)")
+        raise UserError(f"unknown account {user}@{domain} ({PROG} list shows the accounts; {PROG} add creates one)")
     return Account.from_row(row)
 
 
@@ -4571,6 +4602,11 @@ def fmt_limit(value):
     return "unlimited" if value is None else value
 
 
+def fmt_value(value):
+    """How a table shows a value: yes/no for booleans, as JSON shows true/false."""
+    return ("yes" if value else "no") if isinstance(value, bool) else value
+
+
 def arg_type(parse):
     """An argparse type from one of the config parsers, keeping its error message."""
     def convert(text):
@@ -4635,7 +4671,7 @@ def build_parser():
     countries.add_argument("--dest", type=countries_arg, metavar="CC,...", help="destination countries")
     countries.add_argument("--source", type=countries_arg, metavar="CC,...", help="source countries")
 
-    parser = argparse.ArgumentParser(prog="tfps.py", description="TFPS, the Telephony Fraud Prevention System.")
+    parser = argparse.ArgumentParser(prog=PROG, description="TFPS, the Telephony Fraud Prevention System.")
     parser.add_argument("--version", action="version", version=f"TFPS {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -4742,17 +4778,28 @@ def cmd_config(args, cfg):
 
 def cmd_list(args, cfg, db):
     now = time.time()
-    rows = []
+    records = []
     for acc in (Account.from_row(r) for r in db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY domain, user")):
         today = calls_today(db, cfg, acc.id, now)
-        rows.append((acc.user, acc.domain, fmt_time(acc.created), acc.state if acc.learning(now) else "enforcing",
-                     f"{fmt_limit(acc.concurrent_calls)}/{fmt_limit(acc.concurrent_calls_off)}",
-                     f"{fmt_limit(acc.daily_quota)}/{fmt_limit(acc.daily_quota_off)}",
-                     format_countries(acc.dest_countries), format_countries(acc.source_countries),
-                     "yes" if acc.blocked else "no", today["biz"] + today["off"]))
+        records.append({"user": acc.user, "domain": acc.domain, "created": fmt_time(acc.created, cfg.policy.tz),
+                        "state": acc.state if acc.learning(now) else "enforcing", **account_limits(acc),
+                        "dest_countries": format_countries(acc.dest_countries),
+                        "source_countries": format_countries(acc.source_countries), "blocked": acc.blocked,
+                        "calls_today": today["biz"] + today["off"]})
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
     print_table(["user", "domain", "created", "state", "concurrent", "daily_quota", "dest", "source", "blocked", "calls_today"],
-                rows, args.json)
+                [(r["user"], r["domain"], r["created"], r["state"],
+                  f"{fmt_limit(r['concurrent_calls'])}/{fmt_limit(r['concurrent_calls_off'])}",
+                  f"{fmt_limit(r['daily_quota'])}/{fmt_limit(r['daily_quota_off'])}", r["dest_countries"],
+                  r["source_countries"], fmt_value(r["blocked"]), r["calls_today"]) for r in records])
     return 0
+
+
+def account_limits(acc):
+    """The four limits, None for unlimited (JSON null)."""
+    return {field: getattr(acc, field) for field in LIMIT_FIELDS}
 
 
 def cmd_show(args, cfg, db):
@@ -4761,20 +4808,20 @@ def cmd_show(args, cfg, db):
     today = calls_today(db, cfg, acc.id, now)
     verdicts = query_calls(db, 0, f"{acc.user}@{acc.domain}", limit=10)
     info = {"account": acc.name, "state": acc.state if acc.learning(now) else "enforcing",
-            "learning_until": fmt_time(acc.learning_until) if acc.learning(now) else "",
-            "created": fmt_time(acc.created), "last_seen": fmt_time(acc.last_seen), "blocked": acc.blocked,
-            "email": acc.email, "concurrent_calls": fmt_limit(acc.concurrent_calls),
-            "concurrent_calls_off": fmt_limit(acc.concurrent_calls_off), "daily_quota": fmt_limit(acc.daily_quota),
-            "daily_quota_off": fmt_limit(acc.daily_quota_off), "dest_countries": format_countries(acc.dest_countries),
+            "learning_until": fmt_time(acc.learning_until, cfg.policy.tz) if acc.learning(now) else "",
+            "created": fmt_time(acc.created, cfg.policy.tz), "last_seen": fmt_time(acc.last_seen, cfg.policy.tz),
+            "blocked": acc.blocked, "email": acc.email, **account_limits(acc),
+            "dest_countries": format_countries(acc.dest_countries),
             "source_countries": format_countries(acc.source_countries), "pinned": ",".join(sorted(acc.pinned)),
             "anomaly_daily": acc.anomaly_daily, "approved_today_business": today["biz"], "approved_today_off": today["off"]}
     headers = ["time", "number", "dest", "source_ip", "code", "would", "reason"]
-    rows = [(fmt_time(r[0]), r[3], r[4], r[5], r[7], r[8], r[9]) for r in verdicts]
+    rows = [(fmt_time(r[0], cfg.policy.tz), r[3], r[4], r[5], r[7], r[8], r[9]) for r in verdicts]
     if args.json:
         print(json.dumps(dict(info, last_verdicts=[dict(zip(headers, r)) for r in rows]), indent=2, default=str))
         return 0
     for key, value in info.items():
-        print(f"{key:24} {value}")
+        shown = fmt_limit(value) if key in LIMIT_FIELDS else "not learned" if key == "anomaly_daily" and value is None else value
+        print(f"{key:24} {fmt_value(shown)}")
     print("\nlast verdicts:")
     print_table(headers, rows)
     return 0
@@ -4849,7 +4896,7 @@ def cmd_learn(args, cfg, db):
     else:
         db.execute("UPDATE accounts SET state = 'learning', learning_until = ?, updated = ? WHERE id = ?",
                    (now + args.days * 86400, now, acc.id))
-        print(f"{acc.name} is learning until {fmt_time(now + args.days * 86400)}")
+        print(f"{acc.name} is learning until {fmt_time(now + args.days * 86400, cfg.policy.tz)}")
     return 0
 
 
@@ -4871,7 +4918,7 @@ def cmd_list_admin(args, cfg, db):
     color = "black" if args.command == "blacklist" else "white"
     now = time.time()
     if args.action == "list":
-        rows = [(value, note, fmt_time(created)) for value, note, created in list_entries(db, color, args.kind)]
+        rows = [(value, note, fmt_time(created, cfg.policy.tz)) for value, note, created in list_entries(db, color, args.kind)]
         print_table([args.kind, "note", "added"], rows, args.json)
         return 0
     if not args.value:
@@ -4900,7 +4947,7 @@ def cmd_list_admin(args, cfg, db):
 def cmd_calls(args, cfg, db):
     rows = query_calls(db, time.time() - args.since, args.account, args.code, args.limit)
     print_table(["time", "account", "number", "dest", "source_ip", "src", "code", "would", "reason", "response", "ms", "node"],
-                [(fmt_time(r[0]), f"{r[1]}@{r[2]}", *r[3:11], round(r[11], 2), r[12]) for r in rows], args.json)
+                [(fmt_time(r[0], cfg.policy.tz), f"{r[1]}@{r[2]}", *r[3:11], round(r[11], 2), r[12]) for r in rows], args.json)
     return 0
 
 
@@ -4913,7 +4960,7 @@ def cmd_stats(args, cfg, db):
         return 0
     total = sum(n for _c, _w, n in by_code)
     approved = sum(n for c, _w, n in by_code if c == APPROVED)
-    print(f"{total} verdicts since {fmt_time(time.time() - args.since)}: {approved} approved, {total - approved} rejected\n")
+    print(f"{total} verdicts since {fmt_time(time.time() - args.since, cfg.policy.tz)}: {approved} approved, {total - approved} rejected\n")
     print_table(["code", "would_code", "calls"], by_code)
     print()
     print_table(["account", "calls", "rejected"], [(f"{u}@{d}", n, r) for u, d, n, r in top_accounts])
@@ -5081,7 +5128,7 @@ def main(argv=None):
         return 1
     except UsageError as exc:
         parser.print_usage(sys.stderr)
-        print(f"tfps.py {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except UserError as exc:
         print(f"tfps: {exc}", file=sys.stderr)

@@ -336,7 +336,7 @@ def test_daily_summary_is_queued_with_other_alerts(db_url):
     db.close()
     assert kinds == ["rejection", "summary"]
     assert payloads[0]["codes"] == {"R06": 1}
-    assert "tfps.py calls --account 1001@pbx.example.com" in payloads[0]["text"]
+    assert f"{tfps.PROG} calls --account 1001@pbx.example.com" in payloads[0]["text"]
 
 
 def test_sighup_applies_new_alert_settings(start_server, tmp_path, sqlite_url):

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -436,8 +437,9 @@ def test_account_lifecycle(db_url):
 
     row = account_row(db_url)[ACCOUNT]
     assert row["state"] == "learning", "a pre-provisioned account learns first, like an enrolled one"
-    assert (row["concurrent"], row["daily_quota"], row["dest"], row["source"], row["blocked"], row["calls_today"]) == \
-        ("4/1", "50/0", "GB,US", "US", "no", 0)
+    assert (row["concurrent_calls"], row["concurrent_calls_off"], row["daily_quota"], row["daily_quota_off"],
+            row["dest_countries"], row["source_countries"], row["blocked"], row["calls_today"]) == \
+        (4, 1, 50, 0, "GB,US", "US", False, 0)
     table = ok(cli(db_url, "list")).stdout.splitlines()
     assert table[0].split() == ["user", "domain", "created", "state", "concurrent", "daily_quota", "dest", "source",
                                 "blocked", "calls_today"]
@@ -449,6 +451,8 @@ def test_account_lifecycle(db_url):
     assert {"concurrent_calls", "daily_quota", "dest_countries", "source_countries"} <= set(shown["pinned"].split(","))
     text = ok(cli(db_url, "show", *ACCOUNT)).stdout
     assert re.search(r"^email\s+ops@example\.com$", text, re.M) and "last verdicts:" in text
+    assert re.search(r"^blocked\s+no$", text, re.M) and re.search(r"^anomaly_daily\s+not learned$", text, re.M)
+    assert shown["blocked"] is False and shown["anomaly_daily"] is None
 
     out = ok(cli(db_url, "set", *ACCOUNT, "--daily-quota", "7", "--concurrent-off", "3")).stdout
     assert "daily quota 7/0" in out and "concurrent 4/3" in out and "pinned" in out
@@ -461,10 +465,11 @@ def test_account_lifecycle(db_url):
     assert "nothing to allow" in failed(cli(db_url, "allow", *ACCOUNT)).stderr
 
     assert "blocked" in ok(cli(db_url, "block", *ACCOUNT)).stdout
-    assert account_row(db_url)[ACCOUNT]["blocked"] == "yes"
+    assert account_row(db_url)[ACCOUNT]["blocked"] is True
+    assert re.search(r"^blocked\s+yes$", ok(cli(db_url, "show", *ACCOUNT)).stdout, re.M)
     assert as_json(cli(db_url, "show", *ACCOUNT, "--json"))["blocked"] is True
     assert "unblocked" in ok(cli(db_url, "unblock", *ACCOUNT)).stdout
-    assert account_row(db_url)[ACCOUNT]["blocked"] == "no"
+    assert account_row(db_url)[ACCOUNT]["blocked"] is False
 
     assert "is learning until" in ok(cli(db_url, "learn", *ACCOUNT, "--days", "3")).stdout
     shown = as_json(cli(db_url, "show", *ACCOUNT, "--json"))
@@ -492,12 +497,13 @@ def test_domains_are_lowercase_everywhere(db_url):
 def test_limits_can_be_set_to_unlimited(db_url):
     """'unlimited' is an explicit limit on the command line, not the same as leaving it out."""
     ok(cli(db_url, "add", "2002", DOMAIN, "--daily-quota-off", "unlimited"))
-    assert as_json(cli(db_url, "show", "2002", DOMAIN, "--json"))["daily_quota_off"] == "unlimited"
+    assert as_json(cli(db_url, "show", "2002", DOMAIN, "--json"))["daily_quota_off"] is None
+    assert re.search(r"^daily_quota_off\s+unlimited$", ok(cli(db_url, "show", "2002", DOMAIN)).stdout, re.M)
     ok(cli(db_url, "add", *ACCOUNT))
     out = ok(cli(db_url, "set", *ACCOUNT, "--concurrent-off", "unlimited", "--daily-quota", "unlimited")).stdout
     assert "concurrent 10/unlimited" in out and "daily quota unlimited/10" in out
     shown = as_json(cli(db_url, "show", *ACCOUNT, "--json"))
-    assert (shown["concurrent_calls_off"], shown["daily_quota"]) == ("unlimited", "unlimited")
+    assert (shown["concurrent_calls_off"], shown["daily_quota"]) == (None, None)
     assert {"concurrent_calls_off", "daily_quota"} <= set(shown["pinned"].split(","))
 
 
@@ -673,7 +679,7 @@ def test_calls_and_stats_after_real_verdicts(db_url, start_server):
         {(f"{USER}@{DOMAIN}", 2, 1), (f"2002@{DOMAIN}", 2, 1)}
     assert {d["country"]: d["calls"] for d in stats["top_destinations"]} == {"US": 2, "CU": 1, "GB": 1}
     text = ok(cli(db_url, "stats")).stdout
-    assert re.match(r"4 verdicts since \S+ \S+: 2 approved, 2 rejected\n", text), text
+    assert re.match(r"4 verdicts since \S+ \S+ UTC: 2 approved, 2 rejected\n", text), text  # [policy] timezone
 
     time.sleep(1.2)
     assert as_json(cli(db_url, "calls", "--since", "1s", "--json")) == []
@@ -813,13 +819,50 @@ def test_probe_of_a_port_that_swallows_packets():
     assert result.returncode == 1 and "no answer" in result.stdout
 
 
+def test_messages_use_the_name_the_program_was_run_as(tmp_path, sqlite_url):
+    """Installed as `tfps`, the usage line, errors and the undo commands of verdicts say `tfps`."""
+    for name in ("schema.sql", "tfps.py"):
+        shutil.copy(REPO / name, tmp_path / name)
+    os.rename(tmp_path / "tfps.py", tmp_path / "tfps")
+
+    def tfps_(*args):
+        return subprocess.run([sys.executable, str(tmp_path / "tfps"), *args], capture_output=True, text=True, timeout=60)
+    assert tfps_("--help").stdout.startswith("usage: tfps [")
+    assert tfps_("show").stderr.splitlines()[-1].startswith("tfps show: error:")
+    ok(tfps_("add", *ACCOUNT, "--db", sqlite_url))
+    verdict = json.loads(ok(tfps_("check", *ACCOUNT, "0044 20 7946 0000", "--db", sqlite_url, "--json")).stdout)
+    assert verdict["undo"] == f"tfps allow {USER} {DOMAIN} --dest GB"
+    assert "tfps.py" not in tfps_("check", *ACCOUNT, "+53 5 5512345", "--db", sqlite_url).stdout
+
+
 def test_serve_on_a_port_in_use(sqlite_url):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
         result = run_cli("serve", "--listen", f"udp:127.0.0.1:{port}", db=sqlite_url, timeout=20)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"tfps: cannot listen on udp:127.0.0.1:{port}: Address already in use"
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"tfps: cannot listen on udp:127.0.0.1:{port}: Address already in use (another TFPS or SIP server runs there?)"
+
+
+def test_a_second_server_cannot_take_the_port_of_a_running_one(start_server, tmp_path):
+    """UDP without SO_REUSEADDR: a second instance (another database, say) fails at once, on its
+    first listener, instead of answering the PBX's calls."""
+    first = start_server()
+    for n, listen in enumerate((f"udp:127.0.0.1:{first.port}", f"udp:127.0.0.1:{first.port}, tcp:127.0.0.1:{first.port}",
+                                f"tcp:127.0.0.1:{first.port}, udp:127.0.0.1:{first.port}")):
+        conf = write_config(tmp_path / f"second-{n}.conf", {"server": {"listen": listen},
+                                                            "database": {"url": f"sqlite://{tmp_path / 'other.db'}"}})
+        result = run_cli("serve", "-c", conf, timeout=20)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "Address already in use" in result.stderr.strip().splitlines()[-1]
+        assert "serving" not in result.stderr
+
+
+def test_ipv6_listen_is_logged_as_it_is_written(start_server):
+    port = free_port()
+    server = start_server(sections={"server": {"listen": f"udp:[::1]:{port}"}}, port=port)
+    assert f"listening on udp:[::1]:{port}" in server.read_log()
 
 
 # -- changes reach a running server within 5 s ----------------------------------------------------

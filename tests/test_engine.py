@@ -200,8 +200,27 @@ def test_r12_identity_or_number_longer_than_the_columns(env, field, value, reaso
     assert v.code == "R12" and reason in v.reason
     env.engine.record(v, "302 R12", 0.1)
     env.engine.flush()
-    assert env.count("call_log") == 1 and env.count("ab_pairs") == 0
-    assert env.count("accounts") == (1 if field == "number" else 0)  # the caller was a fine account
+    assert env.count("call_log") == 1 and env.count("ab_pairs") == 0 and env.count("accounts") == 0
+
+
+@pytest.mark.parametrize("kw,code", [
+    ({"user_agent": "friendly-scanner"}, "R01"),
+    ({"source_ip": "203.0.113.9"}, "R02"),
+    ({"number": "12125551234' OR 1=1"}, "R12"),
+    ({"domain": "tfps.invalid"}, "A00"),  # tfps.py probe
+])
+def test_noise_enrolls_no_account_and_raises_no_alert(env, kw, code):
+    env.add("black", "ip", "203.0.113.0/24")
+    v = env.call(**kw)
+    assert v.code == code and v.account.id is None
+    assert env.count("accounts") == 0
+    assert not [e for e in env.engine.alerts.events if e.kind == "enrolled"]
+    assert env.code(us(1)) == "A00" and env.count("accounts") == 1  # a real call still enrolls
+
+
+def test_monitor_mode_enrolls_nothing_for_a_would_be_scanner_rejection(env):
+    v = env.call(user_agent="friendly-scanner", enforce=False)
+    assert v.code == "A00" and v.would.code == "R01" and env.count("accounts") == 0
 
 
 def test_a_row_the_database_refuses_is_dropped_alone_and_counters_survive(env, caplog):

@@ -1,7 +1,10 @@
 """install.sh into a temporary prefix, and the tfps.pyz it builds: layout, modes, idempotence,
 and the pyz itself (list, initdb, serve + probe over UDP and TCP, MariaDB with no PyMySQL
-installed)."""
+installed); the man page and bash completion generated from the argument parser; the systemd
+unit (systemd-analyze verify and security); --prefix touching nothing outside its directory;
+the version in CHANGELOG.md."""
 
+import argparse
 import json
 import os
 import re
@@ -16,19 +19,31 @@ from pathlib import Path
 
 import pytest
 
+import tfps
 from conftest import REPO, free_port, write_config
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh installs as root")
 
-SOURCES = ("install.sh", "tfps.py", "schema.sql", "tfps.conf")
+SOURCES = ("install.sh", "tfps.py", "schema.sql", "tfps.conf", "docs/gen_cli_docs.py", "LICENSE", "NOTICE",
+           "CHANGELOG.md")
+BUILT = ("tfps.pyz", "tfps.1", "tfps.bash-completion")
+# Host commands that --prefix must never run: stand-ins first on PATH record every call.
+HOST_COMMANDS = ("useradd", "groupadd", "usermod", "chown", "chgrp", "systemctl", "apt-get")
 
 
 def checkout(dest):
     """A copy of the files install.sh works from, so builds never touch the repository."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in SOURCES:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, dest / name)
     return dest
+
+
+def subcommands():
+    parser = tfps.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
 
 
 def run_install(src, *args, timeout=120, env=None):
@@ -95,7 +110,31 @@ def installed(tmp_path_factory):
     result = run_install(src, "--prefix", str(prefix), "--no-systemd")
     assert result.returncode == 0, result.stdout + result.stderr
     return {"src": src, "prefix": prefix, "output": result.stdout, "bin": prefix / "usr/local/bin/tfps",
-            "conf": prefix / "etc/tfps/tfps.conf", "state": prefix / "var/lib/tfps"}
+            "conf": prefix / "etc/tfps/tfps.conf", "state": prefix / "var/lib/tfps",
+            "man": prefix / "usr/local/share/man/man1/tfps.1",
+            "completion": prefix / "usr/local/share/bash-completion/completions/tfps"}
+
+
+def host_stubs(calls):
+    """Stand-ins for the commands that change this machine: each records its call in `calls`."""
+    return {name: f'echo "{name} $*" >> {calls}\n' + ("exit 100\n" if name == "apt-get" else "exit 0\n")
+            for name in HOST_COMMANDS}
+
+
+@pytest.fixture(scope="module")
+def prefix_install(tmp_path_factory):
+    """install.sh --prefix TMP with systemd (the unit is written, not enabled), with stand-ins for every
+    host command it must not run, no PyMySQL (the fake pip vendors one) and no apt-get."""
+    base = tmp_path_factory.mktemp("prefix")
+    src = checkout(base / "src")
+    prefix = base / "root"
+    calls = base / "calls"
+    env = stub_bin(base / "bin", **host_stubs(calls))
+    result = run_install(src, "--prefix", str(prefix), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"src": src, "prefix": prefix, "output": result.stdout, "calls": calls, "env": env,
+            "bin": prefix / "usr/local/bin/tfps", "conf": prefix / "etc/tfps/tfps.conf",
+            "state": prefix / "var/lib/tfps", "unit": prefix / "etc/systemd/system/tfps.service"}
 
 
 def test_layout_and_modes(installed):
@@ -107,6 +146,10 @@ def test_layout_and_modes(installed):
     assert not (prefix / "etc/systemd/system/tfps.service").exists(), "--no-systemd writes no unit"
     assert (installed["src"] / "tfps.pyz").read_bytes() == installed["bin"].read_bytes()
     assert "created: schema version" in installed["output"]
+    assert installed["man"].is_file() and mode(installed["man"]) == 0o644
+    assert installed["completion"].is_file() and mode(installed["completion"]) == 0o644
+    assert (installed["src"] / "tfps.1").read_bytes() == installed["man"].read_bytes()
+    assert (installed["src"] / "tfps.bash-completion").read_bytes() == installed["completion"].read_bytes()
 
 
 def test_installed_config_is_the_example_with_the_state_database(installed):
@@ -127,6 +170,10 @@ def test_pyz_contents(installed):
     assert {"__main__.py", "tfps.py", "schema.sql", "pymysql/__init__.py", "pymysql/connections.py"} <= names
     assert not [n for n in names if "__pycache__" in n]
     assert zipfile.ZipFile(pyz).read("tfps.py") == (REPO / "tfps.py").read_bytes()
+    # The licenses travel with the binary: TFPS's own, and that of the PyMySQL inside it.
+    for name in ("LICENSE", "NOTICE"):
+        assert zipfile.ZipFile(pyz).read(name) == (REPO / name).read_bytes()
+    assert "Permission is hereby granted" in zipfile.ZipFile(pyz).read("pymysql/LICENSE").decode()
 
 
 def test_pyz_list_initdb_and_exit_codes(installed):
@@ -237,7 +284,9 @@ def test_build_only_builds_just_the_pyz(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     pyz = src / "tfps.pyz"
     assert pyz.is_file() and mode(pyz) == 0o755
-    assert sorted(p.name for p in src.iterdir()) == sorted(SOURCES + ("tfps.pyz",))
+    assert mode(src / "tfps.1") == 0o644 and mode(src / "tfps.bash-completion") == 0o644
+    assert sorted(p.name for p in src.iterdir()) == sorted({name.split("/")[0] for name in SOURCES + BUILT})
+    assert sorted(p.name for p in (src / "docs").iterdir()) == ["gen_cli_docs.py"], "no bytecode left behind"
     assert run_pyz(pyz, "--version").stdout.startswith("TFPS ")
 
 
@@ -249,23 +298,97 @@ def test_bad_option_is_a_usage_error(tmp_path):
     assert missing.returncode == 2 and "--prefix needs a directory" in missing.stderr
 
 
-def test_systemd_unit(installed, tmp_path):
+HARDENING = ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateDevices=yes", "PrivateMounts=yes",
+             "ProtectKernelTunables=yes", "ProtectKernelModules=yes", "ProtectKernelLogs=yes",
+             "ProtectControlGroups=yes", "ProtectClock=yes", "ProtectHostname=yes", "ProtectProc=invisible",
+             "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "RestrictNamespaces=yes", "RestrictRealtime=yes",
+             "RestrictSUIDSGID=yes", "LockPersonality=yes", "MemoryDenyWriteExecute=yes", "RemoveIPC=yes",
+             "SystemCallArchitectures=native", "SystemCallFilter=@system-service",
+             "SystemCallFilter=~@privileged @resources", "SystemCallErrorNumber=EPERM",
+             "CapabilityBoundingSet=CAP_NET_BIND_SERVICE", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "UMask=0077")
+
+
+def test_systemd_unit(installed):
     src = installed["src"]
     unit = run_install(src, "--print-unit").stdout
-    for line in ("Restart=on-failure", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "NoNewPrivileges=yes",
-                 "ProtectSystem=strict", "ReadWritePaths=/var/lib/tfps", "User=tfps",
+    for line in ("Restart=on-failure", "ReadWritePaths=/var/lib/tfps", "User=tfps", "Group=tfps",
                  "ExecStart=/usr/local/bin/tfps serve -c /etc/tfps/tfps.conf", "ExecReload=/bin/kill -HUP $MAINPID",
-                 "LimitNOFILE=65536", "MemoryMax=1G", "WantedBy=multi-user.target"):
+                 "Documentation=man:tfps(1) file:///etc/tfps/tfps.conf", "ProtectHome=yes", "PrivateTmp=yes",
+                 "LimitNOFILE=65536", "MemoryMax=1G", "WantedBy=multi-user.target") + HARDENING:
         assert line in unit.splitlines(), line
     prefix = installed["prefix"]
-    prefixed = run_install(src, "--print-unit", "--prefix", str(prefix)).stdout
-    assert f"ExecStart={prefix}/usr/local/bin/tfps serve -c {prefix}/etc/tfps/tfps.conf" in prefixed.splitlines()
-    assert f"ReadWritePaths={prefix}/var/lib/tfps" in prefixed.splitlines()
-    if shutil.which("systemd-analyze"):
-        path = tmp_path / "tfps.service"
-        path.write_text(prefixed)
-        verify = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
-        assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    prefixed = run_install(src, "--print-unit", "--prefix", str(prefix)).stdout.splitlines()
+    assert f"ExecStart={prefix}/usr/local/bin/tfps serve -c {prefix}/etc/tfps/tfps.conf" in prefixed
+    assert f"ReadWritePaths={prefix}/var/lib/tfps" in prefixed
+    assert f"Documentation=file://{prefix}/etc/tfps/tfps.conf" in prefixed, "man finds no page under a prefix"
+    assert set(HARDENING) <= set(prefixed)
+
+
+@pytest.mark.parametrize("prefix, private_tmp, protect_home", [
+    ("/opt/tfps-unit-test", "yes", "yes"),
+    ("/tmp/tfps-unit-test", "no", "yes"),  # a private /tmp would hide the binary
+    ("/var/tmp/tfps-unit-test", "no", "yes"),
+    ("/root/tfps-unit-test", "yes", "read-only"),  # ProtectHome=yes would hide it
+    ("/home/someone/tfps", "yes", "read-only"),
+])
+def test_systemd_unit_runs_from_any_prefix(installed, prefix, private_tmp, protect_home):
+    """--print-unit shows the unit for a prefix without creating it."""
+    result = run_install(installed["src"], "--print-unit", "--prefix", prefix)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"PrivateTmp={private_tmp}" in lines and f"ProtectHome={protect_home}" in lines
+    assert f"ReadWritePaths={prefix}/var/lib/tfps" in lines
+    assert not os.path.exists(prefix), "--print-unit creates nothing"
+
+
+def systemd_analyze(*args, env=None):
+    assert shutil.which("systemd-analyze"), "systemd-analyze is missing: tests/run installs systemd"
+    return subprocess.run(["systemd-analyze", *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def exposure(unit_path):
+    """The overall exposure level of `systemd-analyze security --offline=true` (0 safest, 10 worst)."""
+    result = systemd_analyze("security", "--offline=true", "--no-pager", str(unit_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert found, result.stdout
+    return float(found.group(1)), result.stdout
+
+
+def default_unit_on_prefix_files(installed_unit, tmp_path):
+    """The unit of an install under / (--print-unit), with ExecStart pointing at the prefix's binary so
+    that systemd-analyze can check it, and MANPATH at the prefix's man page for its man:tfps(1)."""
+    text = run_install(installed_unit["src"], "--print-unit").stdout
+    text = text.replace("ExecStart=/usr/local/bin/tfps ", f"ExecStart={installed_unit['bin']} ")
+    (tmp_path / "default").mkdir()
+    path = tmp_path / "default" / "tfps.service"
+    path.write_text(text)
+    env = {**os.environ, "MANPATH": str(installed_unit["prefix"] / "usr/local/share/man")}
+    return path, env
+
+
+def test_systemd_analyze_verify(prefix_install, tmp_path):
+    """The unit that install.sh --prefix wrote, and the one it writes under /, verify with no message."""
+    verify = systemd_analyze("verify", str(prefix_install["unit"]))
+    assert verify.returncode == 0 and not verify.stderr.strip() and not verify.stdout.strip(), verify.stderr
+    default, env = default_unit_on_prefix_files(prefix_install, tmp_path)
+    verify = systemd_analyze("verify", str(default), env=env)
+    assert verify.returncode == 0 and not verify.stderr.strip() and not verify.stdout.strip(), verify.stderr
+
+
+def test_systemd_analyze_security_exposure_at_most_3(prefix_install, tmp_path):
+    level, report = exposure(prefix_install["unit"])
+    assert level <= 3.0, report
+    default, _ = default_unit_on_prefix_files(prefix_install, tmp_path)
+    default_level, report = exposure(default)
+    assert default_level <= level, report  # under / the unit also has a private /tmp
+    # What is left exposed is what TFPS needs: the network, its port capability, its own /tmp view.
+    for needed in ("PrivateNetwork=", "RestrictAddressFamilies=~AF_(INET|INET6)", "AmbientCapabilities="):
+        assert re.search(rf"^\S+ {re.escape(needed)}\s", report, re.M), needed
+    for closed in ("User=/DynamicUser=", "NoNewPrivileges=", "ProtectSystem=", "SystemCallFilter=~@privileged",
+                   "MemoryDenyWriteExecute=", "CapabilityBoundingSet=~CAP_SYS_ADMIN", "PrivateDevices=",
+                   "ProtectHome=", "RestrictNamespaces=~user", "UMask="):
+        assert re.search(rf"^✓ {re.escape(closed)}", report, re.M), closed
 
 
 def test_systemd_unit_limits_are_explained(installed):
@@ -309,9 +432,34 @@ def test_existing_config_gets_mode_0640(tmp_path):
     assert "-> 0640" not in again.stdout, "an already private file is not reported"
 
 
-def test_existing_config_is_owned_by_root_and_group_tfps_with_systemd(tmp_path):
-    """With systemd (under --prefix: the unit is written, not enabled) a kept tfps.conf gets the owner
-    of a new one. The system user is stubbed out: the test creates no account on this machine."""
+def test_prefix_touches_nothing_outside_it(prefix_install):
+    """No account, no chown, no systemctl, no package on the host: everything is under DIR."""
+    assert not prefix_install["calls"].exists(), prefix_install["calls"].read_text()
+    runs = [json.loads(line) for line in Path(prefix_install["env"]["FAKE_PIP_LOG"]).read_text().splitlines()]
+    assert len(runs) == 1 and "--target" in runs[0]["args"], "pip only vendors PyMySQL into the build"
+    prefix = prefix_install["prefix"]
+    files = sorted(str(p.relative_to(prefix)) for p in prefix.rglob("*") if not p.is_dir())
+    assert files == ["etc/systemd/system/tfps.service", "etc/tfps/tfps.conf", "usr/local/bin/tfps",
+                     "usr/local/share/bash-completion/completions/tfps", "usr/local/share/man/man1/tfps.1",
+                     "var/lib/tfps/tfps.db"]
+    for path in (prefix_install["conf"], prefix_install["state"], prefix_install["state"] / "tfps.db"):
+        assert (os.stat(path).st_uid, os.stat(path).st_gid) == (0, 0), path
+    assert mode(prefix_install["conf"]) == 0o640 and mode(prefix_install["state"]) == 0o700
+    # The unit names only files inside the prefix (and /bin/kill).
+    unit = prefix_install["unit"].read_text()
+    settings = "\n".join(line for line in unit.splitlines() if not line.startswith("#")).replace("file://", " ")
+    paths = re.findall(r"(?<![\w.])/[\w./-]+", settings)
+    assert len(paths) == 5 and all(p.startswith(f"{prefix}/") or p == "/bin/kill" for p in paths), paths
+    assert "PrivateTmp=no" in unit.splitlines(), "the prefix is under /tmp"
+    # What to do to run it, since the account was not created.
+    output = prefix_install["output"]
+    assert "not enabling a unit under --prefix" in output
+    assert f"chown root:tfps {prefix_install['conf']} && chown -R tfps:tfps {prefix_install['state']}" in output
+    assert f"systemctl enable --now {prefix_install['unit']}" in output
+
+
+def test_prefix_keeps_an_existing_config_private_without_chown(tmp_path):
+    """A kept tfps.conf gets mode 0640 under --prefix too, but no owner: that would need the account."""
     src = checkout(tmp_path / "src")
     prefix = tmp_path / "root"
     conf = prefix / "etc/tfps/tfps.conf"
@@ -319,36 +467,65 @@ def test_existing_config_is_owned_by_root_and_group_tfps_with_systemd(tmp_path):
     conf.write_text(f"[database]\nurl = sqlite://{prefix}/var/lib/tfps/tfps.db\n")
     conf.chmod(0o644)
     calls = tmp_path / "calls"
-    env = stub_bin(tmp_path / "bin",
-                   id='[ "$*" = "-u tfps" ] && { echo 999; exit 0; }\nexec /usr/bin/id "$@"\n',
-                   useradd=f'echo "useradd $*" >> {calls}\n',
-                   chown=f'echo "chown $*" >> {calls}\n')
+    env = stub_bin(tmp_path / "bin", **host_stubs(calls))
     result = run_install(src, "--prefix", str(prefix), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert mode(conf) == 0o640
-    assert f"chown root:tfps {conf}" in calls.read_text().splitlines()
-    assert "useradd" not in calls.read_text(), "the (stubbed) user tfps exists already"
+    assert mode(conf) == 0o640 and f"keeping existing {conf}" in result.stdout
+    assert not calls.exists(), calls.read_text()
     assert (prefix / "etc/systemd/system/tfps.service").is_file()
 
 
-def test_pip_fallbacks_install_only_the_pinned_pymysql(tmp_path):
-    """No PyMySQL and no apt-get: every pip run asks for one exact version, as one wheel with one
-    hash, and nothing else; the vendored copy is that version (pip itself is faked: no network)."""
+def test_prefix_with_characters_the_unit_would_misread_is_a_usage_error(tmp_path):
+    src = checkout(tmp_path / "src")
+    for name in ("with space", "per%cent", "dollar$x", "quote'd", "semi;colon"):
+        result = run_install(src, "--prefix", str(tmp_path / name))
+        assert result.returncode == 2, (name, result.stdout, result.stderr)
+        assert "--prefix" in result.stderr and "only letters, digits" in result.stderr
+        assert not (tmp_path / name).exists()
+
+
+def check_pip_runs(runs):
     version, sha256 = pinned_pymysql()
     assert re.fullmatch(r"\d+\.\d+\.\d+", version) and re.fullmatch(r"[0-9a-f]{64}", sha256)
+    for run in runs:
+        assert run["requirements"] == f"PyMySQL=={version} --hash=sha256:{sha256}\n"
+        assert run["args"][:6] == ["install", "--no-deps", "--only-binary", ":all:", "--require-hashes", "-r"]
+        assert not [arg for arg in run["args"] if "pymysql" in arg.lower() and not arg.endswith(".txt")]
+
+
+def test_pip_fallbacks_install_only_the_pinned_pymysql(tmp_path):
+    """No PyMySQL and no apt-get, an install under /: pip installs PyMySQL into the system Python
+    (without, then with --break-system-packages), then vendors it for the pyz. Every pip run asks for
+    one exact version, as one wheel with one hash, and nothing else (pip itself is faked: no network).
+    The install is stopped at its first step outside the build (a failing `install`), so it changes
+    nothing on this machine."""
+    version, _ = pinned_pymysql()
+    calls = tmp_path / "calls"
+    env = stub_bin(tmp_path / "bin", install=f'echo "install $*" >> {calls}\nexit 1\n',
+                   **{name: body for name, body in host_stubs(calls).items() if name != "apt-get"})
+    src = checkout(tmp_path / "src")
+    result = run_install(src, "--no-systemd", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert calls.read_text().splitlines() == ["install -d -m 0755 /usr/local/bin"]
+    runs = [json.loads(line) for line in Path(env["FAKE_PIP_LOG"]).read_text().splitlines()]
+    assert [("--break-system-packages" in run["args"], "--target" in run["args"]) for run in runs] == \
+        [(False, False), (True, False), (False, True)]
+    check_pip_runs(runs)
+    assert f"trying pip (PyMySQL=={version})" in result.stdout
+    assert f"PyMySQL {version} vendored" in result.stdout
+    assert (src / "tfps.pyz").is_file()
+
+
+def test_pip_under_prefix_only_vendors_the_pinned_pymysql(tmp_path):
+    version, _ = pinned_pymysql()
     env = stub_bin(tmp_path / "bin")
     src = checkout(tmp_path / "src")
     result = run_install(src, "--prefix", str(tmp_path / "root"), "--no-systemd", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     runs = [json.loads(line) for line in Path(env["FAKE_PIP_LOG"]).read_text().splitlines()]
-    # Into the system Python (without, then with --break-system-packages), then vendored for the pyz.
-    assert [("--break-system-packages" in run["args"], "--target" in run["args"]) for run in runs] == \
-        [(False, False), (True, False), (False, True)]
-    for run in runs:
-        assert run["requirements"] == f"PyMySQL=={version} --hash=sha256:{sha256}\n"
-        assert run["args"][:6] == ["install", "--no-deps", "--only-binary", ":all:", "--require-hashes", "-r"]
-        assert not [arg for arg in run["args"] if "pymysql" in arg.lower() and not arg.endswith(".txt")]
-    assert f"trying pip (PyMySQL=={version})" in result.stdout
+    assert [("--target" in run["args"]) for run in runs] == [True]
+    check_pip_runs(runs)
+    assert "trying pip" not in result.stdout
     assert f"PyMySQL {version} vendored" in result.stdout
 
 
@@ -376,3 +553,128 @@ def test_pyz_without_any_configuration_uses_tfps_db_in_the_working_directory(ins
     result = run_pyz(installed["bin"], "list", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "tfps.db").is_file()
+
+
+# -- the man page and the bash completion, generated from build_parser() ---------------------------
+
+def render_man(path):
+    """`man -l` as a person reads it, 80 columns, with groff's warnings on stderr."""
+    assert shutil.which("man"), "man is missing: tests/run installs man-db"
+    env = {**os.environ, "MANWIDTH": "80", "LC_ALL": "C.UTF-8"}
+    env.pop("MAN_KEEP_FORMATTING", None)
+    result = subprocess.run(["man", "--warnings=all", "-l", str(path)], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    return result.stdout
+
+
+def test_man_page_renders_without_warnings_and_lists_every_command(installed):
+    text = render_man(installed["man"])
+    assert text.splitlines()[0].split() == ["TFPS(1)", "User", "Commands", "TFPS(1)"]
+    assert f"TFPS {tfps.__version__}" in text.splitlines()[-1]
+    for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "COMMANDS", "FILES", "EXIT STATUS", "SEE ALSO"):
+        assert re.search(rf"^{section}$", text, re.M), section
+    assert re.search(r"^       tfps - ", text, re.M)
+    for name, parser in subcommands().items():
+        assert re.search(rf"^   {name}$", text, re.M), f"no heading for {name}"
+        assert re.search(rf"^       tfps {name}\b", text, re.M), f"no synopsis for {name}"
+        for action in parser._actions:
+            for option in action.option_strings:
+                assert re.search(rf"(^|[\s\[(|]){re.escape(option)}\b", text, re.M), f"{name} {option}"
+            for choice in action.choices or ():
+                assert choice in text, f"{name} {choice}"
+    # Lines fit the 80 columns, and the exit statuses of main() are the ones described.
+    assert max(len(line) for line in text.splitlines()) <= 80
+    exit_status = text.split("EXIT STATUS", 1)[1].split("SEE ALSO", 1)[0]
+    assert [line.split()[0] for line in exit_status.splitlines() if re.match(r"^       \d ", line)] == ["0", "1", "2"]
+    for path in ("/etc/tfps/tfps.conf", "/var/lib/tfps/tfps.db", "/etc/systemd/system/tfps.service"):
+        assert path in text.split("FILES", 1)[1]
+
+
+def test_man_page_is_clean_for_groff_and_found_by_name(installed):
+    if shutil.which("groff"):
+        groff = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(installed["man"])], capture_output=True,
+                               text=True, timeout=60)
+        assert groff.returncode == 0 and not groff.stderr.strip(), groff.stderr
+    # Installed where man looks: MANPATH=PREFIX/usr/local/share/man finds `man tfps`.
+    found = subprocess.run(["man", "-w", "tfps"], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "MANPATH": str(installed["prefix"] / "usr/local/share/man")})
+    assert found.stdout.strip() == str(installed["man"]), found.stderr
+    source = installed["man"].read_text()
+    assert source.startswith('.\\" tfps(1): generated by docs/gen_cli_docs.py from tfps.build_parser()')
+    assert re.search(r'^\.TH TFPS 1 "\d{4}-\d{2}-\d{2}" "TFPS ' + re.escape(tfps.__version__) + '" ', source, re.M)
+
+
+def complete(script, *words):
+    """COMPREPLY of the completion function for the command line `words` (the last one is completed)."""
+    body = f"source {script}\nCOMP_WORDS=({' '.join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}\n" \
+           "_tfps\necho \"${COMPREPLY[@]}\"\n"
+    result = subprocess.run(["bash", "--norc", "--noprofile", "-c", body], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    return result.stdout.split()
+
+
+def test_bash_completion_lists_every_command_and_its_options(installed, tmp_path):
+    script = installed["completion"]
+    assert "complete -F _tfps tfps" in script.read_text().splitlines()
+    commands = subcommands()
+    assert complete(script, "tfps", "") == list(commands)
+    assert complete(script, "tfps", "bl") == ["block", "blacklist"]
+    assert complete(script, "tfps", "--v") == ["--version"]
+    for name, parser in commands.items():
+        options = {o for a in parser._actions for o in a.option_strings}
+        assert set(complete(script, "tfps", name, "-")) == options, name
+    # Values with a fixed set, after the option or as a positional argument; files where a file goes.
+    assert complete(script, "tfps", "serve", "--mode", "") == ["redirect", "failover", "monitor"]
+    assert complete(script, "tfps", "probe", "12125551234", "--transport", "t") == ["tcp"]
+    assert complete(script, "tfps", "config", "") == ["check"]
+    assert complete(script, "tfps", "blacklist", "--note", "x", "") == ["add", "remove", "list", "import"]
+    assert complete(script, "tfps", "blacklist", "add", "") == ["number", "ip", "ua"]
+    assert complete(script, "tfps", "whitelist", "--json", "add", "") == ["number", "ip"]
+    (tmp_path / "calls.csv").write_text("")
+    assert complete(script, "tfps", "replay", "--jobs", "2", f"{tmp_path}/ca") == [f"{tmp_path}/calls.csv"]
+    assert complete(script, "tfps", "list", "-c", f"{tmp_path}/ca") == [f"{tmp_path}/calls.csv"]
+    assert complete(script, "tfps", "show", "--db", "") == []
+
+
+def test_cli_docs_generator_needs_only_the_standard_library(installed, tmp_path):
+    """docs/gen_cli_docs.py with no site-packages (so no PyMySQL) gives what install.sh installed."""
+    man, completion = tmp_path / "tfps.1", tmp_path / "tfps.bash"
+    result = subprocess.run([sys.executable, "-S", "-I", str(REPO / "docs/gen_cli_docs.py"), "--tfps",
+                             str(REPO / "tfps.py"), "--man", str(man), "--bash-completion", str(completion)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert man.read_text() == installed["man"].read_text()
+    assert completion.read_text() == installed["completion"].read_text()
+
+
+# -- the version ---------------------------------------------------------------------------------------
+
+def test_changelog_newest_version_is_the_version_of_tfps():
+    changelog = (REPO / "CHANGELOG.md").read_text()
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - (\d{4}-\d{2}-\d{2})$", changelog, re.M)
+    assert releases[0][0] == tfps.__version__, "CHANGELOG.md's newest entry is __version__ in tfps.py"
+    assert ("1.0.0", "2026-11-26") in releases
+    assert [r[1] for r in releases] == sorted((r[1] for r in releases), reverse=True), "newest first"
+    headings = re.findall(r"^## .*$", changelog, re.M)
+    assert len(headings) == len(releases), [h for h in headings if not re.match(r"## \[\d", h)]
+    for section in re.findall(r"^### (.*)$", changelog, re.M):
+        assert section in ("Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"), section
+    version = subprocess.run([sys.executable, str(REPO / "tfps.py"), "--version"], capture_output=True, text=True,
+                             timeout=30)
+    assert version.returncode == 0 and version.stdout == f"TFPS {tfps.__version__}\n"
+
+
+def test_man_page_carries_the_version_and_its_release_date(installed):
+    date = re.search(rf"^## \[{re.escape(tfps.__version__)}\] - (\S+)$", (REPO / "CHANGELOG.md").read_text(),
+                     re.M).group(1)
+    assert f'.TH TFPS 1 "{date}" "TFPS {tfps.__version__}" "User Commands"' in installed["man"].read_text()
+    assert run_pyz(installed["bin"], "--version").stdout == f"TFPS {tfps.__version__}\n"
+
+
+def test_license_is_apache_2_with_the_copyright_in_notice():
+    license_text = (REPO / "LICENSE").read_text()
+    assert license_text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in license_text
+    assert "END OF TERMS AND CONDITIONS" in license_text and len(license_text.splitlines()) == 202
+    assert "Copyright 2026 The TFPS authors" in (REPO / "NOTICE").read_text().splitlines()

@@ -40,6 +40,22 @@ POLICY = {"learning_days": "0", "default_destination_countries": "*", "ab_max_ca
           "default_daily_quota": "unlimited", "default_concurrent_calls": "unlimited"}
 
 # the caller: one INVITE carrying forged identity headers; 200 -> ACK, BYE after HOLD_MS; 404/500/603 -> ACK
+CALLER_IN_DIALOG = """
+  <send{retrans}>
+    <![CDATA[
+
+      {method} [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:1001@pbx.example.com>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      [routes]
+      Call-ID: [call_id]
+      CSeq: {cseq} {method}
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>"""
 CALLER_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
 <scenario name="caller">
@@ -70,38 +86,8 @@ CALLER_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   <recv response="404" optional="true" next="refused"/>
   <recv response="500" optional="true" next="refused"/>
   <recv response="603" optional="true" next="refused"/>
-  <recv response="200" rrs="true"/>
-  <send>
-    <![CDATA[
-
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: <sip:1001@pbx.example.com>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      [routes]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <pause milliseconds="HOLD_MS"/>
-  <send retrans="500">
-    <![CDATA[
-
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: <sip:1001@pbx.example.com>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      [routes]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
+  <recv response="200" rrs="true"/>""" + CALLER_IN_DIALOG.format(method="ACK", cseq=1, retrans="") + """
+  <pause milliseconds="HOLD_MS"/>""" + CALLER_IN_DIALOG.format(method="BYE", cseq=2, retrans=' retrans="500"') + """
   <recv response="200" next="done"/>
   <label id="refused"/>
   <send>
@@ -123,40 +109,27 @@ CALLER_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 """
 
 # the carrier: answers every INVITE 180 + 200 (Record-Route copied), takes the ACK and the BYE
+CARRIER_ANSWER = """
+  <send{retrans}>
+    <![CDATA[
+
+      SIP/2.0 {status}
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      [last_Record-Route:]
+      Contact: <sip:carrier@[local_ip]:[local_port]>
+      Content-Length: 0
+
+    ]]>
+  </send>"""
 CARRIER_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
 <scenario name="carrier">
-  <recv request="INVITE" crlf="true"/>
-  <send>
-    <![CDATA[
-
-      SIP/2.0 180 Ringing
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      [last_Record-Route:]
-      Contact: <sip:carrier@[local_ip]:[local_port]>
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <send retrans="500">
-    <![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      [last_Record-Route:]
-      Contact: <sip:carrier@[local_ip]:[local_port]>
-      Content-Length: 0
-
-    ]]>
-  </send>
+  <recv request="INVITE" crlf="true"/>""" + CARRIER_ANSWER.format(status="180 Ringing", retrans="") + \
+    CARRIER_ANSWER.format(status="200 OK", retrans=' retrans="500"') + """
   <recv request="ACK" crlf="true"/>
   <recv request="BYE"/>
   <send>

@@ -227,7 +227,7 @@ fi
 # -- 2. build tfps.pyz ----------------------------------------------------------------------------
 mkdir "$BUILD/app"
 cp "$SRC/tfps.py" "$SRC/schema.sql" "$BUILD/app/"
-for f in LICENSE NOTICE; do
+for f in LICENSE docs/NOTICE; do
   [ ! -f "$SRC/$f" ] || cp "$SRC/$f" "$BUILD/app/"
 done
 PYMYSQL_SRC="$(pymysql_dir || true)"

@@ -24,7 +24,7 @@ from conftest import REPO, free_port, write_config
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh installs as root")
 
-SOURCES = ("install.sh", "tfps.py", "schema.sql", "tfps.conf", "docs/gen_cli_docs.py", "LICENSE", "NOTICE",
+SOURCES = ("install.sh", "tfps.py", "schema.sql", "tfps.conf", "docs/gen_cli_docs.py", "LICENSE", "docs/NOTICE",
            "CHANGELOG.md")
 BUILT = ("tfps.pyz", "tfps.1", "tfps.bash-completion")
 # Host commands that --prefix must never run: stand-ins first on PATH record every call.
@@ -171,8 +171,8 @@ def test_pyz_contents(installed):
     assert not [n for n in names if "__pycache__" in n]
     assert zipfile.ZipFile(pyz).read("tfps.py") == (REPO / "tfps.py").read_bytes()
     # The licenses travel with the binary: TFPS's own, and that of the PyMySQL inside it.
-    for name in ("LICENSE", "NOTICE"):
-        assert zipfile.ZipFile(pyz).read(name) == (REPO / name).read_bytes()
+    for name, source in (("LICENSE", "LICENSE"), ("NOTICE", "docs/NOTICE")):
+        assert zipfile.ZipFile(pyz).read(name) == (REPO / source).read_bytes()
     assert "Permission is hereby granted" in zipfile.ZipFile(pyz).read("pymysql/LICENSE").decode()
 
 
@@ -286,7 +286,7 @@ def test_build_only_builds_just_the_pyz(tmp_path):
     assert pyz.is_file() and mode(pyz) == 0o755
     assert mode(src / "tfps.1") == 0o644 and mode(src / "tfps.bash-completion") == 0o644
     assert sorted(p.name for p in src.iterdir()) == sorted({name.split("/")[0] for name in SOURCES + BUILT})
-    assert sorted(p.name for p in (src / "docs").iterdir()) == ["gen_cli_docs.py"], "no bytecode left behind"
+    assert sorted(p.name for p in (src / "docs").iterdir()) == ["NOTICE", "gen_cli_docs.py"], "no bytecode left behind"
     assert run_pyz(pyz, "--version").stdout.startswith("TFPS ")
 
 
@@ -677,4 +677,4 @@ def test_license_is_apache_2_with_the_copyright_in_notice():
     assert license_text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in license_text
     assert "END OF TERMS AND CONDITIONS" in license_text and len(license_text.splitlines()) == 202
-    assert "Copyright 2026 The TFPS authors" in (REPO / "NOTICE").read_text().splitlines()
+    assert "Copyright 2026 The TFPS authors" in (REPO / "docs" / "NOTICE").read_text().splitlines()

@@ -181,6 +181,13 @@ def test_pyz_list_initdb_and_exit_codes(installed):
     # Executed directly: the shebang finds python3 on PATH.
     version = subprocess.run([str(installed["bin"]), "--version"], capture_output=True, text=True, timeout=30)
     assert version.returncode == 0 and version.stdout.startswith("TFPS ")
+    # the installed name everywhere: usage, errors, the undo command of a verdict
+    helped = subprocess.run([str(installed["bin"]), "--help"], capture_output=True, text=True, timeout=30)
+    assert helped.stdout.startswith("usage: tfps [")
+    checked = subprocess.run([str(installed["bin"]), "check", "1001", "pbx.example.com", "+53 5 5512345", "-c", conf],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.stdout.startswith("R06") and "tfps whitelist add number 5355512345" in checked.stdout, checked
+    assert "tfps.py" not in checked.stdout
     listed = run_pyz(installed["bin"], "list", "-c", conf)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.split()[:3] == ["user", "domain", "created"]

@@ -1081,6 +1081,22 @@ class StreamFramer:
 
 T1, T2, T4 = 0.5, 4.0, 5.0
 
+PROCEEDING, COMPLETED, CONFIRMED, TERMINATED = "proceeding", "completed", "confirmed", "terminated"
+
+# The server transactions of RFC 3261 §17.2.1 (INVITE) and §17.2.2 (non-INVITE) as data: state ->
+# event -> next state. Every change of state goes through TransactionLayer.advance; an event that
+# its state does not list is illegal there. Timers are named by their event; one that fires after
+# its state has passed is stale and dropped before it gets here.
+TRANSITIONS = {
+    PROCEEDING: {"provisional": PROCEEDING, "final": COMPLETED},
+    COMPLETED: {"timer_g": COMPLETED, "ack": CONFIRMED, "timer_h": TERMINATED, "timer_j": TERMINATED},
+    CONFIRMED: {"ack": CONFIRMED, "timer_i": TERMINATED},
+}
+
+
+class IllegalTransition(Exception):
+    pass
+
 
 TOP_VIA_RE = re.compile(rb"^(?:via|v)[ \t]*:[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*[A-Za-z]+[ \t]+"
                         rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:[ \t]*:[ \t]*(\d{1,5}))?[^,\r\n]*?"
@@ -1096,11 +1112,19 @@ class ServerTransaction:
         self.method = method
         self.dest = dest          # opaque to this layer: where responses go
         self.reliable = reliable  # TCP: no retransmissions
-        self.state = "proceeding"
+        self.state = PROCEEDING
         self.response = None      # bytes of the last response sent
         self.interval = T1
         self.to_tag = secrets.token_hex(6)
         self.data = None          # the application's state for this transaction
+
+    @property
+    def answered(self):
+        """A final response has been sent."""
+        return self.state != PROCEEDING
+
+    def expects(self, event):
+        return event in TRANSITIONS.get(self.state, ())
 
 
 class TransactionTableFull(Exception):
@@ -1134,8 +1158,8 @@ class TransactionLayer:
         key = self.key(req, via)
         tx = self.table.get(key)
         if req.method == "ACK":
-            if tx is not None and tx.state == "completed":
-                self._confirm(tx, reliable, now)
+            if tx is not None and tx.expects("ack"):
+                self._acknowledged(tx, reliable, now)
             return None, []
         if tx is not None:
             return None, ([(dest, tx.response)] if tx.response else [])
@@ -1155,30 +1179,39 @@ class TransactionLayer:
             return False
         host = m.group(1).decode("ascii").strip("[]").lower()
         tx = self.table.get((m.group(3).decode("ascii", "replace"), f"{host}:{int(m.group(2) or 5060)}", "INVITE"))
-        if tx is None or tx.state not in ("completed", "confirmed"):
+        if tx is None or not tx.expects("ack"):
             return False
-        if tx.state == "completed":
-            self._confirm(tx, reliable, now)
+        self._acknowledged(tx, reliable, now)
         return True
 
-    def _confirm(self, tx, reliable, now):
-        tx.state = "confirmed"
-        tx.response = tx.data = None  # nothing is sent again
-        self._schedule(now + (0 if reliable else T4), "I", tx)
+    @staticmethod
+    def advance(tx, event):
+        """Apply TRANSITIONS; returns the state left. Raises IllegalTransition."""
+        before = tx.state
+        after = TRANSITIONS.get(before, {}).get(event)
+        if after is None:
+            raise IllegalTransition(f"{event} in state {before} ({tx.method} {tx.key[0]})")
+        tx.state = after
+        return before
+
+    def _acknowledged(self, tx, reliable, now):
+        if self.advance(tx, "ack") == COMPLETED:  # the first ACK; later ones are absorbed until Timer I
+            tx.response = tx.data = None  # nothing is sent again
+            self._schedule(now + (0 if reliable else T4), "timer_i", tx)
 
     def find_invite(self, cancel, via):
         return self.table.get(self.key(cancel, via, "INVITE"))
 
     def respond(self, tx, status, data, now):
+        self.advance(tx, "final" if status >= 200 else "provisional")
         tx.response = data
-        if status >= 200 and tx.state == "proceeding":
-            tx.state = "completed"
+        if status >= 200:
             if tx.method == "INVITE":
                 if not tx.reliable:
-                    self._schedule(now + tx.interval, "G", tx)
-                self._schedule(now + 64 * T1, "H", tx)
+                    self._schedule(now + tx.interval, "timer_g", tx)
+                self._schedule(now + 64 * T1, "timer_h", tx)
             else:
-                self._schedule(now + (0 if tx.reliable else 64 * T1), "J", tx)
+                self._schedule(now + (0 if tx.reliable else 64 * T1), "timer_j", tx)
         return [(tx.dest, data)]
 
     def next_deadline(self):
@@ -1187,18 +1220,18 @@ class TransactionLayer:
     def poll(self, now):
         sends = []
         while self.timers and self.timers[0][0] <= now:
-            _, _, kind, key, serial = heapq.heappop(self.timers)
+            _, _, timer, key, serial = heapq.heappop(self.timers)
             tx = self.table.get(key)
-            if tx is None or tx.serial != serial:
-                continue
-            if kind == "G" and tx.state == "completed":
+            if tx is None or tx.serial != serial or not tx.expects(timer):
+                continue  # the transaction ended, or the timer is stale (Timer G or H after the ACK)
+            self.advance(tx, timer)
+            if timer == "timer_g":
                 sends.append((tx.dest, tx.response))
                 tx.interval = min(2 * tx.interval, T2)
-                self._schedule(now + tx.interval, "G", tx)
-            elif kind == "H" and tx.state == "completed":
-                log.info("no ACK for %s within Timer H; transaction ended", tx.key[0])
-                del self.table[tx.key]
-            elif kind in ("I", "J"):
+                self._schedule(now + tx.interval, "timer_g", tx)
+            if tx.state == TERMINATED:
+                if timer == "timer_h":
+                    log.info("no ACK for %s within Timer H; transaction ended", tx.key[0])
                 del self.table[tx.key]
         return sends
 
@@ -4278,7 +4311,7 @@ class Server:
             return
         self._respond(tx, msg, vias, 200)
         pending = invite.data
-        if invite.state == "proceeding" and isinstance(pending, PendingInvite) and not pending.done:
+        if not invite.answered and isinstance(pending, PendingInvite) and not pending.done:
             pending.done = True
             self._respond(invite, pending.msg, pending.vias, 487)
             log.info("call-id=%s cancelled before its verdict", pending.attempt.call_id)

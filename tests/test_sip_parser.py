@@ -1107,6 +1107,42 @@ def test_an_identity_header_twice_or_not_utf8_is_a_defect(header):
     assert defect in ("bytes that are not UTF-8 in the P-tfps header", "more than one P-tfps header")
 
 
+def test_invite_transaction_timers_on_a_virtual_clock():
+    """RFC 3261 17.2.1 over UDP: Timer G doubles up to T2, Timer H ends an unacknowledged
+    transaction after 64*T1; an ACK stops retransmissions, and Timer I ends it after T4."""
+    txl = tfps.TransactionLayer()
+    msg = tfps.parse_message(crlf(BASE))
+    tx, _ = txl.receive(msg, msg.vias()[0], "dest", False, 0.0)
+    assert txl.respond(tx, 302, b"302", 0.0) == [("dest", b"302")] and tx.state == tfps.COMPLETED
+    sent = [t for t in (x / 100 for x in range(0, 3300)) if txl.poll(t)]
+    assert sent == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]  # 0.5 1 2 4 4 4 ... seconds apart
+    assert tx.key not in txl.table  # Timer H at 32 s
+    msg = tfps.parse_message(crlf(BASE.replace("z9hG4bKbase1", "z9hG4bKbase2")))
+    tx, _ = txl.receive(msg, msg.vias()[0], "dest", False, 40.0)
+    txl.respond(tx, 302, b"302", 40.0)
+    ack = tfps.parse_message(crlf(BASE.replace("z9hG4bKbase1", "z9hG4bKbase2").replace("INVITE", "ACK")))
+    assert txl.receive(ack, ack.vias()[0], "dest", False, 40.2) == (None, []) and tx.state == tfps.CONFIRMED
+    assert not any(txl.poll(40 + t / 10) for t in range(1, 50)) and tx.key in txl.table  # absorbs ACKs for T4
+    assert txl.poll(45.3) == [] and tx.key not in txl.table
+
+
+def test_the_transaction_state_machine_refuses_illegal_transitions():
+    txl = tfps.TransactionLayer()
+    msg = tfps.parse_message(crlf(BASE))
+    tx, _ = txl.receive(msg, msg.vias()[0], "dest", True, 0.0)
+    assert not tx.answered and not tx.expects("ack")
+    txl.respond(tx, 100, b"100", 0.0)
+    txl.respond(tx, 302, b"302", 0.0)
+    assert tx.answered
+    with pytest.raises(tfps.IllegalTransition):
+        txl.respond(tx, 487, b"487", 0.1)  # a second final response
+    with pytest.raises(tfps.IllegalTransition):
+        tfps.TransactionLayer.advance(tx, "timer_i")  # Timer I runs only once the ACK came
+    assert set(tfps.TRANSITIONS) == {tfps.PROCEEDING, tfps.COMPLETED, tfps.CONFIRMED}
+    assert all(state in tfps.TRANSITIONS or state == tfps.TERMINATED
+               for edges in tfps.TRANSITIONS.values() for state in edges.values())
+
+
 def test_transaction_table_refuses_new_transactions_past_its_limit():
     txl = tfps.TransactionLayer(limit=2)
     msgs = [tfps.parse_message(crlf(BASE.replace("z9hG4bK", f"z9hG4bK{i}x"))) for i in range(3)]

@@ -1143,6 +1143,13 @@ def test_the_transaction_state_machine_refuses_illegal_transitions():
                for edges in tfps.TRANSITIONS.values() for state in edges.values())
 
 
+def test_the_sip_sections_know_nothing_of_sockets_threads_or_the_clock():
+    """Sections 3 and 4 are sans-IO: bytes and times come in as arguments, bytes to send go out."""
+    text = open(tfps.__file__, encoding="utf-8").read()
+    sip = text[text.index("# 3. SIP messages"):text.index("# 5. Numbers")]
+    assert not re.findall(r"\b(socket|selectors|threading|time)\.\w+", sip)
+
+
 def test_transaction_table_refuses_new_transactions_past_its_limit():
     txl = tfps.TransactionLayer(limit=2)
     msgs = [tfps.parse_message(crlf(BASE.replace("z9hG4bK", f"z9hG4bK{i}x"))) for i in range(3)]

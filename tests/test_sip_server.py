@@ -454,30 +454,25 @@ def test_ack_stops_retransmissions_and_tcp_never_retransmits(start_server, udp, 
     assert conn.read(1, timeout=2.0) == []  # no ACK, but TCP is reliable: no Timer G
 
 
-def test_timer_g_schedule_and_timer_h(start_server, udp):
-    """No ACK over UDP: the 302 comes again 0.5, 1.5, 3.5, 7.5, 11.5 ... s after the first (T1 = 0.5 s
-    doubling up to T2 = 4 s) and stops at Timer H = 64*T1 = 32 s."""
+def test_timer_g_schedule_through_the_event_loop(start_server, udp):
+    """No ACK over UDP: the 302 comes again 0.5, 1.5, 3.5 and 7.5 s after the first (T1 = 0.5 s
+    doubling up to T2); the whole schedule up to Timer H is checked on a virtual clock in
+    test_sip_parser.py, this checks that the loop keeps it."""
     server = start_server(sections={"policy": POLICY})
     client = udp(server)
     client.send(client.invite(CUBA))
     first = client.recv()
     assert first is not None and first[0].status == 302
     t0, arrivals = first[2], []
-    while True:
-        got = client.recv(timeout=max(0.05, t0 + 37.0 - time.monotonic()))
+    while len(arrivals) < 4:
+        got = client.recv(timeout=max(0.05, t0 + 9.0 - time.monotonic()))
         if got is None:
             break
         assert got[1] == first[1], "retransmissions are byte-identical"
         arrivals.append(got[2] - t0)
-    expected = [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
-    assert len(arrivals) >= 5, arrivals
-    for n, (got, want) in enumerate(zip(arrivals[:5], expected)):
+    assert len(arrivals) == 4, arrivals
+    for n, (got, want) in enumerate(zip(arrivals, [0.5, 1.5, 3.5, 7.5])):
         assert abs(got - want) <= 0.3 + 0.1 * n, (n, arrivals)
-    intervals = [b - a for a, b in zip([0.0] + arrivals, arrivals)]
-    assert all(abs(i - w) <= 0.35 for i, w in zip(intervals[:4], (0.5, 1.0, 2.0, 4.0))), intervals
-    assert all(3.5 <= i <= 4.6 for i in intervals[4:]), intervals
-    assert len(arrivals) in (9, 10) and arrivals[-1] <= 33.0, arrivals
-    assert "within Timer H; transaction ended" in server.read_log()
 
 
 def test_cancel_of_pending_invite_and_100_trying(start_server, udp):

@@ -201,9 +201,9 @@ def account_domain(text):
 
 
 def _account_part(value, longest, what):
-    if not value or len(value) > longest or not value.isprintable() or " " in value or "@" in value:
-        raise ValueError(f"{what} must be 1 to {longest} printable characters without spaces or '@'")
-    return value
+    if not value or "@" in value:  # '@' separates USER@DOMAIN
+        raise ValueError(f"{what} must not be empty or contain '@'")
+    return printable(value, longest, what)
 
 
 def not_utf8(path):
@@ -1128,7 +1128,7 @@ class ServerTransaction:
 
 
 class TransactionTableFull(Exception):
-    """A new transaction would exceed the table's limit: answer 503 without keeping state."""
+    """A new transaction would exceed the table's limit: answer without keeping state."""
 
 
 class TransactionLayer:
@@ -3633,11 +3633,9 @@ def call_identity(msg, uri, from_addr, packet_ip, now, legacy=False):
         user, domain = fields[0].strip() or user, fields[1].strip() or domain
         ip, ua, calls = fields[2].strip() or ip, fields[3].strip() or ua, fields[4].strip() or calls
     calls = str(calls).strip() if calls is not None else ""
-    attempt = CallAttempt(user=user, domain=domain, number=dialed_number(uri.user), source_ip=without_port(ip.strip()),
-                          user_agent=ua.strip(), concurrent_calls=int(calls) if re.fullmatch(r"[0-9]{1,6}", calls) else None,
-                          ts=now, call_id=msg.header("call-id") or "", from_uri=from_addr.raw_uri)
-    attempt.defect = defect
-    return attempt
+    return CallAttempt(user=user, domain=domain, number=dialed_number(uri.user), source_ip=without_port(ip.strip()),
+                       user_agent=ua.strip(), concurrent_calls=int(calls) if re.fullmatch(r"[0-9]{1,6}", calls) else None,
+                       ts=now, call_id=msg.header("call-id") or "", from_uri=from_addr.raw_uri, defect=defect)
 
 
 RESERVED_FILES = 64  # descriptors kept for the database, logs, lookups and alerts
@@ -3726,7 +3724,6 @@ class Server:
         self.listeners = []
         self.stopping = False
         self.reload_requested = False
-        self.tcp_max_connections = cfg.server.tcp_max_connections or tcp_connections_allowed()
         self.counters = {"untrusted": 0, "malformed": 0, "verdicts": 0, "resend_dropped": 0, "overflow": 0,
                          "accept_paused": 0, "tcp_refused": 0}
         self._trusted_cache = {}
@@ -3747,6 +3744,10 @@ class Server:
         self.threads_stop = threading.Event()
 
     # -- sockets ------------------------------------------------------------------------------
+
+    @property
+    def tcp_max_connections(self):
+        return self.cfg.server.tcp_max_connections or tcp_connections_allowed()
 
     def bind(self):
         """Every listener, before anything is served; none if one cannot be had. SO_REUSEADDR
@@ -4007,7 +4008,6 @@ class Server:
             vars(getattr(self.cfg, section)).update(vars(getattr(cfg, section)))
         self.cfg.server.listen = listen
         self._trusted_cache.clear()
-        self.tcp_max_connections = self.cfg.server.tcp_max_connections or tcp_connections_allowed()
         self.loading_lists = False  # load them again, with the new configuration
         self.lists_reason = f"SIGHUP: configuration and lists reloaded (mode {self.cfg.server.mode})"
         self._start_loading_lists()

@@ -1343,8 +1343,13 @@ def redact_url(url):
 def read_schema():
     """schema.sql beside this file, also when this file runs from inside a zipapp."""
     path = os.path.join(os.path.dirname(__file__), "schema.sql")  # the loader's own spelling of the path
+    # zipimport's get_data inside a zipapp; none when a tool runs the file (`python3 -m cProfile tfps.py`)
+    get_data = getattr(globals().get("__loader__"), "get_data", None)
     try:
-        return __loader__.get_data(path).decode("utf-8")
+        if get_data is None:
+            with open(path, "rb") as fh:
+                return fh.read().decode("utf-8")
+        return get_data(path).decode("utf-8")
     except OSError:
         raise DatabaseError(f"schema.sql not found beside {os.path.abspath(__file__)}") from None
 

@@ -121,8 +121,8 @@ def write_inputs(work, users, rows, seed):
     (work / "uac.xml").write_text(SCENARIO)
 
 
-# `python3 -m cProfile tfps.py` runs the file without a module loader, and tfps.py reads its
-# schema.sql through __loader__: this imports it as __main__ with one. argv: OUTPUT TFPS_PY ARGS...
+# tfps.py before 1.1.0 reads its schema.sql through __loader__, which `python3 -m cProfile tfps.py`
+# does not give it: this imports it as __main__ with one, so any version compares. argv: OUTPUT TFPS_PY ARGS...
 PROFILED = """import cProfile, importlib.util, sys
 out, sys.argv = sys.argv[1], sys.argv[2:]
 spec = importlib.util.spec_from_file_location("__main__", sys.argv[0])

@@ -835,6 +835,13 @@ def test_messages_use_the_name_the_program_was_run_as(tmp_path, sqlite_url):
     assert "tfps.py" not in tfps_("check", *ACCOUNT, "+53 5 5512345", "--db", sqlite_url).stdout
 
 
+def test_the_file_runs_under_a_profiler(tmp_path, sqlite_url):
+    """`python3 -m cProfile tfps.py` gives the file no module loader: schema.sql is still found."""
+    result = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(tmp_path / "initdb.prof"), str(TFPS), "initdb",
+                             "--db", sqlite_url], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "created: schema version" in result.stdout, result.stderr
+
+
 def test_serve_on_a_port_in_use(sqlite_url):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))

@@ -22,9 +22,10 @@ Contents (sections appear in this order; each depends only on those above it)
   10. Engine             the fraud pipeline: call attempt in, verdict out
   11. Training           limits learned from each account's history; daily jobs
   12. Replay             the real engine over CDR files with simulated time, in parallel by account
-  13. Server             selectors event loop moving bytes and timers for UDP and TCP
-  14. Admin              account, list and report operations behind the CLI
-  15. CLI                argparse subcommands and main()
+  13. SIP service        sans-IO redirect server: requests and verdicts in, responses and timers out
+  14. Server             selectors event loop moving bytes and timers for UDP and TCP
+  15. Admin              account, list and report operations behind the CLI
+  16. CLI                argparse subcommands and main()
 """
 
 from __future__ import annotations
@@ -3598,12 +3599,12 @@ def replay_report(tally, rows):
 
 
 # =============================================================================================
-# 13. Server: one selectors event loop that moves bytes and timers for UDP and TCP
+# 13. SIP service: sans-IO behaviour of a redirect server, from bytes in to bytes out
 # =============================================================================================
 
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, OPTIONS, BYE"
-UNTRUSTED_LOG_LINES = 20
 VERDICT_PREFIX = re.compile(r"(?:A00|R\d\d)")
+TRYING_DELAY = 0.1  # a verdict still pending after this gets a 100 Trying (RFC 3261 §17.2.1: 200 ms at most)
 
 
 IDENTITY_HEADER = "P-tfps"
@@ -3643,15 +3644,6 @@ def call_identity(msg, uri, from_addr, packet_ip, now, legacy=False):
                        ts=now, call_id=msg.header("call-id") or "", from_uri=from_addr.raw_uri, defect=defect)
 
 
-RESERVED_FILES = 64  # descriptors kept for the database, logs, lookups and alerts
-
-
-def tcp_connections_allowed():
-    """tcp_max_connections = auto: what the open-file limit leaves beside RESERVED_FILES."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return 1 << 16 if soft == resource.RLIM_INFINITY else max(8, soft - RESERVED_FILES)
-
-
 def without_port(ip):
     """'192.0.2.1:5060' -> '192.0.2.1', '[2001:db8::1]:5060' -> '2001:db8::1'; dialplans pass both forms."""
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::\d+)?|(\d+\.\d+\.\d+\.\d+):\d+", ip)
@@ -3660,6 +3652,258 @@ def without_port(ip):
 
 def header_safe(text):
     return re.sub(r"[\r\n\x00]+", " ", text)[:300]
+
+
+def top_via_value(via, addr):
+    """The top Via as echoed in responses, with received and rport (RFC 3261 §18.2.1, RFC 3581)."""
+    value = via.raw
+    if "rport" in via.params and not via.params["rport"]:
+        value = re.sub(r";\s*rport(?=\s*(?:;|$))", f";rport={addr[1]}", value, count=1, flags=re.I)
+    if via.host != addr[0] or "rport" in via.params:
+        value += f";received={addr[0]}"
+    return value
+
+
+def response_dest(endpoint, addr, via):
+    """Where responses go: over UDP always back to the packet's source address and port, as
+    with rport (RFC 3581). The Via sent-by port and maddr are not obeyed: a forged request
+    must not direct answers at a third party. `endpoint` is opaque here but for its transport."""
+    if endpoint.transport == "tcp":
+        return endpoint, (addr[0], via.port or 5060)  # where to connect should this connection close
+    return endpoint, addr
+
+
+class PendingInvite:
+    """Application state of an INVITE transaction while its verdict is computed."""
+
+    __slots__ = ("msg", "vias", "attempt", "started", "done", "from_host")
+
+    def __init__(self, msg, vias, attempt, started, from_host):
+        self.msg = msg
+        self.vias = vias
+        self.attempt = attempt
+        self.started = started
+        self.done = False
+        self.from_host = from_host
+
+
+class SipService:
+    """What a redirect server says, and when, without sockets, threads or a clock.
+
+    `receive(data, endpoint, addr, now)` takes one request (a datagram, or a message a
+    StreamFramer cut from a stream) and returns (sends, invite): the (dest, bytes) to send now,
+    and the INVITE transaction that needs a verdict, or None. Its `data` is a PendingInvite
+    whose `attempt` the owner decides (from any thread, in any time), then hands back with
+    `answer(tx, verdict, now)`. `poll(now)` fires the timers (retransmissions, 100 Trying,
+    the end of transactions); `next_deadline()` says when it is due again. `dest` is
+    (endpoint, address); of an endpoint this class only reads `transport`."""
+
+    def __init__(self, settings):
+        self.settings = settings  # the [server] section
+        self.transactions = TransactionLayer(settings.max_transactions)
+        self.trying = []          # (when, seq, key, serial) of INVITEs that may need a 100 Trying
+        self._seq = 0
+        self._resent = {}         # source IP -> (second, bytes retransmitted to it in that second)
+        self.counters = {"malformed": 0, "overflow": 0, "resend_dropped": 0}
+
+    def configure(self, settings):
+        """A reloaded [server] section; transactions in progress keep their state."""
+        self.settings = settings
+        self.transactions.limit = settings.max_transactions
+
+    # -- requests in ----------------------------------------------------------------------------
+
+    def receive(self, data, endpoint, addr, now):
+        reliable = endpoint.transport == "tcp"
+        if data[:4] == b"ACK " and self.transactions.absorb_ack(data, reliable, now):
+            return [], None
+        try:
+            msg = parse_message(data)
+            if not msg.is_request:
+                return [], None  # a redirect server sends no requests, so responses match nothing
+            vias = msg.vias()
+        except SipError:
+            self.counters["malformed"] += 1
+            return [], None
+        if not vias:
+            self.counters["malformed"] += 1
+            return [], None
+        top = vias[0]
+        dest = response_dest(endpoint, addr, top)
+        via_values = [top_via_value(top, addr)] + [v.raw for v in vias[1:]]
+        try:
+            uri, from_addr = validate_request(msg)
+        except SipError as exc:
+            self.counters["malformed"] += 1
+            if msg.method == "ACK":
+                return [], None
+            return [(dest, self._stateless(msg, exc.status, exc.reason, via_values))], None
+        try:
+            tx, repeats = self.transactions.receive(msg, top, dest, reliable, now)
+        except TransactionTableFull:
+            return [self._refuse_overflow(msg, dest, via_values)], None
+        sends = self._within_budget(repeats, now)
+        if tx is None:
+            return sends, None
+        required = unsupported_extensions(msg) if msg.method in ("INVITE", "OPTIONS", "BYE") else []
+        if required:
+            return self._respond(tx, msg, via_values, 420, now, headers=[("Unsupported", ", ".join(required))]), None
+        if msg.method == "INVITE":
+            return self._invite(tx, msg, uri, from_addr, via_values, addr, now)
+        if msg.method == "OPTIONS":
+            return self._respond(tx, msg, via_values, 200, now, headers=[("Allow", ALLOWED_METHODS),
+                                                                      ("Accept", "application/sdp")]), None
+        if msg.method == "CANCEL":
+            return self._cancel(tx, msg, top, via_values, now), None
+        if msg.method == "BYE":
+            return self._respond(tx, msg, via_values, 481, now), None
+        return self._respond(tx, msg, via_values, 405, now, headers=[("Allow", ALLOWED_METHODS)]), None
+
+    def reject_stream(self, buffer, exc, endpoint, addr):
+        """A stream that cannot be framed: the answer to its first message, if it can be read;
+        the owner then closes the connection."""
+        self.counters["malformed"] += 1
+        try:
+            msg = parse_message(bytes(buffer[:8192]))
+            if msg.is_request and msg.method != "ACK":
+                vias = msg.vias()
+                via_values = [top_via_value(vias[0], addr)] + [v.raw for v in vias[1:]]
+                return [((endpoint, addr), self._stateless(msg, exc.status, exc.reason, via_values))]
+        except (SipError, IndexError):
+            pass
+        return []
+
+    def _invite(self, tx, msg, uri, from_addr, vias, addr, now):
+        user = dialed_number(uri.user)
+        refusal = (483 if (msg.header("max-forwards") or "70").lstrip("0") == "" else
+                   484 if not user else 482 if VERDICT_PREFIX.match(user) else None)
+        if refusal:
+            return self._respond(tx, msg, vias, refusal, now), None
+        attempt = call_identity(msg, uri, from_addr, addr[0], 0.0, self.settings.legacy_headers)
+        tx.data = PendingInvite(msg, vias, attempt, now, from_addr.uri.host or uri.host)
+        self._seq += 1
+        heapq.heappush(self.trying, (now + TRYING_DELAY, self._seq, tx.key, tx.serial))
+        return [], tx
+
+    def _cancel(self, tx, msg, top, vias, now):
+        invite = self.transactions.find_invite(msg, top)
+        if invite is None:
+            return self._respond(tx, msg, vias, 481, now)
+        sends = self._respond(tx, msg, vias, 200, now)
+        pending = invite.data
+        if not invite.answered and isinstance(pending, PendingInvite) and not pending.done:
+            pending.done = True
+            sends += self._respond(invite, pending.msg, pending.vias, 487, now)
+            log.info("call-id=%s cancelled before its verdict", pending.attempt.call_id)
+        return sends
+
+    # -- verdicts in ----------------------------------------------------------------------------
+
+    @staticmethod
+    def awaits_verdict(tx):
+        """The INVITE still wants its verdict: not answered, cancelled or ended meanwhile."""
+        return isinstance(tx.data, PendingInvite) and not tx.data.done
+
+    def pending(self):
+        """The INVITE transactions still waiting for their verdicts."""
+        return [tx for tx in self.transactions.table.values() if self.awaits_verdict(tx)]
+
+    def answer(self, tx, verdict, now):
+        """The final response to an INVITE from its verdict (None: there is none to give).
+        Returns (sends, summary of the answer for the call log, latency in ms), or None when
+        the INVITE no longer wants it."""
+        if not self.awaits_verdict(tx):
+            return None
+        pending = tx.data
+        pending.done = True
+        latency = (now - pending.started) * 1000
+        if verdict is None:  # the peer learns that there is no verdict, the log says why
+            sends = self._respond(tx, pending.msg, pending.vias, 500, now, "TFPS Database Unavailable",
+                                  headers=[("X-TFPS-Reason", "no verdict: database unavailable")])
+            return sends, "500", latency
+        status, headers, summary = self._verdict_response(verdict, pending)
+        return self._respond(tx, pending.msg, pending.vias, status, now, headers=headers), summary, latency
+
+    def _verdict_response(self, verdict, pending):
+        headers = [("X-TFPS-Code", verdict.code), ("X-TFPS-Reason", header_safe(verdict.reason))]
+        if self.settings.mode == "failover":
+            status = 503 if verdict.approved else 603
+            return status, headers, f"{status}"
+        host = self.settings.redirect_host or pending.from_host
+        host = f"[{host}]" if ":" in host else host
+        user = urllib.parse.quote(pending.attempt.number, safe="-_.!~*'()&=+$,;?/", errors="surrogateescape")
+        return 302, [("Contact", f"<sip:{verdict.code}{user}@{host}>")] + headers, f"302 {verdict.code}"
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def poll(self, now):
+        sends = self._within_budget(self.transactions.poll(now), now)
+        while self.trying and self.trying[0][0] <= now:
+            _, _, key, serial = heapq.heappop(self.trying)
+            tx = self.transactions.table.get(key)
+            if tx is not None and tx.serial == serial and self.awaits_verdict(tx) and not tx.answered:
+                sends += self._respond(tx, tx.data.msg, tx.data.vias, 100, now)
+        return sends
+
+    def next_deadline(self):
+        deadlines = [d for d in (self.transactions.next_deadline(), self.trying[0][0] if self.trying else None)
+                     if d is not None]
+        return min(deadlines) if deadlines else None
+
+    # -- responses out --------------------------------------------------------------------------
+
+    def _respond(self, tx, msg, vias, status, now, reason=None, headers=()):
+        data = build_response(msg, status, reason, vias=vias, to_tag=tx.to_tag if status > 100 else None, headers=headers,
+                              server=self.settings.server_header)
+        if status >= 200:
+            tx.data = None  # the request is answered: only the response bytes stay, until Timer H or the ACK
+        return self.transactions.respond(tx, status, data, now)
+
+    def _stateless(self, msg, status, reason, vias, headers=()):
+        return build_response(msg, status, reason, vias=vias, to_tag=secrets.token_hex(6), headers=headers,
+                              server=self.settings.server_header)
+
+    def _refuse_overflow(self, msg, dest, vias):
+        """An answer without a transaction: the table is full (a flood, or verdicts far too slow).
+        500, not 503: in failover mode 503 means approved."""
+        self.counters["overflow"] += 1
+        if self.counters["overflow"] % 10000 == 1:
+            log.error("%d transactions held (max_transactions): new requests answered 500 (%d so far)",
+                      len(self.transactions.table), self.counters["overflow"])
+        return dest, self._stateless(msg, 500, "TFPS Overloaded", vias, headers=[("Retry-After", "5")])
+
+    def _within_budget(self, repeats, now):
+        """Retransmitted responses, within resend_bytes_per_source per source and second: a
+        forged source must not turn retransmissions into a flood aimed at a third party."""
+        sends = []
+        second = int(now)
+        for dest, data in repeats:
+            ip = dest[1][0]
+            when, spent = self._resent.get(ip, (0, 0))
+            if when != second:
+                if len(self._resent) > 65536:
+                    self._resent.clear()
+                when, spent = second, 0
+            if spent + len(data) > self.settings.resend_bytes_per_source:
+                self.counters["resend_dropped"] += 1
+                continue
+            self._resent[ip] = (second, spent + len(data))
+            sends.append((dest, data))
+        return sends
+
+
+# =============================================================================================
+# 14. Server: one selectors event loop that moves bytes and timers for UDP and TCP
+# =============================================================================================
+
+UNTRUSTED_LOG_LINES = 20
+RESERVED_FILES = 64  # descriptors kept for the database, logs, lookups and alerts
+
+
+def tcp_connections_allowed():
+    """tcp_max_connections = auto: what the open-file limit leaves beside RESERVED_FILES."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 16 if soft == resource.RLIM_INFINITY else max(8, soft - RESERVED_FILES)
 
 
 class UdpEndpoint:
@@ -3700,27 +3944,13 @@ class TcpConnection:
         self.outbuf += data
 
 
-class PendingInvite:
-    """Application state of an INVITE transaction while its verdict is computed."""
-
-    __slots__ = ("msg", "vias", "attempt", "started", "done", "from_host")
-
-    def __init__(self, msg, vias, attempt, started, from_host):
-        self.msg = msg
-        self.vias = vias
-        self.attempt = attempt
-        self.started = started
-        self.done = False
-        self.from_host = from_host
-
-
 class Server:
     def __init__(self, cfg, db, config_path=None):
         self.cfg = cfg
         self.config_path = config_path
         self.db = db
         self.engine = Engine(cfg, db)
-        self.txl = TransactionLayer(cfg.server.max_transactions)
+        self.sip = SipService(cfg.server)
         self.selector = selectors.DefaultSelector()
         self.timers = []
         self._seq = 0
@@ -3729,12 +3959,10 @@ class Server:
         self.listeners = []
         self.stopping = False
         self.reload_requested = False
-        self.counters = {"untrusted": 0, "malformed": 0, "verdicts": 0, "resend_dropped": 0, "overflow": 0,
-                         "accept_paused": 0, "tcp_refused": 0}
+        self.counters = {"untrusted": 0, "oversized": 0, "verdicts": 0, "accept_paused": 0, "tcp_refused": 0}
         self._trusted_cache = {}
         self._untrusted_logged = {}     # source -> when it was last logged
         self._untrusted_minute = [0, 0]  # (minute, lines logged in it)
-        self._resent = {}               # source -> (second, bytes retransmitted to it in that second)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -3812,11 +4040,11 @@ class Server:
                 callback(*args)
             except Exception:  # a failing timer must never stop the loop
                 log.exception("timer %s failed", getattr(callback, "__name__", callback))
-        for dest, data in self.txl.poll(now):
-            self._resend(dest, data)
+        for dest, data in self.sip.poll(now):
+            self._send(dest, data)
 
     def _timeout(self):
-        deadlines = [d for d in (self.timers[0][0] if self.timers else None, self.txl.next_deadline()) if d is not None]
+        deadlines = [d for d in (self.timers[0][0] if self.timers else None, self.sip.next_deadline()) if d is not None]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else 1.0
 
     # -- the loop -----------------------------------------------------------------------------
@@ -3923,10 +4151,9 @@ class Server:
 
     def shutdown(self):
         log.info("stopping: answering pending transactions")
-        for tx in list(self.txl.table.values()):
-            if isinstance(tx.data, PendingInvite) and not tx.data.done:
-                self._finish_invite(tx, Reputation(tx.data.attempt.source_ip, False, detail="server stopping"))
-        for dest, data in self.txl.poll(time.monotonic()):
+        for tx in self.sip.pending():
+            self._finish_invite(tx, Reputation(tx.data.attempt.source_ip, False, detail="server stopping"))
+        for dest, data in self.sip.poll(time.monotonic()):
             self._send(dest, data)
         for conn in list(self.connections.values()):
             self._flush_tcp(conn)
@@ -3942,11 +4169,11 @@ class Server:
             self.db.close()
             for sock in self.listeners:
                 sock.close()
-        c = self.counters
-        log.info("stopped after %d verdicts (%d packets from untrusted sources dropped, %d malformed; %d requests "
-                 "refused for max_transactions, %d retransmissions over resend_bytes_per_source, %d TCP connections "
-                 "refused, %d call log rows lost)", c["verdicts"], c["untrusted"], c["malformed"], c["overflow"],
-                 c["resend_dropped"], c["tcp_refused"], self.engine.dropped_rows)
+        c, s = self.counters, self.sip.counters
+        log.info("stopped after %d verdicts (%d packets from untrusted sources dropped, %d malformed, %d oversized; "
+                 "%d requests refused for max_transactions, %d retransmissions over resend_bytes_per_source, %d TCP "
+                 "connections refused, %d call log rows lost)", c["verdicts"], c["untrusted"], s["malformed"],
+                 c["oversized"], s["overflow"], s["resend_dropped"], c["tcp_refused"], self.engine.dropped_rows)
 
     def _database_unavailable(self, exc):
         """True when `exc` says the database cannot be used now; the first time, verdicts turn to
@@ -4048,21 +4275,6 @@ class Server:
         log.warning("dropping SIP from untrusted source %s: add it to [server] trusted_peers if it is a PBX or proxy "
                     "(%d packets from untrusted sources dropped so far)", ip, self.counters["untrusted"])
 
-    def _resend(self, dest, data):
-        """A retransmitted response, within the per-source budget of resend_bytes_per_source."""
-        now = time.monotonic()
-        ip = dest[1][0]
-        second, spent = self._resent.get(ip, (0, 0))
-        if second != int(now):
-            if len(self._resent) > 65536:
-                self._resent.clear()
-            second, spent = int(now), 0
-        if spent + len(data) > self.cfg.server.resend_bytes_per_source:
-            self.counters["resend_dropped"] += 1
-            return
-        self._resent[ip] = (second, spent + len(data))
-        self._send(dest, data)
-
     def _read_udp(self, sock, endpoint):
         limit = self.cfg.server.max_message_size
         for _ in range(64):
@@ -4075,7 +4287,7 @@ class Server:
             if not self.trusted(addr[0]):
                 continue
             if len(data) > limit:
-                self.counters["malformed"] += 1
+                self.counters["oversized"] += 1
                 continue
             if data.strip(b"\r\n\0 "):
                 self.on_message(data, endpoint, addr[:2])
@@ -4173,14 +4385,8 @@ class Server:
 
     def _reject_stream(self, conn, exc):
         """A stream that cannot be framed: answer what can be answered, then close it."""
-        try:
-            msg = parse_message(bytes(conn.framer.buffer[:8192]))
-            if msg.is_request and msg.method != "ACK":
-                vias = [self._top_via_value(msg.vias()[0], conn.addr)] + [v.raw for v in msg.vias()[1:]]
-                conn.send(build_response(msg, exc.status, exc.reason, vias=vias, server=self.cfg.server.server_header))
-        except (SipError, IndexError):
-            pass
-        self.counters["malformed"] += 1
+        for _dest, data in self.sip.reject_stream(conn.framer.buffer, exc, conn, conn.addr):
+            conn.send(data)
         self._flush_tcp(conn)
         self._close_tcp(conn)
 
@@ -4222,114 +4428,20 @@ class Server:
         if endpoint.transport == "tcp" and not endpoint.closed:
             self._flush_tcp(endpoint)
 
-    # -- SIP ----------------------------------------------------------------------------------
-
-    def _top_via_value(self, via, addr):
-        """The top Via as echoed in responses, with received and rport (RFC 3261 §18.2.1, RFC 3581)."""
-        value = via.raw
-        if "rport" in via.params and not via.params["rport"]:
-            value = re.sub(r";\s*rport(?=\s*(?:;|$))", f";rport={addr[1]}", value, count=1, flags=re.I)
-        if via.host != addr[0] or "rport" in via.params:
-            value += f";received={addr[0]}"
-        return value
-
-    @staticmethod
-    def _response_dest(endpoint, addr, via):
-        """Where responses go: over UDP always back to the packet's source address and port, as
-        with rport (RFC 3581). The Via sent-by port and maddr are not obeyed: a forged request
-        must not direct answers at a third party."""
-        if endpoint.transport == "tcp":
-            return endpoint, (addr[0], via.port or 5060)  # where to connect should this connection close
-        return endpoint, addr
+    # -- verdicts -----------------------------------------------------------------------------
 
     def on_message(self, data, endpoint, addr):
-        if data[:4] == b"ACK " and self.txl.absorb_ack(data, endpoint.transport == "tcp", time.monotonic()):
-            return
-        try:
-            msg = parse_message(data)
-            if not msg.is_request:
-                return  # a redirect server sends no requests, so responses match nothing
-            vias = msg.vias()
-        except SipError:
-            self.counters["malformed"] += 1
-            return
-        if not vias:
-            self.counters["malformed"] += 1
-            return
-        top = vias[0]
-        dest = self._response_dest(endpoint, addr, top)
-        via_values = [self._top_via_value(top, addr)] + [v.raw for v in vias[1:]]
-        try:
-            uri, from_addr = validate_request(msg)
-        except SipError as exc:
-            self.counters["malformed"] += 1
-            if msg.method != "ACK":
-                self._send(dest, build_response(msg, exc.status, exc.reason, vias=via_values, to_tag=secrets.token_hex(6),
-                                                server=self.cfg.server.server_header))
-            return
-        now = time.monotonic()
-        try:
-            tx, sends = self.txl.receive(msg, top, dest, endpoint.transport == "tcp", now)
-        except TransactionTableFull:
-            self._refuse_overflow(msg, dest, via_values)
-            return
-        for send in sends:
-            self._resend(*send)
-        if tx is None:
-            return
-        required = unsupported_extensions(msg) if msg.method in ("INVITE", "OPTIONS", "BYE") else []
-        if required:
-            self._respond(tx, msg, via_values, 420, headers=[("Unsupported", ", ".join(required))])
-        elif msg.method == "INVITE":
-            self._on_invite(tx, msg, uri, from_addr, via_values, addr)
-        elif msg.method == "OPTIONS":
-            self._respond(tx, msg, via_values, 200, headers=[("Allow", ALLOWED_METHODS), ("Accept", "application/sdp")])
-        elif msg.method == "CANCEL":
-            self._on_cancel(tx, msg, top, via_values)
-        elif msg.method == "BYE":
-            self._respond(tx, msg, via_values, 481)
-        else:
-            self._respond(tx, msg, via_values, 405, headers=[("Allow", ALLOWED_METHODS)])
+        sends, invite = self.sip.receive(data, endpoint, addr, time.monotonic())
+        for dest, packet in sends:
+            self._send(dest, packet)
+        if invite is not None:
+            self._check(invite)
 
-    def _refuse_overflow(self, msg, dest, vias):
-        """An answer without a transaction: the table is full (a flood, or verdicts far too slow).
-        500, not 503: in failover mode 503 means approved."""
-        self.counters["overflow"] += 1
-        if self.counters["overflow"] % 10000 == 1:
-            log.error("%d transactions held (max_transactions): new requests answered 500 (%d so far)",
-                      len(self.txl.table), self.counters["overflow"])
-        self._send(dest, build_response(msg, 500, "TFPS Overloaded", vias=vias, to_tag=secrets.token_hex(6),
-                                        headers=[("Retry-After", "5")], server=self.cfg.server.server_header))
-
-    def _respond(self, tx, msg, vias, status, reason=None, headers=()):
-        data = build_response(msg, status, reason, vias=vias, to_tag=tx.to_tag if status > 100 else None, headers=headers,
-                              server=self.cfg.server.server_header)
-        if status >= 200:
-            tx.data = None  # the request is answered: only the response bytes stay, until Timer H or the ACK
-        for send in self.txl.respond(tx, status, data, time.monotonic()):
-            self._send(*send)
-
-    def _on_cancel(self, tx, msg, top, vias):
-        invite = self.txl.find_invite(msg, top)
-        if invite is None:
-            self._respond(tx, msg, vias, 481)
-            return
-        self._respond(tx, msg, vias, 200)
-        pending = invite.data
-        if not invite.answered and isinstance(pending, PendingInvite) and not pending.done:
-            pending.done = True
-            self._respond(invite, pending.msg, pending.vias, 487)
-            log.info("call-id=%s cancelled before its verdict", pending.attempt.call_id)
-
-    def _on_invite(self, tx, msg, uri, from_addr, vias, addr):
-        user = dialed_number(uri.user)
-        refusal = (483 if (msg.header("max-forwards") or "70").lstrip("0") == "" else
-                   484 if not user else 482 if VERDICT_PREFIX.match(user) else None)
-        if refusal:
-            self._respond(tx, msg, vias, refusal)
-            return
-        attempt = call_identity(msg, uri, from_addr, addr[0], time.time(), self.cfg.server.legacy_headers)
-        tx.data = PendingInvite(msg, vias, attempt, time.monotonic(), from_addr.uri.host or uri.host)
+    def _check(self, tx):
+        """An INVITE's verdict: at once, or once its source's reputation is known (looked up on
+        the worker pool, within reputation_timeout)."""
+        attempt = tx.data.attempt
+        attempt.ts = time.time()
         ip = attempt.source_ip
         if self.reputation.wanted(ip) and not self.engine.lists.ip_white.match(ip):
             rep = self._known_reputation(ip, attempt.ts)
@@ -4337,7 +4449,6 @@ class Server:
                 rep = Reputation(ip, False, detail="lookups paused by the service's rate limit")
             if rep is None:
                 self.reputation.request(ip, lambda result: self._finish_invite(tx, result))
-                self.call_later(0.1, self._send_trying, tx)
                 self.call_later(self.cfg.reputation.reputation_timeout, self._finish_invite, tx,
                                 Reputation(ip, False, detail=f"no answer within {self.cfg.reputation.reputation_timeout:g} s"))
                 return
@@ -4352,29 +4463,21 @@ class Server:
                 raise
             return self.reputation.known(None, ip, now)
 
-    def _send_trying(self, tx):
-        if tx.data is not None and not tx.data.done:
-            self._respond(tx, tx.data.msg, tx.data.vias, 100)
-
     def _finish_invite(self, tx, reputation):
-        pending = tx.data
-        if pending is None or pending.done:  # answered already (CANCEL, timeout) and maybe ACKed
+        if not self.sip.awaits_verdict(tx):  # answered already (CANCEL, timeout) and maybe ACKed
             return
-        pending.done = True
-        attempt = pending.attempt
+        attempt = tx.data.attempt
         if reputation is not None:
             attempt.reputation = reputation
             if not reputation.ok:
                 log.warning("call-id=%s reputation of %s unavailable (%s): reputation_failure = %s", attempt.call_id,
                             attempt.source_ip, reputation.detail, self.cfg.reputation.reputation_failure)
         verdict = self._decide(attempt)
-        if verdict is None:  # the peer learns that there is no verdict, the log says why
-            self._respond(tx, pending.msg, pending.vias, 500, "TFPS Database Unavailable",
-                          headers=[("X-TFPS-Reason", "no verdict: database unavailable")])
+        sends, summary, latency = self.sip.answer(tx, verdict, time.monotonic())
+        for dest, packet in sends:
+            self._send(dest, packet)
+        if verdict is None:
             return
-        status, reason, headers, summary = self._verdict_response(verdict, pending)
-        self._respond(tx, pending.msg, pending.vias, status, reason, headers)
-        latency = (time.monotonic() - pending.started) * 1000
         self.engine.record(verdict, summary, latency)
         self.counters["verdicts"] += 1
         if self.cfg.server.log_verdicts:
@@ -4397,20 +4500,9 @@ class Server:
             return self.engine.decide_from_memory(attempt, enforce=enforce)
         return None
 
-    def _verdict_response(self, verdict, pending):
-        headers = [("X-TFPS-Code", verdict.code), ("X-TFPS-Reason", header_safe(verdict.reason))]
-        if self.cfg.server.mode == "failover":
-            status = 503 if verdict.approved else 603
-            return status, None, headers, f"{status}"
-        host = self.cfg.server.redirect_host or pending.from_host
-        host = f"[{host}]" if ":" in host else host
-        user = urllib.parse.quote(pending.attempt.number, safe="-_.!~*'()&=+$,;?/", errors="surrogateescape")
-        contact = f"<sip:{verdict.code}{user}@{host}>"
-        return 302, None, [("Contact", contact)] + headers, f"302 {verdict.code}"
-
 
 # =============================================================================================
-# 14. Admin: account, list and report operations behind the CLI
+# 15. Admin: account, list and report operations behind the CLI
 # =============================================================================================
 
 LIST_KINDS = {"number": ("number_list", "prefix"), "ip": ("ip_list", "cidr"), "ua": ("ua_list", "pattern")}
@@ -4622,7 +4714,7 @@ def _probe_exchange(sock, invite, transport, deadline):
 
 
 # =============================================================================================
-# 15. CLI: argparse subcommands and main()
+# 16. CLI: argparse subcommands and main()
 # =============================================================================================
 
 def print_table(headers, rows, as_json=False):

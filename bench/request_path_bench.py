@@ -232,7 +232,7 @@ def run(tfps_path, workload, invites, args):
             "statuses": {k.decode("ascii", "replace"): v for k, v in sorted(endpoint.statuses.items())},
             "sent_bytes": endpoint.bytes, "errors": feed.errors, "flush_errors": feed.flush_errors,
             "counters": {k: v for k, v in server.counters.items() if v},
-            "transactions_held": len(server.txl.table), "log_lines": counting.counts,
+            "transactions_held": len((server.sip.transactions if hasattr(server, "sip") else server.txl).table), "log_lines": counting.counts,
             "call_log_rows": db.scalar("SELECT COUNT(*) FROM call_log", default=0),
             "codes": dict(db.query("SELECT code, COUNT(*) FROM call_log GROUP BY code ORDER BY code")),
         }

@@ -518,8 +518,8 @@ class Fuzz:
         if self.fed % TIMERS_EVERY == 0:
             self.server._run_timers()
             self.answers(self.udp.sent, b"(timer retransmission)")
-            self.max_table = max(self.max_table, len(self.server.txl.table))
-            self.max_timers = max(self.max_timers, len(self.server.txl.timers))
+            self.max_table = max(self.max_table, len(self.server.sip.transactions.table))
+            self.max_timers = max(self.max_timers, len(self.server.sip.transactions.timers))
         if self.fed % RELOAD_EVERY == 0:
             self.server.engine.check_for_changes()
         if self.fed % FLUSH_EVERY == 0:
@@ -681,9 +681,8 @@ class Fuzz:
     def close(self):
         """Server.shutdown without listening sockets: answer what is pending, stop, close."""
         server = self.server
-        for tx in list(server.txl.table.values()):
-            if isinstance(tx.data, tfps.PendingInvite) and not tx.data.done:
-                server._finish_invite(tx, tfps.Reputation(tx.data.attempt.source_ip, False, detail="stopping"))
+        for tx in server.sip.pending():
+            server._finish_invite(tx, tfps.Reputation(tx.data.attempt.source_ip, False, detail="stopping"))
         server.threads_stop.set()
         server.dispatcher.stop_event.set()  # its thread never started: run() starts it
         server.reputation.close()

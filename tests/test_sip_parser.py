@@ -1144,9 +1144,11 @@ def test_the_transaction_state_machine_refuses_illegal_transitions():
 
 
 def test_the_sip_sections_know_nothing_of_sockets_threads_or_the_clock():
-    """Sections 3 and 4 are sans-IO: bytes and times come in as arguments, bytes to send go out."""
+    """Sections 3, 4 and 13 are sans-IO: bytes and times come in as arguments, bytes to send go out."""
     text = open(tfps.__file__, encoding="utf-8").read()
     sip = text[text.index("# 3. SIP messages"):text.index("# 5. Numbers")]
+    sip += text[text.index("# 13. SIP service"):text.index("# 14. Server")]
+    assert "class SipService" in sip
     assert not re.findall(r"\b(socket|selectors|threading|time)\.\w+", sip)
 
 
@@ -1218,33 +1220,20 @@ def test_stream_framer_limits():
 # =============================================================================================
 
 def exercise(data):
-    """Everything `serve` does with one datagram before the engine, with tfps's own functions.
+    """Everything `serve` does with one datagram before the engine: the SIP service, in process.
     Returns a short outcome; lets any exception other than SipError escape."""
-    try:
-        msg = tfps.parse_message(data)
-    except tfps.SipError:
-        return "drop"
-    if not msg.is_request:
-        return "response"
-    try:
-        vias = msg.vias()
-    except tfps.SipError:
-        return "drop"
-    if not vias:
-        return "drop"
-    top = vias[0]
-    tfps.TransactionLayer.key(msg, top)
-    via_values = [tfps.Server._top_via_value(None, top, ("127.0.0.1", 5099))] + [v.raw for v in vias[1:]]
-    try:
-        uri, from_addr = tfps.validate_request(msg)
-    except tfps.SipError as exc:
-        tfps.parse_message(tfps.build_response(msg, exc.status, exc.reason, vias=via_values, to_tag="t"))
-        return exc.status
-    tfps.build_response(msg, 200, vias=via_values, to_tag="t")
-    if msg.method == "INVITE":
-        (msg.header("max-forwards") or "70").lstrip("0")
-        tfps.call_identity(msg, uri, from_addr, "127.0.0.1", time.time())
-    return "ok"
+    service = tfps.SipService(tfps.Config().server)
+    sends, invite = service.receive(data, FakeEndpoint("udp"), ("127.0.0.1", 5099), 0.0)
+    for _dest, packet in sends:
+        tfps.parse_message(packet)
+    if invite is not None:
+        return "invite"
+    return int(sends[0][1].split(b" ", 2)[1]) if sends else "drop"
+
+
+class FakeEndpoint:
+    def __init__(self, transport):
+        self.transport = transport
 
 
 @pytest.mark.parametrize("header,value", [
@@ -1327,7 +1316,8 @@ def test_fuzz_no_exception_but_sip_error_escapes():
         outcomes[got] = outcomes.get(got, 0) + 1
     assert not failures, f"{len(failures)} inputs raised; first ones: {failures[:3]}"
     # the loop reaches all the interesting places, not just the hopeless-input exit
-    assert outcomes.get("ok", 0) > 200 and outcomes.get(400, 0) > 200 and outcomes.get("drop", 0) > 50, outcomes
+    answered = outcomes.get("invite", 0) + sum(n for got, n in outcomes.items() if isinstance(got, int) and got < 400)
+    assert answered > 200 and outcomes.get(400, 0) > 200 and outcomes.get("drop", 0) > 50, outcomes
 
 
 # =============================================================================================

@@ -2257,7 +2257,7 @@ class Call:
     """Working state of one attempt while the rules run."""
 
     __slots__ = ("attempt", "now", "number", "dest_country", "source_country", "account", "off_hours",
-                 "day", "ip_white", "number_white", "counted", "dry_run", "last_minute", "from_memory", "unenrolled")
+                 "day", "ip_white", "number_white", "dry_run", "from_memory", "unenrolled", "counts")
 
     def __init__(self, attempt, now, dry_run, from_memory=False):
         self.attempt = attempt
@@ -2265,11 +2265,33 @@ class Call:
         self.dry_run = dry_run
         self.from_memory = from_memory  # the database is unavailable: nothing may be read or written there
         self.unenrolled = False  # a new account, to enroll once screening has passed
-        self.counted = False
-        self.last_minute = None  # recent_calls() of the account, once R15 looked
+        self.counts = {}         # counters read for this call (Engine.read_count), reused when counting
+
+    @property
+    def pair_counted(self):
+        """The call is an A->B attempt of a known account (R13)."""
+        return not self.number_white and self.account.id is not None and bool(self.number)
+
+    @property
+    def daily_limit(self):
+        """The account's daily quota for this call's hours, or None."""
+        return self.account.daily_quota_off if self.off_hours else self.account.daily_quota
+
+    @property
+    def bucket(self):
+        return "off" if self.off_hours else "biz"
 
 
-# -- the rules, in pipeline order: each returns a Rejection or None ----------------------------
+def rejects(*codes):
+    """Declares the codes a rule may return: the pipeline's vocabulary, as data."""
+    def declare(rule):
+        rule.codes = codes
+        return rule
+    return declare
+
+
+# -- the rules, in pipeline order: each reads the call, its account and its counters and returns
+# a Rejection or None. None writes: Engine._count counts once the verdict is known. ----------------
 
 @functools.lru_cache(maxsize=16384)
 def attack_in(text, pattern=ATTACK_SIGNATURE):
@@ -2290,6 +2312,7 @@ def identity_defect(attempt):
     return ""
 
 
+@rejects("R12")
 def attack_signature(engine, call):
     a = call.attempt
     if a.defect:
@@ -2306,6 +2329,7 @@ def attack_signature(engine, call):
     return None
 
 
+@rejects("R01")
 def scanner_user_agent(engine, call):
     pattern = engine.lists.user_agents.match(call.attempt.user_agent)
     if pattern:
@@ -2314,6 +2338,7 @@ def scanner_user_agent(engine, call):
     return None
 
 
+@rejects("R02")
 def bad_source_ip(engine, call):
     ip = call.attempt.source_ip
     if call.ip_white:
@@ -2337,6 +2362,7 @@ def bad_source_ip(engine, call):
     return None
 
 
+@rejects("R14")
 def blocked_account(engine, call):
     acc = call.account
     if acc.id is None and engine.cfg.policy.unknown_accounts == "reject":
@@ -2346,6 +2372,7 @@ def blocked_account(engine, call):
     return None
 
 
+@rejects("R03")
 def blacklisted_number(engine, call):
     if call.number_white or not call.number:
         return None
@@ -2356,30 +2383,31 @@ def blacklisted_number(engine, call):
     return None
 
 
+@rejects("R13")
 def repeated_a_to_b(engine, call):
     acc, p = call.account, engine.cfg.policy
-    if call.number_white or acc.id is None or not call.number:
+    if not call.pair_counted:
         return None
-    attempts, blocked_until = engine.counters.ab_attempt(acc.id, call.number, call.now, p.ab_window, p.ab_max_calls,
-                                                         call.dry_run)
+    times, blocked_until, _ = engine.read_count(call, "pair")
+    attempts = len(times) + 1
     undo = f"{PROG} reset {acc.user} {acc.domain}"
     if blocked_until > call.now:
         until = fmt_time(blocked_until, p.tz, "%H:%M:%S %Z")
         return Rejection("R13", f"{acc.name} -> {call.number} is blocked until {until} after repeated calls", undo)
     if attempts > p.ab_max_calls:
-        if not call.dry_run:
-            engine.counters.block_ab(acc.id, call.number, call.now + p.ab_block)
         return Rejection("R13", f"{acc.name} called {call.number} {attempts} times within {p.ab_window:g} s "
                                 f"(limit {p.ab_max_calls}); pair blocked for {p.ab_block:g} s", undo)
     return None
 
 
+@rejects("R07")
 def unknown_country_code(engine, call):
     if call.dest_country is None:
         return Rejection("R07", f"no known country code starts the number {call.number}")
     return None
 
 
+@rejects("R06")
 def destination_country(engine, call):
     if call.number_white:
         return None
@@ -2394,6 +2422,7 @@ def destination_country(engine, call):
                      f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=True)
 
 
+@rejects("R04")
 def source_country_not_allowed(engine, call):
     iso, acc, a = call.source_country, call.account, call.attempt
     if call.ip_white or not iso or "*" in acc.source_countries or iso in acc.source_countries:
@@ -2405,6 +2434,7 @@ def source_country_not_allowed(engine, call):
                      f"{PROG} allow {acc.user} {acc.domain} --source {iso}", soft=True)
 
 
+@rejects("R05")
 def source_country_unknown(engine, call):
     ip = call.attempt.source_ip
     if not engine.cfg.policy.require_source_country or call.source_country or call.ip_white or not is_public_ip(ip):
@@ -2413,6 +2443,7 @@ def source_country_unknown(engine, call):
                      f"{PROG} whitelist add ip {ip}")
 
 
+@rejects("R08", "R10")
 def concurrent_calls(engine, call):
     acc, calls = call.account, call.attempt.concurrent_calls
     limit = acc.concurrent_calls_off if call.off_hours else acc.concurrent_calls
@@ -2423,31 +2454,24 @@ def concurrent_calls(engine, call):
                      f"{PROG} set {acc.user} {acc.domain} {flag} {calls}", soft=True)
 
 
+@rejects("R15")
 def calls_per_minute(engine, call):
     limit, acc = engine.cfg.policy.max_calls_per_minute, call.account
     if not limit or acc.id is None:
         return None
-    call.last_minute = engine.counters.recent_calls(acc.id, call.now, 60, call.dry_run)
-    recent = len(call.last_minute[0])
+    recent = len(engine.read_count(call, "minute")[0])
     if recent >= limit:
         return Rejection("R15", f"{acc.name} placed {recent} approved calls in the last 60 s (max_calls_per_minute = {limit})",
                          "raise [policy] max_calls_per_minute in tfps.conf", soft=True)
     return None
 
 
+@rejects("R09", "R11")
 def daily_quota(engine, call):
-    acc = call.account
-    limit = acc.daily_quota_off if call.off_hours else acc.daily_quota
+    acc, limit = call.account, call.daily_limit
     if limit is None:
         return None
-    bucket = "off" if call.off_hours else "biz"
-    if acc.id is None:
-        within = limit > 0
-    elif call.dry_run:
-        within = engine.counters.approved(acc.id, call.day, bucket) < limit
-    else:
-        within = call.counted = engine.counters.take_quota(acc.id, call.day, bucket, limit)
-    if within:
+    if (engine.read_count(call, "today") if acc.id is not None else 0) < limit:
         return None
     code, hours, flag = ("R09", "off-hours", "--daily-quota-off") if call.off_hours else ("R11", "business-hours", "--daily-quota")
     return Rejection(code, f"{acc.name} reached its {hours} daily quota of {limit} approved calls",
@@ -2465,6 +2489,11 @@ PROBE_DOMAIN = "tfps.invalid"  # `probe` calls from it; reserved (RFC 2606), so 
 
 # -- counters: A->B windows, approved calls per day and in the last minute ------------------
 
+class CounterMoved(Exception):
+    """A counter read for a verdict changed before the verdict could be counted (another node
+    took the last of a quota): the verdict is evaluated again."""
+
+
 class SharedCounters:
     """Counters kept in the database, changed atomically, so every node sharing it sees the same
     numbers and a quota holds across nodes."""
@@ -2476,25 +2505,22 @@ class SharedCounters:
         """One verdict's writes, all or nothing."""
         return self.db.atomic()
 
-    def ab_attempt(self, account_id, number, now, window, keep, dry_run):
-        """Record an attempt to call `number`; returns (attempts within the last `window` seconds,
-        this one included, counted up to keep + 1; blocked_until)."""
+    def pair(self, account_id, number, now, window, lock):
+        """(times of the attempts to call `number` within the last `window` seconds, blocked_until,
+        whether the row exists), for R13. `lock`: held until the verdict commits."""
         row = self._read_for_update("ab_pairs", "times, blocked_until", "account_id = ? AND number = ?",
-                                    (account_id, number), dry_run)
-        times = self._times_since(row, now - window)[-keep:] + [now]
-        if not dry_run:
-            self._write("ab_pairs", {"account_id": account_id, "number": number, "times": self._format_times(times),
-                                     "last_attempt": now}, ["account_id", "number"],
-                        "times = NEW(times), last_attempt = NEW(last_attempt)", row is not None)
-        return len(times), row[1] if row else 0.0
+                                    (account_id, number), lock)
+        return self._times_since(row, now - window), row[1] if row else 0.0, row is not None
 
-    def block_ab(self, account_id, number, until):
-        self.db.execute("UPDATE ab_pairs SET blocked_until = ? WHERE account_id = ? AND number = ?", (until, account_id, number))
+    def write_pair(self, account_id, number, times, now, blocked_until, existed):
+        self._write("ab_pairs", {"account_id": account_id, "number": number, "times": self._format_times(times),
+                                 "last_attempt": now, "blocked_until": blocked_until}, ["account_id", "number"],
+                    "times = NEW(times), last_attempt = NEW(last_attempt), blocked_until = NEW(blocked_until)", existed)
 
-    def recent_calls(self, account_id, now, window, dry_run):
+    def recent_calls(self, account_id, now, window, lock):
         """(times of the account's approved calls within the last `window` seconds, whether its
-        row exists), for R15. Read for update: the verdict that adds a call holds the row."""
-        row = self._read_for_update("rate_windows", "times", "account_id = ?", (account_id,), dry_run)
+        row exists), for R15. `lock`: held until the verdict commits."""
+        row = self._read_for_update("rate_windows", "times", "account_id = ?", (account_id,), lock)
         return self._times_since(row, now - window), row is not None
 
     def add_call(self, account_id, recent, now, keep):
@@ -2512,10 +2538,10 @@ class SharedCounters:
     def _format_times(times):
         return ",".join(f"{t:.3f}" for t in times)
 
-    def _read_for_update(self, table, columns, where, args, dry_run):
-        """`columns` of one row of `table`, or None. On MySQL the row stays locked until the
-        verdict commits, so that racing nodes take turns."""
-        lock = " FOR UPDATE" if self.db.dialect == "mysql" and not dry_run else ""
+    def _read_for_update(self, table, columns, where, args, lock):
+        """`columns` of one row of `table`, or None. With `lock`, on MySQL the row stays locked
+        until the verdict commits, so that racing nodes take turns."""
+        lock = " FOR UPDATE" if self.db.dialect == "mysql" and lock else ""
         return self.db.one(f"SELECT {columns} FROM {table} WHERE {where}{lock}", args)
 
     def _write(self, table, values, keys, update, existed):
@@ -2563,25 +2589,22 @@ class PrivateCounters:
         """Nothing to guard: nobody else sees this database, and a failed verdict ends the run."""
         return contextlib.nullcontext()
 
-    def ab_attempt(self, account_id, number, now, window, keep, dry_run):
+    def pair(self, account_id, number, now, window, lock):
         if now - self.pruned > window + 3600:
             self._forget_idle_pairs(now, window)
         pair = self.pairs.get((account_id, number))
-        times = [t for t in pair[0] if t > now - window][-keep:] if pair else []
-        times.append(now)
-        blocked_until = pair[1] if pair else 0.0
-        if not dry_run:
-            self.pairs[(account_id, number)] = [times, blocked_until]
-        return len(times), blocked_until
+        if pair is None:
+            return [], 0.0, False
+        return [t for t in pair[0] if t > now - window], pair[1], True
 
     def _forget_idle_pairs(self, now, window):
         self.pruned = now
         self.pairs = {k: pair for k, pair in self.pairs.items() if pair[0][-1] > now - window or pair[1] > now}
 
-    def block_ab(self, account_id, number, until):
-        self.pairs[(account_id, number)][1] = until
+    def write_pair(self, account_id, number, times, now, blocked_until, existed):
+        self.pairs[(account_id, number)] = [times, blocked_until]
 
-    def recent_calls(self, account_id, now, window, dry_run):
+    def recent_calls(self, account_id, now, window, lock):
         return [t for t in self.rates.get(account_id, ()) if t > now - window], account_id in self.rates
 
     def add_call(self, account_id, recent, now, keep):
@@ -2674,8 +2697,8 @@ class Engine:
             try:
                 with self.counters.atomic():
                     return self._run_pipeline(Call(attempt, now, dry_run=False), enforce)
-            except self.db.errors as exc:
-                if tries == 4 or not self.db.transient(exc):
+            except (CounterMoved, *self.db.errors) as exc:
+                if tries == 4 or not (isinstance(exc, CounterMoved) or self.db.transient(exc)):
                     raise
                 log.info("call-id=%s: %s; evaluating again", attempt.call_id, exc)
                 time.sleep(0.001 * (tries + 1))  # rare (a lock conflict between nodes): let the other side finish
@@ -2724,9 +2747,10 @@ class Engine:
                 if rejection is None:
                     continue
                 if enforce and not (rejection.soft and call.account.learning(call.now)):
+                    self._count(call, approved=False)
                     return self._verdict(call, rejection.code, rejection.reason, rejection.undo, would)
                 would = would or rejection
-        self._approve(call)
+        self._count(call, approved=True)
         reason = "approved"
         if would:
             reason = f"approved ({'learning' if enforce else 'monitor'} mode; would reject {would.code}: {would.reason})"
@@ -2804,16 +2828,49 @@ class Engine:
             times.popleft()
         return times
 
-    # -- approval: counting and anomaly alerts ------------------------------------------------
+    # -- counting, after the verdict, and anomaly alerts -------------------------------------
 
-    def _approve(self, call):
-        acc = call.account
+    def read_count(self, call, name):
+        """A counter of the call's account, read once per verdict and kept for _count: 'pair'
+        (A->B attempts within ab_window, blocked_until, row exists), 'minute' (approved calls in
+        the last 60 s, row exists) or 'today' (approved calls today in the call's hours). MySQL
+        locks the pair and minute rows until the verdict commits, so racing nodes take turns;
+        the quota is taken atomically by _count."""
+        counts = call.counts
+        if name not in counts:
+            acc, p, lock = call.account, self.cfg.policy, not call.dry_run
+            if name == "pair":
+                counts[name] = self.counters.pair(acc.id, call.number, call.now, p.ab_window, lock)
+            elif name == "minute":
+                counts[name] = self.counters.recent_calls(acc.id, call.now, 60, lock)
+            else:
+                counts[name] = self.counters.approved(acc.id, call.day, call.bucket)
+        return counts[name]
+
+    def _count(self, call, approved):
+        """The one place where a verdict writes counters. What it writes depends on the verdict
+        only, never on which rule rejected: an A->B attempt counts whatever the verdict (and
+        blocks the pair past ab_max_calls); an approved call counts toward the daily quota and
+        the per-minute window."""
+        acc, p = call.account, self.cfg.policy
         if call.dry_run or acc.id is None:
             return
-        if not call.counted:
-            self.counters.count_approved(acc.id, call.day, "off" if call.off_hours else "biz")
-        if call.last_minute is not None:
-            self.counters.add_call(acc.id, call.last_minute, call.now, self.cfg.policy.max_calls_per_minute)
+        if call.pair_counted:
+            times, blocked_until, existed = self.read_count(call, "pair")
+            times = times[-p.ab_max_calls:] + [call.now]
+            if blocked_until <= call.now and len(times) > p.ab_max_calls:
+                blocked_until = call.now + p.ab_block
+            self.counters.write_pair(acc.id, call.number, times, call.now, blocked_until, existed)
+        if not approved:
+            return
+        limit = call.daily_limit
+        if limit is not None and self.read_count(call, "today") < limit:
+            if not self.counters.take_quota(acc.id, call.day, call.bucket, limit):
+                raise CounterMoved(f"the daily quota of {acc.name} was reached meanwhile on another node")
+        else:  # no quota, or over it while learning: counted all the same
+            self.counters.count_approved(acc.id, call.day, call.bucket)
+        if p.max_calls_per_minute:
+            self.counters.add_call(acc.id, self.read_count(call, "minute"), call.now, p.max_calls_per_minute)
         self._check_anomalies(call)
 
     def _check_anomalies(self, call):

@@ -404,7 +404,8 @@ def test_whitelisted_number_beats_blacklist_and_skips_r06_r13(env):
     assert env.code("5312345679") == "R03"
     env.add("black", "number", "5399")  # blacklisted but not whitelisted: R03 still first
     assert env.code("5399123456") == "R03"
-    assert env.count("ab_pairs") == 0
+    # whitelisted numbers are no A->B attempts; rejected calls are, whichever rule rejected them
+    assert env.count("ab_pairs") == 2
 
 
 # -- R13 repeated A->B ---------------------------------------------------------------------------------

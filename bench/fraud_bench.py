@@ -20,6 +20,7 @@ small-island countries for the fraud (see LEGIT_DESTINATIONS and IRSF_DESTINATIO
 
 import argparse
 import bisect
+import contextlib
 import csv
 import datetime as dt
 import heapq
@@ -193,6 +194,8 @@ def make_domains(rng, shape):
     accounts = []
     for name, kind, size in zip(names, kinds, sizes):
         office_ip, phone, extensions = address(rng, "GB"), rng.choice(PHONES), rng.choice([100, 200, 2000, 4000])
+        if kind == "dialer":
+            phone = DIALER_AGENT
         ranking = sorted(LEGIT_DESTINATIONS, key=lambda iso: -LEGIT_DESTINATIONS[iso][0] * rng.lognormvariate(0, 0.8))
         for n in range(size):
             user = str(extensions + n) if kind != "dialer" else f"trunk{n + 1}"
@@ -510,7 +513,8 @@ def write_config(path):
 # --- scorer ---------------------------------------------------------------------------------
 
 def run_replay(tfps, cdr, workdir, timeout):
-    """The real `tfps.py replay` into a fresh SQLite file; returns (verdict codes in CDR order, seconds)."""
+    """The real `tfps.py replay` into a fresh SQLite file; returns (its JSON report, the call log
+    as (user, domain, dialed, code) in the order of the verdicts, seconds)."""
     config, database = Path(workdir) / "tfps.conf", Path(workdir) / "replay.db"
     write_config(config)
     database.unlink(missing_ok=True)
@@ -520,9 +524,16 @@ def run_replay(tfps, cdr, workdir, timeout):
     seconds = time.monotonic() - started
     if done.returncode != 0:
         raise RuntimeError(f"tfps.py replay exited {done.returncode}: {done.stderr.strip()[-500:]}")
-    with sqlite3.connect(database) as db:
+    with contextlib.closing(sqlite3.connect(database)) as db:
         logged = db.execute("SELECT user, domain, dialed, code FROM call_log ORDER BY id").fetchall()
-    return logged, seconds
+    return json.loads(done.stdout), logged, seconds
+
+
+def agrees_with_replay(result, report):
+    """Replay counts the labels itself: its figures and the scorer's must be the same."""
+    for key in ("legit_calls", "legit_blocked", "fraud_calls", "fraud_blocked"):
+        if report.get(key) != result[key]:
+            raise RuntimeError(f"replay reports {key} = {report.get(key)}, the scorer counted {result[key]}")
 
 
 def verdicts_in_order(rows, logged):
@@ -575,8 +586,9 @@ def percent(part, whole):
 def bench_one(tfps, seed, shape, workdir, timeout):
     cdr = Path(workdir) / f"fraud-{shape}-{seed}.csv"
     rows, new_destinations = generate(cdr, seed, shape)
-    logged, seconds = run_replay(tfps, cdr, workdir, timeout)
+    report, logged, seconds = run_replay(tfps, cdr, workdir, timeout)
     result = score(rows, verdicts_in_order(rows, logged))
+    agrees_with_replay(result, report)
     result.update(shape=shape, seed=seed, replay_seconds=round(seconds, 1), new_destination_pct=new_destinations)
     return result
 

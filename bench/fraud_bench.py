@@ -100,6 +100,7 @@ DOMAIN_NAMES = ["harbourfreight.co.uk", "greenleaf-legal.co.uk", "northgate-heal
                 "castlebank-lettings.co.uk", "meridian-contact.co.uk", "pennine-foods.co.uk", "oakridge-accountants.co.uk",
                 "riverside-travel.co.uk", "clearline-outreach.co.uk", "summit-engineering.co.uk", "kingsway-clinic.co.uk",
                 "lakeside-logistics.co.uk", "albion-retail.co.uk", "westfield-media.co.uk", "thames-consulting.co.uk"]
+MAX_SEEDS = 1000                     # a typo such as 1-50000 is refused, not run for days
 EPISODE_KINDS = ("weekend_hack", "slow_drip", "lunch_phone", "stolen_abroad", "fresh_pump", "same_number", "scanner",
                  "holiday_attack")
 
@@ -264,7 +265,7 @@ def legit_calls(rng, accounts, travellers):
                 if rng.random() < 0.05:                      # no answer: dialled again a little later
                     calls.append(Call(call.start + rng.uniform(20, 90), call.seconds, account, call.number, call.ip,
                                       call.ua, call.source_country, "legit", "", call.scenario, call.country))
-            if account.scenario != "call_centre" and rng.random() < 1 / 400:
+            if rng.random() < 1 / 400:
                 calls.append(Call(moment(day, rng.uniform(0, 24)), rng.uniform(60, 600), account,
                                   rng.choice(EMERGENCY_NUMBERS), account.ip, account.ua, "GB", "legit", "", "emergency"))
     return calls
@@ -664,12 +665,24 @@ def parse_seeds(text):
     try:
         for part in text.split(","):
             low, _, high = part.strip().partition("-")
-            seeds += range(int(low), int(high or low) + 1)
+            seeds += range(int(low), min(int(high or low), int(low) + MAX_SEEDS) + 1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of seeds such as 1-5 or 1,3,7") from None
     if not seeds:
         raise argparse.ArgumentTypeError(f"{text!r} names no seed")
+    if len(seeds) > MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"{text!r} names more than {MAX_SEEDS} seeds")
     return seeds
+
+
+def parse_timeout(text):
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return seconds
 
 
 def parse_shapes(text):
@@ -689,7 +702,7 @@ def main(argv=None):
     parser.add_argument("--tfps", type=Path, default=TFPS, metavar="PATH", help="the tfps.py to replay with (default this checkout's)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the CDR files, the configuration and the replay databases in DIR")
     parser.add_argument("--generate", type=Path, metavar="CSV", help="only write the CDR file of the first seed and shape")
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="longest one replay may take")
+    parser.add_argument("--timeout", type=parse_timeout, default=600.0, metavar="SECONDS", help="longest one replay may take")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     try:

@@ -194,7 +194,10 @@ def test_a_scorer_that_disagrees_with_replay_is_an_error():
 
 @pytest.mark.parametrize("args, message", [(["--seeds", "x"], "is not a list of seeds"),
                                            (["--seeds", "5-1"], "names no seed"),
-                                           (["--shapes", "huge"], "unknown shape huge")])
+                                           (["--seeds", "1-99999999999"], "names more than 1000 seeds"),
+                                           (["--shapes", "huge"], "unknown shape huge"),
+                                           (["--timeout", "-1"], "is not a number of seconds above 0"),
+                                           (["--timeout", "nan"], "is not a number of seconds above 0")])
 def test_bad_arguments_are_one_line_and_exit_2(args, message):
     done = subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2

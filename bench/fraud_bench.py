@@ -335,7 +335,8 @@ def fraud_episodes(rng, accounts, shape, seed):
 def signed_up_for_fraud(rng, domain):
     """A new extension on a customer's PBX, or half the time a new customer: a fraudster signing up."""
     if rng.random() < 0.5:
-        domain = f"{rng.choice(['voip', 'sip', 'tel', 'call'])}{rng.randint(10, 99)}-{rng.choice(['uk', 'connect', 'direct'])}.co.uk"
+        brand, number = rng.choice(["voip", "sip", "tel", "call"]), rng.randint(10, 99)
+        domain = f"{brand}{number}-{rng.choice(['uk', 'connect', 'direct'])}.co.uk"
     return Account(str(rng.randint(5000, 5999)), domain, address(rng, "GB"), rng.choice(SOFTPHONES), 0, [], [],
                    rng.randint(25, DAYS - 5), "fraud")
 
@@ -515,7 +516,7 @@ def write_config(path):
 
 def run_replay(tfps, cdr, workdir, timeout):
     """The real `tfps.py replay` into a fresh SQLite file; returns (its JSON report, the call log
-    as (user, domain, dialed, code) in the order of the verdicts, seconds)."""
+    as (ts, user, domain, dialed, code) in the order of the verdicts, seconds)."""
     config, database = Path(workdir) / "tfps.conf", Path(workdir) / "replay.db"
     write_config(config)
     database.unlink(missing_ok=True)
@@ -526,7 +527,7 @@ def run_replay(tfps, cdr, workdir, timeout):
     if done.returncode != 0:
         raise RuntimeError(f"tfps.py replay exited {done.returncode}: {done.stderr.strip()[-500:]}")
     with contextlib.closing(sqlite3.connect(database)) as db:
-        logged = db.execute("SELECT user, domain, dialed, code FROM call_log ORDER BY id").fetchall()
+        logged = db.execute("SELECT ts, user, domain, dialed, code FROM call_log ORDER BY id").fetchall()
     return json.loads(done.stdout), logged, seconds
 
 
@@ -537,26 +538,35 @@ def agrees_with_replay(result, report):
             raise RuntimeError(f"replay reports {key} = {report.get(key)}, the scorer counted {result[key]}")
 
 
-def verdicts_in_order(rows, logged):
-    """The call log, one row per CDR row in the same order (replay decides in time order, and the
-    CDR is written sorted); a mismatch means the log cannot be scored."""
-    if len(logged) != len(rows):
-        raise RuntimeError(f"the call log has {len(logged)} rows for {len(rows)} CDR rows")
-    for index, (row, (user, domain, dialed, _)) in enumerate(zip(rows, logged)):
-        if (row["user"], row["domain"], row["number"][:64]) != (user, domain, dialed):
-            raise RuntimeError(f"call log row {index + 1} is {user}@{domain} {dialed}, the CDR row is "
-                               f"{row['user']}@{row['domain']} {row['number']}")
-    return [code for *_, code in logged]
+def verdicts_by_row(rows, logged):
+    """The verdict code of each CDR row, from the call log, which replay writes in the order of the
+    CDR (decided in time order; the CDR is written sorted). A row the log skips (a call the
+    engine decides without logging it) gets None; a log row that matches no CDR row, in order,
+    means the log cannot be scored."""
+    codes, next_logged = [], 0
+    for row in rows:
+        if next_logged < len(logged):
+            ts, user, domain, dialed, code = logged[next_logged]
+            if (user, domain, dialed) == (row["user"], row["domain"], row["number"][:64]) \
+                    and abs(ts - dt.datetime.fromisoformat(row["time"]).timestamp()) < 1:
+                codes.append(code)
+                next_logged += 1
+                continue
+        codes.append(None)
+    if next_logged < len(logged):
+        ts, user, domain, dialed, _ = logged[next_logged]
+        raise RuntimeError(f"call log row {next_logged + 1} ({user}@{domain} {dialed} at {ts}) matches no CDR row in order")
+    return codes
 
 
 def score(rows, codes):
     """Figures of one replay: rows as generated (label, episode, scenario), codes the verdicts in
-    the same order. A call is blocked when its code is not A00; an episode's leaked calls are its
-    approved ones, wherever they come in the episode."""
+    the same order (None: not in the call log). A call is blocked when it has a code other than
+    A00; an episode's leaked calls are its approved ones, wherever they come in the episode."""
     legit = fraud = legit_blocked = fraud_blocked = 0
     legit_rules, legit_by_scenario, episodes = Counter(), {}, {}
     for row, code in zip(rows, codes):
-        blocked = code != "A00"
+        blocked = code not in (None, "A00")
         if row["label"] == "fraud":
             fraud += 1
             fraud_blocked += blocked
@@ -573,7 +583,7 @@ def score(rows, codes):
             tally[1] += blocked
             if blocked:
                 legit_rules[code] += 1
-    return {"rows": len(rows), "legit_calls": legit, "legit_blocked": legit_blocked,
+    return {"rows": len(rows), "unlogged": codes.count(None), "legit_calls": legit, "legit_blocked": legit_blocked,
             "legit_blocked_pct": percent(legit_blocked, legit), "legit_blocking_rules": dict(legit_rules.most_common()),
             "legit_by_scenario": {name: {"calls": c, "blocked": b} for name, (c, b) in sorted(legit_by_scenario.items())},
             "fraud_calls": fraud, "fraud_blocked": fraud_blocked, "fraud_blocked_pct": percent(fraud_blocked, fraud),
@@ -588,7 +598,7 @@ def bench_one(tfps, seed, shape, workdir, timeout):
     cdr = Path(workdir) / f"fraud-{shape}-{seed}.csv"
     rows, new_destinations = generate(cdr, seed, shape)
     report, logged, seconds = run_replay(tfps, cdr, workdir, timeout)
-    result = score(rows, verdicts_in_order(rows, logged))
+    result = score(rows, verdicts_by_row(rows, logged))
     agrees_with_replay(result, report)
     result.update(shape=shape, seed=seed, replay_seconds=round(seconds, 1), new_destination_pct=new_destinations)
     return result
@@ -630,13 +640,16 @@ def print_table(results):
           f"leaked more than 3)")
     print("legit blocked by scenario (all runs): " + ", ".join(
         f"{name} {v['blocked']}/{v['calls']}" for name, v in sorted(total["legit_by_scenario"].items())))
+    if total["unlogged"]:
+        print(f"{total['unlogged']:,} calls have no call log row: counted as approved")
     shares = [r["new_destination_pct"] for r in results]
     print(f"traffic: {min(shares)} to {max(shares)} % of the legitimate calls after an account's first 14 days go to a "
           f"country new for the account (published measurements: 0.3 to 0.9 %)")
 
 
 def totals(results):
-    total = {"rows": 0, "legit_calls": 0, "legit_blocked": 0, "fraud_calls": 0, "fraud_blocked": 0, "replay_seconds": 0.0}
+    total = {"rows": 0, "unlogged": 0, "legit_calls": 0, "legit_blocked": 0, "fraud_calls": 0, "fraud_blocked": 0,
+             "replay_seconds": 0.0}
     rules, by_scenario = Counter(), {}
     leaked_by_kind, calls_by_kind, episodes = Counter(), Counter(), []
     for r in results:
@@ -698,11 +711,15 @@ def main(argv=None):
                                                  "episode, from the real tfps.py replay.")
     parser.add_argument("--seeds", type=parse_seeds, default=[1], metavar="LIST", help="e.g. 1-5 (default 1)")
     parser.add_argument("--shapes", type=parse_shapes, default=["small", "large"], metavar="LIST",
-                        help=f"operators to generate: {', '.join(f'{n} ({s.accounts} accounts, {s.domains} domains)' for n, s in SHAPES.items())}")
-    parser.add_argument("--tfps", type=Path, default=TFPS, metavar="PATH", help="the tfps.py to replay with (default this checkout's)")
-    parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the CDR files, the configuration and the replay databases in DIR")
+                        help="operators to generate: " + ", ".join(f"{name} ({shape.accounts} accounts, {shape.domains} domains)"
+                                                                   for name, shape in SHAPES.items()))
+    parser.add_argument("--tfps", type=Path, default=TFPS, metavar="PATH",
+                        help="the tfps.py to replay with (default this checkout's)")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep the CDR files, the configuration and the replay databases in DIR")
     parser.add_argument("--generate", type=Path, metavar="CSV", help="only write the CDR file of the first seed and shape")
-    parser.add_argument("--timeout", type=parse_timeout, default=600.0, metavar="SECONDS", help="longest one replay may take")
+    parser.add_argument("--timeout", type=parse_timeout, default=600.0, metavar="SECONDS",
+                        help="longest one replay may take")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     try:

@@ -158,26 +158,33 @@ def test_the_scorer_counts_a_hand_made_replay_result():
     assert (result["fraud_calls"], result["fraud_blocked"], result["fraud_blocked_pct"]) == (6, 2, 33.33)
     assert result["episodes"] == {"s1-scanner-1": {"calls": 4, "leaked": 2, "first_block": 2},
                                   "s1-weekend_hack-1": {"calls": 2, "leaked": 2, "first_block": None}}
-    assert result["max_leaked"] == 2
+    assert (result["max_leaked"], result["unlogged"]) == (2, 0)
     result.update(shape="tiny", seed=1, replay_seconds=1.0, new_destination_pct=0.5)
     total = fb.totals([result, dict(result, seed=2)])
     assert (total["legit_calls"], total["fraud_blocked"], total["episodes"], total["max_leaked"]) == (8, 4, 4, 2)
     assert total["leaked_by_kind"] == {"scanner": 4, "weekend_hack": 4}
 
 
-def test_a_call_log_that_does_not_match_the_cdr_is_refused():
-    rows = [row("legit", number="0033123"), row("legit", number="0049123")]
-    assert fb.verdicts_in_order(rows, [("100", "a.example", "0033123", "A00"), ("100", "a.example", "0049123", "R06")]) \
-        == ["A00", "R06"]
-    with pytest.raises(RuntimeError, match="call log row 2"):
-        fb.verdicts_in_order(rows, [("100", "a.example", "0033123", "A00"), ("100", "a.example", "0049999", "R06")])
-    with pytest.raises(RuntimeError, match="1 rows for 2 CDR rows"):
-        fb.verdicts_in_order(rows, [("100", "a.example", "0033123", "A00")])
+def test_the_call_log_is_matched_to_the_cdr_rows_in_order():
+    rows = [dict(row("legit", number=number), time=f"2026-03-02T10:00:0{i}+00:00")
+            for i, number in enumerate(["0033123", "999", "0049123"])]
+    t = dt.datetime(2026, 3, 2, 10, tzinfo=dt.timezone.utc).timestamp()
+    logged = [(t, "100", "a.example", "0033123", "A00"), (t + 1, "100", "a.example", "999", "R07"),
+              (t + 2, "100", "a.example", "0049123", "R06")]
+    assert fb.verdicts_by_row(rows, logged) == ["A00", "R07", "R06"]
+    assert fb.verdicts_by_row(rows, logged[:1] + logged[2:]) == ["A00", None, "R06"]  # a call decided without a log row
+    with pytest.raises(RuntimeError, match="call log row 2 .*0049999.* matches no CDR row"):
+        fb.verdicts_by_row(rows, logged[:1] + [(t + 2, "100", "a.example", "0049999", "R06")])
+    with pytest.raises(RuntimeError, match="call log row 1 "):
+        fb.verdicts_by_row(rows, [(t + 60, "100", "a.example", "0033123", "A00")])  # another time
+    result = fb.score(rows, ["A00", None, "R06"])
+    assert (result["unlogged"], result["legit_blocked"], result["legit_blocking_rules"]) == (1, 1, {"R06": 1})
 
 
 def test_one_seed_through_the_real_replay(tmp_path):
     result = fb.bench_one(fb.TFPS, 3, "tiny", tmp_path, timeout=300)
     assert result["rows"] == result["legit_calls"] + result["fraud_calls"] > 1000
+    assert result["unlogged"] == 0
     assert sum(e["calls"] for e in result["episodes"].values()) == result["fraud_calls"]
     assert len(result["episodes"]) == len(fb.EPISODE_KINDS)
     assert sum(result["legit_blocking_rules"].values()) == result["legit_blocked"]

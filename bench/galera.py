@@ -209,6 +209,10 @@ class GaleraCluster:
         first = self.nodes[0]
         user = database_user()
         self.directory.chmod(0o755)
+        closed = next((p for p in self.directory.resolve().parents if not p.stat().st_mode & 0o001), None)
+        if closed is not None and os.geteuid() == 0:
+            raise GaleraError(f"{self.directory}: the user {user} cannot reach it ({closed} is not searchable by others); "
+                              f"choose a directory under {tempfile.gettempdir()}")
         for node in self.nodes:
             node.datadir.mkdir(parents=True, exist_ok=True)
             for path in (node.home, node.datadir):

@@ -53,6 +53,7 @@ KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 # calling codes that none of the benchmark's destinations (benchlib.DESTINATIONS) starts with
 BLACKLIST_CODES = ("234", "880", "92", "20", "62", "254", "963", "970", "675", "239")
 HTABLE_HEADER = "id(int,auto) key_name(string) key_type(int) value_type(int) key_value(string) expires(int)\n"
+WARM_UP_RATE = 200   # calls/s: enrolling is slower than deciding, on MariaDB most of all
 QUICK = {"duration": 3.0, "rates": "500,1000,2000,3000", "search": 2}
 
 
@@ -300,16 +301,27 @@ def mysql_database(url):
     return f"mysql://{user}:{password}@{host}:{port}/{name}", drop, flush
 
 
+def wait_idle(pid, limit=30.0):
+    """Until the server has used less than 5 % of a CPU over half a second (its backlog is gone),
+    for `limit` seconds at the most."""
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        before = tree_cpu_seconds(pid)
+        time.sleep(0.5)
+        if tree_cpu_seconds(pid) - before < 0.025:
+            return
+
+
 def run_step(args, work, target, rate, tag):
     target.start()
-    time.sleep(0.5)
+    wait_idle(target.pid)
     cpu0 = tree_cpu_seconds(target.pid)
     calls = int(rate * args.duration)
     r = run_sipp(args, work, target.port, "calls.csv", rate, calls, tag)
     r["srv_cpu_s"] = tree_cpu_seconds(target.pid) - cpu0 if target.pid else float("nan")
     r["srv_rss_mb"] = tree_rss_mb(target.pid) if target.pid else float("nan")
     log(f"  {target.name:<18} {rate:>6}/s: {'PASS' if r['passed'] else 'FAIL'} ok {r.get('ok')} failed {r.get('failed')} "
-        f"achieved {r['achieved']:.0f}/s p50 {fmt(percentile(r['rtt'], 50), 0)} p99 {fmt(percentile(r['rtt'], 99), 0)} ms "
+        f"achieved {answered_rate(r):.0f}/s p50 {fmt(percentile(r['rtt'], 50), 0)} p99 {fmt(percentile(r['rtt'], 99), 0)} ms "
         f"server CPU {r['srv_cpu_s']:.1f} s")
     if not r["passed"]:
         target.after_failure()
@@ -382,7 +394,7 @@ def main():
     if not args.tfps.is_file() or not (args.tfps.parent / "schema.sql").is_file():
         raise SystemExit(f"{args.tfps}: no such tfps.py with a schema.sql beside it")
 
-    started = time.time()
+    started, args.load_before = time.time(), os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="tfps-peer-bench-"))
     rng = random.Random(args.seed)
     write_inputs(work, args.users, args.csv_rows, args.seed)
@@ -409,7 +421,7 @@ def main():
                 continue
             if name.endswith("-n") and not has_workers:
                 skipped.append(f"{name}: skipped, {args.tfps} has no [server] workers key (tfps.py config check shows none)")
-                print(skipped[-1], flush=True)
+                log(skipped[-1])
                 continue
             workers = (n if name.endswith("-n") else 1) if has_workers else None
             label = f"{name.removesuffix('-n')}-{workers or 1}w"
@@ -425,7 +437,8 @@ def main():
             target.start()
         compare_verdicts(targets, blacklisted[0] + "123456")
         for target in targets:   # every account calls once (TFPS enrolls it)
-            run_sipp(args, work, target.port, "warmup.csv", 500, args.users, f"{target.name}-warmup")
+            warm = run_sipp(args, work, target.port, "warmup.csv", WARM_UP_RATE, args.users, f"{target.name}-warmup")
+            log(f"{target.name} warm-up: {warm.get('ok')} calls ok, {warm.get('failed')} failed ({args.users} accounts)")
         ladder = {t.name: {} for t in targets}
         for i, rate in enumerate(rates):
             for target in turns(targets, i):
@@ -456,11 +469,12 @@ def peer_of(target, targets):
 def report(args, targets, ladder, best, searched, skipped, seconds):
     print(f"\nTFPS and Kamailio side by side: sipp on 127.0.0.1 (INVITE -> 302 -> ACK), {args.users} accounts, "
           f"{args.duration:g} s per step, recv timeout {args.recv_timeout_ms} ms, {os.cpu_count()} CPUs, "
-          f"{args.blacklist} blacklisted prefixes, total {seconds:.0f} s")
+          f"{args.blacklist} blacklisted prefixes, total {seconds:.0f} s; load average (1 min) "
+          f"{args.load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     for line in skipped:
         print(line)
     head = (f"{'offered/s':>9} {'server':<18} {'achieved/s':>10} {'failed':>6} {'p50 ms':>6} {'p99 ms':>6} {'max ms':>6} "
-            f"{'µs/call':>7} {'RSS MB':>6}  {'vs Kamailio: rate, p99':<24}")
+            f"{'µs/call':>7} {'RSS MB':>6} {'sipp µs':>7}  {'vs Kamailio: rate, p99':<24}")
     print(head)
     print("-" * len(head))
     for rate in sorted({rate for results in ladder.values() for rate in results}):
@@ -468,8 +482,9 @@ def report(args, targets, ladder, best, searched, skipped, seconds):
             r = ladder[target.name].get(rate)
             if r:
                 print(row(rate, target, r, ladder[peer_of(target, targets).name].get(rate) if peer_of(target, targets) else None))
-    print("achieved/s = calls/s from sipp's trace; p50/p99/max = sipp's INVITE -> 302 response time (whole ms); µs/call = "
-          "server CPU (all its processes) per successful call; RSS = the server's peak RSS (all its processes); "
+    print("achieved/s = successful calls/s (from sipp's response-time trace, else successful calls / step duration); p50/p99/max = sipp's INVITE -> 302 response time (whole ms); µs/call = "
+          "server CPU (all its processes) per successful call; RSS = the server's peak RSS (all its processes); sipp µs = "
+          "sipp's CPU per successful call (sipp shares the 2 cores); "
           "vs Kamailio = achieved rate / Kamailio's with as many workers, then p99 - Kamailio's p99.")
     print("\nhighest rate with 0 failed calls (ladder, then doubling and bisection):")
     for target in targets:
@@ -481,15 +496,21 @@ def report(args, targets, ladder, best, searched, skipped, seconds):
               + (f"   search: {steps}" if steps else ""))
 
 
+def answered_rate(r):
+    """Calls/s answered in time: from sipp's response-time trace, or, when sipp wrote none (fewer
+    than 1,000 successful calls), the successful calls over the step's planned duration."""
+    return r["achieved"] if r["rtt"] else r.get("ok", 0) * r["rate"] / max(1, r["calls"])
+
+
 def row(rate, target, r, peer):
     compared = ""
     if peer is not None and peer is not r:
         p99, peer_p99 = percentile(r["rtt"], 99), percentile(peer["rtt"], 99)
-        compared = f"{r['achieved'] / max(peer['achieved'], 1):.2f}, {'+' if p99 >= peer_p99 else ''}{fmt(p99 - peer_p99, 0)} ms"
-    us = 1e6 * r["srv_cpu_s"] / max(1, r.get("ok", 0))
-    return (f"{rate:>9} {target.name:<18} {r['achieved']:>10.0f} {r.get('failed', 0):>6} {fmt(percentile(r['rtt'], 50), 0):>6} "
+        compared = f"{answered_rate(r) / max(answered_rate(peer), 1):.2f}, {'+' if p99 >= peer_p99 else ''}{fmt(p99 - peer_p99, 0)} ms"
+    us, sipp_us = (1e6 * r[key] / max(1, r.get("ok", 0)) for key in ("srv_cpu_s", "sipp_cpu_s"))
+    return (f"{rate:>9} {target.name:<18} {answered_rate(r):>10.0f} {r.get('failed', 0):>6} {fmt(percentile(r['rtt'], 50), 0):>6} "
             f"{fmt(percentile(r['rtt'], 99), 0):>6} {fmt(r['rtt'][-1] if r['rtt'] else None, 0):>6} {us:>7.0f} "
-            f"{r['srv_rss_mb']:>6.0f}  {compared}")
+            f"{r['srv_rss_mb']:>6.0f} {sipp_us:>7.0f}  {compared}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ As a library (tests, benchmarks):
 
     with GaleraCluster(n=3) as cluster:
         cluster.urls            # ['mysql://root:@127.0.0.1:PORT', ...]
+        cluster.create_database("tfps")   # its URL on each node
         cluster.kill(3)         # SIGKILL node 3; the others keep quorum
         cluster.restart(3)      # it rejoins (IST, or SST when it must) and is Synced again
 
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -194,6 +196,17 @@ class GaleraCluster:
     @property
     def urls(self):
         return [node.url for node in self.nodes]
+
+    def create_database(self, name):
+        """Creates the database `name` on node 1 (Galera replicates it) and returns its URL on
+        every node, for TFPS nodes' [database] url."""
+        import pymysql
+        if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", name):
+            raise GaleraError(f"{name!r}: a database name here is 1 to 64 letters, digits or underscores")
+        with pymysql.connect(host="127.0.0.1", port=self.nodes[0].sql_port, user="root", password="",
+                             autocommit=True, connect_timeout=5) as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        return [f"{node.url}/{name}" for node in self.nodes]
 
     @property
     def cluster_address(self):

@@ -44,8 +44,7 @@ def test_a_write_on_one_node_is_read_on_the_others(cluster):
     assert len({port for node in cluster.nodes
                 for port in (node.sql_port, node.galera_port, node.ist_port, node.sst_port)}) == 12
     first = cluster.node(1)
-    with pymysql.connect(host="127.0.0.1", port=first.sql_port, user="root", password="", autocommit=True) as conn:
-        conn.cursor().execute("CREATE DATABASE tfps_galera")
+    assert cluster.create_database("tfps_galera") == [f"{url}/tfps_galera" for url in cluster.urls]
     with connect(first) as conn:
         conn.cursor().execute("CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, node INT NOT NULL, n INT NOT NULL)")
     for n in range(5):
@@ -86,6 +85,8 @@ def test_bad_node_numbers_are_refused(cluster):
             cluster.node(index)
     with pytest.raises(GaleraError, match="node 1 is running"):
         cluster.restart(1)
+    with pytest.raises(GaleraError, match="a database name here is 1 to 64 letters"):
+        cluster.create_database("x; DROP DATABASE mysql")
 
 
 def test_the_cli_refuses_bad_input_in_one_line(tmp_path):

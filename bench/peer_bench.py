@@ -44,6 +44,7 @@ import uuid
 from pathlib import Path
 
 from benchlib import TFPS, fmt, free_port, log, percentile, turns, write_config
+from galera import GaleraCluster, GaleraError
 from sip_bench import Server, cpu_seconds, rss_mb, run_sipp, write_inputs
 
 BENCH = Path(__file__).resolve().parent
@@ -363,7 +364,8 @@ def main():
     ap.add_argument("--max-rate", type=int, default=16000, help="the max-rate search goes no higher (default 16,000)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="N of the N-worker variants (default: the CPUs)")
     ap.add_argument("--targets", default="kamailio,kamailio-n,tfps-sqlite,tfps-sqlite-n,tfps-mysql,tfps-mysql-n",
-                    help="which servers, comma-separated (default all six)")
+                    help="which servers, comma-separated (default: these six; tfps-galera and tfps-galera-n are "
+                         "TFPS on node 1 of a local three-node Galera cluster, bench/galera.py)")
     ap.add_argument("--mysql", default="mysql://root:@127.0.0.1:3306", help="the MariaDB server of the tfps-mysql runs")
     ap.add_argument("--blacklist", type=int, default=2000, help="blacklisted number prefixes on both servers (default 2,000)")
     ap.add_argument("--users", type=int, default=1000, help="accounts the calls are spread over (default 1,000)")
@@ -381,7 +383,8 @@ def main():
     except ValueError:
         ap.error(f"--rates {args.rates}: expected calls/s separated by commas")
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
-    known = ("kamailio", "kamailio-n", "tfps-sqlite", "tfps-sqlite-n", "tfps-mysql", "tfps-mysql-n")
+    known = ("kamailio", "kamailio-n", "tfps-sqlite", "tfps-sqlite-n", "tfps-mysql", "tfps-mysql-n", "tfps-galera",
+             "tfps-galera-n")
     unknown = [t for t in names if t not in known]
     if unknown or not names:
         ap.error(f"--targets: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
@@ -412,6 +415,7 @@ def main():
     tables = KamailioTables(work / "kamailio-tables", reference / "tfps.db", high_risk)
 
     cleanups, targets, skipped = [], [], []
+    cluster = None
     n = args.workers
     try:
         for name in names:
@@ -425,7 +429,17 @@ def main():
                 continue
             workers = (n if name.endswith("-n") else 1) if has_workers else None
             label = f"{name.removesuffix('-n')}-{workers or 1}w"
-            if "mysql" in name:
+            if "galera" in name:
+                if cluster is None:
+                    cluster = GaleraCluster(n=3)
+                    cleanups.append(cluster.stop)
+                    try:
+                        cluster.start()
+                    except GaleraError as exc:
+                        raise SystemExit(f"the Galera cluster did not start: {exc}") from None
+                    log(f"Galera: 3 nodes Synced in {cluster.startup_seconds:.1f} s")
+                url = cluster.create_database(f"tfps_peer_{secrets.token_hex(4)}")[0]
+            elif "mysql" in name:
                 url, drop, flush = mysql_database(args.mysql)
                 cleanups.append(drop)
                 log(f"MariaDB {args.mysql}: innodb_flush_log_at_trx_commit = {flush}")
@@ -450,8 +464,8 @@ def main():
     finally:
         for target in targets:
             target.stop()
-        for drop in cleanups:
-            drop()
+        for cleanup in cleanups:
+            cleanup()
     report(args, targets, ladder, best, searched, skipped, time.time() - started)
     if args.keep:
         print(f"work directory kept: {work}")

@@ -163,7 +163,6 @@ class GaleraCluster:
         for path, package in ((PROVIDER, "galera-4"), (MARIADBD, "mariadb-server"), (INSTALL_DB, "mariadb-server")):
             if not os.path.exists(path):
                 raise GaleraError(f"{path} not found: apt install {package}")
-        self.own_directory = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="tfps-galera-"))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.start_timeout = start_timeout
@@ -180,7 +179,7 @@ class GaleraCluster:
         except (OSError, ValueError) as exc:
             raise GaleraError(f"{Path(directory) / STATE_FILE}: no cluster there ({exc})") from None
         cluster = cls.__new__(cls)
-        cluster.own_directory, cluster.directory = False, Path(directory)
+        cluster.directory = Path(directory)
         cluster.start_timeout, cluster.sst, cluster.startup_seconds = state["start_timeout"], state["sst"], None
         cluster.nodes = [GaleraNode(node["index"], node["home"], node["ports"], node["pid"]) for node in state["nodes"]]
         return cluster
@@ -237,7 +236,7 @@ class GaleraCluster:
             raise GaleraError(f"mariadb-install-db failed ({init.returncode}): {(init.stderr or init.stdout).strip()[-500:]}")
         try:
             self._launch(first, bootstrap=True)
-            self.wait(lambda: self._synced([first], 1), f"node 1 to bootstrap")
+            self.wait(lambda: self._synced([first], 1), "node 1 to bootstrap")
             for node in self.nodes[1:]:   # one at a time: each joiner takes its SST from a Synced donor
                 self._launch(node)
                 self.wait(lambda: self._answers(node), f"node {node.index} to join")

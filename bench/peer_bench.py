@@ -139,7 +139,7 @@ class TfpsTarget:
 
 
 class KamailioTarget:
-    def __init__(self, args, work, name, workers, tables):
+    def __init__(self, work, name, workers, tables):
         self.name, self.workers = name, workers
         self.work = work / name
         self.work.mkdir()
@@ -421,7 +421,7 @@ def main():
         for name in names:
             if name.startswith("kamailio"):
                 workers = n if name.endswith("-n") else 1
-                targets.append(KamailioTarget(args, work, f"kamailio-{workers}w", workers, tables))
+                targets.append(KamailioTarget(work, f"kamailio-{workers}w", workers, tables))
                 continue
             if name.endswith("-n") and not has_workers:
                 skipped.append(f"{name}: skipped, {args.tfps} has no [server] workers key (tfps.py config check shows none)")

@@ -74,7 +74,7 @@ def config_sections(text):
 def tfps_cli(tfps, conf, *argv):
     result = subprocess.run([sys.executable, str(tfps), *argv, "-c", str(conf)], capture_output=True, text=True, timeout=120)
     if result.returncode:
-        raise SystemExit(f"tfps.py {' '.join(argv)} failed ({result.returncode}): {(result.stderr or result.stdout).strip()}")
+        raise SystemExit(f"tfps.py {' '.join(argv)} failed ({result.returncode}): {(result.stderr or result.stdout).strip() or 'no output'}")
     return result.stdout
 
 
@@ -399,6 +399,19 @@ def main():
 
     started, args.load_before = time.time(), os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="tfps-peer-bench-"))
+    try:
+        report(args, *measure(args, work, rates, names), time.time() - started)
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def measure(args, work, rates, names):
+    """Sets up the targets, checks their verdicts, runs the ladder and the searches; returns
+    (targets, ladder results, best rates, search results, skipped-target lines)."""
     rng = random.Random(args.seed)
     write_inputs(work, args.users, args.csv_rows, args.seed)
     blacklisted = write_blacklist(work / "blacklist.txt", args.blacklist, rng)
@@ -466,12 +479,7 @@ def main():
             target.stop()
         for cleanup in cleanups:
             cleanup()
-    report(args, targets, ladder, best, searched, skipped, time.time() - started)
-    if args.keep:
-        print(f"work directory kept: {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return targets, ladder, best, searched, skipped
 
 
 def peer_of(target, targets):

@@ -70,6 +70,15 @@ def require_mariadb():
     pytest.skip(line)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """All skips for want of MariaDB at one place, so that `-rs` folds them into one line."""
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple) and "MariaDB not reachable" in report.longrepr[2]:
+        report.longrepr = (__file__, require_mariadb.__code__.co_firstlineno, report.longrepr[2])
+    return report
+
+
 def mysql_admin():
     require_mariadb()
     import pymysql

@@ -227,6 +227,21 @@ def sip_invite(number, port, *, user="1001", domain="pbx.example.com", transport
     return "\r\n".join(lines).encode()
 
 
+def answers_before_options(sock, port):
+    """Everything (parsed) that reaches the UDP `sock` before the 200 to an OPTIONS it sends now to
+    127.0.0.1:port. The server answers each datagram before it reads the next, so this is all it
+    still had to send to `sock`: an empty list proves a silence without waiting for one."""
+    call_id = f"options-{secrets.token_hex(4)}@test"
+    sock.sendto(sip_invite("ping", port, method="OPTIONS", local_port=sock.getsockname()[1], call_id=call_id),
+                ("127.0.0.1", port))
+    sock.settimeout(3.0)
+    before = []
+    while (msg := tfps.parse_message(sock.recvfrom(65536)[0])).header("call-id") != call_id:
+        before.append(msg)
+    assert msg.status == 200, f"OPTIONS answered {msg.status}"
+    return before
+
+
 def udp_socket(timeout=2.0):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))

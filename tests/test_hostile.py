@@ -8,7 +8,6 @@ import os
 import re
 import resource
 import selectors
-import secrets
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ import pymysql
 import pytest
 
 import tfps
-from conftest import free_port, run_cli, sip_invite, wait_until, write_config
+from conftest import answers_before_options, free_port, run_cli, wait_until, write_config
 from test_sip_server import TcpClient, UdpClient, ack_for, call_log, settled_verdicts, udp  # noqa: F401
 
 ALWAYS = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}  # enforcing, and business hours all day
@@ -103,18 +102,6 @@ def first_answers(client, requests, seconds):
             answers.setdefault(call_id, msg)
             client.send(ack_for(by_call[call_id], msg))
     return answers
-
-
-def first_answer_to_options(sock, server):
-    """Send an OPTIONS from `sock`; the first lines of what reached `sock` before its 200."""
-    call_id = f"options-{secrets.token_hex(4)}@test"
-    sock.sendto(sip_invite("ping", server.port, method="OPTIONS", local_port=sock.getsockname()[1], call_id=call_id),
-                ("127.0.0.1", server.port))
-    sock.settimeout(3.0)
-    before = []
-    while (data := sock.recvfrom(65536)[0]) and tfps.parse_message(data).header("call-id") != call_id:
-        before.append(data.split(b"\r\n", 1)[0])
-    return before
 
 
 def cpu_seconds(pid):
@@ -513,7 +500,7 @@ def test_udp_answers_go_to_the_packet_source_only(start_server, udp):
             assert answer is not None, f"Via params {via_params!r}: no answer at the source"
             sender.send(ack_for(request, answer[0]))
             # Whatever went to a victim is there before the answer to an OPTIONS the victim sends now.
-            strays = {name: first_answer_to_options(victim, server) for name, victim in
+            strays = {name: [m.status for m in answers_before_options(victim, server.port)] for name, victim in
                       zip(("maddr 127.0.0.2", "Via port"), victims)}
             assert not any(strays.values()), f"Via params {via_params!r}: answers went to {strays}"
     finally:

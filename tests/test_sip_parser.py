@@ -12,7 +12,7 @@ import time
 import pytest
 
 import tfps
-from conftest import sip_invite, udp_socket
+from conftest import answers_before_options, sip_invite, udp_socket
 
 # =============================================================================================
 # RFC 4475 torture messages (public RFC test vectors, written here as Python bytes).
@@ -1367,14 +1367,7 @@ def test_torture_messages_against_running_server(start_server):
             if SERVER_EXPECTED[name] is not None or name == "badinv01":
                 assert f"127.0.0.1:{port};rport".encode() in data, name
             sock.sendto(data, ("127.0.0.1", server.port))
-            # The server answers each datagram before it reads the next: whatever answers the
-            # torture message comes before the 200 to this OPTIONS, and silence is proven by it.
-            marker = f"after-{name}@test"
-            sock.sendto(sip_invite("ping", server.port, method="OPTIONS", local_port=port, call_id=marker),
-                        ("127.0.0.1", server.port))
-            statuses = []
-            while (reply := tfps.parse_message(sock.recvfrom(65536)[0])).header("call-id") != marker:
-                statuses.append(reply.status)
+            statuses = [reply.status for reply in answers_before_options(sock, server.port)]
             got[name] = statuses[-1] if statuses else None
             if got[name] and got[name] >= 200 and got[name] != 200:
                 # absorb: ACK the final answer to an INVITE so no retransmission comes later

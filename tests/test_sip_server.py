@@ -776,9 +776,8 @@ def test_tcp_idle_connections_are_closed_and_connections_capped(start_server, tc
     third = tcp(server)  # over the cap: accepted and closed at once
     assert third.closed_by_peer(3.0)
     t0 = time.monotonic()
-    assert not first.closed_by_peer(1.5), "closed before tcp_idle_timeout"
     assert first.closed_by_peer(12.0), "idle connection not closed"
-    assert 1.9 <= time.monotonic() - t0 <= 13.0
+    assert 1.9 <= time.monotonic() - t0 <= 13.0, "closed before tcp_idle_timeout, or long after it"
     assert second.closed_by_peer(2.0)
     fourth = tcp(server)  # room again
     fourth.send(fourth.invite("ping", method="OPTIONS"))

@@ -1,6 +1,7 @@
 """Shared test fixtures: the real tfps.py as a module and as a subprocess, real databases
 (a SQLite file per test, a fresh MariaDB database per test on 127.0.0.1:3306), free ports."""
 
+import functools
 import os
 import secrets
 import signal
@@ -21,9 +22,73 @@ import tfps  # noqa: E402  (the module under test)
 MYSQL_HOST, MYSQL_PORT = "127.0.0.1", 3306
 
 
+def wait_until(predicate, timeout=5.0, interval=0.02, message=None):
+    """Poll predicate() until it returns something truthy and return that; fail after `timeout` seconds,
+    naming what was awaited (`message`, or the predicate's source) and what it last returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            what = message() if callable(message) else message or _describe(predicate)
+            pytest.fail(f"timed out after {timeout} s waiting for {what} (last value: {value!r})", pytrace=False)
+        time.sleep(interval)
+
+
+def _describe(predicate):
+    import inspect
+    try:
+        return inspect.getsource(predicate).strip()
+    except (OSError, TypeError):
+        return repr(predicate)
+
+
+@functools.cache
+def mariadb_unreachable_reason():
+    """Why MariaDB on 127.0.0.1:3306 cannot be used, or None; asked once per test session."""
+    try:
+        import pymysql
+    except ImportError:
+        return "PyMySQL is not installed"
+    try:
+        pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", password="", connect_timeout=3).close()
+    except pymysql.Error as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def require_mariadb():
+    """Skip the calling test when MariaDB is not reachable, with one line saying so; under CI
+    (TFPS_CI set by .ci/run, which starts MariaDB) that is a failure instead, never a silent skip."""
+    reason = mariadb_unreachable_reason()
+    if reason is None:
+        return
+    line = f"MariaDB not reachable on {MYSQL_HOST}:{MYSQL_PORT} ({reason}): mysql tests skipped; tests/run starts it"
+    if os.environ.get("TFPS_CI"):
+        pytest.fail(line.replace("mysql tests skipped", "required under CI (TFPS_CI)"), pytrace=False)
+    pytest.skip(line)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """All skips for want of MariaDB at one place, so that `-rs` folds them into one line."""
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple) and "MariaDB not reachable" in report.longrepr[2]:
+        report.longrepr = (__file__, require_mariadb.__code__.co_firstlineno, report.longrepr[2])
+    return report
+
+
 def mysql_admin():
+    require_mariadb()
     import pymysql
     return pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", password="", autocommit=True)
+
+
+@pytest.fixture
+def mariadb():
+    """For tests that talk to the MariaDB server without a database of their own."""
+    require_mariadb()
 
 
 @pytest.fixture
@@ -108,14 +173,13 @@ class TfpsServer:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, str(TFPS), "serve", "-c", self.config],
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.read_log()}")
-            if "serving in" in self.read_log():
-                return self
-            time.sleep(0.05)
-        raise AssertionError(f"serve did not start:\n{self.read_log()}")
+        wait_until(self._started, timeout, message=lambda: f"serve to start:\n{self.read_log()}")
+        return self
+
+    def _started(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.read_log()}")
+        return "serving in" in self.read_log()
 
     def read_log(self):
         return Path(self.log_path).read_text(errors="replace")
@@ -161,6 +225,21 @@ def sip_invite(number, port, *, user="1001", domain="pbx.example.com", transport
              "Max-Forwards: 70", f"From: <sip:{user}@{domain}>;tag={from_tag}", f"To: <sip:{number}@127.0.0.1>",
              f"Call-ID: {call_id}", f"CSeq: {cseq} {method}", *headers, "Content-Length: 0", "", ""]
     return "\r\n".join(lines).encode()
+
+
+def answers_before_options(sock, port):
+    """Everything (parsed) that reaches the UDP `sock` before the 200 to an OPTIONS it sends now to
+    127.0.0.1:port. The server answers each datagram before it reads the next, so this is all it
+    still had to send to `sock`: an empty list proves a silence without waiting for one."""
+    call_id = f"options-{secrets.token_hex(4)}@test"
+    sock.sendto(sip_invite("ping", port, method="OPTIONS", local_port=sock.getsockname()[1], call_id=call_id),
+                ("127.0.0.1", port))
+    sock.settimeout(3.0)
+    before = []
+    while (msg := tfps.parse_message(sock.recvfrom(65536)[0])).header("call-id") != call_id:
+        before.append(msg)
+    assert msg.status == 200, f"OPTIONS answered {msg.status}"
+    return before
 
 
 def udp_socket(timeout=2.0):

@@ -395,17 +395,6 @@ def call(port, ip, number=US_NUMBER, user="1001", domain="pbx.example.com", ua="
         return wait_final(sock, sent_at, timeout)
 
 
-def wait_until(predicate, timeout, interval=0.05, message="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
-
-
 class BackgroundCall:
     """An INVITE whose answers are read by a thread (so arrival times are exact)."""
 

@@ -11,8 +11,8 @@ import time
 import pytest
 
 import tfps
-from conftest import run_cli, write_config
-from stubs import AbuseIPDBStub, SmtpStub, WebhookStub, call, reserve_port, unique_us_number, wait_until
+from conftest import run_cli, wait_until, write_config
+from stubs import AbuseIPDBStub, SmtpStub, WebhookStub, call, reserve_port, unique_us_number
 
 CUBA = "00537123"            # + 4 digits: a high-risk destination (R06, not soft)
 GB = "0044207946"            # + 4 digits: not among the default destinations (R06, soft)
@@ -166,8 +166,11 @@ def test_slow_alert_delivery_does_not_delay_calls(start_server, hook, sqlite_url
         time.sleep(0.03)
     assert hook.bodies == []              # still hanging
     assert len(answers) >= 20 and all(a.code == "R06" for a in answers)
-    worst = max(answers, key=lambda a: a.elapsed)
-    assert worst.elapsed < 0.010, worst
+    # The median holds the hot path to its 10 ms; the worst, on a loaded machine, only to far below
+    # the webhook's 2 s (a call that waited for the delivery would take that long).
+    by_latency = sorted(answers, key=lambda a: a.elapsed)
+    assert by_latency[len(answers) // 2].elapsed < 0.010, by_latency[len(answers) // 2]
+    assert by_latency[-1].elapsed < 0.2, by_latency[-1]
     wait_until(lambda: len(hook.of_kind("rejection")) == 1, 8, message="the slow delivery to finish")
 
 
@@ -183,8 +186,9 @@ def test_alert_rate_limit_per_account_and_rule_with_suppressed_count(start_serve
     assert call(srv.port, "192.168.7.7", number=gb(1)).code == "R03"  # another rule: its own limit
     assert call(srv.port, "192.168.7.7", number=cuba(5), user="1002").code == "R06"  # another account
     wait_until(lambda: len(hook.of_kind("rejection")) == 3, 5, message="the R03 and 1002 alerts")
-    time.sleep(max(0.0, first["time"] + 2.0 - time.time()))
-    assert len(hook.of_kind("rejection")) == 3                  # nothing more for 1001/R06
+    wait_until(lambda: suppressed(sqlite_url, "1001@pbx.example.com", "R06") == 4, 5,
+               message="the four R06 alerts of 1001 to be counted as suppressed")
+    assert len(hook.of_kind("rejection")) == 3 and not outbox(sqlite_url)   # nothing more for 1001/R06
 
     time.sleep(max(0.0, first["time"] + 3.2 - time.time()))
     assert call(srv.port, "192.168.7.7", number=cuba(6)).code == "R06"
@@ -199,8 +203,18 @@ def test_alert_rate_limit_per_account_and_rule_with_suppressed_count(start_serve
     assert all("suppressed" not in a for a in alerts[:3])
 
     assert call(srv.port, "192.168.7.7", number=cuba(7)).code == "R06"   # suppressed again
-    time.sleep(1.5)
-    assert len(hook.of_kind("rejection")) == 4
+    wait_until(lambda: suppressed(sqlite_url, "1001@pbx.example.com", "R06") == 1, 5,
+               message="the R06 alert of 1001 to be counted as suppressed")
+    assert len(hook.of_kind("rejection")) == 4 and not outbox(sqlite_url)
+
+
+def suppressed(db_url, account, rule):
+    """How many alerts of `account` and `rule` the throttle has held back since the last one sent."""
+    db = tfps.Database(db_url)
+    try:
+        return db.scalar("SELECT suppressed FROM alert_throttle WHERE account = ? AND rule = ?", (account, rule))
+    finally:
+        db.close()
 
 
 def test_alert_queue_interval_boundary_and_counter_reset(db_url):
@@ -257,14 +271,13 @@ def test_smtp_outage_and_restart_lose_no_alert(start_server, tmp_path, sqlite_ur
     assert len(outbox(sqlite_url)) == 4                 # still queued while nothing runs
     srv2 = start_server(sqlite_url, sections=conf)
     assert call(srv2.port, "192.168.7.7", number=cuba(3), user="2003").code == "R06"
-    wait_until(lambda: len(outbox(sqlite_url)) == 6, 5, message="the new alerts to be queued")
-    time.sleep(1.5)                                     # at least one more failed round
-    assert len(outbox(sqlite_url)) == 6 and not smtp.messages
+    wait_until(lambda: (lambda r: len(r) == 6 and all(x[7] >= 1 for x in r))(outbox(sqlite_url)), 8,
+               message="the new alerts to be queued and tried too")
+    assert not smtp.messages
 
     smtp.start()
     try:
         wait_until(lambda: not outbox(sqlite_url), 10, message="the outbox to drain")
-        time.sleep(1.2)
         subjects = sorted(smtp.subjects())
         assert len(subjects) == 6, subjects
         for user in ("2001", "2002", "2003"):
@@ -287,8 +300,7 @@ def test_webhook_outage_retries_without_resending_the_email(start_server, hook, 
     hook.status = 200
     wait_until(lambda: len(hook.bodies) == 2, 6, message="webhook delivery after the outage")
     wait_until(lambda: not outbox(sqlite_url), 3, message="the outbox to drain")
-    time.sleep(1.2)
-    assert len(smtp.messages) == 2 and len(hook.bodies) == 2
+    assert len(smtp.messages) == 2 and len(hook.bodies) == 2    # the outbox holds nothing more to send
 
 
 def test_dispatcher_backs_off_exponentially_up_to_the_cap(tmp_path, sqlite_url):
@@ -344,18 +356,17 @@ def test_sighup_applies_new_alert_settings(start_server, tmp_path, sqlite_url):
     with WebhookStub() as old, WebhookStub() as new:
         srv = start_server(sqlite_url, sections=sections(old))
         assert call(srv.port, "192.168.7.7", number=cuba(1)).code == "R06"
-        first = wait_until(lambda: old.of_kind("rejection"), 5, message="the first alert at the old webhook")[0]
+        wait_until(lambda: old.of_kind("rejection"), 5, message="the first alert at the old webhook")
         write_config(srv.config, {**sections(new, alerts={"alert_interval": "0s"}),
                                   "server": {"listen": f"udp:127.0.0.1:{srv.port}, tcp:127.0.0.1:{srv.port}"},
                                   "database": {"url": sqlite_url, "reload_interval": "0.2s", "flush_interval": "0.5s"}})
         srv.signal(signal.SIGHUP)
         wait_until(lambda: "SIGHUP: configuration and lists reloaded" in srv.read_log(), 5, message="the reload")
-        time.sleep(max(0.0, first["time"] + 3.2 - time.time()))     # past the old 3 s interval too
+        # Under the old settings these would be suppressed (3 s interval) or reach the old webhook.
         for i in (2, 3):
             assert call(srv.port, "192.168.7.7", number=cuba(i)).code == "R06"
-        time.sleep(0.6)
+        wait_until(lambda: len(new.of_kind("rejection")) == 2, 5, message="two alerts at the new webhook")
         wait_until(lambda: not outbox(sqlite_url), 5, message="the outbox to drain")
-        time.sleep(0.3)
         delivered = (len(old.of_kind("rejection")), len(new.of_kind("rejection")))
         assert delivered == (1, 2), f"(old webhook, new webhook) got {delivered} rejection alerts"
 
@@ -377,7 +388,10 @@ def engine_with_a_rejection(db_url, ts=0.0):
 def kill_connection(db):
     from conftest import mysql_admin
     admin = mysql_admin()
-    admin.cursor().execute(f"KILL CONNECTION {db.conn.thread_id()}")
+    thread_id = db.conn.thread_id()
+    admin.cursor().execute(f"KILL CONNECTION {thread_id}")
+    wait_until(lambda: not admin.cursor().execute("SELECT 1 FROM information_schema.processlist WHERE id = %s",
+                                                  (thread_id,)), 5, message="the killed connection to be gone")
     admin.close()
 
 
@@ -399,7 +413,6 @@ def test_connection_drop_before_a_flush_loses_neither_alerts_nor_call_log(mysql_
     import pymysql
     engine, db = engine_with_a_rejection(mysql_url)
     kill_connection(db)
-    time.sleep(0.2)
     with pytest.raises(pymysql.Error):
         engine.flush()
     assert_retried_flush_keeps_everything(engine, db)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import tfps
-from conftest import recv_response, run_cli, sip_invite, udp_socket
+from conftest import recv_response, run_cli, sip_invite, udp_socket, wait_until
 
 USER, DOMAIN = "1001", "pbx.example.com"
 ALWAYS_BUSINESS = {"business_hours": "mon-sun 00:00-24:00"}
@@ -42,31 +42,29 @@ def poll(server, expect, numbers, within=5.0, since=None, **kw):
     """INVITE until the X-TFPS-Code is `expect`; returns the seconds since `since` (a
     time.monotonic() value, default now) that it took."""
     start = time.monotonic() if since is None else since
+    numbers = iter(numbers)
     seen = []
-    for number in numbers:
-        msg = invite(server, number, **kw)
-        seen.append(code_of(msg))
-        if seen[-1] == expect:
-            return time.monotonic() - start
-        if time.monotonic() - start > within:
-            break
-        time.sleep(0.2)
-    raise AssertionError(f"expected {expect} within {within} s, got {seen}")
+
+    def answered_as_expected():
+        seen.append(code_of(invite(server, next(numbers), **kw)))
+        return seen[-1] == expect
+    wait_until(answered_as_expected, max(0.0, start + within - time.monotonic()), interval=0.2,
+               message=lambda: f"{expect}, got {seen}")
+    return time.monotonic() - start
 
 
 def wait_for_account(db_url, user=USER, domain=DOMAIN, within=5.0):
     """Enrollment by a running server is visible to other connections once it has committed
     (SQLite commits verdicts in groups, every [database] flush_interval)."""
-    deadline = time.monotonic() + within
     db = tfps.open_database(db_url)
+
+    def enrolled():
+        try:
+            return tfps.find_account(db, user, domain)
+        except tfps.UserError:
+            return None
     try:
-        while True:
-            try:
-                return tfps.find_account(db, user, domain)
-            except tfps.UserError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        return wait_until(enrolled, within, interval=0.1, message=f"account {user}@{domain} to be enrolled")
     finally:
         db.close()
 

@@ -13,14 +13,13 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 import tfps
-from conftest import REPO, free_port, write_config
+from conftest import REPO, free_port, wait_until, write_config
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh installs as root")
 
@@ -215,11 +214,10 @@ def test_pyz_serve_and_probe_round_trip(installed, tmp_path):
         proc = subprocess.Popen([sys.executable, str(installed["bin"]), "serve", "-c", conf], stdout=log,
                                 stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 15
-        while "serving in" not in log_path.read_text():
+        def started():
             assert proc.poll() is None, log_path.read_text()
-            assert time.time() < deadline, log_path.read_text()
-            time.sleep(0.05)
+            return "serving in" in log_path.read_text()
+        wait_until(started, 15, message=lambda: f"the zipapp to serve:\n{log_path.read_text()}")
         for transport in ("udp", "tcp"):
             probe = run_pyz(installed["bin"], "probe", "12125551234", "--server", f"127.0.0.1:{port}",
                             "--transport", transport, "--from", f"{transport}@pbx.example.com")

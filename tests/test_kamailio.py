@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TFPS, free_port, sip_invite
+from conftest import REPO, TFPS, free_port, sip_invite, wait_until
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 SIPP = "/usr/bin/sipp"
@@ -208,17 +208,18 @@ class Kamailio:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", 0))
             sock.settimeout(0.2)
-            deadline = time.time() + timeout
-            while time.time() < deadline:
+
+            def answers_options():
                 assert self.proc.poll() is None, f"kamailio exited {self.proc.returncode}:\n{self.read_log()}"
                 sock.sendto(sip_invite("1001", self.port, method="OPTIONS", local_port=sock.getsockname()[1]),
                             ("127.0.0.1", self.port))
                 try:
-                    if sock.recv(65536).startswith(b"SIP/2.0 "):
-                        return self
+                    return sock.recv(65536).startswith(b"SIP/2.0 ")
                 except socket.timeout:
-                    pass
-        raise AssertionError(f"kamailio did not answer on port {self.port}:\n{self.read_log()}")
+                    return False
+            wait_until(answers_options, timeout, interval=0,
+                       message=lambda: f"kamailio to answer on port {self.port}:\n{self.read_log()}")
+        return self
 
     def read_log(self):
         return self.log_path.read_text(errors="replace")
@@ -262,12 +263,8 @@ class Carrier:
         return [r for r in self.requests_all() if header(r[2], "Call-ID") == call_id]
 
     def wait_for(self, call_id, methods, timeout=5):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if [r[0] for r in self.requests(call_id)] == methods:
-                break
-            time.sleep(0.05)
-        return self.requests(call_id)
+        return wait_until(lambda: (lambda got: [r[0] for r in got] == methods and got)(self.requests(call_id)), timeout,
+                          message=lambda: f"{methods} of {call_id} at the carrier, got {self.requests(call_id)}")
 
     def stop(self):
         if self.proc.poll() is None:
@@ -419,9 +416,7 @@ def test_readme_kamailio_guide_counts_the_callers_calls(rig, tmp_path):
     holder = threading.Thread(target=lambda: first.append(Call(tmp_path, kamailio.port, US, hold_ms=2000)))
     holder.start()
     try:
-        deadline = time.time() + 5
-        while time.time() < deadline and not any(r[0] == "ACK" for r in carrier.requests_all()):
-            time.sleep(0.05)
+        wait_until(lambda: any(r[0] == "ACK" for r in carrier.requests_all()), 5, message="the first call to be up")
         second = Call(tmp_path, kamailio.port, US_PLUS)
     finally:
         holder.join(30)

@@ -11,9 +11,9 @@ import time
 import pytest
 
 import tfps
-from conftest import run_cli, sip_invite, udp_socket, write_config
+from conftest import run_cli, sip_invite, udp_socket, wait_until, write_config
 from stubs import (AbuseIPDBStub, BackgroundCall, ApibanStub, call, p_tfps, reserve_port, send_invite, unique_us_number,
-                   wait_final, wait_until)
+                   wait_final)
 
 ACCOUNT = ("1001", "pbx.example.com")
 
@@ -103,8 +103,11 @@ def test_slow_lookup_does_not_delay_calls_from_cached_or_private_ips(start_serve
     assert all(a.code == "A00" for _, a in answers), answers
     # every one of them was answered while the slow lookup was still pending
     assert max(a.received_at for _, a in answers) < slow_answer.received_at - 0.3
-    worst = max(answers, key=lambda pair: pair[1].elapsed)
-    assert worst[1].elapsed < 0.010, f"slowest answer during the pending lookup: {worst}"
+    # The median holds the hot path to its 10 ms; the worst, on a loaded machine, only to far below
+    # the 2 s lookup (a call that queued behind it would take that long).
+    by_latency = sorted(answers, key=lambda pair: pair[1].elapsed)
+    assert by_latency[len(answers) // 2][1].elapsed < 0.010, f"median answer during the pending lookup: {by_latency}"
+    assert by_latency[-1][1].elapsed < 0.2, f"slowest answer during the pending lookup: {by_latency[-1]}"
     # the slow call itself: 100 Trying after ~100 ms, then its verdict once the lookup answered
     assert slow_answer.code == "A00"
     assert slow_answer.elapsed >= 1.9
@@ -164,13 +167,14 @@ def test_cache_survives_a_restart(start_server, abuse, db_url):
 
 def test_cache_entries_expire_after_reputation_ttl(start_server, abuse):
     abuse.set("8.8.8.8", score=0, country="US")
-    srv = start_server(sections=sections(abuse, reputation_ttl="2s"))
+    srv = start_server(sections=sections(abuse, reputation_ttl="1s"))
     t0 = time.monotonic()
     assert call(srv.port, "8.8.8.8").code == "A00"
     abuse.set("8.8.8.8", score=90)
     assert call(srv.port, "8.8.8.8", number=unique_us_number(1)).code == "A00"   # still cached
     assert abuse.counts["8.8.8.8"] == 1
-    time.sleep(max(0.0, 2.3 - (time.monotonic() - t0)))
+    assert time.monotonic() - t0 < 1.0, "the second call came too late to prove the cache"
+    time.sleep(max(0.0, 1.2 - (time.monotonic() - t0)))
     expired = call(srv.port, "8.8.8.8", number=unique_us_number(2))
     assert abuse.counts["8.8.8.8"] == 2
     assert expired.code == "R02" and "score 90" in expired.reason
@@ -204,22 +208,22 @@ def test_a_truncated_answer_is_a_failure_and_does_not_wedge_the_ip(start_server,
 # -- HTTP 429 -----------------------------------------------------------------------------------
 
 def test_rate_limit_429_stops_lookups_until_retry_after(start_server, abuse):
-    abuse.set_default(status=429, headers=[("Retry-After", "3")])
+    abuse.set_default(status=429, headers=[("Retry-After", "2")])
     srv = start_server(sections=sections(abuse, reputation_failure="reject"))
     first = call(srv.port, "8.8.8.8")
     assert first.code == "R02" and "rate limit" in first.reason
     t_429 = abuse.requests[0]["time"]
-    # during the 3 s: no request reaches the service, calls are answered at once by the policy
+    # during the 2 s: no request reaches the service, calls are answered at once by the policy
     others = ["1.1.1.1", "9.9.9.9", "45.33.1.2", "45.33.1.3", "8.8.8.8", "4.2.2.2"]
     for i, ip in enumerate(others):
         answer = call(srv.port, ip, number=unique_us_number(i + 1))
         assert answer.code == "R02" and answer.elapsed < 0.1, answer
-        time.sleep(0.3)
-    assert time.time() < t_429 + 3
+        time.sleep(0.2)
+    assert time.time() < t_429 + 2
     assert abuse.total() == 1
     # afterwards lookups resume (and the 429 itself was not cached as a result)
     abuse.set_default(status=200, headers=())
-    time.sleep(max(0.0, t_429 + 3.2 - time.time()))
+    time.sleep(max(0.0, t_429 + 2.2 - time.time()))
     resumed = call(srv.port, "4.4.4.4", number=unique_us_number(20))
     assert resumed.code == "A00" and abuse.counts["4.4.4.4"] == 1
     assert call(srv.port, "8.8.8.8", number=unique_us_number(21)).code == "A00"

@@ -15,7 +15,7 @@ Contents (sections appear in this order; each depends only on those above it)
    3. SIP messages       sans-IO parser and builder for requests and responses
    4. SIP transactions   sans-IO RFC 3261 server transactions with timers G, H, I, J
    5. Numbers            E.164 normalization and longest-prefix country lookup
-   6. Database           SQLite / MySQL connections, schema.sql loading and migration
+   6. Database           SQLite / MySQL, schema, migration; every SQL statement behind a named function
    7. Lists              in-memory indexes of number, IP and User-Agent lists
    8. Reputation         AbuseIPDB and APIBAN lookups on a worker pool, shared cache
    9. Alerts             rate-limited alert events, outbox in the database, SMTP and webhook
@@ -589,12 +589,10 @@ class Config:
             self.server.node_name = socket.gethostname()
 
     def effective(self, mask=True):
-        out = {}
-        for section, keys in self.raw.items():
-            out[section] = {k: ("****" if mask and k in SECRET_KEYS and v else v) for k, v in keys.items()}
-        if mask:
-            out["database"]["url"] = redact_url(out["database"]["url"])
-        return out
+        """The keys as given, per section; with `mask`, the secret keys as '****'. A password
+        inside [database] url is for the caller to hide (redact_url, with the database code)."""
+        return {section: {k: ("****" if mask and k in SECRET_KEYS and v else v) for k, v in keys.items()}
+                for section, keys in self.raw.items()}
 
 
 def _line_of(lines, section, key):
@@ -1323,7 +1321,7 @@ def normalize_number(dialed, policy, countries):
 
 
 # =============================================================================================
-# 6. Database: SQLite and MySQL/MariaDB connections, schema.sql loading and in-place migration
+# 6. Database and storage: connections, schema, migration and every SQL statement behind a named function
 # =============================================================================================
 
 class DatabaseError(UserError):
@@ -1353,6 +1351,20 @@ def read_schema():
         return get_data(path).decode("utf-8")
     except OSError:
         raise DatabaseError(f"schema.sql not found beside {os.path.abspath(__file__)}") from None
+
+
+# A quoted string ('...', "...": doubled quotes and MySQL's backslash escapes inside) or a
+# quoted identifier (`...`), a placeholder or a percent sign, or a run of anything else.
+SQL_TOKEN = re.compile(r"""'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|`(?:[^`]|``)*`|[?%]|[^'"`?%]+|.""", re.S)
+
+
+def mysql_statement(text):
+    """A statement written with SQLite's '?' placeholders -> PyMySQL's: '?' becomes '%s' outside
+    quoted strings and identifiers, where it is a placeholder; '%' is doubled everywhere, quoted
+    text included, since PyMySQL formats the whole statement with the % operator. The leading
+    INSERT OR IGNORE becomes INSERT IGNORE."""
+    out = "".join("%s" if token == "?" else token.replace("%", "%%") for token in SQL_TOKEN.findall(text))
+    return re.sub(r"^(\s*)INSERT OR IGNORE\b", r"\1INSERT IGNORE", out)
 
 
 RETIRED_INDEXES = (("call_log", "idx_call_log_account"),)  # schema version 1's; nothing reads by it since
@@ -1416,7 +1428,7 @@ class Database:
             return text
         out = self._translated.get(text)
         if out is None:
-            out = self._translated[text] = text.replace("%", "%%").replace("?", "%s").replace("INSERT OR IGNORE", "INSERT IGNORE")
+            out = self._translated[text] = mysql_statement(text)
         return out
 
     def execute(self, text, params=()):
@@ -1517,6 +1529,32 @@ class Database:
             self.conn.rollback() if self.dialect == "mysql" else self.conn.execute("ROLLBACK")
         except self.errors:
             pass
+
+    def insert(self, table, values):
+        """INSERT one row of {column: value}; returns the cursor."""
+        marks = ", ".join("?" * len(values))
+        return self.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({marks})", tuple(values.values()))
+
+    def insert_or_ignore(self, table, values):
+        """INSERT one row unless its key is taken; True when it was inserted."""
+        marks = ", ".join("?" * len(values))
+        verb = "INSERT OR IGNORE" if self.dialect == "sqlite" else "INSERT IGNORE"
+        return self.execute(f"{verb} INTO {table} ({', '.join(values)}) VALUES ({marks})",
+                            tuple(values.values())).rowcount == 1
+
+    def one_for_update(self, text, params=()):
+        """One row of a SELECT; on MySQL the row stays locked until the transaction ends, so that
+        racing nodes take turns (SQLite writers are serialized anyway)."""
+        return self.one(text + " FOR UPDATE" if self.dialect == "mysql" else text, params)
+
+    def write_read_row(self, table, values, keys, update, existed):
+        """Write a row read by one_for_update. A row that was missing locked nothing: a racing
+        node may have created it since, so on MySQL it is INSERTed, which then fails with a
+        duplicate key (transient()) and the work is done again, reading the row the other node
+        wrote, instead of overwriting it."""
+        if existed or self.dialect != "mysql":
+            return self.upsert(table, values, keys, update)
+        return self.insert(table, values)
 
     def upsert(self, table, values, keys, update):
         """INSERT a row or, on a key conflict, run `update` (an assignment list in which
@@ -1667,6 +1705,329 @@ def open_database(url):
     return db
 
 
+# -- storage: every SQL statement of the sections below, behind a named function ----------------
+# Rows go in and out as tuples and dicts; the sections below make their objects of them.
+
+def change_serials(db):
+    """{'accounts_serial': ..., 'lists_serial': ...}: triggers bump them on every change."""
+    return dict(db.query("SELECT name, value FROM meta WHERE name IN ('accounts_serial', 'lists_serial')"))
+
+
+def table_size(db, table):
+    return db.scalar(f"SELECT COUNT(*) FROM {table}", default=0)
+
+
+def acquire_lock(db, name, holder, now, ttl):
+    """A cluster-wide lock held until now + ttl; True when this holder got it."""
+    if db.execute("UPDATE locks SET holder = ?, expires = ? WHERE name = ? AND expires <= ?",
+                  (holder, now + ttl, name, now)).rowcount == 1:
+        return True
+    return db.insert_or_ignore("locks", {"name": name, "holder": holder, "expires": now + ttl})
+
+
+def release_lock(db, name, holder):
+    db.execute("DELETE FROM locks WHERE name = ? AND holder = ?", (name, holder))
+
+
+# accounts
+
+ACCOUNT_COLUMNS = ("id, user, domain, concurrent_calls, concurrent_calls_off, daily_quota, daily_quota_off, "
+                   "source_countries, dest_countries, blocked, email, state, learning_until, pinned, created, last_seen, anomaly_daily")
+ACCOUNT_SELECT = f"SELECT {ACCOUNT_COLUMNS} FROM accounts"
+
+
+def load_account(db, user, domain):
+    """The account's row (ACCOUNT_COLUMNS), or None."""
+    return db.one(f"{ACCOUNT_SELECT} WHERE user = ? AND domain = ?", (user, domain))
+
+
+def load_accounts(db, by_domain=False):
+    """Every account's row, by user then domain (or by domain then user)."""
+    return db.query(f"{ACCOUNT_SELECT} ORDER BY {'domain, user' if by_domain else 'user, domain'}")
+
+
+def load_accounts_done_learning(db, now):
+    """The rows of the accounts still learning whose learning period ended by `now`."""
+    return db.query(f"{ACCOUNT_SELECT} WHERE state = 'learning' AND learning_until <= ?", (now,))
+
+
+def next_learning_end(db):
+    """The earliest end of a learning period still to come into force, or None."""
+    return db.scalar("SELECT MIN(learning_until) FROM accounts WHERE state = 'learning'")
+
+
+def update_account_row(db, account_id, values, now):
+    """Set the columns of {column: value} on one account, and its `updated` time."""
+    if values:
+        sets = ", ".join(f"{column} = ?" for column in values)
+        db.execute(f"UPDATE accounts SET {sets}, updated = ? WHERE id = ?", (*values.values(), now, account_id))
+
+
+def clear_account_counters(db, account_id, day):
+    """Forget the account's approved calls of `day`, its A->B pairs and its per-minute window.
+    Returns (daily counter rows, A->B pairs) deleted."""
+    counters = db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ?", (account_id, day)).rowcount
+    pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (account_id,)).rowcount
+    db.execute("DELETE FROM rate_windows WHERE account_id = ?", (account_id,))
+    return counters, pairs
+
+
+def delete_account(db, account_id):
+    """The account and every row kept for it, except its calls in call_log."""
+    for table in ("daily_counters", "ab_pairs", "rate_windows", "account_seen", "account_days", "account_day_countries"):
+        db.execute(f"DELETE FROM {table} WHERE account_id = ?", (account_id,))
+    db.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
+
+
+def approved_by_bucket(db, account_id, day):
+    """{'biz': approved calls, 'off': approved calls} of the account on `day` (YYYY-MM-DD)."""
+    counts = {"biz": 0, "off": 0}
+    counts.update(db.query("SELECT bucket, approved FROM daily_counters WHERE account_id = ? AND day = ?", (account_id, day)))
+    return counts
+
+
+# number, IP and User-Agent lists; countries
+
+LIST_KINDS = {"number": ("number_list", "prefix"), "ip": ("ip_list", "cidr"), "ua": ("ua_list", "pattern")}
+
+
+def load_list(db, kind):
+    """Every entry of the number or IP lists as (color, value)."""
+    table, column = LIST_KINDS[kind]
+    return db.query(f"SELECT kind, {column} FROM {table}")
+
+
+def load_user_agent_patterns(db):
+    return [row[0] for row in db.query("SELECT pattern FROM ua_list ORDER BY pattern")]
+
+
+def load_countries(db):
+    return db.query("SELECT iso, name, prefixes, risk, calling_code, trunk_prefix FROM countries")
+
+
+def high_risk_country_codes(db):
+    return {row[0] for row in db.query("SELECT iso FROM countries WHERE risk = 'high'")}
+
+
+def list_add(db, color, kind, values, note, now):
+    """Add entries; returns (added, already present). The User-Agent list has no colors."""
+    table, column = LIST_KINDS[kind]
+    added = 0
+    db.begin()
+    for value in values:
+        row = {column: value, "note": note, "created": now}
+        added += db.insert_or_ignore(table, row if kind == "ua" else {"kind": color, **row})
+    db.commit()
+    return added, len(values) - added
+
+
+def list_remove(db, color, kind, value):
+    table, column = LIST_KINDS[kind]
+    if kind == "ua":
+        return db.execute("DELETE FROM ua_list WHERE pattern = ?", (value,)).rowcount
+    return db.execute(f"DELETE FROM {table} WHERE kind = ? AND {column} = ?", (color, value)).rowcount
+
+
+def list_entries(db, color, kind):
+    table, column = LIST_KINDS[kind]
+    if kind == "ua":
+        return db.query("SELECT pattern, note, created FROM ua_list ORDER BY pattern")
+    return db.query(f"SELECT {column}, note, created FROM {table} WHERE kind = ? ORDER BY {column}", (color,))
+
+
+# reputation cache
+
+REPUTATION_COLUMNS = "ip, ok, score, country, whitelisted, apiban, source, detail, checked, expires"
+
+
+def load_cached_reputation(db, ip, now):
+    """The cached row (REPUTATION_COLUMNS) of `ip` unless it expired by `now`, or None."""
+    return db.one(f"SELECT {REPUTATION_COLUMNS} FROM reputation_cache WHERE ip = ? AND expires > ?", (ip, now))
+
+
+def save_reputation(db, values):
+    """Cache a row of {column: value} (REPUTATION_COLUMNS), replacing the IP's earlier one."""
+    db.upsert("reputation_cache", values, ["ip"], ", ".join(f"{col} = NEW({col})" for col in values if col != "ip"))
+
+
+# alert throttle and outbox
+
+def load_alert_throttle(db, account, rule):
+    """(last_sent, suppressed) of the account's alerts of `rule`, or None."""
+    return db.one("SELECT last_sent, suppressed FROM alert_throttle WHERE account = ? AND rule = ?", (account, rule))
+
+
+def count_suppressed_alerts(db, account, rule, count):
+    db.execute("UPDATE alert_throttle SET suppressed = suppressed + ? WHERE account = ? AND rule = ?", (count, account, rule))
+
+
+def mark_alert_sent(db, account, rule, now, suppressed):
+    db.upsert("alert_throttle", {"account": account, "rule": rule, "last_sent": now, "suppressed": suppressed},
+              ["account", "rule"], "last_sent = NEW(last_sent), suppressed = NEW(suppressed)")
+
+
+def enqueue_alert(db, values):
+    """Put an alert (a row of {column: value} of alert_outbox) in the outbox, due at once."""
+    db.insert("alert_outbox", {**values, "attempts": 0, "next_try": values["created"]})
+
+
+def due_alerts(db, now, limit=20):
+    """(id, subject, body, payload, recipients, email_pending, webhook_pending, attempts, next_try)
+    of the alerts due by `now`, oldest first."""
+    return db.query("SELECT id, subject, body, payload, recipients, email_pending, webhook_pending, attempts, next_try "
+                    "FROM alert_outbox WHERE next_try <= ? ORDER BY id LIMIT ?", (now, limit))
+
+
+def claim_alert(db, alert_id, next_try, until):
+    """Take an alert for delivery until `until`; False when another node took it since it was
+    read (its next_try is no longer the one read)."""
+    return db.execute("UPDATE alert_outbox SET next_try = ? WHERE id = ? AND next_try = ?",
+                      (until, alert_id, next_try)).rowcount == 1
+
+
+def delete_alert(db, alert_id):
+    db.execute("DELETE FROM alert_outbox WHERE id = ?", (alert_id,))
+
+
+def retry_alert(db, alert_id, email_pending, webhook_pending, next_try, error):
+    db.execute("UPDATE alert_outbox SET email_pending = ?, webhook_pending = ?, attempts = attempts + 1, "
+               "next_try = ?, last_error = ? WHERE id = ?", (email_pending, webhook_pending, next_try, error[:255], alert_id))
+
+
+# call log and the daily history summed up from it
+
+def query_calls(db, since, account=None, code=None, limit=50):
+    """The latest calls since `since`, of one account ('user@domain') and verdict code if given."""
+    where, args = ["ts >= ?"], [since]
+    if account:
+        user, _, domain = account.partition("@")
+        where.append("user = ? AND domain = ?")
+        args += [user, domain]
+    if code:
+        where.append("(code = ? OR would_code = ?)")
+        args += [code.upper(), code.upper()]
+    return db.query("SELECT ts, user, domain, number, dest_country, source_ip, source_country, code, would_code, reason, "
+                    f"sip_response, latency_ms, node FROM call_log WHERE {' AND '.join(where)} ORDER BY ts DESC, id DESC LIMIT ?",
+                    (*args, limit))
+
+
+def call_stats(db, since):
+    """(calls per code and would-be code, the 10 accounts and the 10 destination countries with
+    the most rejections) since `since`."""
+    by_code = db.query("SELECT code, would_code, COUNT(*) FROM call_log WHERE ts >= ? GROUP BY code, would_code "
+                       "ORDER BY COUNT(*) DESC", (since,))
+    top_accounts = db.query("SELECT user, domain, COUNT(*), SUM(CASE WHEN code <> 'A00' THEN 1 ELSE 0 END) FROM call_log "
+                            "WHERE ts >= ? GROUP BY user, domain ORDER BY 4 DESC, 3 DESC LIMIT 10", (since,))
+    top_countries = db.query("SELECT dest_country, COUNT(*), SUM(CASE WHEN code <> 'A00' THEN 1 ELSE 0 END) FROM call_log "
+                             "WHERE ts >= ? GROUP BY dest_country ORDER BY 2 DESC LIMIT 10", (since,))
+    return _int_sums(by_code), _int_sums(top_accounts), _int_sums(top_countries)
+
+
+def _int_sums(rows):
+    """MySQL returns SUM() as Decimal; the reports want plain integers."""
+    return [tuple(int(v) if isinstance(v, decimal.Decimal) else v for v in row) for row in rows]
+
+
+def rejections_per_account(db, start, end):
+    """(user, domain, code, calls, the account's email) of the rejected (or, while monitoring or
+    learning, would-be rejected) calls in [start, end)."""
+    return db.query("SELECT c.user, c.domain, CASE WHEN c.code = 'A00' THEN c.would_code ELSE c.code END AS k, COUNT(*), "
+                    "MAX(a.email) FROM call_log c LEFT JOIN accounts a ON a.id = c.account_id WHERE c.ts >= ? AND c.ts < ? "
+                    "AND (c.code <> 'A00' OR c.would_code <> '') GROUP BY c.user, c.domain, k", (start, end))
+
+
+APPROVED_IN_SPAN = "FROM call_log WHERE code = 'A00' AND account_id IS NOT NULL AND ts >= ? AND ts < ?"
+DAY_SUMS = ("SUM(1 - off_hours), SUM(off_hours), MAX(CASE WHEN off_hours = 0 THEN concurrent_calls END), "
+            f"MAX(CASE WHEN off_hours = 1 THEN concurrent_calls END) {APPROVED_IN_SPAN}")
+COUNTRY_COLUMNS = (("dst", "dest_country"), ("src", "source_country"))
+
+
+def country_sums(column, only=""):
+    """COUNT(*) ... GROUP BY: approved calls per account and country in a time span."""
+    return f"COUNT(*) {APPROVED_IN_SPAN} AND {column} <> ''{only} GROUP BY account_id, {column}"
+
+
+def only_accounts(account_ids):
+    """(SQL condition, its arguments) restricting a history query to `account_ids`; None: all."""
+    if account_ids is None:
+        return "", ()
+    return f" AND account_id IN ({', '.join('?' * len(account_ids)) or 'NULL'})", tuple(account_ids)
+
+
+def summed_days(db, first):
+    """The day numbers from `first` on whose calls are summed up already."""
+    return {row[0] for row in db.query("SELECT day FROM history_days WHERE day >= ?", (first,))}
+
+
+def sum_up_day(db, day, start, end, now):
+    """Sum up the approved calls of day number `day` ([start, end)) per account and per country,
+    in one transaction. Nodes racing here sum the day once: the history_days row decides."""
+    db.begin()
+    try:
+        if db.insert_or_ignore("history_days", {"day": day, "aggregated": now}):
+            db.execute("INSERT INTO account_days (account_id, day, calls_biz, calls_off, peak_biz, peak_off) "
+                       f"SELECT account_id, ?, {DAY_SUMS} GROUP BY account_id", (day, start, end))
+            for direction, column in COUNTRY_COLUMNS:
+                db.execute("INSERT INTO account_day_countries (account_id, day, direction, iso, calls) "
+                           f"SELECT account_id, ?, ?, {column}, {country_sums(column)}", (day, direction, start, end))
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+
+
+def summed_history(db, since, until, business_days, account_ids=None):
+    """Per account, from the daily sums of days [since, until): (account id, first day,
+    business-hours calls on `business_days` and their squares, off-hours calls and squares,
+    all calls and squares, highest concurrency in and off business hours)."""
+    only, ids = only_accounts(account_ids)
+    in_business = ", ".join(map(str, business_days)) or "NULL"
+    return db.query(
+        f"SELECT account_id, MIN(day), SUM(CASE WHEN day IN ({in_business}) THEN calls_biz ELSE 0 END), "
+        f"SUM(CASE WHEN day IN ({in_business}) THEN calls_biz * calls_biz ELSE 0 END), SUM(calls_off), "
+        "SUM(calls_off * calls_off), SUM(calls_biz + calls_off), SUM((calls_biz + calls_off) * (calls_biz + calls_off)), "
+        f"MAX(peak_biz), MAX(peak_off) FROM account_days WHERE day >= ? AND day < ?{only} GROUP BY account_id",
+        (since, until, *ids))
+
+
+def summed_countries(db, since, until, account_ids=None):
+    """(account id, 'dst' or 'src', country, approved calls) from the daily sums of days [since, until)."""
+    only, ids = only_accounts(account_ids)
+    return db.query("SELECT account_id, direction, iso, SUM(calls) FROM account_day_countries WHERE day >= ? AND day < ?"
+                    f"{only} GROUP BY account_id, direction, iso", (since, until, *ids))
+
+
+def approved_day_sums(db, start, end, account_ids=None):
+    """Per account, from call_log in [start, end): (account id, business-hours calls, off-hours
+    calls, highest concurrency in and off business hours)."""
+    only, ids = only_accounts(account_ids)
+    return db.query(f"SELECT account_id, {DAY_SUMS}{only} GROUP BY account_id", (start, end, *ids))
+
+
+def approved_country_counts(db, start, end, account_ids=None):
+    """(account id, 'dst' or 'src', country, approved calls) from call_log in [start, end)."""
+    only, ids = only_accounts(account_ids)
+    return [(acc_id, direction, iso, calls) for direction, column in COUNTRY_COLUMNS
+            for acc_id, iso, calls in db.query(f"SELECT account_id, {column}, {country_sums(column, only)}", (start, end, *ids))]
+
+
+def purge_rows(db, *, call_log_before, counter_day_before, ab_pairs_before, rate_windows_before, history_day_before, now):
+    """Delete what is older than the retention and what expired; returns {table: rows deleted}."""
+    counts = {}
+    for table, where, args in (
+            ("call_log", "ts < ?", (call_log_before,)),
+            ("daily_counters", "day < ?", (counter_day_before,)),
+            ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (ab_pairs_before, now)),
+            ("rate_windows", "last_call < ?", (rate_windows_before,)),
+            ("history_days", "day < ?", (history_day_before,)),
+            ("account_days", "day < ?", (history_day_before,)),
+            ("account_day_countries", "day < ?", (history_day_before,)),
+            ("reputation_cache", "expires < ?", (now,)),
+            ("locks", "expires < ?", (now,))):
+        counts[table] = db.execute(f"DELETE FROM {table} WHERE {where}", args).rowcount
+    return counts
+
+
 # =============================================================================================
 # 7. Lists: in-memory indexes of the number, IP and User-Agent lists and the country table
 # =============================================================================================
@@ -1741,19 +2102,14 @@ class Lists:
     """Everything the rules look up, loaded from the database in one go."""
 
     def __init__(self, db):
-        rows = db.query("SELECT kind, prefix FROM number_list")
+        rows = load_list(db, "number")
         self.number_black = PrefixSet(p for k, p in rows if k == "black")
         self.number_white = PrefixSet(p for k, p in rows if k == "white")
-        rows = db.query("SELECT kind, cidr FROM ip_list")
+        rows = load_list(db, "ip")
         self.ip_black = NetworkSet(c for k, c in rows if k == "black")
         self.ip_white = NetworkSet(c for k, c in rows if k == "white")
-        self.user_agents = UserAgentList(r[0] for r in db.query("SELECT pattern FROM ua_list ORDER BY pattern"))
-        self.countries = CountryTable(db.query(
-            "SELECT iso, name, prefixes, risk, calling_code, trunk_prefix FROM countries"))
-
-
-def change_serials(db):
-    return dict(db.query("SELECT name, value FROM meta WHERE name IN ('accounts_serial', 'lists_serial')"))
+        self.user_agents = UserAgentList(load_user_agent_patterns(db))
+        self.countries = CountryTable(load_countries(db))
 
 
 def load_lists(cfg, db):
@@ -1765,7 +2121,7 @@ def load_lists(cfg, db):
 
 def high_risk_countries(cfg, db):
     """[policy] high_risk_countries plus the countries marked risk = 'high' in the database."""
-    return set(cfg.policy.high_risk_countries) | {r[0] for r in db.query("SELECT iso FROM countries WHERE risk = 'high'")}
+    return set(cfg.policy.high_risk_countries) | high_risk_country_codes(db)
 
 # =============================================================================================
 # 8. Reputation: AbuseIPDB and APIBAN lookups on a worker pool, cached in the database
@@ -1871,9 +2227,6 @@ def _describe_http_error(exc):
     return f"{type(exc).__name__}: {exc}"
 
 
-REPUTATION_COLUMNS = "ip, ok, score, country, whitelisted, apiban, source, detail, checked, expires"
-
-
 def reputation_from_row(row):
     ip, ok, score, country, whitelisted, apiban, source, detail, checked, _expires = row
     return Reputation(ip, bool(ok), score, country, bool(whitelisted), bool(apiban), source, detail, checked)
@@ -1884,12 +2237,11 @@ def store_reputation(db, rep, ttl):
     values = {"ip": rep.ip, "ok": int(rep.ok), "score": rep.score, "country": rep.country,
               "whitelisted": int(rep.whitelisted), "apiban": int(rep.apiban), "source": rep.source,
               "detail": rep.detail[:255], "checked": rep.checked, "expires": expires}
-    db.upsert("reputation_cache", values, ["ip"],
-              ", ".join(f"{col} = NEW({col})" for col in values if col != "ip"))
+    save_reputation(db, values)
 
 
 def cached_reputation(db, ip, now):
-    row = db.one(f"SELECT {REPUTATION_COLUMNS} FROM reputation_cache WHERE ip = ? AND expires > ?", (ip, now))
+    row = load_cached_reputation(db, ip, now)
     return reputation_from_row(row) if row else None
 
 
@@ -2030,15 +2382,12 @@ class AlertQueue:
         for event in self.events:
             groups.setdefault((event.account, event.rule), []).append(event)
         for (account, rule), events in sorted(groups.items()):  # one lock order on every node
-            row = db.one("SELECT last_sent, suppressed FROM alert_throttle WHERE account = ? AND rule = ?", (account, rule))
+            row = load_alert_throttle(db, account, rule)
             if row and now - row[0] < self.acfg.alert_interval:
-                db.execute("UPDATE alert_throttle SET suppressed = suppressed + ? WHERE account = ? AND rule = ?",
-                           (len(events), account, rule))
+                count_suppressed_alerts(db, account, rule, len(events))
                 continue
             sent = events if self.acfg.alert_interval <= 0 else events[:1]  # the rest fall within the interval
-            db.upsert("alert_throttle", {"account": account, "rule": rule, "last_sent": now,
-                                         "suppressed": len(events) - len(sent)},
-                      ["account", "rule"], "last_sent = NEW(last_sent), suppressed = NEW(suppressed)")
+            mark_alert_sent(db, account, rule, now, len(events) - len(sent))
             for i, event in enumerate(sent):
                 body = event.body
                 if i == 0 and row and row[1]:
@@ -2056,10 +2405,9 @@ class AlertQueue:
             return
         payload = dict(event.fields, text=f"{event.subject}\n{body}", kind=event.kind,
                        account=event.account, rule=event.rule, time=now)
-        db.execute("INSERT INTO alert_outbox (created, kind, account, code, subject, body, payload, recipients, "
-                   "email_pending, webhook_pending, attempts, next_try) VALUES (?,?,?,?,?,?,?,?,?,?,0,?)",
-                   (now, event.kind, event.account, event.rule[:8], event.subject[:255], body,
-                    json.dumps(payload, default=str), ",".join(recipients), int(email), int(webhook), now))
+        enqueue_alert(db, {"created": now, "kind": event.kind, "account": event.account, "code": event.rule[:8],
+                           "subject": event.subject[:255], "body": body, "payload": json.dumps(payload, default=str),
+                           "recipients": ",".join(recipients), "email_pending": int(email), "webhook_pending": int(webhook)})
 
 
 class AlertTally(AlertQueue):
@@ -2133,12 +2481,8 @@ class AlertDispatcher:
             db.close()
 
     def deliver_due(self, db, now):
-        rows = db.query("SELECT id, subject, body, payload, recipients, email_pending, webhook_pending, attempts, next_try "
-                        "FROM alert_outbox WHERE next_try <= ? ORDER BY id LIMIT 20", (now,))
-        for alert_id, subject, body, payload, recipients, email, webhook, attempts, next_try in rows:
-            claimed = db.execute("UPDATE alert_outbox SET next_try = ? WHERE id = ? AND next_try = ?",
-                                 (now + self.LEASE, alert_id, next_try)).rowcount
-            if not claimed:
+        for alert_id, subject, body, payload, recipients, email, webhook, attempts, next_try in due_alerts(db, now):
+            if not claim_alert(db, alert_id, next_try, now + self.LEASE):
                 continue
             errors = []
             if email:
@@ -2154,12 +2498,10 @@ class AlertDispatcher:
                 except (OSError, ValueError) as exc:
                     errors.append(f"webhook: {_describe_http_error(exc)}")
             if not errors:
-                db.execute("DELETE FROM alert_outbox WHERE id = ?", (alert_id,))
+                delete_alert(db, alert_id)
                 continue
             delay = min(self.acfg.retry_max_interval, 5.0 * 2 ** attempts)
-            db.execute("UPDATE alert_outbox SET email_pending = ?, webhook_pending = ?, attempts = attempts + 1, "
-                       "next_try = ?, last_error = ? WHERE id = ?",
-                       (email, webhook, time.time() + delay, "; ".join(errors)[:255], alert_id))
+            retry_alert(db, alert_id, email, webhook, time.time() + delay, "; ".join(errors))
             log.warning("alert %s not delivered (%s); retry in %.0f s", alert_id, "; ".join(errors), delay)
 
 
@@ -3061,19 +3403,6 @@ class Proposal:
     skipped: str = ""        # why nothing was learned
 
 
-def acquire_lock(db, name, holder, now, ttl):
-    """A cluster-wide lock held until now + ttl; True when this holder got it."""
-    if db.execute("UPDATE locks SET holder = ?, expires = ? WHERE name = ? AND expires <= ?",
-                  (holder, now + ttl, name, now)).rowcount == 1:
-        return True
-    return db.execute("INSERT OR IGNORE INTO locks (name, holder, expires) VALUES (?, ?, ?)",
-                      (name, holder, now + ttl)).rowcount == 1
-
-
-def release_lock(db, name, holder):
-    db.execute("DELETE FROM locks WHERE name = ? AND holder = ?", (name, holder))
-
-
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 SETTLE = 300  # seconds after a day's end when every node's calls of that day are in call_log
 
@@ -3090,17 +3419,6 @@ def day_bounds(day, tz):
             dt.datetime.combine(date + dt.timedelta(days=1), dt.time(), tz).timestamp())
 
 
-APPROVED_IN_SPAN = "FROM call_log WHERE code = 'A00' AND account_id IS NOT NULL AND ts >= ? AND ts < ?"
-DAY_SUMS = ("SUM(1 - off_hours), SUM(off_hours), MAX(CASE WHEN off_hours = 0 THEN concurrent_calls END), "
-            f"MAX(CASE WHEN off_hours = 1 THEN concurrent_calls END) {APPROVED_IN_SPAN}")
-COUNTRY_COLUMNS = (("dst", "dest_country"), ("src", "source_country"))
-
-
-def country_sums(column, only=""):
-    """COUNT(*) ... GROUP BY: approved calls per account and country in a time span."""
-    return f"COUNT(*) {APPROVED_IN_SPAN} AND {column} <> ''{only} GROUP BY account_id, {column}"
-
-
 def aggregate_days(cfg, db, now):
     """Sum up call_log per account for the days of the training window that are over and not
     summed up yet. Returns the first day left to call_log (today, or yesterday within SETTLE
@@ -3108,25 +3426,14 @@ def aggregate_days(cfg, db, now):
     p = cfg.policy
     today = day_number(now, p.tz)
     first = today - p.train_window_days
-    done = {row[0] for row in db.query("SELECT day FROM history_days WHERE day >= ?", (first,))}
+    done = summed_days(db, first)
     for day in range(first, today):
         if day in done:
             continue
         start, end = day_bounds(day, p.tz)
         if end > now - SETTLE:
             return day
-        db.begin()
-        try:
-            if db.execute("INSERT OR IGNORE INTO history_days (day, aggregated) VALUES (?, ?)", (day, now)).rowcount == 1:
-                db.execute("INSERT INTO account_days (account_id, day, calls_biz, calls_off, peak_biz, peak_off) "
-                           f"SELECT account_id, ?, {DAY_SUMS} GROUP BY account_id", (day, start, end))
-                for direction, column in COUNTRY_COLUMNS:
-                    db.execute("INSERT INTO account_day_countries (account_id, day, direction, iso, calls) "
-                               f"SELECT account_id, ?, ?, {column}, {country_sums(column)}", (day, direction, start, end))
-            db.commit()
-        except BaseException:
-            db.rollback()
-            raise
+        sum_up_day(db, day, start, end, now)
     return today
 
 
@@ -3170,41 +3477,27 @@ def history(cfg, db, now, account_ids=None):
     unsummed = aggregate_days(cfg, db, now)
     business = business_day_numbers(p, now)
     business_set = set(business)
-    only, ids = "", ()
-    if account_ids is not None:
-        only, ids = f" AND account_id IN ({', '.join('?' * len(account_ids)) or 'NULL'})", tuple(account_ids)
-    in_business = ", ".join(map(str, business)) or "NULL"
     stats = {}
-    for acc_id, first, b, b2, o, o2, a, a2, peak_biz, peak_off in db.query(
-            f"SELECT account_id, MIN(day), SUM(CASE WHEN day IN ({in_business}) THEN calls_biz ELSE 0 END), "
-            f"SUM(CASE WHEN day IN ({in_business}) THEN calls_biz * calls_biz ELSE 0 END), SUM(calls_off), "
-            "SUM(calls_off * calls_off), SUM(calls_biz + calls_off), SUM((calls_biz + calls_off) * (calls_biz + calls_off)), "
-            f"MAX(peak_biz), MAX(peak_off) FROM account_days WHERE day >= ? AND day < ?{only} GROUP BY account_id",
-            (since, unsummed, *ids)):
+    for acc_id, first, b, b2, o, o2, a, a2, peak_biz, peak_off in summed_history(db, since, unsummed, business, account_ids):
         h = stats[acc_id] = AccountHistory(int(first))
         h.sums = {"biz": [int(b), int(b2)], "off": [int(o), int(o2)], "all": [int(a), int(a2)]}
         h.add_peak(0, peak_biz)
         h.add_peak(1, peak_off)
-    for acc_id, direction, iso, calls in db.query(
-            "SELECT account_id, direction, iso, SUM(calls) FROM account_day_countries WHERE day >= ? AND day < ?"
-            f"{only} GROUP BY account_id, direction, iso", (since, unsummed, *ids)):
+    for acc_id, direction, iso, calls in summed_countries(db, since, unsummed, account_ids):
         getattr(stats[acc_id], direction)[iso] = int(calls)
 
     for day in range(unsummed, today + 1):  # day by day: each has its own bounds (and offset, on DST days)
         start, end = day_bounds(day, p.tz)
-        span = (start, min(end, now), *ids)
-        for acc_id, biz, off, peak_biz, peak_off in db.query(
-                f"SELECT account_id, {DAY_SUMS}{only} GROUP BY account_id", span):
+        for acc_id, biz, off, peak_biz, peak_off in approved_day_sums(db, start, min(end, now), account_ids):
             h = stats.setdefault(acc_id, AccountHistory(day))
             h.first = min(h.first, day)
             if day < today:
                 h.add_day(int(biz), int(off), day in business_set)
             h.add_peak(0, peak_biz)
             h.add_peak(1, peak_off)
-        for direction, column in COUNTRY_COLUMNS:
-            for acc_id, iso, calls in db.query(f"SELECT account_id, {column}, {country_sums(column, only)}", span):
-                counts = getattr(stats.setdefault(acc_id, AccountHistory(day)), direction)  # a first call since the query above
-                counts[iso] = counts.get(iso, 0) + int(calls)
+        for acc_id, direction, iso, calls in approved_country_counts(db, start, min(end, now), account_ids):
+            counts = getattr(stats.setdefault(acc_id, AccountHistory(day)), direction)  # a first call since the query above
+            counts[iso] = counts.get(iso, 0) + int(calls)
     return stats
 
 
@@ -3271,18 +3564,13 @@ def _has_business_hours(p, day):
 
 
 def apply_proposal(db, proposal, now):
-    sets, args = [], []
-    for field_name, _current, proposed, _why in proposal.changes:
-        sets.append(f"{field_name} = ?")
-        args.append(proposed)
-    if sets:
-        db.execute(f"UPDATE accounts SET {', '.join(sets)}, updated = ? WHERE id = ?", (*args, now, proposal.account.id))
+    update_account_row(db, proposal.account.id, {field_name: proposed for field_name, _, proposed, _why in proposal.changes}, now)
 
 
 def train(cfg, db, now, account=None, dry_run=False):
     """Learn limits for every account (or one). Returns the proposals; applies them unless dry_run."""
     if account is None:
-        accounts = [Account.from_row(r) for r in db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY user, domain")]
+        accounts = [Account.from_row(r) for r in load_accounts(db)]
     else:
         accounts = [account]
     return train_accounts(cfg, db, now, accounts, dry_run, everyone=account is None)
@@ -3303,13 +3591,12 @@ def train_accounts(cfg, db, now, accounts, dry_run=False, everyone=False):
 
 def finish_learning(cfg, db, now):
     """Accounts whose learning period ended: train them and switch them to enforcing."""
-    accounts = [Account.from_row(r) for r in db.query(
-        f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE state = 'learning' AND learning_until <= ?", (now,))]
+    accounts = [Account.from_row(r) for r in load_accounts_done_learning(db, now)]
     if not accounts:
         return 0
     for proposal in train_accounts(cfg, db, now, accounts):
         acc = proposal.account
-        db.execute("UPDATE accounts SET state = 'enforcing', updated = ? WHERE id = ?", (now, acc.id))
+        update_account_row(db, acc.id, {"state": "enforcing"}, now)
         log.info("account %s leaves learning mode: %s", acc.name,
                  "; ".join(f"{f} {c} -> {n}" for f, c, n, _ in proposal.changes) or proposal.skipped or "limits unchanged")
     return len(accounts)
@@ -3317,20 +3604,10 @@ def finish_learning(cfg, db, now):
 
 def purge(cfg, db, now, older_than):
     cutoff = now - older_than
-    cutoff_day = day_number(cutoff, cfg.policy.tz)
-    counts = {}
-    for table, where, args in (
-            ("call_log", "ts < ?", (cutoff,)),
-            ("daily_counters", "day < ?", (dt.datetime.fromtimestamp(cutoff, cfg.policy.tz).date().isoformat(),)),
-            ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (now - cfg.policy.ab_window, now)),
-            ("rate_windows", "last_call < ?", (now - 60,)),
-            ("history_days", "day < ?", (cutoff_day,)),
-            ("account_days", "day < ?", (cutoff_day,)),
-            ("account_day_countries", "day < ?", (cutoff_day,)),
-            ("reputation_cache", "expires < ?", (now,)),
-            ("locks", "expires < ?", (now,))):
-        counts[table] = db.execute(f"DELETE FROM {table} WHERE {where}", args).rowcount
-    return counts
+    return purge_rows(db, call_log_before=cutoff,
+                      counter_day_before=dt.datetime.fromtimestamp(cutoff, cfg.policy.tz).date().isoformat(),
+                      ab_pairs_before=now - cfg.policy.ab_window, rate_windows_before=now - 60,
+                      history_day_before=day_number(cutoff, cfg.policy.tz), now=now)
 
 
 def daily_summaries(cfg, db, alerts, now):
@@ -3338,12 +3615,8 @@ def daily_summaries(cfg, db, alerts, now):
     local = dt.datetime.fromtimestamp(now, cfg.policy.tz)
     end = local.replace(hour=0, minute=0, second=0, microsecond=0)
     start = (end - dt.timedelta(days=1))
-    rows = db.query("SELECT c.user, c.domain, CASE WHEN c.code = 'A00' THEN c.would_code ELSE c.code END AS k, COUNT(*), "
-                    "MAX(a.email) FROM call_log c LEFT JOIN accounts a ON a.id = c.account_id WHERE c.ts >= ? AND c.ts < ? "
-                    "AND (c.code <> 'A00' OR c.would_code <> '') GROUP BY c.user, c.domain, k",
-                    (start.timestamp(), end.timestamp()))
     per_account, emails = {}, {}
-    for user, domain, code, calls, email in rows:
+    for user, domain, code, calls, email in rejections_per_account(db, start.timestamp(), end.timestamp()):
         per_account.setdefault((user, domain), []).append((code, int(calls)))
         emails[(user, domain)] = email or ""
     for (user, domain), codes in per_account.items():
@@ -3389,12 +3662,12 @@ class DailyJobs:
         time; the server calls every 30 s regardless, since accounts change under it."""
         now = now or time.time()
         p = self.cfg.policy
-        learning_ends = self._next_learning_end()
+        learning_ends = next_learning_end(self.db)
         if learning_ends is not None and learning_ends <= now:
             self._flush(now)  # train on every call so far
             finish_learning(self.cfg, self.db, now)
             self._follow_changes()
-            learning_ends = self._next_learning_end()
+            learning_ends = next_learning_end(self.db)
         local = dt.datetime.fromtimestamp(now, p.tz)
         today = local.date().isoformat()
         due = [learning_ends] if learning_ends is not None else []
@@ -3407,9 +3680,6 @@ class DailyJobs:
             day = local.date() + dt.timedelta(days=1 if self.done.get(name) == today else 0)
             due.append(dt.datetime.combine(day, dt.time(*at), p.tz).timestamp())
         return min(due)
-
-    def _next_learning_end(self):
-        return self.db.scalar("SELECT MIN(learning_until) FROM accounts WHERE state = 'learning'")
 
     def _run(self, name, now):
         self._flush(now)
@@ -4562,12 +4832,9 @@ class Server:
 # 15. Admin: account, list and report operations behind the CLI
 # =============================================================================================
 
-LIST_KINDS = {"number": ("number_list", "prefix"), "ip": ("ip_list", "cidr"), "ua": ("ua_list", "pattern")}
-
-
 def find_account(db, user, domain):
     domain = domain.lower()
-    row = db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
+    row = load_account(db, user, domain)
     if row is None:
         raise UserError(f"unknown account {user}@{domain} ({PROG} list shows the accounts; {PROG} add creates one)")
     return Account.from_row(row)
@@ -4578,11 +4845,7 @@ def today_key(cfg, now):
 
 
 def calls_today(db, cfg, account_id, now):
-    rows = db.query("SELECT bucket, approved FROM daily_counters WHERE account_id = ? AND day = ?",
-                    (account_id, today_key(cfg, now)))
-    counts = {"biz": 0, "off": 0}
-    counts.update(dict(rows))
-    return counts
+    return approved_by_bucket(db, account_id, today_key(cfg, now))
 
 
 def update_account(db, acc, now, end_learning=True, **fields):
@@ -4592,21 +4855,15 @@ def update_account(db, acc, now, end_learning=True, **fields):
     values["pinned"] = ",".join(sorted(pinned))
     if end_learning:
         values["state"] = "enforcing"
-    sets = ", ".join(f"{k} = ?" for k in values)
-    db.execute(f"UPDATE accounts SET {sets}, updated = ? WHERE id = ?", (*values.values(), now, acc.id))
+    update_account_row(db, acc.id, values, now)
 
 
 def reset_account(db, cfg, acc, now):
-    counters = db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ?", (acc.id, today_key(cfg, now))).rowcount
-    pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (acc.id,)).rowcount
-    db.execute("DELETE FROM rate_windows WHERE account_id = ?", (acc.id,))
-    return counters, pairs
+    return clear_account_counters(db, acc.id, today_key(cfg, now))
 
 
 def remove_account(db, acc):
-    for table in ("daily_counters", "ab_pairs", "rate_windows", "account_seen", "account_days", "account_day_countries"):
-        db.execute(f"DELETE FROM {table} WHERE account_id = ?", (acc.id,))
-    db.execute("DELETE FROM accounts WHERE id = ?", (acc.id,))
+    delete_account(db, acc.id)
 
 
 def normalize_list_value(kind, value):
@@ -4628,38 +4885,6 @@ def normalize_list_value(kind, value):
     return value
 
 
-def list_add(db, color, kind, values, note, now):
-    """Add entries; returns (added, already present)."""
-    table, column = LIST_KINDS[kind]
-    added = 0
-    db.begin()
-    for value in values:
-        if kind == "ua":
-            cur = db.execute("INSERT OR IGNORE INTO ua_list (pattern, note, created) VALUES (?, ?, ?)", (value, note, now))
-        else:
-            cur = db.execute(f"INSERT OR IGNORE INTO {table} (kind, {column}, note, created) VALUES (?, ?, ?, ?)",
-                             (color, value, note, now))
-        added += cur.rowcount == 1
-    db.commit()
-    return added, len(values) - added
-
-
-def list_remove(db, color, kind, value):
-    table, column = LIST_KINDS[kind]
-    if kind == "ua":
-        removed = db.execute("DELETE FROM ua_list WHERE pattern = ?", (value,)).rowcount
-    else:
-        removed = db.execute(f"DELETE FROM {table} WHERE kind = ? AND {column} = ?", (color, value)).rowcount
-    return removed
-
-
-def list_entries(db, color, kind):
-    table, column = LIST_KINDS[kind]
-    if kind == "ua":
-        return db.query("SELECT pattern, note, created FROM ua_list ORDER BY pattern")
-    return db.query(f"SELECT {column}, note, created FROM {table} WHERE kind = ? ORDER BY {column}", (color,))
-
-
 def read_list_file(path, kind):
     """Entries of an import file: one per line, '#' starts a comment. Returns (values, errors)."""
     try:
@@ -4679,35 +4904,6 @@ def read_list_file(path, kind):
         except ValueError as exc:
             errors.append(f"{path}:{number}: {exc}")
     return values, errors
-
-
-def query_calls(db, since, account=None, code=None, limit=50):
-    where, args = ["ts >= ?"], [since]
-    if account:
-        user, _, domain = account.partition("@")
-        where.append("user = ? AND domain = ?")
-        args += [user, domain]
-    if code:
-        where.append("(code = ? OR would_code = ?)")
-        args += [code.upper(), code.upper()]
-    return db.query("SELECT ts, user, domain, number, dest_country, source_ip, source_country, code, would_code, reason, "
-                    f"sip_response, latency_ms, node FROM call_log WHERE {' AND '.join(where)} ORDER BY ts DESC, id DESC LIMIT ?",
-                    (*args, limit))
-
-
-def call_stats(db, since):
-    by_code = db.query("SELECT code, would_code, COUNT(*) FROM call_log WHERE ts >= ? GROUP BY code, would_code "
-                       "ORDER BY COUNT(*) DESC", (since,))
-    top_accounts = db.query("SELECT user, domain, COUNT(*), SUM(CASE WHEN code <> 'A00' THEN 1 ELSE 0 END) FROM call_log "
-                            "WHERE ts >= ? GROUP BY user, domain ORDER BY 4 DESC, 3 DESC LIMIT 10", (since,))
-    top_countries = db.query("SELECT dest_country, COUNT(*), SUM(CASE WHEN code <> 'A00' THEN 1 ELSE 0 END) FROM call_log "
-                             "WHERE ts >= ? GROUP BY dest_country ORDER BY 2 DESC LIMIT 10", (since,))
-    return _int_sums(by_code), _int_sums(top_accounts), _int_sums(top_countries)
-
-
-def _int_sums(rows):
-    """MySQL returns SUM() as Decimal; the reports want plain integers."""
-    return [tuple(int(v) if isinstance(v, decimal.Decimal) else v for v in row) for row in rows]
 
 
 def probe(number, server, *, user="probe", domain="tfps.invalid", transport="udp", ip=None, ua=None, calls=None, timeout=5.0):
@@ -4950,13 +5146,15 @@ def cmd_initdb(args, cfg):
     old, new, added = db.initdb()
     action = "created" if old == 0 else ("migrated" if old != new or added else "checked")
     print(f"database {redact_url(db.url)} {action}: schema version {new}" + (f"; {', '.join(added)}" if added else ""))
-    print(f"{db.scalar('SELECT COUNT(*) FROM countries')} countries, {db.scalar('SELECT COUNT(*) FROM ua_list')} User-Agent patterns")
+    print(f"{table_size(db, 'countries')} countries, {table_size(db, 'ua_list')} User-Agent patterns")
     return 0
 
 
 def cmd_config(args, cfg):
     print(f"# {args.config or default_config_path() or 'built-in defaults'}: OK")
-    for section, keys in cfg.effective().items():
+    shown = cfg.effective()
+    shown["database"]["url"] = redact_url(shown["database"]["url"])
+    for section, keys in shown.items():
         print(f"\n[{section}]")
         for key, value in keys.items():
             print(f"{key} = {value}")
@@ -4966,7 +5164,7 @@ def cmd_config(args, cfg):
 def cmd_list(args, cfg, db):
     now = time.time()
     records = []
-    for acc in (Account.from_row(r) for r in db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY domain, user")):
+    for acc in (Account.from_row(r) for r in load_accounts(db, by_domain=True)):
         today = calls_today(db, cfg, acc.id, now)
         records.append({"user": acc.user, "domain": acc.domain, "created": fmt_time(acc.created, cfg.policy.tz),
                         "state": acc.state if acc.learning(now) else "enforcing", **account_limits(acc),
@@ -5081,8 +5279,7 @@ def cmd_learn(args, cfg, db):
         update_account(db, acc, now, end_learning=True)
         print(f"{acc.name} is enforcing")
     else:
-        db.execute("UPDATE accounts SET state = 'learning', learning_until = ?, updated = ? WHERE id = ?",
-                   (now + args.days * 86400, now, acc.id))
+        update_account_row(db, acc.id, {"state": "learning", "learning_until": now + args.days * 86400}, now)
         print(f"{acc.name} is learning until {fmt_time(now + args.days * 86400, cfg.policy.tz)}")
     return 0
 

@@ -1361,10 +1361,8 @@ SQL_TOKEN = re.compile(r"""'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|`(?:[^`]|``
 def mysql_statement(text):
     """A statement written with SQLite's '?' placeholders -> PyMySQL's: '?' becomes '%s' outside
     quoted strings and identifiers, where it is a placeholder; '%' is doubled everywhere, quoted
-    text included, since PyMySQL formats the whole statement with the % operator. The leading
-    INSERT OR IGNORE becomes INSERT IGNORE."""
-    out = "".join("%s" if token == "?" else token.replace("%", "%%") for token in SQL_TOKEN.findall(text))
-    return re.sub(r"^(\s*)INSERT OR IGNORE\b", r"\1INSERT IGNORE", out)
+    text included, since PyMySQL formats the whole statement with the % operator."""
+    return "".join("%s" if token == "?" else token.replace("%", "%%") for token in SQL_TOKEN.findall(text))
 
 
 RETIRED_INDEXES = (("call_log", "idx_call_log_account"),)  # schema version 1's; nothing reads by it since
@@ -2028,6 +2026,89 @@ def purge_rows(db, *, call_log_before, counter_day_before, ab_pairs_before, rate
     return counts
 
 
+# verdict counters: A->B pairs, per-minute windows, approved calls per day; first-seen countries
+
+def load_counter_row(db, table, columns, where, params, lock):
+    """`columns` of one counter row, or None. `lock`: on MySQL the row stays locked until the
+    verdict commits, so that racing nodes take turns."""
+    text = f"SELECT {columns} FROM {table} WHERE {where}"
+    return db.one_for_update(text, params) if lock else db.one(text, params)
+
+
+def load_pair(db, account_id, number, lock):
+    """(times, blocked_until) of an A->B pair, or None."""
+    return load_counter_row(db, "ab_pairs", "times, blocked_until", "account_id = ? AND number = ?",
+                            (account_id, number), lock)
+
+
+def save_pair(db, account_id, number, times, now, blocked_until, existed):
+    db.write_read_row("ab_pairs", {"account_id": account_id, "number": number, "times": times, "last_attempt": now,
+                                   "blocked_until": blocked_until}, ["account_id", "number"],
+                      "times = NEW(times), last_attempt = NEW(last_attempt), blocked_until = NEW(blocked_until)", existed)
+
+
+def load_rate_window(db, account_id, lock):
+    """(times,) of the account's per-minute window, or None."""
+    return load_counter_row(db, "rate_windows", "times", "account_id = ?", (account_id,), lock)
+
+
+def save_rate_window(db, account_id, times, now, existed):
+    db.write_read_row("rate_windows", {"account_id": account_id, "times": times, "last_call": now}, ["account_id"],
+                      "times = NEW(times), last_call = NEW(last_call)", existed)
+
+
+def take_daily_quota(db, account_id, day, bucket, limit):
+    """Count one approved call if the account is still under `limit`. True if counted."""
+    return limit > 0 and db.increment_below("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket},
+                                            "approved", limit)
+
+
+def add_approved_calls(db, account_id, day, bucket, calls):
+    db.upsert("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": calls},
+              ["account_id", "day", "bucket"], "approved = approved + NEW(approved)")
+
+
+def approved_calls(db, account_id, day, bucket=None):
+    """Approved calls of the day, in one bucket ('biz', 'off') or both."""
+    if bucket is None:
+        return int(db.scalar("SELECT SUM(approved) FROM daily_counters WHERE account_id = ? AND day = ?",
+                             (account_id, day), default=0))
+    return db.scalar("SELECT approved FROM daily_counters WHERE account_id = ? AND day = ? AND bucket = ?",
+                     (account_id, day, bucket), default=0)
+
+
+def mark_first_seen(db, account_id, direction, iso, now):
+    """Note that the account called to ('dst') or from ('src') `iso`; True the first time."""
+    return db.insert_or_ignore("account_seen", {"account_id": account_id, "direction": direction, "iso": iso,
+                                                "first_seen": now})
+
+
+def insert_account_row(db, values):
+    """INSERT one account of {column: value} unless it exists; True when it was new."""
+    return db.insert_or_ignore("accounts", values)
+
+
+def update_last_seen(db, items):
+    """(account id, time) pairs: one UPDATE per 500 accounts, not one per account (a round trip
+    each on MySQL)."""
+    for start in range(0, len(items), 500):
+        chunk = items[start:start + 500]
+        cases = " ".join("WHEN ? THEN ?" for _ in chunk)
+        marks = ", ".join("?" * len(chunk))
+        db.execute(f"UPDATE accounts SET last_seen = CASE id {cases} END WHERE id IN ({marks})",
+                   [v for item in chunk for v in item] + [i for i, _ in chunk])
+
+
+CALL_LOG_INSERT = ("INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
+                   "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
+                   "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+
+
+def insert_call_log(db, rows):
+    """Call log rows, tuples in the column order of CALL_LOG_INSERT."""
+    db.executemany(CALL_LOG_INSERT, rows)
+
+
 # =============================================================================================
 # 7. Lists: in-memory indexes of the number, IP and User-Agent lists and the country table
 # =============================================================================================
@@ -2511,8 +2592,6 @@ class AlertDispatcher:
 
 APPROVED = "A00"
 LIMIT_FIELDS = ("concurrent_calls", "concurrent_calls_off", "daily_quota", "daily_quota_off")
-ACCOUNT_COLUMNS = ("id, user, domain, concurrent_calls, concurrent_calls_off, daily_quota, daily_quota_off, "
-                   "source_countries, dest_countries, blocked, email, state, learning_until, pinned, created, last_seen, anomaly_daily")
 ATTACK_SIGNATURE = re.compile(r"['\"\\`]|--|/\*|\*/|%2[27]|%5c|%00|[=<>;\x00-\x1f]", re.I)
 UA_ATTACK_SIGNATURE = re.compile(r"['\"\\`]|/\*|\*/|%2[27]|%5c|%00|[\x00-\x1f]|\bunion\s+select\b|\bor\s+1\s*=\s*1\b", re.I)
 
@@ -2850,26 +2929,22 @@ class SharedCounters:
     def pair(self, account_id, number, now, window, lock):
         """(times of the attempts to call `number` within the last `window` seconds, blocked_until,
         whether the row exists), for R13. `lock`: held until the verdict commits."""
-        row = self._read_for_update("ab_pairs", "times, blocked_until", "account_id = ? AND number = ?",
-                                    (account_id, number), lock)
+        row = load_pair(self.db, account_id, number, lock)
         return self._times_since(row, now - window), row[1] if row else 0.0, row is not None
 
     def write_pair(self, account_id, number, times, now, blocked_until, existed):
-        self._write("ab_pairs", {"account_id": account_id, "number": number, "times": self._format_times(times),
-                                 "last_attempt": now, "blocked_until": blocked_until}, ["account_id", "number"],
-                    "times = NEW(times), last_attempt = NEW(last_attempt), blocked_until = NEW(blocked_until)", existed)
+        save_pair(self.db, account_id, number, self._format_times(times), now, blocked_until, existed)
 
     def recent_calls(self, account_id, now, window, lock):
         """(times of the account's approved calls within the last `window` seconds, whether its
         row exists), for R15. `lock`: held until the verdict commits."""
-        row = self._read_for_update("rate_windows", "times", "account_id = ?", (account_id,), lock)
+        row = load_rate_window(self.db, account_id, lock)
         return self._times_since(row, now - window), row is not None
 
     def add_call(self, account_id, recent, now, keep):
         """Add an approved call to what recent_calls() returned; the newest `keep` are kept."""
         times, existed = recent
-        self._write("rate_windows", {"account_id": account_id, "times": self._format_times((times + [now])[-keep:]),
-                                     "last_call": now}, ["account_id"], "times = NEW(times), last_call = NEW(last_call)", existed)
+        save_rate_window(self.db, account_id, self._format_times((times + [now])[-keep:]), now, existed)
 
     @staticmethod
     def _times_since(row, since):
@@ -2880,39 +2955,14 @@ class SharedCounters:
     def _format_times(times):
         return ",".join(f"{t:.3f}" for t in times)
 
-    def _read_for_update(self, table, columns, where, args, lock):
-        """`columns` of one row of `table`, or None. With `lock`, on MySQL the row stays locked
-        until the verdict commits, so that racing nodes take turns."""
-        lock = " FOR UPDATE" if self.db.dialect == "mysql" and lock else ""
-        return self.db.one(f"SELECT {columns} FROM {table} WHERE {where}{lock}", args)
-
-    def _write(self, table, values, keys, update, existed):
-        """Write a row read by _read_for_update. A row that was missing locked nothing: a racing
-        node may have created it since, so on MySQL it is INSERTed, which then fails with a
-        duplicate key (Database.transient) and the verdict is evaluated again, reading the row
-        the other node wrote, instead of overwriting it. SQLite writers are serialized anyway."""
-        if existed or self.db.dialect != "mysql":
-            self.db.upsert(table, values, keys, update)
-        else:
-            self.db.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
-                            tuple(values.values()))
-
     def take_quota(self, account_id, day, bucket, limit):
-        """Count one approved call if the account is still under `limit`. True if counted."""
-        return limit > 0 and self.db.increment_below(
-            "daily_counters", {"account_id": account_id, "day": day, "bucket": bucket}, "approved", limit)
+        return take_daily_quota(self.db, account_id, day, bucket, limit)
 
     def count_approved(self, account_id, day, bucket, calls=1):
-        self.db.upsert("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": calls},
-                       ["account_id", "day", "bucket"], "approved = approved + NEW(approved)")
+        add_approved_calls(self.db, account_id, day, bucket, calls)
 
     def approved(self, account_id, day, bucket=None):
-        """Approved calls of the day, in one bucket ('biz', 'off') or both."""
-        if bucket is None:
-            return int(self.db.scalar("SELECT SUM(approved) FROM daily_counters WHERE account_id = ? AND day = ?",
-                                      (account_id, day), default=0))
-        return self.db.scalar("SELECT approved FROM daily_counters WHERE account_id = ? AND day = ? AND bucket = ?",
-                              (account_id, day, bucket), default=0)
+        return approved_calls(self.db, account_id, day, bucket)
 
 
 class PrivateCounters:
@@ -2972,11 +3022,6 @@ class PrivateCounters:
 
 
 MAX_CACHED = 200000  # accounts (and first-seen countries) kept in memory; past it the cache starts over
-
-CALL_LOG_INSERT = ("INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
-                   "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
-                   "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
-
 
 class Engine:
     """The decision engine. `decide` evaluates one attempt; `record` logs the verdict with the SIP
@@ -3140,7 +3185,7 @@ class Engine:
             return default_account(self.cfg, user, domain, call.now)
         if len(self.accounts) >= MAX_CACHED:
             self.accounts.clear()
-        row = self.db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
+        row = load_account(self.db, user, domain)
         if row is not None:
             acc = self.accounts[(user, domain)] = Account.from_row(row)
             return acc
@@ -3150,8 +3195,7 @@ class Engine:
 
     def _enroll(self, user, domain, now):
         inserted = insert_account(self.db, default_account(self.cfg, user, domain, now))
-        row = self.db.one(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user = ? AND domain = ?", (user, domain))
-        acc = self.accounts[(user, domain)] = Account.from_row(row)
+        acc = self.accounts[(user, domain)] = Account.from_row(load_account(self.db, user, domain))
         if inserted:
             self.alerts.add(AlertEvent(
                 "enrolled", acc.name, "NEW", f"TFPS: new account {acc.name} enrolled",
@@ -3222,9 +3266,7 @@ class Engine:
                 if len(self.seen) >= MAX_CACHED:
                     self.seen.clear()
                 self.seen.add((acc.id, direction, iso))
-                first = self.db.execute("INSERT OR IGNORE INTO account_seen (account_id, direction, iso, first_seen) VALUES (?, ?, ?, ?)",
-                                        (acc.id, direction, iso, call.now)).rowcount == 1
-                if first and acc.created < call.now - 86400:  # a normal to differ from
+                if mark_first_seen(self.db, acc.id, direction, iso, call.now) and acc.created < call.now - 86400:  # a normal to differ from
                     what = "to the new destination" if direction == "dst" else "from the new source country"
                     self._anomaly(call, f"NEW_{direction.upper()}_{iso}", f"first call {what} {self.countries.label(iso)}",
                                   f"If expected, nothing to do; if not: {PROG} block {acc.user} {acc.domain}")
@@ -3313,7 +3355,7 @@ class Engine:
         try:
             self.db.begin()
             self._insert_call_log(rows)
-            self._write_last_seen(sorted(seen.items()))
+            update_last_seen(self.db, sorted(seen.items()))
             self.alerts.write(self.db, now or time.time())
             self.db.commit()
             self.alerts.events = []
@@ -3328,7 +3370,7 @@ class Engine:
     def _insert_call_log(self, rows):
         try:
             with self.db.savepoint("call_log"):
-                self.db.executemany(CALL_LOG_INSERT, rows)
+                insert_call_log(self.db, rows)
             return
         except (ValueError, *self.db.errors) as exc:
             if not isinstance(exc, ValueError) and self.db.unavailable(exc):
@@ -3336,7 +3378,7 @@ class Engine:
         for row in rows:  # one row is bad: find it, keep the others
             try:
                 with self.db.savepoint("call_log"):
-                    self.db.execute(CALL_LOG_INSERT, row)
+                    insert_call_log(self.db, [row])
             except (ValueError, *self.db.errors) as exc:
                 if not isinstance(exc, ValueError) and self.db.unavailable(exc):
                     raise
@@ -3353,15 +3395,6 @@ class Engine:
             log.error("call log: %d unwritten row(s) dropped, the oldest, to stay within max_unflushed_rows = %d "
                       "(%d dropped in all)", excess, self.cfg.database.max_unflushed_rows, self.dropped_rows)
 
-    def _write_last_seen(self, items):
-        """One UPDATE per 500 accounts, not one per account: a round trip each on MySQL."""
-        for start in range(0, len(items), 500):
-            chunk = items[start:start + 500]
-            cases = " ".join("WHEN ? THEN ?" for _ in chunk)
-            marks = ", ".join("?" * len(chunk))
-            self.db.execute(f"UPDATE accounts SET last_seen = CASE id {cases} END WHERE id IN ({marks})",
-                            [v for item in chunk for v in item] + [i for i, _ in chunk])
-
 
 def default_account(cfg, user, domain, now):
     """A new account as enrollment creates it: the [policy] default_* limits, learning first."""
@@ -3374,14 +3407,14 @@ def default_account(cfg, user, domain, now):
 
 
 def insert_account(db, acc):
-    """INSERT OR IGNORE one account; returns True when it was new."""
-    return db.execute(
-        "INSERT OR IGNORE INTO accounts (user, domain, concurrent_calls, concurrent_calls_off, daily_quota, daily_quota_off, "
-        "source_countries, dest_countries, blocked, email, state, learning_until, pinned, created, updated) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (acc.user, acc.domain, acc.concurrent_calls, acc.concurrent_calls_off, acc.daily_quota, acc.daily_quota_off,
-         format_countries(acc.source_countries), format_countries(acc.dest_countries), int(acc.blocked), acc.email,
-         acc.state, acc.learning_until, ",".join(sorted(acc.pinned)), acc.created, acc.created)).rowcount == 1
+    """Store a new account; returns True when it was new."""
+    return insert_account_row(db, {
+        "user": acc.user, "domain": acc.domain, "concurrent_calls": acc.concurrent_calls,
+        "concurrent_calls_off": acc.concurrent_calls_off, "daily_quota": acc.daily_quota,
+        "daily_quota_off": acc.daily_quota_off, "source_countries": format_countries(acc.source_countries),
+        "dest_countries": format_countries(acc.dest_countries), "blocked": int(acc.blocked), "email": acc.email,
+        "state": acc.state, "learning_until": acc.learning_until, "pinned": ",".join(sorted(acc.pinned)),
+        "created": acc.created, "updated": acc.created})
 
 
 def describe_limits(acc):

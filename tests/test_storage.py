@@ -24,7 +24,6 @@ NOW = 1_720_000_000.0
     ("SELECT n FROM t WHERE n LIKE '44%' AND m = ?", "SELECT n FROM t WHERE n LIKE '44%%' AND m = %s"),
     ("SELECT a % 7, ? FROM t", "SELECT a %% 7, %s FROM t"),
     ("SELECT '%s ?'", "SELECT '%%s ?'"),
-    ("INSERT OR IGNORE INTO t (a) VALUES (?)", "INSERT IGNORE INTO t (a) VALUES (%s)"),
     ("SELECT 'INSERT OR IGNORE INTO t'", "SELECT 'INSERT OR IGNORE INTO t'"),
     ("SELECT 'unterminated ?", "SELECT 'unterminated %s"),
 ])

@@ -414,6 +414,25 @@ def _listen(text):
     return [parse_listen(item) for item in split_list(text)]
 
 
+def _http_listen(text):
+    """'' (off) or HOST:PORT, IPv6 as [::1]:8080 -> (host, port)."""
+    if not text.strip():
+        return None
+    try:
+        _transport, host, port = parse_listen(f"tcp:{text.strip()}")
+    except ValueError:
+        raise ValueError(f"bad listen address {text.strip()!r} (HOST:PORT, IPv6 as [::1]:8080; empty = off)") from None
+    return host, port
+
+
+def _token(text):
+    """'' (off) or at least 16 printable ASCII characters without spaces: a bearer token."""
+    value = text.strip()
+    if value and not re.fullmatch(r"[\x21-\x7e]{16,256}", value):
+        raise ValueError("must be 16 to 256 printable ASCII characters without spaces (e.g. from: openssl rand -hex 24)")
+    return value
+
+
 def _business_hours(text):
     return BusinessHours.parse(text)
 
@@ -508,9 +527,18 @@ CONFIG_SPEC = {
         "retry_max_interval": (parse_duration, "10m", "longest wait between delivery retries"),
         "summary_at": (_clock, "08:00", "time of the daily per-account rejection summary"),
     },
+    "http": {
+        "listen": (_http_listen, "", "HOST:PORT of the HTTP interface (decision API, /metrics, health, admin API), IPv6 as [::1]:8080; empty = off"),
+        "allow_from": (_cidrs, "127.0.0.0/8, ::1", "networks allowed to use the HTTP interface; others get 403"),
+        "api_token": (_token, "", "bearer token of the admin API under /v1/ (16 to 256 characters); empty = admin API off"),
+        "max_connections": (_integer(1, 10000), "64", "HTTP connections open at most; past it new ones get 503"),
+        "request_timeout": (_duration(0.5, 3600), "15s", "a connection is closed when a complete request has not arrived this long after it opened or after the previous answer"),
+        "check_timeout": (_duration(0.1, 60), "3s", "longest a check waits for its verdict (a reputation lookup included); past it 504"),
+        "max_body_size": (_integer(1024, 1 << 20), "65536", "larger request bodies get 413"),
+    },
 }
 
-SECRET_KEYS = {"abuseipdb_key", "apiban_key", "smtp_password", "alert_webhook"}
+SECRET_KEYS = {"abuseipdb_key", "apiban_key", "smtp_password", "alert_webhook", "api_token"}
 
 
 class ConfigError(UserError):

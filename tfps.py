@@ -5484,6 +5484,9 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
     def setup(self):
         self.timeout = self.server.api.cfg.http.request_timeout
         super().setup()
+        # the head and the body are two writes: without this, Nagle holds the body back until
+        # the client's delayed ACK, 40 ms later
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def handle_one_request(self):
         self.server.reading[self] = time.monotonic() + self.server.api.cfg.http.request_timeout

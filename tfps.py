@@ -5558,7 +5558,8 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
         self.reply(code, {"error": message or http.HTTPStatus(code).phrase})
 
     def log_message(self, fmt, *args):
-        log.debug("HTTP %s %s", self.client_address[0], fmt % args)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("HTTP %s %s", self.client_address[0], fmt % args)
 
 
 

@@ -13,6 +13,7 @@ Targets (issue 14): >= 2,000 checks/s on SQLite, p99 <= 5 ms at 500/s."""
 
 import argparse
 import http.client
+import os
 import random
 import shutil
 import subprocess
@@ -97,9 +98,16 @@ def paced(port, rate, seconds, paths):
     return sorted(latencies)
 
 
-def report(name, rate, latencies):
+def cpu_seconds(pid):
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def report(name, rate, latencies, cpu):
     print(f"{name:34} {fmt(rate, 0):>8} checks/s   p50 {fmt(median(latencies))} ms   "
-          f"p99 {fmt(percentile(latencies, 99))} ms   max {fmt(latencies[-1] if latencies else None)} ms   ({len(latencies)} checks)")
+          f"p99 {fmt(percentile(latencies, 99))} ms   max {fmt(latencies[-1] if latencies else None)} ms   "
+          f"server CPU {fmt(cpu * 1e6 / max(1, len(latencies)), 0)} us/check   ({len(latencies)} checks)")
 
 
 def main():
@@ -116,10 +124,12 @@ def main():
         paths = check_paths(int(max(args.rate, 20000) * args.seconds) + 1000)
         log("warm-up: enrolling the 1,000 accounts")
         throughput(port, 1, 30.0, paths[:1000])
+        cpu = cpu_seconds(proc.pid)
         rate, latencies = throughput(port, args.connections, args.seconds, paths[1000:])
-        report(f"throughput, {args.connections} keep-alive client(s)", rate, latencies)
+        cpu, spent = cpu_seconds(proc.pid), cpu_seconds(proc.pid) - cpu
+        report(f"throughput, {args.connections} keep-alive client(s)", rate, latencies, spent)
         latencies = paced(port, args.rate, args.seconds, paths[1000:])
-        report(f"paced at {args.rate:g}/s, 1 keep-alive client", len(latencies) / args.seconds, latencies)
+        report(f"paced at {args.rate:g}/s, 1 keep-alive client", len(latencies) / args.seconds, latencies, cpu_seconds(proc.pid) - cpu)
     finally:
         proc.terminate()
         proc.wait(10)

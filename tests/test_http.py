@@ -316,6 +316,19 @@ def test_bad_http_configuration_names_file_line_and_key(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_http_port_in_use_is_one_line_and_exit_1(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        conf = tmp_path / "busy.conf"
+        conf.write_text(f"[server]\nlisten = udp:127.0.0.1:{free_port()}\n[database]\nurl = sqlite://{tmp_path / 'tfps.db'}\n"
+                        f"[http]\nlisten = 127.0.0.1:{port}\n")
+        result = subprocess.run([sys.executable, str(TFPS), "serve", "-c", str(conf)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"tfps: cannot listen on [http] listen = 127.0.0.1:{port}: Address already in use"
+
+
 # -- limits and slow clients --------------------------------------------------------------------------
 
 def test_max_connections_and_request_timeout(served):

@@ -7,12 +7,14 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -217,7 +219,7 @@ def test_health_and_readiness(served, db_url):
 def test_readyz_is_503_while_mariadb_is_frozen(served, private_mariadb):
     server, api = served(private_mariadb.url)
     assert api.get("/readyz")[0] == 200
-    private_mariadb.signal(__import__("signal").SIGSTOP)
+    private_mariadb.signal(signal.SIGSTOP)
     try:
         started = time.monotonic()
         status, answer = api.get("/readyz")
@@ -228,7 +230,7 @@ def test_readyz_is_503_while_mariadb_is_frozen(served, private_mariadb):
         status, text, _ = api.request("GET", "/metrics")
         assert status == 200 and "tfps_database_up 0" in text
     finally:
-        private_mariadb.signal(__import__("signal").SIGCONT)
+        private_mariadb.signal(signal.SIGCONT)
     assert wait_for(lambda: api.get("/readyz")[0] == 200, 15)
 
 
@@ -294,6 +296,19 @@ def test_admin_api_is_off_without_a_token_and_allow_from_refuses(served):
     other, refused = served(allow_from="192.0.2.0/24")
     status, answer = refused.get("/healthz")
     assert status == 403 and "allow_from" in answer["error"]
+
+
+def test_sighup_rotates_the_token_and_allow_from(served):
+    server, api = served()
+    assert api.get("/v1/accounts")[0] == 200
+    text = Path(server.config).read_text().replace(TOKEN, "rotated-token-0123456789")
+    Path(server.config).write_text(text)
+    server.signal(signal.SIGHUP)
+    assert wait_for(lambda: api.get("/v1/accounts")[0] == 401, 5), "the old token refused after SIGHUP"
+    assert api.get("/v1/accounts", token="rotated-token-0123456789")[0] == 200
+    Path(server.config).write_text(text.replace("[http]", "[http]\nallow_from = 192.0.2.0/24"))
+    server.signal(signal.SIGHUP)
+    assert wait_for(lambda: api.get("/healthz")[0] == 403, 5)
 
 
 def test_ipv6_listen(start_server):

@@ -25,7 +25,8 @@ Contents (sections appear in this order; each depends only on those above it)
   13. SIP service        sans-IO redirect server: requests and verdicts in, responses and timers out
   14. Server             selectors event loop moving bytes and timers for UDP and TCP
   15. Admin              account, list and report operations behind the CLI
-  16. CLI                argparse subcommands and main()
+  16. HTTP               decision API, Prometheus metrics, health and admin API on threads of their own
+  17. CLI                argparse subcommands and main()
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ import errno
 import functools
 import gc
 import heapq
+import hmac
 import http.client
+import http.server
 import ipaddress
 import json
 import logging
@@ -55,6 +58,7 @@ import selectors
 import signal
 import smtplib
 import socket
+import socketserver
 import sqlite3
 import ssl
 import sys
@@ -65,7 +69,7 @@ import urllib.parse
 import urllib.request
 import zoneinfo
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -233,12 +237,81 @@ def is_public_ip(ip):
     return addr is not None and addr.is_global and not addr.is_multicast
 
 
+# syslog priorities (sd-daemon(3)): the journal reads a "<N>" prefix as the line's priority
+SYSLOG_PRIORITY = {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "INFO": 6, "DEBUG": 7}
+
+
+class JournalFormatter(logging.Formatter):
+    """Lines for the journal: a <N> priority prefix and no timestamp (the journal keeps its own)."""
+
+    def format(self, record):
+        text = super().format(record)
+        prefix = f"<{SYSLOG_PRIORITY.get(record.levelname, 6)}>"
+        return "\n".join(prefix + line for line in text.splitlines() or [""])
+
+
+def stderr_is_journal():
+    """True when systemd connected stderr to the journal: JOURNAL_STREAM names its device and
+    inode (a child that redirected stderr elsewhere inherits the variable, not the stream)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
 def setup_logging(level="info"):
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s tfps %(levelname)s %(message)s"))
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s tfps %(levelname)s %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(level.upper())
     log.propagate = False
+
+
+def logfmt(**fields):
+    """key="value" pairs (logfmt) that fail2ban, Loki and grep can take apart: strings quoted with
+    quotes, backslashes and control characters escaped; numbers bare."""
+    def quoted(value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+        return '"' + re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text) + '"'
+    return " ".join(f"{key}={quoted(value)}" for key, value in fields.items())
+
+
+class Metrics:
+    """Counters and histograms behind /metrics, incremented on the event loop and read by the
+    HTTP thread. CPython updates one dict item atomically and copies a dict atomically, so a
+    scrape sees every increment at most one scrape late, without a lock on the loop's path."""
+
+    LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+    def __init__(self):
+        self.counts = {}      # (name, ((label, value), ...)) -> count
+        self.histograms = {}  # (name, labels) -> [count per bucket..., count above, sum]
+
+    def inc(self, name, amount=1, **labels):
+        key = (name, tuple(labels.items()))
+        self.counts[key] = self.counts.get(key, 0) + amount
+
+    def observe(self, name, seconds, **labels):
+        key = (name, tuple(labels.items()))
+        slots = self.histograms.get(key)
+        if slots is None:
+            slots = self.histograms[key] = [0] * (len(self.LATENCY_BUCKETS) + 2)
+        slots[bisect.bisect_left(self.LATENCY_BUCKETS, seconds)] += 1
+        slots[-1] += seconds
+
+    def counter(self, name, **labels):
+        return self.counts.get((name, tuple(labels.items())), 0)
+
+    def snapshot(self):
+        """(counts, histograms) copied for a scrape."""
+        return self.counts.copy(), {key: list(slots) for key, slots in self.histograms.copy().items()}
 
 
 class UserError(Exception):
@@ -415,6 +488,39 @@ def _listen(text):
     return [parse_listen(item) for item in split_list(text)]
 
 
+def _http_listen(text):
+    """'' (off) or HOST:PORT, IPv6 as [::1]:8080 -> (host, port)."""
+    if not text.strip():
+        return None
+    try:
+        _transport, host, port = parse_listen(f"tcp:{text.strip()}")
+    except ValueError:
+        raise ValueError(f"bad listen address {text.strip()!r} (HOST:PORT, IPv6 as [::1]:8080; empty = off)") from None
+    return host, port
+
+
+def _verdict_code(text):
+    if not re.fullmatch(r"[A-Za-z][0-9]{2}", text.strip()):
+        raise ValueError(f"{text!r} is not a verdict code such as A00 or R06")
+    return text.strip().upper()
+
+
+def _account(text):
+    user, _, domain = text.partition("@")
+    try:
+        return f"{account_user(user)}@{account_domain(domain)}"
+    except ValueError:
+        raise ValueError(f"{text!r} is not USER@DOMAIN") from None
+
+
+def _token(text):
+    """'' (off) or at least 16 printable ASCII characters without spaces: a bearer token."""
+    value = text.strip()
+    if value and not re.fullmatch(r"[\x21-\x7e]{16,256}", value):
+        raise ValueError("must be 16 to 256 printable ASCII characters without spaces (e.g. from: openssl rand -hex 24)")
+    return value
+
+
 def _business_hours(text):
     return BusinessHours.parse(text)
 
@@ -509,9 +615,18 @@ CONFIG_SPEC = {
         "retry_max_interval": (parse_duration, "10m", "longest wait between delivery retries"),
         "summary_at": (_clock, "08:00", "time of the daily per-account rejection summary"),
     },
+    "http": {
+        "listen": (_http_listen, "", "HOST:PORT of the HTTP interface (decision API, /metrics, health, admin API), IPv6 as [::1]:8080; empty = off"),
+        "allow_from": (_cidrs, "127.0.0.0/8, ::1", "networks allowed to use the HTTP interface; others get 403"),
+        "api_token": (_token, "", "bearer token of the admin API under /v1/ (16 to 256 characters); empty = admin API off"),
+        "max_connections": (_integer(1, 10000), "64", "HTTP connections open at most; past it new ones get 503"),
+        "request_timeout": (_duration(0.5, 3600), "15s", "a connection is closed when a complete request has not arrived this long after it opened or after the previous answer"),
+        "check_timeout": (_duration(0.1, 60), "3s", "longest a check waits for its verdict (a reputation lookup included); past it 504"),
+        "max_body_size": (_integer(1024, 1 << 20), "65536", "larger request bodies get 413"),
+    },
 }
 
-SECRET_KEYS = {"abuseipdb_key", "apiban_key", "smtp_password", "alert_webhook"}
+SECRET_KEYS = {"abuseipdb_key", "apiban_key", "smtp_password", "alert_webhook", "api_token"}
 
 
 class ConfigError(UserError):
@@ -2339,6 +2454,7 @@ class ReputationService:
         self.memory = {}        # ip -> Reputation
         self.waiting = {}       # ip -> [callback]
         self.completed = deque()
+        self.lookups = {"hit": 0, "miss": 0, "failure": 0}  # for /metrics; "in flight" is len(waiting)
         self.paused_until = 0.0
         self.local = threading.local()
         self.pool = ThreadPoolExecutor(self.rcfg.reputation_workers, thread_name_prefix="reputation") if self.client.enabled else None
@@ -2349,6 +2465,7 @@ class ReputationService:
         """A usable Reputation, or None when a lookup is needed (or not possible)."""
         rep = self.memory.get(ip)
         if rep is not None and now < rep.checked + (self.rcfg.reputation_ttl if rep.ok else FAILURE_TTL):
+            self.lookups["hit"] += 1
             return rep
         if db is None:  # the database is unavailable
             return None
@@ -2357,6 +2474,7 @@ class ReputationService:
             if len(self.memory) > 100000:
                 self.memory.clear()
             self.memory[ip] = rep
+            self.lookups["hit"] += 1
         return rep
 
     def wanted(self, ip):
@@ -2366,6 +2484,7 @@ class ReputationService:
         return now < self.paused_until
 
     def request(self, ip, callback):
+        self.lookups["miss"] += 1
         callbacks = self.waiting.setdefault(ip, [])
         callbacks.append(callback)
         if len(callbacks) == 1:
@@ -2405,6 +2524,8 @@ class ReputationService:
                 self.paused_until = max(self.paused_until, paused_until)
             else:
                 self.memory[ip] = rep
+            if not rep.ok:
+                self.lookups["failure"] += 1
             for callback in self.waiting.pop(ip, []):
                 callback(rep)
 
@@ -2538,6 +2659,7 @@ class AlertDispatcher:
         self.db_url = db_url
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="alerts", daemon=True)
+        self.failures = 0  # delivery attempts that failed, for /metrics
 
     def start(self):
         self.thread.start()
@@ -2583,6 +2705,7 @@ class AlertDispatcher:
                 continue
             delay = min(self.acfg.retry_max_interval, 5.0 * 2 ** attempts)
             retry_alert(db, alert_id, email, webhook, time.time() + delay, "; ".join(errors))
+            self.failures += 1
             log.warning("alert %s not delivered (%s); retry in %.0f s", alert_id, "; ".join(errors), delay)
 
 
@@ -3963,6 +4086,8 @@ def replay_report(tally, rows):
 # =============================================================================================
 
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, OPTIONS, BYE"
+SIP_METHODS = {"INVITE", "ACK", "CANCEL", "OPTIONS", "BYE", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO",
+               "REFER", "MESSAGE", "UPDATE", "PRACK"}  # others are counted as "other" in /metrics
 VERDICT_PREFIX = re.compile(r"(?:A00|R\d\d)")
 TRYING_DELAY = 0.1  # a verdict still pending after this gets a 100 Trying (RFC 3261 §17.2.1: 200 ms at most)
 
@@ -4058,8 +4183,9 @@ class SipService:
     the end of transactions); `next_deadline()` says when it is due again. `dest` is
     (endpoint, address); of an endpoint this class only reads `transport`."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, metrics=None):
         self.settings = settings  # the [server] section
+        self.metrics = metrics or Metrics()  # requests by method, responses by status
         self.transactions = TransactionLayer(settings.max_transactions)
         self.trying = []          # (when, seq, key, serial) of INVITEs that may need a 100 Trying
         self._seq = 0
@@ -4081,6 +4207,7 @@ class SipService:
             msg = parse_message(data)
             if not msg.is_request:
                 return [], None  # a redirect server sends no requests, so responses match nothing
+            self.metrics.inc("sip_requests", method=msg.method if msg.method in SIP_METHODS else "other")
             vias = msg.vias()
         except SipError:
             self.counters["malformed"] += 1
@@ -4215,11 +4342,13 @@ class SipService:
     def _respond(self, tx, msg, vias, status, now, reason=None, headers=()):
         data = build_response(msg, status, reason, vias=vias, to_tag=tx.to_tag if status > 100 else None, headers=headers,
                               server=self.settings.server_header)
+        self.metrics.inc("sip_responses", status=status)
         if status >= 200:
             tx.data = None  # the request is answered: only the response bytes stay, until Timer H or the ACK
         return self.transactions.respond(tx, status, data, now)
 
     def _stateless(self, msg, status, reason, vias, headers=()):
+        self.metrics.inc("sip_responses", status=status)
         return build_response(msg, status, reason, vias=vias, to_tag=secrets.token_hex(6), headers=headers,
                               server=self.settings.server_header)
 
@@ -4310,7 +4439,8 @@ class Server:
         self.config_path = config_path
         self.db = db
         self.engine = Engine(cfg, db)
-        self.sip = SipService(cfg.server)
+        self.metrics = Metrics()
+        self.sip = SipService(cfg.server, self.metrics)
         self.selector = selectors.DefaultSelector()
         self.timers = []
         self._seq = 0
@@ -4335,6 +4465,7 @@ class Server:
         self.database_down = None      # since when (monotonic) the database has been unavailable
         self.reconnected = deque()     # a new connection, from the reconnecting thread to the loop
         self.threads_stop = threading.Event()
+        self.from_threads = deque()    # (callback, args) that other threads (HTTP) want run on the loop
 
     # -- sockets ------------------------------------------------------------------------------
 
@@ -4455,6 +4586,9 @@ class Server:
         except BlockingIOError:
             pass
         self.reputation.deliver()
+        while self.from_threads:
+            callback, args = self.from_threads.popleft()
+            callback(*args)
         while self.reconnected:
             self._database_back(self.reconnected.popleft())
         while self.loaded_lists:
@@ -4540,6 +4674,7 @@ class Server:
         the [database] failure policy and a thread starts reconnecting."""
         if not (isinstance(exc, self.db.errors) and self.db.unavailable(exc)):
             return False
+        self.metrics.inc("database_errors")
         if self.database_down is None:
             self.database_down = time.monotonic()
             log.error("database %s unavailable (%s); until it is back, %s; reconnecting in the background",
@@ -4571,6 +4706,7 @@ class Server:
 
     def _database_back(self, db):
         old, self.db = self.db, db
+        self.metrics.inc("database_reconnects")
         if old.in_transaction:  # SQLite: verdicts not yet committed by a flush
             with contextlib.suppress(*old.errors):
                 old.commit()
@@ -4798,22 +4934,26 @@ class Server:
             self._check(invite)
 
     def _check(self, tx):
-        """An INVITE's verdict: at once, or once its source's reputation is known (looked up on
-        the worker pool, within reputation_timeout)."""
-        attempt = tx.data.attempt
-        attempt.ts = time.time()
+        """An INVITE's verdict, once its source's reputation is known where it is wanted."""
+        tx.data.attempt.ts = time.time()
+        self._with_reputation(tx.data.attempt, lambda reputation: self._finish_invite(tx, reputation))
+
+    def _with_reputation(self, attempt, finish):
+        """finish(reputation) at once (None: the reputation is in the attempt, or not wanted), or
+        once a lookup on the worker pool answers, or after reputation_timeout, whichever comes
+        first: `finish` must ignore the second call."""
         ip = attempt.source_ip
         if self.reputation.wanted(ip) and not self.engine.lists.ip_white.match(ip):
             rep = self._known_reputation(ip, attempt.ts)
             if rep is None and self.reputation.paused(attempt.ts):
                 rep = Reputation(ip, False, detail="lookups paused by the service's rate limit")
             if rep is None:
-                self.reputation.request(ip, lambda result: self._finish_invite(tx, result))
-                self.call_later(self.cfg.reputation.reputation_timeout, self._finish_invite, tx,
+                self.reputation.request(ip, finish)
+                self.call_later(self.cfg.reputation.reputation_timeout, finish,
                                 Reputation(ip, False, detail=f"no answer within {self.cfg.reputation.reputation_timeout:g} s"))
                 return
             attempt.reputation = rep
-        self._finish_invite(tx, None)
+        finish(None)
 
     def _known_reputation(self, ip, now):
         try:
@@ -4827,22 +4967,59 @@ class Server:
         if not self.sip.awaits_verdict(tx):  # answered already (CANCEL, timeout) and maybe ACKed
             return
         attempt = tx.data.attempt
+        self._note_reputation(attempt, reputation)
+        verdict = self._decide(attempt)
+        sends, summary, latency = self.sip.answer(tx, verdict, time.monotonic())
+        for dest, packet in sends:
+            self._send(dest, packet)
+        if verdict is not None:
+            self._record_verdict(verdict, summary, latency, "sip")
+
+    def _note_reputation(self, attempt, reputation):
         if reputation is not None:
             attempt.reputation = reputation
             if not reputation.ok:
                 log.warning("call-id=%s reputation of %s unavailable (%s): reputation_failure = %s", attempt.call_id,
                             attempt.source_ip, reputation.detail, self.cfg.reputation.reputation_failure)
-        verdict = self._decide(attempt)
-        sends, summary, latency = self.sip.answer(tx, verdict, time.monotonic())
-        for dest, packet in sends:
-            self._send(dest, packet)
-        if verdict is None:
-            return
+
+    def _record_verdict(self, verdict, summary, latency, via):
+        """The call log row, the metrics and the log line of a verdict that was answered."""
         self.engine.record(verdict, summary, latency)
         self.counters["verdicts"] += 1
+        self.metrics.inc("verdicts", code=verdict.code, mode=self.cfg.server.mode, via=via)
+        self.metrics.observe("decision", latency / 1000, via=via)
         if self.cfg.server.log_verdicts:
-            log.info("verdict call-id=%s account=%s@%s number=%s code=%s reason=%s latency=%.2fms", attempt.call_id,
-                     attempt.user, attempt.domain, header_safe(verdict.number or attempt.number), verdict.code, verdict.reason, latency)
+            a = verdict.attempt
+            log.info("verdict %s", logfmt(call_id=a.call_id, account=f"{a.user}@{a.domain}", number=verdict.number or a.number,
+                                          code=verdict.code, reason=verdict.reason, source_ip=a.source_ip, via=via,
+                                          latency_ms=round(latency, 2)))
+
+    # -- requests from other threads (the HTTP interface) -------------------------------------
+
+    def call_from_thread(self, callback, *args):
+        """Run callback(*args) on the loop soon; safe from any thread."""
+        self.from_threads.append((callback, args))
+        self.wake()
+
+    def check(self, attempt, future):
+        """On the loop: decide an attempt that came from the HTTP decision API exactly like an
+        INVITE's (reputation lookup, engine, counting, call log); the future gets
+        (Verdict, latency ms), or None when there is no verdict (database unavailable)."""
+        started = time.monotonic()
+
+        def finish(reputation):
+            if future.done():  # the lookup timed out before, or the other way round
+                return
+            self._note_reputation(attempt, reputation)
+            verdict = self._decide(attempt)
+            if verdict is None:
+                future.set_result(None)
+                return
+            latency = (time.monotonic() - started) * 1000
+            self._record_verdict(verdict, f"HTTP {verdict.code}", latency, "http")
+            future.set_result((verdict, latency))
+
+        self._with_reputation(attempt, finish)
 
     def _decide(self, attempt):
         """The verdict; from memory while the database is unavailable and [database] failure is
@@ -4889,6 +5066,41 @@ def update_account(db, acc, now, end_learning=True, **fields):
     if end_learning:
         values["state"] = "enforcing"
     update_account_row(db, acc.id, values, now)
+
+
+def account_limits(acc):
+    """The four limits, None for unlimited (JSON null)."""
+    return {field: getattr(acc, field) for field in LIMIT_FIELDS}
+
+
+def account_records(db, cfg, now):
+    """Every account as `list` shows it."""
+    records = []
+    for acc in (Account.from_row(r) for r in db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY domain, user")):
+        today = calls_today(db, cfg, acc.id, now)
+        records.append({"user": acc.user, "domain": acc.domain, "created": fmt_time(acc.created, cfg.policy.tz),
+                        "state": acc.state if acc.learning(now) else "enforcing", **account_limits(acc),
+                        "dest_countries": format_countries(acc.dest_countries),
+                        "source_countries": format_countries(acc.source_countries), "blocked": acc.blocked,
+                        "calls_today": today["biz"] + today["off"]})
+    return records
+
+
+LAST_VERDICT_FIELDS = ("time", "number", "dest", "source_ip", "code", "would", "reason")
+
+
+def account_details(db, cfg, acc, now):
+    """(what `show` shows of an account, its last 10 verdicts as LAST_VERDICT_FIELDS rows)."""
+    today = calls_today(db, cfg, acc.id, now)
+    verdicts = query_calls(db, 0, f"{acc.user}@{acc.domain}", limit=10)
+    info = {"account": acc.name, "state": acc.state if acc.learning(now) else "enforcing",
+            "learning_until": fmt_time(acc.learning_until, cfg.policy.tz) if acc.learning(now) else "",
+            "created": fmt_time(acc.created, cfg.policy.tz), "last_seen": fmt_time(acc.last_seen, cfg.policy.tz),
+            "blocked": acc.blocked, "email": acc.email, **account_limits(acc),
+            "dest_countries": format_countries(acc.dest_countries),
+            "source_countries": format_countries(acc.source_countries), "pinned": ",".join(sorted(acc.pinned)),
+            "anomaly_daily": acc.anomaly_daily, "approved_today_business": today["biz"], "approved_today_off": today["off"]}
+    return info, [(fmt_time(r[0], cfg.policy.tz), r[3], r[4], r[5], r[7], r[8], r[9]) for r in verdicts]
 
 
 def reset_account(db, cfg, acc, now):
@@ -5000,7 +5212,730 @@ def _probe_exchange(sock, invite, transport, deadline):
 
 
 # =============================================================================================
-# 16. CLI: argparse subcommands and main()
+# 16. HTTP: decision API, Prometheus metrics, health checks and the admin API, on threads of their own
+# =============================================================================================
+
+class HttpError(Exception):
+    """An answer other than 200, with a JSON body {"error": message, "parameter": name}."""
+
+    def __init__(self, status, message, parameter=None, headers=()):
+        super().__init__(message)
+        self.status = status
+        self.parameter = parameter
+        self.headers = list(headers)
+
+
+@dataclass
+class Route:
+    method: str
+    pattern: re.Pattern   # matched against the whole path, still percent-encoded
+    handler: object       # handler(api, request) -> (status, JSON-able value or str)
+    needs_token: bool     # the admin API: [http] api_token as a bearer token
+
+
+@dataclass
+class HttpRequest:
+    method: str
+    path: str
+    params: dict          # query parameters, each given once, UTF-8 decoded
+    body: bytes
+    headers: object       # http.client.HTTPMessage
+    client_ip: str
+    groups: dict = field(default_factory=dict)  # the route pattern's named groups, percent-decoded
+
+    def json(self):
+        """The body as a JSON object. Raises HttpError 400."""
+        if not self.body:
+            return {}
+        try:
+            value = json.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise HttpError(400, f"the body is not UTF-8 JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise HttpError(400, "the body must be a JSON object")
+        return value
+
+    @property
+    def wants_text(self):
+        return self.params.get("format") == "text" or "text/plain" in (self.headers.get("Accept") or "")
+
+
+def query_parameters(query):
+    """'a=1&b=x' -> {'a': '1', 'b': 'x'}; each name once, names and values UTF-8. Raises HttpError 400."""
+    params = {}
+    for item in query.split("&"):
+        if not item:
+            continue
+        raw_name, _, raw_value = item.partition("=")
+        try:
+            name = urllib.parse.unquote_to_bytes(raw_name.replace("+", " ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(400, "a parameter name is not UTF-8") from None
+        try:
+            value = urllib.parse.unquote_to_bytes(raw_value.replace("+", " ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(400, f"{name}: not UTF-8 text", name) from None
+        if name in params:
+            raise HttpError(400, f"{name}: given more than once", name)
+        params[name] = value
+    return params
+
+
+def parameter(values, name, parse, default=None):
+    """values[name] through a config parser (its ValueError is a 400 naming the parameter)."""
+    value = values.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    elif isinstance(value, (dict, float)) or not isinstance(value, (str, int)):
+        raise HttpError(400, f"{name}: must be a string or an integer", name)
+    try:
+        return parse(str(value))
+    except ValueError as exc:
+        raise HttpError(400, f"{name}: {exc}", name) from None
+
+
+def required(values, name, parse):
+    value = parameter(values, name, parse)
+    if value is None:
+        raise HttpError(400, f"{name}: missing", name)
+    return value
+
+
+def _dialable(text):
+    """A number as a PBX dials it: digits, a leading '+' and visual separators, at most 64 characters."""
+    value = printable(text, 64, "a dialed number", spaces=True)
+    digits = VISUAL_SEPARATORS.sub("", value)
+    if not re.fullmatch(r"\+?[0-9]{1,%d}" % MAX_NUMBER_DIGITS, digits):
+        raise ValueError(f"must be digits, optionally with a leading '+' (at most {MAX_NUMBER_DIGITS})")
+    return value
+
+
+def _ip_address(text):
+    ip = without_port(text.strip())
+    if parse_ip(ip) is None:
+        raise ValueError(f"{text.strip()[:64]!r} is not an IP address")
+    return ip
+
+
+# The parameters of the earlier hosted TFPS web service: name -> (parser, required)
+CHECK_PARAMETERS = {
+    "dialed_number": (_dialable, True),
+    "from_user": (account_user, True),
+    "domain": (account_domain, True),
+    "source_ip": (_ip_address, False),
+    "user_agent": (lambda text: printable(text, 255, "a User-Agent", spaces=True), False),
+    "sim_calls": (_integer(0, 999999), False),
+    "call_id": (_name(255), False),
+    "format": (_choice("json", "text"), False),
+}
+
+
+def check_attempt(values, now):
+    """The CallAttempt that the decision API's parameters describe, checked like SIP input."""
+    unknown = sorted(set(values) - set(CHECK_PARAMETERS))
+    if unknown:
+        raise HttpError(400, f"{unknown[0]}: unknown parameter (known: {', '.join(CHECK_PARAMETERS)})", unknown[0])
+    got = {name: (required if needed else parameter)(values, name, parse)
+           for name, (parse, needed) in CHECK_PARAMETERS.items()}
+    return CallAttempt(user=got["from_user"], domain=got["domain"], number=got["dialed_number"],
+                       source_ip=got["source_ip"] or "", user_agent=got["user_agent"] or "",
+                       concurrent_calls=got["sim_calls"], ts=now, call_id=got["call_id"] or f"http-{secrets.token_hex(8)}")
+
+
+def verdict_answer(verdict, latency):
+    a = verdict.attempt
+    return {"code": verdict.code, "approved": verdict.approved, "reason": verdict.reason, "number": verdict.number,
+            "destination_country": verdict.dest_country or "", "source_country": verdict.source_country or "",
+            "off_hours": verdict.off_hours, "would_code": verdict.would.code if verdict.would else "",
+            "undo": verdict.undo, "account": f"{a.user}@{a.domain}", "call_id": a.call_id, "latency_ms": round(latency, 3)}
+
+
+# -- handlers: handler(api, request) -> (status, body) -----------------------------------------
+
+def http_check(api, request):
+    values = request.params if request.method == "GET" else request.json()
+    attempt = check_attempt(values, time.time())
+    future = Future()
+    api.server.call_from_thread(api.server.check, attempt, future)
+    try:
+        result = future.result(api.cfg.http.check_timeout)
+    except TimeoutError:
+        raise HttpError(504, f"no verdict within check_timeout ({api.cfg.http.check_timeout:g} s)") from None
+    if result is None:
+        raise HttpError(503, "no verdict: database unavailable ([database] failure = reject)")
+    answer = verdict_answer(*result)
+    wants_text = values.get("format") == "text" or (values.get("format") is None and request.wants_text)
+    return 200, answer["code"] if wants_text else answer
+
+
+def http_healthz(api, request):
+    """The event loop answers within a second."""
+    started = time.monotonic()
+    future = Future()
+    api.server.call_from_thread(future.set_result, True)
+    try:
+        future.result(1.0)
+    except TimeoutError:
+        raise HttpError(503, "the event loop did not answer within 1 s") from None
+    return 200, {"status": "ok", "loop_ms": round((time.monotonic() - started) * 1000, 3)}
+
+
+def http_readyz(api, request):
+    """Ready for calls: the server's database connection is up, the database answers, lists loaded."""
+    server = api.server
+    if server.database_down is not None:
+        raise HttpError(503, f"database unavailable for {time.monotonic() - server.database_down:.1f} s")
+    if not getattr(server.engine, "lists", None):
+        raise HttpError(503, "lists not loaded")
+    try:
+        db = Database(server.db.url, timeout=max(api.cfg.database.timeout, 1.0))
+        try:
+            db.probe()
+        finally:
+            db.close()
+    except Exception as exc:  # whatever it is, the answer is "not ready" and why
+        raise HttpError(503, f"database unreachable: {exc}") from None
+    return 200, {"status": "ready"}
+
+
+def http_metrics(api, request):
+    return 200, PrometheusText(render_metrics(api))
+
+
+def http_accounts(api, request):
+    with api.database() as db:
+        return 200, account_records(db, api.cfg, time.time())
+
+
+def _request_account(db, request):
+    try:
+        return find_account(db, account_user(request.groups["user"]), account_domain(request.groups["domain"]))
+    except ValueError as exc:
+        raise HttpError(400, f"account: {exc}", "account") from None
+
+
+def _account_answer(api, db, acc):
+    info, rows = account_details(db, api.cfg, find_account(db, acc.user, acc.domain), time.time())
+    return 200, dict(info, last_verdicts=[dict(zip(LAST_VERDICT_FIELDS, r)) for r in rows])
+
+
+def http_account(api, request):
+    with api.database() as db:
+        return _account_answer(api, db, _request_account(db, request))
+
+
+def _limit_or_unlimited(text):
+    return None if text in ("None", "null") else _limit(text)
+
+
+def http_account_set(api, request):
+    body = request.json()
+    fields = {name: parameter(body, name, _limit_or_unlimited) for name in LIMIT_FIELDS if name in body}
+    if "email" in body:
+        fields["email"] = parameter(body, "email", lambda text: printable(text, 255, "an e-mail address"), "")
+    unknown = sorted(set(body) - set(LIMIT_FIELDS) - {"email"})
+    if unknown or not fields:
+        raise HttpError(400, f"give one or more of {', '.join(LIMIT_FIELDS)}, email" + (f" (unknown: {unknown[0]})" if unknown else ""),
+                        unknown[0] if unknown else None)
+    with api.database() as db:
+        acc = _request_account(db, request)
+        update_account(db, acc, time.time(), **fields)
+        return _account_answer(api, db, acc)
+
+
+def http_account_countries(api, request):
+    """allow or deny destination and source countries: {"dest": "GB,FR", "source": ["DE"]}."""
+    body = request.json()
+    codes = {column: parameter(body, option, _countries) for option, column in (("dest", "dest_countries"), ("source", "source_countries"))}
+    if not any(codes.values()):
+        raise HttpError(400, "give dest and/or source: country codes", "dest")
+    allow = request.path.endswith("/allow")
+    with api.database() as db:
+        acc = _request_account(db, request)
+        fields = {column: (getattr(acc, column) | given if allow else getattr(acc, column) - given)
+                  for column, given in codes.items() if given}
+        update_account(db, acc, time.time(), **fields)
+        return _account_answer(api, db, acc)
+
+
+def http_account_block(api, request):
+    with api.database() as db:
+        acc = _request_account(db, request)
+        update_account(db, acc, time.time(), end_learning=False, blocked=int(request.path.endswith("/block")))
+        return _account_answer(api, db, acc)
+
+
+def http_account_reset(api, request):
+    with api.database() as db:
+        acc = _request_account(db, request)
+        counters, pairs = reset_account(db, api.cfg, acc, time.time())
+        status, answer = _account_answer(api, db, acc)
+        return status, dict(answer, cleared_counters=counters, cleared_ab_pairs=pairs)
+
+
+def http_account_learn(api, request):
+    """{"days": N} puts the account in learning mode for N more days; {"stop": true} ends it."""
+    body = request.json()
+    days = parameter(body, "days", _integer(0, MAX_DAYS))
+    if (days is None) == (body.get("stop") is not True):
+        raise HttpError(400, 'give either "days": N or "stop": true', "days")
+    now = time.time()
+    with api.database() as db:
+        acc = _request_account(db, request)
+        if days is None:
+            update_account(db, acc, now, end_learning=True)
+        else:
+            db.execute("UPDATE accounts SET state = 'learning', learning_until = ?, updated = ? WHERE id = ?",
+                       (now + days * 86400, now, acc.id))
+        return _account_answer(api, db, acc)
+
+
+def _list_kind(request):
+    color, kind = request.groups["color"], request.groups["kind"]
+    if color == "white" and kind == "ua":
+        raise HttpError(404, "there is no User-Agent whitelist")
+    return color, kind
+
+
+def http_list(api, request):
+    color, kind = _list_kind(request)
+    with api.database() as db:
+        return 200, [{kind: value, "note": note, "added": fmt_time(created, api.cfg.policy.tz)}
+                     for value, note, created in list_entries(db, color, kind)]
+
+
+def _list_value(kind, values):
+    return required(values, "value", functools.partial(normalize_list_value, kind))
+
+
+def http_list_add(api, request):
+    color, kind = _list_kind(request)
+    body = request.json()
+    value = _list_value(kind, body)
+    note = parameter(body, "note", lambda text: printable(text, 255, "a note", spaces=True), "")
+    with api.database() as db:
+        added, _ = list_add(db, color, kind, [value], note, time.time())
+    return (201 if added else 200), {"list": f"{color}list", "kind": kind, "value": value, "added": bool(added)}
+
+
+def http_list_remove(api, request):
+    color, kind = _list_kind(request)
+    value = _list_value(kind, request.params)
+    with api.database() as db:
+        if not list_remove(db, color, kind, value):
+            raise HttpError(404, f"{color}list {kind} {value}: not present")
+    return 200, {"list": f"{color}list", "kind": kind, "value": value, "removed": True}
+
+
+def http_calls(api, request):
+    p = request.params
+    since = parameter(p, "since", parse_duration, 86400.0)
+    with api.database() as db:
+        rows = query_calls(db, time.time() - since, parameter(p, "account", _account),
+                           parameter(p, "code", _verdict_code), parameter(p, "limit", _integer(1, 10000), 50))
+    names = ("time", "user", "domain", "number", "dest_country", "source_ip", "source_country", "code", "would_code",
+             "reason", "sip_response", "latency_ms", "node")
+    return 200, [dict(zip(names, (fmt_time(r[0], api.cfg.policy.tz), *r[1:]))) for r in rows]
+
+
+def http_stats(api, request):
+    since = parameter(request.params, "since", parse_duration, 7 * 86400.0)
+    with api.database() as db:
+        by_code, top_accounts, top_countries = call_stats(db, time.time() - since)
+    return 200, {"by_code": [{"code": c, "would_code": w, "calls": n} for c, w, n in by_code],
+                 "top_accounts": [{"account": f"{u}@{d}", "calls": n, "rejected": r} for u, d, n, r in top_accounts],
+                 "top_destinations": [{"country": c, "calls": n, "rejected": r} for c, n, r in top_countries]}
+
+
+ACCOUNT_PATH = r"/v1/accounts/(?P<user>[^/@]+)@(?P<domain>[^/@]+)"
+LIST_PATH = r"/v1/lists/(?P<color>black|white)/(?P<kind>number|ip|ua)"
+
+# (method, path pattern, handler, needs_token): the one place a route is added
+ROUTES = [Route(method, re.compile(pattern), handler, needs_token) for method, pattern, handler, needs_token in (
+    ("GET", r"/check", http_check, False),
+    ("POST", r"/v1/check", http_check, False),
+    ("GET", r"/metrics", http_metrics, False),
+    ("GET", r"/healthz", http_healthz, False),
+    ("GET", r"/readyz", http_readyz, False),
+    ("GET", r"/v1/accounts", http_accounts, True),
+    ("GET", ACCOUNT_PATH, http_account, True),
+    ("POST", ACCOUNT_PATH + r"/set", http_account_set, True),
+    ("POST", ACCOUNT_PATH + r"/(?:allow|deny)", http_account_countries, True),
+    ("POST", ACCOUNT_PATH + r"/(?:block|unblock)", http_account_block, True),
+    ("POST", ACCOUNT_PATH + r"/reset", http_account_reset, True),
+    ("POST", ACCOUNT_PATH + r"/learn", http_account_learn, True),
+    ("GET", LIST_PATH, http_list, True),
+    ("POST", LIST_PATH, http_list_add, True),
+    ("DELETE", LIST_PATH, http_list_remove, True),
+    ("GET", r"/v1/calls", http_calls, True),
+    ("GET", r"/v1/stats", http_stats, True),
+)]
+
+
+# -- /metrics ---------------------------------------------------------------------------------
+
+class PrometheusText(str):
+    """A /metrics body: served as the Prometheus text exposition format 0.0.4."""
+
+
+# name -> (type, help); the names without the tfps_ prefix and the _total suffix of counters
+METRIC_HELP = {
+    "build_info": ("gauge", "TFPS version; always 1"),
+    "start_time_seconds": ("gauge", "when the server started, seconds since the epoch"),
+    "verdicts": ("counter", "verdicts by code, server mode and interface (sip, http)"),
+    "decision_duration_seconds": ("histogram", "time from the request to its verdict, reputation lookups included"),
+    "sip_requests": ("counter", "SIP requests received from trusted sources, by method"),
+    "sip_responses": ("counter", "SIP responses sent, by status (retransmissions not counted)"),
+    "sip_dropped": ("counter", "SIP packets or connections dropped, by reason"),
+    "sip_transactions": ("gauge", "SIP transactions held"),
+    "tcp_connections": ("gauge", "SIP TCP connections open"),
+    "reputation_lookups": ("counter", "reputation answers: hit (cached), miss (looked up), failure (lookup failed)"),
+    "reputation_lookups_in_flight": ("gauge", "IP addresses being looked up now"),
+    "alerts_queued": ("gauge", "alerts not yet delivered: in memory and in the outbox"),
+    "alert_delivery_failures": ("counter", "alert deliveries that failed (retried later)"),
+    "database_up": ("gauge", "1 while the server's database connection works"),
+    "database_errors": ("counter", "database operations that failed because the database was unavailable"),
+    "database_reconnects": ("counter", "reconnections after the database was unavailable"),
+    "call_log_unflushed_rows": ("gauge", "call log rows held in memory, not yet written"),
+    "call_log_dropped_rows": ("counter", "call log rows lost: refused by the database or past max_unflushed_rows"),
+    "list_entries": ("gauge", "entries of the loaded lists"),
+    "accounts": ("gauge", "accounts by state (learning, enforcing, blocked)"),
+    "http_requests": ("counter", "HTTP requests answered, by route and status"),
+}
+
+
+def metric_lines(name, samples):
+    """Exposition lines of one metric: samples are (labels dict, value) or, for a histogram,
+    (labels dict, [count per bucket..., count above, sum])."""
+    kind, text = METRIC_HELP[name]
+    full = f"tfps_{name}" + ("_total" if kind == "counter" else "")
+    lines = [f"# HELP {full} {text}", f"# TYPE {full} {kind}"]
+
+    def labelled(metric, labels):
+        if not labels:
+            return metric
+        pairs = ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34)).replace(chr(10), chr(92) + "n")}"'
+                         for k, v in labels.items())
+        return f"{metric}{{{pairs}}}"
+
+    for labels, value in samples:
+        if kind != "histogram":
+            lines.append(f"{labelled(full, labels)} {value}")
+            continue
+        cumulative = 0
+        for bound, count in zip(Metrics.LATENCY_BUCKETS + (float("inf"),), value[:-1]):
+            cumulative += count
+            lines.append(f"{labelled(full + '_bucket', dict(labels, le='+Inf' if bound == float('inf') else repr(bound)))} {cumulative}")
+        lines.append(f"{labelled(full + '_sum', labels)} {value[-1]!r}")
+        lines.append(f"{labelled(full + '_count', labels)} {cumulative}")
+    return lines
+
+
+def list_sizes(lists):
+    networks = lambda nets: sum(len(table) for version in nets.nets.values() for table in version.values())
+    return {"number_black": len(lists.number_black.items), "number_white": len(lists.number_white.items),
+            "ip_black": networks(lists.ip_black), "ip_white": networks(lists.ip_white),
+            "user_agent": len(lists.user_agents.patterns), "countries": len(lists.countries.by_iso)}
+
+
+def render_metrics(api):
+    """The exposition text: state read where it lives (the loop's objects, read-only; the
+    database through this request's own connection), counters from the Metrics objects."""
+    server = api.server
+    counts, histograms = server.metrics.snapshot()
+    http_counts, _ = api.metrics.snapshot()
+    grouped = {}
+    for (name, labels), value in list(counts.items()) + list(http_counts.items()):
+        grouped.setdefault(name, []).append((dict(labels), value))
+    c = {**server.counters, **server.sip.counters}
+    engine = server.engine
+    samples = {
+        "build_info": [({"version": __version__}, 1)],
+        "start_time_seconds": [({}, round(api.started, 3))],
+        "verdicts": grouped.get("verdicts", []),
+        "decision_duration_seconds": [(dict(labels), slots) for (name, labels), slots in histograms.items() if name == "decision"],
+        "sip_requests": grouped.get("sip_requests", []),
+        "sip_responses": grouped.get("sip_responses", []),
+        "sip_dropped": [({"reason": reason}, c[key]) for reason, key in (
+            ("untrusted", "untrusted"), ("malformed", "malformed"), ("oversized", "oversized"),
+            ("overloaded", "overflow"), ("resend_budget", "resend_dropped"), ("tcp_refused", "tcp_refused"))],
+        "sip_transactions": [({}, len(server.sip.transactions.table))],
+        "tcp_connections": [({}, len(server.connections))],
+        "reputation_lookups": [({"result": result}, n) for result, n in server.reputation.lookups.copy().items()],
+        "reputation_lookups_in_flight": [({}, len(server.reputation.waiting))],
+        "alert_delivery_failures": [({}, server.dispatcher.failures)],
+        "database_up": [({}, int(server.database_down is None))],
+        "database_errors": [({}, server.metrics.counter("database_errors"))],
+        "database_reconnects": [({}, server.metrics.counter("database_reconnects"))],
+        "call_log_unflushed_rows": [({}, len(engine.log_rows))],
+        "call_log_dropped_rows": [({}, engine.dropped_rows)],
+        "list_entries": [({"list": name}, n) for name, n in list_sizes(engine.lists).items()],
+        "http_requests": grouped.get("http_requests", []),
+    }
+    queued = len(engine.alerts.events)
+    try:
+        if server.database_down is not None:
+            raise HttpError(503, "database unavailable")
+        with api.database(timeout=max(api.cfg.database.timeout, 1.0)) as db:
+            queued += db.scalar("SELECT COUNT(*) FROM alert_outbox", default=0)
+            rows = db.query("SELECT CASE WHEN blocked <> 0 THEN 'blocked' WHEN state = 'learning' AND "
+                            "(learning_until IS NULL OR learning_until > ?) THEN 'learning' ELSE 'enforcing' END, COUNT(*) "
+                            "FROM accounts GROUP BY 1", (time.time(),))
+        by_state = {"learning": 0, "enforcing": 0, "blocked": 0}
+        by_state.update({state: int(n) for state, n in rows})
+        samples["accounts"] = [({"state": state}, n) for state, n in by_state.items()]
+        samples["alerts_queued"] = [({}, int(queued))]
+    except HttpError:  # the database is unavailable: these are left out, the rest is served
+        pass
+    lines = []
+    for name in METRIC_HELP:
+        if name in samples:
+            lines += metric_lines(name, samples[name])
+    return "\n".join(lines) + "\n"
+
+
+# -- the server -------------------------------------------------------------------------------
+
+class HttpInterface:
+    """The HTTP interface of a running Server: a thread accepting connections and a thread per
+    connection (at most [http] max_connections). Checks go to the server's event loop through
+    Server.call_from_thread and come back on a Future; admin requests and scrapes use a short
+    connection of their own to the database, never the loop's."""
+
+    def __init__(self, server):
+        self.server = server
+        self.cfg = server.cfg
+        self.metrics = Metrics()
+        self.metrics_lock = threading.Lock()  # several connection threads count
+        self.started = time.time()
+        host, port = self.cfg.http.listen
+        self.httpd = _HttpServer(self, (host, port))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.25,), name="http", daemon=True)
+
+    @property
+    def address(self):
+        host, port = self.httpd.server_address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def start(self):
+        self.thread.start()
+        log.info("HTTP interface on %s (admin API %s)", self.address, "on" if self.cfg.http.api_token else "off: no [http] api_token")
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @contextlib.contextmanager
+    def database(self, timeout=10.0):
+        """A connection of this request's own; HttpError 503 when the database cannot be used."""
+        db = None
+        try:
+            db = Database(self.server.db.url, timeout=timeout)
+            yield db
+        except UserError as exc:
+            if isinstance(exc, DatabaseError):
+                raise HttpError(503, str(exc)) from None
+            raise
+        except sqlite3.Error as exc:
+            raise HttpError(503, f"database error: {exc}") from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("pymysql"):
+                raise HttpError(503, f"database error: {exc.args[-1] if exc.args else exc}") from None
+            raise
+        finally:
+            if db is not None:
+                db.close()
+
+    def count(self, route, status):
+        with self.metrics_lock:
+            self.metrics.inc("http_requests", route=route, status=status)
+
+    def authorized(self, request):
+        scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+        expected = self.cfg.http.api_token
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode())
+
+    def allowed(self, ip):
+        addr = parse_ip(ip.split("%")[0])
+        return addr is not None and any(addr in net for net in self.cfg.http.allow_from)
+
+    def answer(self, request):
+        """(status, body, extra headers) for a request whose head and body have arrived."""
+        if not self.allowed(request.client_ip):
+            return "forbidden", 403, {"error": f"{request.client_ip} is not in [http] allow_from"}, []
+        matches = [(route, m) for route in ROUTES if (m := route.pattern.fullmatch(request.path))]
+        if not matches:
+            return "unknown", 404, {"error": f"no such resource: {request.path[:200]}"}, []
+        chosen = next(((route, m) for route, m in matches if route.method == request.method), None)
+        if chosen is None:
+            allow = ", ".join(sorted({route.method for route, _ in matches}))
+            return "unknown", 405, {"error": f"{request.method} not allowed here (allowed: {allow})"}, [("Allow", allow)]
+        route, match = chosen
+        name = route.handler.__name__.removeprefix("http_")
+        if route.needs_token:
+            if not self.cfg.http.api_token:
+                return name, 404, {"error": "the admin API is off: set [http] api_token"}, []
+            if not self.authorized(request):
+                return name, 401, {"error": "a valid bearer token is required (Authorization: Bearer TOKEN)"}, \
+                    [("WWW-Authenticate", 'Bearer realm="tfps"')]
+        try:
+            request.groups = {k: urllib.parse.unquote(v, errors="strict") for k, v in match.groupdict().items()}
+            status, body = route.handler(self, request)
+            return name, status, body, []
+        except UnicodeDecodeError:
+            return name, 400, {"error": "the path is not UTF-8"}, []
+        except HttpError as exc:
+            body = {"error": str(exc)}
+            if exc.parameter:
+                body["parameter"] = exc.parameter
+            return name, exc.status, body, exc.headers
+        except UserError as exc:  # the Admin functions' refusals: an unknown account, ...
+            return name, 404 if str(exc).startswith("unknown") else 409, {"error": str(exc)}, []
+
+
+class _HttpServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(self, api, address):
+        self.api = api
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.open_connections = 0
+        self.lock = threading.Lock()
+        self.reading = {}  # handler -> monotonic deadline for its request to have arrived
+        try:
+            super().__init__(address, _HttpHandler)
+        except OSError as exc:
+            host, port = address
+            raise UserError(f"cannot listen on [http] listen = {f'[{host}]' if ':' in host else host}:{port}: {exc.strerror}") from None
+
+    def server_bind(self):
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        socketserver.TCPServer.server_bind(self)  # not HTTPServer's: no reverse DNS lookup of the address
+
+    def process_request(self, request, client_address):
+        with self.lock:
+            full = self.open_connections >= self.api.cfg.http.max_connections
+            if not full:
+                self.open_connections += 1
+        if full:
+            with contextlib.suppress(OSError):
+                body = b'{"error": "too many connections ([http] max_connections)"}'
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                                b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.lock:
+                self.open_connections -= 1
+
+    def service_actions(self):
+        """Every 0.25 s: close the connections whose request is overdue (slow clients, idle
+        keep-alive), so that none holds a thread longer than request_timeout."""
+        now = time.monotonic()
+        for handler, deadline in list(self.reading.items()):
+            if now > deadline:
+                self.reading.pop(handler, None)
+                with contextlib.suppress(OSError):
+                    handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+class _HttpHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def version_string(self):
+        return self.server.api.cfg.server.server_header
+
+    def setup(self):
+        self.timeout = self.server.api.cfg.http.request_timeout
+        super().setup()
+        # an answer leaves at once even while an earlier one is unacknowledged (Nagle would hold
+        # it until the client's delayed ACK, 40 ms)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle_one_request(self):
+        self.server.reading[self] = time.monotonic() + self.server.api.cfg.http.request_timeout
+        try:
+            super().handle_one_request()
+        except OSError:  # the client left, or the connection was closed for being too slow
+            self.close_connection = True
+        finally:
+            self.server.reading.pop(self, None)
+
+    def do_GET(self):
+        self.dispatch()
+
+    do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = do_OPTIONS = do_GET
+
+    def dispatch(self):
+        api = self.server.api
+        path, _, query = self.path.partition("?")
+        name, status, body, headers = "unknown", 400, None, []
+        try:
+            if self.headers.get("Transfer-Encoding"):
+                raise HttpError(411, "send the body with a Content-Length, not chunked")
+            length = self.headers.get("Content-Length") or "0"
+            if not length.isdigit():
+                raise HttpError(400, "bad Content-Length")
+            if int(length) > api.cfg.http.max_body_size:
+                self.close_connection = True
+                raise HttpError(413, f"the body is larger than [http] max_body_size ({api.cfg.http.max_body_size} bytes)")
+            data = self.rfile.read(int(length)) if int(length) else b""
+            if len(data) < int(length):
+                self.close_connection = True
+                return
+            self.server.reading.pop(self, None)
+            request = HttpRequest(self.command, path, query_parameters(query), data, self.headers, self.client_address[0])
+            name, status, body, headers = api.answer(request)
+        except HttpError as exc:
+            body = {"error": str(exc)}
+            if exc.parameter:
+                body["parameter"] = exc.parameter
+            status = exc.status
+        except Exception:  # a bug must cost one request, never the thread or the server
+            log.exception("HTTP %s %s failed", self.command, path[:200])
+            status, body = 500, {"error": "internal error (see the server log)"}
+        api.count(name, status)
+        self.reply(status, body, headers)
+
+    def reply(self, status, body, headers=()):
+        if isinstance(body, PrometheusText):
+            data, kind = body.encode(), "text/plain; version=0.0.4; charset=utf-8"
+        elif isinstance(body, str):
+            data, kind = body.encode(), "text/plain; charset=utf-8"
+        else:
+            data, kind = (json.dumps(body, default=str) + "\n").encode(), "application/json"
+        head = [f"{self.protocol_version} {status} {http.HTTPStatus(status).phrase}", f"Server: {self.version_string()}",
+                f"Date: {self.date_time_string()}", f"Content-Type: {kind}", f"Content-Length: {len(data)}",
+                "Cache-Control: no-store", *(f"{key}: {value}" for key, value in headers)]
+        if self.close_connection:
+            head.append("Connection: close")
+        # one write: head and body leave in one segment
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (data if self.command != "HEAD" else b""))
+        self.log_request(status, len(data))
+
+    def send_error(self, code, message=None, explain=None):
+        """Errors found while reading the request line and headers, as JSON like the others."""
+        self.close_connection = True
+        self.reply(code, {"error": message or http.HTTPStatus(code).phrase})
+
+    def log_message(self, fmt, *args):
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("HTTP %s %s", self.client_address[0], fmt % args)
+
+
+
+# =============================================================================================
+# 17. CLI: argparse subcommands and main()
 # =============================================================================================
 
 def print_table(headers, rows, as_json=False):
@@ -5035,20 +5970,6 @@ def arg_type(parse):
 
 def text_arg(longest, spaces=False):
     return arg_type(lambda text: printable(text, longest, "the value", spaces))
-
-
-def _verdict_code(text):
-    if not re.fullmatch(r"[A-Za-z][0-9]{2}", text.strip()):
-        raise ValueError(f"{text!r} is not a verdict code such as A00 or R06")
-    return text.strip().upper()
-
-
-def _account(text):
-    user, _, domain = text.partition("@")
-    try:
-        return f"{account_user(user)}@{account_domain(domain)}"
-    except ValueError:
-        raise ValueError(f"{text!r} is not USER@DOMAIN") from None
 
 
 count_arg = arg_type(_limit)
@@ -5170,7 +6091,15 @@ def cmd_serve(args, cfg):
     setup_logging(cfg.server.log_level)
     open_database(cfg.database.url).close()  # the schema, created or migrated with the CLI's patience
     db = Database(cfg.database.url, timeout=cfg.database.timeout)
-    Server(cfg, db, args.config or default_config_path()).run()
+    server = Server(cfg, db, args.config or default_config_path())
+    api = HttpInterface(server) if cfg.http.listen else None
+    if api:
+        api.start()
+    try:
+        server.run()
+    finally:
+        if api:
+            api.stop()
     return 0
 
 
@@ -5195,15 +6124,7 @@ def cmd_config(args, cfg):
 
 
 def cmd_list(args, cfg, db):
-    now = time.time()
-    records = []
-    for acc in (Account.from_row(r) for r in load_accounts(db, by_domain=True)):
-        today = calls_today(db, cfg, acc.id, now)
-        records.append({"user": acc.user, "domain": acc.domain, "created": fmt_time(acc.created, cfg.policy.tz),
-                        "state": acc.state if acc.learning(now) else "enforcing", **account_limits(acc),
-                        "dest_countries": format_countries(acc.dest_countries),
-                        "source_countries": format_countries(acc.source_countries), "blocked": acc.blocked,
-                        "calls_today": today["biz"] + today["off"]})
+    records = account_records(db, cfg, time.time())
     if args.json:
         print(json.dumps(records, indent=2))
         return 0
@@ -5215,25 +6136,9 @@ def cmd_list(args, cfg, db):
     return 0
 
 
-def account_limits(acc):
-    """The four limits, None for unlimited (JSON null)."""
-    return {field: getattr(acc, field) for field in LIMIT_FIELDS}
-
-
 def cmd_show(args, cfg, db):
-    acc = find_account(db, args.user, args.domain)
-    now = time.time()
-    today = calls_today(db, cfg, acc.id, now)
-    verdicts = query_calls(db, 0, f"{acc.user}@{acc.domain}", limit=10)
-    info = {"account": acc.name, "state": acc.state if acc.learning(now) else "enforcing",
-            "learning_until": fmt_time(acc.learning_until, cfg.policy.tz) if acc.learning(now) else "",
-            "created": fmt_time(acc.created, cfg.policy.tz), "last_seen": fmt_time(acc.last_seen, cfg.policy.tz),
-            "blocked": acc.blocked, "email": acc.email, **account_limits(acc),
-            "dest_countries": format_countries(acc.dest_countries),
-            "source_countries": format_countries(acc.source_countries), "pinned": ",".join(sorted(acc.pinned)),
-            "anomaly_daily": acc.anomaly_daily, "approved_today_business": today["biz"], "approved_today_off": today["off"]}
-    headers = ["time", "number", "dest", "source_ip", "code", "would", "reason"]
-    rows = [(fmt_time(r[0], cfg.policy.tz), r[3], r[4], r[5], r[7], r[8], r[9]) for r in verdicts]
+    info, rows = account_details(db, cfg, find_account(db, args.user, args.domain), time.time())
+    headers = list(LAST_VERDICT_FIELDS)
     if args.json:
         print(json.dumps(dict(info, last_verdicts=[dict(zip(headers, r)) for r in rows]), indent=2, default=str))
         return 0

@@ -229,7 +229,8 @@ def test_example_config_documents_every_key_with_its_default():
         assert list(parser[section]) == list(keys), f"[{section}] keys differ from CONFIG_SPEC (or their order)"
         for key, (_parse, default, help_text) in keys.items():
             assert parser[section][key] == default, f"[{section}] {key}"
-            at = next(i for i, line in enumerate(lines) if re.match(rf"{key} =", line))
+            start = lines.index(f"[{section}]")
+            at = next(i for i, line in enumerate(lines) if i > start and re.match(rf"{key} =", line))
             comments = []
             for line in reversed(lines[:at]):
                 if not line.startswith("#"):
@@ -908,7 +909,8 @@ def test_readme_configuration_reference_lists_every_key_with_its_default():
     text = (REPO / "README.md").read_text()
     for section, keys in tfps.CONFIG_SPEC.items():
         assert f"#### `[{section}]`" in text, section
+        table = text[text.index(f"#### `[{section}]`"):]
         for key, (_parse, default, _help) in keys.items():
-            row = re.search(rf"^\| `{re.escape(key)}` \| (.*?) \|", text, re.M)
+            row = re.search(rf"^\| `{re.escape(key)}` \| (.*?) \|", table, re.M)
             assert row, f"[{section}] {key} is not in the README's configuration reference"
             assert row.group(1) == (f"`{default}`" if default else "*(empty)*"), f"[{section}] {key}"

@@ -288,7 +288,7 @@ def mutate_bytes(rng, data, others):
 
 def shape(text):
     """A message without what varies from case to case (positions, numbers, characters)."""
-    return re.sub(r"\\udc[0-9a-f]{2}|\d+(?:-\d+)?|call-id=\S+ ", "_", text)[:120]
+    return re.sub(r'\\udc[0-9a-f]{2}|\d+(?:-\d+)?|call_id="[^"]*" ', "_", text)[:120]
 
 
 def raised(exc):

@@ -374,7 +374,7 @@ def test_readme_kamailio_guide(rig, tmp_path, mode):
     assert sorted((row["account"], row["source_ip"], row["number"], row["code"]) for row in rows) == [
         ("1001@pbx.example.com", "127.0.0.1", "12125551234", "A00")] * 2 + [
         ("1001@pbx.example.com", "127.0.0.1", "5355512345", "R06")], rows
-    verdicts = re.findall(r"verdict call-id=\S+ account=(\S+) number=(\d+) code=(\w+)", server.read_log())
+    verdicts = re.findall(r'verdict call_id="\S+" account="(\S+)" number="(\d+)" code="(\w+)"', server.read_log())
     assert verdicts == [("1001@pbx.example.com", "12125551234", "A00")] * 2 + [
         ("1001@pbx.example.com", "5355512345", "R06")], verdicts
 
@@ -403,7 +403,7 @@ def test_readme_kamailio_guide_other_numbers_not_routed(rig, tmp_path):
     call = Call(tmp_path, kamailio.port, "02079460000")
     assert call.status == 404 and call.exit_code == 0, (call, call.output)
     server.stop()
-    assert "verdict call-id" not in server.read_log()
+    assert "verdict call_id" not in server.read_log()
 
 
 def test_readme_kamailio_guide_counts_the_callers_calls(rig, tmp_path):

@@ -100,8 +100,9 @@ def ack_for(request, response, method="ACK"):
 
 
 def verdict_lines(server, call_id=None):
-    lines = re.findall(r"verdict call-id=(\S+) account=(\S+) number=(\S+) code=(\S+) reason=(.*) latency=([\d.]+)ms",
-                       server.read_log())
+    quoted = r'"((?:[^"\\]|\\.)*)"'
+    lines = re.findall(rf"verdict call_id={quoted} account={quoted} number={quoted} code={quoted} reason={quoted} "
+                       rf'source_ip="[^"]*" via="sip" latency_ms=([\d.]+)', server.read_log())
     return [line for line in lines if call_id is None or line[0] == call_id]
 
 

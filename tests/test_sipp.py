@@ -75,9 +75,9 @@ def sipp_stats(screen):
 
 def verdict_codes(server):
     log = server.read_log()
-    return (len(re.findall(r"verdict call-id=\S+ .* code=A00 ", log)),
-            len(re.findall(r"verdict call-id=\S+ .* code=R06 ", log)),
-            len(re.findall(r"verdict call-id=\S+ .* code=A00 reason=approved \(monitor mode; would reject R06", log)))
+    return (len(re.findall(r'verdict call_id=\S+ .* code="A00" ', log)),
+            len(re.findall(r'verdict call_id=\S+ .* code="R06" ', log)),
+            len(re.findall(r'verdict call_id=\S+ .* code="A00" reason="approved \(monitor mode; would reject R06', log)))
 
 
 @pytest.mark.parametrize("transport", ["u1", "t1"], ids=["udp", "tcp"])

@@ -338,6 +338,17 @@ def _digits_list(text):
     return sorted(items, key=len, reverse=True)
 
 
+def _dialed_prefixes(text):
+    """'+44 70, 881' -> ['+44 70', '881']: entries written as numbers are dialed, separated by
+    commas (a space may group digits); normalized like dialed numbers once the country table is
+    at hand (DestinationTiers)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    bad = [item for item in items if not re.fullmatch(r"\+?[0-9][0-9 ().-]*", item) or sum(map(str.isdigit, item)) > 28]
+    if bad:
+        raise ValueError(f"not number prefixes: {', '.join(bad)} (digits, with '+' or an international prefix as dialed)")
+    return items
+
+
 def _holidays(text):
     try:
         return {dt.date.fromisoformat(item) for item in split_list(text)}
@@ -419,6 +430,12 @@ def _business_hours(text):
 
 
 HIGH_RISK_DEFAULT = "CU, LV, TN, DZ, MA, AF, IQ, LK, MV, TD, GN, EE, MG"
+# Satellite and international network codes, International Premium Rate (+979), UK personal numbers
+# (+44 70) and UK premium rate (+44 9): ranges that IRSF and premium-rate fraud pump (README, Destination tiers).
+HIGH_RISK_PREFIXES_DEFAULT = "+870, +881, +882, +883, +979, +44 70, +44 9"
+
+# What `[policy] emergency_numbers = auto` means, by home country; 112 everywhere else.
+EMERGENCY_NUMBERS = {"US": "911, 933", "CA": "911", "GB": "999, 112", "IE": "999, 112", "AU": "000, 112", "NZ": "111, 112"}
 
 # section -> key -> (parser, default text, one-line help). tfps.conf documents the same keys.
 CONFIG_SPEC = {
@@ -461,6 +478,11 @@ CONFIG_SPEC = {
         "default_source_countries": (_countries, "", "countries callers may be in; empty = home_country"),
         "default_destination_countries": (_countries, "", "countries that may be called; empty = home_country; * = any"),
         "high_risk_countries": (_countries, HIGH_RISK_DEFAULT, "destinations always rejected (R06) unless the number is whitelisted"),
+        "low_risk_countries": (_countries, "", "destinations every account may call (tier low); empty = the home country's zone"),
+        "high_risk_prefixes": (_dialed_prefixes, HIGH_RISK_PREFIXES_DEFAULT, "number ranges of tier high, as dialed, comma-separated ('+44 70, +881')"),
+        "low_risk_prefixes": (_dialed_prefixes, "", "number ranges of tier low, as dialed, comma-separated"),
+        "new_destination_calls": (_integer(0, 1000), "3", "calls a day per account to a new medium-tier country approved with an alert; 0 = none"),
+        "emergency_numbers": (_auto_or(_digits_list), "auto", "numbers always approved, never counted; auto = by home_country (US 911, 933; GB 999, 112; else 112)"),
         "require_source_country": (_boolean, "no", "reject calls whose source country cannot be told (R05)"),
         "ab_max_calls": (_integer(1, 1000), "5", "calls to one number allowed within ab_window (R13)"),
         "ab_window": (parse_duration, "30s", "window for repeated A->B calls"),
@@ -574,9 +596,20 @@ class Config:
             shown = "" if key in SECRET_KEYS or key == "url" else f" = {value!r}"  # a URL can hold a password
             raise ConfigError(f"{where}: [{section}] {key}{shown}: {exc}") from None
         self.raw[section][key] = value
+        if section == "policy" and key in ("low_risk_countries", "high_risk_countries"):
+            self._check_tiers(where)
         if section == "policy" and key in ("home_country", "timezone", "default_source_countries",
-                                           "default_destination_countries"):
+                                           "default_destination_countries", "emergency_numbers"):
             self._finish()
+
+    def _check_tiers(self, where):
+        """A country listed both low and high is a mistake; the default high list yields to the low one."""
+        p, raw = self.policy, self.raw["policy"]
+        if raw["high_risk_countries"] != HIGH_RISK_DEFAULT:
+            both = p.low_risk_countries & p.high_risk_countries
+            if both:
+                raise ConfigError(f"{where}: [policy] low_risk_countries and high_risk_countries both list "
+                                  f"{format_countries(both)}")
 
     def _finish(self):
         p = self.policy
@@ -584,6 +617,8 @@ class Config:
         raw = self.raw["policy"]  # derived from the text, so the order of the keys does not matter
         p.default_source_countries = _countries(raw["default_source_countries"]) or {p.home_country}
         p.default_destination_countries = _countries(raw["default_destination_countries"]) or {p.home_country}
+        p.emergency_numbers = set(_auto_or(_digits_list)(raw["emergency_numbers"])
+                                  or split_list(EMERGENCY_NUMBERS.get(p.home_country, "112")))
         if not self.server.node_name:
             self.server.node_name = socket.gethostname()
 
@@ -1287,6 +1322,24 @@ class CountryTable:
         return f"{iso} ({self.name(iso)})" if iso in self.by_iso else iso or "unknown"
 
 
+# Where a home country's customers call as freely as at home: one numbering plan under one
+# regulator (the NANP's US, Canada and US territories; the UK with the Crown Dependencies, with
+# Ireland across the Common Travel Area), or the EU/EEA's regulated intra-EU call prices. A home
+# country in none of them has itself alone. See README, Destination tiers.
+LOW_RISK_ZONES = (
+    {"US", "CA", "PR", "VI", "GU", "MP", "AS"},
+    {"GB", "JE", "GG", "IM", "IE"},
+    {"AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "AX", "FR", "DE", "GR", "HU", "IE", "IT", "LV", "LT",
+     "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO"},
+)
+TIERS = ("low", "medium", "high")
+
+
+def home_zone(home):
+    """The countries of tier low by default for an operator in `home`."""
+    return set().union({home}, *(zone for zone in LOW_RISK_ZONES if home in zone))
+
+
 def dialed_number(user):
     """The number part of a Request-URI user: user parameters (';npdi', ';rn=...') removed."""
     return user.partition(";")[0]
@@ -1747,8 +1800,47 @@ class Lists:
         self.ip_black = NetworkSet(c for k, c in rows if k == "black")
         self.ip_white = NetworkSet(c for k, c in rows if k == "white")
         self.user_agents = UserAgentList(r[0] for r in db.query("SELECT pattern FROM ua_list ORDER BY pattern"))
-        self.countries = CountryTable(db.query(
-            "SELECT iso, name, prefixes, risk, calling_code, trunk_prefix FROM countries"))
+        self.countries = country_table(db)
+
+
+class DestinationTiers:
+    """The risk tier of a destination (TIERS): the longest [policy] low_risk_prefixes or
+    high_risk_prefixes entry that starts the number; else its country's: [policy]
+    low_risk_countries, the home country, [policy] high_risk_countries, the country table's risk
+    ('low' or 'high'; 'normal' has no say), the home country's zone (low), else medium."""
+
+    def __init__(self, policy, countries):
+        self.prefixes = {}
+        for tier, entries in (("low", policy.low_risk_prefixes), ("high", policy.high_risk_prefixes)):
+            for entry in entries:
+                self.prefixes[normalize_number(entry, policy, countries)] = tier
+        self.ranges = PrefixSet(self.prefixes)
+        zone = home_zone(policy.home_country)
+        self.by_iso = {}
+        for iso, country in countries.by_iso.items():
+            if iso in policy.low_risk_countries or iso == policy.home_country:
+                tier = "low"
+            elif iso in policy.high_risk_countries:
+                tier = "high"
+            elif country.risk in ("low", "high"):
+                tier = country.risk
+            else:
+                tier = "low" if iso in zone else "medium"
+            self.by_iso[iso] = tier
+
+    def range_of(self, number):
+        """The configured range starting `number` (E.164 digits, or None when not dialable), or None."""
+        return self.ranges.match(number) if number else None
+
+    def of(self, number, iso):
+        """(tier, what decided it: '+PREFIX' or the ISO code) of a call to `number` in country `iso`."""
+        prefix = self.range_of(number)
+        if prefix:
+            return self.prefixes[prefix], f"+{prefix}"
+        return self.by_iso.get(iso, "medium"), iso
+
+    def countries_of(self, tier):
+        return {iso for iso, t in self.by_iso.items() if t == tier}
 
 
 def change_serials(db):
@@ -1756,15 +1848,20 @@ def change_serials(db):
 
 
 def load_lists(cfg, db):
-    """(change serials, Lists, high-risk countries) as of now; the serials are read first, so a
+    """(change serials, Lists, DestinationTiers) as of now; the serials are read first, so a
     change made while loading is seen by the next check."""
     serials = change_serials(db)
-    return serials, Lists(db), high_risk_countries(cfg, db)
+    lists = Lists(db)
+    return serials, lists, DestinationTiers(cfg.policy, lists.countries)
+
+
+def country_table(db):
+    return CountryTable(db.query("SELECT iso, name, prefixes, risk, calling_code, trunk_prefix FROM countries"))
 
 
 def high_risk_countries(cfg, db):
-    """[policy] high_risk_countries plus the countries marked risk = 'high' in the database."""
-    return set(cfg.policy.high_risk_countries) | {r[0] for r in db.query("SELECT iso FROM countries WHERE risk = 'high'")}
+    """The countries of tier high: never learned by training."""
+    return DestinationTiers(cfg.policy, country_table(db)).countries_of("high")
 
 # =============================================================================================
 # 8. Reputation: AbuseIPDB and APIBAN lookups on a worker pool, cached in the database
@@ -2374,7 +2471,7 @@ def repeated_a_to_b(engine, call):
 
 
 def unknown_country_code(engine, call):
-    if call.dest_country is None:
+    if call.dest_country is None and not engine.tiers.range_of(call.number):
         return Rejection("R07", f"no known country code starts the number {call.number}")
     return None
 
@@ -2383,14 +2480,29 @@ def destination_country(engine, call):
     if call.number_white:
         return None
     iso, acc = call.dest_country, call.account
-    if iso in engine.high_risk:
-        return Rejection("R06", f"destination {engine.countries.label(iso)} is a high-risk country",
-                         f"{PROG} whitelist add number {call.number}")
-    if "*" in acc.dest_countries or iso in acc.dest_countries:
+    tier, decided_by = engine.tiers.of(call.number, iso)
+    label = engine.countries.label(iso) if decided_by == iso else f"{iso + ' ' if iso else ''}range {decided_by}"
+    if tier == "high":
+        return Rejection("R06", f"destination {label} is high-risk",
+                         f"{PROG} whitelist add number +{call.number}")
+    if f"!{iso}" in acc.dest_countries:
+        return Rejection("R06", f"destination {label} is denied to {acc.name}", f"{PROG} allow {acc.user} {acc.domain} --dest {iso}")
+    if not new_destination(engine, call):
         return None
-    return Rejection("R06", f"destination {engine.countries.label(iso)} is not among the allowed destinations of {acc.name} "
-                            f"({format_countries(acc.dest_countries) or 'none'})",
-                     f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=True)
+    allowance = engine.cfg.policy.new_destination_calls
+    if acc.id is None or engine.counters.new_destination_calls(acc.id, call.day, iso, call.dry_run) < allowance:
+        return None
+    return Rejection("R06", f"destination {label} is not among the allowed or learned destinations of {acc.name} "
+                            f"({format_countries(acc.dest_countries) or 'none'}) and had its {allowance} new-destination "
+                            f"calls today", f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=True)
+
+
+def new_destination(engine, call):
+    """Whether the call goes to a medium-tier country the account has neither been allowed nor
+    learned: approved up to [policy] new_destination_calls times a day, each with an alert."""
+    acc, iso = call.account, call.dest_country
+    return (iso is not None and not call.number_white and engine.tiers.of(call.number, iso)[0] == "medium"
+            and "*" not in acc.dest_countries and iso not in acc.dest_countries)
 
 
 def source_country_not_allowed(engine, call):
@@ -2528,6 +2640,16 @@ class SharedCounters:
             self.db.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                             tuple(values.values()))
 
+    def new_destination_calls(self, account_id, day, iso, dry_run):
+        """Calls to `iso` approved on `day` while it was new to the account; held until the verdict commits."""
+        row = self._read_for_update("new_destination_days", "calls", "account_id = ? AND day = ? AND iso = ?",
+                                    (account_id, day, iso), dry_run)
+        return row[0] if row else 0
+
+    def count_new_destination(self, account_id, day, iso):
+        self.db.upsert("new_destination_days", {"account_id": account_id, "day": day, "iso": iso, "calls": 1},
+                       ["account_id", "day", "iso"], "calls = calls + NEW(calls)")
+
     def take_quota(self, account_id, day, bucket, limit):
         """Count one approved call if the account is still under `limit`. True if counted."""
         return limit > 0 and self.db.increment_below(
@@ -2554,6 +2676,8 @@ class PrivateCounters:
         self.pairs = {}   # (account id, number) -> [recent attempt times, blocked_until]
         self.rates = {}   # account id -> times of the latest approved calls (R15)
         self.daily = {}   # (account id, day, bucket) -> approved calls, today's only
+        self.new_destinations = {}  # (account id, day, iso) -> calls approved while new, today's only
+        self.new_destinations_day = ""
         self.day = ""
         self.pruned = 0.0
 
@@ -2585,6 +2709,16 @@ class PrivateCounters:
 
     def add_call(self, account_id, recent, now, keep):
         self.rates[account_id] = (recent[0] + [now])[-keep:]
+
+    def new_destination_calls(self, account_id, day, iso, dry_run):
+        return self.new_destinations.get((account_id, day, iso), 0)
+
+    def count_new_destination(self, account_id, day, iso):
+        if day != self.new_destinations_day:
+            self.new_destinations_day = day
+            self.new_destinations = {k: v for k, v in self.new_destinations.items() if k[1] >= day}
+        key = (account_id, day, iso)
+        self.new_destinations[key] = self.new_destinations.get(key, 0) + 1
 
     def take_quota(self, account_id, day, bucket, limit):
         if self.approved(account_id, day, bucket) >= limit:
@@ -2639,7 +2773,7 @@ class Engine:
 
     def install(self, loaded):
         """Put what load_lists() returned in place; accounts are read again on their next call."""
-        self.serials, self.lists, self.high_risk = loaded
+        self.serials, self.lists, self.tiers = loaded
         self.countries = self.lists.countries
         self.accounts = {}  # (user, domain) -> Account, filled on first use
         self.clock = (0.0, 0.0, "", False)  # (from, until, day, off hours): see _local_day
@@ -2712,7 +2846,8 @@ class Engine:
         self.local_counters = None
 
     def _run_pipeline(self, call, enforce):
-        self._prepare(call)
+        if self._prepare(call):
+            return self._verdict(call, APPROVED, f"emergency number {call.number}: always approved", "", None)
         would = None
         for rules in (SCREENING, ACCOUNT_RULES):
             if rules is ACCOUNT_RULES and call.unenrolled and would is None:
@@ -2732,7 +2867,14 @@ class Engine:
         return self._verdict(call, APPROVED, reason, would.undo if would else "", would)
 
     def _prepare(self, call):
+        """Fill in what the rules read. True for an emergency number: it is approved as it is
+        dialed, before any rule, and neither parsed as an international number nor counted."""
         a, p = call.attempt, self.cfg.policy
+        dialed = VISUAL_SEPARATORS.sub("", dialed_number(a.number))
+        if dialed in p.emergency_numbers:
+            call.number, call.dest_country, call.source_country, call.account = dialed, p.home_country, "", None
+            call.day, call.off_hours = self._local_day(call.now)
+            return True
         call.number = normalize_number(dialed_number(a.number), p, self.countries)
         call.dest_country = self.countries.lookup(call.number) if call.number else None
         call.ip_white = bool(a.source_ip and self.lists.ip_white.match(a.source_ip))
@@ -2813,7 +2955,19 @@ class Engine:
             self.counters.count_approved(acc.id, call.day, "off" if call.off_hours else "biz")
         if call.last_minute is not None:
             self.counters.add_call(acc.id, call.last_minute, call.now, self.cfg.policy.max_calls_per_minute)
+        if new_destination(self, call):
+            self._count_new_destination(call)
         self._check_anomalies(call)
+
+    def _count_new_destination(self, call):
+        acc, iso, p = call.account, call.dest_country, self.cfg.policy
+        self.counters.count_new_destination(acc.id, call.day, iso)
+        calls = self.counters.new_destination_calls(acc.id, call.day, iso, dry_run=True)
+        self._anomaly(call, f"NEW_DST_{iso}", f"new destination {self.countries.label(iso)}: call {calls} of the "
+                      f"{p.new_destination_calls} a day approved while it is neither allowed nor learned (learned after "
+                      f"{p.train_min_country_calls} approved calls)",
+                      f"To allow it: {PROG} allow {acc.user} {acc.domain} --dest {iso}\n"
+                      f"If it is not expected: {PROG} block {acc.user} {acc.domain}")
 
     def _check_anomalies(self, call):
         acc, p = call.account, self.cfg.policy
@@ -3264,6 +3418,7 @@ def purge(cfg, db, now, older_than):
     for table, where, args in (
             ("call_log", "ts < ?", (cutoff,)),
             ("daily_counters", "day < ?", (dt.datetime.fromtimestamp(cutoff, cfg.policy.tz).date().isoformat(),)),
+            ("new_destination_days", "day < ?", (dt.datetime.fromtimestamp(now, cfg.policy.tz).date().isoformat(),)),
             ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (now - cfg.policy.ab_window, now)),
             ("rate_windows", "last_call < ?", (now - 60,)),
             ("history_days", "day < ?", (cutoff_day,)),
@@ -4455,7 +4610,8 @@ def reset_account(db, cfg, acc, now):
 
 
 def remove_account(db, acc):
-    for table in ("daily_counters", "ab_pairs", "rate_windows", "account_seen", "account_days", "account_day_countries"):
+    for table in ("daily_counters", "new_destination_days", "ab_pairs", "rate_windows", "account_seen", "account_days",
+                  "account_day_countries"):
         db.execute(f"DELETE FROM {table} WHERE account_id = ?", (acc.id,))
     db.execute("DELETE FROM accounts WHERE id = ?", (acc.id,))
 

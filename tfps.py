@@ -1807,7 +1807,7 @@ class DestinationTiers:
     """The risk tier of a destination (TIERS): the longest [policy] low_risk_prefixes or
     high_risk_prefixes entry that starts the number; else its country's: [policy]
     low_risk_countries, the home country, [policy] high_risk_countries, the country table's risk
-    ('low' or 'high'; 'normal' has no say), the home country's zone (low), else medium."""
+    (a tier; 'normal' has no say), the home country's zone (low), else medium."""
 
     def __init__(self, policy, countries):
         self.prefixes = {}
@@ -1822,7 +1822,7 @@ class DestinationTiers:
                 tier = "low"
             elif iso in policy.high_risk_countries:
                 tier = "high"
-            elif country.risk in ("low", "high"):
+            elif country.risk in TIERS:
                 tier = country.risk
             else:
                 tier = "low" if iso in zone else "medium"
@@ -4616,14 +4616,12 @@ def remove_account(db, acc):
     db.execute("DELETE FROM accounts WHERE id = ?", (acc.id,))
 
 
-def normalize_list_value(kind, value):
-    """Validate and canonicalize one list entry; raises ValueError."""
+def normalize_list_value(kind, value, policy=None, countries=None):
+    """Validate and canonicalize one list entry; raises ValueError. A number prefix is read as a
+    dialed number is (`policy` and `countries` needed): '+43', '0043' and '43' are one entry."""
     value = value.strip()
     if kind == "number":
-        digits = VISUAL_SEPARATORS.sub("", value).lstrip("+")
-        if not re.fullmatch(r"[0-9]{1,32}", digits):
-            raise ValueError(f"{value!r} is not a number prefix (digits only)")
-        return digits
+        return dialed_prefix(value, policy, countries)
     if kind == "ip":
         return str(ipaddress.ip_network(value, strict=False))
     if not value or len(value) > 255 or not value.isprintable():
@@ -4633,6 +4631,73 @@ def normalize_list_value(kind, value):
     except (re.error, OverflowError, RecursionError) as exc:
         raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
     return value
+
+
+def dialed_prefix(text, policy, countries):
+    """A number prefix written as it is dialed -> E.164 digits; raises ValueError."""
+    digits = normalize_number(text, policy, countries)
+    if not digits:
+        raise ValueError(f"{text!r} is not a number prefix (digits as dialed: +43, 0043 or 43)")
+    if digits.startswith("0"):
+        raise ValueError(f"{text!r}: no country code starts with 0 (write it with its country code: +CC...)")
+    return digits
+
+
+# Codes people type that ISO 3166-1 does not assign (UK, EL are the EU's), or assigns no longer.
+COUNTRY_ALIASES = {"UK": "GB", "EL": "GR", "YU": "RS", "TP": "TL", "ZR": "CD", "BU": "MM", "SU": "RU", "DD": "DE", "FX": "FR"}
+
+
+def unknown_countries(codes, countries):
+    """'' when every code of `codes` ('*' and '!CC' aside) is in the country table, else what is
+    wrong, naming the nearest ISO code where there is one."""
+    unknown = sorted(c for c in codes if c != "*" and c.lstrip("!") not in countries.by_iso)
+    hints = [f"{c} (nearest: {COUNTRY_ALIASES[c]}, {countries.name(COUNTRY_ALIASES[c])})" if c in COUNTRY_ALIASES else c
+             for c in unknown]
+    return f"not in the country table: {', '.join(hints)}" if unknown else ""
+
+
+def lint(cfg, db):
+    """Entries that never do what they were meant to: (where, problem, fix) for each."""
+    p = cfg.policy
+    countries = country_table(db)
+    tiers = DestinationTiers(p, countries)
+    findings = []
+    for key in ("low_risk_countries", "high_risk_countries", "default_source_countries", "default_destination_countries"):
+        problem = unknown_countries(getattr(p, key), countries)
+        if problem:
+            findings.append((f"[policy] {key}", problem, "correct it in tfps.conf"))
+    for key in ("low_risk_prefixes", "high_risk_prefixes"):
+        for entry in getattr(p, key):
+            try:
+                dialed_prefix(entry, p, countries)
+            except ValueError as exc:
+                findings.append((f"[policy] {key}", str(exc), "correct it in tfps.conf"))
+    for kind, prefix in db.query("SELECT kind, prefix FROM number_list ORDER BY kind, prefix"):
+        if not prefix.startswith("0"):
+            continue
+        command = f"{PROG} {kind}list"
+        try:
+            fixed = dialed_prefix(prefix, p, countries)
+            fix = f"{command} remove number {prefix}; {command} add number +{fixed}"
+        except ValueError:
+            fixed, fix = "", f"{command} remove number {prefix}"
+        findings.append((f"{kind}list number {prefix}", "no E.164 number starts with 0, so it never matches"
+                         + (f"; as dialed it is +{fixed}" if fixed else ""), fix))
+    for acc in (Account.from_row(r) for r in db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY domain, user")):
+        for option, codes in (("--dest", acc.dest_countries), ("--source", acc.source_countries)):
+            problem = unknown_countries(codes, countries)
+            if problem:
+                wrong = ",".join(c for c in sorted(codes) if c != "*" and c.lstrip("!") not in countries.by_iso)
+                findings.append((f"account {acc.name}", problem, f"{PROG} deny {acc.user} {acc.domain} {option} {wrong}"))
+        high = sorted(c for c in acc.dest_countries if tiers.by_iso.get(c) == "high")
+        if high:
+            findings.append((f"account {acc.name}", f"allows {', '.join(high)} of tier high: calls there stay rejected (R06) "
+                             "unless the number is whitelisted", f"{PROG} whitelist add number +NUMBER (the numbers meant)"))
+    for iso, risk in db.query("SELECT iso, risk FROM countries ORDER BY iso"):
+        if risk not in (*TIERS, "normal"):
+            findings.append((f"countries {iso}", f"risk {risk!r} is none of low, medium, high, normal",
+                             f"UPDATE countries SET risk = 'normal' WHERE iso = '{iso}'"))
+    return findings
 
 
 def list_add(db, color, kind, values, note, now):
@@ -4667,7 +4732,7 @@ def list_entries(db, color, kind):
     return db.query(f"SELECT {column}, note, created FROM {table} WHERE kind = ? ORDER BY {column}", (color,))
 
 
-def read_list_file(path, kind):
+def read_list_file(path, kind, policy, countries):
     """Entries of an import file: one per line, '#' starts a comment. Returns (values, errors)."""
     try:
         with open(path, encoding="utf-8-sig") as fh:
@@ -4682,7 +4747,7 @@ def read_list_file(path, kind):
         if not text.strip():
             continue
         try:
-            values.append(normalize_list_value(kind, text))
+            values.append(normalize_list_value(kind, text, policy, countries))
         except ValueError as exc:
             errors.append(f"{path}:{number}: {exc}")
     return values, errors
@@ -4918,6 +4983,8 @@ def build_parser():
     p.add_argument("--ua", type=text_arg(255, spaces=True), help="caller User-Agent")
     p.add_argument("--calls", type=calls_arg, help="concurrent calls passed in P-tfps")
     p.add_argument("--timeout", type=arg_type(_duration(0.01, 3600)), default=5.0, metavar="SECONDS")
+    sub.add_parser("lint", parents=[common, json_opt],
+                   help="report list entries, country codes and tiers that never do what they were meant to")
     p = sub.add_parser("purge", parents=[common], help="delete call log rows and expired state")
     p.add_argument("--older-than", type=duration_arg, required=True, metavar="DURATION", help="e.g. 90d")
     p = sub.add_parser("reputation", parents=[common, json_opt], help="show the reputation of an IP (cached or fresh)")
@@ -5030,7 +5097,21 @@ def _limit_fields(args):
     return fields
 
 
+def check_countries(args, cfg, db):
+    """--dest and --source codes must be in the country table; allowing a destination of tier
+    high is said to change nothing. Returns the notes to print."""
+    countries = country_table(db)
+    for option in ("dest", "source"):
+        problem = unknown_countries(getattr(args, option) or (), countries)
+        if problem:
+            raise UsageError(f"--{option}: {problem}")
+    tiers = DestinationTiers(cfg.policy, countries)
+    return [f"note: {countries.label(iso)} is of tier high: calls there stay rejected (R06) unless the number is "
+            f"whitelisted ({PROG} whitelist add number +NUMBER)" for iso in sorted(args.dest or ()) if tiers.by_iso[iso] == "high"]
+
+
 def cmd_add(args, cfg, db):
+    notes = check_countries(args, cfg, db)
     if not insert_account(db, default_account(cfg, args.user, args.domain, time.time())):
         raise UserError(f"account {args.user}@{args.domain} already exists")
     acc = find_account(db, args.user, args.domain)
@@ -5043,6 +5124,7 @@ def cmd_add(args, cfg, db):
         fields["source_countries"] = args.source
     update_account(db, acc, time.time(), end_learning=False, **fields)
     print(f"added {acc.name}: {describe_limits(find_account(db, args.user, args.domain))}")
+    print(*notes, sep="\n", end="\n" if notes else "")
     return 0
 
 
@@ -5062,14 +5144,18 @@ def cmd_allow(args, cfg, db):
     acc = find_account(db, args.user, args.domain)
     if not (args.dest or args.source):
         raise UserError(f"nothing to {args.command}: give --dest CC,... and/or --source CC,...")
-    fields = {}
+    notes = check_countries(args, cfg, db) if args.command == "allow" else []  # deny also cleans up unknown codes
+    fields, known = {}, country_table(db).by_iso
     for option, column in (("dest", "dest_countries"), ("source", "source_countries")):
         codes = getattr(args, option)
         if codes:
             current = getattr(acc, column)
-            fields[column] = current | codes if args.command == "allow" else current - codes
+            # a denied destination is kept as !CC: one of tier low would be allowed by being absent
+            denied = {f"!{c}" for c in codes if c in known} if option == "dest" else set()
+            fields[column] = (current - denied) | codes if args.command == "allow" else (current - codes) | denied
     update_account(db, acc, time.time(), **fields)
     print(f"{acc.name}: {describe_limits(find_account(db, args.user, args.domain))}")
+    print(*notes, sep="\n", end="\n" if notes else "")
     return 0
 
 
@@ -5118,14 +5204,14 @@ def cmd_list_admin(args, cfg, db):
     if not args.value:
         raise UsageError(f"{args.command} {args.action} {args.kind} needs a value" + (" (a file)" if args.action == "import" else ""))
     if args.action == "import":
-        values, errors = read_list_file(args.value, args.kind)
+        values, errors = read_list_file(args.value, args.kind, cfg.policy, country_table(db))
         added, present = list_add(db, color, args.kind, values, args.note or f"import {os.path.basename(args.value)}", now)
         for error in errors:
             print(error, file=sys.stderr)
         print(f"imported {args.value}: {added} added, {present} already present, {len(errors)} invalid")
         return 1 if errors and not values else 0
     try:
-        value = normalize_list_value(args.kind, args.value)
+        value = normalize_list_value(args.kind, args.value, cfg.policy, country_table(db))
     except ValueError as exc:
         raise UserError(f"{args.command} {args.kind}: {exc}") from None
     if args.action == "add":
@@ -5187,6 +5273,17 @@ def cmd_check(args, cfg, db):
         if verdict.undo:
             print(f"to allow it: {verdict.undo}")
     return 0
+
+
+def cmd_lint(args, cfg, db):
+    findings = lint(cfg, db)
+    if args.json:
+        print(json.dumps([{"where": w, "problem": p, "fix": f} for w, p, f in findings], indent=2))
+    elif findings:
+        print_table(["where", "problem", "fix"], findings)
+    else:
+        print("no findings")
+    return 1 if findings else 0
 
 
 def cmd_probe(args, cfg):
@@ -5296,7 +5393,7 @@ COMMANDS_WITHOUT_DB = {"serve": cmd_serve, "initdb": cmd_initdb, "config": cmd_c
 COMMANDS = {"list": cmd_list, "show": cmd_show, "add": cmd_add, "remove": cmd_remove, "reset": cmd_reset, "set": cmd_set,
             "allow": cmd_allow, "deny": cmd_allow, "block": cmd_block, "unblock": cmd_block, "learn": cmd_learn,
             "blacklist": cmd_list_admin, "whitelist": cmd_list_admin, "calls": cmd_calls, "stats": cmd_stats,
-            "check": cmd_check, "purge": cmd_purge, "reputation": cmd_reputation, "train": cmd_train}
+            "check": cmd_check, "lint": cmd_lint, "purge": cmd_purge, "reputation": cmd_reputation, "train": cmd_train}
 
 
 def main(argv=None):

@@ -22,7 +22,7 @@ USER, DOMAIN = "1001", "pbx.example.com"
 ACCOUNT = (USER, DOMAIN)
 
 SUBCOMMANDS = {"serve", "initdb", "config", "list", "show", "add", "remove", "reset", "set", "allow", "deny", "block",
-               "unblock", "learn", "blacklist", "whitelist", "calls", "stats", "check", "probe", "purge", "reputation",
+               "unblock", "learn", "blacklist", "whitelist", "calls", "stats", "check", "lint", "probe", "purge", "reputation",
                "train", "replay"}
 
 

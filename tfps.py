@@ -2448,7 +2448,7 @@ def blacklisted_number(engine, call):
     prefix = engine.lists.number_black.match(call.number)
     if prefix:
         return Rejection("R03", f"number {call.number} matches blacklisted prefix {prefix}",
-                         f"{PROG} whitelist add number {call.number}")
+                         f"{PROG} whitelist add number +{call.number}")
     return None
 
 
@@ -2483,7 +2483,7 @@ def destination_country(engine, call):
     tier, decided_by = engine.tiers.of(call.number, iso)
     label = engine.countries.label(iso) if decided_by == iso else f"{iso + ' ' if iso else ''}range {decided_by}"
     if tier == "high":
-        return Rejection("R06", f"destination {label} is high-risk",
+        return Rejection("R06", f"destination {label} is a high-risk {'country' if decided_by == iso else 'range'}",
                          f"{PROG} whitelist add number +{call.number}")
     if f"!{iso}" in acc.dest_countries:
         return Rejection("R06", f"destination {label} is denied to {acc.name}", f"{PROG} allow {acc.user} {acc.domain} --dest {iso}")

@@ -149,7 +149,7 @@ def test_monitor_mode_raises_would_reject_alerts(start_server, hook):
     (alert,) = wait_until(lambda: hook.of_kind("would-reject"), 5, message="a would-reject alert")
     assert alert["code"] == "R06" and alert["enforced"] is False
     assert "would have been rejected" in alert["text"]
-    assert alert["undo"] == "tfps.py whitelist add number 5371230001"
+    assert alert["undo"] == "tfps.py whitelist add number +5371230001"
     assert not hook.of_kind("rejection")
 
 

@@ -350,7 +350,7 @@ def office_calls(engine, user, domain, day, rng, count, extra=()):
 
 
 def test_learning_mode_then_enforcing_on_day_learning_days(tmp_path, db_url):
-    cfg, _ = make_config(tmp_path, timezone="UTC", learning_days=14)
+    cfg, _ = make_config(tmp_path, timezone="UTC", learning_days=14, new_destination_calls=0)
     db = tfps.open_database(db_url)
     engine = tfps.Engine(cfg, db)
     jobs = tfps.DailyJobs(cfg, db, engine)

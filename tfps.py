@@ -1374,6 +1374,16 @@ def normalize_number(dialed, policy, countries):
     return digits
 
 
+def dialed_prefix(text, policy, countries):
+    """A number prefix written as it is dialed -> E.164 digits; raises ValueError."""
+    digits = normalize_number(text, policy, countries)
+    if not digits:
+        raise ValueError(f"{text!r} is not a number prefix (digits as dialed: +43, 0043 or 43)")
+    if digits.startswith("0"):
+        raise ValueError(f"{text!r}: no country code starts with 0 (write it with its country code: +CC...)")
+    return digits
+
+
 # =============================================================================================
 # 6. Database: SQLite and MySQL/MariaDB connections, schema.sql loading and in-place migration
 # =============================================================================================
@@ -1813,7 +1823,10 @@ class DestinationTiers:
         self.prefixes = {}
         for tier, entries in (("low", policy.low_risk_prefixes), ("high", policy.high_risk_prefixes)):
             for entry in entries:
-                self.prefixes[normalize_number(entry, policy, countries)] = tier
+                try:
+                    self.prefixes[dialed_prefix(entry, policy, countries)] = tier
+                except ValueError as exc:
+                    log.warning("[policy] %s_risk_prefixes: %s; ignored (%s lint lists it)", tier, exc, PROG)
         self.ranges = PrefixSet(self.prefixes)
         zone = home_zone(policy.home_country)
         self.by_iso = {}
@@ -4631,16 +4644,6 @@ def normalize_list_value(kind, value, policy=None, countries=None):
     except (re.error, OverflowError, RecursionError) as exc:
         raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
     return value
-
-
-def dialed_prefix(text, policy, countries):
-    """A number prefix written as it is dialed -> E.164 digits; raises ValueError."""
-    digits = normalize_number(text, policy, countries)
-    if not digits:
-        raise ValueError(f"{text!r} is not a number prefix (digits as dialed: +43, 0043 or 43)")
-    if digits.startswith("0"):
-        raise ValueError(f"{text!r}: no country code starts with 0 (write it with its country code: +CC...)")
-    return digits
 
 
 # Codes people type that ISO 3166-1 does not assign (UK, EL are the EU's), or assigns no longer.

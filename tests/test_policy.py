@@ -102,6 +102,12 @@ def test_operator_overrides_by_country_and_by_range(make):
     assert tiers.of("33612345678", "FR") == ("high", "+336") and tiers.of("33123456789", "FR") == ("low", "FR")
 
 
+def test_a_range_that_is_no_number_is_ignored_not_applied_to_every_number(make, caplog):
+    env = make(high_risk_prefixes="00, +44 70")
+    assert env.codes("12125551234", "447012345678") == ["A00", "R06"]
+    assert "[policy] high_risk_prefixes: '00' is not a number prefix" in caplog.text
+
+
 def test_a_country_both_low_and_high_is_a_configuration_error(tmp_path):
     path = write_config(tmp_path / "bad.conf", {"policy": {"low_risk_countries": "FR", "high_risk_countries": "CU, FR"}})
     with pytest.raises(tfps.ConfigError, match=r"bad\.conf:3: \[policy\] low_risk_countries and high_risk_countries both list FR"):
@@ -238,7 +244,7 @@ def test_lint_reports_entries_that_never_match(db_url, tmp_path):
         db.execute("UPDATE accounts SET dest_countries = 'UK,CU,US'")
     finally:
         db.close()
-    conf = write_config(tmp_path / "lint.conf", {"policy": {"low_risk_countries": "XK, QQ", "high_risk_prefixes": "0044"}})
+    conf = write_config(tmp_path / "lint.conf", {"policy": {"low_risk_countries": "XK, QQ", "high_risk_prefixes": "0044, 00"}})
     result = run_cli("lint", "--json", config=conf, db=db_url)
     assert result.returncode == 1
     findings = {(f["where"], f["problem"]): f["fix"] for f in json.loads(result.stdout)}
@@ -248,7 +254,8 @@ def test_lint_reports_entries_that_never_match(db_url, tmp_path):
         f"tfps.py deny {USER} {DOMAIN} --dest UK"
     assert any(re.match(r"allows CU of tier high", problem) for _, problem in findings)
     assert ("[policy] low_risk_countries", "not in the country table: QQ") in findings
-    assert not any(where == "[policy] high_risk_prefixes" for where, _ in findings)   # 0044 is +44 as dialed
+    assert [problem for where, problem in findings if where == "[policy] high_risk_prefixes"] == \
+        ["'00' is not a number prefix (digits as dialed: +43, 0043 or 43)"]              # 0044 is +44 as dialed
     assert cli(db_url, "deny", USER, DOMAIN, "--dest", "UK").returncode == 0     # an unknown code can be removed
     assert "UK" not in json.dumps(json.loads(run_cli("lint", "--json", db=db_url).stdout))
 

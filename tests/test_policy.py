@@ -67,6 +67,15 @@ def test_a_gb_operator_calls_the_crown_dependencies_and_ireland_freely(make):
     assert env.call("33123456789").code == "R06"              # France is medium: not a free destination
 
 
+def test_national_numbers_of_a_gb_operator_resolve_to_the_crown_dependencies(make):
+    env = make(home_country="GB", national_numbers="yes", new_destination_calls="0")
+    env.account(dest_countries={"GB"})
+    for dialed, iso in (("07797 123456", "JE"), ("01481 123456", "GG"), ("020 7946 0000", "GB")):
+        v = env.call(dialed)
+        assert (v.code, v.dest_country) == ("A00", iso), v.reason
+    assert env.call("0044 70 1234 5678").code == "R06" and env.call("070 1234 5678").code == "R06"
+
+
 def test_nanp_islands_are_tiered_on_their_own_for_a_us_operator(make):
     env = make(new_destination_calls="0")
     env.account(dest_countries={"US"})

@@ -2505,9 +2505,10 @@ def destination_country(engine, call):
     allowance = engine.cfg.policy.new_destination_calls
     if acc.id is None or engine.counters.new_destination_calls(acc.id, call.day, iso, call.dry_run) < allowance:
         return None
-    return Rejection("R06", f"destination {label} is not among the allowed or learned destinations of {acc.name} "
-                            f"({format_countries(acc.dest_countries) or 'none'}) and had its {allowance} new-destination "
-                            f"calls today", f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=True)
+    used = f" and its {allowance} new-destination calls of today are used" if allowance else ""
+    return Rejection("R06", f"destination {label} is not among the allowed destinations of {acc.name} "
+                            f"({format_countries(acc.dest_countries) or 'none'}){used}",
+                     f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=True)
 
 
 def new_destination(engine, call):

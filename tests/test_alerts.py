@@ -85,7 +85,7 @@ def test_webhook_payload_describes_the_rejection_and_its_undo_works(start_server
     assert alert["account"] == "1001@pbx.example.com"
     assert alert["rule"] == "R06" and alert["code"] == "R06"
     assert alert["number"] == "442079460001" and alert["dest_country"] == "GB"
-    assert "GB" in alert["reason"] and "allowed or learned destinations" in alert["reason"]
+    assert "GB" in alert["reason"] and "allowed destinations" in alert["reason"]
     assert alert["source_ip"] == "192.168.7.7" and alert["user_agent"] == "Yealink SIP-T46S"
     assert alert["enforced"] is True
     assert alert["call_id"] == answer.final.header("call-id")

@@ -142,7 +142,7 @@ def test_new_destination_calls_are_approved_with_an_alert_then_r06(make):
     acc = env.account()
     verdicts = [env.call(f"3312345678{i}") for i in range(4)]
     assert [v.code for v in verdicts] == ["A00", "A00", "A00", "R06"]
-    assert verdicts[3].undo == f"{tfps.PROG} allow {USER} {DOMAIN} --dest FR" and "new-destination calls" in verdicts[3].reason
+    assert verdicts[3].undo == f"{tfps.PROG} allow {USER} {DOMAIN} --dest FR" and "its 3 new-destination calls of today are used" in verdicts[3].reason
     for v in verdicts:
         env.engine.record(v, "302", 0.1)
     alerts = [(e.kind, e.rule, e.subject, e.body) for e in env.engine.alerts.events]

@@ -1345,6 +1345,12 @@ def dialed_number(user):
     return user.partition(";")[0]
 
 
+def emergency_number(user, policy):
+    """The emergency number a Request-URI user dials (separators removed), or ''."""
+    dialed = VISUAL_SEPARATORS.sub("", dialed_number(user))
+    return dialed if dialed in policy.emergency_numbers else ""
+
+
 MAX_NUMBER_DIGITS = 28  # E.164 has at most 15; the number columns hold 32, a calling code included
 
 
@@ -2884,9 +2890,9 @@ class Engine:
         """Fill in what the rules read. True for an emergency number: it is approved as it is
         dialed, before any rule, and neither parsed as an international number nor counted."""
         a, p = call.attempt, self.cfg.policy
-        dialed = VISUAL_SEPARATORS.sub("", dialed_number(a.number))
-        if dialed in p.emergency_numbers:
-            call.number, call.dest_country, call.source_country, call.account = dialed, p.home_country, "", None
+        emergency = emergency_number(a.number, p)
+        if emergency:
+            call.number, call.dest_country, call.source_country, call.account = emergency, p.home_country, "", None
             call.day, call.off_hours = self._local_day(call.now)
             return True
         call.number = normalize_number(dialed_number(a.number), p, self.countries)
@@ -4500,7 +4506,8 @@ class Server:
         attempt = call_identity(msg, uri, from_addr, addr[0], time.time(), self.cfg.server.legacy_headers)
         tx.data = PendingInvite(msg, vias, attempt, time.monotonic(), from_addr.uri.host or uri.host)
         ip = attempt.source_ip
-        if self.reputation.wanted(ip) and not self.engine.lists.ip_white.match(ip):
+        if (self.reputation.wanted(ip) and not self.engine.lists.ip_white.match(ip)
+                and not emergency_number(attempt.number, self.cfg.policy)):
             rep = self._known_reputation(ip, attempt.ts)
             if rep is None and self.reputation.paused(attempt.ts):
                 rep = Reputation(ip, False, detail="lookups paused by the service's rate limit")
@@ -4562,7 +4569,7 @@ class Server:
                     log.exception("call-id=%s no verdict", attempt.call_id)
                     return None
                 log.error("call-id=%s: database unavailable: %s", attempt.call_id, exc)
-        if self.cfg.database.failure == "continue":
+        if self.cfg.database.failure == "continue" or emergency_number(attempt.number, self.cfg.policy):
             return self.engine.decide_from_memory(attempt, enforce=enforce)
         return None
 

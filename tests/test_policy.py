@@ -5,11 +5,13 @@ file, a fresh real MariaDB database), the CLI as a subprocess, and one SIP call 
 import datetime as dt
 import json
 import re
+import signal
 
 import pytest
 
 import tfps
 from conftest import run_cli, write_config
+from test_hostile import private_mariadb  # noqa: F401  (a fixture: a mariadbd of the test's own, to freeze)
 
 WED_10 = dt.datetime(2025, 1, 15, 10, tzinfo=dt.timezone.utc).timestamp()   # business hours
 DAY = 86400
@@ -281,3 +283,16 @@ def test_911_over_sip_from_a_blocked_account_with_a_scanner_user_agent(sqlite_ur
         assert probed.returncode == 0 and re.search(rf"^code: {code}$", probed.stdout, re.M), probed.stdout
     assert "Contact: <sip:A00911@" in run_cli("probe", "911", "--server", f"127.0.0.1:{server.port}",
                                                "--transport", "tcp", timeout=30).stdout
+
+
+def test_911_is_approved_while_the_database_is_frozen_and_failure_is_reject(private_mariadb, start_server):
+    server = start_server(private_mariadb.url, sections={"policy": {"learning_days": "0"}, "database": {"failure": "reject"}})
+    private_mariadb.signal(signal.SIGSTOP)
+    try:
+        answers = [run_cli("probe", number, "--server", f"127.0.0.1:{server.port}", timeout=30).stdout
+                   for number in ("12125551234", "911", "9-1-1")]
+    finally:
+        private_mariadb.signal(signal.SIGCONT)
+    assert answers[0].startswith("SIP/2.0 500 "), answers[0]
+    for answer in answers[1:]:
+        assert re.search(r"^code: A00$", answer, re.M) and "emergency number 911" in answer, answer

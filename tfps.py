@@ -1879,8 +1879,10 @@ def country_table(db):
 
 
 def high_risk_countries(cfg, db):
-    """The countries of tier high: never learned by training."""
-    return DestinationTiers(cfg.policy, country_table(db)).countries_of("high")
+    """The countries of tier high: never learned by training. Their number prefixes are left out:
+    a tier needs none, and training asks every day."""
+    countries = CountryTable(db.query("SELECT iso, name, '', risk, calling_code, trunk_prefix FROM countries"))
+    return DestinationTiers(cfg.policy, countries).countries_of("high")
 
 # =============================================================================================
 # 8. Reputation: AbuseIPDB and APIBAN lookups on a worker pool, cached in the database
@@ -2521,8 +2523,8 @@ def new_destination(engine, call):
     """Whether the call goes to a medium-tier country the account has neither been allowed nor
     learned: approved up to [policy] new_destination_calls times a day, each with an alert."""
     acc, iso = call.account, call.dest_country
-    return (iso is not None and not call.number_white and engine.tiers.of(call.number, iso)[0] == "medium"
-            and "*" not in acc.dest_countries and iso not in acc.dest_countries)
+    return (iso is not None and not call.number_white and "*" not in acc.dest_countries
+            and iso not in acc.dest_countries and engine.tiers.of(call.number, iso)[0] == "medium")
 
 
 def source_country_not_allowed(engine, call):

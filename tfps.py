@@ -4629,6 +4629,7 @@ def reset_account(db, cfg, acc, now):
     counters = db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ?", (acc.id, today_key(cfg, now))).rowcount
     pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (acc.id,)).rowcount
     db.execute("DELETE FROM rate_windows WHERE account_id = ?", (acc.id,))
+    db.execute("DELETE FROM new_destination_days WHERE account_id = ?", (acc.id,))
     return counters, pairs
 
 

@@ -157,6 +157,8 @@ def test_new_destination_calls_are_approved_with_an_alert_then_r06(make):
     assert env.db.scalar("SELECT calls FROM new_destination_days WHERE account_id = ? AND iso = 'FR'", (acc.id,)) == 3
     # approved calls are in the call log with their country: what training learns a country from
     assert env.db.scalar("SELECT COUNT(*) FROM call_log WHERE code = 'A00' AND dest_country = 'FR'") == 3
+    tfps.reset_account(env.db, env.cfg, acc, WED_10)                     # reset gives today's allowance back
+    assert env.call("3312345679").code == "A00"
     assert env.call("3312345679", ts=WED_10 + DAY).code == "A00"          # a new day, a new allowance
     assert env.call("4930123456").code == "A00"                           # and one per country
 

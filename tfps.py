@@ -412,6 +412,17 @@ def _digits_list(text):
     return sorted(items, key=len, reverse=True)
 
 
+def _dialed_prefixes(text):
+    """'+44 70, 881' -> ['+44 70', '881']: entries written as numbers are dialed, separated by
+    commas (a space may group digits); normalized like dialed numbers once the country table is
+    at hand (DestinationTiers)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    bad = [item for item in items if not re.fullmatch(r"\+?[0-9][0-9 ().-]*", item) or sum(map(str.isdigit, item)) > 28]
+    if bad:
+        raise ValueError(f"not number prefixes: {', '.join(bad)} (digits, with '+' or an international prefix as dialed)")
+    return items
+
+
 def _holidays(text):
     try:
         return {dt.date.fromisoformat(item) for item in split_list(text)}
@@ -526,6 +537,12 @@ def _business_hours(text):
 
 
 HIGH_RISK_DEFAULT = "CU, LV, TN, DZ, MA, AF, IQ, LK, MV, TD, GN, EE, MG"
+# Satellite and international network codes, International Premium Rate (+979), UK personal numbers
+# (+44 70) and UK premium rate (+44 9): ranges that IRSF and premium-rate fraud pump (README, Destination tiers).
+HIGH_RISK_PREFIXES_DEFAULT = "+870, +881, +882, +883, +979, +44 70, +44 9"
+
+# What `[policy] emergency_numbers = auto` means, by home country; 112 everywhere else.
+EMERGENCY_NUMBERS = {"US": "911, 933", "CA": "911", "GB": "999, 112", "IE": "999, 112", "AU": "000, 112", "NZ": "111, 112"}
 
 # section -> key -> (parser, default text, one-line help). tfps.conf documents the same keys.
 CONFIG_SPEC = {
@@ -568,6 +585,11 @@ CONFIG_SPEC = {
         "default_source_countries": (_countries, "", "countries callers may be in; empty = home_country"),
         "default_destination_countries": (_countries, "", "countries that may be called; empty = home_country; * = any"),
         "high_risk_countries": (_countries, HIGH_RISK_DEFAULT, "destinations always rejected (R06) unless the number is whitelisted"),
+        "low_risk_countries": (_countries, "", "destinations every account may call (tier low); empty = the home country's zone"),
+        "high_risk_prefixes": (_dialed_prefixes, HIGH_RISK_PREFIXES_DEFAULT, "number ranges of tier high, as dialed, comma-separated ('+44 70, +881')"),
+        "low_risk_prefixes": (_dialed_prefixes, "", "number ranges of tier low, as dialed, comma-separated"),
+        "new_destination_calls": (_integer(0, 1000), "3", "calls a day per account to a new medium-tier country approved with an alert; 0 = none"),
+        "emergency_numbers": (_auto_or(_digits_list), "auto", "numbers always approved, never counted; auto = by home_country (US 911, 933; GB 999, 112; else 112)"),
         "require_source_country": (_boolean, "no", "reject calls whose source country cannot be told (R05)"),
         "ab_max_calls": (_integer(1, 1000), "5", "calls to one number allowed within ab_window (R13)"),
         "ab_window": (parse_duration, "30s", "window for repeated A->B calls"),
@@ -690,9 +712,20 @@ class Config:
             shown = "" if key in SECRET_KEYS or key == "url" else f" = {value!r}"  # a URL can hold a password
             raise ConfigError(f"{where}: [{section}] {key}{shown}: {exc}") from None
         self.raw[section][key] = value
+        if section == "policy" and key in ("low_risk_countries", "high_risk_countries"):
+            self._check_tiers(where)
         if section == "policy" and key in ("home_country", "timezone", "default_source_countries",
-                                           "default_destination_countries"):
+                                           "default_destination_countries", "emergency_numbers"):
             self._finish()
+
+    def _check_tiers(self, where):
+        """A country listed both low and high is a mistake; the default high list yields to the low one."""
+        p, raw = self.policy, self.raw["policy"]
+        if raw["high_risk_countries"] != HIGH_RISK_DEFAULT:
+            both = p.low_risk_countries & p.high_risk_countries
+            if both:
+                raise ConfigError(f"{where}: [policy] low_risk_countries and high_risk_countries both list "
+                                  f"{format_countries(both)}")
 
     def _finish(self):
         p = self.policy
@@ -700,6 +733,8 @@ class Config:
         raw = self.raw["policy"]  # derived from the text, so the order of the keys does not matter
         p.default_source_countries = _countries(raw["default_source_countries"]) or {p.home_country}
         p.default_destination_countries = _countries(raw["default_destination_countries"]) or {p.home_country}
+        p.emergency_numbers = set(_auto_or(_digits_list)(raw["emergency_numbers"])
+                                  or split_list(EMERGENCY_NUMBERS.get(p.home_country, "112")))
         if not self.server.node_name:
             self.server.node_name = socket.gethostname()
 
@@ -1401,9 +1436,33 @@ class CountryTable:
         return f"{iso} ({self.name(iso)})" if iso in self.by_iso else iso or "unknown"
 
 
+# Where a home country's customers call as freely as at home: one numbering plan under one
+# regulator (the NANP's US, Canada and US territories; the UK with the Crown Dependencies, with
+# Ireland across the Common Travel Area), or the EU/EEA's regulated intra-EU call prices. A home
+# country in none of them has itself alone. See README, Destination tiers.
+LOW_RISK_ZONES = (
+    {"US", "CA", "PR", "VI", "GU", "MP", "AS"},
+    {"GB", "JE", "GG", "IM", "IE"},
+    {"AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "AX", "FR", "DE", "GR", "HU", "IE", "IT", "LV", "LT",
+     "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO"},
+)
+TIERS = ("low", "medium", "high")
+
+
+def home_zone(home):
+    """The countries of tier low by default for an operator in `home`."""
+    return set().union({home}, *(zone for zone in LOW_RISK_ZONES if home in zone))
+
+
 def dialed_number(user):
     """The number part of a Request-URI user: user parameters (';npdi', ';rn=...') removed."""
     return user.partition(";")[0]
+
+
+def emergency_number(user, policy):
+    """The emergency number a Request-URI user dials (separators removed), or ''."""
+    dialed = VISUAL_SEPARATORS.sub("", dialed_number(user))
+    return dialed if dialed in policy.emergency_numbers else ""
 
 
 MAX_NUMBER_DIGITS = 28  # E.164 has at most 15; the number columns hold 32, a calling code included
@@ -1432,6 +1491,16 @@ def normalize_number(dialed, policy, countries):
             if home.trunk_prefix and digits.startswith(home.trunk_prefix):
                 digits = digits[len(home.trunk_prefix):]
             return home.calling_code + digits
+    return digits
+
+
+def dialed_prefix(text, policy, countries):
+    """A number prefix written as it is dialed -> E.164 digits; raises ValueError."""
+    digits = normalize_number(text, policy, countries)
+    if not digits:
+        raise ValueError(f"{text!r} is not a number prefix (digits as dialed: +43, 0043 or 43)")
+    if digits.startswith("0"):
+        raise ValueError(f"{text!r}: no country code starts with 0 (write it with its country code: +CC...)")
     return digits
 
 
@@ -1882,12 +1951,14 @@ def clear_account_counters(db, account_id, day):
     counters = db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ?", (account_id, day)).rowcount
     pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (account_id,)).rowcount
     db.execute("DELETE FROM rate_windows WHERE account_id = ?", (account_id,))
+    db.execute("DELETE FROM new_destination_days WHERE account_id = ?", (account_id,))
     return counters, pairs
 
 
 def delete_account(db, account_id):
     """The account and every row kept for it, except its calls in call_log."""
-    for table in ("daily_counters", "ab_pairs", "rate_windows", "account_seen", "account_days", "account_day_countries"):
+    for table in ("daily_counters", "new_destination_days", "ab_pairs", "rate_windows", "account_seen", "account_days",
+                  "account_day_countries"):
         db.execute(f"DELETE FROM {table} WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
 
@@ -1918,8 +1989,9 @@ def load_countries(db):
     return db.query("SELECT iso, name, prefixes, risk, calling_code, trunk_prefix FROM countries")
 
 
-def high_risk_country_codes(db):
-    return {row[0] for row in db.query("SELECT iso FROM countries WHERE risk = 'high'")}
+def load_country_risks(db):
+    """The country rows without their number prefixes (rows as load_countries returns them)."""
+    return db.query("SELECT iso, name, '', risk, calling_code, trunk_prefix FROM countries")
 
 
 def list_add(db, color, kind, values, note, now):
@@ -2124,12 +2196,14 @@ def approved_country_counts(db, start, end, account_ids=None):
             for acc_id, iso, calls in db.query(f"SELECT account_id, {column}, {country_sums(column, only)}", (start, end, *ids))]
 
 
-def purge_rows(db, *, call_log_before, counter_day_before, ab_pairs_before, rate_windows_before, history_day_before, now):
+def purge_rows(db, *, call_log_before, counter_day_before, new_destination_day_before, ab_pairs_before,
+               rate_windows_before, history_day_before, now):
     """Delete what is older than the retention and what expired; returns {table: rows deleted}."""
     counts = {}
     for table, where, args in (
             ("call_log", "ts < ?", (call_log_before,)),
             ("daily_counters", "day < ?", (counter_day_before,)),
+            ("new_destination_days", "day < ?", (new_destination_day_before,)),
             ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (ab_pairs_before, now)),
             ("rate_windows", "last_call < ?", (rate_windows_before,)),
             ("history_days", "day < ?", (history_day_before,)),
@@ -2170,6 +2244,17 @@ def load_rate_window(db, account_id, lock):
 def save_rate_window(db, account_id, times, now, existed):
     db.write_read_row("rate_windows", {"account_id": account_id, "times": times, "last_call": now}, ["account_id"],
                       "times = NEW(times), last_call = NEW(last_call)", existed)
+
+
+def load_new_destination_calls(db, account_id, day, iso, lock):
+    """(calls,) approved to `iso` on `day` while it was new to the account, or None."""
+    return load_counter_row(db, "new_destination_days", "calls", "account_id = ? AND day = ? AND iso = ?",
+                            (account_id, day, iso), lock)
+
+
+def add_new_destination_call(db, account_id, day, iso):
+    db.upsert("new_destination_days", {"account_id": account_id, "day": day, "iso": iso, "calls": 1},
+              ["account_id", "day", "iso"], "calls = calls + NEW(calls)")
 
 
 def take_daily_quota(db, account_id, day, bucket, limit):
@@ -2305,19 +2390,70 @@ class Lists:
         self.ip_black = NetworkSet(c for k, c in rows if k == "black")
         self.ip_white = NetworkSet(c for k, c in rows if k == "white")
         self.user_agents = UserAgentList(load_user_agent_patterns(db))
-        self.countries = CountryTable(load_countries(db))
+        self.countries = country_table(db)
+
+
+class DestinationTiers:
+    """The risk tier of a destination (TIERS): the longest [policy] low_risk_prefixes or
+    high_risk_prefixes entry that starts the number; else its country's: [policy]
+    low_risk_countries, the home country, [policy] high_risk_countries, the country table's risk
+    (a tier; 'normal' has no say), the home country's zone (low), else medium."""
+
+    def __init__(self, policy, countries):
+        self.prefixes = {}
+        for tier, entries in (("low", policy.low_risk_prefixes), ("high", policy.high_risk_prefixes)):
+            for entry in entries:
+                try:
+                    self.prefixes[dialed_prefix(entry, policy, countries)] = tier
+                except ValueError as exc:
+                    log.warning("[policy] %s_risk_prefixes: %s; ignored (%s lint lists it)", tier, exc, PROG)
+        self.ranges = PrefixSet(self.prefixes)
+        zone = home_zone(policy.home_country)
+        self.by_iso = {}
+        for iso, country in countries.by_iso.items():
+            if iso in policy.low_risk_countries or iso == policy.home_country:
+                tier = "low"
+            elif iso in policy.high_risk_countries:
+                tier = "high"
+            elif country.risk in TIERS:
+                tier = country.risk
+            else:
+                tier = "low" if iso in zone else "medium"
+            self.by_iso[iso] = tier
+
+    def range_of(self, number):
+        """The configured range starting `number` (E.164 digits, or None when not dialable), or None."""
+        return self.ranges.match(number) if number else None
+
+    def of(self, number, iso):
+        """(tier, what decided it: '+PREFIX' or the ISO code) of a call to `number` in country `iso`."""
+        prefix = self.range_of(number)
+        if prefix:
+            return self.prefixes[prefix], f"+{prefix}"
+        return self.by_iso.get(iso, "medium"), iso
+
+    def countries_of(self, tier):
+        return {iso for iso, t in self.by_iso.items() if t == tier}
+
 
 
 def load_lists(cfg, db):
-    """(change serials, Lists, high-risk countries) as of now; the serials are read first, so a
+    """(change serials, Lists, DestinationTiers) as of now; the serials are read first, so a
     change made while loading is seen by the next check."""
     serials = change_serials(db)
-    return serials, Lists(db), high_risk_countries(cfg, db)
+    lists = Lists(db)
+    return serials, lists, DestinationTiers(cfg.policy, lists.countries)
+
+
+def country_table(db):
+    return CountryTable(load_countries(db))
 
 
 def high_risk_countries(cfg, db):
-    """[policy] high_risk_countries plus the countries marked risk = 'high' in the database."""
-    return set(cfg.policy.high_risk_countries) | high_risk_country_codes(db)
+    """The countries of tier high: never learned by training. Their number prefixes are left out:
+    a tier needs none, and training asks every day."""
+    countries = CountryTable(load_country_risks(db))
+    return DestinationTiers(cfg.policy, countries).countries_of("high")
 
 # =============================================================================================
 # 8. Reputation: AbuseIPDB and APIBAN lookups on a worker pool, cached in the database
@@ -2923,7 +3059,7 @@ def blacklisted_number(engine, call):
     prefix = engine.lists.number_black.match(call.number)
     if prefix:
         return Rejection("R03", f"number {call.number} matches blacklisted prefix {prefix}",
-                         f"{PROG} whitelist add number {call.number}")
+                         f"{PROG} whitelist add number +{call.number}")
     return None
 
 
@@ -2946,7 +3082,7 @@ def repeated_a_to_b(engine, call):
 
 @rejects("R07")
 def unknown_country_code(engine, call):
-    if call.dest_country is None:
+    if call.dest_country is None and not engine.tiers.range_of(call.number):
         return Rejection("R07", f"no known country code starts the number {call.number}")
     return None
 
@@ -2956,14 +3092,30 @@ def destination_country(engine, call):
     if call.number_white:
         return None
     iso, acc = call.dest_country, call.account
-    if iso in engine.high_risk:
-        return Rejection("R06", f"destination {engine.countries.label(iso)} is a high-risk country",
-                         f"{PROG} whitelist add number {call.number}")
-    if "*" in acc.dest_countries or iso in acc.dest_countries:
+    tier, decided_by = engine.tiers.of(call.number, iso)
+    label = engine.countries.label(iso) if decided_by == iso else f"{iso + ' ' if iso else ''}range {decided_by}"
+    if tier == "high":
+        return Rejection("R06", f"destination {label} is a high-risk {'country' if decided_by == iso else 'range'}",
+                         f"{PROG} whitelist add number +{call.number}")
+    if f"!{iso}" in acc.dest_countries:
+        return Rejection("R06", f"destination {label} is denied to {acc.name}", f"{PROG} allow {acc.user} {acc.domain} --dest {iso}")
+    if not new_destination(engine, call):
         return None
-    return Rejection("R06", f"destination {engine.countries.label(iso)} is not among the allowed destinations of {acc.name} "
-                            f"({format_countries(acc.dest_countries) or 'none'})",
+    allowance = engine.cfg.policy.new_destination_calls
+    if acc.id is None or engine.read_count(call, "new_destination") < allowance:
+        return None
+    used = f" and its {allowance} new-destination calls of today are used" if allowance else ""
+    return Rejection("R06", f"destination {label} is not among the allowed destinations of {acc.name} "
+                            f"({format_countries(acc.dest_countries) or 'none'}){used}",
                      f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=True)
+
+
+def new_destination(engine, call):
+    """Whether the call goes to a medium-tier country the account has neither been allowed nor
+    learned: approved up to [policy] new_destination_calls times a day, each with an alert."""
+    acc, iso = call.account, call.dest_country
+    return (iso is not None and not call.number_white and "*" not in acc.dest_countries
+            and iso not in acc.dest_countries and engine.tiers.of(call.number, iso)[0] == "medium")
 
 
 @rejects("R04")
@@ -3078,6 +3230,15 @@ class SharedCounters:
     def _format_times(times):
         return ",".join(f"{t:.3f}" for t in times)
 
+    def new_destination_calls(self, account_id, day, iso, lock):
+        """Calls to `iso` approved on `day` while it was new to the account. `lock`: held until the
+        verdict commits."""
+        row = load_new_destination_calls(self.db, account_id, day, iso, lock)
+        return row[0] if row else 0
+
+    def count_new_destination(self, account_id, day, iso):
+        add_new_destination_call(self.db, account_id, day, iso)
+
     def take_quota(self, account_id, day, bucket, limit):
         return take_daily_quota(self.db, account_id, day, bucket, limit)
 
@@ -3096,6 +3257,8 @@ class PrivateCounters:
         self.pairs = {}   # (account id, number) -> [recent attempt times, blocked_until]
         self.rates = {}   # account id -> times of the latest approved calls (R15)
         self.daily = {}   # (account id, day, bucket) -> approved calls, today's only
+        self.new_destinations = {}  # (account id, day, iso) -> calls approved while new, today's only
+        self.new_destinations_day = ""
         self.day = ""
         self.pruned = 0.0
 
@@ -3124,6 +3287,16 @@ class PrivateCounters:
 
     def add_call(self, account_id, recent, now, keep):
         self.rates[account_id] = (recent[0] + [now])[-keep:]
+
+    def new_destination_calls(self, account_id, day, iso, dry_run):
+        return self.new_destinations.get((account_id, day, iso), 0)
+
+    def count_new_destination(self, account_id, day, iso):
+        if day != self.new_destinations_day:
+            self.new_destinations_day = day
+            self.new_destinations = {k: v for k, v in self.new_destinations.items() if k[1] >= day}
+        key = (account_id, day, iso)
+        self.new_destinations[key] = self.new_destinations.get(key, 0) + 1
 
     def take_quota(self, account_id, day, bucket, limit):
         if self.approved(account_id, day, bucket) >= limit:
@@ -3173,7 +3346,7 @@ class Engine:
 
     def install(self, loaded):
         """Put what load_lists() returned in place; accounts are read again on their next call."""
-        self.serials, self.lists, self.high_risk = loaded
+        self.serials, self.lists, self.tiers = loaded
         self.countries = self.lists.countries
         self.accounts = {}  # (user, domain) -> Account, filled on first use
         self.clock = (0.0, 0.0, "", False)  # (from, until, day, off hours): see _local_day
@@ -3246,7 +3419,8 @@ class Engine:
         self.local_counters = None
 
     def _run_pipeline(self, call, enforce):
-        self._prepare(call)
+        if self._prepare(call):
+            return self._verdict(call, APPROVED, f"emergency number {call.number}: always approved", "", None)
         would = None
         for rules in (SCREENING, ACCOUNT_RULES):
             if rules is ACCOUNT_RULES and call.unenrolled and would is None:
@@ -3267,7 +3441,14 @@ class Engine:
         return self._verdict(call, APPROVED, reason, would.undo if would else "", would)
 
     def _prepare(self, call):
+        """Fill in what the rules read. True for an emergency number: it is approved as it is
+        dialed, before any rule, and neither parsed as an international number nor counted."""
         a, p = call.attempt, self.cfg.policy
+        emergency = emergency_number(a.number, p)
+        if emergency:
+            call.number, call.dest_country, call.source_country, call.account = emergency, p.home_country, "", None
+            call.day, call.off_hours = self._local_day(call.now)
+            return True
         call.number = normalize_number(dialed_number(a.number), p, self.countries)
         call.dest_country = self.countries.lookup(call.number) if call.number else None
         call.ip_white = bool(a.source_ip and self.lists.ip_white.match(a.source_ip))
@@ -3342,9 +3523,10 @@ class Engine:
     def read_count(self, call, name):
         """A counter of the call's account, read once per verdict and kept for _count: 'pair'
         (A->B attempts within ab_window, blocked_until, row exists), 'minute' (approved calls in
-        the last 60 s, row exists) or 'today' (approved calls today in the call's hours). MySQL
-        locks the pair and minute rows until the verdict commits, so racing nodes take turns;
-        the quota is taken atomically by _count."""
+        the last 60 s, row exists), 'today' (approved calls today in the call's hours) or
+        'new_destination' (calls approved today to the call's new destination). MySQL locks the
+        pair, minute and new-destination rows until the verdict commits, so racing nodes take
+        turns; the quota is taken atomically by _count."""
         counts = call.counts
         if name not in counts:
             acc, p, lock = call.account, self.cfg.policy, not call.dry_run
@@ -3352,6 +3534,8 @@ class Engine:
                 counts[name] = self.counters.pair(acc.id, call.number, call.now, p.ab_window, lock)
             elif name == "minute":
                 counts[name] = self.counters.recent_calls(acc.id, call.now, 60, lock)
+            elif name == "new_destination":
+                counts[name] = self.counters.new_destination_calls(acc.id, call.day, call.dest_country, lock)
             else:
                 counts[name] = self.counters.approved(acc.id, call.day, call.bucket)
         return counts[name]
@@ -3380,7 +3564,19 @@ class Engine:
             self.counters.count_approved(acc.id, call.day, call.bucket)
         if p.max_calls_per_minute:
             self.counters.add_call(acc.id, self.read_count(call, "minute"), call.now, p.max_calls_per_minute)
+        if new_destination(self, call):
+            self._count_new_destination(call)
         self._check_anomalies(call)
+
+    def _count_new_destination(self, call):
+        acc, iso, p = call.account, call.dest_country, self.cfg.policy
+        self.counters.count_new_destination(acc.id, call.day, iso)
+        calls = self.read_count(call, "new_destination") + 1
+        self._anomaly(call, f"NEW_DST_{iso}", f"new destination {self.countries.label(iso)}: call {calls} of the "
+                      f"{p.new_destination_calls} a day approved while it is neither allowed nor learned (learned after "
+                      f"{p.train_min_country_calls} approved calls)",
+                      f"To allow it: {PROG} allow {acc.user} {acc.domain} --dest {iso}\n"
+                      f"If it is not expected: {PROG} block {acc.user} {acc.domain}")
 
     def _check_anomalies(self, call):
         acc, p = call.account, self.cfg.policy
@@ -3763,6 +3959,7 @@ def purge(cfg, db, now, older_than):
     return purge_rows(db, call_log_before=cutoff,
                       counter_day_before=dt.datetime.fromtimestamp(cutoff, cfg.policy.tz).date().isoformat(),
                       ab_pairs_before=now - cfg.policy.ab_window, rate_windows_before=now - 60,
+                      new_destination_day_before=dt.datetime.fromtimestamp(now, cfg.policy.tz).date().isoformat(),
                       history_day_before=day_number(cutoff, cfg.policy.tz), now=now)
 
 
@@ -4943,7 +5140,8 @@ class Server:
         once a lookup on the worker pool answers, or after reputation_timeout, whichever comes
         first: `finish` must ignore the second call."""
         ip = attempt.source_ip
-        if self.reputation.wanted(ip) and not self.engine.lists.ip_white.match(ip):
+        if (self.reputation.wanted(ip) and not self.engine.lists.ip_white.match(ip)
+                and not emergency_number(attempt.number, self.cfg.policy)):
             rep = self._known_reputation(ip, attempt.ts)
             if rep is None and self.reputation.paused(attempt.ts):
                 rep = Reputation(ip, False, detail="lookups paused by the service's rate limit")
@@ -5033,7 +5231,7 @@ class Server:
                     log.exception("call-id=%s no verdict", attempt.call_id)
                     return None
                 log.error("call-id=%s: database unavailable: %s", attempt.call_id, exc)
-        if self.cfg.database.failure == "continue":
+        if self.cfg.database.failure == "continue" or emergency_number(attempt.number, self.cfg.policy):
             return self.engine.decide_from_memory(attempt, enforce=enforce)
         return None
 
@@ -5111,14 +5309,12 @@ def remove_account(db, acc):
     delete_account(db, acc.id)
 
 
-def normalize_list_value(kind, value):
-    """Validate and canonicalize one list entry; raises ValueError."""
+def normalize_list_value(kind, value, policy=None, countries=None):
+    """Validate and canonicalize one list entry; raises ValueError. A number prefix is read as a
+    dialed number is (`policy` and `countries` needed): '+43', '0043' and '43' are one entry."""
     value = value.strip()
     if kind == "number":
-        digits = VISUAL_SEPARATORS.sub("", value).lstrip("+")
-        if not re.fullmatch(r"[0-9]{1,32}", digits):
-            raise ValueError(f"{value!r} is not a number prefix (digits only)")
-        return digits
+        return dialed_prefix(value, policy, countries)
     if kind == "ip":
         return str(ipaddress.ip_network(value, strict=False))
     if not value or len(value) > 255 or not value.isprintable():
@@ -5130,7 +5326,64 @@ def normalize_list_value(kind, value):
     return value
 
 
-def read_list_file(path, kind):
+# Codes people type that ISO 3166-1 does not assign (UK, EL are the EU's), or assigns no longer.
+COUNTRY_ALIASES = {"UK": "GB", "EL": "GR", "YU": "RS", "TP": "TL", "ZR": "CD", "BU": "MM", "SU": "RU", "DD": "DE", "FX": "FR"}
+
+
+def unknown_countries(codes, countries):
+    """'' when every code of `codes` ('*' and '!CC' aside) is in the country table, else what is
+    wrong, naming the nearest ISO code where there is one."""
+    unknown = sorted(c for c in codes if c != "*" and c.lstrip("!") not in countries.by_iso)
+    hints = [f"{c} (nearest: {COUNTRY_ALIASES[c]}, {countries.name(COUNTRY_ALIASES[c])})" if c in COUNTRY_ALIASES else c
+             for c in unknown]
+    return f"not in the country table: {', '.join(hints)}" if unknown else ""
+
+
+def lint(cfg, db):
+    """Entries that never do what they were meant to: (where, problem, fix) for each."""
+    p = cfg.policy
+    countries = country_table(db)
+    tiers = DestinationTiers(p, countries)
+    findings = []
+    for key in ("low_risk_countries", "high_risk_countries", "default_source_countries", "default_destination_countries"):
+        problem = unknown_countries(getattr(p, key), countries)
+        if problem:
+            findings.append((f"[policy] {key}", problem, "correct it in tfps.conf"))
+    for key in ("low_risk_prefixes", "high_risk_prefixes"):
+        for entry in getattr(p, key):
+            try:
+                dialed_prefix(entry, p, countries)
+            except ValueError as exc:
+                findings.append((f"[policy] {key}", str(exc), "correct it in tfps.conf"))
+    for kind, prefix in sorted(load_list(db, "number")):
+        if not prefix.startswith("0"):
+            continue
+        command = f"{PROG} {kind}list"
+        try:
+            fixed = dialed_prefix(prefix, p, countries)
+            fix = f"{command} remove number {prefix}; {command} add number +{fixed}"
+        except ValueError:
+            fixed, fix = "", f"{command} remove number {prefix}"
+        findings.append((f"{kind}list number {prefix}", "no E.164 number starts with 0, so it never matches"
+                         + (f"; as dialed it is +{fixed}" if fixed else ""), fix))
+    for acc in (Account.from_row(r) for r in load_accounts(db, by_domain=True)):
+        for option, codes in (("--dest", acc.dest_countries), ("--source", acc.source_countries)):
+            problem = unknown_countries(codes, countries)
+            if problem:
+                wrong = ",".join(c for c in sorted(codes) if c != "*" and c.lstrip("!") not in countries.by_iso)
+                findings.append((f"account {acc.name}", problem, f"{PROG} deny {acc.user} {acc.domain} {option} {wrong}"))
+        high = sorted(c for c in acc.dest_countries if tiers.by_iso.get(c) == "high")
+        if high:
+            findings.append((f"account {acc.name}", f"allows {', '.join(high)} of tier high: calls there stay rejected (R06) "
+                             "unless the number is whitelisted", f"{PROG} whitelist add number +NUMBER (the numbers meant)"))
+    for iso, _name, _prefixes, risk, *_ in sorted(load_country_risks(db)):
+        if risk not in (*TIERS, "normal"):
+            findings.append((f"countries {iso}", f"risk {risk!r} is none of low, medium, high, normal",
+                             f"UPDATE countries SET risk = 'normal' WHERE iso = '{iso}'"))
+    return findings
+
+
+def read_list_file(path, kind, policy, countries):
     """Entries of an import file: one per line, '#' starts a comment. Returns (values, errors)."""
     try:
         with open(path, encoding="utf-8-sig") as fh:
@@ -5145,7 +5398,7 @@ def read_list_file(path, kind):
         if not text.strip():
             continue
         try:
-            values.append(normalize_list_value(kind, text))
+            values.append(normalize_list_value(kind, text, policy, countries))
         except ValueError as exc:
             errors.append(f"{path}:{number}: {exc}")
     return values, errors
@@ -5506,24 +5759,25 @@ def http_list(api, request):
                      for value, note, created in list_entries(db, color, kind)]
 
 
-def _list_value(kind, values):
-    return required(values, "value", functools.partial(normalize_list_value, kind))
+def _list_value(api, db, kind, values):
+    """The entry named by the `value` parameter, read as the CLI reads it (numbers as dialed)."""
+    return required(values, "value", lambda text: normalize_list_value(kind, text, api.cfg.policy, country_table(db)))
 
 
 def http_list_add(api, request):
     color, kind = _list_kind(request)
     body = request.json()
-    value = _list_value(kind, body)
     note = parameter(body, "note", lambda text: printable(text, 255, "a note", spaces=True), "")
     with api.database() as db:
+        value = _list_value(api, db, kind, body)
         added, _ = list_add(db, color, kind, [value], note, time.time())
     return (201 if added else 200), {"list": f"{color}list", "kind": kind, "value": value, "added": bool(added)}
 
 
 def http_list_remove(api, request):
     color, kind = _list_kind(request)
-    value = _list_value(kind, request.params)
     with api.database() as db:
+        value = _list_value(api, db, kind, request.params)
         if not list_remove(db, color, kind, value):
             raise HttpError(404, f"{color}list {kind} {value}: not present")
     return 200, {"list": f"{color}list", "kind": kind, "value": value, "removed": True}
@@ -6061,6 +6315,8 @@ def build_parser():
     p.add_argument("--ua", type=text_arg(255, spaces=True), help="caller User-Agent")
     p.add_argument("--calls", type=calls_arg, help="concurrent calls passed in P-tfps")
     p.add_argument("--timeout", type=arg_type(_duration(0.01, 3600)), default=5.0, metavar="SECONDS")
+    sub.add_parser("lint", parents=[common, json_opt],
+                   help="report list entries, country codes and tiers that never do what they were meant to")
     p = sub.add_parser("purge", parents=[common], help="delete call log rows and expired state")
     p.add_argument("--older-than", type=duration_arg, required=True, metavar="DURATION", help="e.g. 90d")
     p = sub.add_parser("reputation", parents=[common, json_opt], help="show the reputation of an IP (cached or fresh)")
@@ -6159,7 +6415,21 @@ def _limit_fields(args):
     return fields
 
 
+def check_countries(args, cfg, db):
+    """--dest and --source codes must be in the country table; allowing a destination of tier
+    high is said to change nothing. Returns the notes to print."""
+    countries = country_table(db)
+    for option in ("dest", "source"):
+        problem = unknown_countries(getattr(args, option) or (), countries)
+        if problem:
+            raise UsageError(f"--{option}: {problem}")
+    tiers = DestinationTiers(cfg.policy, countries)
+    return [f"note: {countries.label(iso)} is of tier high: calls there stay rejected (R06) unless the number is "
+            f"whitelisted ({PROG} whitelist add number +NUMBER)" for iso in sorted(args.dest or ()) if tiers.by_iso[iso] == "high"]
+
+
 def cmd_add(args, cfg, db):
+    notes = check_countries(args, cfg, db)
     if not insert_account(db, default_account(cfg, args.user, args.domain, time.time())):
         raise UserError(f"account {args.user}@{args.domain} already exists")
     acc = find_account(db, args.user, args.domain)
@@ -6172,6 +6442,7 @@ def cmd_add(args, cfg, db):
         fields["source_countries"] = args.source
     update_account(db, acc, time.time(), end_learning=False, **fields)
     print(f"added {acc.name}: {describe_limits(find_account(db, args.user, args.domain))}")
+    print(*notes, sep="\n", end="\n" if notes else "")
     return 0
 
 
@@ -6191,14 +6462,18 @@ def cmd_allow(args, cfg, db):
     acc = find_account(db, args.user, args.domain)
     if not (args.dest or args.source):
         raise UserError(f"nothing to {args.command}: give --dest CC,... and/or --source CC,...")
-    fields = {}
+    notes = check_countries(args, cfg, db) if args.command == "allow" else []  # deny also cleans up unknown codes
+    fields, known = {}, country_table(db).by_iso
     for option, column in (("dest", "dest_countries"), ("source", "source_countries")):
         codes = getattr(args, option)
         if codes:
             current = getattr(acc, column)
-            fields[column] = current | codes if args.command == "allow" else current - codes
+            # a denied destination is kept as !CC: one of tier low would be allowed by being absent
+            denied = {f"!{c}" for c in codes if c in known} if option == "dest" else set()
+            fields[column] = (current - denied) | codes if args.command == "allow" else (current - codes) | denied
     update_account(db, acc, time.time(), **fields)
     print(f"{acc.name}: {describe_limits(find_account(db, args.user, args.domain))}")
+    print(*notes, sep="\n", end="\n" if notes else "")
     return 0
 
 
@@ -6246,14 +6521,14 @@ def cmd_list_admin(args, cfg, db):
     if not args.value:
         raise UsageError(f"{args.command} {args.action} {args.kind} needs a value" + (" (a file)" if args.action == "import" else ""))
     if args.action == "import":
-        values, errors = read_list_file(args.value, args.kind)
+        values, errors = read_list_file(args.value, args.kind, cfg.policy, country_table(db))
         added, present = list_add(db, color, args.kind, values, args.note or f"import {os.path.basename(args.value)}", now)
         for error in errors:
             print(error, file=sys.stderr)
         print(f"imported {args.value}: {added} added, {present} already present, {len(errors)} invalid")
         return 1 if errors and not values else 0
     try:
-        value = normalize_list_value(args.kind, args.value)
+        value = normalize_list_value(args.kind, args.value, cfg.policy, country_table(db))
     except ValueError as exc:
         raise UserError(f"{args.command} {args.kind}: {exc}") from None
     if args.action == "add":
@@ -6315,6 +6590,17 @@ def cmd_check(args, cfg, db):
         if verdict.undo:
             print(f"to allow it: {verdict.undo}")
     return 0
+
+
+def cmd_lint(args, cfg, db):
+    findings = lint(cfg, db)
+    if args.json:
+        print(json.dumps([{"where": w, "problem": p, "fix": f} for w, p, f in findings], indent=2))
+    elif findings:
+        print_table(["where", "problem", "fix"], findings)
+    else:
+        print("no findings")
+    return 1 if findings else 0
 
 
 def cmd_probe(args, cfg):
@@ -6424,7 +6710,7 @@ COMMANDS_WITHOUT_DB = {"serve": cmd_serve, "initdb": cmd_initdb, "config": cmd_c
 COMMANDS = {"list": cmd_list, "show": cmd_show, "add": cmd_add, "remove": cmd_remove, "reset": cmd_reset, "set": cmd_set,
             "allow": cmd_allow, "deny": cmd_allow, "block": cmd_block, "unblock": cmd_block, "learn": cmd_learn,
             "blacklist": cmd_list_admin, "whitelist": cmd_list_admin, "calls": cmd_calls, "stats": cmd_stats,
-            "check": cmd_check, "purge": cmd_purge, "reputation": cmd_reputation, "train": cmd_train}
+            "check": cmd_check, "lint": cmd_lint, "purge": cmd_purge, "reputation": cmd_reputation, "train": cmd_train}
 
 
 def main(argv=None):

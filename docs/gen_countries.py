@@ -28,7 +28,12 @@ from phonenumbers.geocoder import _region_display_name  # English region names (
 SCHEMA = pathlib.Path(__file__).resolve().parent.parent / "schema.sql"
 BEGIN = "-- BEGIN SEED countries"
 END = "-- END SEED countries"
-HIGH_RISK = {"CU", "LV", "TN", "DZ", "MA", "AF", "IQ", "LK", "MV", "TD", "GN", "EE", "MG"}
+# Tier high (README, Destination tiers): the seed's high-risk list, and the island states and
+# territories of the Pacific (+67x to +69x) and of the South Atlantic and Indian Ocean with fewer than
+# 300,000 inhabitants, whose few, costly number ranges international revenue share fraud pumps.
+HIGH_RISK = {"CU", "LV", "TN", "DZ", "MA", "AF", "IQ", "LK", "MV", "TD", "GN", "EE", "MG",
+             "NR", "TO", "PW", "WF", "CK", "NU", "WS", "KI", "NC", "TV", "PF", "TK", "FM", "MH", "NF",
+             "AC", "SH", "TA", "FK", "IO"}
 # Names the geocoder data lacks or spells in an outdated way.
 NAMES = {"AC": "Ascension Island", "TA": "Tristan da Cunha", "XK": "Kosovo",
          "CD": "Democratic Republic of the Congo", "MK": "North Macedonia", "SZ": "Eswatini"}

@@ -77,7 +77,7 @@ def run_undo(undo, db_url, config=None):
 # -- what an alert says -----------------------------------------------------------------------
 
 def test_webhook_payload_describes_the_rejection_and_its_undo_works(start_server, hook):
-    srv = start_server(sections=sections(hook))
+    srv = start_server(sections=sections(hook, policy={"new_destination_calls": "0"}))
     answer = call(srv.port, "192.168.7.7", number=gb(1), ua="Yealink SIP-T46S")
     assert answer.code == "R06", answer
     (alert,) = wait_until(lambda: hook.of_kind("rejection"), 5, message="the rejection alert")
@@ -149,7 +149,7 @@ def test_monitor_mode_raises_would_reject_alerts(start_server, hook):
     (alert,) = wait_until(lambda: hook.of_kind("would-reject"), 5, message="a would-reject alert")
     assert alert["code"] == "R06" and alert["enforced"] is False
     assert "would have been rejected" in alert["text"]
-    assert alert["undo"] == "tfps.py whitelist add number 5371230001"
+    assert alert["undo"] == "tfps.py whitelist add number +5371230001"
     assert not hook.of_kind("rejection")
 
 

@@ -22,7 +22,7 @@ USER, DOMAIN = "1001", "pbx.example.com"
 ACCOUNT = (USER, DOMAIN)
 
 SUBCOMMANDS = {"serve", "initdb", "config", "list", "show", "add", "remove", "reset", "set", "allow", "deny", "block",
-               "unblock", "learn", "blacklist", "whitelist", "calls", "stats", "check", "probe", "purge", "reputation",
+               "unblock", "learn", "blacklist", "whitelist", "calls", "stats", "check", "lint", "probe", "purge", "reputation",
                "train", "replay"}
 
 
@@ -376,7 +376,7 @@ def _db_command(name, tmp_path):
         "allow": ["allow", *ACCOUNT, "--dest", "GB"], "deny": ["deny", *ACCOUNT, "--dest", "GB"],
         "block": ["block", *ACCOUNT], "unblock": ["unblock", *ACCOUNT], "learn": ["learn", *ACCOUNT, "--stop"],
         "blacklist": ["blacklist", "add", "ip", "192.0.2.1"], "whitelist": ["whitelist", "import", "number", str(entries)],
-        "calls": ["calls"], "stats": ["stats"], "check": ["check", *ACCOUNT, "12125551234"],
+        "calls": ["calls"], "stats": ["stats"], "check": ["check", *ACCOUNT, "12125551234"], "lint": ["lint"],
         "purge": ["purge", "--older-than", "90d"], "reputation": ["reputation", "192.0.2.1"],
         "train": ["train", "--dry-run"], "replay": ["replay", str(cdr)],
         "serve": ["serve", "--listen", f"udp:127.0.0.1:{free_port()}"],
@@ -451,7 +451,7 @@ def test_account_lifecycle(db_url):
     assert "nothing to set" in failed(cli(db_url, "set", *ACCOUNT)).stderr
 
     assert "destinations DE,GB,US, sources CA,US" in ok(cli(db_url, "allow", *ACCOUNT, "--dest", "DE", "--source", "CA")).stdout
-    assert "destinations DE,US, sources CA,US" in ok(cli(db_url, "deny", *ACCOUNT, "--dest", "GB")).stdout
+    assert "destinations !GB,DE,US, sources CA,US" in ok(cli(db_url, "deny", *ACCOUNT, "--dest", "GB")).stdout
     assert "nothing to allow" in failed(cli(db_url, "allow", *ACCOUNT)).stderr
 
     assert "blocked" in ok(cli(db_url, "block", *ACCOUNT)).stdout
@@ -566,7 +566,7 @@ def test_import_is_idempotent_and_reports_counts(db_url, tmp_path):
     numbers.write_text("# IRSF ranges\n4470\n88216   # Thuraya\n+53\n\n12ab\n4470\n")
     first = ok(cli(db_url, "blacklist", "import", "number", str(numbers)))
     assert first.stdout == f"imported {numbers}: 3 added, 1 already present, 1 invalid\n"
-    assert first.stderr == f"{numbers}:6: '12ab' is not a number prefix (digits only)\n"
+    assert first.stderr == f"{numbers}:6: '12ab' is not a number prefix (digits as dialed: +43, 0043 or 43)\n"
     second = ok(cli(db_url, "blacklist", "import", "number", str(numbers)))
     assert second.stdout == f"imported {numbers}: 0 added, 4 already present, 1 invalid\n"
     rows = as_json(cli(db_url, "blacklist", "list", "number", "--json"))
@@ -621,7 +621,10 @@ def test_check_prints_the_verdict_and_counts_nothing(db_url):
 
     cuba = ok(cli(db_url, "check", *ACCOUNT, "+53 5 5512345"))
     assert cuba.stdout.startswith("R06  destination CU (Cuba) is a high-risk country\n")
-    assert "to allow it: tfps.py whitelist add number 5355512345" in cuba.stdout
+    assert "to allow it: tfps.py whitelist add number +5355512345" in cuba.stdout
+    verdict = as_json(cli(db_url, "check", *ACCOUNT, "0044 20 7946 0000", "--json"))   # a new destination
+    assert (verdict["code"], verdict["number"], verdict["dest_country"]) == ("A00", "442079460000", "GB")
+    ok(cli(db_url, "deny", *ACCOUNT, "--dest", "GB"))
     verdict = as_json(cli(db_url, "check", *ACCOUNT, "0044 20 7946 0000", "--json"))
     assert (verdict["code"], verdict["number"], verdict["dest_country"]) == ("R06", "442079460000", "GB")
     assert verdict["undo"] == f"tfps.py allow {USER} {DOMAIN} --dest GB"
@@ -642,7 +645,7 @@ def test_check_prints_the_verdict_and_counts_nothing(db_url):
 # -- call history, stats, purge: fed by a real server -------------------------------------------
 
 def test_calls_and_stats_after_real_verdicts(db_url, start_server):
-    server = start_server(db_url, sections={"database": {"flush_interval": "0.2s"}})
+    server = start_server(db_url, sections={"database": {"flush_interval": "0.2s"}, "policy": {"new_destination_calls": "0"}})
     port = server.port
     assert verdict_code(probe(port, "12125551234", "--from", f"{USER}@{DOMAIN}")) == "A00"
     assert verdict_code(probe(port, "5355512345", "--from", f"{USER}@{DOMAIN}")) == "R06"
@@ -821,6 +824,7 @@ def test_messages_use_the_name_the_program_was_run_as(tmp_path, sqlite_url):
     assert tfps_("--help").stdout.startswith("usage: tfps [")
     assert tfps_("show").stderr.splitlines()[-1].startswith("tfps show: error:")
     ok(tfps_("add", *ACCOUNT, "--db", sqlite_url))
+    ok(tfps_("deny", *ACCOUNT, "--dest", "GB", "--db", sqlite_url))
     verdict = json.loads(ok(tfps_("check", *ACCOUNT, "0044 20 7946 0000", "--db", sqlite_url, "--json")).stdout)
     assert verdict["undo"] == f"tfps allow {USER} {DOMAIN} --dest GB"
     assert "tfps.py" not in tfps_("check", *ACCOUNT, "+53 5 5512345", "--db", sqlite_url).stdout

@@ -499,12 +499,13 @@ def test_r06_high_risk_even_when_allowed(env):
         assert env.code(number) == "R06"
 
 
-def test_r06_account_destination_list(env):
+def test_r06_account_destination_list(make):
+    env = make({"new_destination_calls": "0"})                # no new-destination calls: the list is a wall
     acc = env.account(dest_countries={"US"})
     v = env.call("442079460000")
     assert (v.code, v.dest_country) == ("R06", "GB") and "allowed destinations" in v.reason
     assert env.code("18765551234") == "R06"                   # NANP Caribbean is not the US
-    assert env.code("14165551234") == "R06"                   # nor is Canada
+    assert env.code("14165551234") == "A00"                   # Canada is of tier low for a US operator
     assert env.code(US_NUMBER) == "A00"
     env.account(dest_countries={"US", "GB"})
     assert env.code("442079460000", ts=WED_10 + 1) == "A00"
@@ -524,7 +525,7 @@ def test_r06_configured_high_risk(make):
 
 
 def test_default_destination_countries(make):
-    env = make({"default_destination_countries": "US, GB"})
+    env = make({"default_destination_countries": "US, GB", "new_destination_calls": "0"})
     assert env.code("442079460000") == "A00"
     assert env.code("4930123456") == "R06"
 
@@ -744,7 +745,7 @@ def test_limits_changed_reach_engine(env):
 # -- learning mode, monitor mode, dry run -------------------------------------------------------------
 
 def test_learning_mode_soft_rules_only_logged(make):
-    env = make({"learning_days": "14", "max_calls_per_minute": "100"})
+    env = make({"learning_days": "14", "max_calls_per_minute": "100", "new_destination_calls": "0"})
     env.call(us(0))                                             # enrolls the account in learning mode
     acc = tfps.find_account(env.db, USER, DOMAIN)
     assert acc.state == "learning" and acc.learning_until == pytest.approx(WED_10 + 14 * 86400)
@@ -802,7 +803,7 @@ def test_learning_mode_r14_unknown_rejects(make):
 
 
 def test_learning_ends_after_learning_days(make):
-    env = make({"learning_days": "1"})
+    env = make({"learning_days": "1", "new_destination_calls": "0"})
     v = env.call("442079460000")
     assert v.code == "A00" and v.would.code == "R06"
     assert env.code("442079460000", ts=WED_10 + 86400) == "R06"

@@ -185,7 +185,7 @@ def test_pyz_list_initdb_and_exit_codes(installed):
     assert helped.stdout.startswith("usage: tfps [")
     checked = subprocess.run([str(installed["bin"]), "check", "1001", "pbx.example.com", "+53 5 5512345", "-c", conf],
                              capture_output=True, text=True, timeout=30)
-    assert checked.stdout.startswith("R06") and "tfps whitelist add number 5355512345" in checked.stdout, checked
+    assert checked.stdout.startswith("R06") and "tfps whitelist add number +5355512345" in checked.stdout, checked
     assert "tfps.py" not in checked.stdout
     listed = run_pyz(installed["bin"], "list", "-c", conf)
     assert listed.returncode == 0, listed.stderr

@@ -175,17 +175,22 @@ def test_replay_on_mariadb_gives_the_same_report(tmp_path, mysql_url):
 def test_learning_mode_only_logs_and_no_learning_blocks_legitimate_calls(tmp_path):
     """The contrast that shows what the learned limits do: accounts still learning (a year) let the
     burst through, with the would-be rejections logged; enforcing the defaults at once
-    (learning_days = 0) stops the burst but also blocks sales' calls abroad."""
+    (learning_days = 0) stops the burst, and blocks sales' calls abroad only without the
+    new-destination calls (new_destination_calls = 0)."""
     learning = replay_json(CDR, replay_config(tmp_path, "learning.conf", learning_days=365))
     assert learning["codes"] == {"A00": learning["rows"]}
     assert learning["fraud_blocked"] == 0 and learning["episodes"][0]["blocked"] is False
     assert learning["episodes"][0]["leaked_before_first_block"] == learning["fraud_calls"]
 
+    walled = replay_json(CDR, replay_config(tmp_path, "walled.conf", learning_days=0, new_destination_calls=0))
+    assert walled["episodes"][0]["leaked_before_first_block"] == 0
+    assert walled["legit_blocked"] > 0
+    assert set(walled["rejected_accounts"]) == {COMPROMISED, "sales@hq.example.com"}
+    assert set(walled["rejected_accounts"]["sales@hq.example.com"]) == {"R06"}
+    # a few calls a day to a new country pass, with an alert: sales is not blocked, the burst still is
     at_once = replay_json(CDR, replay_config(tmp_path, "at-once.conf", learning_days=0))
     assert at_once["episodes"][0]["leaked_before_first_block"] == 0
-    assert at_once["legit_blocked"] > 0
-    assert set(at_once["rejected_accounts"]) == {COMPROMISED, "sales@hq.example.com"}
-    assert set(at_once["rejected_accounts"]["sales@hq.example.com"]) == {"R06"}
+    assert at_once["legit_blocked"] == 0 and set(at_once["rejected_accounts"]) == {COMPROMISED}
 
 
 def test_a_home_country_burst_from_the_pbx_is_stopped_by_the_learned_off_hours_limits(tmp_path):
@@ -470,7 +475,8 @@ def test_shard_by_account_keeps_accounts_whole_and_balanced(tmp_path):
 
 
 def test_replay_into_a_database_tallies_alerts_and_queues_none(tmp_path, sqlite_url):
-    conf = replay_config(tmp_path, alerts={"alert_webhook": "http://127.0.0.1:9/hook", "alert_interval": "0s"})
+    conf = replay_config(tmp_path, alerts={"alert_webhook": "http://127.0.0.1:9/hook", "alert_interval": "0s"},
+                         new_destination_calls=0)
     report = tfps.replay(tfps.Config.load(conf), CDR, sqlite_url)
     rows = cdr_rows()
     db = tfps.open_database(sqlite_url)

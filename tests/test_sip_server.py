@@ -18,7 +18,7 @@ import pytest
 import tfps
 from conftest import answers_before_options, free_port, run_cli, sip_invite, wait_until
 
-POLICY = {"learning_days": "0"}
+POLICY = {"learning_days": "0", "new_destination_calls": "0"}  # a country not allowed is R06 at once
 US, CUBA, UK = "12125551234", "5355512345", "441632960961"
 
 

@@ -169,8 +169,9 @@ def test_list_entries_are_added_once_and_removed_by_color(db):
 
 def test_high_risk_countries_and_seeded_tables(db):
     db.execute("UPDATE countries SET risk = 'high' WHERE iso IN ('CU', 'SL')")
-    assert tfps.high_risk_country_codes(db) >= {"CU", "SL"}
-    assert "JP" not in tfps.high_risk_country_codes(db)
+    risks = {row[0]: row[3] for row in tfps.load_country_risks(db)}
+    assert risks["CU"] == risks["SL"] == "high" and risks["JP"] != "high"
+    assert all(row[2] == "" for row in tfps.load_country_risks(db))  # no prefixes
     assert tfps.table_size(db, "countries") == len(tfps.load_countries(db)) > 200
 
 
@@ -231,7 +232,8 @@ def test_purge_rows_keeps_what_is_recent(db):
     db.insert("daily_counters", {"account_id": 1, "day": "2024-07-03", "bucket": "biz", "approved": 1})
     db.insert("locks", {"name": "old", "holder": "a", "expires": NOW - 1})
     db.insert("locks", {"name": "new", "holder": "a", "expires": NOW + 1})
-    counts = tfps.purge_rows(db, call_log_before=NOW, counter_day_before="2024-07-02", ab_pairs_before=NOW,
+    counts = tfps.purge_rows(db, call_log_before=NOW, counter_day_before="2024-07-02",
+                             new_destination_day_before="2024-07-02", ab_pairs_before=NOW,
                              rate_windows_before=NOW, history_day_before=0, now=NOW)
     assert (counts["call_log"], counts["daily_counters"], counts["locks"], counts["ab_pairs"]) == (1, 1, 1, 0)
     assert list(db.query("SELECT name FROM locks")) == [("new",)]

@@ -310,7 +310,7 @@ def test_days_are_local_calendar_days(tmp_path, db_url):
 
 
 def test_countries_marked_high_risk_in_the_country_table_are_never_learned(tmp_path, sqlite_url):
-    """schema.sql: "risk 'high' adds the country to [policy] high_risk_countries". With the list
+    """schema.sql: risk 'high' makes the country's tier high, whatever [policy] high_risk_countries lists. With the list
     in the config replaced, Cuba is still high risk through the country table: the engine rejects
     calls to it (R06), so training must not add it to an account's destinations either."""
     cfg, _ = make_config(tmp_path, timezone="UTC", high_risk_countries="SL")
@@ -324,7 +324,7 @@ def test_countries_marked_high_risk_in_the_country_table_are_never_learned(tmp_p
         h.call(acc, h.at(day, 12), dest="SL", src="US")
     h.write(db)
     engine = tfps.Engine(cfg, db)
-    assert "CU" in engine.high_risk
+    assert engine.tiers.by_iso["CU"] == "high"
     verdict = engine.decide(tfps.CallAttempt("hq", "example.com", "+5372345678", ts=NOW, source_country="US"), count=False)
     assert verdict.code == "R06"
     tfps.train(cfg, db, NOW)
@@ -350,7 +350,7 @@ def office_calls(engine, user, domain, day, rng, count, extra=()):
 
 
 def test_learning_mode_then_enforcing_on_day_learning_days(tmp_path, db_url):
-    cfg, _ = make_config(tmp_path, timezone="UTC", learning_days=14)
+    cfg, _ = make_config(tmp_path, timezone="UTC", learning_days=14, new_destination_calls=0)
     db = tfps.open_database(db_url)
     engine = tfps.Engine(cfg, db)
     jobs = tfps.DailyJobs(cfg, db, engine)

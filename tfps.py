@@ -655,6 +655,18 @@ class ConfigError(UserError):
     pass
 
 
+class Section(argparse.Namespace):
+    """One [section] of a Config. Read-only once the Config is in service (Config.freeze): a
+    running server that reloads builds a new Config and hands it to the objects that use it."""
+
+    _frozen = False
+
+    def __setattr__(self, key, value):
+        if self._frozen:
+            raise AttributeError(f"the configuration in service is read-only ({key}): load a new Config")
+        super().__setattr__(key, value)
+
+
 class Config:
     """Typed configuration: cfg.policy.timezone, cfg.server.mode, ... plus where each came from."""
 
@@ -662,7 +674,7 @@ class Config:
         self.path = path
         self.raw = {}
         for section, keys in CONFIG_SPEC.items():
-            ns = argparse.Namespace()
+            ns = Section()
             self.raw[section] = {}
             for key, (parse, default, _help) in keys.items():
                 setattr(ns, key, parse(default))
@@ -676,6 +688,16 @@ class Config:
             cfg._read(path)
         cfg._finish()
         return cfg
+
+    def freeze(self):
+        """From now on no section changes: the Config is in service."""
+        for section in CONFIG_SPEC:
+            object.__setattr__(getattr(self, section), "_frozen", True)
+        return self
+
+    def replace(self, section, key, value):
+        """Set a value that is already parsed (a command-line option), before the Config is in service."""
+        setattr(getattr(self, section), key, value)
 
     def _read(self, path):
         try:
@@ -1963,6 +1985,13 @@ def delete_account(db, account_id):
     db.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
 
 
+def accounts_by_state(db, now):
+    """(state, accounts) for 'blocked', 'learning' (at `now`) and 'enforcing'."""
+    return db.query("SELECT CASE WHEN blocked <> 0 THEN 'blocked' WHEN state = 'learning' AND "
+                    "(learning_until IS NULL OR learning_until > ?) THEN 'learning' ELSE 'enforcing' END, COUNT(*) "
+                    "FROM accounts GROUP BY 1", (now,))
+
+
 def approved_by_bucket(db, account_id, day):
     """{'biz': approved calls, 'off': approved calls} of the account on `day` (YYYY-MM-DD)."""
     counts = {"biz": 0, "off": 0}
@@ -2596,6 +2625,13 @@ class ReputationService:
         self.pool = ThreadPoolExecutor(self.rcfg.reputation_workers, thread_name_prefix="reputation") if self.client.enabled else None
         if not self.client.enabled:
             log.warning("reputation lookups are off: no abuseipdb_key or apiban_key in [reputation]")
+
+    def configure(self, cfg):
+        """A new Config: lookups use its keys and limits from the next one on; a pool starts when
+        keys were added (its size follows reputation_workers at the next restart)."""
+        self.rcfg = self.client.rcfg = cfg.reputation
+        if self.pool is None and self.client.enabled:
+            self.pool = ThreadPoolExecutor(self.rcfg.reputation_workers, thread_name_prefix="reputation")
 
     def known(self, db, ip, now):
         """A usable Reputation, or None when a lookup is needed (or not possible)."""
@@ -3343,6 +3379,13 @@ class Engine:
 
     def reload(self):
         self.install(load_lists(self.cfg, self.db))
+
+    def configure(self, cfg):
+        """A new Config; the lists derived from it are loaded again by the caller."""
+        self.cfg = cfg
+        self.alerts.acfg, self.alerts.tz = cfg.alerts, cfg.policy.tz
+        self.node = cfg.server.node_name
+        self.clock = (0.0, 0.0, "", False)  # business hours and the timezone may have changed
 
     def install(self, loaded):
         """Put what load_lists() returned in place; accounts are read again on their next call."""
@@ -4632,7 +4675,7 @@ class TcpConnection:
 
 class Server:
     def __init__(self, cfg, db, config_path=None):
-        self.cfg = cfg
+        self.cfg = cfg.freeze()
         self.config_path = config_path
         self.db = db
         self.engine = Engine(cfg, db)
@@ -4811,6 +4854,8 @@ class Server:
         jobs = DailyJobs(self.cfg, None)
         while not self.threads_stop.wait(30.0):
             try:
+                jobs.cfg = self.cfg  # the one in service: a SIGHUP may have replaced it
+                jobs.alerts.acfg, jobs.alerts.tz = self.cfg.alerts, self.cfg.policy.tz
                 jobs.db = jobs.db or Database(self.db.url)
                 jobs.run_due()
             except Exception as exc:
@@ -4928,14 +4973,20 @@ class Server:
             return
         if cfg.server.listen != self.cfg.server.listen:
             log.warning("SIGHUP: listen changed; it takes effect at the next restart")
-        listen = self.cfg.server.listen
-        for section in CONFIG_SPEC:  # in place: the engine, alert and reputation objects hold these
-            vars(getattr(self.cfg, section)).update(vars(getattr(cfg, section)))
-        self.cfg.server.listen = listen
+            cfg.replace("server", "listen", self.cfg.server.listen)
+        self.configure(cfg.freeze())
         self._trusted_cache.clear()
         self.loading_lists = False  # load them again, with the new configuration
         self.lists_reason = f"SIGHUP: configuration and lists reloaded (mode {self.cfg.server.mode})"
         self._start_loading_lists()
+
+    def configure(self, cfg):
+        """Put a new Config in service here and in every object that reads it."""
+        self.cfg = cfg
+        self.engine.configure(cfg)
+        self.sip.configure(cfg.server)
+        self.reputation.configure(cfg)
+        self.dispatcher.acfg = cfg.alerts
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -5274,7 +5325,7 @@ def account_limits(acc):
 def account_records(db, cfg, now):
     """Every account as `list` shows it."""
     records = []
-    for acc in (Account.from_row(r) for r in db.query(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY domain, user")):
+    for acc in (Account.from_row(r) for r in load_accounts(db, by_domain=True)):
         today = calls_today(db, cfg, acc.id, now)
         records.append({"user": acc.user, "domain": acc.domain, "created": fmt_time(acc.created, cfg.policy.tz),
                         "state": acc.state if acc.learning(now) else "enforcing", **account_limits(acc),
@@ -5379,7 +5430,7 @@ def lint(cfg, db):
     for iso, _name, _prefixes, risk, *_ in sorted(load_country_risks(db)):
         if risk not in (*TIERS, "normal"):
             findings.append((f"countries {iso}", f"risk {risk!r} is none of low, medium, high, normal",
-                             f"UPDATE countries SET risk = 'normal' WHERE iso = '{iso}'"))
+                             f"give {iso} its tier with [policy] low_risk_countries or high_risk_countries in tfps.conf"))
     return findings
 
 
@@ -5740,8 +5791,7 @@ def http_account_learn(api, request):
         if days is None:
             update_account(db, acc, now, end_learning=True)
         else:
-            db.execute("UPDATE accounts SET state = 'learning', learning_until = ?, updated = ? WHERE id = ?",
-                       (now + days * 86400, now, acc.id))
+            update_account_row(db, acc.id, {"state": "learning", "learning_until": now + days * 86400}, now)
         return _account_answer(api, db, acc)
 
 
@@ -5933,10 +5983,8 @@ def render_metrics(api):
         if server.database_down is not None:
             raise HttpError(503, "database unavailable")
         with api.database(timeout=max(api.cfg.database.timeout, 1.0)) as db:
-            queued += db.scalar("SELECT COUNT(*) FROM alert_outbox", default=0)
-            rows = db.query("SELECT CASE WHEN blocked <> 0 THEN 'blocked' WHEN state = 'learning' AND "
-                            "(learning_until IS NULL OR learning_until > ?) THEN 'learning' ELSE 'enforcing' END, COUNT(*) "
-                            "FROM accounts GROUP BY 1", (time.time(),))
+            queued += table_size(db, "alert_outbox")
+            rows = accounts_by_state(db, time.time())
         by_state = {"learning": 0, "enforcing": 0, "blocked": 0}
         by_state.update({state: int(n) for state, n in rows})
         samples["accounts"] = [({"state": state}, n) for state, n in by_state.items()]
@@ -5960,13 +6008,17 @@ class HttpInterface:
 
     def __init__(self, server):
         self.server = server
-        self.cfg = server.cfg
         self.metrics = Metrics()
         self.metrics_lock = threading.Lock()  # several connection threads count
         self.started = time.time()
         host, port = self.cfg.http.listen
         self.httpd = _HttpServer(self, (host, port))
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.25,), name="http", daemon=True)
+
+    @property
+    def cfg(self):
+        """The server's Config in service (a SIGHUP replaces it)."""
+        return self.server.cfg
 
     @property
     def address(self):
@@ -6339,7 +6391,7 @@ def load_config(args):
     if getattr(args, "mode", None):
         cfg.set("server", "mode", args.mode)
     if getattr(args, "listen", None):
-        cfg.server.listen = args.listen
+        cfg.replace("server", "listen", args.listen)
     return cfg
 
 

@@ -264,3 +264,31 @@ def test_unframeable_stream_gets_an_answer_before_it_is_closed():
         framer.feed(data)
     (dest, packet), = sip.reject_stream(framer.buffer, caught.value, TCP, PEER)
     assert status_of(packet) == 400 and dest == (TCP, PEER)
+
+
+def test_a_configuration_in_service_is_read_only_and_a_reload_swaps_it(tmp_path):
+    """SIGHUP builds a new Config and hands it to the server's objects; nothing changes a
+    section in place."""
+    from conftest import write_config
+    path = write_config(tmp_path / "a.conf", {"server": {"mode": "redirect"}, "database": {"url": f"sqlite://{tmp_path / 'db'}"}})
+    cfg = tfps.Config.load(path)
+    db = tfps.open_database(cfg.database.url)
+    server = tfps.Server(cfg, db, path)
+    try:
+        with pytest.raises(AttributeError):
+            cfg.server.mode = "monitor"
+        write_config(tmp_path / "a.conf", {"server": {"mode": "failover"}, "database": {"url": f"sqlite://{tmp_path / 'db'}"},
+                                           "alerts": {"alert_interval": "7m"}})
+        server.reload_config()
+        assert cfg.server.mode == "redirect"  # the old one is untouched
+        new = server.cfg
+        assert new is not cfg and new.server.mode == "failover"
+        assert server.engine.cfg is new and server.sip.settings is new.server
+        assert server.dispatcher.acfg is new.alerts and server.engine.alerts.acfg is new.alerts
+        assert server.reputation.rcfg is new.reputation
+    finally:
+        server.reputation.close()
+        server.selector.close()
+        server._wake_r.close()
+        server._wake_w.close()
+        db.close()

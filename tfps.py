@@ -569,6 +569,8 @@ CONFIG_SPEC = {
         "timeout": (_duration(0.05, 60), "0.5s", "longest the server waits to connect, read or write (MySQL); past it the database counts as down"),
         "failure": (_choice("continue", "reject"), "continue", "while the database is down: continue (verdicts from memory) or reject (500)"),
         "max_unflushed_rows": (_integer(1000, 10_000_000), "200000", "call log rows held in memory while the database is down; past it the oldest are dropped"),
+        "quota_lease": (_integer(0, 100_000), "0", "calls of an account's daily quota a server claims at a time and spends from memory, written behind every flush_interval; 0 = a database statement per verdict"),
+        "lease_ttl": (_duration(2, 3600), "30s", "unspent quota leases of a server that stopped renewing them (killed) go back to the others after this long"),
     },
     "policy": {
         "home_country": (_country, "US", "ISO code of the country the PBX is in"),
@@ -1741,11 +1743,15 @@ class Database:
     def upsert(self, table, values, keys, update):
         """INSERT a row or, on a key conflict, run `update` (an assignment list in which
         NEW(col) names the value that was to be inserted). Returns the cursor."""
-        shape = (table, tuple(values), tuple(keys), update)
+        return self.execute(self.upsert_text(table, tuple(values), tuple(keys), update), tuple(values.values()))
+
+    def upsert_text(self, table, columns, keys, update):
+        """The statement of upsert(), in this dialect, for execute() or executemany()."""
+        shape = (table, tuple(columns), tuple(keys), update)
         text = self._translated.get(shape)
         if text is None:
-            cols = ", ".join(values)
-            marks = ", ".join("?" * len(values))
+            cols = ", ".join(columns)
+            marks = ", ".join("?" * len(columns))
             if self.dialect == "sqlite":
                 update = re.sub(r"NEW\((\w+)\)", r"excluded.\1", update)
                 text = f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}"
@@ -1753,7 +1759,23 @@ class Database:
                 update = re.sub(r"NEW\((\w+)\)", r"VALUES(\1)", update)
                 text = f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {update}"
             self._translated[shape] = text
-        return self.execute(text, tuple(values.values()))
+        return text
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """A transaction of its own, committed at the end of the block (SQLite: a savepoint when
+        a group transaction is open already, made durable by its commit)."""
+        if self.in_transaction:
+            with self.savepoint("own"):
+                yield
+            return
+        self.begin()
+        try:
+            yield
+            self.commit()
+        except BaseException as exc:
+            self.rollback(exc)
+            raise
 
     def probe(self):
         """Raise unless the database answers and, for SQLite, can be written."""
@@ -1949,6 +1971,7 @@ def clear_account_counters(db, account_id, day):
     """Forget the account's approved calls of `day`, its A->B pairs and its per-minute window.
     Returns (daily counter rows, A->B pairs) deleted."""
     counters = db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ?", (account_id, day)).rowcount
+    db.execute("DELETE FROM quota_leases WHERE account_id = ? AND day = ?", (account_id, day))
     pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (account_id,)).rowcount
     db.execute("DELETE FROM rate_windows WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM new_destination_days WHERE account_id = ?", (account_id,))
@@ -1957,8 +1980,8 @@ def clear_account_counters(db, account_id, day):
 
 def delete_account(db, account_id):
     """The account and every row kept for it, except its calls in call_log."""
-    for table in ("daily_counters", "new_destination_days", "ab_pairs", "rate_windows", "account_seen", "account_days",
-                  "account_day_countries"):
+    for table in ("daily_counters", "quota_leases", "new_destination_days", "ab_pairs", "rate_windows", "account_seen",
+                  "account_days", "account_day_countries"):
         db.execute(f"DELETE FROM {table} WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
 
@@ -2203,6 +2226,7 @@ def purge_rows(db, *, call_log_before, counter_day_before, new_destination_day_b
     for table, where, args in (
             ("call_log", "ts < ?", (call_log_before,)),
             ("daily_counters", "day < ?", (counter_day_before,)),
+            ("quota_leases", "day < ?", (counter_day_before,)),
             ("new_destination_days", "day < ?", (new_destination_day_before,)),
             ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (ab_pairs_before, now)),
             ("rate_windows", "last_call < ?", (rate_windows_before,)),
@@ -2275,6 +2299,58 @@ def approved_calls(db, account_id, day, bucket=None):
                              (account_id, day), default=0))
     return db.scalar("SELECT approved FROM daily_counters WHERE account_id = ? AND day = ? AND bucket = ?",
                      (account_id, day, bucket), default=0)
+
+
+def claim_quota_lease(db, key, node, limit, block, now, expires):
+    """Claim up to `block` more calls of the daily quota `limit` of key (account id, day, bucket)
+    for `node`, in one transaction that holds the counter row locked (racing claims take turns):
+    what is left is the limit less the approved calls and every live lease, this node's own
+    included. Expired leases (their node stopped renewing them) are given back first. When less
+    than `block` is left, the other nodes holding calls are asked to give back what they have
+    not spent (`wanted`). Returns (calls granted, the approved calls and other nodes' live leases)."""
+    account_id, day, bucket = key
+    where = "account_id = ? AND day = ? AND bucket = ?"
+    with db.transaction():
+        db.insert_or_ignore("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": 0})
+        approved = int(db.one_for_update(f"SELECT approved FROM daily_counters WHERE {where}", key)[0])
+        db.execute(f"DELETE FROM quota_leases WHERE {where} AND expires <= ?", (*key, now))
+        leases = db.query(f"SELECT node, calls FROM quota_leases WHERE {where}", key)
+        mine = sum(int(calls) for holder, calls in leases if holder == node)
+        others = sum(int(calls) for holder, calls in leases if holder != node)
+        granted = max(0, min(block, limit - approved - others - mine))
+        if granted:
+            db.upsert("quota_leases", {"account_id": account_id, "day": day, "bucket": bucket, "node": node,
+                                       "calls": granted, "expires": expires},
+                      ["account_id", "day", "bucket", "node"], "calls = calls + NEW(calls), expires = NEW(expires)")
+        if granted < block and others:
+            db.execute(f"UPDATE quota_leases SET wanted = 1 WHERE {where} AND node <> ? AND calls > 0", (*key, node))
+    return granted, approved + others
+
+
+def settle_quota_leases(db, node, spent, counted, returned, held, expires):
+    """A node's write-behind, in one transaction: calls spent from its leases move to
+    daily_counters ({key: calls}); calls approved outside a lease (no quota, or over it while
+    learning) are added there; unspent calls leave the leases: those `returned`, and all of
+    `held` ({key: calls}) where another node asked for them (`wanted`); its other leases are
+    renewed until `expires`. Returns (the keys of its leases still held, {key: calls given back
+    because they were wanted})."""
+    with db.transaction():
+        wanted = {(account_id, day, bucket) for account_id, day, bucket in db.query(
+            "SELECT account_id, day, bucket FROM quota_leases WHERE node = ? AND wanted = 1", (node,))}
+        given = {key: held[key] for key in wanted if held.get(key)}
+        approved = {key: spent.get(key, 0) + counted.get(key, 0) for key in spent.keys() | counted.keys()}
+        db.executemany(db.upsert_text("daily_counters", ("account_id", "day", "bucket", "approved"),
+                                      ("account_id", "day", "bucket"), "approved = approved + NEW(approved)"),
+                       [(*key, calls) for key, calls in sorted(approved.items()) if calls])
+        released = {key: spent.get(key, 0) + returned.get(key, 0) + given.get(key, 0)
+                    for key in spent.keys() | returned.keys() | given.keys()}
+        db.executemany("UPDATE quota_leases SET calls = calls - ?, wanted = 0 WHERE account_id = ? AND day = ? "
+                       "AND bucket = ? AND node = ?", [(calls, *key, node) for key, calls in sorted(released.items())])
+        db.execute("DELETE FROM quota_leases WHERE node = ? AND calls <= 0", (node,))
+        db.execute("UPDATE quota_leases SET expires = ?, wanted = 0 WHERE node = ?", (expires, node))
+        leases = {(account_id, day, bucket) for account_id, day, bucket in db.query(
+            "SELECT account_id, day, bucket FROM quota_leases WHERE node = ?", (node,))}
+    return leases, given
 
 
 def mark_first_seen(db, account_id, direction, iso, now):
@@ -3248,6 +3324,10 @@ class SharedCounters:
     def approved(self, account_id, day, bucket=None):
         return approved_calls(self.db, account_id, day, bucket)
 
+    @staticmethod
+    def write_behind(now, release=False):
+        """Nothing to write: each verdict committed its counters."""
+
 
 class PrivateCounters:
     """The same counters in memory, for a database no other process uses (a replay into a fresh
@@ -3315,6 +3395,92 @@ class PrivateCounters:
         if bucket is None:
             return self.daily.get((account_id, day, "biz"), 0) + self.daily.get((account_id, day, "off"), 0)
         return self.daily.get((account_id, day, bucket), 0)
+
+    @staticmethod
+    def write_behind(now, release=False):
+        """Nothing to write: nobody else reads these counters."""
+
+
+class LeasedCounters(PrivateCounters):
+    """Counters decided from memory ([database] quota_lease > 0), for a server. The daily quota
+    is spent from blocks (leases) of it claimed in the database, one transaction per block, so it
+    holds exactly across nodes and workers; the calls spent are written behind every
+    flush_interval (write_behind). The per-minute, A->B and new-destination windows are this
+    process's own (PrivateCounters): each node or worker enforces them on the calls it answers."""
+
+    def __init__(self, db, cfg, node):
+        super().__init__()
+        self.db, self.cfg, self.node = db, cfg, node
+        self.held = {}      # (account id, day, bucket) -> calls of this node's lease not spent yet
+        self.in_use = {}    # key -> approved calls known: in the database, spent or counted here since
+        self.spent = {}     # key -> calls spent from the lease since the last write-behind
+        self.counted = {}   # key -> calls approved outside a lease since the last write-behind
+        self.returned = {}  # key -> unspent calls to give back at the next write-behind
+        self.claims = 0
+
+    def approved(self, account_id, day, bucket=None):
+        if bucket is None:
+            return self.approved(account_id, day, "biz") + self.approved(account_id, day, "off")
+        key = (account_id, day, bucket)
+        if key not in self.in_use:
+            self.in_use[key] = approved_calls(self.db, account_id, day, bucket) + self.spent.get(key, 0) + self.counted.get(key, 0)
+        return self.in_use[key]
+
+    def take_quota(self, account_id, day, bucket, limit):
+        key = (account_id, day, bucket)
+        if not self.held.get(key):
+            now = time.time()
+            granted, in_use = claim_quota_lease(self.db, key, self.node, limit, self.cfg.quota_lease, now,
+                                                now + self.cfg.lease_ttl)
+            self.claims += 1
+            self.held[key] = granted
+            # nothing left here: calls are refused until the next write-behind reads the count again
+            self.in_use[key] = in_use + self.spent.get(key, 0) + self.counted.get(key, 0) if granted else limit
+            if not granted:
+                return False
+        self.held[key] -= 1
+        self.spent[key] = self.spent.get(key, 0) + 1
+        self.in_use[key] += 1
+        return True
+
+    def count_approved(self, account_id, day, bucket, calls=1):
+        key = (account_id, day, bucket)
+        self.counted[key] = self.counted.get(key, 0) + calls
+        if key in self.in_use:
+            self.in_use[key] += calls
+
+    def write_behind(self, now, release=False):
+        """Write the calls spent and counted since the last time, renew this node's leases and
+        give back what another node asked for, leases of past days and, with `release` (the
+        server stops), every unspent call. Counts of keys with nothing held are read again on
+        their next call, so that calls given back by other nodes, or a reset, are seen."""
+        newest = max((key[1] for key in self.held), default="")
+        for key, held in self.held.items():
+            if held and (release or key[1] < newest):
+                self.returned[key] = self.returned.get(key, 0) + held
+                self.held[key] = 0
+        if not (self.spent or self.counted or self.returned or any(self.held.values())):
+            self.in_use.clear()
+            self.held.clear()
+            return
+        spent, counted, returned = self.spent, self.counted, self.returned
+        self.spent, self.counted, self.returned = {}, {}, {}
+        try:
+            leases, given = settle_quota_leases(self.db, self.node, spent, counted, returned, self.held,
+                                                now + self.cfg.lease_ttl)
+        except BaseException:
+            for mine, kept in ((self.spent, spent), (self.counted, counted), (self.returned, returned)):
+                for key, calls in kept.items():
+                    mine[key] = mine.get(key, 0) + calls
+            raise
+        for key in given:
+            self.held[key] = 0
+        for key in list(self.held):
+            if key not in leases or not self.held[key] or key[1] < newest:
+                del self.held[key]
+                self.in_use.pop(key, None)
+        for key in [key for key in self.in_use if key not in self.held]:
+            del self.in_use[key]
 
 
 MAX_CACHED = 200000  # accounts (and first-seen countries) kept in memory; past it the cache starts over
@@ -3405,7 +3571,7 @@ class Engine:
     def use_database(self, db):
         """Go on with another connection to the same database (the server reconnects on a thread)."""
         self.db = db
-        if isinstance(self.counters, SharedCounters):
+        if isinstance(self.counters, (SharedCounters, LeasedCounters)):
             self.counters.db = db
 
     def charge_outage_counts(self):
@@ -3667,6 +3833,7 @@ class Engine:
         the database is unavailable; a row the database refuses is logged and dropped alone."""
         if self.db.in_transaction:
             self.db.commit()
+        self.counters.write_behind(now or time.time())
         rows, self.log_rows = self.log_rows, []
         seen, self.last_seen = self.last_seen, {}
         if not (rows or seen or self.alerts.events):
@@ -4635,7 +4802,8 @@ class Server:
         self.cfg = cfg
         self.config_path = config_path
         self.db = db
-        self.engine = Engine(cfg, db)
+        leases = LeasedCounters(db, cfg.database, f"{cfg.server.node_name}/{os.getpid()}") if cfg.database.quota_lease else None
+        self.engine = Engine(cfg, db, counters=leases)
         self.metrics = Metrics()
         self.sip = SipService(cfg.server, self.metrics)
         self.selector = selectors.DefaultSelector()
@@ -4853,6 +5021,7 @@ class Server:
         self.reputation.close()
         try:
             self.engine.flush()
+            self.engine.counters.write_behind(time.time(), release=True)
         except Exception as exc:
             log.error("stopping with %d call log row(s) unwritten: the database is unavailable: %s",
                       len(self.engine.log_rows), exc)

@@ -559,6 +559,7 @@ CONFIG_SPEC = {
         "max_transactions": (_integer(100, 10_000_000), "100000", "SIP transactions held at most; past it new requests get 500"),
         "resend_bytes_per_source": (_integer(1024, 1 << 30), "65536", "bytes of retransmitted responses per second at most to one source address"),
         "node_name": (_name(64), "", "this node's name in the call log; empty = the host name"),
+        "workers": (_auto_or(_integer(1, 256)), "auto", "processes serving the listen ports (SO_REUSEPORT), each with its own loop and database connection; auto = the number of CPUs; 1 = one process"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info", "log verbosity on stderr"),
         "log_verdicts": (_boolean, "yes", "one log line per verdict"),
     },
@@ -569,7 +570,7 @@ CONFIG_SPEC = {
         "timeout": (_duration(0.05, 60), "0.5s", "longest the server waits to connect, read or write (MySQL); past it the database counts as down"),
         "failure": (_choice("continue", "reject"), "continue", "while the database is down: continue (verdicts from memory) or reject (500)"),
         "max_unflushed_rows": (_integer(1000, 10_000_000), "200000", "call log rows held in memory while the database is down; past it the oldest are dropped"),
-        "quota_lease": (_integer(0, 100_000), "0", "calls of an account's daily quota a server claims at a time and spends from memory, written behind every flush_interval; 0 = a database statement per verdict"),
+        "quota_lease": (_auto_or(_integer(0, 100_000)), "auto", "calls of an account's daily quota a server claims at a time and spends from memory, written behind every flush_interval; 0 = a database statement per verdict; auto = 0 with one worker, 32 with several"),
         "lease_ttl": (_duration(2, 3600), "30s", "unspent quota leases of a server that stopped renewing them (killed) go back to the others after this long"),
     },
     "policy": {
@@ -3408,9 +3409,9 @@ class LeasedCounters(PrivateCounters):
     flush_interval (write_behind). The per-minute, A->B and new-destination windows are this
     process's own (PrivateCounters): each node or worker enforces them on the calls it answers."""
 
-    def __init__(self, db, cfg, node):
+    def __init__(self, db, node, block, ttl):
         super().__init__()
-        self.db, self.cfg, self.node = db, cfg, node
+        self.db, self.node, self.block, self.ttl = db, node, block, ttl
         self.held = {}      # (account id, day, bucket) -> calls of this node's lease not spent yet
         self.in_use = {}    # key -> approved calls known: in the database, spent or counted here since
         self.spent = {}     # key -> calls spent from the lease since the last write-behind
@@ -3430,8 +3431,7 @@ class LeasedCounters(PrivateCounters):
         key = (account_id, day, bucket)
         if not self.held.get(key):
             now = time.time()
-            granted, in_use = claim_quota_lease(self.db, key, self.node, limit, self.cfg.quota_lease, now,
-                                                now + self.cfg.lease_ttl)
+            granted, in_use = claim_quota_lease(self.db, key, self.node, limit, self.block, now, now + self.ttl)
             self.claims += 1
             self.held[key] = granted
             # nothing left here: calls are refused until the next write-behind reads the count again
@@ -3466,8 +3466,7 @@ class LeasedCounters(PrivateCounters):
         spent, counted, returned = self.spent, self.counted, self.returned
         self.spent, self.counted, self.returned = {}, {}, {}
         try:
-            leases, given = settle_quota_leases(self.db, self.node, spent, counted, returned, self.held,
-                                                now + self.cfg.lease_ttl)
+            leases, given = settle_quota_leases(self.db, self.node, spent, counted, returned, self.held, now + self.ttl)
         except BaseException:
             for mine, kept in ((self.spent, spent), (self.counted, counted), (self.returned, returned)):
                 for key, calls in kept.items():
@@ -4797,12 +4796,122 @@ class TcpConnection:
         self.outbuf += data
 
 
+DEFAULT_LEASE = 32  # quota calls a worker claims at a time when [database] quota_lease = auto
+
+
+def server_workers(cfg):
+    return cfg.server.workers or os.cpu_count() or 1
+
+
+def lease_block(cfg):
+    """Quota calls claimed at a time; workers sharing a database always lease (on SQLite, a
+    verdict's group transaction would hold the file locked from the other workers)."""
+    if cfg.database.quota_lease is not None:
+        return cfg.database.quota_lease
+    return DEFAULT_LEASE if server_workers(cfg) > 1 else 0
+
+
+def listening_socket(item, reuse_port=False):
+    """A socket bound to one [server] listen item (transport, host, port); UserError if it cannot be."""
+    transport, host, port = item
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM)
+    if transport == "tcp":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {format_listen(item)}: {exc.strerror}"
+                        + (" (another TFPS or SIP server runs there?)" if exc.errno == errno.EADDRINUSE else "")) from None
+    return sock
+
+
+def probe_listeners(listen):
+    """Bind every listen item without SO_REUSEPORT and let go: fails when anybody holds one, so
+    that workers sharing the port never join another server's group silently."""
+    for item in listen:
+        listening_socket(item).close()
+
+
+class Supervisor:
+    """[server] workers > 1: that many worker processes, each a Server with its own loop and
+    database connection on the same ports (SO_REUSEPORT). The kernel picks a port's socket by
+    the peer's address and port, so a peer's retransmissions from one port reach the worker
+    that holds their transaction. A worker that dies is started again; SIGTERM, SIGINT and
+    SIGHUP are passed on to the workers."""
+
+    RESTART_PAUSE = 1.0  # a worker that exits sooner after its start cannot serve: stop them all
+
+    def __init__(self, cfg, run_worker):
+        self.cfg = cfg
+        self.run_worker = run_worker   # run_worker(number) -> exit status, in the worker process
+        self.workers = {}              # pid -> (worker number, when started)
+        self.stopping = False
+
+    def run(self):
+        probe_listeners(self.cfg.server.listen)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._pass_on)
+        for number in range(server_workers(self.cfg)):
+            self._start(number)
+        log.info("supervising %d workers", len(self.workers))
+        failed = False
+        while self.workers:
+            pid, status = os.wait()
+            if pid not in self.workers:
+                continue
+            number, started = self.workers.pop(pid)
+            if self.stopping:
+                continue
+            how = f"exited with status {os.waitstatus_to_exitcode(status)}" if os.WIFEXITED(status) else \
+                  f"was killed by signal {os.WTERMSIG(status)}"
+            lived = time.monotonic() - started
+            if os.WIFEXITED(status) and lived < self.RESTART_PAUSE:  # it could not start (a port, the database)
+                log.error("worker %d (pid %d) %s at once: stopping the others", number, pid, how)
+                failed = True
+                self._pass_on(signal.SIGTERM)
+                continue
+            log.error("worker %d (pid %d) %s; starting it again", number, pid, how)
+            time.sleep(max(0.0, self.RESTART_PAUSE - lived))  # a worker killed over and over costs no busy loop
+            self._start(number)
+        return 1 if failed else 0
+
+    def _start(self, number):
+        pid = os.fork()
+        if pid == 0:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)
+            status = 1
+            try:
+                status = self.run_worker(number)
+            except UserError as exc:
+                log.error("worker %d: %s", number, exc)
+                status = 2
+            except BaseException:
+                log.exception("worker %d failed", number)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        self.workers[pid] = (number, time.monotonic())
+
+    def _pass_on(self, signum, _frame=None):
+        if signum != signal.SIGHUP:
+            self.stopping = True
+        for pid in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+
 class Server:
     def __init__(self, cfg, db, config_path=None):
         self.cfg = cfg
         self.config_path = config_path
         self.db = db
-        leases = LeasedCounters(db, cfg.database, f"{cfg.server.node_name}/{os.getpid()}") if cfg.database.quota_lease else None
+        block = lease_block(cfg)
+        leases = LeasedCounters(db, f"{cfg.server.node_name}/{os.getpid()}", block, cfg.database.lease_ttl) if block else None
         self.engine = Engine(cfg, db, counters=leases)
         self.metrics = Metrics()
         self.sip = SipService(cfg.server, self.metrics)
@@ -4841,21 +4950,16 @@ class Server:
     def bind(self):
         """Every listener, before anything is served; none if one cannot be had. SO_REUSEADDR
         only on TCP (a restart must not wait for TIME_WAIT): on UDP it would let a second
-        instance take the port silently."""
-        for transport, host, port in self.cfg.server.listen:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-            sock = socket.socket(family, kind)
-            if transport == "tcp":
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        instance take the port silently. Several workers share each port with SO_REUSEPORT; the
+        supervisor made sure beforehand that nobody else holds it (probe_listeners)."""
+        for item in self.cfg.server.listen:
             try:
-                sock.bind((host, port))
-            except OSError as exc:
-                sock.close()
+                sock = listening_socket(item, reuse_port=server_workers(self.cfg) > 1)
+            except UserError:
                 for bound in self.listeners:
                     bound.close()
-                raise UserError(f"cannot listen on {format_listen((transport, host, port))}: {exc.strerror}"
-                                + (" (another TFPS or SIP server runs there?)" if exc.errno == errno.EADDRINUSE else "")) from None
+                raise
+            transport, host, _ = item
             sock.setblocking(False)
             if transport == "udp":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -6515,9 +6619,17 @@ def load_config(args):
 def cmd_serve(args, cfg):
     setup_logging(cfg.server.log_level)
     open_database(cfg.database.url).close()  # the schema, created or migrated with the CLI's patience
+    config_path = args.config or default_config_path()
+    if server_workers(cfg) == 1:
+        return serve_worker(cfg, config_path, http=True)
+    # one HTTP interface, in worker 0: its port is not shared
+    return Supervisor(cfg, lambda number: serve_worker(cfg, config_path, http=number == 0)).run()
+
+
+def serve_worker(cfg, config_path, http):
     db = Database(cfg.database.url, timeout=cfg.database.timeout)
-    server = Server(cfg, db, args.config or default_config_path())
-    api = HttpInterface(server) if cfg.http.listen else None
+    server = Server(cfg, db, config_path)
+    api = HttpInterface(server) if http and cfg.http.listen else None
     if api:
         api.start()
     try:

@@ -21,7 +21,7 @@ def leased_engine(url, node, block, ttl="30s"):
     cfg.set("database", "quota_lease", str(block))
     cfg.set("database", "lease_ttl", ttl)
     db = tfps.open_database(url)
-    return tfps.Engine(cfg, db, counters=tfps.LeasedCounters(db, cfg.database, node))
+    return tfps.Engine(cfg, db, counters=tfps.LeasedCounters(db, node, block, cfg.database.lease_ttl))
 
 
 def approved_in_database(url, account_id):

@@ -2314,10 +2314,11 @@ def claim_quota_lease(db, key, node, limit, block, now, expires):
     with db.transaction():
         db.insert_or_ignore("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": 0})
         approved = int(db.one_for_update(f"SELECT approved FROM daily_counters WHERE {where}", key)[0])
-        db.execute(f"DELETE FROM quota_leases WHERE {where} AND expires <= ?", (*key, now))
-        leases = db.query(f"SELECT node, calls FROM quota_leases WHERE {where}", key)
-        mine = sum(int(calls) for holder, calls in leases if holder == node)
-        others = sum(int(calls) for holder, calls in leases if holder != node)
+        leases = db.query(f"SELECT node, calls, expires FROM quota_leases WHERE {where}", key)
+        if any(expires <= now for _holder, _calls, expires in leases):
+            db.execute(f"DELETE FROM quota_leases WHERE {where} AND expires <= ?", (*key, now))
+        mine = sum(int(calls) for holder, calls, expires in leases if holder == node and expires > now)
+        others = sum(int(calls) for holder, calls, expires in leases if holder != node and expires > now)
         granted = max(0, min(block, limit - approved - others - mine))
         if granted:
             db.upsert("quota_leases", {"account_id": account_id, "day": day, "bucket": bucket, "node": node,

@@ -3503,6 +3503,8 @@ class Engine:
         self.offhours = {}     # account id -> times of approved off-hours calls in the last 10 minutes
         self.today = {}    # (account id, day) -> approved calls, for anomaly alerts
         self.seen = set()  # (account id, 'src'|'dst', iso) known to be in account_seen
+        # with counters written behind, first-seen countries are too (one commit a flush, not one a verdict)
+        self.unseen = [] if isinstance(self.counters, LeasedCounters) else None  # (call, direction, iso)
         self.reload()
 
     # -- data kept in memory; reloaded when the change serial moves ---------------------------
@@ -3751,10 +3753,10 @@ class Engine:
                 if len(self.seen) >= MAX_CACHED:
                     self.seen.clear()
                 self.seen.add((acc.id, direction, iso))
-                if mark_first_seen(self.db, acc.id, direction, iso, call.now) and acc.created < call.now - 86400:  # a normal to differ from
-                    what = "to the new destination" if direction == "dst" else "from the new source country"
-                    self._anomaly(call, f"NEW_{direction.upper()}_{iso}", f"first call {what} {self.countries.label(iso)}",
-                                  f"If expected, nothing to do; if not: {PROG} block {acc.user} {acc.domain}")
+                if self.unseen is None:
+                    self._mark_first_seen(call, direction, iso)
+                else:
+                    self.unseen.append((call, direction, iso))
         threshold = acc.anomaly_daily
         if threshold is not None:
             self._check_daily_volume(call, threshold)
@@ -3765,6 +3767,13 @@ class Engine:
             if burst == p.offhours_burst:
                 self._anomaly(call, "OFFHOURS_BURST", f"{burst} off-hours calls within 10 minutes",
                               f"{PROG} block {acc.user} {acc.domain}")
+
+    def _mark_first_seen(self, call, direction, iso):
+        acc = call.account
+        if mark_first_seen(self.db, acc.id, direction, iso, call.now) and acc.created < call.now - 86400:  # a normal to differ from
+            what = "to the new destination" if direction == "dst" else "from the new source country"
+            self._anomaly(call, f"NEW_{direction.upper()}_{iso}", f"first call {what} {self.countries.label(iso)}",
+                          f"If expected, nothing to do; if not: {PROG} block {acc.user} {acc.domain}")
 
     def _check_daily_volume(self, call, threshold):
         acc, p = call.account, self.cfg.policy
@@ -3828,7 +3837,8 @@ class Engine:
 
     def flush(self, now=None):
         """Make the verdicts' counters durable (SQLite: the group transaction), then write the
-        buffered call log rows, last-seen times and alerts in a transaction of their own: a call
+        buffered call log rows, last-seen times, first-seen countries (with counters written
+        behind) and alerts in a transaction of their own: a call
         log that cannot be written never takes the counters with it. Rows stay buffered while
         the database is unavailable; a row the database refuses is logged and dropped alone."""
         if self.db.in_transaction:
@@ -3836,17 +3846,24 @@ class Engine:
         self.counters.write_behind(now or time.time())
         rows, self.log_rows = self.log_rows, []
         seen, self.last_seen = self.last_seen, {}
-        if not (rows or seen or self.alerts.events):
+        unseen, self.unseen = self.unseen, [] if self.unseen is not None else None
+        if not (rows or seen or unseen or self.alerts.events):
             return
+        events = len(self.alerts.events)
         try:
             self.db.begin()
             self._insert_call_log(rows)
             update_last_seen(self.db, sorted(seen.items()))
+            for first in unseen or ():
+                self._mark_first_seen(*first)
             self.alerts.write(self.db, now or time.time())
             self.db.commit()
             self.alerts.events = []
         except BaseException as exc:
             self.db.rollback(exc)
+            del self.alerts.events[events:]
+            if unseen:
+                self.unseen[:0] = unseen
             self.log_rows[:0] = rows
             self._bound_log_rows()
             for account_id, ts in seen.items():

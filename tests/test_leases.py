@@ -123,6 +123,27 @@ def test_a_node_that_finds_the_quota_leased_gets_it_back_from_the_holder(db_url)
         b.db.close()
 
 
+def test_first_seen_countries_are_written_behind_with_their_alert(db_url):
+    """With leases a verdict writes nothing: the account's first call to a country is marked in
+    account_seen, and its NEW_DST notice queued, by the next flush."""
+    ids = create_accounts(db_url, ["f1"], daily_quota=5, daily_quota_off=5)
+    db = tfps.open_database(db_url)
+    db.execute("UPDATE accounts SET created = created - 3 * 86400")
+    db.close()
+    engine = leased_engine(db_url, "f", 4)
+    engine.cfg.alerts.alert_webhook = "http://127.0.0.1:9/hook"   # queued in the outbox, never sent here
+    try:
+        assert engine.decide(tfps.CallAttempt("f1", DOMAIN, "12125550100", ts=time.time())).code == "A00"
+        seen = "SELECT direction, iso FROM account_seen WHERE account_id = ?"
+        assert list(engine.db.query(seen, (ids["f1"],))) == []
+        assert not [e for e in engine.alerts.events if e.rule == "NEW_DST_US"]
+        engine.flush()
+        assert [tuple(row) for row in engine.db.query(seen, (ids["f1"],))] == [("dst", "US")]
+        assert engine.db.scalar("SELECT COUNT(*) FROM alert_outbox WHERE subject LIKE '%first call to the new destination%'") == 1
+    finally:
+        engine.db.close()
+
+
 def race(nodes, users, calls_per_thread, threads_per_node=3):
     return race_nodes(nodes, users, calls_per_thread, threads_per_node)
 

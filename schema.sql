@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS meta (
   value BIGINT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
-INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 2);
+INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 3);
 -- Moved by every change of accounts or lists (see the triggers below); servers poll them.
 INSERT IGNORE INTO meta (name, value) VALUES ('accounts_serial', 0);
 INSERT IGNORE INTO meta (name, value) VALUES ('lists_serial', 0);
@@ -49,6 +49,23 @@ CREATE TABLE IF NOT EXISTS daily_counters (
   bucket CHAR(3) NOT NULL,
   approved INT NOT NULL DEFAULT 0,
   PRIMARY KEY (account_id, day, bucket)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Blocks of an account's daily quota claimed by a node ([database] quota_lease) and not yet
+-- written to daily_counters: spent or unspent. approved + the calls of live leases never exceed
+-- the quota. `expires` moves forward at each write-behind; an expired lease (a node killed)
+-- is given back by the next claim. `wanted`: another node found the quota taken and asks for the
+-- unspent part back.
+CREATE TABLE IF NOT EXISTS quota_leases (
+  account_id BIGINT NOT NULL,
+  day CHAR(10) NOT NULL,
+  bucket CHAR(3) NOT NULL,
+  node VARCHAR(128) NOT NULL,
+  calls INT NOT NULL DEFAULT 0,
+  expires DOUBLE NOT NULL,
+  wanted INT NOT NULL DEFAULT 0,
+  PRIMARY KEY (account_id, day, bucket, node),
+  INDEX idx_quota_leases_node (node)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Calls approved per account, calendar day and destination country while the country was new

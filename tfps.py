@@ -559,6 +559,7 @@ CONFIG_SPEC = {
         "max_transactions": (_integer(100, 10_000_000), "100000", "SIP transactions held at most; past it new requests get 500"),
         "resend_bytes_per_source": (_integer(1024, 1 << 30), "65536", "bytes of retransmitted responses per second at most to one source address"),
         "node_name": (_name(64), "", "this node's name in the call log; empty = the host name"),
+        "workers": (_auto_or(_integer(1, 256)), "auto", "processes serving the listen ports (SO_REUSEPORT), each with its own loop and database connection; auto = the number of CPUs; 1 = one process"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info", "log verbosity on stderr"),
         "log_verdicts": (_boolean, "yes", "one log line per verdict"),
     },
@@ -569,6 +570,8 @@ CONFIG_SPEC = {
         "timeout": (_duration(0.05, 60), "0.5s", "longest the server waits to connect, read or write (MySQL); past it the database counts as down"),
         "failure": (_choice("continue", "reject"), "continue", "while the database is down: continue (verdicts from memory) or reject (500)"),
         "max_unflushed_rows": (_integer(1000, 10_000_000), "200000", "call log rows held in memory while the database is down; past it the oldest are dropped"),
+        "quota_lease": (_auto_or(_integer(0, 100_000)), "auto", "calls of an account's daily quota a server claims at a time and spends from memory, written behind every flush_interval; 0 = a database statement per verdict; auto = 0 with one worker, 32 with several"),
+        "lease_ttl": (_duration(2, 3600), "30s", "unspent quota leases of a server that stopped renewing them (killed) go back to the others after this long"),
     },
     "policy": {
         "home_country": (_country, "US", "ISO code of the country the PBX is in"),
@@ -1763,11 +1766,15 @@ class Database:
     def upsert(self, table, values, keys, update):
         """INSERT a row or, on a key conflict, run `update` (an assignment list in which
         NEW(col) names the value that was to be inserted). Returns the cursor."""
-        shape = (table, tuple(values), tuple(keys), update)
+        return self.execute(self.upsert_text(table, tuple(values), tuple(keys), update), tuple(values.values()))
+
+    def upsert_text(self, table, columns, keys, update):
+        """The statement of upsert(), in this dialect, for execute() or executemany()."""
+        shape = (table, tuple(columns), tuple(keys), update)
         text = self._translated.get(shape)
         if text is None:
-            cols = ", ".join(values)
-            marks = ", ".join("?" * len(values))
+            cols = ", ".join(columns)
+            marks = ", ".join("?" * len(columns))
             if self.dialect == "sqlite":
                 update = re.sub(r"NEW\((\w+)\)", r"excluded.\1", update)
                 text = f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}"
@@ -1775,7 +1782,23 @@ class Database:
                 update = re.sub(r"NEW\((\w+)\)", r"VALUES(\1)", update)
                 text = f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {update}"
             self._translated[shape] = text
-        return self.execute(text, tuple(values.values()))
+        return text
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """A transaction of its own, committed at the end of the block (SQLite: a savepoint when
+        a group transaction is open already, made durable by its commit)."""
+        if self.in_transaction:
+            with self.savepoint("own"):
+                yield
+            return
+        self.begin()
+        try:
+            yield
+            self.commit()
+        except BaseException as exc:
+            self.rollback(exc)
+            raise
 
     def probe(self):
         """Raise unless the database answers and, for SQLite, can be written."""
@@ -1971,6 +1994,7 @@ def clear_account_counters(db, account_id, day):
     """Forget the account's approved calls of `day`, its A->B pairs and its per-minute window.
     Returns (daily counter rows, A->B pairs) deleted."""
     counters = db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ?", (account_id, day)).rowcount
+    db.execute("DELETE FROM quota_leases WHERE account_id = ? AND day = ?", (account_id, day))
     pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (account_id,)).rowcount
     db.execute("DELETE FROM rate_windows WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM new_destination_days WHERE account_id = ?", (account_id,))
@@ -1979,8 +2003,8 @@ def clear_account_counters(db, account_id, day):
 
 def delete_account(db, account_id):
     """The account and every row kept for it, except its calls in call_log."""
-    for table in ("daily_counters", "new_destination_days", "ab_pairs", "rate_windows", "account_seen", "account_days",
-                  "account_day_countries"):
+    for table in ("daily_counters", "quota_leases", "new_destination_days", "ab_pairs", "rate_windows", "account_seen",
+                  "account_days", "account_day_countries"):
         db.execute(f"DELETE FROM {table} WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
 
@@ -2232,6 +2256,7 @@ def purge_rows(db, *, call_log_before, counter_day_before, new_destination_day_b
     for table, where, args in (
             ("call_log", "ts < ?", (call_log_before,)),
             ("daily_counters", "day < ?", (counter_day_before,)),
+            ("quota_leases", "day < ?", (counter_day_before,)),
             ("new_destination_days", "day < ?", (new_destination_day_before,)),
             ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (ab_pairs_before, now)),
             ("rate_windows", "last_call < ?", (rate_windows_before,)),
@@ -2304,6 +2329,59 @@ def approved_calls(db, account_id, day, bucket=None):
                              (account_id, day), default=0))
     return db.scalar("SELECT approved FROM daily_counters WHERE account_id = ? AND day = ? AND bucket = ?",
                      (account_id, day, bucket), default=0)
+
+
+def claim_quota_lease(db, key, node, limit, block, now, expires):
+    """Claim up to `block` more calls of the daily quota `limit` of key (account id, day, bucket)
+    for `node`, in one transaction that holds the counter row locked (racing claims take turns):
+    what is left is the limit less the approved calls and every live lease, this node's own
+    included. Expired leases (their node stopped renewing them) are given back first. When less
+    than `block` is left, the other nodes holding calls are asked to give back what they have
+    not spent (`wanted`). Returns (calls granted, the approved calls and other nodes' live leases)."""
+    account_id, day, bucket = key
+    where = "account_id = ? AND day = ? AND bucket = ?"
+    with db.transaction():
+        db.insert_or_ignore("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": 0})
+        approved = int(db.one_for_update(f"SELECT approved FROM daily_counters WHERE {where}", key)[0])
+        leases = db.query(f"SELECT node, calls, expires FROM quota_leases WHERE {where}", key)
+        if any(expires <= now for _holder, _calls, expires in leases):
+            db.execute(f"DELETE FROM quota_leases WHERE {where} AND expires <= ?", (*key, now))
+        mine = sum(int(calls) for holder, calls, expires in leases if holder == node and expires > now)
+        others = sum(int(calls) for holder, calls, expires in leases if holder != node and expires > now)
+        granted = max(0, min(block, limit - approved - others - mine))
+        if granted:
+            db.upsert("quota_leases", {"account_id": account_id, "day": day, "bucket": bucket, "node": node,
+                                       "calls": granted, "expires": expires},
+                      ["account_id", "day", "bucket", "node"], "calls = calls + NEW(calls), expires = NEW(expires)")
+        if granted < block and others:
+            db.execute(f"UPDATE quota_leases SET wanted = 1 WHERE {where} AND node <> ? AND calls > 0", (*key, node))
+    return granted, approved + others
+
+
+def settle_quota_leases(db, node, spent, counted, returned, held, expires):
+    """A node's write-behind, in one transaction: calls spent from its leases move to
+    daily_counters ({key: calls}); calls approved outside a lease (no quota, or over it while
+    learning) are added there; unspent calls leave the leases: those `returned`, and all of
+    `held` ({key: calls}) where another node asked for them (`wanted`); its other leases are
+    renewed until `expires`. Returns (the keys of its leases still held, {key: calls given back
+    because they were wanted})."""
+    with db.transaction():
+        wanted = {(account_id, day, bucket) for account_id, day, bucket in db.query(
+            "SELECT account_id, day, bucket FROM quota_leases WHERE node = ? AND wanted = 1", (node,))}
+        given = {key: held[key] for key in wanted if held.get(key)}
+        approved = {key: spent.get(key, 0) + counted.get(key, 0) for key in spent.keys() | counted.keys()}
+        db.executemany(db.upsert_text("daily_counters", ("account_id", "day", "bucket", "approved"),
+                                      ("account_id", "day", "bucket"), "approved = approved + NEW(approved)"),
+                       [(*key, calls) for key, calls in sorted(approved.items()) if calls])
+        released = {key: spent.get(key, 0) + returned.get(key, 0) + given.get(key, 0)
+                    for key in spent.keys() | returned.keys() | given.keys()}
+        db.executemany("UPDATE quota_leases SET calls = calls - ?, wanted = 0 WHERE account_id = ? AND day = ? "
+                       "AND bucket = ? AND node = ?", [(calls, *key, node) for key, calls in sorted(released.items())])
+        db.execute("DELETE FROM quota_leases WHERE node = ? AND calls <= 0", (node,))
+        db.execute("UPDATE quota_leases SET expires = ?, wanted = 0 WHERE node = ?", (expires, node))
+        leases = {(account_id, day, bucket) for account_id, day, bucket in db.query(
+            "SELECT account_id, day, bucket FROM quota_leases WHERE node = ?", (node,))}
+    return leases, given
 
 
 def mark_first_seen(db, account_id, direction, iso, now):
@@ -3284,6 +3362,10 @@ class SharedCounters:
     def approved(self, account_id, day, bucket=None):
         return approved_calls(self.db, account_id, day, bucket)
 
+    @staticmethod
+    def write_behind(now, release=False):
+        """Nothing to write: each verdict committed its counters."""
+
 
 class PrivateCounters:
     """The same counters in memory, for a database no other process uses (a replay into a fresh
@@ -3352,6 +3434,90 @@ class PrivateCounters:
             return self.daily.get((account_id, day, "biz"), 0) + self.daily.get((account_id, day, "off"), 0)
         return self.daily.get((account_id, day, bucket), 0)
 
+    @staticmethod
+    def write_behind(now, release=False):
+        """Nothing to write: nobody else reads these counters."""
+
+
+class LeasedCounters(PrivateCounters):
+    """Counters decided from memory ([database] quota_lease > 0), for a server. The daily quota
+    is spent from blocks (leases) of it claimed in the database, one transaction per block, so it
+    holds exactly across nodes and workers; the calls spent are written behind every
+    flush_interval (write_behind). The per-minute, A->B and new-destination windows are this
+    process's own (PrivateCounters): each node or worker enforces them on the calls it answers."""
+
+    def __init__(self, db, node, block, ttl):
+        super().__init__()
+        self.db, self.node, self.block, self.ttl = db, node, block, ttl
+        self.held = {}      # (account id, day, bucket) -> calls of this node's lease not spent yet
+        self.in_use = {}    # key -> approved calls known: in the database, spent or counted here since
+        self.spent = {}     # key -> calls spent from the lease since the last write-behind
+        self.counted = {}   # key -> calls approved outside a lease since the last write-behind
+        self.returned = {}  # key -> unspent calls to give back at the next write-behind
+        self.claims = 0
+
+    def approved(self, account_id, day, bucket=None):
+        if bucket is None:
+            return self.approved(account_id, day, "biz") + self.approved(account_id, day, "off")
+        key = (account_id, day, bucket)
+        if key not in self.in_use:
+            self.in_use[key] = approved_calls(self.db, account_id, day, bucket) + self.spent.get(key, 0) + self.counted.get(key, 0)
+        return self.in_use[key]
+
+    def take_quota(self, account_id, day, bucket, limit):
+        key = (account_id, day, bucket)
+        if not self.held.get(key):
+            now = time.time()
+            granted, in_use = claim_quota_lease(self.db, key, self.node, limit, self.block, now, now + self.ttl)
+            self.claims += 1
+            self.held[key] = granted
+            # nothing left here: calls are refused until the next write-behind reads the count again
+            self.in_use[key] = in_use + self.spent.get(key, 0) + self.counted.get(key, 0) if granted else limit
+            if not granted:
+                return False
+        self.held[key] -= 1
+        self.spent[key] = self.spent.get(key, 0) + 1
+        self.in_use[key] += 1
+        return True
+
+    def count_approved(self, account_id, day, bucket, calls=1):
+        key = (account_id, day, bucket)
+        self.counted[key] = self.counted.get(key, 0) + calls
+        if key in self.in_use:
+            self.in_use[key] += calls
+
+    def write_behind(self, now, release=False):
+        """Write the calls spent and counted since the last time, renew this node's leases and
+        give back what another node asked for, leases of past days and, with `release` (the
+        server stops), every unspent call. Counts of keys with nothing held are read again on
+        their next call, so that calls given back by other nodes, or a reset, are seen."""
+        newest = max((key[1] for key in self.held), default="")
+        for key, held in self.held.items():
+            if held and (release or key[1] < newest):
+                self.returned[key] = self.returned.get(key, 0) + held
+                self.held[key] = 0
+        if not (self.spent or self.counted or self.returned or any(self.held.values())):
+            self.in_use.clear()
+            self.held.clear()
+            return
+        spent, counted, returned = self.spent, self.counted, self.returned
+        self.spent, self.counted, self.returned = {}, {}, {}
+        try:
+            leases, given = settle_quota_leases(self.db, self.node, spent, counted, returned, self.held, now + self.ttl)
+        except BaseException:
+            for mine, kept in ((self.spent, spent), (self.counted, counted), (self.returned, returned)):
+                for key, calls in kept.items():
+                    mine[key] = mine.get(key, 0) + calls
+            raise
+        for key in given:
+            self.held[key] = 0
+        for key in list(self.held):
+            if key not in leases or not self.held[key] or key[1] < newest:
+                del self.held[key]
+                self.in_use.pop(key, None)
+        for key in [key for key in self.in_use if key not in self.held]:
+            del self.in_use[key]
+
 
 MAX_CACHED = 200000  # accounts (and first-seen countries) kept in memory; past it the cache starts over
 
@@ -3373,6 +3539,8 @@ class Engine:
         self.offhours = {}     # account id -> times of approved off-hours calls in the last 10 minutes
         self.today = {}    # (account id, day) -> approved calls, for anomaly alerts
         self.seen = set()  # (account id, 'src'|'dst', iso) known to be in account_seen
+        # with counters written behind, first-seen countries are too (one commit a flush, not one a verdict)
+        self.unseen = [] if isinstance(self.counters, LeasedCounters) else None  # (call, direction, iso)
         self.reload()
 
     # -- data kept in memory; reloaded when the change serial moves ---------------------------
@@ -3448,7 +3616,7 @@ class Engine:
     def use_database(self, db):
         """Go on with another connection to the same database (the server reconnects on a thread)."""
         self.db = db
-        if isinstance(self.counters, SharedCounters):
+        if isinstance(self.counters, (SharedCounters, LeasedCounters)):
             self.counters.db = db
 
     def charge_outage_counts(self):
@@ -3628,10 +3796,10 @@ class Engine:
                 if len(self.seen) >= MAX_CACHED:
                     self.seen.clear()
                 self.seen.add((acc.id, direction, iso))
-                if mark_first_seen(self.db, acc.id, direction, iso, call.now) and acc.created < call.now - 86400:  # a normal to differ from
-                    what = "to the new destination" if direction == "dst" else "from the new source country"
-                    self._anomaly(call, f"NEW_{direction.upper()}_{iso}", f"first call {what} {self.countries.label(iso)}",
-                                  f"If expected, nothing to do; if not: {PROG} block {acc.user} {acc.domain}")
+                if self.unseen is None:
+                    self._mark_first_seen(call, direction, iso)
+                else:
+                    self.unseen.append((call, direction, iso))
         threshold = acc.anomaly_daily
         if threshold is not None:
             self._check_daily_volume(call, threshold)
@@ -3642,6 +3810,13 @@ class Engine:
             if burst == p.offhours_burst:
                 self._anomaly(call, "OFFHOURS_BURST", f"{burst} off-hours calls within 10 minutes",
                               f"{PROG} block {acc.user} {acc.domain}")
+
+    def _mark_first_seen(self, call, direction, iso):
+        acc = call.account
+        if mark_first_seen(self.db, acc.id, direction, iso, call.now) and acc.created < call.now - 86400:  # a normal to differ from
+            what = "to the new destination" if direction == "dst" else "from the new source country"
+            self._anomaly(call, f"NEW_{direction.upper()}_{iso}", f"first call {what} {self.countries.label(iso)}",
+                          f"If expected, nothing to do; if not: {PROG} block {acc.user} {acc.domain}")
 
     def _check_daily_volume(self, call, threshold):
         acc, p = call.account, self.cfg.policy
@@ -3705,24 +3880,33 @@ class Engine:
 
     def flush(self, now=None):
         """Make the verdicts' counters durable (SQLite: the group transaction), then write the
-        buffered call log rows, last-seen times and alerts in a transaction of their own: a call
+        buffered call log rows, last-seen times, first-seen countries (with counters written
+        behind) and alerts in a transaction of their own: a call
         log that cannot be written never takes the counters with it. Rows stay buffered while
         the database is unavailable; a row the database refuses is logged and dropped alone."""
         if self.db.in_transaction:
             self.db.commit()
+        self.counters.write_behind(now or time.time())
         rows, self.log_rows = self.log_rows, []
         seen, self.last_seen = self.last_seen, {}
-        if not (rows or seen or self.alerts.events):
+        unseen, self.unseen = self.unseen, [] if self.unseen is not None else None
+        if not (rows or seen or unseen or self.alerts.events):
             return
+        events = len(self.alerts.events)
         try:
             self.db.begin()
             self._insert_call_log(rows)
             update_last_seen(self.db, sorted(seen.items()))
+            for first in unseen or ():
+                self._mark_first_seen(*first)
             self.alerts.write(self.db, now or time.time())
             self.db.commit()
             self.alerts.events = []
         except BaseException as exc:
             self.db.rollback(exc)
+            del self.alerts.events[events:]
+            if unseen:
+                self.unseen[:0] = unseen
             self.log_rows[:0] = rows
             self._bound_log_rows()
             for account_id, ts in seen.items():
@@ -4673,12 +4857,123 @@ class TcpConnection:
         self.outbuf += data
 
 
+DEFAULT_LEASE = 32  # quota calls a worker claims at a time when [database] quota_lease = auto
+
+
+def server_workers(cfg):
+    return cfg.server.workers or os.cpu_count() or 1
+
+
+def lease_block(cfg):
+    """Quota calls claimed at a time; workers sharing a database always lease (on SQLite, a
+    verdict's group transaction would hold the file locked from the other workers)."""
+    if cfg.database.quota_lease is not None:
+        return cfg.database.quota_lease
+    return DEFAULT_LEASE if server_workers(cfg) > 1 else 0
+
+
+def listening_socket(item, reuse_port=False):
+    """A socket bound to one [server] listen item (transport, host, port); UserError if it cannot be."""
+    transport, host, port = item
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM)
+    if transport == "tcp":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {format_listen(item)}: {exc.strerror}"
+                        + (" (another TFPS or SIP server runs there?)" if exc.errno == errno.EADDRINUSE else "")) from None
+    return sock
+
+
+def probe_listeners(listen):
+    """Bind every listen item without SO_REUSEPORT and let go: fails when anybody holds one, so
+    that workers sharing the port never join another server's group silently."""
+    for item in listen:
+        listening_socket(item).close()
+
+
+class Supervisor:
+    """[server] workers > 1: that many worker processes, each a Server with its own loop and
+    database connection on the same ports (SO_REUSEPORT). The kernel picks a port's socket by
+    the peer's address and port, so a peer's retransmissions from one port reach the worker
+    that holds their transaction. A worker that dies is started again; SIGTERM, SIGINT and
+    SIGHUP are passed on to the workers."""
+
+    RESTART_PAUSE = 1.0  # a worker that exits sooner after its start cannot serve: stop them all
+
+    def __init__(self, cfg, run_worker):
+        self.cfg = cfg
+        self.run_worker = run_worker   # run_worker(number) -> exit status, in the worker process
+        self.workers = {}              # pid -> (worker number, when started)
+        self.stopping = False
+
+    def run(self):
+        probe_listeners(self.cfg.server.listen)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._pass_on)
+        for number in range(server_workers(self.cfg)):
+            self._start(number)
+        log.info("supervising %d workers", len(self.workers))
+        failed = False
+        while self.workers:
+            pid, status = os.wait()
+            if pid not in self.workers:
+                continue
+            number, started = self.workers.pop(pid)
+            if self.stopping:
+                continue
+            how = f"exited with status {os.waitstatus_to_exitcode(status)}" if os.WIFEXITED(status) else \
+                  f"was killed by signal {os.WTERMSIG(status)}"
+            lived = time.monotonic() - started
+            if os.WIFEXITED(status) and lived < self.RESTART_PAUSE:  # it could not start (a port, the database)
+                log.error("worker %d (pid %d) %s at once: stopping the others", number, pid, how)
+                failed = True
+                self._pass_on(signal.SIGTERM)
+                continue
+            log.error("worker %d (pid %d) %s; starting it again", number, pid, how)
+            time.sleep(max(0.0, self.RESTART_PAUSE - lived))  # a worker killed over and over costs no busy loop
+            self._start(number)
+        return 1 if failed else 0
+
+    def _start(self, number):
+        pid = os.fork()
+        if pid == 0:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)
+            status = 1
+            try:
+                status = self.run_worker(number)
+            except UserError as exc:
+                log.error("worker %d: %s", number, exc)
+                status = 2
+            except BaseException:
+                log.exception("worker %d failed", number)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        self.workers[pid] = (number, time.monotonic())
+
+    def _pass_on(self, signum, _frame=None):
+        if signum != signal.SIGHUP:
+            self.stopping = True
+        for pid in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+
 class Server:
     def __init__(self, cfg, db, config_path=None):
         self.cfg = cfg.freeze()
         self.config_path = config_path
         self.db = db
-        self.engine = Engine(cfg, db)
+        block = lease_block(cfg)
+        leases = LeasedCounters(db, f"{cfg.server.node_name}/{os.getpid()}", block, cfg.database.lease_ttl) if block else None
+        self.engine = Engine(cfg, db, counters=leases)
         self.metrics = Metrics()
         self.sip = SipService(cfg.server, self.metrics)
         self.selector = selectors.DefaultSelector()
@@ -4716,21 +5011,16 @@ class Server:
     def bind(self):
         """Every listener, before anything is served; none if one cannot be had. SO_REUSEADDR
         only on TCP (a restart must not wait for TIME_WAIT): on UDP it would let a second
-        instance take the port silently."""
-        for transport, host, port in self.cfg.server.listen:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-            sock = socket.socket(family, kind)
-            if transport == "tcp":
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        instance take the port silently. Several workers share each port with SO_REUSEPORT; the
+        supervisor made sure beforehand that nobody else holds it (probe_listeners)."""
+        for item in self.cfg.server.listen:
             try:
-                sock.bind((host, port))
-            except OSError as exc:
-                sock.close()
+                sock = listening_socket(item, reuse_port=server_workers(self.cfg) > 1)
+            except UserError:
                 for bound in self.listeners:
                     bound.close()
-                raise UserError(f"cannot listen on {format_listen((transport, host, port))}: {exc.strerror}"
-                                + (" (another TFPS or SIP server runs there?)" if exc.errno == errno.EADDRINUSE else "")) from None
+                raise
+            transport, host, _ = item
             sock.setblocking(False)
             if transport == "udp":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -4898,6 +5188,7 @@ class Server:
         self.reputation.close()
         try:
             self.engine.flush()
+            self.engine.counters.write_behind(time.time(), release=True)
         except Exception as exc:
             log.error("stopping with %d call log row(s) unwritten: the database is unavailable: %s",
                       len(self.engine.log_rows), exc)
@@ -6398,9 +6689,17 @@ def load_config(args):
 def cmd_serve(args, cfg):
     setup_logging(cfg.server.log_level)
     open_database(cfg.database.url).close()  # the schema, created or migrated with the CLI's patience
+    config_path = args.config or default_config_path()
+    if server_workers(cfg) == 1:
+        return serve_worker(cfg, config_path, http=True)
+    # one HTTP interface, in worker 0: its port is not shared
+    return Supervisor(cfg, lambda number: serve_worker(cfg, config_path, http=number == 0)).run()
+
+
+def serve_worker(cfg, config_path, http):
     db = Database(cfg.database.url, timeout=cfg.database.timeout)
-    server = Server(cfg, db, args.config or default_config_path())
-    api = HttpInterface(server) if cfg.http.listen else None
+    server = Server(cfg, db, config_path)
+    api = HttpInterface(server) if http and cfg.http.listen else None
     if api:
         api.start()
     try:

@@ -14,6 +14,7 @@ in its own child process so that its RSS is its own.
     python3 bench/engine_bench.py --backend sqlite --verdicts 5000
     python3 bench/engine_bench.py --backend mysql --mysql mysql://root:@127.0.0.1:3306
     python3 bench/engine_bench.py --backend sqlite --profile   # + cProfile top functions
+    python3 bench/engine_bench.py --backend mysql --lease 32   # quota leases, as `serve` with workers
 
 Targets (issue 5): >= 10,000 verdicts/s on SQLite, MariaDB figure reported, RSS <= 100 MB.
 """
@@ -228,7 +229,7 @@ def populate(tfps, db, rng, now):
 
 # -- one backend, in this process ---------------------------------------------------------------
 
-def run_backend(backend, n, mysql_base, max_seconds, profile, seed, distinct_uas):
+def run_backend(backend, n, mysql_base, max_seconds, profile, seed, distinct_uas, lease=0):
     import tfps
     tfps.logging.getLogger("tfps").setLevel(tfps.logging.ERROR)
     rng = random.Random(seed)
@@ -252,7 +253,8 @@ def run_backend(backend, n, mysql_base, max_seconds, profile, seed, distinct_uas
         db = tfps.open_database(db_url)
         now = time.time()
         accounts, black, setup_s = populate(tfps, db, rng, now)
-        engine = tfps.Engine(cfg, db)
+        counters = tfps.LeasedCounters(db, "bench", lease, cfg.database.lease_ttl) if lease else None
+        engine = tfps.Engine(cfg, db, counters=counters)
         ua_pool = [good_ua(rng) for _ in range(distinct_uas)] if distinct_uas else None
         rss_before = vmrss_kb()
         log(f"[{backend}] setup {setup_s:.1f} s ({ACCOUNTS} accounts, {len(engine.lists.number_black.items)} prefixes, "
@@ -361,12 +363,14 @@ def main():
                          "firmware versions); 0 = a fresh random User-Agent on every call (worst case for the UA cache)")
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--lease", type=int, default=0,
+                    help="quota calls claimed at a time ([database] quota_lease), as a server with leases; 0 = a statement per verdict")
     ap.add_argument("--child", choices=("sqlite", "mysql"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child:
         result = run_backend(args.child, args.verdicts, args.mysql, args.max_seconds, args.profile, args.seed,
-                             args.distinct_uas)
+                             args.distinct_uas, args.lease)
         print(json.dumps(result))
         return 0
 
@@ -375,7 +379,7 @@ def main():
     for backend in backends:
         cmd = [sys.executable, __file__, "--child", backend, "--verdicts", str(args.verdicts), "--mysql", args.mysql,
                "--max-seconds", str(args.max_seconds), "--seed", str(args.seed),
-               "--distinct-uas", str(args.distinct_uas)] + (["--profile"] if args.profile else [])
+               "--distinct-uas", str(args.distinct_uas), "--lease", str(args.lease)] + (["--profile"] if args.profile else [])
         try:
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=args.max_seconds + 150)
         except subprocess.TimeoutExpired:

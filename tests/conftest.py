@@ -164,6 +164,7 @@ class TfpsServer:
         sections = {k: dict(v) for k, v in (sections or {}).items()}
         sections.setdefault("server", {}).setdefault("listen", f"udp:{host}:{self.port}, tcp:{host}:{self.port}")
         sections["server"].setdefault("mode", mode)
+        sections["server"].setdefault("workers", "1")  # tests of several workers say so
         sections.setdefault("database", {}).setdefault("url", db_url)
         self.config = write_config(tmp_path / f"tfps-{self.port}.conf", sections)
         self.log_path = tmp_path / f"serve-{self.port}.log"

@@ -345,7 +345,7 @@ def call_log_indexes(db):
 def test_a_schema_1_database_is_upgraded_on_open_and_trains(tmp_path, db_url):
     cfg, _ = make_config(tmp_path, **TRAIN_POLICY)
     db = tfps.open_database(db_url)
-    for table in AGGREGATE_TABLES + ("rate_windows",):
+    for table in AGGREGATE_TABLES + ("rate_windows", "quota_leases"):
         db.execute(f"DROP TABLE {table}")
     db.execute("DROP INDEX idx_call_log_user" + (" ON call_log" if db.dialect == "mysql" else ""))
     db.execute("CREATE INDEX idx_call_log_account ON call_log (account_id, ts)")   # version 1's, retired
@@ -354,8 +354,8 @@ def test_a_schema_1_database_is_upgraded_on_open_and_trains(tmp_path, db_url):
     db.close()
 
     db = tfps.open_database(db_url)
-    assert db.schema_version() == 2
-    assert set(AGGREGATE_TABLES) | {"rate_windows"} <= db.names("table")
+    assert db.schema_version() == 3
+    assert set(AGGREGATE_TABLES) | {"rate_windows", "quota_leases"} <= db.names("table")
     assert "idx_call_log_user" in call_log_indexes(db), "the index behind `show` and `calls --account`"
     assert "idx_call_log_account" not in call_log_indexes(db), "a retired index still costs every insert"
     assert {"day", "aggregated"} <= db.columns("history_days")

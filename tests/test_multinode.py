@@ -63,6 +63,27 @@ def two_threads(target, timeout=30):
         t.join(timeout)
 
 
+def race_nodes(nodes, users, calls_per_thread, threads_per_node):
+    """INVITEs from `threads_per_node` threads per node, all sent at once: accounts interleaved,
+    a distinct number each (no R13). Returns (port, user, status, code, reason) per INVITE."""
+    threads, results, errors = [], [], []
+    barrier = threading.Barrier(len(nodes) * threads_per_node)
+    serial = 0
+    for node in nodes:
+        for _ in range(threads_per_node):
+            calls = []
+            for _ in range(calls_per_thread):
+                calls.append((users[serial % len(users)], f"1212{serial:07d}"))
+                serial += 1
+            threads.append(threading.Thread(target=fire, args=(node.port, calls, barrier, results, errors)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return results
+
+
 def create_accounts(url, users, **limits):
     cfg = tfps.Config.load(None)
     cfg.set("policy", "learning_days", "0")
@@ -83,23 +104,9 @@ def test_two_nodes_never_exceed_the_daily_quota(mysql_url, start_server):
     policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
     nodes = [start_server(mysql_url, {"policy": policy, "server": {"node_name": name}}) for name in ("node-a", "node-b")]
 
-    threads, results, errors = [], [], []
     total = 2 * THREADS_PER_NODE * INVITES_PER_THREAD
     per_account = total // len(USERS)
-    barrier = threading.Barrier(2 * THREADS_PER_NODE)
-    serial = 0
-    for node in nodes:
-        for _ in range(THREADS_PER_NODE):
-            calls = []
-            for _ in range(INVITES_PER_THREAD):   # accounts interleaved, a distinct number each (no R13)
-                calls.append((USERS[serial % len(USERS)], f"1212{serial:07d}"))
-                serial += 1
-            threads.append(threading.Thread(target=fire, args=(node.port, calls, barrier, results, errors)))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    results = race_nodes(nodes, USERS, INVITES_PER_THREAD, THREADS_PER_NODE)
     assert len(results) == total
 
     db = tfps.open_database(mysql_url)

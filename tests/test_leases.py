@@ -1,0 +1,193 @@
+"""Quota leases ([database] quota_lease): each node claims blocks of an account's daily quota in
+one transaction and spends them from memory, writing behind. Nodes racing on a real MariaDB (and
+engines on SQLite) never approve more than the quota; leases are given back when a server stops
+and, after a node is killed with -9, when they expire."""
+
+import signal
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+import tfps
+from conftest import wait_until
+from test_multinode import DOMAIN, create_accounts, race_nodes
+
+
+def leased_engine(url, node, block, ttl="30s"):
+    cfg = tfps.Config.load(None)
+    cfg.set("policy", "business_hours", "mon-sun 00:00-24:00")
+    cfg.set("database", "quota_lease", str(block))
+    cfg.set("database", "lease_ttl", ttl)
+    db = tfps.open_database(url)
+    return tfps.Engine(cfg, db, counters=tfps.LeasedCounters(db, node, block, cfg.database.lease_ttl))
+
+
+def approved_in_database(url, account_id):
+    db = tfps.open_database(url)
+    try:
+        return int(db.scalar("SELECT SUM(approved) FROM daily_counters WHERE account_id = ?", (account_id,), default=0))
+    finally:
+        db.close()
+
+
+def leases_in_database(url):
+    db = tfps.open_database(url)
+    try:
+        return [tuple(row) for row in db.query("SELECT node, calls FROM quota_leases WHERE calls > 0")]
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("nodes", [2, 3])
+def test_engines_racing_with_leases_never_exceed_the_quota(db_url, nodes):
+    """Engines on threads, each with its own connection and leases, decide calls of the same
+    accounts at the same moment and write behind as a server does: never more approvals than
+    the quota; once every engine gave its leases back, the database counts exactly what was
+    approved, and what was left of the quota is there for the taking."""
+    quota, block, calls_per_engine = 10, 3, 12
+    users = ["l1", "l2", "l3"]
+    ids = create_accounts(db_url, users, daily_quota=quota, daily_quota_off=quota)
+    engines = [leased_engine(db_url, f"node-{k}", block) for k in range(nodes)]
+    verdicts, errors = [], []
+    barrier = threading.Barrier(nodes)
+
+    def work(k):
+        engine = engines[k]
+        barrier.wait(timeout=30)
+        for i in range(calls_per_engine):
+            for user in users:
+                try:
+                    v = engine.decide(tfps.CallAttempt(user, DOMAIN, f"1212{k}{i:06d}", ts=time.time()))
+                    verdicts.append((user, v.code))
+                except Exception as exc:
+                    errors.append(f"{user}: {exc!r}")
+            if i % 3 == 2:
+                engine.flush()
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(nodes)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors[:3]
+        for engine in engines:
+            engine.flush()
+            engine.counters.write_behind(time.time(), release=True)
+        assert leases_in_database(db_url) == []
+        for user in users:
+            codes = Counter(code for u, code in verdicts if u == user)
+            assert codes["A00"] <= quota, (user, codes)
+            assert set(codes) <= {"A00", "R11"}, (user, codes)
+            assert approved_in_database(db_url, ids[user]) == codes["A00"], user
+        # the rest of each quota is still there: one engine takes exactly that much more
+        late = leased_engine(db_url, "late", block)
+        for user in users:
+            before = approved_in_database(db_url, ids[user])
+            codes = Counter(late.decide(tfps.CallAttempt(user, DOMAIN, f"12129{i:06d}", ts=time.time())).code
+                            for i in range(quota + 2))
+            assert codes["A00"] == quota - before, (user, before, codes)
+        late.flush()
+        late.counters.write_behind(time.time(), release=True)
+        for user in users:
+            assert approved_in_database(db_url, ids[user]) == quota
+        late.db.close()
+    finally:
+        for engine in engines:
+            engine.db.close()
+
+
+def test_a_node_that_finds_the_quota_leased_gets_it_back_from_the_holder(db_url):
+    """Node a holds the whole quota in a lease; node b's claim finds nothing left and asks for it;
+    at a's next write-behind the unspent calls go back and b approves them."""
+    quota = 6
+    ids = create_accounts(db_url, ["w1"], daily_quota=quota, daily_quota_off=quota)
+    a, b = leased_engine(db_url, "a", 100), leased_engine(db_url, "b", 100)
+    try:
+        assert a.decide(tfps.CallAttempt("w1", DOMAIN, "12121000001", ts=time.time())).code == "A00"
+        assert leases_in_database(db_url) == [("a", quota)]
+        assert b.decide(tfps.CallAttempt("w1", DOMAIN, "12121000002", ts=time.time())).code == "R11"
+        a.flush()   # spent 1 written, the 5 unspent given back: b asked
+        b.flush()   # b reads the count again
+        codes = Counter(b.decide(tfps.CallAttempt("w1", DOMAIN, f"1212200000{i}", ts=time.time())).code for i in range(7))
+        assert codes == {"A00": quota - 1, "R11": 2}
+        for engine in (a, b):
+            engine.flush()
+            engine.counters.write_behind(time.time(), release=True)
+        assert approved_in_database(db_url, ids["w1"]) == quota
+        assert leases_in_database(db_url) == []
+    finally:
+        a.db.close()
+        b.db.close()
+
+
+def test_first_seen_countries_are_written_behind_with_their_alert(db_url):
+    """With leases a verdict writes nothing: the account's first call to a country is marked in
+    account_seen, and its NEW_DST notice queued, by the next flush."""
+    ids = create_accounts(db_url, ["f1"], daily_quota=5, daily_quota_off=5)
+    db = tfps.open_database(db_url)
+    db.execute("UPDATE accounts SET created = created - 3 * 86400")
+    db.close()
+    engine = leased_engine(db_url, "f", 4)
+    engine.cfg.alerts.alert_webhook = "http://127.0.0.1:9/hook"   # queued in the outbox, never sent here
+    try:
+        assert engine.decide(tfps.CallAttempt("f1", DOMAIN, "12125550100", ts=time.time())).code == "A00"
+        seen = "SELECT direction, iso FROM account_seen WHERE account_id = ?"
+        assert list(engine.db.query(seen, (ids["f1"],))) == []
+        assert not [e for e in engine.alerts.events if e.rule == "NEW_DST_US"]
+        engine.flush()
+        assert [tuple(row) for row in engine.db.query(seen, (ids["f1"],))] == [("dst", "US")]
+        assert engine.db.scalar("SELECT COUNT(*) FROM alert_outbox WHERE subject LIKE '%first call to the new destination%'") == 1
+    finally:
+        engine.db.close()
+
+
+def race(nodes, users, calls_per_thread, threads_per_node=3):
+    return race_nodes(nodes, users, calls_per_thread, threads_per_node)
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_servers_racing_with_leases_never_exceed_the_quota_and_give_leases_back(mysql_url, start_server, count):
+    quota, users = 12, ("2101", "2102", "2103", "2104")
+    ids = create_accounts(mysql_url, users, daily_quota=quota, daily_quota_off=quota)
+    policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
+    database = {"quota_lease": "4", "flush_interval": "0.05s"}
+    nodes = [start_server(mysql_url, {"policy": policy, "database": database, "server": {"node_name": f"node-{k}"}})
+             for k in range(count)]
+    results = race(nodes, users, 48 // count)
+    assert Counter(status for _p, _u, status, _c, _r in results) == {302: 3 * count * (48 // count)}
+    for user in users:
+        codes = Counter(code for _p, u, _s, code, _r in results if u == user)
+        assert codes["A00"] <= quota, (user, codes)
+        assert set(codes) <= {"A00", "R11"}, (user, codes)
+    for node in nodes:
+        assert node.stop() == 0
+    assert leases_in_database(mysql_url) == [], "a stopped server gives its leases back"
+    for user in users:
+        approved = sum(1 for _p, u, _s, code, _r in results if u == user and code == "A00")
+        assert approved_in_database(mysql_url, ids[user]) == approved, user
+
+
+def test_the_lease_of_a_killed_node_expires_and_is_claimed_back(mysql_url, start_server):
+    quota = 12
+    ids = create_accounts(mysql_url, ["k1"], daily_quota=quota, daily_quota_off=quota)
+    policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
+    database = {"quota_lease": "10", "lease_ttl": "3s", "flush_interval": "0.05s"}
+    a, b = (start_server(mysql_url, {"policy": policy, "database": database, "server": {"node_name": name}})
+            for name in ("a", "b"))
+    first = race([a], ["k1"], 1, threads_per_node=1)
+    assert [code for *_x, code, _r in first] == ["A00"]
+    wait_until(lambda: approved_in_database(mysql_url, ids["k1"]) == 1, 5, message="a's write-behind")
+    a.signal(signal.SIGKILL)
+    a.proc.wait(10)
+    assert [calls for _node, calls in leases_in_database(mysql_url)] == [9], "a's unspent lease outlives it"
+    before = Counter(r[3] for r in race([b], ["k1"], 4, threads_per_node=1))
+    assert before == {"A00": 2, "R11": 2}, "b takes only what a's live lease leaves"
+    time.sleep(3.2)
+    after = Counter(r[3] for r in race([b], ["k1"], 12, threads_per_node=1))
+    assert after == {"A00": 9, "R11": 3}, "a's expired lease went back to b"
+    assert b.stop() == 0
+    assert approved_in_database(mysql_url, ids["k1"]) == quota
+    assert leases_in_database(mysql_url) == []

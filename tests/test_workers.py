@@ -1,0 +1,124 @@
+"""[server] workers = N: worker processes under one supervisor share the SIP port with
+SO_REUSEPORT. A peer's retransmissions reach the worker that holds the transaction (answered
+from its table, byte for byte), quotas hold across workers on a shared SQLite file, a killed
+worker is started again and signals reach every worker."""
+
+import os
+import secrets
+import signal
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+import tfps
+from conftest import TfpsServer, free_port, recv_response, run_cli, sip_invite, udp_socket, wait_until
+from test_multinode import DOMAIN, create_accounts, race_nodes
+
+POLICY = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
+
+
+def workers_of(server):
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+    return sorted(map(int, children))
+
+
+def start_workers(start_server, url, workers=2, **database):
+    server = start_server(url, {"policy": POLICY, "server": {"workers": str(workers)}, "database": database})
+    wait_until(lambda: server.read_log().count("serving in") == workers, 15, message=server.read_log)
+    assert len(workers_of(server)) == workers
+    return server
+
+
+def final_answer(sock, data, port):
+    sock.sendto(data, ("127.0.0.1", port))
+    while True:
+        msg, raw = recv_response(sock)
+        if msg.status >= 200:
+            return msg, raw
+
+
+def test_retransmissions_reach_the_worker_that_holds_the_transaction(tmp_path, start_server):
+    url = f"sqlite://{tmp_path / 'tfps.db'}"
+    server = start_workers(start_server, url)
+    sockets = [udp_socket() for _ in range(24)]
+    try:
+        firsts = {}
+        for k, sock in enumerate(sockets):   # 24 source ports: the kernel spreads them over both workers
+            data = sip_invite(f"1212555{k:04d}", server.port, user=f"30{k:02d}", local_port=sock.getsockname()[1])
+            msg, raw = final_answer(sock, data, server.port)
+            assert msg.status == 302 and msg.header("x-tfps-code") == "A00", raw
+            firsts[k] = (data, raw)
+        for k, sock in enumerate(sockets):
+            data, raw = firsts[k]
+            again = final_answer(sock, data, server.port)[1]
+            assert again == raw, "a retransmission got a new verdict instead of the transaction's answer"
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert server.stop() == 0
+    db = tfps.open_database(url)
+    try:
+        assert db.scalar("SELECT COUNT(*) FROM call_log") == 24, "one verdict per INVITE, retransmissions included"
+        pids = {node.split("/")[1] for (node,) in db.query("SELECT DISTINCT node FROM quota_leases")}
+        assert pids == set(), "leases given back at stop"
+    finally:
+        db.close()
+
+
+def test_two_workers_on_one_sqlite_file_never_exceed_the_quota(tmp_path, start_server):
+    url = f"sqlite://{tmp_path / 'tfps.db'}"
+    quota, users = 10, ("3101", "3102", "3103")
+    tfps.open_database(url).close()
+    ids = create_accounts(url, users, daily_quota=quota, daily_quota_off=quota)
+    server = start_workers(start_server, url, quota_lease="3", flush_interval="0.05s")
+    results = race_nodes([server] * 2, users, 10, 4)   # 8 source ports, 80 INVITEs, 26-27 per account
+    assert Counter(r[2] for r in results) == {302: 80}
+    for user in users:
+        codes = Counter(r[3] for r in results if r[1] == user)
+        assert 0 < codes["A00"] <= quota and set(codes) <= {"A00", "R11"}, (user, codes)
+    assert server.stop() == 0
+    db = tfps.open_database(url)
+    try:
+        for user in users:
+            approved = sum(1 for r in results if r[1] == user and r[3] == "A00")
+            counted = db.scalar("SELECT SUM(approved) FROM daily_counters WHERE account_id = ?", (ids[user],))
+            assert int(counted) == approved, user
+        assert db.scalar("SELECT COUNT(*) FROM quota_leases WHERE calls > 0") == 0
+    finally:
+        db.close()
+
+
+def test_a_killed_worker_is_started_again_and_signals_reach_every_worker(tmp_path, start_server):
+    server = start_workers(start_server, f"sqlite://{tmp_path / 'tfps.db'}")
+    first, second = workers_of(server)
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: len(workers_of(server)) == 2 and first not in workers_of(server), 10,
+               message=lambda: f"a new worker:\n{server.read_log()}")
+    assert "was killed by signal 9; starting it again" in server.read_log()
+    wait_until(lambda: server.read_log().count("serving in") == 3, 15, message=server.read_log)
+    with udp_socket() as sock:   # both workers answer, whichever the kernel picks
+        for k in range(8):
+            sock2 = udp_socket()
+            try:
+                data = sip_invite(f"1212666{k:04d}", server.port, local_port=sock2.getsockname()[1])
+                assert final_answer(sock2, data, server.port)[0].status == 302
+            finally:
+                sock2.close()
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: server.read_log().count("SIGHUP: configuration and lists reloaded") == 2, 10,
+               message=server.read_log)
+    assert server.stop() == 0
+    assert server.read_log().count("stopped after") == 2
+
+
+def test_workers_refuse_a_port_another_server_holds(tmp_path):
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", port))
+        server = TfpsServer(tmp_path, f"sqlite://{tmp_path / 'tfps.db'}", {"server": {"workers": "2"}}, port=port)
+        result = run_cli("serve", config=server.config, timeout=30)
+    assert result.returncode == 1, result.stderr   # as one process does: the port is taken
+    assert f"cannot listen on udp:127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS meta (
   value BIGINT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
-INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 2);
+INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 3);
 -- Moved by every change of accounts or lists (see the triggers below); servers poll them.
 INSERT IGNORE INTO meta (name, value) VALUES ('accounts_serial', 0);
 INSERT IGNORE INTO meta (name, value) VALUES ('lists_serial', 0);
@@ -224,6 +224,21 @@ CREATE TABLE IF NOT EXISTS alert_throttle (
   last_sent DOUBLE NOT NULL,
   suppressed INT NOT NULL DEFAULT 0,
   PRIMARY KEY (account, rule)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Approval links used (one row each: a link works once), who confirmed them and when; a country
+-- allowed through one is taken back at `until` (a quota reset has none) and `ended` set.
+CREATE TABLE IF NOT EXISTS approvals (
+  token_id CHAR(24) NOT NULL PRIMARY KEY,
+  account_id BIGINT NOT NULL,
+  rule CHAR(3) NOT NULL,
+  value VARCHAR(16) NOT NULL,
+  approved DOUBLE NOT NULL,
+  until DOUBLE NULL,
+  ended TINYINT NOT NULL DEFAULT 0,
+  client_ip VARCHAR(45) NOT NULL,
+  user_agent VARCHAR(255) NOT NULL DEFAULT '',
+  INDEX idx_approvals_until (ended, until)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Cluster-wide locks (daily training, daily jobs): held until expires.

@@ -32,6 +32,7 @@ Contents (sections appear in this order; each depends only on those above it)
 from __future__ import annotations
 
 import argparse
+import base64
 import bisect
 import configparser
 import contextlib
@@ -41,8 +42,10 @@ import decimal
 import errno
 import functools
 import gc
+import hashlib
 import heapq
 import hmac
+import html
 import http.client
 import http.server
 import ipaddress
@@ -639,16 +642,20 @@ CONFIG_SPEC = {
     },
     "http": {
         "listen": (_http_listen, "", "HOST:PORT of the HTTP interface (decision API, /metrics, health, admin API), IPv6 as [::1]:8080; empty = off"),
-        "allow_from": (_cidrs, "127.0.0.0/8, ::1", "networks allowed to use the HTTP interface; others get 403"),
+        "allow_from": (_cidrs, "127.0.0.0/8, ::1", "networks allowed to use the HTTP interface, except the approval pages /approve/ that account owners open; others get 403"),
         "api_token": (_token, "", "bearer token of the admin API under /v1/ (16 to 256 characters); empty = admin API off"),
         "max_connections": (_integer(1, 10000), "64", "HTTP connections open at most; past it new ones get 503"),
         "request_timeout": (_duration(0.5, 3600), "15s", "a connection is closed when a complete request has not arrived this long after it opened or after the previous answer"),
         "check_timeout": (_duration(0.1, 60), "3s", "longest a check waits for its verdict (a reputation lookup included); past it 504"),
         "max_body_size": (_integer(1024, 1 << 20), "65536", "larger request bodies get 413"),
+        "public_url": (_http_url, "", "base URL of this interface as account owners reach it, for the approval links in alerts; empty = no links"),
+        "secret": (_token, "", "key signing the approval links (16 to 256 characters); empty = no links"),
+        "approval_ttl": (_duration(60, 30 * 86400), "24h", "how long an approval link can be used"),
+        "approval_days": (_integer(1, MAX_DAYS), "7", "days a country allowed through an approval link stays allowed"),
     },
 }
 
-SECRET_KEYS = {"abuseipdb_key", "apiban_key", "smtp_password", "alert_webhook", "api_token"}
+SECRET_KEYS = {"abuseipdb_key", "apiban_key", "smtp_password", "alert_webhook", "api_token", "secret"}
 
 
 class ConfigError(UserError):
@@ -1958,7 +1965,7 @@ def clear_account_counters(db, account_id, day):
 def delete_account(db, account_id):
     """The account and every row kept for it, except its calls in call_log."""
     for table in ("daily_counters", "new_destination_days", "ab_pairs", "rate_windows", "account_seen", "account_days",
-                  "account_day_countries"):
+                  "account_day_countries", "approvals"):
         db.execute(f"DELETE FROM {table} WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
 
@@ -2307,6 +2314,41 @@ CALL_LOG_INSERT = ("INSERT INTO call_log (ts, call_id, account_id, user, domain,
 def insert_call_log(db, rows):
     """Call log rows, tuples in the column order of CALL_LOG_INSERT."""
     db.executemany(CALL_LOG_INSERT, rows)
+
+
+# approval links
+
+def record_approval(db, approval_id, account_id, rule, value, now, until, client_ip, user_agent):
+    """Remember an approval link as used, by whom; False when it had been used already."""
+    return db.insert_or_ignore("approvals", {"token_id": approval_id, "account_id": account_id, "rule": rule,
+                                             "value": value, "approved": now, "until": until,
+                                             "client_ip": client_ip, "user_agent": user_agent})
+
+
+def load_approval(db, approval_id):
+    """(approved, until, client_ip, user_agent) of a used approval link, or None."""
+    return db.one("SELECT approved, until, client_ip, user_agent FROM approvals WHERE token_id = ?", (approval_id,))
+
+
+def clear_daily_counter(db, account_id, day, bucket):
+    """Forget the approved calls of one bucket ('biz', 'off') of `day`: a new daily quota."""
+    db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ? AND bucket = ?", (account_id, day, bucket))
+
+
+def load_ended_approvals(db, now):
+    """(token_id, user, domain, rule, value) of the country approvals whose time ran out by `now`."""
+    return db.query("SELECT a.token_id, c.user, c.domain, a.rule, a.value FROM approvals a "
+                    "JOIN accounts c ON c.id = a.account_id WHERE a.ended = 0 AND a.until <= ?", (now,))
+
+
+def running_approvals(db, account_id, rule, value, now):
+    """How many approvals of this account, rule and country still run after `now`."""
+    return db.scalar("SELECT COUNT(*) FROM approvals WHERE account_id = ? AND rule = ? AND value = ? "
+                     "AND ended = 0 AND until > ?", (account_id, rule, value, now), default=0)
+
+
+def end_approval(db, approval_id):
+    db.execute("UPDATE approvals SET ended = 1 WHERE token_id = ?", (approval_id,))
 
 
 # =============================================================================================
@@ -2843,6 +2885,54 @@ class AlertDispatcher:
             retry_alert(db, alert_id, email, webhook, time.time() + delay, "; ".join(errors))
             self.failures += 1
             log.warning("alert %s not delivered (%s); retry in %.0f s", alert_id, "; ".join(errors), delay)
+
+
+# -- approval links: a rejection the account owner lifts himself, signed with [http] secret ----
+
+# rule -> what its approval changes: a destination or source country allowed, today's quota reset
+APPROVABLE = {"R06": "dest", "R04": "source", "R09": "quota", "R11": "quota"}
+
+
+@dataclass
+class Approval:
+    token_id: str    # random: the database remembers it once used
+    account: str     # user@domain
+    rule: str        # a key of APPROVABLE
+    value: str       # the country (R04, R06) or the calendar day of the quota (R09, R11)
+    expires: float
+
+
+def _unpadded_b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _approval_signature(secret, payload):
+    return hmac.new(secret.encode(), b"tfps-approve:" + payload.encode("ascii"), hashlib.sha256).digest()
+
+
+def approval_token(secret, account, rule, value, expires):
+    """A URL-safe token 'PAYLOAD.SIGNATURE' granting one approval until `expires`."""
+    payload = _unpadded_b64(json.dumps([secrets.token_hex(12), account, rule, value, int(expires)],
+                                       separators=(",", ":")).encode())
+    return f"{payload}.{_unpadded_b64(_approval_signature(secret, payload))}"
+
+
+def read_approval_token(secret, token, now):
+    """The Approval a token grants. Raises ValueError saying why it is refused."""
+    payload, _, signature = token.partition(".")
+    try:
+        given = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+        expected = _approval_signature(secret, payload)
+    except (ValueError, UnicodeEncodeError):
+        given, expected = b"", b"-"
+    if not hmac.compare_digest(given, expected):
+        raise ValueError("this approval link is not valid: its signature does not match")
+    token_id, account, rule, value, expires = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    if rule not in APPROVABLE:
+        raise ValueError(f"{rule} is not approvable")
+    if expires <= now:
+        raise ValueError("this approval link has expired")
+    return Approval(token_id, account, rule, value, float(expires))
 
 
 # =============================================================================================
@@ -3654,11 +3744,36 @@ class Engine:
                 f"Call-ID {a.call_id or '-'}, answered {sip_response}.\n")
         if undo:
             body += f"If this is a false positive: {undo}\n"
+        link = "" if rejection else self._approval_link(verdict)
+        if link:
+            body += f"The account owner can allow it with one click: {link}\n"
         self.alerts.add(AlertEvent(kind, name, code, f"TFPS {code}: {name} -> {verdict.number or a.number} {headline}",
                                    body, {"code": code, "reason": reason, "number": verdict.number, "undo": undo,
+                                          "approve_url": link,
                                           "dest_country": verdict.dest_country, "source_ip": a.source_ip,
                                           "user_agent": a.user_agent, "call_id": a.call_id, "enforced": not rejection},
                                    acc.email if acc else ""))
+
+    def _approval_link(self, verdict):
+        """[http] public_url/approve/TOKEN lifting this rejection, or '' when links are off or the
+        rejection is not the owner's to lift (a high-tier destination, one the administrator denied)."""
+        h, acc = self.cfg.http, verdict.account
+        lifts = APPROVABLE.get(verdict.code)
+        if not (h.public_url and h.secret and lifts and acc and acc.id is not None):
+            return ""
+        if lifts == "dest":
+            iso = verdict.dest_country
+            if not iso or f"!{iso}" in acc.dest_countries or self.tiers.of(verdict.number, iso)[0] == "high":
+                return ""
+            value = iso
+        elif lifts == "source":
+            value = verdict.source_country
+            if not value:
+                return ""
+        else:
+            value = self._local_day(verdict.attempt.ts)[0]
+        token = approval_token(h.secret, acc.name, verdict.code, value, verdict.attempt.ts + h.approval_ttl)
+        return f"{h.public_url.rstrip('/')}/approve/{token}"
 
     def flush(self, now=None):
         """Make the verdicts' counters durable (SQLite: the group transaction), then write the
@@ -3954,6 +4069,26 @@ def finish_learning(cfg, db, now):
     return len(accounts)
 
 
+APPROVED_COLUMNS = {"dest": "dest_countries", "source": "source_countries"}  # what an approval of a country widens
+
+
+def end_approvals(db, now):
+    """Take back the countries allowed through approval links once [http] approval_days have
+    passed (unless a later approval of the same country still runs). Returns how many ended."""
+    ended = load_ended_approvals(db, now)
+    for token_id, user, domain, rule, value in ended:
+        end_approval(db, token_id)
+        row = load_account(db, user, domain)
+        if row is None:
+            continue
+        acc = Account.from_row(row)
+        if not running_approvals(db, acc.id, rule, value, now):
+            column = APPROVED_COLUMNS[APPROVABLE[rule]]
+            update_account_row(db, acc.id, {column: format_countries(getattr(acc, column) - {value})}, now)
+            log.info("approval of %s %s for %s ended", rule, value, acc.name)
+    return len(ended)
+
+
 def purge(cfg, db, now, older_than):
     cutoff = now - older_than
     return purge_rows(db, call_log_before=cutoff,
@@ -4021,6 +4156,8 @@ class DailyJobs:
             finish_learning(self.cfg, self.db, now)
             self._follow_changes()
             learning_ends = next_learning_end(self.db)
+        if end_approvals(self.db, now):
+            self._follow_changes()
         local = dt.datetime.fromtimestamp(now, p.tz)
         today = local.date().isoformat()
         due = [learning_ends] if learning_ends is not None else []
@@ -5309,6 +5446,53 @@ def remove_account(db, acc):
     delete_account(db, acc.id)
 
 
+def approval_account(db, cfg, approval):
+    """The account an approval link names, once it is checked that the link may still lift its
+    rejection (a country made high-risk or denied since the alert is not). Raises UserError."""
+    user, _, domain = approval.account.rpartition("@")
+    acc = find_account(db, user, domain)
+    if APPROVABLE[approval.rule] == "dest":
+        if approval.value in cfg.policy.high_risk_countries:
+            raise UserError(f"{approval.value} is a high-risk destination: only the administrator can allow it")
+        if f"!{approval.value}" in acc.dest_countries:
+            raise UserError(f"the administrator denied {approval.value} to {acc.name}")
+    return acc
+
+
+def approval_effect(cfg, approval):
+    """What confirming the approval does, as a sentence for the account owner."""
+    lifts, value = APPROVABLE[approval.rule], approval.value
+    if lifts == "quota":
+        hours = "off-hours" if approval.rule == "R09" else "business-hours"
+        return f"{approval.account} gets a new {hours} daily quota for {value}."
+    direction = "to destination" if lifts == "dest" else "from source country"
+    return f"{approval.account} may call {direction} {value} for {cfg.http.approval_days} days."
+
+
+def apply_approval(db, cfg, approval, now, client_ip, user_agent):
+    """Lift the rejection an approval link names, as `allow --dest/--source` or a reset of the
+    day's quota would, and record who confirmed it. Once only: UserError when used before."""
+    acc = approval_account(db, cfg, approval)
+    lifts = APPROVABLE[approval.rule]
+    db.begin()
+    try:
+        if not record_approval(db, approval.token_id, acc.id, approval.rule, approval.value, now,
+                               None if lifts == "quota" else now + cfg.http.approval_days * 86400,
+                               storable(client_ip, 45), storable(user_agent, 255)):
+            raise UserError("this approval link has been used already")
+        if lifts == "quota":
+            clear_daily_counter(db, acc.id, approval.value, "off" if approval.rule == "R09" else "biz")
+        else:
+            column = APPROVED_COLUMNS[lifts]
+            update_account(db, acc, now, end_learning=False, **{column: getattr(acc, column) | {approval.value}})
+        db.commit()
+    except BaseException as exc:
+        db.rollback(exc)
+        raise
+    log.info("approval: %s %s %s confirmed from %s", acc.name, approval.rule, approval.value, client_ip)
+
+
+
 def normalize_list_value(kind, value, policy=None, countries=None):
     """Validate and canonicalize one list entry; raises ValueError. A number prefix is read as a
     dialed number is (`policy` and `countries` needed): '+43', '0043' and '43' are one entry."""
@@ -5803,6 +5987,76 @@ def http_stats(api, request):
                  "top_destinations": [{"country": c, "calls": n, "rejected": r} for c, n, r in top_countries]}
 
 
+# -- approval pages: public (the account owner opens them from an alert), outside allow_from ----
+
+class HtmlPage(str):
+    """A body served as text/html."""
+
+
+APPROVE_PREFIX = "/approve/"
+PAGE_STYLE = ("body{font-family:system-ui,sans-serif;max-width:36em;margin:2em auto;padding:0 1em;line-height:1.5}"
+              "button{font-size:1.1em;padding:.6em 1.4em}")
+
+
+def html_page(title, *paragraphs, form=""):
+    """A small self-contained page; the paragraphs are escaped here."""
+    body = "".join(f"<p>{html.escape(text)}</p>" for text in paragraphs)
+    return HtmlPage(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+                    f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+                    f'<meta name="referrer" content="no-referrer"><meta name="robots" content="noindex">'
+                    f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head>"
+                    f"<body><h1>{html.escape(title)}</h1>{body}{form}</body></html>")
+
+
+def _approval(api, request, now):
+    """(Approval, account) of the link requested, or (None, the refusal's (status, page))."""
+    secret = api.cfg.http.secret
+    if not secret:
+        return None, (404, html_page("Approval links are off", "This server has no [http] secret."))
+    try:
+        approval = read_approval_token(secret, request.groups["token"], now)
+    except (ValueError, TypeError) as exc:
+        return None, (410 if "expired" in str(exc) else 403, html_page("This link cannot be used", str(exc)))
+    with api.database() as db:
+        used = load_approval(db, approval.token_id)
+        if used:
+            return None, (410, html_page("Already approved", f"This link was used on {fmt_time(used[0], api.cfg.policy.tz)} "
+                                                             f"from {used[2]}; a link works once."))
+        try:
+            return (approval, approval_account(db, api.cfg, approval)), None
+        except UserError as exc:
+            return None, (403, html_page("This link cannot be used", str(exc)))
+
+
+def http_approve_page(api, request):
+    """What the link would allow, and a button that POSTs the confirmation: opening the link
+    (a mail scanner prefetching it) changes nothing."""
+    found, refusal = _approval(api, request, time.time())
+    if refusal:
+        return refusal
+    approval, _ = found
+    expires = fmt_time(approval.expires, api.cfg.policy.tz)
+    form = '<form method="post"><button type="submit">Confirm</button></form>'
+    return 200, html_page("Allow this call?", approval_effect(api.cfg, approval),
+                          f"Confirm only if you placed the call that was rejected ({approval.rule}). "
+                          f"This link can be used once, until {expires}.", form=form)
+
+
+def http_approve(api, request):
+    now = time.time()
+    found, refusal = _approval(api, request, now)
+    if refusal:
+        return refusal
+    approval, _ = found
+    try:
+        with api.database() as db:
+            apply_approval(db, api.cfg, approval, now, request.client_ip, request.headers.get("User-Agent") or "")
+    except UserError as exc:  # used by a concurrent request since _approval looked
+        return 410, html_page("This link cannot be used", str(exc))
+    return 200, html_page("Approved", approval_effect(api.cfg, approval),
+                          f"Calls follow within {api.cfg.database.reload_interval:g} s.")
+
+
 ACCOUNT_PATH = r"/v1/accounts/(?P<user>[^/@]+)@(?P<domain>[^/@]+)"
 LIST_PATH = r"/v1/lists/(?P<color>black|white)/(?P<kind>number|ip|ua)"
 
@@ -5825,6 +6079,8 @@ ROUTES = [Route(method, re.compile(pattern), handler, needs_token) for method, p
     ("DELETE", LIST_PATH, http_list_remove, True),
     ("GET", r"/v1/calls", http_calls, True),
     ("GET", r"/v1/stats", http_stats, True),
+    ("GET", APPROVE_PREFIX + r"(?P<token>[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", http_approve_page, False),
+    ("POST", APPROVE_PREFIX + r"(?P<token>[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", http_approve, False),
 )]
 
 
@@ -6017,7 +6273,7 @@ class HttpInterface:
 
     def answer(self, request):
         """(status, body, extra headers) for a request whose head and body have arrived."""
-        if not self.allowed(request.client_ip):
+        if not self.allowed(request.client_ip) and not request.path.startswith(APPROVE_PREFIX):
             return "forbidden", 403, {"error": f"{request.client_ip} is not in [http] allow_from"}, []
         matches = [(route, m) for route in ROUTES if (m := route.pattern.fullmatch(request.path))]
         if not matches:
@@ -6164,6 +6420,8 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
     def reply(self, status, body, headers=()):
         if isinstance(body, PrometheusText):
             data, kind = body.encode(), "text/plain; version=0.0.4; charset=utf-8"
+        elif isinstance(body, HtmlPage):
+            data, kind = body.encode(), "text/html; charset=utf-8"
         elif isinstance(body, str):
             data, kind = body.encode(), "text/plain; charset=utf-8"
         else:

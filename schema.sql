@@ -166,6 +166,7 @@ CREATE TABLE IF NOT EXISTS call_log (
   abuse_score INT NULL,
   node VARCHAR(64) NOT NULL DEFAULT '',
   latency_ms DOUBLE NOT NULL DEFAULT 0,
+  undo_command VARCHAR(255) NOT NULL DEFAULT '',
   INDEX idx_call_log_ts (ts),
   INDEX idx_call_log_user (user, domain, ts)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -1531,8 +1531,13 @@ def redact_url(url):
 
 
 def read_schema():
-    """schema.sql beside this file, also when this file runs from inside a zipapp."""
-    path = os.path.join(os.path.dirname(__file__), "schema.sql")  # the loader's own spelling of the path
+    return read_packaged("schema.sql", DatabaseError)
+
+
+def read_packaged(name, error):
+    """A file shipped beside this one (schema.sql, dashboard.html), also when this file runs from
+    inside a zipapp. Raises `error` when it is missing."""
+    path = os.path.join(os.path.dirname(__file__), name)  # the loader's own spelling of the path
     # zipimport's get_data inside a zipapp; none when a tool runs the file (`python3 -m cProfile tfps.py`)
     get_data = getattr(globals().get("__loader__"), "get_data", None)
     try:
@@ -1541,7 +1546,7 @@ def read_schema():
                 return fh.read().decode("utf-8")
         return get_data(path).decode("utf-8")
     except OSError:
-        raise DatabaseError(f"schema.sql not found beside {os.path.abspath(__file__)}") from None
+        raise error(f"{name} not found beside {os.path.abspath(__file__)}") from None
 
 
 # A quoted string ('...', "...": doubled quotes and MySQL's backslash escapes inside) or a
@@ -1723,6 +1728,10 @@ class Database:
         """INSERT one row of {column: value}; returns the cursor."""
         marks = ", ".join("?" * len(values))
         return self.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({marks})", tuple(values.values()))
+
+    def whole_hours(self, column):
+        """SQL for the whole hours in `column` (epoch seconds, not negative)."""
+        return f"FLOOR({column} / 3600)" if self.dialect == "mysql" else f"CAST({column} / 3600 AS INTEGER)"
 
     def insert_or_ignore(self, table, values):
         """INSERT one row unless its key is taken; True when it was inserted."""
@@ -2115,6 +2124,33 @@ def call_stats(db, since):
     return _int_sums(by_code), _int_sums(top_accounts), _int_sums(top_countries)
 
 
+def verdicts_per_hour(db, since):
+    """(hour since the epoch, code, calls) of the call log since `since`; a would-be rejection
+    counts under its would-be code."""
+    rows = db.query(f"SELECT {db.whole_hours('ts')} AS h, CASE WHEN would_code <> '' THEN would_code ELSE code END AS k, "
+                    "COUNT(*) FROM call_log WHERE ts >= ? GROUP BY h, k", (since,))
+    return [(int(hour), code, int(calls)) for hour, code, calls in rows]
+
+
+def recent_rejections(db, since, limit):
+    """The latest rejected (or would-be rejected) calls since `since`, with their undo commands."""
+    return db.query("SELECT ts, user, domain, number, dest_country, source_ip, code, would_code, reason, undo_command, node "
+                    "FROM call_log WHERE ts >= ? AND (code <> 'A00' OR would_code <> '') ORDER BY ts DESC, id DESC LIMIT ?",
+                    (since, limit))
+
+
+def nodes_seen(db, since):
+    """(node, calls, last call) of every node in the call log since `since`."""
+    return _int_sums(db.query("SELECT node, COUNT(*), MAX(ts) FROM call_log WHERE ts >= ? GROUP BY node ORDER BY node",
+                              (since,)))
+
+
+def pending_alerts(db):
+    """(alerts waiting in the outbox, of them failed at least once, the oldest one's creation time)."""
+    row = db.one("SELECT COUNT(*), SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), MIN(created) FROM alert_outbox")
+    return int(row[0] or 0), int(row[1] or 0), row[2]
+
+
 def _int_sums(rows):
     """MySQL returns SUM() as Decimal; the reports want plain integers."""
     return [tuple(int(v) if isinstance(v, decimal.Decimal) else v for v in row) for row in rows]
@@ -2308,7 +2344,7 @@ def update_last_seen(db, items):
 
 CALL_LOG_INSERT = ("INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
                    "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
-                   "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+                   "sip_response, abuse_score, node, latency_ms, undo_command) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def insert_call_log(db, rows):
@@ -3721,7 +3757,8 @@ class Engine:
             storable(a.from_uri, 512), storable(a.number, 64), verdict.number[:32], storable(a.source_ip, 45),
             storable(a.user_agent, 255), verdict.source_country, verdict.dest_country, int(verdict.off_hours),
             a.concurrent_calls, verdict.code, would.code if would else "", storable(verdict.reason, 512), sip_response[:64],
-            a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3)))
+            a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3),
+            storable(would.undo if would else verdict.undo, 255)))
         if len(self.log_rows) > self.cfg.database.max_unflushed_rows:
             self._bound_log_rows()
         if acc and acc.id is not None:
@@ -6057,6 +6094,51 @@ def http_approve(api, request):
                           f"Calls follow within {api.cfg.database.reload_interval:g} s.")
 
 
+# -- the dashboard: dashboard.html, which fetches /v1/dashboard every 10 s ------------------------
+
+DASHBOARD_PATHS = ("/", "/v1/dashboard")
+DASHBOARD_HOURS = 24
+
+
+def http_dashboard_page(api, request):
+    try:
+        return 200, HtmlPage(read_packaged("dashboard.html", UserError))
+    except UserError as exc:
+        raise HttpError(500, str(exc)) from None
+
+
+def http_dashboard(api, request):
+    """What the dashboard shows: the last 24 h of the call log (every node's), and this node's
+    reputation lookups and alert queue."""
+    server, now, tz = api.server, time.time(), api.cfg.policy.tz
+    first_hour = int(now // 3600) - DASHBOARD_HOURS + 1
+    since = first_hour * 3600
+    with api.database() as db:
+        per_hour = verdicts_per_hour(db, since)
+        _by_code, top_accounts, top_countries = call_stats(db, since)
+        rejections = recent_rejections(db, since, 50)
+        nodes = nodes_seen(db, since)
+        outbox, failed, oldest = pending_alerts(db)
+    hours = {}
+    for hour, code, calls in per_hour:
+        hours.setdefault(code, [0] * DASHBOARD_HOURS)[hour - first_hour] += calls
+    rejection_names = ("time", "user", "domain", "number", "dest_country", "source_ip", "code", "would_code", "reason",
+                       "undo", "node")
+    return 200, {
+        "node": api.cfg.server.node_name, "version": __version__, "generated": fmt_time(now, tz),
+        "hours": [fmt_time(h * 3600, tz, "%H:%M") for h in range(first_hour, first_hour + DASHBOARD_HOURS)],
+        "verdicts_per_hour": dict(sorted(hours.items())),
+        "top_accounts": [{"account": f"{u}@{d}", "calls": n, "rejected": r} for u, d, n, r in top_accounts if r],
+        "top_destinations": [{"country": c, "calls": n, "rejected": r} for c, n, r in top_countries if r],
+        "recent_rejections": [dict(zip(rejection_names, (fmt_time(r[0], tz), *r[1:]))) for r in rejections],
+        "reputation": {**server.reputation.lookups.copy(), "in_flight": len(server.reputation.waiting)},
+        "alerts": {"in_memory": len(server.engine.alerts.events), "outbox": outbox, "retrying": failed,
+                   "oldest": fmt_time(oldest, tz) if oldest else "", "delivery_failures": server.dispatcher.failures},
+        "database_up": server.database_down is None,
+        "nodes": [{"node": node, "calls": calls, "last_call": fmt_time(last, tz)} for node, calls, last in nodes],
+    }
+
+
 ACCOUNT_PATH = r"/v1/accounts/(?P<user>[^/@]+)@(?P<domain>[^/@]+)"
 LIST_PATH = r"/v1/lists/(?P<color>black|white)/(?P<kind>number|ip|ua)"
 
@@ -6079,6 +6161,8 @@ ROUTES = [Route(method, re.compile(pattern), handler, needs_token) for method, p
     ("DELETE", LIST_PATH, http_list_remove, True),
     ("GET", r"/v1/calls", http_calls, True),
     ("GET", r"/v1/stats", http_stats, True),
+    ("GET", r"/", http_dashboard_page, False),
+    ("GET", r"/v1/dashboard", http_dashboard, False),
     ("GET", APPROVE_PREFIX + r"(?P<token>[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", http_approve_page, False),
     ("POST", APPROVE_PREFIX + r"(?P<token>[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", http_approve, False),
 )]
@@ -6267,13 +6351,22 @@ class HttpInterface:
         expected = self.cfg.http.api_token
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode())
 
+    def has_dashboard_token(self, request):
+        """The dashboard is also served outside allow_from to the api_token, given as a bearer
+        token or as ?token= (a bookmark on a phone)."""
+        token = request.params.get("token")
+        if not self.cfg.http.api_token or token is None:
+            return bool(self.cfg.http.api_token) and self.authorized(request)
+        return hmac.compare_digest(token.encode(), self.cfg.http.api_token.encode())
+
     def allowed(self, ip):
         addr = parse_ip(ip.split("%")[0])
         return addr is not None and any(addr in net for net in self.cfg.http.allow_from)
 
     def answer(self, request):
         """(status, body, extra headers) for a request whose head and body have arrived."""
-        if not self.allowed(request.client_ip) and not request.path.startswith(APPROVE_PREFIX):
+        public = request.path.startswith(APPROVE_PREFIX) or (request.path in DASHBOARD_PATHS and self.has_dashboard_token(request))
+        if not self.allowed(request.client_ip) and not public:
             return "forbidden", 403, {"error": f"{request.client_ip} is not in [http] allow_from"}, []
         matches = [(route, m) for route in ROUTES if (m := route.pattern.fullmatch(request.path))]
         if not matches:

@@ -1729,10 +1729,6 @@ class Database:
         marks = ", ".join("?" * len(values))
         return self.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({marks})", tuple(values.values()))
 
-    def whole_hours(self, column):
-        """SQL for the whole hours in `column` (epoch seconds, not negative)."""
-        return f"FLOOR({column} / 3600)" if self.dialect == "mysql" else f"CAST({column} / 3600 AS INTEGER)"
-
     def insert_or_ignore(self, table, values):
         """INSERT one row unless its key is taken; True when it was inserted."""
         marks = ", ".join("?" * len(values))
@@ -2124,12 +2120,16 @@ def call_stats(db, since):
     return _int_sums(by_code), _int_sums(top_accounts), _int_sums(top_countries)
 
 
-def verdicts_per_hour(db, since):
-    """(hour since the epoch, code, calls) of the call log since `since`; a would-be rejection
-    counts under its would-be code."""
-    rows = db.query(f"SELECT {db.whole_hours('ts')} AS h, CASE WHEN would_code <> '' THEN would_code ELSE code END AS k, "
-                    "COUNT(*) FROM call_log WHERE ts >= ? GROUP BY h, k", (since,))
-    return [(int(hour), code, int(calls)) for hour, code, calls in rows]
+def call_log_hour(db, hour):
+    """One hour of the call log (hours since the epoch) summed up: ((code, node, calls, last call),
+    (user, domain, destination country, rejected calls)). A would-be rejection counts under its
+    would-be code and as a rejection."""
+    span = (hour * 3600, hour * 3600 + 3600)
+    verdicts = db.query("SELECT CASE WHEN would_code <> '' THEN would_code ELSE code END AS k, node, COUNT(*), MAX(ts) "
+                        "FROM call_log WHERE ts >= ? AND ts < ? GROUP BY k, node", span)
+    rejected = db.query("SELECT user, domain, dest_country, COUNT(*) FROM call_log WHERE ts >= ? AND ts < ? "
+                        "AND (code <> 'A00' OR would_code <> '') GROUP BY user, domain, dest_country", span)
+    return _int_sums(verdicts), _int_sums(rejected)
 
 
 def recent_rejections(db, since, limit):
@@ -2137,12 +2137,6 @@ def recent_rejections(db, since, limit):
     return db.query("SELECT ts, user, domain, number, dest_country, source_ip, code, would_code, reason, undo_command, node "
                     "FROM call_log WHERE ts >= ? AND (code <> 'A00' OR would_code <> '') ORDER BY ts DESC, id DESC LIMIT ?",
                     (since, limit))
-
-
-def nodes_seen(db, since):
-    """(node, calls, last call) of every node in the call log since `since`."""
-    return _int_sums(db.query("SELECT node, COUNT(*), MAX(ts) FROM call_log WHERE ts >= ? GROUP BY node ORDER BY node",
-                              (since,)))
 
 
 def pending_alerts(db):
@@ -6098,6 +6092,7 @@ def http_approve(api, request):
 
 DASHBOARD_PATHS = ("/", "/v1/dashboard")
 DASHBOARD_HOURS = 24
+DASHBOARD_SETTLED = 300  # seconds after which an hour's call log rows are taken as all written
 
 
 def http_dashboard_page(api, request):
@@ -6107,35 +6102,44 @@ def http_dashboard_page(api, request):
         raise HttpError(500, str(exc)) from None
 
 
+def most_first(counts, top=10):
+    """The `top` (name, count) pairs of the largest counts, ties by name."""
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
+
+
 def http_dashboard(api, request):
     """What the dashboard shows: the last 24 h of the call log (every node's), and this node's
     reputation lookups and alert queue."""
     server, now, tz = api.server, time.time(), api.cfg.policy.tz
     first_hour = int(now // 3600) - DASHBOARD_HOURS + 1
-    since = first_hour * 3600
+    hours = range(first_hour, first_hour + DASHBOARD_HOURS)
     with api.database() as db:
-        per_hour = verdicts_per_hour(db, since)
-        _by_code, top_accounts, top_countries = call_stats(db, since)
-        rejections = recent_rejections(db, since, 50)
-        nodes = nodes_seen(db, since)
+        summaries = [api.call_log_hour(db, hour, now) for hour in hours]
+        rejections = recent_rejections(db, first_hour * 3600, 50)
         outbox, failed, oldest = pending_alerts(db)
-    hours = {}
-    for hour, code, calls in per_hour:
-        hours.setdefault(code, [0] * DASHBOARD_HOURS)[hour - first_hour] += calls
+    per_code, nodes, accounts, countries = {}, {}, {}, {}
+    for i, (verdicts, rejected) in enumerate(summaries):
+        for code, node, calls, last in verdicts:
+            per_code.setdefault(code, [0] * DASHBOARD_HOURS)[i] += calls
+            seen = nodes.setdefault(node, [0, 0.0])
+            seen[0], seen[1] = seen[0] + calls, max(seen[1], last)
+        for user, domain, country, calls in rejected:
+            accounts[f"{user}@{domain}"] = accounts.get(f"{user}@{domain}", 0) + calls
+            countries[country] = countries.get(country, 0) + calls
     rejection_names = ("time", "user", "domain", "number", "dest_country", "source_ip", "code", "would_code", "reason",
                        "undo", "node")
     return 200, {
         "node": api.cfg.server.node_name, "version": __version__, "generated": fmt_time(now, tz),
-        "hours": [fmt_time(h * 3600, tz, "%H:%M") for h in range(first_hour, first_hour + DASHBOARD_HOURS)],
-        "verdicts_per_hour": dict(sorted(hours.items())),
-        "top_accounts": [{"account": f"{u}@{d}", "calls": n, "rejected": r} for u, d, n, r in top_accounts if r],
-        "top_destinations": [{"country": c, "calls": n, "rejected": r} for c, n, r in top_countries if r],
+        "hours": [fmt_time(hour * 3600, tz, "%H:%M") for hour in hours],
+        "verdicts_per_hour": dict(sorted(per_code.items())),
+        "top_accounts": [{"account": a, "rejected": n} for a, n in most_first(accounts)],
+        "top_destinations": [{"country": c, "rejected": n} for c, n in most_first(countries)],
         "recent_rejections": [dict(zip(rejection_names, (fmt_time(r[0], tz), *r[1:]))) for r in rejections],
         "reputation": {**server.reputation.lookups.copy(), "in_flight": len(server.reputation.waiting)},
         "alerts": {"in_memory": len(server.engine.alerts.events), "outbox": outbox, "retrying": failed,
                    "oldest": fmt_time(oldest, tz) if oldest else "", "delivery_failures": server.dispatcher.failures},
         "database_up": server.database_down is None,
-        "nodes": [{"node": node, "calls": calls, "last_call": fmt_time(last, tz)} for node, calls, last in nodes],
+        "nodes": [{"node": node, "calls": calls, "last_call": fmt_time(last, tz)} for node, (calls, last) in sorted(nodes.items())],
     }
 
 
@@ -6303,6 +6307,8 @@ class HttpInterface:
         self.cfg = server.cfg
         self.metrics = Metrics()
         self.metrics_lock = threading.Lock()  # several connection threads count
+        self.dashboard_hours = {}  # hour -> call_log_hour() of a settled hour
+        self.dashboard_lock = threading.Lock()
         self.started = time.time()
         host, port = self.cfg.http.listen
         self.httpd = _HttpServer(self, (host, port))
@@ -6341,6 +6347,21 @@ class HttpInterface:
         finally:
             if db is not None:
                 db.close()
+
+    def call_log_hour(self, db, hour, now):
+        """call_log_hour(), kept for an hour that ended more than DASHBOARD_SETTLED seconds ago (its
+        rows are written by then): a dashboard refresh reads only the current hour's rows."""
+        with self.dashboard_lock:
+            kept = self.dashboard_hours.get(hour)
+        if kept is not None:
+            return kept
+        summary = call_log_hour(db, hour)
+        if (hour + 1) * 3600 + DASHBOARD_SETTLED <= now:
+            with self.dashboard_lock:
+                self.dashboard_hours[hour] = summary
+                for old in [h for h in self.dashboard_hours if h <= hour - DASHBOARD_HOURS]:
+                    del self.dashboard_hours[old]
+        return summary
 
     def count(self, route, status):
         with self.metrics_lock:

@@ -17,10 +17,12 @@ import urllib.request
 
 import pytest
 
+import tfps
 from conftest import free_port, wait_until
 from test_http import TOKEN, check_query, served  # noqa: F401  (fixture)
 from test_sip_server import CUBA, UK, US, UdpClient
 
+DASHBOARD_HOURS = tfps.DASHBOARD_HOURS
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -229,3 +231,42 @@ def test_the_dashboard_is_for_allow_from_or_the_token(served):  # noqa: F811
     status, answer = api.get("/v1/dashboard", token="")
     assert status == 200 and answer["verdicts_per_hour"] == {} and answer["recent_rejections"] == []
     assert set(answer) >= {"top_accounts", "top_destinations", "reputation", "alerts", "nodes", "database_up"}
+
+
+def logged_call(ts, code, node, user="2002", country="GB", undo=""):
+    """A call log row as Engine.record writes it."""
+    return (ts, f"{ts}@test", None, user, "pbx.example.com", "", "4420", "442079460000", "192.0.2.7", "TestPBX", "US",
+            country, 0, 1, code, "", "reason", "302", None, node, 0.3, undo)
+
+
+def test_the_dashboard_sums_earlier_hours_of_every_node(served, db_url):  # noqa: F811
+    """Hours that have ended are read once and kept; the current one is read at every refresh."""
+    server, api = served(db_url)
+    now = time.time()
+    three_hours_ago = now - 3 * 3600
+    db = tfps.open_database(db_url)
+    try:
+        db.begin()
+        tfps.insert_call_log(db, [logged_call(three_hours_ago, "A00", "node-a"), logged_call(three_hours_ago, "R06", "node-b"),
+                                  logged_call(three_hours_ago + 1, "R06", "node-b", user="3003", country="FR",
+                                              undo="tfps.py allow 3003 pbx.example.com --dest FR"),
+                                  logged_call(now - 30 * 3600, "R02", "node-a")])  # older than the window
+        db.commit()
+        slot = DASHBOARD_HOURS - 1 - (int(now // 3600) - int(three_hours_ago // 3600))
+        for _ in range(2):
+            status, answer = api.get("/v1/dashboard", token="")
+            assert status == 200
+            assert answer["verdicts_per_hour"] == {"A00": [1 if i == slot else 0 for i in range(24)],
+                                                   "R06": [2 if i == slot else 0 for i in range(24)]}
+            assert [(n["node"], n["calls"]) for n in answer["nodes"]] == [("node-a", 1), ("node-b", 2)]
+            assert answer["top_accounts"] == [{"account": "2002@pbx.example.com", "rejected": 1},
+                                              {"account": "3003@pbx.example.com", "rejected": 1}]
+            assert sorted(c["country"] for c in answer["top_destinations"]) == ["FR", "GB"]
+            assert answer["recent_rejections"][0]["undo"] == "tfps.py allow 3003 pbx.example.com --dest FR"
+        db.begin()
+        tfps.insert_call_log(db, [logged_call(now, "R11", "node-a")])
+        db.commit()
+        status, answer = api.get("/v1/dashboard", token="")
+        assert answer["verdicts_per_hour"]["R11"][-1] == 1, "the current hour is read again"
+    finally:
+        db.close()

@@ -94,6 +94,7 @@ def program_name(argv0):
 PROG = program_name(sys.argv[0])
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_DAYS = 36525  # 100 years: any longer duration is a typo
+MAX_APPROVAL_TTL = 30 * 86400  # longest [http] approval_ttl; used links are kept at least this long
 MAX_DURATION = MAX_DAYS * 86400.0
 # Times from 1970 to the last day that has a local date within year 9999 in every timezone.
 MAX_TIMESTAMP = dt.datetime(9999, 12, 30, tzinfo=dt.timezone.utc).timestamp()
@@ -650,7 +651,7 @@ CONFIG_SPEC = {
         "max_body_size": (_integer(1024, 1 << 20), "65536", "larger request bodies get 413"),
         "public_url": (_http_url, "", "base URL of this interface as account owners reach it, for the approval links in alerts; empty = no links"),
         "secret": (_token, "", "key signing the approval links (16 to 256 characters); empty = no links"),
-        "approval_ttl": (_duration(60, 30 * 86400), "24h", "how long an approval link can be used"),
+        "approval_ttl": (_duration(60, MAX_APPROVAL_TTL), "24h", "how long an approval link can be used"),
         "approval_days": (_integer(1, MAX_DAYS), "7", "days a country allowed through an approval link stays allowed"),
     },
 }
@@ -2234,7 +2235,7 @@ def approved_country_counts(db, start, end, account_ids=None):
 
 
 def purge_rows(db, *, call_log_before, counter_day_before, new_destination_day_before, ab_pairs_before,
-               rate_windows_before, history_day_before, now):
+               rate_windows_before, history_day_before, approvals_before, now):
     """Delete what is older than the retention and what expired; returns {table: rows deleted}."""
     counts = {}
     for table, where, args in (
@@ -2242,6 +2243,7 @@ def purge_rows(db, *, call_log_before, counter_day_before, new_destination_day_b
             ("daily_counters", "day < ?", (counter_day_before,)),
             ("new_destination_days", "day < ?", (new_destination_day_before,)),
             ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (ab_pairs_before, now)),
+            ("approvals", "approved < ? AND (ended = 1 OR until IS NULL)", (approvals_before,)),
             ("rate_windows", "last_call < ?", (rate_windows_before,)),
             ("history_days", "day < ?", (history_day_before,)),
             ("account_days", "day < ?", (history_day_before,)),
@@ -4126,7 +4128,10 @@ def purge(cfg, db, now, older_than):
                       counter_day_before=dt.datetime.fromtimestamp(cutoff, cfg.policy.tz).date().isoformat(),
                       ab_pairs_before=now - cfg.policy.ab_window, rate_windows_before=now - 60,
                       new_destination_day_before=dt.datetime.fromtimestamp(now, cfg.policy.tz).date().isoformat(),
-                      history_day_before=day_number(cutoff, cfg.policy.tz), now=now)
+                      history_day_before=day_number(cutoff, cfg.policy.tz), now=now,
+                      # a used approval link is remembered as long as the call log, and at least
+                      # as long as any link can be valid: it must not work twice
+                      approvals_before=min(cutoff, now - MAX_APPROVAL_TTL))
 
 
 def daily_summaries(cfg, db, alerts, now):

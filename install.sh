@@ -12,7 +12,7 @@
 # What it does, each step only when needed:
 #   1. apt-get install python3 and python3-pymysql when missing (pip as a fallback for PyMySQL,
 #      always the one release pinned below, checked against its hash); not with --prefix
-#   2. build ./tfps.pyz with `python3 -m zipapp`: tfps.py, schema.sql, LICENSE, NOTICE and a
+#   2. build ./tfps.pyz with `python3 -m zipapp`: tfps.py, schema.sql, dashboard.html, LICENSE, NOTICE and a
 #      vendored copy of PyMySQL, so the binary also runs where PyMySQL is not installed; and
 #      the man page ./tfps.1 and ./tfps.bash-completion from tfps.py's argument parser
 #      (docs/gen_cli_docs.py)
@@ -171,7 +171,7 @@ if [ "$PRINT_UNIT" = 1 ]; then
   exit 0
 fi
 
-for f in tfps.py schema.sql tfps.conf docs/gen_cli_docs.py; do
+for f in tfps.py schema.sql dashboard.html tfps.conf docs/gen_cli_docs.py; do
   [ -f "$SRC/$f" ] || die "$SRC/$f is missing: run install.sh from a TFPS checkout"
 done
 
@@ -226,7 +226,7 @@ fi
 
 # -- 2. build tfps.pyz ----------------------------------------------------------------------------
 mkdir "$BUILD/app"
-cp "$SRC/tfps.py" "$SRC/schema.sql" "$BUILD/app/"
+cp "$SRC/tfps.py" "$SRC/schema.sql" "$SRC/dashboard.html" "$BUILD/app/"
 for f in LICENSE docs/NOTICE; do
   [ ! -f "$SRC/$f" ] || cp "$SRC/$f" "$BUILD/app/"
 done

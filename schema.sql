@@ -183,6 +183,7 @@ CREATE TABLE IF NOT EXISTS call_log (
   abuse_score INT NULL,
   node VARCHAR(64) NOT NULL DEFAULT '',
   latency_ms DOUBLE NOT NULL DEFAULT 0,
+  undo_command VARCHAR(255) NOT NULL DEFAULT '',
   INDEX idx_call_log_ts (ts),
   INDEX idx_call_log_user (user, domain, ts)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
@@ -241,6 +242,21 @@ CREATE TABLE IF NOT EXISTS alert_throttle (
   last_sent DOUBLE NOT NULL,
   suppressed INT NOT NULL DEFAULT 0,
   PRIMARY KEY (account, rule)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Approval links used (one row each: a link works once), who confirmed them and when; a country
+-- allowed through one is taken back at `until` (a quota reset has none) and `ended` set.
+CREATE TABLE IF NOT EXISTS approvals (
+  token_id CHAR(24) NOT NULL PRIMARY KEY,
+  account_id BIGINT NOT NULL,
+  rule CHAR(3) NOT NULL,
+  value VARCHAR(16) NOT NULL,
+  approved DOUBLE NOT NULL,
+  until DOUBLE NULL,
+  ended TINYINT NOT NULL DEFAULT 0,
+  client_ip VARCHAR(45) NOT NULL,
+  user_agent VARCHAR(255) NOT NULL DEFAULT '',
+  INDEX idx_approvals_until (ended, until)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Cluster-wide locks (daily training, daily jobs): held until expires.

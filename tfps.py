@@ -32,6 +32,7 @@ Contents (sections appear in this order; each depends only on those above it)
 from __future__ import annotations
 
 import argparse
+import base64
 import bisect
 import configparser
 import contextlib
@@ -41,8 +42,10 @@ import decimal
 import errno
 import functools
 import gc
+import hashlib
 import heapq
 import hmac
+import html
 import http.client
 import http.server
 import ipaddress
@@ -91,6 +94,7 @@ def program_name(argv0):
 PROG = program_name(sys.argv[0])
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_DAYS = 36525  # 100 years: any longer duration is a typo
+MAX_APPROVAL_TTL = 30 * 86400  # longest [http] approval_ttl; used links are kept at least this long
 MAX_DURATION = MAX_DAYS * 86400.0
 # Times from 1970 to the last day that has a local date within year 9999 in every timezone.
 MAX_TIMESTAMP = dt.datetime(9999, 12, 30, tzinfo=dt.timezone.utc).timestamp()
@@ -642,16 +646,20 @@ CONFIG_SPEC = {
     },
     "http": {
         "listen": (_http_listen, "", "HOST:PORT of the HTTP interface (decision API, /metrics, health, admin API), IPv6 as [::1]:8080; empty = off"),
-        "allow_from": (_cidrs, "127.0.0.0/8, ::1", "networks allowed to use the HTTP interface; others get 403"),
+        "allow_from": (_cidrs, "127.0.0.0/8, ::1", "networks allowed to use the HTTP interface, except the approval pages /approve/ that account owners open; others get 403"),
         "api_token": (_token, "", "bearer token of the admin API under /v1/ (16 to 256 characters); empty = admin API off"),
         "max_connections": (_integer(1, 10000), "64", "HTTP connections open at most; past it new ones get 503"),
         "request_timeout": (_duration(0.5, 3600), "15s", "a connection is closed when a complete request has not arrived this long after it opened or after the previous answer"),
         "check_timeout": (_duration(0.1, 60), "3s", "longest a check waits for its verdict (a reputation lookup included); past it 504"),
         "max_body_size": (_integer(1024, 1 << 20), "65536", "larger request bodies get 413"),
+        "public_url": (_http_url, "", "base URL of this interface as account owners reach it, for the approval links in alerts; empty = no links"),
+        "secret": (_token, "", "key signing the approval links (16 to 256 characters); empty = no links"),
+        "approval_ttl": (_duration(60, MAX_APPROVAL_TTL), "24h", "how long an approval link can be used"),
+        "approval_days": (_integer(1, MAX_DAYS), "7", "days a country allowed through an approval link stays allowed"),
     },
 }
 
-SECRET_KEYS = {"abuseipdb_key", "apiban_key", "smtp_password", "alert_webhook", "api_token"}
+SECRET_KEYS = {"abuseipdb_key", "apiban_key", "smtp_password", "alert_webhook", "api_token", "secret"}
 
 
 class ConfigError(UserError):
@@ -1549,8 +1557,13 @@ def redact_url(url):
 
 
 def read_schema():
-    """schema.sql beside this file, also when this file runs from inside a zipapp."""
-    path = os.path.join(os.path.dirname(__file__), "schema.sql")  # the loader's own spelling of the path
+    return read_packaged("schema.sql", DatabaseError)
+
+
+def read_packaged(name, error):
+    """A file shipped beside this one (schema.sql, dashboard.html), also when this file runs from
+    inside a zipapp. Raises `error` when it is missing."""
+    path = os.path.join(os.path.dirname(__file__), name)  # the loader's own spelling of the path
     # zipimport's get_data inside a zipapp; none when a tool runs the file (`python3 -m cProfile tfps.py`)
     get_data = getattr(globals().get("__loader__"), "get_data", None)
     try:
@@ -1559,7 +1572,7 @@ def read_schema():
                 return fh.read().decode("utf-8")
         return get_data(path).decode("utf-8")
     except OSError:
-        raise DatabaseError(f"schema.sql not found beside {os.path.abspath(__file__)}") from None
+        raise error(f"{name} not found beside {os.path.abspath(__file__)}") from None
 
 
 # A quoted string ('...', "...": doubled quotes and MySQL's backslash escapes inside) or a
@@ -2004,7 +2017,7 @@ def clear_account_counters(db, account_id, day):
 def delete_account(db, account_id):
     """The account and every row kept for it, except its calls in call_log."""
     for table in ("daily_counters", "quota_leases", "new_destination_days", "ab_pairs", "rate_windows", "account_seen",
-                  "account_days", "account_day_countries"):
+                  "account_days", "account_day_countries", "approvals"):
         db.execute(f"DELETE FROM {table} WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
 
@@ -2161,6 +2174,31 @@ def call_stats(db, since):
     return _int_sums(by_code), _int_sums(top_accounts), _int_sums(top_countries)
 
 
+def call_log_hour(db, hour):
+    """One hour of the call log (hours since the epoch) summed up: ((code, node, calls, last call),
+    (user, domain, destination country, rejected calls)). A would-be rejection counts under its
+    would-be code and as a rejection."""
+    span = (hour * 3600, hour * 3600 + 3600)
+    verdicts = db.query("SELECT CASE WHEN would_code <> '' THEN would_code ELSE code END AS k, node, COUNT(*), MAX(ts) "
+                        "FROM call_log WHERE ts >= ? AND ts < ? GROUP BY k, node", span)
+    rejected = db.query("SELECT user, domain, dest_country, COUNT(*) FROM call_log WHERE ts >= ? AND ts < ? "
+                        "AND (code <> 'A00' OR would_code <> '') GROUP BY user, domain, dest_country", span)
+    return _int_sums(verdicts), _int_sums(rejected)
+
+
+def recent_rejections(db, since, limit):
+    """The latest rejected (or would-be rejected) calls since `since`, with their undo commands."""
+    return db.query("SELECT ts, user, domain, number, dest_country, source_ip, code, would_code, reason, undo_command, node "
+                    "FROM call_log WHERE ts >= ? AND (code <> 'A00' OR would_code <> '') ORDER BY ts DESC, id DESC LIMIT ?",
+                    (since, limit))
+
+
+def pending_alerts(db):
+    """(alerts waiting in the outbox, of them failed at least once, the oldest one's creation time)."""
+    row = db.one("SELECT COUNT(*), SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), MIN(created) FROM alert_outbox")
+    return int(row[0] or 0), int(row[1] or 0), row[2]
+
+
 def _int_sums(rows):
     """MySQL returns SUM() as Decimal; the reports want plain integers."""
     return [tuple(int(v) if isinstance(v, decimal.Decimal) else v for v in row) for row in rows]
@@ -2250,7 +2288,7 @@ def approved_country_counts(db, start, end, account_ids=None):
 
 
 def purge_rows(db, *, call_log_before, counter_day_before, new_destination_day_before, ab_pairs_before,
-               rate_windows_before, history_day_before, now):
+               rate_windows_before, history_day_before, approvals_before, now):
     """Delete what is older than the retention and what expired; returns {table: rows deleted}."""
     counts = {}
     for table, where, args in (
@@ -2259,6 +2297,7 @@ def purge_rows(db, *, call_log_before, counter_day_before, new_destination_day_b
             ("quota_leases", "day < ?", (counter_day_before,)),
             ("new_destination_days", "day < ?", (new_destination_day_before,)),
             ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (ab_pairs_before, now)),
+            ("approvals", "approved < ? AND (ended = 1 OR until IS NULL)", (approvals_before,)),
             ("rate_windows", "last_call < ?", (rate_windows_before,)),
             ("history_days", "day < ?", (history_day_before,)),
             ("account_days", "day < ?", (history_day_before,)),
@@ -2408,12 +2447,47 @@ def update_last_seen(db, items):
 
 CALL_LOG_INSERT = ("INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
                    "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
-                   "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+                   "sip_response, abuse_score, node, latency_ms, undo_command) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def insert_call_log(db, rows):
     """Call log rows, tuples in the column order of CALL_LOG_INSERT."""
     db.executemany(CALL_LOG_INSERT, rows)
+
+
+# approval links
+
+def record_approval(db, approval_id, account_id, rule, value, now, until, client_ip, user_agent):
+    """Remember an approval link as used, by whom; False when it had been used already."""
+    return db.insert_or_ignore("approvals", {"token_id": approval_id, "account_id": account_id, "rule": rule,
+                                             "value": value, "approved": now, "until": until,
+                                             "client_ip": client_ip, "user_agent": user_agent})
+
+
+def load_approval(db, approval_id):
+    """(approved, until, client_ip, user_agent) of a used approval link, or None."""
+    return db.one("SELECT approved, until, client_ip, user_agent FROM approvals WHERE token_id = ?", (approval_id,))
+
+
+def clear_daily_counter(db, account_id, day, bucket):
+    """Forget the approved calls of one bucket ('biz', 'off') of `day`: a new daily quota."""
+    db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ? AND bucket = ?", (account_id, day, bucket))
+
+
+def load_ended_approvals(db, now):
+    """(token_id, user, domain, rule, value) of the country approvals whose time ran out by `now`."""
+    return db.query("SELECT a.token_id, c.user, c.domain, a.rule, a.value FROM approvals a "
+                    "JOIN accounts c ON c.id = a.account_id WHERE a.ended = 0 AND a.until <= ?", (now,))
+
+
+def running_approvals(db, account_id, rule, value, now):
+    """How many approvals of this account, rule and country still run after `now`."""
+    return db.scalar("SELECT COUNT(*) FROM approvals WHERE account_id = ? AND rule = ? AND value = ? "
+                     "AND ended = 0 AND until > ?", (account_id, rule, value, now), default=0)
+
+
+def end_approval(db, approval_id):
+    db.execute("UPDATE approvals SET ended = 1 WHERE token_id = ?", (approval_id,))
 
 
 # =============================================================================================
@@ -2957,6 +3031,54 @@ class AlertDispatcher:
             retry_alert(db, alert_id, email, webhook, time.time() + delay, "; ".join(errors))
             self.failures += 1
             log.warning("alert %s not delivered (%s); retry in %.0f s", alert_id, "; ".join(errors), delay)
+
+
+# -- approval links: a rejection the account owner lifts himself, signed with [http] secret ----
+
+# rule -> what its approval changes: a destination or source country allowed, today's quota reset
+APPROVABLE = {"R06": "dest", "R04": "source", "R09": "quota", "R11": "quota"}
+
+
+@dataclass
+class Approval:
+    token_id: str    # random: the database remembers it once used
+    account: str     # user@domain
+    rule: str        # a key of APPROVABLE
+    value: str       # the country (R04, R06) or the calendar day of the quota (R09, R11)
+    expires: float
+
+
+def _unpadded_b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _approval_signature(secret, payload):
+    return hmac.new(secret.encode(), b"tfps-approve:" + payload.encode("ascii"), hashlib.sha256).digest()
+
+
+def approval_token(secret, account, rule, value, expires):
+    """A URL-safe token 'PAYLOAD.SIGNATURE' granting one approval until `expires`."""
+    payload = _unpadded_b64(json.dumps([secrets.token_hex(12), account, rule, value, int(expires)],
+                                       separators=(",", ":")).encode())
+    return f"{payload}.{_unpadded_b64(_approval_signature(secret, payload))}"
+
+
+def read_approval_token(secret, token, now):
+    """The Approval a token grants. Raises ValueError saying why it is refused."""
+    payload, _, signature = token.partition(".")
+    try:
+        given = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+        expected = _approval_signature(secret, payload)
+    except (ValueError, UnicodeEncodeError):
+        given, expected = b"", b"-"
+    if not hmac.compare_digest(given, expected):
+        raise ValueError("this approval link is not valid: its signature does not match")
+    token_id, account, rule, value, expires = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    if rule not in APPROVABLE:
+        raise ValueError(f"{rule} is not approvable")
+    if expires <= now:
+        raise ValueError("this approval link has expired")
+    return Approval(token_id, account, rule, value, float(expires))
 
 
 # =============================================================================================
@@ -3849,7 +3971,8 @@ class Engine:
             storable(a.from_uri, 512), storable(a.number, 64), verdict.number[:32], storable(a.source_ip, 45),
             storable(a.user_agent, 255), verdict.source_country, verdict.dest_country, int(verdict.off_hours),
             a.concurrent_calls, verdict.code, would.code if would else "", storable(verdict.reason, 512), sip_response[:64],
-            a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3)))
+            a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3),
+            storable(would.undo if would else verdict.undo, 255)))
         if len(self.log_rows) > self.cfg.database.max_unflushed_rows:
             self._bound_log_rows()
         if acc and acc.id is not None:
@@ -3872,11 +3995,36 @@ class Engine:
                 f"Call-ID {a.call_id or '-'}, answered {sip_response}.\n")
         if undo:
             body += f"If this is a false positive: {undo}\n"
+        link = "" if rejection else self._approval_link(verdict)
+        if link:
+            body += f"The account owner can allow it with one click: {link}\n"
         self.alerts.add(AlertEvent(kind, name, code, f"TFPS {code}: {name} -> {verdict.number or a.number} {headline}",
                                    body, {"code": code, "reason": reason, "number": verdict.number, "undo": undo,
+                                          "approve_url": link,
                                           "dest_country": verdict.dest_country, "source_ip": a.source_ip,
                                           "user_agent": a.user_agent, "call_id": a.call_id, "enforced": not rejection},
                                    acc.email if acc else ""))
+
+    def _approval_link(self, verdict):
+        """[http] public_url/approve/TOKEN lifting this rejection, or '' when links are off or the
+        rejection is not the owner's to lift (a high-tier destination, one the administrator denied)."""
+        h, acc = self.cfg.http, verdict.account
+        lifts = APPROVABLE.get(verdict.code)
+        if not (h.public_url and h.secret and lifts and acc and acc.id is not None):
+            return ""
+        if lifts == "dest":
+            iso = verdict.dest_country
+            if not iso or f"!{iso}" in acc.dest_countries or self.tiers.of(verdict.number, iso)[0] == "high":
+                return ""
+            value = iso
+        elif lifts == "source":
+            value = verdict.source_country
+            if not value:
+                return ""
+        else:
+            value = self._local_day(verdict.attempt.ts)[0]
+        token = approval_token(h.secret, acc.name, verdict.code, value, verdict.attempt.ts + h.approval_ttl)
+        return f"{h.public_url.rstrip('/')}/approve/{token}"
 
     def flush(self, now=None):
         """Make the verdicts' counters durable (SQLite: the group transaction), then write the
@@ -4181,13 +4329,36 @@ def finish_learning(cfg, db, now):
     return len(accounts)
 
 
+APPROVED_COLUMNS = {"dest": "dest_countries", "source": "source_countries"}  # what an approval of a country widens
+
+
+def end_approvals(db, now):
+    """Take back the countries allowed through approval links once [http] approval_days have
+    passed (unless a later approval of the same country still runs). Returns how many ended."""
+    ended = load_ended_approvals(db, now)
+    for token_id, user, domain, rule, value in ended:
+        end_approval(db, token_id)
+        row = load_account(db, user, domain)
+        if row is None:
+            continue
+        acc = Account.from_row(row)
+        if not running_approvals(db, acc.id, rule, value, now):
+            column = APPROVED_COLUMNS[APPROVABLE[rule]]
+            update_account_row(db, acc.id, {column: format_countries(getattr(acc, column) - {value})}, now)
+            log.info("approval of %s %s for %s ended", rule, value, acc.name)
+    return len(ended)
+
+
 def purge(cfg, db, now, older_than):
     cutoff = now - older_than
     return purge_rows(db, call_log_before=cutoff,
                       counter_day_before=dt.datetime.fromtimestamp(cutoff, cfg.policy.tz).date().isoformat(),
                       ab_pairs_before=now - cfg.policy.ab_window, rate_windows_before=now - 60,
                       new_destination_day_before=dt.datetime.fromtimestamp(now, cfg.policy.tz).date().isoformat(),
-                      history_day_before=day_number(cutoff, cfg.policy.tz), now=now)
+                      history_day_before=day_number(cutoff, cfg.policy.tz), now=now,
+                      # a used approval link is remembered as long as the call log, and at least
+                      # as long as any link can be valid: it must not work twice
+                      approvals_before=min(cutoff, now - MAX_APPROVAL_TTL))
 
 
 def daily_summaries(cfg, db, alerts, now):
@@ -4248,6 +4419,8 @@ class DailyJobs:
             finish_learning(self.cfg, self.db, now)
             self._follow_changes()
             learning_ends = next_learning_end(self.db)
+        if end_approvals(self.db, now):
+            self._follow_changes()
         local = dt.datetime.fromtimestamp(now, p.tz)
         today = local.date().isoformat()
         due = [learning_ends] if learning_ends is not None else []
@@ -5651,6 +5824,53 @@ def remove_account(db, acc):
     delete_account(db, acc.id)
 
 
+def approval_account(db, cfg, approval):
+    """The account an approval link names, once it is checked that the link may still lift its
+    rejection (a country made high-risk or denied since the alert is not). Raises UserError."""
+    user, _, domain = approval.account.rpartition("@")
+    acc = find_account(db, user, domain)
+    if APPROVABLE[approval.rule] == "dest":
+        if approval.value in cfg.policy.high_risk_countries:
+            raise UserError(f"{approval.value} is a high-risk destination: only the administrator can allow it")
+        if f"!{approval.value}" in acc.dest_countries:
+            raise UserError(f"the administrator denied {approval.value} to {acc.name}")
+    return acc
+
+
+def approval_effect(cfg, approval):
+    """What confirming the approval does, as a sentence for the account owner."""
+    lifts, value = APPROVABLE[approval.rule], approval.value
+    if lifts == "quota":
+        hours = "off-hours" if approval.rule == "R09" else "business-hours"
+        return f"{approval.account} gets a new {hours} daily quota for {value}."
+    direction = "to destination" if lifts == "dest" else "from source country"
+    return f"{approval.account} may call {direction} {value} for {cfg.http.approval_days} days."
+
+
+def apply_approval(db, cfg, approval, now, client_ip, user_agent):
+    """Lift the rejection an approval link names, as `allow --dest/--source` or a reset of the
+    day's quota would, and record who confirmed it. Once only: UserError when used before."""
+    acc = approval_account(db, cfg, approval)
+    lifts = APPROVABLE[approval.rule]
+    db.begin()
+    try:
+        if not record_approval(db, approval.token_id, acc.id, approval.rule, approval.value, now,
+                               None if lifts == "quota" else now + cfg.http.approval_days * 86400,
+                               storable(client_ip, 45), storable(user_agent, 255)):
+            raise UserError("this approval link has been used already")
+        if lifts == "quota":
+            clear_daily_counter(db, acc.id, approval.value, "off" if approval.rule == "R09" else "biz")
+        else:
+            column = APPROVED_COLUMNS[lifts]
+            update_account(db, acc, now, end_learning=False, **{column: getattr(acc, column) | {approval.value}})
+        db.commit()
+    except BaseException as exc:
+        db.rollback(exc)
+        raise
+    log.info("approval: %s %s %s confirmed from %s", acc.name, approval.rule, approval.value, client_ip)
+
+
+
 def normalize_list_value(kind, value, policy=None, countries=None):
     """Validate and canonicalize one list entry; raises ValueError. A number prefix is read as a
     dialed number is (`policy` and `countries` needed): '+43', '0043' and '43' are one entry."""
@@ -6144,6 +6364,131 @@ def http_stats(api, request):
                  "top_destinations": [{"country": c, "calls": n, "rejected": r} for c, n, r in top_countries]}
 
 
+# -- approval pages: public (the account owner opens them from an alert), outside allow_from ----
+
+class HtmlPage(str):
+    """A body served as text/html."""
+
+
+APPROVE_PREFIX = "/approve/"
+PAGE_STYLE = ("body{font-family:system-ui,sans-serif;max-width:36em;margin:2em auto;padding:0 1em;line-height:1.5}"
+              "button{font-size:1.1em;padding:.6em 1.4em}")
+
+
+def html_page(title, *paragraphs, form=""):
+    """A small self-contained page; the paragraphs are escaped here."""
+    body = "".join(f"<p>{html.escape(text)}</p>" for text in paragraphs)
+    return HtmlPage(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+                    f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+                    f'<meta name="referrer" content="no-referrer"><meta name="robots" content="noindex">'
+                    f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head>"
+                    f"<body><h1>{html.escape(title)}</h1>{body}{form}</body></html>")
+
+
+def _approval(api, request, now):
+    """(Approval, account) of the link requested, or (None, the refusal's (status, page))."""
+    secret = api.cfg.http.secret
+    if not secret:
+        return None, (404, html_page("Approval links are off", "This server has no [http] secret."))
+    try:
+        approval = read_approval_token(secret, request.groups["token"], now)
+    except (ValueError, TypeError) as exc:
+        return None, (410 if "expired" in str(exc) else 403, html_page("This link cannot be used", str(exc)))
+    with api.database() as db:
+        used = load_approval(db, approval.token_id)
+        if used:
+            return None, (410, html_page("Already approved", f"This link was used on {fmt_time(used[0], api.cfg.policy.tz)} "
+                                                             f"from {used[2]}; a link works once."))
+        try:
+            return (approval, approval_account(db, api.cfg, approval)), None
+        except UserError as exc:
+            return None, (403, html_page("This link cannot be used", str(exc)))
+
+
+def http_approve_page(api, request):
+    """What the link would allow, and a button that POSTs the confirmation: opening the link
+    (a mail scanner prefetching it) changes nothing."""
+    found, refusal = _approval(api, request, time.time())
+    if refusal:
+        return refusal
+    approval, _ = found
+    expires = fmt_time(approval.expires, api.cfg.policy.tz)
+    form = '<form method="post"><button type="submit">Confirm</button></form>'
+    return 200, html_page("Allow this call?", approval_effect(api.cfg, approval),
+                          f"Confirm only if you placed the call that was rejected ({approval.rule}). "
+                          f"This link can be used once, until {expires}.", form=form)
+
+
+def http_approve(api, request):
+    now = time.time()
+    found, refusal = _approval(api, request, now)
+    if refusal:
+        return refusal
+    approval, _ = found
+    try:
+        with api.database() as db:
+            apply_approval(db, api.cfg, approval, now, request.client_ip, request.headers.get("User-Agent") or "")
+    except UserError as exc:  # used by a concurrent request since _approval looked
+        return 410, html_page("This link cannot be used", str(exc))
+    return 200, html_page("Approved", approval_effect(api.cfg, approval),
+                          f"Calls follow within {api.cfg.database.reload_interval:g} s.")
+
+
+# -- the dashboard: dashboard.html, which fetches /v1/dashboard every 10 s ------------------------
+
+DASHBOARD_PATHS = ("/", "/v1/dashboard")
+DASHBOARD_HOURS = 24
+DASHBOARD_SETTLED = 300  # seconds after which an hour's call log rows are taken as all written
+
+
+def http_dashboard_page(api, request):
+    try:
+        return 200, HtmlPage(read_packaged("dashboard.html", UserError))
+    except UserError as exc:
+        raise HttpError(500, str(exc)) from None
+
+
+def most_first(counts, top=10):
+    """The `top` (name, count) pairs of the largest counts, ties by name."""
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
+
+
+def http_dashboard(api, request):
+    """What the dashboard shows: the last 24 h of the call log (every node's), and this node's
+    reputation lookups and alert queue."""
+    server, now, tz = api.server, time.time(), api.cfg.policy.tz
+    first_hour = int(now // 3600) - DASHBOARD_HOURS + 1
+    hours = range(first_hour, first_hour + DASHBOARD_HOURS)
+    with api.database() as db:
+        summaries = [api.call_log_hour(db, hour, now) for hour in hours]
+        rejections = recent_rejections(db, first_hour * 3600, 50)
+        outbox, failed, oldest = pending_alerts(db)
+    per_code, nodes, accounts, countries = {}, {}, {}, {}
+    for i, (verdicts, rejected) in enumerate(summaries):
+        for code, node, calls, last in verdicts:
+            per_code.setdefault(code, [0] * DASHBOARD_HOURS)[i] += calls
+            seen = nodes.setdefault(node, [0, 0.0])
+            seen[0], seen[1] = seen[0] + calls, max(seen[1], last)
+        for user, domain, country, calls in rejected:
+            accounts[f"{user}@{domain}"] = accounts.get(f"{user}@{domain}", 0) + calls
+            countries[country] = countries.get(country, 0) + calls
+    rejection_names = ("time", "user", "domain", "number", "dest_country", "source_ip", "code", "would_code", "reason",
+                       "undo", "node")
+    return 200, {
+        "node": api.cfg.server.node_name, "version": __version__, "generated": fmt_time(now, tz),
+        "hours": [fmt_time(hour * 3600, tz, "%H:%M") for hour in hours],
+        "verdicts_per_hour": dict(sorted(per_code.items())),
+        "top_accounts": [{"account": a, "rejected": n} for a, n in most_first(accounts)],
+        "top_destinations": [{"country": c, "rejected": n} for c, n in most_first(countries)],
+        "recent_rejections": [dict(zip(rejection_names, (fmt_time(r[0], tz), *r[1:]))) for r in rejections],
+        "reputation": {**server.reputation.lookups.copy(), "in_flight": len(server.reputation.waiting)},
+        "alerts": {"in_memory": len(server.engine.alerts.events), "outbox": outbox, "retrying": failed,
+                   "oldest": fmt_time(oldest, tz) if oldest else "", "delivery_failures": server.dispatcher.failures},
+        "database_up": server.database_down is None,
+        "nodes": [{"node": node, "calls": calls, "last_call": fmt_time(last, tz)} for node, (calls, last) in sorted(nodes.items())],
+    }
+
+
 ACCOUNT_PATH = r"/v1/accounts/(?P<user>[^/@]+)@(?P<domain>[^/@]+)"
 LIST_PATH = r"/v1/lists/(?P<color>black|white)/(?P<kind>number|ip|ua)"
 
@@ -6166,6 +6511,10 @@ ROUTES = [Route(method, re.compile(pattern), handler, needs_token) for method, p
     ("DELETE", LIST_PATH, http_list_remove, True),
     ("GET", r"/v1/calls", http_calls, True),
     ("GET", r"/v1/stats", http_stats, True),
+    ("GET", r"/", http_dashboard_page, False),
+    ("GET", r"/v1/dashboard", http_dashboard, False),
+    ("GET", APPROVE_PREFIX + r"(?P<token>[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", http_approve_page, False),
+    ("POST", APPROVE_PREFIX + r"(?P<token>[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", http_approve, False),
 )]
 
 
@@ -6301,6 +6650,8 @@ class HttpInterface:
         self.server = server
         self.metrics = Metrics()
         self.metrics_lock = threading.Lock()  # several connection threads count
+        self.dashboard_hours = {}  # hour -> call_log_hour() of a settled hour
+        self.dashboard_lock = threading.Lock()
         self.started = time.time()
         host, port = self.cfg.http.listen
         self.httpd = _HttpServer(self, (host, port))
@@ -6345,6 +6696,21 @@ class HttpInterface:
             if db is not None:
                 db.close()
 
+    def call_log_hour(self, db, hour, now):
+        """call_log_hour(), kept for an hour that ended more than DASHBOARD_SETTLED seconds ago (its
+        rows are written by then): a dashboard refresh reads only the current hour's rows."""
+        with self.dashboard_lock:
+            kept = self.dashboard_hours.get(hour)
+        if kept is not None:
+            return kept
+        summary = call_log_hour(db, hour)
+        if (hour + 1) * 3600 + DASHBOARD_SETTLED <= now:
+            with self.dashboard_lock:
+                self.dashboard_hours[hour] = summary
+                for old in [h for h in self.dashboard_hours if h <= hour - DASHBOARD_HOURS]:
+                    del self.dashboard_hours[old]
+        return summary
+
     def count(self, route, status):
         with self.metrics_lock:
             self.metrics.inc("http_requests", route=route, status=status)
@@ -6354,13 +6720,22 @@ class HttpInterface:
         expected = self.cfg.http.api_token
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode())
 
+    def has_dashboard_token(self, request):
+        """The dashboard is also served outside allow_from to the api_token, given as a bearer
+        token or as ?token= (a bookmark on a phone)."""
+        token = request.params.get("token")
+        if not self.cfg.http.api_token or token is None:
+            return bool(self.cfg.http.api_token) and self.authorized(request)
+        return hmac.compare_digest(token.encode(), self.cfg.http.api_token.encode())
+
     def allowed(self, ip):
         addr = parse_ip(ip.split("%")[0])
         return addr is not None and any(addr in net for net in self.cfg.http.allow_from)
 
     def answer(self, request):
         """(status, body, extra headers) for a request whose head and body have arrived."""
-        if not self.allowed(request.client_ip):
+        public = request.path.startswith(APPROVE_PREFIX) or (request.path in DASHBOARD_PATHS and self.has_dashboard_token(request))
+        if not self.allowed(request.client_ip) and not public:
             return "forbidden", 403, {"error": f"{request.client_ip} is not in [http] allow_from"}, []
         matches = [(route, m) for route in ROUTES if (m := route.pattern.fullmatch(request.path))]
         if not matches:
@@ -6507,6 +6882,8 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
     def reply(self, status, body, headers=()):
         if isinstance(body, PrometheusText):
             data, kind = body.encode(), "text/plain; version=0.0.4; charset=utf-8"
+        elif isinstance(body, HtmlPage):
+            data, kind = body.encode(), "text/html; charset=utf-8"
         elif isinstance(body, str):
             data, kind = body.encode(), "text/plain; charset=utf-8"
         else:

@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from conftest import REPO, free_port, wait_until, write_config
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh installs as root")
 
-SOURCES = ("install.sh", "tfps.py", "schema.sql", "tfps.conf", "docs/gen_cli_docs.py", "LICENSE", "docs/NOTICE",
+SOURCES = ("install.sh", "tfps.py", "schema.sql", "dashboard.html", "tfps.conf", "docs/gen_cli_docs.py", "LICENSE", "docs/NOTICE",
            "CHANGELOG.md")
 BUILT = ("tfps.pyz", "tfps.1", "tfps.bash-completion")
 # Host commands that --prefix must never run: stand-ins first on PATH record every call.
@@ -169,6 +170,7 @@ def test_pyz_contents(installed):
     assert {"__main__.py", "tfps.py", "schema.sql", "pymysql/__init__.py", "pymysql/connections.py"} <= names
     assert not [n for n in names if "__pycache__" in n]
     assert zipfile.ZipFile(pyz).read("tfps.py") == (REPO / "tfps.py").read_bytes()
+    assert zipfile.ZipFile(pyz).read("dashboard.html") == (REPO / "dashboard.html").read_bytes()
     # The licenses travel with the binary: TFPS's own, and that of the PyMySQL inside it.
     for name, source in (("LICENSE", "LICENSE"), ("NOTICE", "docs/NOTICE")):
         assert zipfile.ZipFile(pyz).read(name) == (REPO / source).read_bytes()
@@ -205,10 +207,11 @@ def test_pyz_list_initdb_and_exit_codes(installed):
 
 
 def test_pyz_serve_and_probe_round_trip(installed, tmp_path):
-    port = free_port()
+    port, http_port = free_port(), free_port()
     conf = write_config(tmp_path / "serve.conf", {
         "server": {"listen": f"udp:127.0.0.1:{port}, tcp:127.0.0.1:{port}"},
-        "database": {"url": f"sqlite://{installed['state']}/tfps.db", "flush_interval": "0.2s"}})
+        "database": {"url": f"sqlite://{installed['state']}/tfps.db", "flush_interval": "0.2s"},
+        "http": {"listen": f"127.0.0.1:{http_port}"}})
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, str(installed["bin"]), "serve", "-c", conf], stdout=log,
@@ -227,6 +230,8 @@ def test_pyz_serve_and_probe_round_trip(installed, tmp_path):
             assert "code: A00" in probe.stdout
         rejected = run_pyz(installed["bin"], "probe", "5355512345", "--server", f"127.0.0.1:{port}")
         assert rejected.returncode == 0 and "302" in rejected.stdout and "code: R06" in rejected.stdout
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/", timeout=10) as page:
+            assert page.read() == (REPO / "dashboard.html").read_bytes(), "the dashboard from inside the zipapp"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)

@@ -232,8 +232,14 @@ def test_purge_rows_keeps_what_is_recent(db):
     db.insert("daily_counters", {"account_id": 1, "day": "2024-07-03", "bucket": "biz", "approved": 1})
     db.insert("locks", {"name": "old", "holder": "a", "expires": NOW - 1})
     db.insert("locks", {"name": "new", "holder": "a", "expires": NOW + 1})
+    for token_id, approved, until, ended in (("old-quota", NOW - 1, None, 0), ("old-ended", NOW - 1, NOW - 1, 1),
+                                             ("old-running", NOW - 1, NOW + 1, 0), ("new-quota", NOW + 1, None, 0)):
+        db.insert("approvals", {"token_id": token_id, "account_id": 1, "rule": "R06", "value": "GB", "approved": approved,
+                                "until": until, "ended": ended, "client_ip": "192.0.2.1"})
     counts = tfps.purge_rows(db, call_log_before=NOW, counter_day_before="2024-07-02",
                              new_destination_day_before="2024-07-02", ab_pairs_before=NOW,
-                             rate_windows_before=NOW, history_day_before=0, now=NOW)
+                             rate_windows_before=NOW, history_day_before=0, approvals_before=NOW, now=NOW)
     assert (counts["call_log"], counts["daily_counters"], counts["locks"], counts["ab_pairs"]) == (1, 1, 1, 0)
     assert list(db.query("SELECT name FROM locks")) == [("new",)]
+    assert sorted(r[0] for r in db.query("SELECT token_id FROM approvals")) == ["new-quota", "old-running"], \
+        "a country still allowed keeps its approval; one used lately stays used"

@@ -70,7 +70,7 @@ import urllib.request
 import zoneinfo
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 
 __version__ = "1.1.0"
@@ -383,6 +383,16 @@ def _limit(text):
         raise ValueError(f"must be a whole number from 0 to {INT_MAX}, or unlimited") from None
 
 
+def _budget(text):
+    """A daily spend budget in the rate deck's currency, or 'unlimited' (None)."""
+    if text.strip().lower() == "unlimited":
+        return None
+    try:
+        return _number(0, 1e12)(text)
+    except ValueError:
+        raise ValueError("must be an amount from 0 to 1e12, or unlimited") from None
+
+
 def _country(text):
     value = text.strip().upper()
     if not re.fullmatch(r"[A-Z]{2}", value):
@@ -590,6 +600,9 @@ CONFIG_SPEC = {
         "low_risk_prefixes": (_dialed_prefixes, "", "number ranges of tier low, as dialed, comma-separated"),
         "new_destination_calls": (_integer(0, 1000), "3", "calls a day per account to a new medium-tier country approved with an alert; 0 = none"),
         "emergency_numbers": (_auto_or(_digits_list), "auto", "numbers always approved, never counted; auto = by home_country (US 911, 933; GB 999, 112; else 112)"),
+        "rate_deck": (_text, "", "CSV file of prefix,price_per_minute (longest prefix wins) for the estimated cost of calls; empty = none"),
+        "assumed_call_minutes": (_number(0, 1440), "5", "minutes a call is assumed to last: its estimated cost = price x this"),
+        "default_daily_spend": (_budget, "unlimited", "estimated cost of approved calls a day per account (R17), or unlimited"),
         "require_source_country": (_boolean, "no", "reject calls whose source country cannot be told (R05)"),
         "ab_max_calls": (_integer(1, 1000), "5", "calls to one number allowed within ab_window (R13)"),
         "ab_window": (parse_duration, "30s", "window for repeated A->B calls"),
@@ -1550,6 +1563,7 @@ def mysql_statement(text):
 
 
 RETIRED_INDEXES = (("call_log", "idx_call_log_account"),)  # schema version 1's; nothing reads by it since
+RETIRED_TRIGGERS = ("accounts_changed",)  # schema version 2's: it does not follow accounts.daily_spend
 INDEX_LINE = re.compile(r"^\s*INDEX (\w+) \(([^)]*)\),?[ \t]*$", re.M)  # an index inside CREATE TABLE
 
 
@@ -1813,6 +1827,10 @@ class Database:
                 continue
             for text in (sqlite_statements(statement) if self.dialect == "sqlite" else [statement]):
                 self.execute(text)
+        for name in RETIRED_TRIGGERS:
+            if name in triggers:
+                self.execute(f"DROP TRIGGER {name}")
+                added.append(f"dropped trigger {name}")
         for table, name in RETIRED_INDEXES:
             if name in self._indexes(table):
                 self.execute(f"DROP INDEX {name}" + (f" ON {table}" if self.dialect == "mysql" else ""))
@@ -1914,7 +1932,8 @@ def release_lock(db, name, holder):
 # accounts
 
 ACCOUNT_COLUMNS = ("id, user, domain, concurrent_calls, concurrent_calls_off, daily_quota, daily_quota_off, "
-                   "source_countries, dest_countries, blocked, email, state, learning_until, pinned, created, last_seen, anomaly_daily")
+                   "source_countries, dest_countries, blocked, email, state, learning_until, pinned, created, last_seen, anomaly_daily, "
+                   "daily_spend")
 ACCOUNT_SELECT = f"SELECT {ACCOUNT_COLUMNS} FROM accounts"
 
 
@@ -1952,13 +1971,40 @@ def clear_account_counters(db, account_id, day):
     pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (account_id,)).rowcount
     db.execute("DELETE FROM rate_windows WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM new_destination_days WHERE account_id = ?", (account_id,))
+    db.execute("DELETE FROM spend_counters WHERE account_id = ? AND day = ?", (account_id, day))
     return counters, pairs
+
+
+# domains: the per-customer policy between [policy] and the account
+
+DOMAIN_COLUMNS = ("domain, concurrent_calls, concurrent_calls_off, daily_quota, daily_quota_off, daily_spend, "
+                  "source_countries, dest_countries, learned_dest")
+
+
+def load_domain(db, domain):
+    """The domain's row (DOMAIN_COLUMNS), or None."""
+    return db.one(f"SELECT {DOMAIN_COLUMNS} FROM domains WHERE domain = ?", (domain,))
+
+
+def load_domains(db):
+    return db.query(f"SELECT {DOMAIN_COLUMNS} FROM domains ORDER BY domain")
+
+
+def save_domain(db, domain, values, now):
+    """Create the domain if it is new and set the columns of {column: value} on it."""
+    db.upsert("domains", {"domain": domain, **values, "updated": now}, ["domain"],
+              ", ".join(f"{column} = NEW({column})" for column in (*values, "updated")))
+
+
+def domain_account_counts(db):
+    """{domain: accounts}, for `domain list`."""
+    return dict(db.query("SELECT domain, COUNT(*) FROM accounts GROUP BY domain"))
 
 
 def delete_account(db, account_id):
     """The account and every row kept for it, except its calls in call_log."""
-    for table in ("daily_counters", "new_destination_days", "ab_pairs", "rate_windows", "account_seen", "account_days",
-                  "account_day_countries"):
+    for table in ("daily_counters", "spend_counters", "new_destination_days", "ab_pairs", "rate_windows", "account_seen",
+                  "account_days", "account_day_countries"):
         db.execute(f"DELETE FROM {table} WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
 
@@ -2108,6 +2154,13 @@ def call_stats(db, since):
     return _int_sums(by_code), _int_sums(top_accounts), _int_sums(top_countries)
 
 
+def estimated_spend(db, since):
+    """(estimated cost of the approved calls, of the rejected calls) since `since` (rate deck)."""
+    approved, rejected = db.one("SELECT SUM(CASE WHEN code = 'A00' THEN cost ELSE 0 END), "
+                                "SUM(CASE WHEN code <> 'A00' THEN cost ELSE 0 END) FROM call_log WHERE ts >= ?", (since,))
+    return float(approved or 0), float(rejected or 0)
+
+
 def _int_sums(rows):
     """MySQL returns SUM() as Decimal; the reports want plain integers."""
     return [tuple(int(v) if isinstance(v, decimal.Decimal) else v for v in row) for row in rows]
@@ -2203,6 +2256,7 @@ def purge_rows(db, *, call_log_before, counter_day_before, new_destination_day_b
     for table, where, args in (
             ("call_log", "ts < ?", (call_log_before,)),
             ("daily_counters", "day < ?", (counter_day_before,)),
+            ("spend_counters", "day < ?", (counter_day_before,)),
             ("new_destination_days", "day < ?", (new_destination_day_before,)),
             ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (ab_pairs_before, now)),
             ("rate_windows", "last_call < ?", (rate_windows_before,)),
@@ -2277,6 +2331,16 @@ def approved_calls(db, account_id, day, bucket=None):
                      (account_id, day, bucket), default=0)
 
 
+def load_spend(db, account_id, day, lock):
+    """(spend,) of the account's approved calls on `day`, or None."""
+    return load_counter_row(db, "spend_counters", "spend", "account_id = ? AND day = ?", (account_id, day), lock)
+
+
+def add_spend(db, account_id, day, cost):
+    db.upsert("spend_counters", {"account_id": account_id, "day": day, "spend": cost}, ["account_id", "day"],
+              "spend = spend + NEW(spend)")
+
+
 def mark_first_seen(db, account_id, direction, iso, now):
     """Note that the account called to ('dst') or from ('src') `iso`; True the first time."""
     return db.insert_or_ignore("account_seen", {"account_id": account_id, "direction": direction, "iso": iso,
@@ -2301,7 +2365,7 @@ def update_last_seen(db, items):
 
 CALL_LOG_INSERT = ("INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
                    "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
-                   "sip_response, abuse_score, node, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+                   "sip_response, abuse_score, node, latency_ms, cost) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def insert_call_log(db, rows):
@@ -2391,6 +2455,7 @@ class Lists:
         self.ip_white = NetworkSet(c for k, c in rows if k == "white")
         self.user_agents = UserAgentList(load_user_agent_patterns(db))
         self.countries = country_table(db)
+        self.rates = RateDeck()  # load_lists reads [policy] rate_deck
 
 
 class DestinationTiers:
@@ -2437,11 +2502,57 @@ class DestinationTiers:
 
 
 
+class RateDeck:
+    """Price per minute by number prefix ([policy] rate_deck), the longest prefix winning."""
+
+    def __init__(self, prices=None):
+        self.prices = prices or {}
+        self.prefixes = PrefixSet(self.prices)
+
+    def price(self, number):
+        """The price per minute of a call to `number` (E.164 digits), or None when no prefix prices it."""
+        prefix = self.prefixes.match(number) if number else None
+        return None if prefix is None else self.prices[prefix]
+
+
+def read_rate_deck(policy, countries):
+    """[policy] rate_deck: a CSV file of `prefix,price_per_minute` lines, prefixes written as
+    they are dialed (+44, 0044 and 44 are one prefix); blank lines, '#' comments and a header
+    line are skipped. A bad line is a ConfigError naming file:line."""
+    path = policy.rate_deck
+    if not path:
+        return RateDeck()
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"[policy] rate_deck: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    prices = {}
+    for number, fields in enumerate(csv.reader(lines), 1):
+        if not fields or not "".join(fields).strip() or fields[0].lstrip().startswith("#"):
+            continue
+        if number == 1 and fields[0].strip().lower() == "prefix":
+            continue
+        where = f"{path}:{number}"
+        if len(fields) != 2:
+            raise ConfigError(f"{where}: expected prefix,price_per_minute, found {len(fields)} field(s)")
+        try:
+            prefix = dialed_prefix(fields[0].strip(), policy, countries)
+            price = _number(0, 1e6)(fields[1].strip())
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if prefix in prices:
+            raise ConfigError(f"{where}: prefix +{prefix} is priced twice")
+        prices[prefix] = price
+    return RateDeck(prices)
+
+
 def load_lists(cfg, db):
     """(change serials, Lists, DestinationTiers) as of now; the serials are read first, so a
     change made while loading is seen by the next check."""
     serials = change_serials(db)
     lists = Lists(db)
+    lists.rates = read_rate_deck(cfg.policy, lists.countries)
     return serials, lists, DestinationTiers(cfg.policy, lists.countries)
 
 
@@ -2890,14 +3001,15 @@ class Account:
     created: float
     last_seen: float | None
     anomaly_daily: int | None = None   # learned: more approved calls a day than this is unusual
+    daily_spend: float | None = None   # estimated cost of approved calls a day (R17); set by hand only
 
     @classmethod
     def from_row(cls, row):
         (id_, user, domain, cc, cc_off, quota, quota_off, src, dst, blocked, email, state,
-         learning_until, pinned, created, last_seen, anomaly_daily) = row
+         learning_until, pinned, created, last_seen, anomaly_daily, daily_spend) = row
         return cls(id_, user, domain, cc, cc_off, quota, quota_off, shared_countries(src), shared_countries(dst),
                    bool(blocked), email, state, learning_until, set(split_list(pinned)), created, last_seen,
-                   anomaly_daily)
+                   anomaly_daily, daily_spend)
 
     @property
     def name(self):
@@ -2905,6 +3017,64 @@ class Account:
 
     def learning(self, now):
         return self.state == "learning" and (self.learning_until is None or now < self.learning_until)
+
+
+UNLIMITED = -1  # a domain's limit that lifts the [policy] default (NULL inherits it)
+POLICY_FIELDS = ("concurrent_calls", "concurrent_calls_off", "daily_quota", "daily_quota_off", "daily_spend",
+                 "dest_countries", "source_countries")
+COUNTRY_FIELDS = ("dest_countries", "source_countries")
+
+
+@dataclass
+class Domain:
+    """A customer's policy: None inherits the [policy] default, UNLIMITED lifts a limit."""
+    name: str
+    concurrent_calls: int | None = None
+    concurrent_calls_off: int | None = None
+    daily_quota: int | None = None
+    daily_quota_off: int | None = None
+    daily_spend: float | None = None
+    dest_countries: frozenset | None = None
+    source_countries: frozenset | None = None
+    learned_dest: frozenset = frozenset()  # called regularly by the domain's accounts (training)
+
+    @classmethod
+    def from_row(cls, row):
+        name, cc, cc_off, quota, quota_off, spend, src, dst, learned = row
+        return cls(name, cc, cc_off, quota, quota_off, spend, None if dst is None else shared_countries(dst),
+                   None if src is None else shared_countries(src), shared_countries(learned))
+
+
+def policy_default(policy, name):
+    return policy.default_daily_spend if name == "daily_spend" else getattr(policy, f"default_{name.replace('dest_', 'destination_')}")
+
+
+def effective_policy(acc, domain, policy):
+    """(the account with the values that apply to it, {field: where each comes from}): a value
+    set on the account by hand (pinned) wins, then the domain's, then what training learned,
+    then the [policy] default. A domain's countries replace the defaults but keep what the
+    account learned, except what the domain denies; destinations the domain's accounts call
+    regularly are added for every account whose destinations are not pinned."""
+    values, sources = {}, {}
+    for name in POLICY_FIELDS:
+        own, default = getattr(acc, name), policy_default(policy, name)
+        inherited = getattr(domain, name) if domain else None
+        if name in acc.pinned:
+            values[name], sources[name] = own, "account"
+        elif inherited is None:
+            learned = name != "daily_spend" and own != default
+            values[name], sources[name] = (own, "learned") if learned else (default, "default")
+        elif name in COUNTRY_FIELDS:
+            learned = {c for c in own - default if f"!{c}" not in inherited}
+            values[name], sources[name] = inherited | learned, "domain + learned" if learned - inherited else "domain"
+        else:
+            values[name], sources[name] = None if inherited == UNLIMITED else inherited, "domain"
+    extra = domain.learned_dest - values["dest_countries"] if domain and "dest_countries" not in acc.pinned else set()
+    extra = {c for c in extra if f"!{c}" not in values["dest_countries"]}
+    if extra:
+        values["dest_countries"] = frozenset(values["dest_countries"] | extra)
+        sources["dest_countries"] += f" + learned by the domain ({format_countries(extra)})"
+    return replace(acc, **values), sources
 
 
 @dataclass
@@ -2927,6 +3097,7 @@ class Verdict:
     account: Account | None = None
     undo: str = ""
     would: Rejection | None = None   # what was not enforced (monitor mode, learning)
+    cost: float | None = None        # estimated ([policy] rate_deck), None when the deck does not price it
 
     @property
     def approved(self):
@@ -2937,7 +3108,7 @@ class Call:
     """Working state of one attempt while the rules run."""
 
     __slots__ = ("attempt", "now", "number", "dest_country", "source_country", "account", "off_hours",
-                 "day", "ip_white", "number_white", "dry_run", "from_memory", "unenrolled", "counts")
+                 "day", "ip_white", "number_white", "dry_run", "from_memory", "unenrolled", "counts", "cost")
 
     def __init__(self, attempt, now, dry_run, from_memory=False):
         self.attempt = attempt
@@ -2946,6 +3117,7 @@ class Call:
         self.from_memory = from_memory  # the database is unavailable: nothing may be read or written there
         self.unenrolled = False  # a new account, to enroll once screening has passed
         self.counts = {}         # counters read for this call (Engine.read_count), reused when counting
+        self.cost = None         # estimated: rate deck price x [policy] assumed_call_minutes
 
     @property
     def pair_counted(self):
@@ -3175,10 +3347,26 @@ def daily_quota(engine, call):
                      soft=True)
 
 
+@rejects("R17")
+def spend_budget(engine, call):
+    acc, cost = call.account, call.cost
+    budget = acc.daily_spend
+    if budget is None or not cost or acc.id is None:
+        return None
+    spent = engine.read_count(call, "spend")
+    if spent + cost <= budget:
+        return None
+    return Rejection("R17", f"{acc.name} has an estimated spend of {spent:.2f} today; this call's estimated {cost:.2f} "
+                            f"would pass its daily spend budget of {budget:.2f}",
+                     f"{PROG} reset {acc.user} {acc.domain}  (or: {PROG} set {acc.user} {acc.domain} --daily-spend "
+                     f"{max(budget * 2, spent + cost):.2f})")
+
+
 # Screening needs no account: a call it rejects (a scanner, a bad source, an attack) enrolls nothing.
 SCREENING = (attack_signature, scanner_user_agent, bad_source_ip)
 ACCOUNT_RULES = (blocked_account, blacklisted_number, repeated_a_to_b, unknown_country_code, destination_country,
-                 source_country_not_allowed, source_country_unknown, concurrent_calls, calls_per_minute, daily_quota)
+                 source_country_not_allowed, source_country_unknown, concurrent_calls, calls_per_minute, daily_quota,
+                 spend_budget)
 PIPELINE = SCREENING + ACCOUNT_RULES
 PROBE_DOMAIN = "tfps.invalid"  # `probe` calls from it; reserved (RFC 2606), so never enrolled
 
@@ -3242,6 +3430,14 @@ class SharedCounters:
     def take_quota(self, account_id, day, bucket, limit):
         return take_daily_quota(self.db, account_id, day, bucket, limit)
 
+    def spent(self, account_id, day, lock):
+        """Estimated cost of the account's approved calls on `day`. `lock`: held until the verdict commits."""
+        row = load_spend(self.db, account_id, day, lock)
+        return row[0] if row else 0.0
+
+    def add_spend(self, account_id, day, cost):
+        add_spend(self.db, account_id, day, cost)
+
     def count_approved(self, account_id, day, bucket, calls=1):
         add_approved_calls(self.db, account_id, day, bucket, calls)
 
@@ -3259,6 +3455,7 @@ class PrivateCounters:
         self.daily = {}   # (account id, day, bucket) -> approved calls, today's only
         self.new_destinations = {}  # (account id, day, iso) -> calls approved while new, today's only
         self.new_destinations_day = ""
+        self.spend = {}   # (account id, day) -> estimated cost of approved calls, today's only
         self.day = ""
         self.pruned = 0.0
 
@@ -3308,8 +3505,15 @@ class PrivateCounters:
         if day != self.day:
             self.day = day
             self.daily = {k: v for k, v in self.daily.items() if k[1] >= day}
+            self.spend = {k: v for k, v in self.spend.items() if k[1] >= day}
         key = (account_id, day, bucket)
         self.daily[key] = self.daily.get(key, 0) + 1
+
+    def spent(self, account_id, day, lock):
+        return self.spend.get((account_id, day), 0.0)
+
+    def add_spend(self, account_id, day, cost):
+        self.spend[(account_id, day)] = self.spend.get((account_id, day), 0.0) + cost
 
     def approved(self, account_id, day, bucket=None):
         if bucket is None:
@@ -3348,7 +3552,8 @@ class Engine:
         """Put what load_lists() returned in place; accounts are read again on their next call."""
         self.serials, self.lists, self.tiers = loaded
         self.countries = self.lists.countries
-        self.accounts = {}  # (user, domain) -> Account, filled on first use
+        self.accounts = {}  # (user, domain) -> Account with its effective policy, filled on first use
+        self.domains = {}   # domain -> Domain or None, filled on first use
         self.clock = (0.0, 0.0, "", False)  # (from, until, day, off hours): see _local_day
 
     def check_for_changes(self, reload_lists=None):
@@ -3361,6 +3566,7 @@ class Engine:
         if serials.get("accounts_serial") != self.serials.get("accounts_serial"):
             self.serials["accounts_serial"] = serials.get("accounts_serial")
             self.accounts.clear()
+            self.domains.clear()
             changed = True
         if serials.get("lists_serial") != self.serials.get("lists_serial"):
             (reload_lists or self.reload)()
@@ -3416,6 +3622,8 @@ class Engine:
         with self.counters.atomic():
             for (account_id, day, bucket), calls in self.local_counters.daily.items():
                 self.counters.count_approved(account_id, day, bucket, calls)
+            for (account_id, day), cost in self.local_counters.spend.items():
+                self.counters.add_spend(account_id, day, cost)
         self.local_counters = None
 
     def _run_pipeline(self, call, enforce):
@@ -3424,7 +3632,7 @@ class Engine:
         would = None
         for rules in (SCREENING, ACCOUNT_RULES):
             if rules is ACCOUNT_RULES and call.unenrolled and would is None:
-                call.account = self._enroll(call.attempt.user, call.attempt.domain, call.now)
+                call.account = self._enroll(call.attempt.user, call.attempt.domain, call)
                 call.unenrolled = False
             for rule in rules:
                 rejection = rule(self, call)
@@ -3451,6 +3659,8 @@ class Engine:
             return True
         call.number = normalize_number(dialed_number(a.number), p, self.countries)
         call.dest_country = self.countries.lookup(call.number) if call.number else None
+        price = self.lists.rates.price(call.number)
+        call.cost = None if price is None else price * p.assumed_call_minutes
         call.ip_white = bool(a.source_ip and self.lists.ip_white.match(a.source_ip))
         call.number_white = bool(call.number and self.lists.number_white.match(call.number))
         rep = a.reputation
@@ -3477,7 +3687,7 @@ class Engine:
 
     def _verdict(self, call, code, reason, undo, would):
         return Verdict(code, reason, call.attempt, call.number or "", call.dest_country or "", call.source_country,
-                       call.off_hours, call.account, undo, would)
+                       call.off_hours, call.account, undo, would, call.cost)
 
     # -- accounts -----------------------------------------------------------------------------
 
@@ -3486,20 +3696,29 @@ class Engine:
         if acc is not None:
             return acc
         if call.from_memory:
-            return default_account(self.cfg, user, domain, call.now)
+            return self._effective(default_account(self.cfg, user, domain, call.now), call)
         if len(self.accounts) >= MAX_CACHED:
             self.accounts.clear()
+            self.domains.clear()
         row = load_account(self.db, user, domain)
         if row is not None:
-            acc = self.accounts[(user, domain)] = Account.from_row(row)
+            acc = self.accounts[(user, domain)] = self._effective(Account.from_row(row), call)
             return acc
         # enrolled once screening has passed (_run_pipeline); until then the defaults, unsaved
         call.unenrolled = not call.dry_run and self.cfg.policy.unknown_accounts == "enroll" and domain != PROBE_DOMAIN
-        return default_account(self.cfg, user, domain, call.now)
+        return self._effective(default_account(self.cfg, user, domain, call.now), call)
 
-    def _enroll(self, user, domain, now):
+    def _effective(self, acc, call):
+        """The account under its domain's policy; domains are read once and kept like accounts."""
+        if acc.domain not in self.domains and not call.from_memory:
+            row = load_domain(self.db, acc.domain)
+            self.domains[acc.domain] = Domain.from_row(row) if row else None
+        return effective_policy(acc, self.domains.get(acc.domain), self.cfg.policy)[0]
+
+    def _enroll(self, user, domain, call):
+        now = call.now
         inserted = insert_account(self.db, default_account(self.cfg, user, domain, now))
-        acc = self.accounts[(user, domain)] = Account.from_row(load_account(self.db, user, domain))
+        acc = self.accounts[(user, domain)] = self._effective(Account.from_row(load_account(self.db, user, domain)), call)
         if inserted:
             self.alerts.add(AlertEvent(
                 "enrolled", acc.name, "NEW", f"TFPS: new account {acc.name} enrolled",
@@ -3536,6 +3755,8 @@ class Engine:
                 counts[name] = self.counters.recent_calls(acc.id, call.now, 60, lock)
             elif name == "new_destination":
                 counts[name] = self.counters.new_destination_calls(acc.id, call.day, call.dest_country, lock)
+            elif name == "spend":
+                counts[name] = self.counters.spent(acc.id, call.day, lock)
             else:
                 counts[name] = self.counters.approved(acc.id, call.day, call.bucket)
         return counts[name]
@@ -3566,6 +3787,8 @@ class Engine:
             self.counters.add_call(acc.id, self.read_count(call, "minute"), call.now, p.max_calls_per_minute)
         if new_destination(self, call):
             self._count_new_destination(call)
+        if call.cost:
+            self.counters.add_spend(acc.id, call.day, call.cost)
         self._check_anomalies(call)
 
     def _count_new_destination(self, call):
@@ -3631,7 +3854,7 @@ class Engine:
             storable(a.from_uri, 512), storable(a.number, 64), verdict.number[:32], storable(a.source_ip, 45),
             storable(a.user_agent, 255), verdict.source_country, verdict.dest_country, int(verdict.off_hours),
             a.concurrent_calls, verdict.code, would.code if would else "", storable(verdict.reason, 512), sip_response[:64],
-            a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3)))
+            a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3), verdict.cost))
         if len(self.log_rows) > self.cfg.database.max_unflushed_rows:
             self._bound_log_rows()
         if acc and acc.id is not None:
@@ -3937,8 +4160,40 @@ def train_accounts(cfg, db, now, accounts, dry_run=False, everyone=False):
         db.begin()
         for proposal in proposals:
             apply_proposal(db, proposal, now)
+        if everyone:
+            learn_domain_destinations(cfg, db, now, accounts, stats, high_risk)
         db.commit()
     return proposals
+
+
+def domain_destinations(cfg, accounts, stats, high_risk):
+    """{domain: destinations its accounts call regularly}: countries that at least two of the
+    domain's accounts, and at least a quarter of those with history, each called in
+    train_min_country_calls approved calls of the window. High-risk countries are never learned."""
+    callers, active = {}, {}
+    for acc in accounts:
+        history = stats.get(acc.id)
+        if not history:
+            continue
+        active[acc.domain] = active.get(acc.domain, 0) + 1
+        for iso, calls in history.dst.items():
+            if calls >= cfg.policy.train_min_country_calls and iso not in high_risk:
+                callers.setdefault(acc.domain, {}).setdefault(iso, 0)
+                callers[acc.domain][iso] += 1
+    return {domain: {iso for iso, n in counts.items() if n >= max(2, active[domain] / 4)}
+            for domain, counts in callers.items()}
+
+
+def learn_domain_destinations(cfg, db, now, accounts, stats, high_risk):
+    """Store each domain's regular destinations, a normal for its quiet and new accounts."""
+    learned = domain_destinations(cfg, accounts, stats, high_risk)
+    known = {row[0]: Domain.from_row(row) for row in load_domains(db)}
+    for domain in sorted(set(learned) | set(known)):
+        countries = learned.get(domain, set())
+        if domain not in known and not countries or domain in known and known[domain].learned_dest == countries:
+            continue
+        save_domain(db, domain, {"learned_dest": format_countries(countries)}, now)
+        log.info("domain %s: destinations learned from its accounts: %s", domain, format_countries(countries) or "none")
 
 
 def finish_learning(cfg, db, now):

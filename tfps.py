@@ -393,6 +393,20 @@ def _budget(text):
         raise ValueError("must be an amount from 0 to 1e12, or unlimited") from None
 
 
+INHERIT = "inherit"  # a domain or account value given back to the level above
+
+
+def _inherit_or(parse):
+    def parse_or_inherit(text):
+        if text.strip().lower() == INHERIT:
+            return INHERIT
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, or inherit") from None
+    return parse_or_inherit
+
+
 def _country(text):
     value = text.strip().upper()
     if not re.fullmatch(r"[A-Z]{2}", value):
@@ -3964,6 +3978,7 @@ def describe_limits(acc):
         return "unlimited" if value is None else str(value)
     return (f"concurrent {show(acc.concurrent_calls)}/{show(acc.concurrent_calls_off)} (business/off), "
             f"daily quota {show(acc.daily_quota)}/{show(acc.daily_quota_off)}, "
+            + (f"daily spend {acc.daily_spend:g}, " if acc.daily_spend is not None else "") +
             f"destinations {format_countries(acc.dest_countries) or 'none'}, sources {format_countries(acc.source_countries) or 'none'}")
 
 
@@ -5511,9 +5526,10 @@ def calls_today(db, cfg, account_id, now):
     return approved_by_bucket(db, account_id, today_key(cfg, now))
 
 
-def update_account(db, acc, now, end_learning=True, **fields):
-    """Write changed account fields and pin them against training."""
-    pinned = set(acc.pinned) | {f for f in fields if f in LIMIT_FIELDS or f in ("dest_countries", "source_countries")}
+def update_account(db, acc, now, end_learning=True, inherit=(), **fields):
+    """Write changed account fields and pin them against training; the fields of `inherit`
+    (given with their default values) are unpinned: they come from the domain or training again."""
+    pinned = (set(acc.pinned) | {f for f in fields if f in POLICY_FIELDS}) - set(inherit)
     values = {k: (format_countries(v) if isinstance(v, (set, frozenset)) else v) for k, v in fields.items()}
     values["pinned"] = ",".join(sorted(pinned))
     if end_learning:
@@ -5543,17 +5559,79 @@ LAST_VERDICT_FIELDS = ("time", "number", "dest", "source_ip", "code", "would", "
 
 
 def account_details(db, cfg, acc, now):
-    """(what `show` shows of an account, its last 10 verdicts as LAST_VERDICT_FIELDS rows)."""
+    """(what `show` shows of an account, its last 10 verdicts as LAST_VERDICT_FIELDS rows). The
+    limits and countries are those that apply; `sources` says where each comes from (account,
+    domain, learned or default)."""
     today = calls_today(db, cfg, acc.id, now)
     verdicts = query_calls(db, 0, f"{acc.user}@{acc.domain}", limit=10)
+    effective, sources = effective_policy(acc, find_domain(db, acc.domain), cfg.policy)
+    spent = load_spend(db, acc.id, today_key(cfg, now), lock=False)
     info = {"account": acc.name, "state": acc.state if acc.learning(now) else "enforcing",
             "learning_until": fmt_time(acc.learning_until, cfg.policy.tz) if acc.learning(now) else "",
             "created": fmt_time(acc.created, cfg.policy.tz), "last_seen": fmt_time(acc.last_seen, cfg.policy.tz),
-            "blocked": acc.blocked, "email": acc.email, **account_limits(acc),
-            "dest_countries": format_countries(acc.dest_countries),
-            "source_countries": format_countries(acc.source_countries), "pinned": ",".join(sorted(acc.pinned)),
-            "anomaly_daily": acc.anomaly_daily, "approved_today_business": today["biz"], "approved_today_off": today["off"]}
+            "blocked": acc.blocked, "email": acc.email, **account_limits(effective), "daily_spend": effective.daily_spend,
+            "dest_countries": format_countries(effective.dest_countries),
+            "source_countries": format_countries(effective.source_countries), "pinned": ",".join(sorted(acc.pinned)),
+            "anomaly_daily": acc.anomaly_daily, "approved_today_business": today["biz"], "approved_today_off": today["off"],
+            "estimated_spend_today": round(spent[0] if spent else 0.0, 4), "sources": sources}
     return info, [(fmt_time(r[0], cfg.policy.tz), r[3], r[4], r[5], r[7], r[8], r[9]) for r in verdicts]
+
+
+def find_domain(db, name):
+    """The domain's policy; a domain without a row inherits everything."""
+    row = load_domain(db, name)
+    return Domain.from_row(row) if row else Domain(name)
+
+
+def domain_setting(value):
+    """How `domain show` and `domain list` print what a domain sets itself."""
+    if value is None:
+        return "inherit"
+    if isinstance(value, frozenset):
+        return format_countries(value) or "none"
+    return "unlimited" if value == UNLIMITED else value
+
+
+def domain_details(db, cfg, name):
+    """What `domain show` shows: per field what the domain sets (or inherit), what applies to
+    a new account of the domain, and where that comes from."""
+    domain = find_domain(db, name)
+    effective, sources = effective_policy(default_account(cfg, "", name, 0), domain, cfg.policy)
+    fields = [{"field": f, "domain": domain_setting(getattr(domain, f)),
+               "effective": format_countries(getattr(effective, f)) if f in COUNTRY_FIELDS else getattr(effective, f),
+               "from": sources[f]} for f in POLICY_FIELDS]
+    return {"domain": name, "accounts": domain_account_counts(db).get(name, 0),
+            "learned_dest": format_countries(domain.learned_dest), "fields": fields}
+
+
+def domain_records(db):
+    """Every domain with a policy or with accounts, as `domain list` shows them."""
+    counts = domain_account_counts(db)
+    domains = {row[0]: Domain.from_row(row) for row in load_domains(db)}
+    return [{"domain": name, "accounts": counts.get(name, 0),
+             **{f: domain_setting(getattr(domains.get(name) or Domain(name), f)) for f in POLICY_FIELDS},
+             "learned_dest": format_countries(domains[name].learned_dest) if name in domains else ""}
+            for name in sorted(set(counts) | set(domains))]
+
+
+def domain_value(field_name, value):
+    """A value given to `domain set` -> its column: INHERIT is NULL, unlimited is UNLIMITED."""
+    if value == INHERIT:
+        return None
+    if field_name in COUNTRY_FIELDS:
+        return format_countries(value)
+    return UNLIMITED if value is None else value
+
+
+def update_domain(db, name, fields, now):
+    save_domain(db, name, {f: domain_value(f, v) for f, v in fields.items()}, now)
+
+
+def allowed_after(command, current, codes, known, dest):
+    """A country set after `allow` or `deny` of `codes`: a denied destination is kept as !CC, as
+    one of tier low would be allowed by being absent."""
+    denied = {f"!{c}" for c in codes if c in known} if dest else set()
+    return (current - denied) | codes if command == "allow" else (current - codes) | denied
 
 
 def reset_account(db, cfg, acc, now):
@@ -5610,6 +5688,10 @@ def lint(cfg, db):
                 dialed_prefix(entry, p, countries)
             except ValueError as exc:
                 findings.append((f"[policy] {key}", str(exc), "correct it in tfps.conf"))
+    try:
+        read_rate_deck(p, countries)
+    except ConfigError as exc:
+        findings.append(("[policy] rate_deck", str(exc), "correct the file, or empty [policy] rate_deck"))
     for kind, prefix in sorted(load_list(db, "number")):
         if not prefix.startswith("0"):
             continue
@@ -6482,6 +6564,8 @@ def text_arg(longest, spaces=False):
 
 
 count_arg = arg_type(_limit)
+setting_arg = arg_type(_inherit_or(_limit))
+spend_arg = arg_type(_inherit_or(_budget))
 calls_arg = arg_type(_integer(0, INT_MAX))
 countries_arg = arg_type(_countries)
 duration_arg = arg_type(parse_duration)
@@ -6508,10 +6592,14 @@ def build_parser():
     account.add_argument("user", type=arg_type(account_user))
     account.add_argument("domain", type=arg_type(account_domain))
     limits = argparse.ArgumentParser(add_help=False)
-    limits.add_argument("--concurrent", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="concurrent calls, business hours")
-    limits.add_argument("--concurrent-off", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="concurrent calls, off hours")
-    limits.add_argument("--daily-quota", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="approved calls a day, business hours")
-    limits.add_argument("--daily-quota-off", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="approved calls a day, off hours")
+    policy = argparse.ArgumentParser(add_help=False)
+    policy.add_argument("--concurrent", type=setting_arg, default=argparse.SUPPRESS, metavar="N", help="concurrent calls, business hours")
+    policy.add_argument("--concurrent-off", type=setting_arg, default=argparse.SUPPRESS, metavar="N", help="concurrent calls, off hours")
+    policy.add_argument("--daily-quota", type=setting_arg, default=argparse.SUPPRESS, metavar="N", help="approved calls a day, business hours")
+    policy.add_argument("--daily-quota-off", type=setting_arg, default=argparse.SUPPRESS, metavar="N", help="approved calls a day, off hours")
+    policy.add_argument("--daily-spend", type=spend_arg, default=argparse.SUPPRESS, metavar="AMOUNT",
+                        help="estimated cost of approved calls a day (R17); N, unlimited or inherit")
+    limits = argparse.ArgumentParser(add_help=False, parents=[policy])
     limits.add_argument("--email", type=text_arg(255), metavar="ADDR", help="the account's alert address")
     countries = argparse.ArgumentParser(add_help=False)
     countries.add_argument("--dest", type=countries_arg, metavar="CC,...", help="destination countries")
@@ -6547,6 +6635,18 @@ def build_parser():
         p.add_argument("kind", choices=("number", "ip", "ua") if color == "blacklist" else ("number", "ip"))
         p.add_argument("value", nargs="?", help="prefix, CIDR or regex; a file for import")
         p.add_argument("--note", type=text_arg(255, spaces=True), default="", help="a note stored with added entries")
+    p = sub.add_parser("domain", help="per-domain (customer) policy inherited by the domain's accounts")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    domain = argparse.ArgumentParser(add_help=False)
+    domain.add_argument("domain", type=arg_type(account_domain))
+    actions.add_parser("list", parents=[common, json_opt], help="domains with a policy or accounts")
+    actions.add_parser("show", parents=[common, domain, json_opt], help="what the domain sets and what applies to its accounts")
+    d = actions.add_parser("set", parents=[common, domain, policy],
+                           help="set limits (N, unlimited, or inherit for the [policy] default) and countries")
+    d.add_argument("--dest", type=arg_type(_inherit_or(_countries)), metavar="CC,...", help="destination countries, or inherit")
+    d.add_argument("--source", type=arg_type(_inherit_or(_countries)), metavar="CC,...", help="source countries, or inherit")
+    actions.add_parser("allow", parents=[common, domain, countries], help="allow destination/source countries")
+    actions.add_parser("deny", parents=[common, domain, countries], help="deny destination/source countries")
     p = sub.add_parser("calls", parents=[common, json_opt], help="verdict history")
     p.add_argument("--account", type=account_arg, metavar="USER@DOMAIN")
     p.add_argument("--code", type=arg_type(_verdict_code), metavar="CODE", help="A00, R01 ... R15 (also matches would-be rejections)")
@@ -6653,9 +6753,11 @@ def cmd_show(args, cfg, db):
     if args.json:
         print(json.dumps(dict(info, last_verdicts=[dict(zip(headers, r)) for r in rows]), indent=2, default=str))
         return 0
+    sources = info.pop("sources")
     for key, value in info.items():
-        shown = fmt_limit(value) if key in LIMIT_FIELDS else "not learned" if key == "anomaly_daily" and value is None else value
-        print(f"{key:24} {fmt_value(shown)}")
+        shown = fmt_limit(value) if key in POLICY_FIELDS[:5] else "not learned" if key == "anomaly_daily" and value is None else value
+        source = f"  ({sources[key]})" if key in sources else ""
+        print(f"{key:24} {fmt_value(shown)}{source}")
     print("\nlast verdicts:")
     print_table(headers, rows)
     return 0
@@ -6664,10 +6766,18 @@ def cmd_show(args, cfg, db):
 def _limit_fields(args):
     fields = {}
     for option, column in (("concurrent", "concurrent_calls"), ("concurrent_off", "concurrent_calls_off"),
-                           ("daily_quota", "daily_quota"), ("daily_quota_off", "daily_quota_off")):
+                           ("daily_quota", "daily_quota"), ("daily_quota_off", "daily_quota_off"),
+                           ("daily_spend", "daily_spend")):
         if hasattr(args, option):
             fields[column] = getattr(args, option)
     return fields
+
+
+def _update_account_fields(db, cfg, acc, fields, end_learning=True):
+    """update_account with `inherit` values turned into the [policy] default, unpinned."""
+    inherit = {f for f, v in fields.items() if v == INHERIT}
+    fields = {f: policy_default(cfg.policy, f) if f in inherit else v for f, v in fields.items()}
+    update_account(db, acc, time.time(), end_learning=end_learning, inherit=inherit, **fields)
 
 
 def check_countries(args, cfg, db):
@@ -6695,7 +6805,7 @@ def cmd_add(args, cfg, db):
         fields["dest_countries"] = args.dest
     if args.source:
         fields["source_countries"] = args.source
-    update_account(db, acc, time.time(), end_learning=False, **fields)
+    _update_account_fields(db, cfg, acc, fields, end_learning=False)
     print(f"added {acc.name}: {describe_limits(find_account(db, args.user, args.domain))}")
     print(*notes, sep="\n", end="\n" if notes else "")
     return 0
@@ -6707,9 +6817,13 @@ def cmd_set(args, cfg, db):
     if args.email is not None:
         fields["email"] = args.email
     if not fields:
-        raise UserError("nothing to set: give --concurrent, --concurrent-off, --daily-quota, --daily-quota-off or --email")
-    update_account(db, acc, time.time(), **fields)
-    print(f"{acc.name}: {describe_limits(find_account(db, args.user, args.domain))} (pinned: {', '.join(sorted(fields))})")
+        raise UserError("nothing to set: give --concurrent, --concurrent-off, --daily-quota, --daily-quota-off, "
+                        "--daily-spend or --email")
+    _update_account_fields(db, cfg, acc, fields)
+    inherited = sorted(f for f, v in fields.items() if v == INHERIT)
+    print(f"{acc.name}: {describe_limits(find_account(db, args.user, args.domain))} (pinned: "
+          f"{', '.join(sorted(set(fields) - set(inherited))) or 'none'}"
+          + (f"; inherited again: {', '.join(inherited)}" if inherited else "") + ")")
     return 0
 
 
@@ -6722,12 +6836,58 @@ def cmd_allow(args, cfg, db):
     for option, column in (("dest", "dest_countries"), ("source", "source_countries")):
         codes = getattr(args, option)
         if codes:
-            current = getattr(acc, column)
-            # a denied destination is kept as !CC: one of tier low would be allowed by being absent
-            denied = {f"!{c}" for c in codes if c in known} if option == "dest" else set()
-            fields[column] = (current - denied) | codes if args.command == "allow" else (current - codes) | denied
+            fields[column] = allowed_after(args.command, getattr(acc, column), codes, known, option == "dest")
     update_account(db, acc, time.time(), **fields)
     print(f"{acc.name}: {describe_limits(find_account(db, args.user, args.domain))}")
+    print(*notes, sep="\n", end="\n" if notes else "")
+    return 0
+
+
+def cmd_domain(args, cfg, db):
+    if args.action == "list":
+        records = domain_records(db)
+        if args.json:
+            print(json.dumps(records, indent=2, default=str))
+        else:
+            print_table(["domain", "accounts", *POLICY_FIELDS, "learned_dest"], [tuple(r.values()) for r in records])
+        return 0
+    if args.action == "show":
+        details = domain_details(db, cfg, args.domain)
+        if args.json:
+            print(json.dumps(details, indent=2, default=str))
+            return 0
+        print(f"domain {details['domain']}: {details['accounts']} account(s); destinations learned from its accounts: "
+              f"{details['learned_dest'] or 'none'}")
+        print_table(["field", "domain", "effective", "from"],
+                    [(f["field"], f["domain"], fmt_limit(f["effective"]) if f["field"] not in COUNTRY_FIELDS else f["effective"],
+                      f["from"]) for f in details["fields"]])
+        return 0
+    domain = find_domain(db, args.domain)
+    if args.action == "set":
+        fields = _limit_fields(args)
+        for option, column in (("dest", "dest_countries"), ("source", "source_countries")):
+            if getattr(args, option) is not None:
+                fields[column] = getattr(args, option)
+        if not fields:
+            raise UsageError("nothing to set: give --concurrent, --concurrent-off, --daily-quota, --daily-quota-off, "
+                             "--daily-spend, --dest or --source")
+        notes = check_countries(argparse.Namespace(**{o: None if getattr(args, o) == INHERIT else getattr(args, o)
+                                                      for o in ("dest", "source")}), cfg, db)
+    else:
+        if not (args.dest or args.source):
+            raise UsageError(f"nothing to {args.action}: give --dest CC,... and/or --source CC,...")
+        notes = check_countries(args, cfg, db) if args.action == "allow" else []
+        fields, known = {}, country_table(db).by_iso
+        for option, column in (("dest", "dest_countries"), ("source", "source_countries")):
+            codes = getattr(args, option)
+            if codes:
+                current = getattr(domain, column)
+                current = policy_default(cfg.policy, column) if current is None else current
+                fields[column] = allowed_after(args.action, current, codes, known, option == "dest")
+    update_domain(db, args.domain, fields, time.time())
+    details = domain_details(db, cfg, args.domain)
+    print(f"{args.domain}: " + ", ".join(f"{f['field']} {f['domain']} (applies: {fmt_limit(f['effective'])})"
+                                         for f in details["fields"] if f["field"] in fields))
     print(*notes, sep="\n", end="\n" if notes else "")
     return 0
 
@@ -6965,7 +7125,7 @@ COMMANDS_WITHOUT_DB = {"serve": cmd_serve, "initdb": cmd_initdb, "config": cmd_c
 COMMANDS = {"list": cmd_list, "show": cmd_show, "add": cmd_add, "remove": cmd_remove, "reset": cmd_reset, "set": cmd_set,
             "allow": cmd_allow, "deny": cmd_allow, "block": cmd_block, "unblock": cmd_block, "learn": cmd_learn,
             "blacklist": cmd_list_admin, "whitelist": cmd_list_admin, "calls": cmd_calls, "stats": cmd_stats,
-            "check": cmd_check, "lint": cmd_lint, "purge": cmd_purge, "reputation": cmd_reputation, "train": cmd_train}
+            "check": cmd_check, "lint": cmd_lint, "domain": cmd_domain, "purge": cmd_purge, "reputation": cmd_reputation, "train": cmd_train}
 
 
 def main(argv=None):

@@ -3756,10 +3756,11 @@ class Engine:
     def read_count(self, call, name):
         """A counter of the call's account, read once per verdict and kept for _count: 'pair'
         (A->B attempts within ab_window, blocked_until, row exists), 'minute' (approved calls in
-        the last 60 s, row exists), 'today' (approved calls today in the call's hours) or
-        'new_destination' (calls approved today to the call's new destination). MySQL locks the
-        pair, minute and new-destination rows until the verdict commits, so racing nodes take
-        turns; the quota is taken atomically by _count."""
+        the last 60 s, row exists), 'today' (approved calls today in the call's hours),
+        'new_destination' (calls approved today to the call's new destination) or 'spend' (the
+        estimated cost of today's approved calls). MySQL locks the pair, minute, new-destination
+        and spend rows until the verdict commits, so racing nodes take turns; the quota is taken
+        atomically by _count."""
         counts = call.counts
         if name not in counts:
             acc, p, lock = call.account, self.cfg.policy, not call.dry_run
@@ -3778,8 +3779,8 @@ class Engine:
     def _count(self, call, approved):
         """The one place where a verdict writes counters. What it writes depends on the verdict
         only, never on which rule rejected: an A->B attempt counts whatever the verdict (and
-        blocks the pair past ab_max_calls); an approved call counts toward the daily quota and
-        the per-minute window."""
+        blocks the pair past ab_max_calls); an approved call counts toward the daily quota, the
+        per-minute window and, with its estimated cost, the daily spend."""
         acc, p = call.account, self.cfg.policy
         if call.dry_run or acc.id is None:
             return
@@ -6965,14 +6966,18 @@ def cmd_calls(args, cfg, db):
 
 def cmd_stats(args, cfg, db):
     by_code, top_accounts, top_countries = call_stats(db, time.time() - args.since)
+    spent, blocked = estimated_spend(db, time.time() - args.since)
     if args.json:
         print(json.dumps({"by_code": [{"code": c, "would_code": w, "calls": n} for c, w, n in by_code],
                           "top_accounts": [{"account": f"{u}@{d}", "calls": n, "rejected": r} for u, d, n, r in top_accounts],
-                          "top_destinations": [{"country": c, "calls": n, "rejected": r} for c, n, r in top_countries]}, indent=2))
+                          "top_destinations": [{"country": c, "calls": n, "rejected": r} for c, n, r in top_countries],
+                          "estimated_spend": {"approved": round(spent, 4), "blocked": round(blocked, 4)}}, indent=2))
         return 0
     total = sum(n for _c, _w, n in by_code)
     approved = sum(n for c, _w, n in by_code if c == APPROVED)
-    print(f"{total} verdicts since {fmt_time(time.time() - args.since, cfg.policy.tz)}: {approved} approved, {total - approved} rejected\n")
+    print(f"{total} verdicts since {fmt_time(time.time() - args.since, cfg.policy.tz)}: {approved} approved, {total - approved} rejected")
+    print(f"estimated spend (rate deck x {cfg.policy.assumed_call_minutes:g} min a call): {spent:.2f} approved, "
+          f"{blocked:.2f} blocked\n")
     print_table(["code", "would_code", "calls"], by_code)
     print()
     print_table(["account", "calls", "rejected"], [(f"{u}@{d}", n, r) for u, d, n, r in top_accounts])

@@ -3368,7 +3368,7 @@ def spend_budget(engine, call):
     if budget is None or not cost or acc.id is None:
         return None
     spent = engine.read_count(call, "spend")
-    if spent + cost <= budget:
+    if round(spent + cost, 6) <= budget:  # a sum of decimal prices is not exact in binary
         return None
     return Rejection("R17", f"{acc.name} has an estimated spend of {spent:.2f} today; this call's estimated {cost:.2f} "
                             f"would pass its daily spend budget of {budget:.2f}",

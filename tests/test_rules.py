@@ -37,7 +37,7 @@ def run(tmp_path, db_url, screening, account_rules, monkeypatch, calls):
     monkeypatch.setattr(tfps, "ACCOUNT_RULES", tuple(account_rules))
     (tmp_path / "rates.csv").write_text(RATE_DECK)
     conf = write_config(tmp_path / "rules.conf", {"policy": {
-        "rate_deck": str(tmp_path / "rates.csv"), "assumed_call_minutes": "5", "default_daily_spend": "6",
+        "rate_deck": str(tmp_path / "rates.csv"), "assumed_call_minutes": "5", "default_daily_spend": "2",
         "learning_days": "0", "max_calls_per_minute": "4", "ab_max_calls": "3", "ab_window": "60s",
         "default_daily_quota": "25", "default_concurrent_calls": "4", "default_destination_countries": "US, GB, DE"}})
     cfg = tfps.Config.load(conf)

@@ -4,11 +4,12 @@ the spend is a counter in the database, so it holds across nodes. The engine thr
 on both backends, the CLI as a subprocess."""
 
 import json
+import re
 
 import pytest
 
 import tfps
-from conftest import run_cli, write_config
+from conftest import run_cli, wait_until, write_config
 
 WED_10 = 1736935200.0  # 2025-01-15 10:00 UTC, business hours
 DOMAIN = "acme.example"
@@ -169,3 +170,20 @@ def test_cli_daily_spend_set_check_lint_and_bad_input(tmp_path, db_url):
     assert "rates.csv:2" in linted.stdout
     failed = run_cli("check", "1001", DOMAIN, "+441234", config=conf, db=db_url)
     assert failed.returncode == 1 and failed.stderr.strip().count("\n") == 0 and "rates.csv:2" in failed.stderr
+
+
+def test_a_running_server_answers_r17_and_follows_a_domain_budget(tmp_path, sqlite_url, start_server):
+    (tmp_path / "rates.csv").write_text(DECK)
+    server = start_server(sqlite_url, sections={"policy": {
+        "learning_days": "0", "default_destination_countries": "*", "rate_deck": str(tmp_path / "rates.csv"),
+        "assumed_call_minutes": "2", "default_daily_spend": "unlimited", "ab_max_calls": "1000"}})
+
+    def probe(number):
+        probed = run_cli("probe", number, "--server", f"127.0.0.1:{server.port}", "--from", f"1001@{DOMAIN}", timeout=30)
+        assert probed.returncode == 0, probed.stderr
+        return re.search(r"^code: (\w+)$", probed.stdout, re.M).group(1)
+
+    assert probe("+33812345678") == "A00"                               # 1.60, no budget
+    assert run_cli("domain", "set", DOMAIN, "--daily-spend", "3", db=sqlite_url).returncode == 0
+    assert wait_until(lambda: probe("+33812345678") == "R17", timeout=10)  # 1.60 + 1.60 > 3 once the server has read the change
+    assert probe("+81312345678") == "A00"                               # Japan: the deck does not price it

@@ -21,7 +21,7 @@ Contents (sections appear in this order; each depends only on those above it)
    9. Alerts             rate-limited alert events, outbox in the database, SMTP and webhook
   10. Engine             the fraud pipeline: call attempt in, verdict out
   11. Training           limits learned from each account's history; daily jobs
-  12. Replay             the real engine over CDR files with simulated time, in parallel by account
+  12. Replay             the real engine over CDR files with simulated time, in parallel by domain
   13. SIP service        sans-IO redirect server: requests and verdicts in, responses and timers out
   14. Server             selectors event loop moving bytes and timers for UDP and TCP
   15. Admin              account, list and report operations behind the CLI
@@ -4397,25 +4397,26 @@ def replay(cfg, path, db_url=None, jobs=None):
     if db_url or jobs == 1 or not hasattr(os, "fork"):
         tally = replay_rows(cfg, rows, db_url)
     else:
-        owners, shards = shard_by_account(rows, jobs)
+        owners, shards = shard_by_domain(rows, jobs)
         tally = merge_tallies(in_processes(lambda shard: replay_rows(cfg, rows, None, owners, shard), list(range(shards))))
     return replay_report(tally, len(rows))
 
 
-def shard_by_account(rows, count):
-    """Share the accounts out among at most `count` shards, about as many rows in each. Returns
-    (the shard of each row, the number of shards)."""
-    per_account = {}
+def shard_by_domain(rows, count):
+    """Share the domains out among at most `count` shards, about as many rows in each: the
+    accounts of a domain stay together, since training learns a domain's destinations from all
+    of its accounts. Returns (the shard of each row, the number of shards)."""
+    per_domain = {}
     for row in rows:
-        key = (row[2], row[3].lower())
-        per_account[key] = per_account.get(key, 0) + 1
-    count = max(1, min(count, len(per_account), 255))
+        key = row[3].lower()
+        per_domain[key] = per_domain.get(key, 0) + 1
+    count = max(1, min(count, len(per_domain), 255))
     loads, shard_of = [0] * count, {}
-    for key, calls in sorted(per_account.items(), key=lambda item: (-item[1], item[0])):
+    for key, calls in sorted(per_domain.items(), key=lambda item: (-item[1], item[0])):
         shard = loads.index(min(loads))
         shard_of[key] = shard
         loads[shard] += calls
-    return bytes(shard_of[(row[2], row[3].lower())] for row in rows), count
+    return bytes(shard_of[row[3].lower()] for row in rows), count
 
 
 def in_processes(work, items):
@@ -4465,7 +4466,7 @@ def in_processes(work, items):
 
 def replay_rows(cfg, rows, db_url=None, owners=None, shard=0):
     """The engine over read_cdrs() rows; returns the tally replay_report() reads. With `owners`
-    (shard_by_account), only the rows of `shard`'s accounts are decided, while the daily jobs
+    (shard_by_domain), only the rows of `shard`'s accounts are decided, while the daily jobs
     still run at the times of all rows, as in a single process."""
     db = open_database(db_url or "sqlite://:memory:")
     alerts = AlertTally(cfg.alerts, cfg.policy.tz)

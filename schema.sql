@@ -39,7 +39,25 @@ CREATE TABLE IF NOT EXISTS accounts (
   last_seen DOUBLE NULL,
   anomaly_daily INT NULL,
   updated DOUBLE NOT NULL,
+  daily_spend DOUBLE NULL,
   UNIQUE (user, domain)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Per-domain (customer) policy, inherited by the domain's accounts for every value the account
+-- has not set itself (pinned). NULL = inherit the [policy] default; a limit of -1 = unlimited.
+-- dest_countries and source_countries NULL = inherit; learned_dest: destinations the domain's
+-- accounts call regularly (training), normal for a quiet or new account of the domain.
+CREATE TABLE IF NOT EXISTS domains (
+  domain VARCHAR(255) NOT NULL PRIMARY KEY,
+  concurrent_calls INT NULL,
+  concurrent_calls_off INT NULL,
+  daily_quota INT NULL,
+  daily_quota_off INT NULL,
+  daily_spend DOUBLE NULL,
+  source_countries VARCHAR(1024) NULL,
+  dest_countries VARCHAR(1024) NULL,
+  learned_dest VARCHAR(1024) NOT NULL DEFAULT '',
+  updated DOUBLE NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Approved calls per account, calendar day and bucket ('biz' or 'off').
@@ -66,6 +84,15 @@ CREATE TABLE IF NOT EXISTS quota_leases (
   wanted INT NOT NULL DEFAULT 0,
   PRIMARY KEY (account_id, day, bucket, node),
   INDEX idx_quota_leases_node (node)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Estimated cost of the approved calls per account and calendar day (rate deck price x
+-- [policy] assumed_call_minutes): the daily spend budget, R17.
+CREATE TABLE IF NOT EXISTS spend_counters (
+  account_id BIGINT NOT NULL,
+  day CHAR(10) NOT NULL,
+  spend DOUBLE NOT NULL DEFAULT 0,
+  PRIMARY KEY (account_id, day)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Calls approved per account, calendar day and destination country while the country was new
@@ -184,6 +211,7 @@ CREATE TABLE IF NOT EXISTS call_log (
   node VARCHAR(64) NOT NULL DEFAULT '',
   latency_ms DOUBLE NOT NULL DEFAULT 0,
   undo_command VARCHAR(255) NOT NULL DEFAULT '',
+  cost DOUBLE NULL,
   INDEX idx_call_log_ts (ts),
   INDEX idx_call_log_user (user, domain, ts)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
@@ -270,14 +298,20 @@ CREATE TABLE IF NOT EXISTS locks (
 -- accounts_serial moves. These triggers move them for every change, including ones made
 -- directly in the database. An account's own activity (last_seen) is not a change, nor is a
 -- new account: nodes read accounts on first use.
-CREATE TRIGGER accounts_changed AFTER UPDATE ON accounts FOR EACH ROW
+CREATE TRIGGER accounts_updated AFTER UPDATE ON accounts FOR EACH ROW
   UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial' AND NOT (
     NEW.user <=> OLD.user AND NEW.domain <=> OLD.domain AND NEW.concurrent_calls <=> OLD.concurrent_calls AND
     NEW.concurrent_calls_off <=> OLD.concurrent_calls_off AND NEW.daily_quota <=> OLD.daily_quota AND NEW.daily_quota_off <=> OLD.daily_quota_off AND
     NEW.source_countries <=> OLD.source_countries AND NEW.dest_countries <=> OLD.dest_countries AND NEW.blocked <=> OLD.blocked AND
     NEW.email <=> OLD.email AND NEW.state <=> OLD.state AND NEW.learning_until <=> OLD.learning_until AND
-    NEW.pinned <=> OLD.pinned AND NEW.anomaly_daily <=> OLD.anomaly_daily);
+    NEW.pinned <=> OLD.pinned AND NEW.anomaly_daily <=> OLD.anomaly_daily AND NEW.daily_spend <=> OLD.daily_spend);
 CREATE TRIGGER accounts_removed AFTER DELETE ON accounts FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial';
+CREATE TRIGGER domains_added AFTER INSERT ON domains FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial';
+CREATE TRIGGER domains_changed AFTER UPDATE ON domains FOR EACH ROW
+  UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial';
+CREATE TRIGGER domains_removed AFTER DELETE ON domains FOR EACH ROW
   UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial';
 CREATE TRIGGER number_list_added AFTER INSERT ON number_list FOR EACH ROW
   UPDATE meta SET value = value + 1 WHERE name = 'lists_serial';

@@ -21,7 +21,7 @@ Contents (sections appear in this order; each depends only on those above it)
    9. Alerts             rate-limited alert events, outbox in the database, SMTP and webhook
   10. Engine             the fraud pipeline: call attempt in, verdict out
   11. Training           limits learned from each account's history; daily jobs
-  12. Replay             the real engine over CDR files with simulated time, in parallel by account
+  12. Replay             the real engine over CDR files with simulated time, in parallel by domain
   13. SIP service        sans-IO redirect server: requests and verdicts in, responses and timers out
   14. Server             selectors event loop moving bytes and timers for UDP and TCP
   15. Admin              account, list and report operations behind the CLI
@@ -73,7 +73,7 @@ import urllib.request
 import zoneinfo
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 
 __version__ = "1.1.0"
@@ -387,6 +387,30 @@ def _limit(text):
         raise ValueError(f"must be a whole number from 0 to {INT_MAX}, or unlimited") from None
 
 
+def _budget(text):
+    """A daily spend budget in the rate deck's currency, or 'unlimited' (None)."""
+    if text.strip().lower() == "unlimited":
+        return None
+    try:
+        return _number(0, 1e12)(text)
+    except ValueError:
+        raise ValueError("must be an amount from 0 to 1e12, or unlimited") from None
+
+
+INHERIT = "inherit"  # a domain or account value given back to the level above
+
+
+def _inherit_or(parse):
+    def parse_or_inherit(text):
+        if text.strip().lower() == INHERIT:
+            return INHERIT
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, or inherit") from None
+    return parse_or_inherit
+
+
 def _country(text):
     value = text.strip().upper()
     if not re.fullmatch(r"[A-Z]{2}", value):
@@ -597,6 +621,9 @@ CONFIG_SPEC = {
         "low_risk_prefixes": (_dialed_prefixes, "", "number ranges of tier low, as dialed, comma-separated"),
         "new_destination_calls": (_integer(0, 1000), "3", "calls a day per account to a new medium-tier country approved with an alert; 0 = none"),
         "emergency_numbers": (_auto_or(_digits_list), "auto", "numbers always approved, never counted; auto = by home_country (US 911, 933; GB 999, 112; else 112)"),
+        "rate_deck": (_text, "", "CSV file of prefix,price_per_minute (longest prefix wins) for the estimated cost of calls; empty = none"),
+        "assumed_call_minutes": (_number(0, 1440), "5", "minutes a call is assumed to last: its estimated cost = price x this"),
+        "default_daily_spend": (_budget, "unlimited", "estimated cost of approved calls a day per account (R17), or unlimited"),
         "require_source_country": (_boolean, "no", "reject calls whose source country cannot be told (R05)"),
         "ab_max_calls": (_integer(1, 1000), "5", "calls to one number allowed within ab_window (R13)"),
         "ab_window": (parse_duration, "30s", "window for repeated A->B calls"),
@@ -1588,6 +1615,7 @@ def mysql_statement(text):
 
 
 RETIRED_INDEXES = (("call_log", "idx_call_log_account"),)  # schema version 1's; nothing reads by it since
+RETIRED_TRIGGERS = ("accounts_changed",)  # schema version 2's: it does not follow accounts.daily_spend
 INDEX_LINE = re.compile(r"^\s*INDEX (\w+) \(([^)]*)\),?[ \t]*$", re.M)  # an index inside CREATE TABLE
 
 
@@ -1871,6 +1899,10 @@ class Database:
                 continue
             for text in (sqlite_statements(statement) if self.dialect == "sqlite" else [statement]):
                 self.execute(text)
+        for name in RETIRED_TRIGGERS:
+            if name in triggers:
+                self.execute(f"DROP TRIGGER {name}")
+                added.append(f"dropped trigger {name}")
         for table, name in RETIRED_INDEXES:
             if name in self._indexes(table):
                 self.execute(f"DROP INDEX {name}" + (f" ON {table}" if self.dialect == "mysql" else ""))
@@ -1972,7 +2004,8 @@ def release_lock(db, name, holder):
 # accounts
 
 ACCOUNT_COLUMNS = ("id, user, domain, concurrent_calls, concurrent_calls_off, daily_quota, daily_quota_off, "
-                   "source_countries, dest_countries, blocked, email, state, learning_until, pinned, created, last_seen, anomaly_daily")
+                   "source_countries, dest_countries, blocked, email, state, learning_until, pinned, created, last_seen, anomaly_daily, "
+                   "daily_spend")
 ACCOUNT_SELECT = f"SELECT {ACCOUNT_COLUMNS} FROM accounts"
 
 
@@ -2011,13 +2044,40 @@ def clear_account_counters(db, account_id, day):
     pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (account_id,)).rowcount
     db.execute("DELETE FROM rate_windows WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM new_destination_days WHERE account_id = ?", (account_id,))
+    db.execute("DELETE FROM spend_counters WHERE account_id = ? AND day = ?", (account_id, day))
     return counters, pairs
+
+
+# domains: the per-customer policy between [policy] and the account
+
+DOMAIN_COLUMNS = ("domain, concurrent_calls, concurrent_calls_off, daily_quota, daily_quota_off, daily_spend, "
+                  "source_countries, dest_countries, learned_dest")
+
+
+def load_domain(db, domain):
+    """The domain's row (DOMAIN_COLUMNS), or None."""
+    return db.one(f"SELECT {DOMAIN_COLUMNS} FROM domains WHERE domain = ?", (domain,))
+
+
+def load_domains(db):
+    return db.query(f"SELECT {DOMAIN_COLUMNS} FROM domains ORDER BY domain")
+
+
+def save_domain(db, domain, values, now):
+    """Create the domain if it is new and set the columns of {column: value} on it."""
+    db.upsert("domains", {"domain": domain, **values, "updated": now}, ["domain"],
+              ", ".join(f"{column} = NEW({column})" for column in (*values, "updated")))
+
+
+def domain_account_counts(db):
+    """{domain: accounts}, for `domain list`."""
+    return dict(db.query("SELECT domain, COUNT(*) FROM accounts GROUP BY domain"))
 
 
 def delete_account(db, account_id):
     """The account and every row kept for it, except its calls in call_log."""
-    for table in ("daily_counters", "quota_leases", "new_destination_days", "ab_pairs", "rate_windows", "account_seen",
-                  "account_days", "account_day_countries", "approvals"):
+    for table in ("daily_counters", "quota_leases", "spend_counters", "new_destination_days", "ab_pairs", "rate_windows",
+                  "account_seen", "account_days", "account_day_countries", "approvals"):
         db.execute(f"DELETE FROM {table} WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
 
@@ -2199,6 +2259,13 @@ def pending_alerts(db):
     return int(row[0] or 0), int(row[1] or 0), row[2]
 
 
+def estimated_spend(db, since):
+    """(estimated cost of the approved calls, of the rejected calls) since `since` (rate deck)."""
+    approved, rejected = db.one("SELECT SUM(CASE WHEN code = 'A00' THEN cost ELSE 0 END), "
+                                "SUM(CASE WHEN code <> 'A00' THEN cost ELSE 0 END) FROM call_log WHERE ts >= ?", (since,))
+    return float(approved or 0), float(rejected or 0)
+
+
 def _int_sums(rows):
     """MySQL returns SUM() as Decimal; the reports want plain integers."""
     return [tuple(int(v) if isinstance(v, decimal.Decimal) else v for v in row) for row in rows]
@@ -2295,6 +2362,7 @@ def purge_rows(db, *, call_log_before, counter_day_before, new_destination_day_b
             ("call_log", "ts < ?", (call_log_before,)),
             ("daily_counters", "day < ?", (counter_day_before,)),
             ("quota_leases", "day < ?", (counter_day_before,)),
+            ("spend_counters", "day < ?", (counter_day_before,)),
             ("new_destination_days", "day < ?", (new_destination_day_before,)),
             ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (ab_pairs_before, now)),
             ("approvals", "approved < ? AND (ended = 1 OR until IS NULL)", (approvals_before,)),
@@ -2423,6 +2491,16 @@ def settle_quota_leases(db, node, spent, counted, returned, held, expires):
     return leases, given
 
 
+def load_spend(db, account_id, day, lock):
+    """(spend,) of the account's approved calls on `day`, or None."""
+    return load_counter_row(db, "spend_counters", "spend", "account_id = ? AND day = ?", (account_id, day), lock)
+
+
+def add_spend(db, account_id, day, cost):
+    db.upsert("spend_counters", {"account_id": account_id, "day": day, "spend": cost}, ["account_id", "day"],
+              "spend = spend + NEW(spend)")
+
+
 def mark_first_seen(db, account_id, direction, iso, now):
     """Note that the account called to ('dst') or from ('src') `iso`; True the first time."""
     return db.insert_or_ignore("account_seen", {"account_id": account_id, "direction": direction, "iso": iso,
@@ -2447,7 +2525,7 @@ def update_last_seen(db, items):
 
 CALL_LOG_INSERT = ("INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
                    "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
-                   "sip_response, abuse_score, node, latency_ms, undo_command) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+                   "sip_response, abuse_score, node, latency_ms, undo_command, cost) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def insert_call_log(db, rows):
@@ -2572,6 +2650,7 @@ class Lists:
         self.ip_white = NetworkSet(c for k, c in rows if k == "white")
         self.user_agents = UserAgentList(load_user_agent_patterns(db))
         self.countries = country_table(db)
+        self.rates = RateDeck()  # load_lists reads [policy] rate_deck
 
 
 class DestinationTiers:
@@ -2618,11 +2697,57 @@ class DestinationTiers:
 
 
 
+class RateDeck:
+    """Price per minute by number prefix ([policy] rate_deck), the longest prefix winning."""
+
+    def __init__(self, prices=None):
+        self.prices = prices or {}
+        self.prefixes = PrefixSet(self.prices)
+
+    def price(self, number):
+        """The price per minute of a call to `number` (E.164 digits), or None when no prefix prices it."""
+        prefix = self.prefixes.match(number) if number else None
+        return None if prefix is None else self.prices[prefix]
+
+
+def read_rate_deck(policy, countries):
+    """[policy] rate_deck: a CSV file of `prefix,price_per_minute` lines, prefixes written as
+    they are dialed (+44, 0044 and 44 are one prefix); blank lines, '#' comments and a header
+    line are skipped. A bad line is a ConfigError naming file:line."""
+    path = policy.rate_deck
+    if not path:
+        return RateDeck()
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"[policy] rate_deck: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    prices = {}
+    for number, fields in enumerate(csv.reader(lines), 1):
+        if not fields or not "".join(fields).strip() or fields[0].lstrip().startswith("#"):
+            continue
+        if number == 1 and fields[0].strip().lower() == "prefix":
+            continue
+        where = f"{path}:{number}"
+        if len(fields) != 2:
+            raise ConfigError(f"{where}: expected prefix,price_per_minute, found {len(fields)} field(s)")
+        try:
+            prefix = dialed_prefix(fields[0].strip(), policy, countries)
+            price = _number(0, 1e6)(fields[1].strip())
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if prefix in prices:
+            raise ConfigError(f"{where}: prefix +{prefix} is priced twice")
+        prices[prefix] = price
+    return RateDeck(prices)
+
+
 def load_lists(cfg, db):
     """(change serials, Lists, DestinationTiers) as of now; the serials are read first, so a
     change made while loading is seen by the next check."""
     serials = change_serials(db)
     lists = Lists(db)
+    lists.rates = read_rate_deck(cfg.policy, lists.countries)
     return serials, lists, DestinationTiers(cfg.policy, lists.countries)
 
 
@@ -3126,14 +3251,15 @@ class Account:
     created: float
     last_seen: float | None
     anomaly_daily: int | None = None   # learned: more approved calls a day than this is unusual
+    daily_spend: float | None = None   # estimated cost of approved calls a day (R17); set by hand only
 
     @classmethod
     def from_row(cls, row):
         (id_, user, domain, cc, cc_off, quota, quota_off, src, dst, blocked, email, state,
-         learning_until, pinned, created, last_seen, anomaly_daily) = row
+         learning_until, pinned, created, last_seen, anomaly_daily, daily_spend) = row
         return cls(id_, user, domain, cc, cc_off, quota, quota_off, shared_countries(src), shared_countries(dst),
                    bool(blocked), email, state, learning_until, set(split_list(pinned)), created, last_seen,
-                   anomaly_daily)
+                   anomaly_daily, daily_spend)
 
     @property
     def name(self):
@@ -3141,6 +3267,64 @@ class Account:
 
     def learning(self, now):
         return self.state == "learning" and (self.learning_until is None or now < self.learning_until)
+
+
+UNLIMITED = -1  # a domain's limit that lifts the [policy] default (NULL inherits it)
+POLICY_FIELDS = ("concurrent_calls", "concurrent_calls_off", "daily_quota", "daily_quota_off", "daily_spend",
+                 "dest_countries", "source_countries")
+COUNTRY_FIELDS = ("dest_countries", "source_countries")
+
+
+@dataclass
+class Domain:
+    """A customer's policy: None inherits the [policy] default, UNLIMITED lifts a limit."""
+    name: str
+    concurrent_calls: int | None = None
+    concurrent_calls_off: int | None = None
+    daily_quota: int | None = None
+    daily_quota_off: int | None = None
+    daily_spend: float | None = None
+    dest_countries: frozenset | None = None
+    source_countries: frozenset | None = None
+    learned_dest: frozenset = frozenset()  # called regularly by the domain's accounts (training)
+
+    @classmethod
+    def from_row(cls, row):
+        name, cc, cc_off, quota, quota_off, spend, src, dst, learned = row
+        return cls(name, cc, cc_off, quota, quota_off, spend, None if dst is None else shared_countries(dst),
+                   None if src is None else shared_countries(src), shared_countries(learned))
+
+
+def policy_default(policy, name):
+    return policy.default_daily_spend if name == "daily_spend" else getattr(policy, f"default_{name.replace('dest_', 'destination_')}")
+
+
+def effective_policy(acc, domain, policy):
+    """(the account with the values that apply to it, {field: where each comes from}): a value
+    set on the account by hand (pinned) wins, then the domain's, then what training learned,
+    then the [policy] default. A domain's countries replace the defaults but keep what the
+    account learned, except what the domain denies; destinations the domain's accounts call
+    regularly are added for every account whose destinations are not pinned."""
+    values, sources = {}, {}
+    for name in POLICY_FIELDS:
+        own, default = getattr(acc, name), policy_default(policy, name)
+        inherited = getattr(domain, name) if domain else None
+        if name in acc.pinned:
+            values[name], sources[name] = own, "account"
+        elif inherited is None:
+            learned = name != "daily_spend" and own != default
+            values[name], sources[name] = (own, "learned") if learned else (default, "default")
+        elif name in COUNTRY_FIELDS:
+            learned = {c for c in own - default if f"!{c}" not in inherited}
+            values[name], sources[name] = inherited | learned, "domain + learned" if learned - inherited else "domain"
+        else:
+            values[name], sources[name] = None if inherited == UNLIMITED else inherited, "domain"
+    extra = domain.learned_dest - values["dest_countries"] if domain and "dest_countries" not in acc.pinned else set()
+    extra = {c for c in extra if f"!{c}" not in values["dest_countries"]}
+    if extra:
+        values["dest_countries"] = frozenset(values["dest_countries"] | extra)
+        sources["dest_countries"] += f" + learned by the domain ({format_countries(extra)})"
+    return replace(acc, **values), sources
 
 
 @dataclass
@@ -3163,6 +3347,7 @@ class Verdict:
     account: Account | None = None
     undo: str = ""
     would: Rejection | None = None   # what was not enforced (monitor mode, learning)
+    cost: float | None = None        # estimated ([policy] rate_deck), None when the deck does not price it
 
     @property
     def approved(self):
@@ -3173,7 +3358,7 @@ class Call:
     """Working state of one attempt while the rules run."""
 
     __slots__ = ("attempt", "now", "number", "dest_country", "source_country", "account", "off_hours",
-                 "day", "ip_white", "number_white", "dry_run", "from_memory", "unenrolled", "counts")
+                 "day", "ip_white", "number_white", "dry_run", "from_memory", "unenrolled", "counts", "cost")
 
     def __init__(self, attempt, now, dry_run, from_memory=False):
         self.attempt = attempt
@@ -3182,6 +3367,7 @@ class Call:
         self.from_memory = from_memory  # the database is unavailable: nothing may be read or written there
         self.unenrolled = False  # a new account, to enroll once screening has passed
         self.counts = {}         # counters read for this call (Engine.read_count), reused when counting
+        self.cost = None         # estimated: rate deck price x [policy] assumed_call_minutes
 
     @property
     def pair_counted(self):
@@ -3411,10 +3597,26 @@ def daily_quota(engine, call):
                      soft=True)
 
 
+@rejects("R17")
+def spend_budget(engine, call):
+    acc, cost = call.account, call.cost
+    budget = acc.daily_spend
+    if budget is None or not cost or acc.id is None:
+        return None
+    spent = engine.read_count(call, "spend")
+    if round(spent + cost, 6) <= budget:  # a sum of decimal prices is not exact in binary
+        return None
+    return Rejection("R17", f"{acc.name} has an estimated spend of {spent:.2f} today; this call's estimated {cost:.2f} "
+                            f"would pass its daily spend budget of {budget:.2f}",
+                     f"{PROG} reset {acc.user} {acc.domain}  (or: {PROG} set {acc.user} {acc.domain} --daily-spend "
+                     f"{max(budget * 2, spent + cost):.2f})")
+
+
 # Screening needs no account: a call it rejects (a scanner, a bad source, an attack) enrolls nothing.
 SCREENING = (attack_signature, scanner_user_agent, bad_source_ip)
 ACCOUNT_RULES = (blocked_account, blacklisted_number, repeated_a_to_b, unknown_country_code, destination_country,
-                 source_country_not_allowed, source_country_unknown, concurrent_calls, calls_per_minute, daily_quota)
+                 source_country_not_allowed, source_country_unknown, concurrent_calls, calls_per_minute, daily_quota,
+                 spend_budget)
 PIPELINE = SCREENING + ACCOUNT_RULES
 PROBE_DOMAIN = "tfps.invalid"  # `probe` calls from it; reserved (RFC 2606), so never enrolled
 
@@ -3478,6 +3680,14 @@ class SharedCounters:
     def take_quota(self, account_id, day, bucket, limit):
         return take_daily_quota(self.db, account_id, day, bucket, limit)
 
+    def spent(self, account_id, day, lock):
+        """Estimated cost of the account's approved calls on `day`. `lock`: held until the verdict commits."""
+        row = load_spend(self.db, account_id, day, lock)
+        return row[0] if row else 0.0
+
+    def add_spend(self, account_id, day, cost):
+        add_spend(self.db, account_id, day, cost)
+
     def count_approved(self, account_id, day, bucket, calls=1):
         add_approved_calls(self.db, account_id, day, bucket, calls)
 
@@ -3499,6 +3709,7 @@ class PrivateCounters:
         self.daily = {}   # (account id, day, bucket) -> approved calls, today's only
         self.new_destinations = {}  # (account id, day, iso) -> calls approved while new, today's only
         self.new_destinations_day = ""
+        self.spend = {}   # (account id, day) -> estimated cost of approved calls, today's only
         self.day = ""
         self.pruned = 0.0
 
@@ -3548,8 +3759,15 @@ class PrivateCounters:
         if day != self.day:
             self.day = day
             self.daily = {k: v for k, v in self.daily.items() if k[1] >= day}
+            self.spend = {k: v for k, v in self.spend.items() if k[1] >= day}
         key = (account_id, day, bucket)
         self.daily[key] = self.daily.get(key, 0) + 1
+
+    def spent(self, account_id, day, lock):
+        return self.spend.get((account_id, day), 0.0)
+
+    def add_spend(self, account_id, day, cost):
+        self.spend[(account_id, day)] = self.spend.get((account_id, day), 0.0) + cost
 
     def approved(self, account_id, day, bucket=None):
         if bucket is None:
@@ -3573,17 +3791,26 @@ class LeasedCounters(PrivateCounters):
         self.db, self.node, self.block, self.ttl = db, node, block, ttl
         self.held = {}      # (account id, day, bucket) -> calls of this node's lease not spent yet
         self.in_use = {}    # key -> approved calls known: in the database, spent or counted here since
-        self.spent = {}     # key -> calls spent from the lease since the last write-behind
+        self.spent_calls = {}     # key -> calls spent from the lease since the last write-behind
         self.counted = {}   # key -> calls approved outside a lease since the last write-behind
         self.returned = {}  # key -> unspent calls to give back at the next write-behind
         self.claims = 0
+
+    def spent(self, account_id, day, lock):
+        """The spend budget (R17) is read and added in the database for each priced call: it is
+        set for few accounts, and it must hold across workers and nodes."""
+        row = load_spend(self.db, account_id, day, False)
+        return row[0] if row else 0.0
+
+    def add_spend(self, account_id, day, cost):
+        add_spend(self.db, account_id, day, cost)
 
     def approved(self, account_id, day, bucket=None):
         if bucket is None:
             return self.approved(account_id, day, "biz") + self.approved(account_id, day, "off")
         key = (account_id, day, bucket)
         if key not in self.in_use:
-            self.in_use[key] = approved_calls(self.db, account_id, day, bucket) + self.spent.get(key, 0) + self.counted.get(key, 0)
+            self.in_use[key] = approved_calls(self.db, account_id, day, bucket) + self.spent_calls.get(key, 0) + self.counted.get(key, 0)
         return self.in_use[key]
 
     def take_quota(self, account_id, day, bucket, limit):
@@ -3594,11 +3821,11 @@ class LeasedCounters(PrivateCounters):
             self.claims += 1
             self.held[key] = granted
             # nothing left here: calls are refused until the next write-behind reads the count again
-            self.in_use[key] = in_use + self.spent.get(key, 0) + self.counted.get(key, 0) if granted else limit
+            self.in_use[key] = in_use + self.spent_calls.get(key, 0) + self.counted.get(key, 0) if granted else limit
             if not granted:
                 return False
         self.held[key] -= 1
-        self.spent[key] = self.spent.get(key, 0) + 1
+        self.spent_calls[key] = self.spent_calls.get(key, 0) + 1
         self.in_use[key] += 1
         return True
 
@@ -3618,16 +3845,16 @@ class LeasedCounters(PrivateCounters):
             if held and (release or key[1] < newest):
                 self.returned[key] = self.returned.get(key, 0) + held
                 self.held[key] = 0
-        if not (self.spent or self.counted or self.returned or any(self.held.values())):
+        if not (self.spent_calls or self.counted or self.returned or any(self.held.values())):
             self.in_use.clear()
             self.held.clear()
             return
-        spent, counted, returned = self.spent, self.counted, self.returned
-        self.spent, self.counted, self.returned = {}, {}, {}
+        spent, counted, returned = self.spent_calls, self.counted, self.returned
+        self.spent_calls, self.counted, self.returned = {}, {}, {}
         try:
             leases, given = settle_quota_leases(self.db, self.node, spent, counted, returned, self.held, now + self.ttl)
         except BaseException:
-            for mine, kept in ((self.spent, spent), (self.counted, counted), (self.returned, returned)):
+            for mine, kept in ((self.spent_calls, spent), (self.counted, counted), (self.returned, returned)):
                 for key, calls in kept.items():
                     mine[key] = mine.get(key, 0) + calls
             raise
@@ -3681,7 +3908,8 @@ class Engine:
         """Put what load_lists() returned in place; accounts are read again on their next call."""
         self.serials, self.lists, self.tiers = loaded
         self.countries = self.lists.countries
-        self.accounts = {}  # (user, domain) -> Account, filled on first use
+        self.accounts = {}  # (user, domain) -> Account with its effective policy, filled on first use
+        self.domains = {}   # domain -> Domain or None, filled on first use
         self.clock = (0.0, 0.0, "", False)  # (from, until, day, off hours): see _local_day
 
     def check_for_changes(self, reload_lists=None):
@@ -3694,6 +3922,7 @@ class Engine:
         if serials.get("accounts_serial") != self.serials.get("accounts_serial"):
             self.serials["accounts_serial"] = serials.get("accounts_serial")
             self.accounts.clear()
+            self.domains.clear()
             changed = True
         if serials.get("lists_serial") != self.serials.get("lists_serial"):
             (reload_lists or self.reload)()
@@ -3749,6 +3978,8 @@ class Engine:
         with self.counters.atomic():
             for (account_id, day, bucket), calls in self.local_counters.daily.items():
                 self.counters.count_approved(account_id, day, bucket, calls)
+            for (account_id, day), cost in self.local_counters.spend.items():
+                self.counters.add_spend(account_id, day, cost)
         self.local_counters = None
 
     def _run_pipeline(self, call, enforce):
@@ -3757,7 +3988,7 @@ class Engine:
         would = None
         for rules in (SCREENING, ACCOUNT_RULES):
             if rules is ACCOUNT_RULES and call.unenrolled and would is None:
-                call.account = self._enroll(call.attempt.user, call.attempt.domain, call.now)
+                call.account = self._enroll(call.attempt.user, call.attempt.domain, call)
                 call.unenrolled = False
             for rule in rules:
                 rejection = rule(self, call)
@@ -3784,6 +4015,8 @@ class Engine:
             return True
         call.number = normalize_number(dialed_number(a.number), p, self.countries)
         call.dest_country = self.countries.lookup(call.number) if call.number else None
+        price = self.lists.rates.price(call.number)
+        call.cost = None if price is None else price * p.assumed_call_minutes
         call.ip_white = bool(a.source_ip and self.lists.ip_white.match(a.source_ip))
         call.number_white = bool(call.number and self.lists.number_white.match(call.number))
         rep = a.reputation
@@ -3810,7 +4043,7 @@ class Engine:
 
     def _verdict(self, call, code, reason, undo, would):
         return Verdict(code, reason, call.attempt, call.number or "", call.dest_country or "", call.source_country,
-                       call.off_hours, call.account, undo, would)
+                       call.off_hours, call.account, undo, would, call.cost)
 
     # -- accounts -----------------------------------------------------------------------------
 
@@ -3819,20 +4052,29 @@ class Engine:
         if acc is not None:
             return acc
         if call.from_memory:
-            return default_account(self.cfg, user, domain, call.now)
+            return self._effective(default_account(self.cfg, user, domain, call.now), call)
         if len(self.accounts) >= MAX_CACHED:
             self.accounts.clear()
+            self.domains.clear()
         row = load_account(self.db, user, domain)
         if row is not None:
-            acc = self.accounts[(user, domain)] = Account.from_row(row)
+            acc = self.accounts[(user, domain)] = self._effective(Account.from_row(row), call)
             return acc
         # enrolled once screening has passed (_run_pipeline); until then the defaults, unsaved
         call.unenrolled = not call.dry_run and self.cfg.policy.unknown_accounts == "enroll" and domain != PROBE_DOMAIN
-        return default_account(self.cfg, user, domain, call.now)
+        return self._effective(default_account(self.cfg, user, domain, call.now), call)
 
-    def _enroll(self, user, domain, now):
+    def _effective(self, acc, call):
+        """The account under its domain's policy; domains are read once and kept like accounts."""
+        if acc.domain not in self.domains and not call.from_memory:
+            row = load_domain(self.db, acc.domain)
+            self.domains[acc.domain] = Domain.from_row(row) if row else None
+        return effective_policy(acc, self.domains.get(acc.domain), self.cfg.policy)[0]
+
+    def _enroll(self, user, domain, call):
+        now = call.now
         inserted = insert_account(self.db, default_account(self.cfg, user, domain, now))
-        acc = self.accounts[(user, domain)] = Account.from_row(load_account(self.db, user, domain))
+        acc = self.accounts[(user, domain)] = self._effective(Account.from_row(load_account(self.db, user, domain)), call)
         if inserted:
             self.alerts.add(AlertEvent(
                 "enrolled", acc.name, "NEW", f"TFPS: new account {acc.name} enrolled",
@@ -3856,10 +4098,11 @@ class Engine:
     def read_count(self, call, name):
         """A counter of the call's account, read once per verdict and kept for _count: 'pair'
         (A->B attempts within ab_window, blocked_until, row exists), 'minute' (approved calls in
-        the last 60 s, row exists), 'today' (approved calls today in the call's hours) or
-        'new_destination' (calls approved today to the call's new destination). MySQL locks the
-        pair, minute and new-destination rows until the verdict commits, so racing nodes take
-        turns; the quota is taken atomically by _count."""
+        the last 60 s, row exists), 'today' (approved calls today in the call's hours),
+        'new_destination' (calls approved today to the call's new destination) or 'spend' (the
+        estimated cost of today's approved calls). MySQL locks the pair, minute, new-destination
+        and spend rows until the verdict commits, so racing nodes take turns; the quota is taken
+        atomically by _count."""
         counts = call.counts
         if name not in counts:
             acc, p, lock = call.account, self.cfg.policy, not call.dry_run
@@ -3869,6 +4112,8 @@ class Engine:
                 counts[name] = self.counters.recent_calls(acc.id, call.now, 60, lock)
             elif name == "new_destination":
                 counts[name] = self.counters.new_destination_calls(acc.id, call.day, call.dest_country, lock)
+            elif name == "spend":
+                counts[name] = self.counters.spent(acc.id, call.day, lock)
             else:
                 counts[name] = self.counters.approved(acc.id, call.day, call.bucket)
         return counts[name]
@@ -3876,8 +4121,8 @@ class Engine:
     def _count(self, call, approved):
         """The one place where a verdict writes counters. What it writes depends on the verdict
         only, never on which rule rejected: an A->B attempt counts whatever the verdict (and
-        blocks the pair past ab_max_calls); an approved call counts toward the daily quota and
-        the per-minute window."""
+        blocks the pair past ab_max_calls); an approved call counts toward the daily quota, the
+        per-minute window and, with its estimated cost, the daily spend."""
         acc, p = call.account, self.cfg.policy
         if call.dry_run or acc.id is None:
             return
@@ -3899,6 +4144,8 @@ class Engine:
             self.counters.add_call(acc.id, self.read_count(call, "minute"), call.now, p.max_calls_per_minute)
         if new_destination(self, call):
             self._count_new_destination(call)
+        if call.cost:
+            self.counters.add_spend(acc.id, call.day, call.cost)
         self._check_anomalies(call)
 
     def _count_new_destination(self, call):
@@ -3972,7 +4219,7 @@ class Engine:
             storable(a.user_agent, 255), verdict.source_country, verdict.dest_country, int(verdict.off_hours),
             a.concurrent_calls, verdict.code, would.code if would else "", storable(verdict.reason, 512), sip_response[:64],
             a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3),
-            storable(would.undo if would else verdict.undo, 255)))
+            storable(would.undo if would else verdict.undo, 255), verdict.cost))
         if len(self.log_rows) > self.cfg.database.max_unflushed_rows:
             self._bound_log_rows()
         if acc and acc.id is not None:
@@ -4116,6 +4363,7 @@ def describe_limits(acc):
         return "unlimited" if value is None else str(value)
     return (f"concurrent {show(acc.concurrent_calls)}/{show(acc.concurrent_calls_off)} (business/off), "
             f"daily quota {show(acc.daily_quota)}/{show(acc.daily_quota_off)}, "
+            + (f"daily spend {acc.daily_spend:g}, " if acc.daily_spend is not None else "") +
             f"destinations {format_countries(acc.dest_countries) or 'none'}, sources {format_countries(acc.source_countries) or 'none'}")
 
 
@@ -4312,8 +4560,40 @@ def train_accounts(cfg, db, now, accounts, dry_run=False, everyone=False):
         db.begin()
         for proposal in proposals:
             apply_proposal(db, proposal, now)
+        if everyone:
+            learn_domain_destinations(cfg, db, now, accounts, stats, high_risk)
         db.commit()
     return proposals
+
+
+def domain_destinations(cfg, accounts, stats, high_risk):
+    """{domain: destinations its accounts call regularly}: countries that at least two of the
+    domain's accounts, and at least a quarter of those with history, each called in
+    train_min_country_calls approved calls of the window. High-risk countries are never learned."""
+    callers, active = {}, {}
+    for acc in accounts:
+        history = stats.get(acc.id)
+        if not history:
+            continue
+        active[acc.domain] = active.get(acc.domain, 0) + 1
+        for iso, calls in history.dst.items():
+            if calls >= cfg.policy.train_min_country_calls and iso not in high_risk:
+                callers.setdefault(acc.domain, {}).setdefault(iso, 0)
+                callers[acc.domain][iso] += 1
+    return {domain: {iso for iso, n in counts.items() if n >= max(2, active[domain] / 4)}
+            for domain, counts in callers.items()}
+
+
+def learn_domain_destinations(cfg, db, now, accounts, stats, high_risk):
+    """Store each domain's regular destinations, a normal for its quiet and new accounts."""
+    learned = domain_destinations(cfg, accounts, stats, high_risk)
+    known = {row[0]: Domain.from_row(row) for row in load_domains(db)}
+    for domain in sorted(set(learned) | set(known)):
+        countries = learned.get(domain, set())
+        if domain not in known and not countries or domain in known and known[domain].learned_dest == countries:
+            continue
+        save_domain(db, domain, {"learned_dest": format_countries(countries)}, now)
+        log.info("domain %s: destinations learned from its accounts: %s", domain, format_countries(countries) or "none")
 
 
 def finish_learning(cfg, db, now):
@@ -4526,25 +4806,26 @@ def replay(cfg, path, db_url=None, jobs=None):
     if db_url or jobs == 1 or not hasattr(os, "fork"):
         tally = replay_rows(cfg, rows, db_url)
     else:
-        owners, shards = shard_by_account(rows, jobs)
+        owners, shards = shard_by_domain(rows, jobs)
         tally = merge_tallies(in_processes(lambda shard: replay_rows(cfg, rows, None, owners, shard), list(range(shards))))
     return replay_report(tally, len(rows))
 
 
-def shard_by_account(rows, count):
-    """Share the accounts out among at most `count` shards, about as many rows in each. Returns
-    (the shard of each row, the number of shards)."""
-    per_account = {}
+def shard_by_domain(rows, count):
+    """Share the domains out among at most `count` shards, about as many rows in each: the
+    accounts of a domain stay together, since training learns a domain's destinations from all
+    of its accounts. Returns (the shard of each row, the number of shards)."""
+    per_domain = {}
     for row in rows:
-        key = (row[2], row[3].lower())
-        per_account[key] = per_account.get(key, 0) + 1
-    count = max(1, min(count, len(per_account), 255))
+        key = row[3].lower()
+        per_domain[key] = per_domain.get(key, 0) + 1
+    count = max(1, min(count, len(per_domain), 255))
     loads, shard_of = [0] * count, {}
-    for key, calls in sorted(per_account.items(), key=lambda item: (-item[1], item[0])):
+    for key, calls in sorted(per_domain.items(), key=lambda item: (-item[1], item[0])):
         shard = loads.index(min(loads))
         shard_of[key] = shard
         loads[shard] += calls
-    return bytes(shard_of[(row[2], row[3].lower())] for row in rows), count
+    return bytes(shard_of[row[3].lower()] for row in rows), count
 
 
 def in_processes(work, items):
@@ -4594,7 +4875,7 @@ def in_processes(work, items):
 
 def replay_rows(cfg, rows, db_url=None, owners=None, shard=0):
     """The engine over read_cdrs() rows; returns the tally replay_report() reads. With `owners`
-    (shard_by_account), only the rows of `shard`'s accounts are decided, while the daily jobs
+    (shard_by_domain), only the rows of `shard`'s accounts are decided, while the daily jobs
     still run at the times of all rows, as in a single process."""
     db = open_database(db_url or "sqlite://:memory:")
     alerts = AlertTally(cfg.alerts, cfg.policy.tz)
@@ -5771,9 +6052,10 @@ def calls_today(db, cfg, account_id, now):
     return approved_by_bucket(db, account_id, today_key(cfg, now))
 
 
-def update_account(db, acc, now, end_learning=True, **fields):
-    """Write changed account fields and pin them against training."""
-    pinned = set(acc.pinned) | {f for f in fields if f in LIMIT_FIELDS or f in ("dest_countries", "source_countries")}
+def update_account(db, acc, now, end_learning=True, inherit=(), **fields):
+    """Write changed account fields and pin them against training; the fields of `inherit`
+    (given with their default values) are unpinned: they come from the domain or training again."""
+    pinned = (set(acc.pinned) | {f for f in fields if f in POLICY_FIELDS}) - set(inherit)
     values = {k: (format_countries(v) if isinstance(v, (set, frozenset)) else v) for k, v in fields.items()}
     values["pinned"] = ",".join(sorted(pinned))
     if end_learning:
@@ -5803,17 +6085,79 @@ LAST_VERDICT_FIELDS = ("time", "number", "dest", "source_ip", "code", "would", "
 
 
 def account_details(db, cfg, acc, now):
-    """(what `show` shows of an account, its last 10 verdicts as LAST_VERDICT_FIELDS rows)."""
+    """(what `show` shows of an account, its last 10 verdicts as LAST_VERDICT_FIELDS rows). The
+    limits and countries are those that apply; `sources` says where each comes from (account,
+    domain, learned or default)."""
     today = calls_today(db, cfg, acc.id, now)
     verdicts = query_calls(db, 0, f"{acc.user}@{acc.domain}", limit=10)
+    effective, sources = effective_policy(acc, find_domain(db, acc.domain), cfg.policy)
+    spent = load_spend(db, acc.id, today_key(cfg, now), lock=False)
     info = {"account": acc.name, "state": acc.state if acc.learning(now) else "enforcing",
             "learning_until": fmt_time(acc.learning_until, cfg.policy.tz) if acc.learning(now) else "",
             "created": fmt_time(acc.created, cfg.policy.tz), "last_seen": fmt_time(acc.last_seen, cfg.policy.tz),
-            "blocked": acc.blocked, "email": acc.email, **account_limits(acc),
-            "dest_countries": format_countries(acc.dest_countries),
-            "source_countries": format_countries(acc.source_countries), "pinned": ",".join(sorted(acc.pinned)),
-            "anomaly_daily": acc.anomaly_daily, "approved_today_business": today["biz"], "approved_today_off": today["off"]}
+            "blocked": acc.blocked, "email": acc.email, **account_limits(effective), "daily_spend": effective.daily_spend,
+            "dest_countries": format_countries(effective.dest_countries),
+            "source_countries": format_countries(effective.source_countries), "pinned": ",".join(sorted(acc.pinned)),
+            "anomaly_daily": acc.anomaly_daily, "approved_today_business": today["biz"], "approved_today_off": today["off"],
+            "estimated_spend_today": round(spent[0] if spent else 0.0, 4), "sources": sources}
     return info, [(fmt_time(r[0], cfg.policy.tz), r[3], r[4], r[5], r[7], r[8], r[9]) for r in verdicts]
+
+
+def find_domain(db, name):
+    """The domain's policy; a domain without a row inherits everything."""
+    row = load_domain(db, name)
+    return Domain.from_row(row) if row else Domain(name)
+
+
+def domain_setting(value):
+    """How `domain show` and `domain list` print what a domain sets itself."""
+    if value is None:
+        return "inherit"
+    if isinstance(value, frozenset):
+        return format_countries(value) or "none"
+    return "unlimited" if value == UNLIMITED else value
+
+
+def domain_details(db, cfg, name):
+    """What `domain show` shows: per field what the domain sets (or inherit), what applies to
+    a new account of the domain, and where that comes from."""
+    domain = find_domain(db, name)
+    effective, sources = effective_policy(default_account(cfg, "", name, 0), domain, cfg.policy)
+    fields = [{"field": f, "domain": domain_setting(getattr(domain, f)),
+               "effective": format_countries(getattr(effective, f)) if f in COUNTRY_FIELDS else getattr(effective, f),
+               "from": sources[f]} for f in POLICY_FIELDS]
+    return {"domain": name, "accounts": domain_account_counts(db).get(name, 0),
+            "learned_dest": format_countries(domain.learned_dest), "fields": fields}
+
+
+def domain_records(db):
+    """Every domain with a policy or with accounts, as `domain list` shows them."""
+    counts = domain_account_counts(db)
+    domains = {row[0]: Domain.from_row(row) for row in load_domains(db)}
+    return [{"domain": name, "accounts": counts.get(name, 0),
+             **{f: domain_setting(getattr(domains.get(name) or Domain(name), f)) for f in POLICY_FIELDS},
+             "learned_dest": format_countries(domains[name].learned_dest) if name in domains else ""}
+            for name in sorted(set(counts) | set(domains))]
+
+
+def domain_value(field_name, value):
+    """A value given to `domain set` -> its column: INHERIT is NULL, unlimited is UNLIMITED."""
+    if value == INHERIT:
+        return None
+    if field_name in COUNTRY_FIELDS:
+        return format_countries(value)
+    return UNLIMITED if value is None else value
+
+
+def update_domain(db, name, fields, now):
+    save_domain(db, name, {f: domain_value(f, v) for f, v in fields.items()}, now)
+
+
+def allowed_after(command, current, codes, known, dest):
+    """A country set after `allow` or `deny` of `codes`: a denied destination is kept as !CC, as
+    one of tier low would be allowed by being absent."""
+    denied = {f"!{c}" for c in codes if c in known} if dest else set()
+    return (current - denied) | codes if command == "allow" else (current - codes) | denied
 
 
 def reset_account(db, cfg, acc, now):
@@ -5917,6 +6261,10 @@ def lint(cfg, db):
                 dialed_prefix(entry, p, countries)
             except ValueError as exc:
                 findings.append((f"[policy] {key}", str(exc), "correct it in tfps.conf"))
+    try:
+        read_rate_deck(p, countries)
+    except ConfigError as exc:
+        findings.append(("[policy] rate_deck", str(exc), "correct the file, or empty [policy] rate_deck"))
     for kind, prefix in sorted(load_list(db, "number")):
         if not prefix.startswith("0"):
             continue
@@ -6947,6 +7295,8 @@ def text_arg(longest, spaces=False):
 
 
 count_arg = arg_type(_limit)
+setting_arg = arg_type(_inherit_or(_limit))
+spend_arg = arg_type(_inherit_or(_budget))
 calls_arg = arg_type(_integer(0, INT_MAX))
 countries_arg = arg_type(_countries)
 duration_arg = arg_type(parse_duration)
@@ -6973,10 +7323,14 @@ def build_parser():
     account.add_argument("user", type=arg_type(account_user))
     account.add_argument("domain", type=arg_type(account_domain))
     limits = argparse.ArgumentParser(add_help=False)
-    limits.add_argument("--concurrent", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="concurrent calls, business hours")
-    limits.add_argument("--concurrent-off", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="concurrent calls, off hours")
-    limits.add_argument("--daily-quota", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="approved calls a day, business hours")
-    limits.add_argument("--daily-quota-off", type=count_arg, default=argparse.SUPPRESS, metavar="N", help="approved calls a day, off hours")
+    policy = argparse.ArgumentParser(add_help=False)
+    policy.add_argument("--concurrent", type=setting_arg, default=argparse.SUPPRESS, metavar="N", help="concurrent calls, business hours")
+    policy.add_argument("--concurrent-off", type=setting_arg, default=argparse.SUPPRESS, metavar="N", help="concurrent calls, off hours")
+    policy.add_argument("--daily-quota", type=setting_arg, default=argparse.SUPPRESS, metavar="N", help="approved calls a day, business hours")
+    policy.add_argument("--daily-quota-off", type=setting_arg, default=argparse.SUPPRESS, metavar="N", help="approved calls a day, off hours")
+    policy.add_argument("--daily-spend", type=spend_arg, default=argparse.SUPPRESS, metavar="AMOUNT",
+                        help="estimated cost of approved calls a day (R17); N, unlimited or inherit")
+    limits = argparse.ArgumentParser(add_help=False, parents=[policy])
     limits.add_argument("--email", type=text_arg(255), metavar="ADDR", help="the account's alert address")
     countries = argparse.ArgumentParser(add_help=False)
     countries.add_argument("--dest", type=countries_arg, metavar="CC,...", help="destination countries")
@@ -7012,6 +7366,18 @@ def build_parser():
         p.add_argument("kind", choices=("number", "ip", "ua") if color == "blacklist" else ("number", "ip"))
         p.add_argument("value", nargs="?", help="prefix, CIDR or regex; a file for import")
         p.add_argument("--note", type=text_arg(255, spaces=True), default="", help="a note stored with added entries")
+    p = sub.add_parser("domain", help="per-domain (customer) policy inherited by the domain's accounts")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    domain = argparse.ArgumentParser(add_help=False)
+    domain.add_argument("domain", type=arg_type(account_domain))
+    actions.add_parser("list", parents=[common, json_opt], help="domains with a policy or accounts")
+    actions.add_parser("show", parents=[common, domain, json_opt], help="what the domain sets and what applies to its accounts")
+    d = actions.add_parser("set", parents=[common, domain, policy],
+                           help="set limits (N, unlimited, or inherit for the [policy] default) and countries")
+    d.add_argument("--dest", type=arg_type(_inherit_or(_countries)), metavar="CC,...", help="destination countries, or inherit")
+    d.add_argument("--source", type=arg_type(_inherit_or(_countries)), metavar="CC,...", help="source countries, or inherit")
+    actions.add_parser("allow", parents=[common, domain, countries], help="allow destination/source countries")
+    actions.add_parser("deny", parents=[common, domain, countries], help="deny destination/source countries")
     p = sub.add_parser("calls", parents=[common, json_opt], help="verdict history")
     p.add_argument("--account", type=account_arg, metavar="USER@DOMAIN")
     p.add_argument("--code", type=arg_type(_verdict_code), metavar="CODE", help="A00, R01 ... R15 (also matches would-be rejections)")
@@ -7126,9 +7492,11 @@ def cmd_show(args, cfg, db):
     if args.json:
         print(json.dumps(dict(info, last_verdicts=[dict(zip(headers, r)) for r in rows]), indent=2, default=str))
         return 0
+    sources = info.pop("sources")
     for key, value in info.items():
-        shown = fmt_limit(value) if key in LIMIT_FIELDS else "not learned" if key == "anomaly_daily" and value is None else value
-        print(f"{key:24} {fmt_value(shown)}")
+        shown = fmt_limit(value) if key in POLICY_FIELDS[:5] else "not learned" if key == "anomaly_daily" and value is None else value
+        source = f"  ({sources[key]})" if key in sources else ""
+        print(f"{key:24} {fmt_value(shown)}{source}")
     print("\nlast verdicts:")
     print_table(headers, rows)
     return 0
@@ -7137,10 +7505,18 @@ def cmd_show(args, cfg, db):
 def _limit_fields(args):
     fields = {}
     for option, column in (("concurrent", "concurrent_calls"), ("concurrent_off", "concurrent_calls_off"),
-                           ("daily_quota", "daily_quota"), ("daily_quota_off", "daily_quota_off")):
+                           ("daily_quota", "daily_quota"), ("daily_quota_off", "daily_quota_off"),
+                           ("daily_spend", "daily_spend")):
         if hasattr(args, option):
             fields[column] = getattr(args, option)
     return fields
+
+
+def _update_account_fields(db, cfg, acc, fields, end_learning=True):
+    """update_account with `inherit` values turned into the [policy] default, unpinned."""
+    inherit = {f for f, v in fields.items() if v == INHERIT}
+    fields = {f: policy_default(cfg.policy, f) if f in inherit else v for f, v in fields.items()}
+    update_account(db, acc, time.time(), end_learning=end_learning, inherit=inherit, **fields)
 
 
 def check_countries(args, cfg, db):
@@ -7168,7 +7544,7 @@ def cmd_add(args, cfg, db):
         fields["dest_countries"] = args.dest
     if args.source:
         fields["source_countries"] = args.source
-    update_account(db, acc, time.time(), end_learning=False, **fields)
+    _update_account_fields(db, cfg, acc, fields, end_learning=False)
     print(f"added {acc.name}: {describe_limits(find_account(db, args.user, args.domain))}")
     print(*notes, sep="\n", end="\n" if notes else "")
     return 0
@@ -7180,9 +7556,13 @@ def cmd_set(args, cfg, db):
     if args.email is not None:
         fields["email"] = args.email
     if not fields:
-        raise UserError("nothing to set: give --concurrent, --concurrent-off, --daily-quota, --daily-quota-off or --email")
-    update_account(db, acc, time.time(), **fields)
-    print(f"{acc.name}: {describe_limits(find_account(db, args.user, args.domain))} (pinned: {', '.join(sorted(fields))})")
+        raise UserError("nothing to set: give --concurrent, --concurrent-off, --daily-quota, --daily-quota-off, "
+                        "--daily-spend or --email")
+    _update_account_fields(db, cfg, acc, fields)
+    inherited = sorted(f for f, v in fields.items() if v == INHERIT)
+    print(f"{acc.name}: {describe_limits(find_account(db, args.user, args.domain))} (pinned: "
+          f"{', '.join(sorted(set(fields) - set(inherited))) or 'none'}"
+          + (f"; inherited again: {', '.join(inherited)}" if inherited else "") + ")")
     return 0
 
 
@@ -7195,12 +7575,58 @@ def cmd_allow(args, cfg, db):
     for option, column in (("dest", "dest_countries"), ("source", "source_countries")):
         codes = getattr(args, option)
         if codes:
-            current = getattr(acc, column)
-            # a denied destination is kept as !CC: one of tier low would be allowed by being absent
-            denied = {f"!{c}" for c in codes if c in known} if option == "dest" else set()
-            fields[column] = (current - denied) | codes if args.command == "allow" else (current - codes) | denied
+            fields[column] = allowed_after(args.command, getattr(acc, column), codes, known, option == "dest")
     update_account(db, acc, time.time(), **fields)
     print(f"{acc.name}: {describe_limits(find_account(db, args.user, args.domain))}")
+    print(*notes, sep="\n", end="\n" if notes else "")
+    return 0
+
+
+def cmd_domain(args, cfg, db):
+    if args.action == "list":
+        records = domain_records(db)
+        if args.json:
+            print(json.dumps(records, indent=2, default=str))
+        else:
+            print_table(["domain", "accounts", *POLICY_FIELDS, "learned_dest"], [tuple(r.values()) for r in records])
+        return 0
+    if args.action == "show":
+        details = domain_details(db, cfg, args.domain)
+        if args.json:
+            print(json.dumps(details, indent=2, default=str))
+            return 0
+        print(f"domain {details['domain']}: {details['accounts']} account(s); destinations learned from its accounts: "
+              f"{details['learned_dest'] or 'none'}")
+        print_table(["field", "domain", "effective", "from"],
+                    [(f["field"], f["domain"], fmt_limit(f["effective"]) if f["field"] not in COUNTRY_FIELDS else f["effective"],
+                      f["from"]) for f in details["fields"]])
+        return 0
+    domain = find_domain(db, args.domain)
+    if args.action == "set":
+        fields = _limit_fields(args)
+        for option, column in (("dest", "dest_countries"), ("source", "source_countries")):
+            if getattr(args, option) is not None:
+                fields[column] = getattr(args, option)
+        if not fields:
+            raise UsageError("nothing to set: give --concurrent, --concurrent-off, --daily-quota, --daily-quota-off, "
+                             "--daily-spend, --dest or --source")
+        notes = check_countries(argparse.Namespace(**{o: None if getattr(args, o) == INHERIT else getattr(args, o)
+                                                      for o in ("dest", "source")}), cfg, db)
+    else:
+        if not (args.dest or args.source):
+            raise UsageError(f"nothing to {args.action}: give --dest CC,... and/or --source CC,...")
+        notes = check_countries(args, cfg, db) if args.action == "allow" else []
+        fields, known = {}, country_table(db).by_iso
+        for option, column in (("dest", "dest_countries"), ("source", "source_countries")):
+            codes = getattr(args, option)
+            if codes:
+                current = getattr(domain, column)
+                current = policy_default(cfg.policy, column) if current is None else current
+                fields[column] = allowed_after(args.action, current, codes, known, option == "dest")
+    update_domain(db, args.domain, fields, time.time())
+    details = domain_details(db, cfg, args.domain)
+    print(f"{args.domain}: " + ", ".join(f"{f['field']} {f['domain']} (applies: {fmt_limit(f['effective'])})"
+                                         for f in details["fields"] if f["field"] in fields))
     print(*notes, sep="\n", end="\n" if notes else "")
     return 0
 
@@ -7278,14 +7704,18 @@ def cmd_calls(args, cfg, db):
 
 def cmd_stats(args, cfg, db):
     by_code, top_accounts, top_countries = call_stats(db, time.time() - args.since)
+    spent, blocked = estimated_spend(db, time.time() - args.since)
     if args.json:
         print(json.dumps({"by_code": [{"code": c, "would_code": w, "calls": n} for c, w, n in by_code],
                           "top_accounts": [{"account": f"{u}@{d}", "calls": n, "rejected": r} for u, d, n, r in top_accounts],
-                          "top_destinations": [{"country": c, "calls": n, "rejected": r} for c, n, r in top_countries]}, indent=2))
+                          "top_destinations": [{"country": c, "calls": n, "rejected": r} for c, n, r in top_countries],
+                          "estimated_spend": {"approved": round(spent, 4), "blocked": round(blocked, 4)}}, indent=2))
         return 0
     total = sum(n for _c, _w, n in by_code)
     approved = sum(n for c, _w, n in by_code if c == APPROVED)
-    print(f"{total} verdicts since {fmt_time(time.time() - args.since, cfg.policy.tz)}: {approved} approved, {total - approved} rejected\n")
+    print(f"{total} verdicts since {fmt_time(time.time() - args.since, cfg.policy.tz)}: {approved} approved, {total - approved} rejected")
+    print(f"estimated spend (rate deck x {cfg.policy.assumed_call_minutes:g} min a call): {spent:.2f} approved, "
+          f"{blocked:.2f} blocked\n")
     print_table(["code", "would_code", "calls"], by_code)
     print()
     print_table(["account", "calls", "rejected"], [(f"{u}@{d}", n, r) for u, d, n, r in top_accounts])
@@ -7438,7 +7868,7 @@ COMMANDS_WITHOUT_DB = {"serve": cmd_serve, "initdb": cmd_initdb, "config": cmd_c
 COMMANDS = {"list": cmd_list, "show": cmd_show, "add": cmd_add, "remove": cmd_remove, "reset": cmd_reset, "set": cmd_set,
             "allow": cmd_allow, "deny": cmd_allow, "block": cmd_block, "unblock": cmd_block, "learn": cmd_learn,
             "blacklist": cmd_list_admin, "whitelist": cmd_list_admin, "calls": cmd_calls, "stats": cmd_stats,
-            "check": cmd_check, "lint": cmd_lint, "purge": cmd_purge, "reputation": cmd_reputation, "train": cmd_train}
+            "check": cmd_check, "lint": cmd_lint, "domain": cmd_domain, "purge": cmd_purge, "reputation": cmd_reputation, "train": cmd_train}
 
 
 def main(argv=None):

@@ -23,7 +23,8 @@ ACCOUNT = (USER, DOMAIN)
 
 SUBCOMMANDS = {"serve", "initdb", "config", "list", "show", "add", "remove", "reset", "set", "allow", "deny", "block",
                "unblock", "learn", "blacklist", "whitelist", "calls", "stats", "check", "lint", "probe", "purge", "reputation",
-               "train", "replay"}
+               "train", "replay", "domain"}
+NESTED = {"domain": ("list", "show", "set", "allow", "deny")}  # ACTION after the command
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -105,9 +106,10 @@ def test_every_subcommand_is_known():
 
 @pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
 def test_every_subcommand_has_help_and_takes_config_and_db(command):
-    result = ok(run_cli(command, "--help"))
-    assert result.stdout.startswith(f"usage: tfps.py {command}")
-    assert "-c FILE, --config FILE" in result.stdout and "--db URL" in result.stdout
+    for words in [(command, action) for action in NESTED[command]] if command in NESTED else [(command,)]:
+        result = ok(run_cli(*words, "--help"))
+        assert result.stdout.startswith(f"usage: tfps.py {' '.join(words)}")
+        assert "-c FILE, --config FILE" in result.stdout and "--db URL" in result.stdout
 
 
 def test_version():
@@ -378,7 +380,7 @@ def _db_command(name, tmp_path):
         "blacklist": ["blacklist", "add", "ip", "192.0.2.1"], "whitelist": ["whitelist", "import", "number", str(entries)],
         "calls": ["calls"], "stats": ["stats"], "check": ["check", *ACCOUNT, "12125551234"], "lint": ["lint"],
         "purge": ["purge", "--older-than", "90d"], "reputation": ["reputation", "192.0.2.1"],
-        "train": ["train", "--dry-run"], "replay": ["replay", str(cdr)],
+        "train": ["train", "--dry-run"], "replay": ["replay", str(cdr)], "domain": ["domain", "show", DOMAIN],
         "serve": ["serve", "--listen", f"udp:127.0.0.1:{free_port()}"],
     }[name]
 
@@ -488,7 +490,7 @@ def test_limits_can_be_set_to_unlimited(db_url):
     """'unlimited' is an explicit limit on the command line, not the same as leaving it out."""
     ok(cli(db_url, "add", "2002", DOMAIN, "--daily-quota-off", "unlimited"))
     assert as_json(cli(db_url, "show", "2002", DOMAIN, "--json"))["daily_quota_off"] is None
-    assert re.search(r"^daily_quota_off\s+unlimited$", ok(cli(db_url, "show", "2002", DOMAIN)).stdout, re.M)
+    assert re.search(r"^daily_quota_off\s+unlimited  \(account\)$", ok(cli(db_url, "show", "2002", DOMAIN)).stdout, re.M)
     ok(cli(db_url, "add", *ACCOUNT))
     out = ok(cli(db_url, "set", *ACCOUNT, "--concurrent-off", "unlimited", "--daily-quota", "unlimited")).stdout
     assert "concurrent 10/unlimited" in out and "daily quota unlimited/10" in out

@@ -401,7 +401,7 @@ def test_the_many_accounts_file_is_what_it_claims(tmp_path):
     assert sum(n == 6 for n in per_second.values()) >= 40                       # every account at 12:00:00
     fraud = [r for r in rows if r[9] == "fraud"]
     assert [(r[2], r[3]) for r in fraud[:2]] == list(BURST_ACCOUNTS) and fraud[0][0] == fraud[1][0]
-    owners, _ = tfps.shard_by_account(rows, 2)
+    owners, _ = tfps.shard_by_domain(rows, 2)
     first_shard = {(row[2], row[3].lower()) for row, owner in zip(rows, owners) if owner == 0}
     assert BURST_ACCOUNTS[1] in first_shard and BURST_ACCOUNTS[0] not in first_shard
 
@@ -457,21 +457,21 @@ def test_replay_in_several_processes_runs_the_daily_jobs_when_one_process_does(t
     assert tfps.replay(cfg, path, jobs=2) == one
 
 
-def test_shard_by_account_keeps_accounts_whole_and_balanced(tmp_path):
+def test_shard_by_domain_keeps_domains_whole_and_balanced(tmp_path):
     rows = tfps.read_cdrs(many_accounts_cdr(tmp_path / "many.csv"))
-    rows += [(rows[-1][0] + k, *rows[-1][1:2], f"solo{k}", "Solo.Example", *rows[-1][4:]) for k in range(1, 8)]
-    per_account = Counter((r[2], r[3].lower()) for r in rows)
+    rows += [(rows[-1][0] + k, *rows[-1][1:2], "solo", f"Solo{k}.Example", *rows[-1][4:]) for k in range(1, 8)]
+    per_domain = Counter(r[3].lower() for r in rows)
     for count in (1, 2, 3, 4, 5, 16):
-        owners, shards = tfps.shard_by_account(rows, count)
-        assert len(owners) == len(rows) and shards == min(count, len(per_account))
+        owners, shards = tfps.shard_by_domain(rows, count)
+        assert len(owners) == len(rows) and shards == min(count, len(per_domain))
         assert set(owners) == set(range(shards)), "no empty shard"
         owner = {}
         for row, n in zip(rows, owners):
-            assert owner.setdefault((row[2], row[3].lower()), n) == n, f"{row[2]}@{row[3]} split"
+            assert owner.setdefault(row[3].lower(), n) == n, f"{row[3]} split"
         loads = Counter(owners)
-        assert max(loads.values()) <= len(rows) / count + max(per_account.values()), loads
-    loads = sorted(Counter(tfps.shard_by_account(rows, 2)[0]).values())
-    assert loads[1] - loads[0] <= max(per_account.values())
+        assert max(loads.values()) <= len(rows) / count + max(per_domain.values()), loads
+    loads = sorted(Counter(tfps.shard_by_domain(rows, 2)[0]).values())
+    assert loads[1] - loads[0] <= max(per_domain.values())
 
 
 def test_replay_into_a_database_tallies_alerts_and_queues_none(tmp_path, sqlite_url):

@@ -13,7 +13,9 @@ from conftest import write_config
 WED_10 = 1736935200.0  # 2025-01-15 10:00 UTC, business hours
 COUNTER_TABLES = {"daily_counters": "day, bucket, approved",
                   "ab_pairs": "number, times, blocked_until",
-                  "rate_windows": "times"}
+                  "rate_windows": "times",
+                  "spend_counters": "day, spend"}
+RATE_DECK = "prefix,price_per_minute\n1,0.02\n44,0.10\n49,0.30\n"  # x 5 minutes: US 0.10, GB 0.50, DE 1.50
 
 
 def traffic(seed):
@@ -33,13 +35,16 @@ def traffic(seed):
 def run(tmp_path, db_url, screening, account_rules, monkeypatch, calls, lease=0):
     monkeypatch.setattr(tfps, "SCREENING", tuple(screening))
     monkeypatch.setattr(tfps, "ACCOUNT_RULES", tuple(account_rules))
+    (tmp_path / "rates.csv").write_text(RATE_DECK)
     conf = write_config(tmp_path / "rules.conf", {"policy": {
+        "rate_deck": str(tmp_path / "rates.csv"), "assumed_call_minutes": "5", "default_daily_spend": "2",
         "learning_days": "0", "max_calls_per_minute": "4", "ab_max_calls": "3", "ab_window": "60s",
         "default_daily_quota": "25", "default_concurrent_calls": "4", "default_destination_countries": "US, GB, DE"}})
     cfg = tfps.Config.load(conf)
     db = tfps.open_database(db_url)
     try:
-        for table in ("daily_counters", "quota_leases", "ab_pairs", "rate_windows", "accounts", "ip_list", "number_list"):
+        for table in ("daily_counters", "quota_leases", "ab_pairs", "rate_windows", "spend_counters", "accounts", "ip_list",
+                      "number_list"):
             db.execute(f"DELETE FROM {table}")
         tfps.list_add(db, "black", "number", ["5312"], "test", WED_10)
         tfps.list_add(db, "black", "ip", ["198.51.100.0/24"], "test", WED_10)
@@ -105,7 +110,7 @@ def test_every_rule_returns_only_the_codes_it_declares(tmp_path, sqlite_url, mon
 
     run(tmp_path, sqlite_url, map(checked, tfps.SCREENING), map(checked, tfps.ACCOUNT_RULES), monkeypatch,
         traffic(3))
-    assert len(seen) >= 7, seen
+    assert len(seen) >= 7 and "spend_budget" in seen, seen
     codes = list(itertools.chain.from_iterable(rule.codes for rule in tfps.PIPELINE))
     assert len(codes) == len(set(codes)), "a code belongs to one rule"
 

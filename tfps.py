@@ -7115,6 +7115,22 @@ class HttpInterface:
             return name, 404 if str(exc).startswith("unknown") else 409, {"error": str(exc)}, []
 
 
+def http_listen_error(address, exc):
+    host, port = address
+    return UserError(f"cannot listen on [http] listen = {f'[{host}]' if ':' in host else host}:{port}: {exc.strerror}")
+
+
+def probe_http_listen(address):
+    """Bind [http] listen as the HTTP interface will and let go: with several workers a taken
+    port is one line before any worker starts, as with one process."""
+    with socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise http_listen_error(address, exc) from None
+
+
 class _HttpServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -7129,8 +7145,7 @@ class _HttpServer(http.server.ThreadingHTTPServer):
         try:
             super().__init__(address, _HttpHandler)
         except OSError as exc:
-            host, port = address
-            raise UserError(f"cannot listen on [http] listen = {f'[{host}]' if ':' in host else host}:{port}: {exc.strerror}") from None
+            raise http_listen_error(address, exc) from None
 
     def server_bind(self):
         if self.address_family == socket.AF_INET6:
@@ -7436,6 +7451,8 @@ def cmd_serve(args, cfg):
     if server_workers(cfg) == 1:
         return serve_worker(cfg, config_path, http=True)
     # one HTTP interface, in worker 0: its port is not shared
+    if cfg.http.listen:
+        probe_http_listen(cfg.http.listen)
     return Supervisor(cfg, lambda number: serve_worker(cfg, config_path, http=number == 0)).run()
 
 

@@ -338,7 +338,7 @@ def test_http_port_in_use_is_one_line_and_exit_1(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         conf = tmp_path / "busy.conf"
-        conf.write_text(f"[server]\nworkers = 1\nlisten = udp:127.0.0.1:{free_port()}\n[database]\nurl = sqlite://{tmp_path / 'tfps.db'}\n"
+        conf.write_text(f"[server]\nlisten = udp:127.0.0.1:{free_port()}\n[database]\nurl = sqlite://{tmp_path / 'tfps.db'}\n"
                         f"[http]\nlisten = 127.0.0.1:{port}\n")
         result = subprocess.run([sys.executable, str(TFPS), "serve", "-c", str(conf)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -3,6 +3,7 @@ status 0, 1 or 2 and never a traceback. tfps.main() runs in-process against a sc
 database; `serve` goes through everything but the server itself, and `probe` only ever talks to
 a closed port on 127.0.0.1."""
 
+import argparse
 import contextlib
 import io
 import itertools
@@ -21,7 +22,19 @@ import tfps
 SWEEP = settings(max_examples=50, deadline=None, derandomize=True, database=None,
                  suppress_health_check=list(HealthCheck))
 
-VERBS = next(a for a in tfps.build_parser()._actions if a.dest == "command").choices  # new verbs included
+
+
+def leaf_verbs(parser, prefix=()):
+    """Every verb down to its last subcommand ('domain show') with its parser; new verbs included."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.update(leaf_verbs(sub, (*prefix, name)))
+    return found or {" ".join(prefix): parser}
+
+
+VERBS = leaf_verbs(tfps.build_parser())
 FIXED_OPTIONS = {"-h", "--help", "-c", "--config", "--db"}  # the sweep sets these itself
 CLOSED_PORT = free_port()
 GOOD_CDR = (",".join(tfps.REPLAY_COLUMNS) + "\n2024-03-04T10:00:00+00:00,1001,pbx.example.com,12125551234,198.51.100.1,"
@@ -157,7 +170,7 @@ def test_every_argument_takes_every_edge_value(verb, provisioned):
         for index, edge in itertools.product(range(len(line)), EDGES):
             tokens = [token for i, (option, value) in enumerate(line) for token in (option, edge if i == index else value)
                       if token is not None]
-            argv = [verb, "-c", provisioned["conf"], "--db", provisioned["db"], *pinned(verb, tokens, provisioned["file"])]
+            argv = [*verb.split(), "-c", provisioned["conf"], "--db", provisioned["db"], *pinned(verb, tokens, provisioned["file"])]
             assert_clean(argv, cli(argv))
 
 
@@ -172,7 +185,7 @@ def test_any_arguments_end_in_0_1_or_2_without_a_traceback(verb, provisioned):
     @given(data=st.data())
     def sweep(data):
         provisioned["file"].write_bytes(data.draw(file_bytes(), "file"))
-        argv = [verb, "-c", provisioned["conf"], "--db", provisioned["db"],
+        argv = [*verb.split(), "-c", provisioned["conf"], "--db", provisioned["db"],
                 *pinned(verb, data.draw(command_line(VERBS[verb]), "arguments"), provisioned["file"])]
         assert_clean(argv, cli(argv))
 

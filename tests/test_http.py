@@ -281,6 +281,7 @@ def test_admin_api_mirrors_the_cli(served, db_url):
     assert api.post("/v1/lists/white/ip", {"value": "192.0.2.0/24"})[0] == 201
 
     assert wait_until(lambda: len(api.get("/v1/calls?code=R14")[1]) >= 1)
+    wait_until(lambda: api.get("/v1/calls?code=R03")[1], message="the R03 verdict in the call log")
     status, calls = api.get("/v1/calls?account=1001@pbx.example.com&limit=2")
     assert status == 200 and len(calls) == 2 and calls[0]["user"] == "1001"
     assert api.get("/v1/calls?code=bad")[1]["parameter"] == "code"

@@ -6153,6 +6153,26 @@ def update_domain(db, name, fields, now):
     save_domain(db, name, {f: domain_value(f, v) for f, v in fields.items()}, now)
 
 
+def domain_countries_after(cfg, db, name, command, given):
+    """The country fields of a domain after `allow` or `deny` of `given` ({column: codes}); a
+    field the domain inherits starts from its [policy] default."""
+    domain, known = find_domain(db, name), country_table(db).by_iso
+    fields = {}
+    for column, codes in given.items():
+        if codes:
+            current = getattr(domain, column)
+            current = policy_default(cfg.policy, column) if current is None else current
+            fields[column] = allowed_after(command, current, codes, known, column == "dest_countries")
+    return fields
+
+
+def tier_high_notes(cfg, countries, dest):
+    """What allowing the destinations `dest` does not change: those of tier high stay rejected."""
+    tiers = DestinationTiers(cfg.policy, countries)
+    return [f"note: {countries.label(iso)} is of tier high: calls there stay rejected (R06) unless the number is "
+            f"whitelisted ({PROG} whitelist add number +NUMBER)" for iso in sorted(dest or ()) if tiers.by_iso[iso] == "high"]
+
+
 def allowed_after(command, current, codes, known, dest):
     """A country set after `allow` or `deny` of `codes`: a denied destination is kept as !CC, as
     one of tier low would be allowed by being absent."""
@@ -6593,27 +6613,40 @@ def _limit_or_unlimited(text):
     return None if text in ("None", "null") else _limit(text)
 
 
+def _settable(body, known):
+    """HttpError 400 unless the body names one or more of `known` and nothing else."""
+    unknown = sorted(set(body) - set(known))
+    if unknown or not body:
+        raise HttpError(400, f"give one or more of {', '.join(known)}" + (f" (unknown: {unknown[0]})" if unknown else ""),
+                        unknown[0] if unknown else None)
+
+
 def http_account_set(api, request):
     body = request.json()
+    _settable(body, (*LIMIT_FIELDS, "email"))
     fields = {name: parameter(body, name, _limit_or_unlimited) for name in LIMIT_FIELDS if name in body}
     if "email" in body:
         fields["email"] = parameter(body, "email", lambda text: printable(text, 255, "an e-mail address"), "")
-    unknown = sorted(set(body) - set(LIMIT_FIELDS) - {"email"})
-    if unknown or not fields:
-        raise HttpError(400, f"give one or more of {', '.join(LIMIT_FIELDS)}, email" + (f" (unknown: {unknown[0]})" if unknown else ""),
-                        unknown[0] if unknown else None)
     with api.database() as db:
         acc = _request_account(db, request)
         update_account(db, acc, time.time(), **fields)
         return _account_answer(api, db, acc)
 
 
-def http_account_countries(api, request):
-    """allow or deny destination and source countries: {"dest": "GB,FR", "source": ["DE"]}."""
-    body = request.json()
-    codes = {column: parameter(body, option, _countries) for option, column in (("dest", "dest_countries"), ("source", "source_countries"))}
+COUNTRY_OPTIONS = {"dest": "dest_countries", "source": "source_countries"}
+
+
+def _country_changes(body):
+    """{column: codes} of an allow or deny: {"dest": "GB,FR", "source": ["DE"]}."""
+    codes = {column: parameter(body, option, _countries) for option, column in COUNTRY_OPTIONS.items()}
     if not any(codes.values()):
         raise HttpError(400, "give dest and/or source: country codes", "dest")
+    return codes
+
+
+def http_account_countries(api, request):
+    """allow or deny destination and source countries: {"dest": "GB,FR", "source": ["DE"]}."""
+    codes = _country_changes(request.json())
     allow = request.path.endswith("/allow")
     with api.database() as db:
         acc = _request_account(db, request)
@@ -6652,6 +6685,70 @@ def http_account_learn(api, request):
         else:
             update_account_row(db, acc.id, {"state": "learning", "learning_until": now + days * 86400}, now)
         return _account_answer(api, db, acc)
+
+
+def _request_domain(request):
+    try:
+        return account_domain(request.groups["domain"])
+    except ValueError as exc:
+        raise HttpError(400, f"domain: {exc}", "domain") from None
+
+
+def _known_countries(db, given):
+    """The country table, once every code of `given` ({parameter: codes}) is in it; else a 400
+    naming the parameter and the nearest ISO code, as the CLI does."""
+    countries = country_table(db)
+    for name, codes in given.items():
+        problem = unknown_countries(codes or (), countries)
+        if problem:
+            raise HttpError(400, f"{name}: {problem}", name)
+    return countries
+
+
+def _domain_answer(api, db, name, fields, countries, dest):
+    update_domain(db, name, fields, time.time())
+    return 200, dict(domain_details(db, api.cfg, name), notes=tier_high_notes(api.cfg, countries, dest))
+
+
+def http_domains(api, request):
+    with api.database() as db:
+        return 200, domain_records(db)
+
+
+def http_domain(api, request):
+    name = _request_domain(request)
+    with api.database() as db:
+        return 200, domain_details(db, api.cfg, name)
+
+
+# `domain set`: a limit is N, "unlimited" (or null) or "inherit"; countries are codes or "inherit"
+DOMAIN_SETTINGS = {**{name: _inherit_or(_limit) for name in LIMIT_FIELDS}, "daily_spend": _inherit_or(_budget),
+                   **{name: _inherit_or(_countries) for name in COUNTRY_FIELDS}}
+
+
+def http_domain_set(api, request):
+    body = request.json()
+    _settable(body, POLICY_FIELDS)
+    fields = {name: parameter(body, name, DOMAIN_SETTINGS[name], frozenset() if name in COUNTRY_FIELDS else None)
+              for name in body}
+    name = _request_domain(request)
+    given = {f: codes for f, codes in fields.items() if f in COUNTRY_FIELDS and codes != INHERIT}
+    with api.database() as db:
+        countries = _known_countries(db, given)
+        return _domain_answer(api, db, name, fields, countries, given.get("dest_countries"))
+
+
+def http_domain_countries(api, request):
+    """allow or deny destination and source countries of a domain, as for an account; deny
+    accepts codes that are not in the country table (it cleans them up)."""
+    codes = _country_changes(request.json())
+    command = request.path.rpartition("/")[2]
+    name = _request_domain(request)
+    with api.database() as db:
+        checked = {option: codes[column] for option, column in COUNTRY_OPTIONS.items()} if command == "allow" else {}
+        countries = _known_countries(db, checked)
+        fields = domain_countries_after(api.cfg, db, name, command, codes)
+        return _domain_answer(api, db, name, fields, countries, codes["dest_countries"] if command == "allow" else ())
 
 
 def _list_kind(request):
@@ -6838,6 +6935,7 @@ def http_dashboard(api, request):
 
 
 ACCOUNT_PATH = r"/v1/accounts/(?P<user>[^/@]+)@(?P<domain>[^/@]+)"
+DOMAIN_PATH = r"/v1/domains/(?P<domain>[^/@]+)"
 LIST_PATH = r"/v1/lists/(?P<color>black|white)/(?P<kind>number|ip|ua)"
 
 # (method, path pattern, handler, needs_token): the one place a route is added
@@ -6854,6 +6952,10 @@ ROUTES = [Route(method, re.compile(pattern), handler, needs_token) for method, p
     ("POST", ACCOUNT_PATH + r"/(?:block|unblock)", http_account_block, True),
     ("POST", ACCOUNT_PATH + r"/reset", http_account_reset, True),
     ("POST", ACCOUNT_PATH + r"/learn", http_account_learn, True),
+    ("GET", r"/v1/domains", http_domains, True),
+    ("GET", DOMAIN_PATH, http_domain, True),
+    ("POST", DOMAIN_PATH + r"/set", http_domain_set, True),
+    ("POST", DOMAIN_PATH + r"/(?:allow|deny)", http_domain_countries, True),
     ("GET", LIST_PATH, http_list, True),
     ("POST", LIST_PATH, http_list_add, True),
     ("DELETE", LIST_PATH, http_list_remove, True),
@@ -7544,9 +7646,7 @@ def check_countries(args, cfg, db):
         problem = unknown_countries(getattr(args, option) or (), countries)
         if problem:
             raise UsageError(f"--{option}: {problem}")
-    tiers = DestinationTiers(cfg.policy, countries)
-    return [f"note: {countries.label(iso)} is of tier high: calls there stay rejected (R06) unless the number is "
-            f"whitelisted ({PROG} whitelist add number +NUMBER)" for iso in sorted(args.dest or ()) if tiers.by_iso[iso] == "high"]
+    return tier_high_notes(cfg, countries, args.dest)
 
 
 def cmd_add(args, cfg, db):
@@ -7618,7 +7718,6 @@ def cmd_domain(args, cfg, db):
                     [(f["field"], f["domain"], fmt_limit(f["effective"]) if f["field"] not in COUNTRY_FIELDS else f["effective"],
                       f["from"]) for f in details["fields"]])
         return 0
-    domain = find_domain(db, args.domain)
     if args.action == "set":
         fields = _limit_fields(args)
         for option, column in (("dest", "dest_countries"), ("source", "source_countries")):
@@ -7633,13 +7732,8 @@ def cmd_domain(args, cfg, db):
         if not (args.dest or args.source):
             raise UsageError(f"nothing to {args.action}: give --dest CC,... and/or --source CC,...")
         notes = check_countries(args, cfg, db) if args.action == "allow" else []
-        fields, known = {}, country_table(db).by_iso
-        for option, column in (("dest", "dest_countries"), ("source", "source_countries")):
-            codes = getattr(args, option)
-            if codes:
-                current = getattr(domain, column)
-                current = policy_default(cfg.policy, column) if current is None else current
-                fields[column] = allowed_after(args.action, current, codes, known, option == "dest")
+        fields = domain_countries_after(cfg, db, args.domain, args.action,
+                                        {"dest_countries": args.dest, "source_countries": args.source})
     update_domain(db, args.domain, fields, time.time())
     details = domain_details(db, cfg, args.domain)
     print(f"{args.domain}: " + ", ".join(f"{f['field']} {f['domain']} (applies: {fmt_limit(f['effective'])})"

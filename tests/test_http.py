@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TFPS, free_port
+from conftest import TFPS, free_port, run_cli
 from test_hostile import private_mariadb  # noqa: F401  (fixture)
 from conftest import wait_until
 from test_sip_server import CUBA, POLICY, UK, US, UdpClient
@@ -289,6 +289,58 @@ def test_admin_api_mirrors_the_cli(served, db_url):
     status, stats = api.get("/v1/stats?since=1h")
     assert status == 200 and {"R14", "R03", "A00"} <= {row["code"] for row in stats["by_code"]}, stats
     assert stats["top_accounts"][0]["account"] == "1001@pbx.example.com"
+
+
+def test_admin_api_domains_mirror_the_cli(served, db_url):
+    server, api = served(db_url)
+    domain = "/v1/domains/pbx.example.com"
+    assert api.get("/v1/domains", token="wrong-token-0123456789")[0] == 401
+    assert api.request("POST", domain + "/set", {"daily_quota": 5}, token="")[0] == 401
+    assert api.post(domain + "/allow", {"dest": "FR"}, token="wrong-token-0123456789")[0] == 401
+    assert api.get(domain)[1]["fields"] == json.loads(run_cli("domain", "show", "pbx.example.com", "--json", db=db_url,
+                                                               check=True).stdout)["fields"]
+    assert api.get("/v1/domains") == (200, [])
+
+    status, shown = api.post(domain + "/set", {"daily_quota": 5, "concurrent_calls": "unlimited", "daily_spend": "2.5",
+                                               "dest_countries": ["US", "GB"]})
+    fields = {f["field"]: f for f in shown["fields"]}
+    assert status == 200 and (fields["daily_quota"]["domain"], fields["daily_quota"]["effective"]) == (5, 5), shown
+    assert fields["concurrent_calls"]["domain"] == "unlimited" and fields["concurrent_calls"]["effective"] is None
+    assert fields["daily_spend"]["domain"] == 2.5 and fields["dest_countries"]["domain"] == "GB,US"
+    assert fields["daily_quota"]["from"] == "domain" and shown["notes"] == []
+    assert api.get(domain)[1]["fields"] == shown["fields"]
+    cli = json.loads(run_cli("domain", "show", "PBX.example.com", "--json", db=db_url, check=True).stdout)
+    assert cli == {key: value for key, value in shown.items() if key != "notes"}
+    status, listed = api.get("/v1/domains")
+    assert status == 200 and listed == json.loads(run_cli("domain", "list", "--json", db=db_url, check=True).stdout)
+    assert [(d["domain"], d["daily_quota"], d["dest_countries"]) for d in listed] == [("pbx.example.com", 5, "GB,US")]
+
+    status, shown = api.post(domain + "/allow", {"dest": "FR,CU"})
+    fields = {f["field"]: f for f in shown["fields"]}
+    assert status == 200 and fields["dest_countries"]["domain"] == "CU,FR,GB,US", shown
+    assert len(shown["notes"]) == 1 and "CU" in shown["notes"][0] and "R06" in shown["notes"][0]
+    status, shown = api.post(domain + "/deny", {"dest": ["FR", "CU"], "source": "ZZ"})
+    fields = {f["field"]: f for f in shown["fields"]}
+    assert status == 200 and fields["dest_countries"]["domain"] == "!CU,!FR,GB,US", shown
+    status, shown = api.post(domain + "/set", {"dest_countries": "inherit", "daily_quota": None})
+    fields = {f["field"]: f for f in shown["fields"]}
+    assert fields["dest_countries"]["domain"] == "inherit" and fields["daily_quota"]["domain"] == "unlimited", shown
+
+    status, refused = api.post(domain + "/allow", {"dest": "UK"})
+    assert status == 400 and refused["parameter"] == "dest" and "nearest: GB" in refused["error"], refused
+    assert api.post(domain + "/set", {"source_countries": "DE,UK"})[1]["parameter"] == "source_countries"
+    for body, parameter in (({"daily_quota": -1}, "daily_quota"), ({"daily_spend": "lots"}, "daily_spend"),
+                            ({"dest_countries": "XYZ"}, "dest_countries"), ({"daily_quota": {"n": 1}}, "daily_quota"),
+                            ({"colour": "red"}, "colour"), ({"dest": "GB"}, "dest")):
+        status, refused = api.post(domain + "/set", body)
+        assert status == 400 and refused["parameter"] == parameter, (body, refused)
+    assert api.post(domain + "/set", {})[0] == 400
+    assert api.post(domain + "/allow", {})[1]["parameter"] == "dest"
+    assert api.post(domain + "/deny", "not json")[0] == 400
+    assert api.get("/v1/domains/" + "x" * 300)[1]["parameter"] == "domain"
+    assert api.get("/v1/domains/%ff")[0] == 400
+    assert api.request("DELETE", domain)[0] == 405
+    assert {f["field"]: f["domain"] for f in api.get(domain)[1]["fields"]}["daily_quota"] == "unlimited", "refusals change nothing"
 
 
 def test_admin_api_is_off_without_a_token_and_allow_from_refuses(served):

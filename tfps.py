@@ -54,6 +54,7 @@ import logging
 import math
 import operator
 import os
+import random
 import re
 import resource
 import secrets
@@ -72,7 +73,7 @@ import urllib.parse
 import urllib.request
 import zoneinfo
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 
@@ -112,6 +113,31 @@ def parse_duration(text):
     if value > MAX_DURATION:
         raise ValueError(f"duration {text!r} is longer than {MAX_DAYS} days")
     return value
+
+
+class Handoff:
+    """A result handed from one thread to another that waits for it: one lock, released once the
+    result is in (a Future's condition and callbacks cost more, on the path of every HTTP check)."""
+
+    __slots__ = ("_ready", "done", "result")
+
+    def __init__(self):
+        self._ready = threading.Lock()
+        self._ready.acquire()
+        self.done = False
+        self.result = None
+
+    def set(self, result):
+        """The first result counts; later ones are ignored."""
+        if not self.done:
+            self.result, self.done = result, True
+            self._ready.release()
+
+    def wait(self, timeout):
+        """The result; TimeoutError if none was set within `timeout` seconds."""
+        if not self._ready.acquire(timeout=timeout):
+            raise TimeoutError
+        return self.result
 
 
 def split_list(text):
@@ -5455,6 +5481,7 @@ class Server:
         self.reconnected = deque()     # a new connection, from the reconnecting thread to the loop
         self.threads_stop = threading.Event()
         self.from_threads = deque()    # (callback, args) that other threads (HTTP) want run on the loop
+        self.wake_pending = False      # a wake-up byte is on its way: the loop will look at every queue
 
     # -- sockets ------------------------------------------------------------------------------
 
@@ -5486,6 +5513,13 @@ class Server:
             log.info("listening on %s", format_listen((transport, host, sock.getsockname()[1])))
 
     def wake(self):
+        """Make the loop look at what other threads queued for it. The loop clears wake_pending
+        once it has read the bytes and before it empties the queues, so an item queued while a
+        byte is on its way is seen without another (a send and a receive saved per HTTP check
+        under load)."""
+        if self.wake_pending:
+            return
+        self.wake_pending = True
         try:
             self._wake_w.send(b"\0")
         except OSError:
@@ -5569,6 +5603,7 @@ class Server:
                 pass
         except BlockingIOError:
             pass
+        self.wake_pending = False  # after the bytes are read: a wake() from now on sends one that stays
         self.reputation.deliver()
         while self.from_threads:
             callback, args = self.from_threads.popleft()
@@ -5995,23 +6030,23 @@ class Server:
         self.from_threads.append((callback, args))
         self.wake()
 
-    def check(self, attempt, future):
+    def check(self, attempt, handoff):
         """On the loop: decide an attempt that came from the HTTP decision API exactly like an
-        INVITE's (reputation lookup, engine, counting, call log); the future gets
+        INVITE's (reputation lookup, engine, counting, call log); the Handoff gets
         (Verdict, latency ms), or None when there is no verdict (database unavailable)."""
         started = time.monotonic()
 
         def finish(reputation):
-            if future.done():  # the lookup timed out before, or the other way round
+            if handoff.done:  # the lookup timed out before, or the other way round
                 return
             self._note_reputation(attempt, reputation)
             verdict = self._decide(attempt)
             if verdict is None:
-                future.set_result(None)
+                handoff.set(None)
                 return
             latency = (time.monotonic() - started) * 1000
             self._record_verdict(verdict, f"HTTP {verdict.code}", latency, "http")
-            future.set_result((verdict, latency))
+            handoff.set((verdict, latency))
 
         self._with_reputation(attempt, finish)
 
@@ -6524,7 +6559,7 @@ def check_attempt(values, now):
            for name, (parse, needed) in CHECK_PARAMETERS.items()}
     return CallAttempt(user=got["from_user"], domain=got["domain"], number=got["dialed_number"],
                        source_ip=got["source_ip"] or "", user_agent=got["user_agent"] or "",
-                       concurrent_calls=got["sim_calls"], ts=now, call_id=got["call_id"] or f"http-{secrets.token_hex(8)}")
+                       concurrent_calls=got["sim_calls"], ts=now, call_id=got["call_id"] or f"http-{random.getrandbits(64):016x}")
 
 
 def verdict_answer(verdict, latency):
@@ -6540,10 +6575,10 @@ def verdict_answer(verdict, latency):
 def http_check(api, request):
     values = request.params if request.method == "GET" else request.json()
     attempt = check_attempt(values, time.time())
-    future = Future()
-    api.server.call_from_thread(api.server.check, attempt, future)
+    handoff = Handoff()
+    api.server.call_from_thread(api.server.check, attempt, handoff)
     try:
-        result = future.result(api.cfg.http.check_timeout)
+        result = handoff.wait(api.cfg.http.check_timeout)
     except TimeoutError:
         raise HttpError(504, f"no verdict within check_timeout ({api.cfg.http.check_timeout:g} s)") from None
     if result is None:
@@ -6556,10 +6591,10 @@ def http_check(api, request):
 def http_healthz(api, request):
     """The event loop answers within a second."""
     started = time.monotonic()
-    future = Future()
-    api.server.call_from_thread(future.set_result, True)
+    handoff = Handoff()
+    api.server.call_from_thread(handoff.set, True)
     try:
-        future.result(1.0)
+        handoff.wait(1.0)
     except TimeoutError:
         raise HttpError(503, "the event loop did not answer within 1 s") from None
     return 200, {"status": "ok", "loop_ms": round((time.monotonic() - started) * 1000, 3)}
@@ -6966,6 +7001,9 @@ ROUTES = [Route(method, re.compile(pattern), handler, needs_token) for method, p
     ("GET", APPROVE_PREFIX + r"(?P<token>[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", http_approve_page, False),
     ("POST", APPROVE_PREFIX + r"(?P<token>[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", http_approve, False),
 )]
+# a fixed path (/check, /metrics, ...) -> the routes it matches: a check tries one pattern, not all
+ROUTES_BY_PATH = {route.pattern.pattern: [r for r in ROUTES if r.pattern.fullmatch(route.pattern.pattern)]
+                  for route in ROUTES if re.escape(route.pattern.pattern) == route.pattern.pattern}
 
 
 # -- /metrics ---------------------------------------------------------------------------------
@@ -7090,10 +7128,13 @@ def render_metrics(api):
 
 # -- the server -------------------------------------------------------------------------------
 
+MAX_KNOWN_CLIENTS = 4096  # client addresses whose allow_from answer is kept
+
+
 class HttpInterface:
     """The HTTP interface of a running Server: a thread accepting connections and a thread per
     connection (at most [http] max_connections). Checks go to the server's event loop through
-    Server.call_from_thread and come back on a Future; admin requests and scrapes use a short
+    Server.call_from_thread and come back on a Handoff; admin requests and scrapes use a short
     connection of their own to the database, never the loop's."""
 
     def __init__(self, server):
@@ -7103,6 +7144,7 @@ class HttpInterface:
         self.dashboard_hours = {}  # hour -> call_log_hour() of a settled hour
         self.dashboard_lock = threading.Lock()
         self.started = time.time()
+        self.allowed_ips = ((), {})  # (the allow_from they were decided for, client IP -> allowed)
         host, port = self.cfg.http.listen
         self.httpd = _HttpServer(self, (host, port))
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.25,), name="http", daemon=True)
@@ -7179,15 +7221,28 @@ class HttpInterface:
         return hmac.compare_digest(token.encode(), self.cfg.http.api_token.encode())
 
     def allowed(self, ip):
-        addr = parse_ip(ip.split("%")[0])
-        return addr is not None and any(addr in net for net in self.cfg.http.allow_from)
+        """Decided once per client address while allow_from stays (a SIGHUP may change it): a
+        keep-alive client parses its address once, not on every check."""
+        allow_from = self.cfg.http.allow_from
+        decided_for, known = self.allowed_ips
+        if decided_for is not allow_from:
+            known = {}
+            self.allowed_ips = (allow_from, known)
+        allowed = known.get(ip)
+        if allowed is None:
+            addr = parse_ip(ip.split("%")[0])
+            allowed = addr is not None and any(addr in net for net in allow_from)
+            if len(known) < MAX_KNOWN_CLIENTS:
+                known[ip] = allowed
+        return allowed
 
     def answer(self, request):
         """(status, body, extra headers) for a request whose head and body have arrived."""
         public = request.path.startswith(APPROVE_PREFIX) or (request.path in DASHBOARD_PATHS and self.has_dashboard_token(request))
         if not self.allowed(request.client_ip) and not public:
             return "forbidden", 403, {"error": f"{request.client_ip} is not in [http] allow_from"}, []
-        matches = [(route, m) for route in ROUTES if (m := route.pattern.fullmatch(request.path))]
+        candidates = ROUTES_BY_PATH.get(request.path, ROUTES)
+        matches = [(route, m) for route in candidates if (m := route.pattern.fullmatch(request.path))]
         if not matches:
             return "unknown", 404, {"error": f"no such resource: {request.path[:200]}"}, []
         chosen = next(((route, m) for route, m in matches if route.method == request.method), None)

@@ -9,7 +9,11 @@ Two phases:
   2. paced: one keep-alive client at --rate checks/s for --seconds; latency percentiles
      (the target: p99 <= 5 ms at 500/s).
 
-Targets (issue 14): >= 2,000 checks/s on SQLite, p99 <= 5 ms at 500/s."""
+The server runs --workers processes (default 1: one process, one event loop). --compare PATH runs
+the tfps.py at PATH ("prev") and the one of --tfps ("this") alternately for --rounds rounds, each
+on a fresh database, so that both see the same machine load.
+
+Targets: >= 2,000 checks/s on SQLite, p99 <= 5 ms at 500/s."""
 
 import argparse
 import http.client
@@ -27,10 +31,11 @@ from benchlib import (TFPS, account_identities, fmt, free_port, log, median, per
                       write_config)
 
 
-def start_server(work, tfps):
+def start_server(work, tfps, workers):
     sip_port, http_port = free_port(), free_port(kind=__import__("socket").SOCK_STREAM)
     conf = write_config(work, sip_port, Path(work) / "tfps.db")
-    conf.write_text(conf.read_text() + f"\n[http]\nlisten = 127.0.0.1:{http_port}\n")
+    text = conf.read_text().replace("[server]\n", f"[server]\nworkers = {workers}\n", 1)
+    conf.write_text(text + f"\n[http]\nlisten = 127.0.0.1:{http_port}\n")
     log_file = open(Path(work) / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, str(tfps), "serve", "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
@@ -105,9 +110,11 @@ def paced(port, rate, seconds, paths):
 
 
 def cpu_seconds(pid):
-    """User and system CPU time of a process so far (Linux /proc)."""
+    """User and system CPU time so far of a process and its children, the workers (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(map(cpu_seconds, children))
 
 
 def report(name, rate, latencies, cpu):
@@ -116,26 +123,19 @@ def report(name, rate, latencies, cpu):
           f"server CPU {fmt(cpu * 1e6 / max(1, len(latencies)), 0)} us/check   ({len(latencies)} checks)")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each phase (default 5)")
-    parser.add_argument("--connections", type=int, default=2, help="keep-alive clients of the throughput phase (default 2)")
-    parser.add_argument("--rate", type=float, default=500.0, help="checks/s of the paced phase (default 500)")
-    parser.add_argument("--tfps", default=str(TFPS), help="the tfps.py to serve (default this checkout's)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (log, database)")
-    args = parser.parse_args()
+def run(args, tfps, label, paths):
     work = tempfile.mkdtemp(prefix="tfps-http-bench-")
-    proc, port = start_server(work, args.tfps)
+    proc, port = start_server(work, tfps, args.workers)
     try:
-        paths = check_paths(int(max(args.rate, 20000) * args.seconds) + 1000)
-        log("warm-up: enrolling the 1,000 accounts")
+        log(f"{label}: warm-up, enrolling the 1,000 accounts")
         throughput(port, 1, 30.0, paths[:1000])
         cpu = cpu_seconds(proc.pid)
         rate, latencies = throughput(port, args.connections, args.seconds, paths[1000:])
         cpu, spent = cpu_seconds(proc.pid), cpu_seconds(proc.pid) - cpu
-        report(f"throughput, {args.connections} keep-alive client(s)", rate, latencies, spent)
+        report(f"{label}throughput, {args.connections} keep-alive client(s)", rate, latencies, spent)
         latencies = paced(port, args.rate, args.seconds, paths[1000:])
-        report(f"paced at {args.rate:g}/s, 1 keep-alive client", len(latencies) / args.seconds, latencies, cpu_seconds(proc.pid) - cpu)
+        report(f"{label}paced at {args.rate:g}/s, 1 keep-alive client", len(latencies) / args.seconds, latencies,
+               cpu_seconds(proc.pid) - cpu)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -143,6 +143,26 @@ def main():
             log(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each phase (default 5)")
+    parser.add_argument("--connections", type=int, default=2, help="keep-alive clients of the throughput phase (default 2)")
+    parser.add_argument("--rate", type=float, default=500.0, help="checks/s of the paced phase (default 500)")
+    parser.add_argument("--workers", type=int, default=1, help="[server] workers of the server (default 1)")
+    parser.add_argument("--tfps", default=str(TFPS), help="the tfps.py to serve (default this checkout's)")
+    parser.add_argument("--compare", metavar="PATH", help="another tfps.py, run alternately with --tfps")
+    parser.add_argument("--rounds", type=int, default=2, help="with --compare: rounds (default 2)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (log, database)")
+    args = parser.parse_args()
+    paths = check_paths(int(max(args.rate, 20000) * args.seconds) + 1000)
+    if not args.compare:
+        run(args, args.tfps, "", paths)
+        return
+    for round_number in range(1, args.rounds + 1):
+        for label, tfps in (("prev", args.compare), ("this", args.tfps)):
+            run(args, tfps, f"{label} {round_number}: ", paths)
 
 
 if __name__ == "__main__":

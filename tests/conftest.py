@@ -1,6 +1,7 @@
 """Shared test fixtures: the real tfps.py as a module and as a subprocess, real databases
 (a SQLite file per test, a fresh MariaDB database per test on 127.0.0.1:3306), free ports."""
 
+import contextlib
 import functools
 import os
 import secrets
@@ -152,6 +153,23 @@ def run_cli(*args, config=None, db=None, timeout=60, check=False):
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@contextlib.contextmanager
+def built_server(config_path):
+    """A tfps.Server built in this process from a configuration file, never run; its sockets,
+    threads and database closed afterwards."""
+    cfg = tfps.Config.load(config_path)
+    db = tfps.open_database(cfg.database.url)
+    server = tfps.Server(cfg, db, config_path)
+    try:
+        yield server
+    finally:
+        server.reputation.close()
+        server.selector.close()
+        server._wake_r.close()
+        server._wake_w.close()
+        db.close()
 
 
 class TfpsServer:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TFPS, free_port, run_cli
+import tfps
+from conftest import TFPS, built_server, free_port, run_cli, write_config
 from test_hostile import private_mariadb  # noqa: F401  (fixture)
 from conftest import wait_until
 from test_sip_server import CUBA, POLICY, UK, US, UdpClient
@@ -129,6 +130,72 @@ def test_check_counts_like_sip(served):
     assert api.get(check_query(US))[1]["code"] == "A00"
     status, answer = api.get(check_query(US))
     assert "daily quota of 3" in answer["reason"] and not answer["approved"], answer
+
+
+class RecvThenInterleave:
+    """The loop's end of the wake-up socket pair, with another thread's call_from_thread landing
+    just before the loop reads the wake-up bytes: the narrowest window for a lost wake-up."""
+
+    def __init__(self, sock, interleave):
+        self.sock, self.interleave = sock, interleave
+
+    def recv(self, size):
+        if self.interleave:
+            self.interleave.pop()()
+        return self.sock.recv(size)
+
+
+def test_a_wake_up_is_never_lost(tmp_path):
+    path = write_config(tmp_path / "a.conf", {"database": {"url": f"sqlite://{tmp_path / 'db'}"}})
+    ran = []
+    with built_server(path) as server:
+        server.call_from_thread(ran.append, "first")
+        wake_r = server._wake_r
+        server._wake_r = RecvThenInterleave(wake_r, [lambda: server.call_from_thread(ran.append, "during")])
+        server._drain_wake()
+        assert ran == ["first", "during"]
+        server._wake_r = wake_r
+        server.call_from_thread(ran.append, "after")
+        assert [key.data[0] for key, _ in server.selector.select(0)] == ["wake"], "the loop is woken for the next one"
+        server._drain_wake()
+        assert ran == ["first", "during", "after"]
+        for n in range(3):
+            server.call_from_thread(ran.append, n)
+        assert len(wake_r.recv(4096)) == 1, "one wake-up byte for three queued callbacks"
+
+
+def test_handoff_gives_the_first_result_once_or_times_out():
+    handoff = tfps.Handoff()
+    with pytest.raises(TimeoutError):
+        handoff.wait(0.01)
+    threading.Thread(target=handoff.set, args=("verdict",)).start()
+    assert handoff.wait(5) == "verdict"
+    handoff.set("late")
+    assert handoff.done and handoff.result == "verdict"
+
+
+def test_concurrent_checks_each_get_their_verdict(served):
+    """Checks from many connections at once are handed to the loop with fewer wake-ups than
+    checks: none may be left waiting (check_timeout 2 s would answer 504), none answered twice."""
+    server, api = served(sections={"policy": {"ab_max_calls": "1000"}}, check_timeout="2s")
+    answers, threads = [], []
+
+    def client(user):
+        conn = Api(server.http_port)
+        for n in range(60):
+            status, answer = conn.get(check_query(f"1212555{n:04d}", user=user))
+            answers.append((status, answer.get("account"), answer.get("code")))
+        conn.close()
+
+    for user in range(8):
+        threads.append(threading.Thread(target=client, args=(f"{2000 + user}",)))
+        threads[-1].start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 8 * 60 and {status for status, _, _ in answers} == {200}, [a for a in answers if a[0] != 200][:3]
+    assert {account for _, account, _ in answers} == {f"{2000 + user}@pbx.example.com" for user in range(8)}
+    logged = lambda: [row["calls"] for row in api.get("/v1/stats?since=1h")[1]["top_accounts"]] == [60] * 8
+    assert wait_until(logged), "each check logged once"
 
 
 @pytest.mark.parametrize("query,parameter", [

@@ -6,7 +6,7 @@ the engine, and move the clock themselves (RFC 3261 §17.2 timers in millisecond
 import pytest
 
 import tfps
-from conftest import sip_invite
+from conftest import built_server, sip_invite
 
 T1, T2 = tfps.T1, tfps.T2
 PEER = ("127.0.0.1", 5099)
@@ -271,10 +271,8 @@ def test_a_configuration_in_service_is_read_only_and_a_reload_swaps_it(tmp_path)
     section in place."""
     from conftest import write_config
     path = write_config(tmp_path / "a.conf", {"server": {"mode": "redirect"}, "database": {"url": f"sqlite://{tmp_path / 'db'}"}})
-    cfg = tfps.Config.load(path)
-    db = tfps.open_database(cfg.database.url)
-    server = tfps.Server(cfg, db, path)
-    try:
+    with built_server(path) as server:
+        cfg = server.cfg
         with pytest.raises(AttributeError):
             cfg.server.mode = "monitor"
         write_config(tmp_path / "a.conf", {"server": {"mode": "failover"}, "database": {"url": f"sqlite://{tmp_path / 'db'}"},
@@ -286,9 +284,3 @@ def test_a_configuration_in_service_is_read_only_and_a_reload_swaps_it(tmp_path)
         assert server.engine.cfg is new and server.sip.settings is new.server
         assert server.dispatcher.acfg is new.alerts and server.engine.alerts.acfg is new.alerts
         assert server.reputation.rcfg is new.reputation
-    finally:
-        server.reputation.close()
-        server.selector.close()
-        server._wake_r.close()
-        server._wake_w.close()
-        db.close()

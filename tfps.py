@@ -6478,6 +6478,13 @@ class HttpRequest:
         return self.params.get("format") == "text" or "text/plain" in (self.headers.get("Accept") or "")
 
 
+def query_decoded(raw):
+    """A query name or value as text: '+' is a space, %XX a byte of UTF-8. Raises UnicodeDecodeError."""
+    if raw.isascii() and "%" not in raw and "+" not in raw:  # most values of a check: nothing to decode
+        return raw
+    return urllib.parse.unquote_to_bytes(raw.replace("+", " ")).decode("utf-8")
+
+
 def query_parameters(query):
     """'a=1&b=x' -> {'a': '1', 'b': 'x'}; each name once, names and values UTF-8. Raises HttpError 400."""
     params = {}
@@ -6486,11 +6493,11 @@ def query_parameters(query):
             continue
         raw_name, _, raw_value = item.partition("=")
         try:
-            name = urllib.parse.unquote_to_bytes(raw_name.replace("+", " ")).decode("utf-8")
+            name = query_decoded(raw_name)
         except UnicodeDecodeError:
             raise HttpError(400, "a parameter name is not UTF-8") from None
         try:
-            value = urllib.parse.unquote_to_bytes(raw_value.replace("+", " ")).decode("utf-8")
+            value = query_decoded(raw_value)
         except UnicodeDecodeError:
             raise HttpError(400, f"{name}: not UTF-8 text", name) from None
         if name in params:
@@ -7344,8 +7351,19 @@ class _HttpServer(http.server.ThreadingHTTPServer):
 class _HttpHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
+    date_header = (0, "")  # (second, the Date header of that second), shared by the connections
+
     def version_string(self):
         return self.server.api.cfg.server.server_header
+
+    def date_time_string(self):
+        """The Date header, formatted once a second rather than for every answer."""
+        second = int(time.time())
+        known, text = _HttpHandler.date_header
+        if known != second:
+            text = super().date_time_string(second)
+            _HttpHandler.date_header = (second, text)
+        return text
 
     def setup(self):
         self.timeout = self.server.api.cfg.http.request_timeout

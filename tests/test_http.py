@@ -3,6 +3,7 @@ call log as SIP), /metrics checked by promtool, /healthz and /readyz (also while
 frozen), the admin API behind its bearer token on both databases, allow_from, bad input, limits,
 IPv6, a slow client that must not slow SIP verdicts, and journald-style log lines."""
 
+import email.utils
 import http.client
 import json
 import os
@@ -164,6 +165,13 @@ def test_a_wake_up_is_never_lost(tmp_path):
         assert len(wake_r.recv(4096)) == 1, "one wake-up byte for three queued callbacks"
 
 
+def test_query_parameters_decode_what_needs_decoding():
+    assert tfps.query_parameters("ua=Yealink+T46&n=%2B44%20163&d=pbx.example.com&u=%C3%A9&e=") == {
+        "ua": "Yealink T46", "n": "+44 163", "d": "pbx.example.com", "u": "\u00e9", "e": ""}
+    with pytest.raises(tfps.HttpError):
+        tfps.query_parameters("u=%C3")
+
+
 def test_handoff_gives_the_first_result_once_or_times_out():
     handoff = tfps.Handoff()
     with pytest.raises(TimeoutError):
@@ -196,6 +204,8 @@ def test_concurrent_checks_each_get_their_verdict(served):
     assert {account for _, account, _ in answers} == {f"{2000 + user}@pbx.example.com" for user in range(8)}
     logged = lambda: [row["calls"] for row in api.get("/v1/stats?since=1h")[1]["top_accounts"]] == [60] * 8
     assert wait_until(logged), "each check logged once"
+    date = email.utils.parsedate_to_datetime(api.request("GET", check_query(US))[2].getheader("Date"))
+    assert abs(date.timestamp() - time.time()) < 5
 
 
 @pytest.mark.parametrize("query,parameter", [

@@ -6687,15 +6687,21 @@ def _country_changes(body):
 
 
 def http_account_countries(api, request):
-    """allow or deny destination and source countries: {"dest": "GB,FR", "source": ["DE"]}."""
+    """allow or deny destination and source countries as `allow`/`deny` do: {"dest": "GB,FR",
+    "source": ["DE"]}; a denied destination is kept as !CC, and deny accepts codes that are not in
+    the country table (it cleans them up)."""
     codes = _country_changes(request.json())
-    allow = request.path.endswith("/allow")
+    command = request.path.rpartition("/")[2]
     with api.database() as db:
         acc = _request_account(db, request)
-        fields = {column: (getattr(acc, column) | given if allow else getattr(acc, column) - given)
+        checked = {option: codes[column] for option, column in COUNTRY_OPTIONS.items()} if command == "allow" else {}
+        countries = _known_countries(db, checked)
+        fields = {column: allowed_after(command, getattr(acc, column), given, countries.by_iso, column == "dest_countries")
                   for column, given in codes.items() if given}
         update_account(db, acc, time.time(), **fields)
-        return _account_answer(api, db, acc)
+        status, answer = _account_answer(api, db, acc)
+        notes = tier_high_notes(api.cfg, countries, codes["dest_countries"] if command == "allow" else ())
+        return status, dict(answer, notes=notes)
 
 
 def http_account_block(api, request):

@@ -332,8 +332,12 @@ def test_admin_api_mirrors_the_cli(served, db_url):
     assert api.post(account + "/set", {})[0] == 400
     status, shown = api.post(account + "/allow", {"dest": ["GB", "FR"]})
     assert status == 200 and shown["dest_countries"] == "FR,GB,US", shown
-    assert api.post(account + "/deny", {"dest": "FR"})[1]["dest_countries"] == "GB,US"
-    assert api.post(account + "/allow", {"dest": "XYZ"})[1]["parameter"] == "dest"
+    assert api.post(account + "/deny", {"dest": "FR"})[1]["dest_countries"] == "!FR,GB,US", "kept as !FR, as deny does"
+    status, shown = api.post(account + "/allow", {"dest": "CU"})
+    assert status == 200 and "CU" in shown["dest_countries"] and "stay rejected (R06)" in shown["notes"][0], shown
+    status, error = api.post(account + "/allow", {"dest": "UK"})
+    assert status == 400 and error["parameter"] == "dest" and "nearest: GB" in error["error"], error
+    assert api.post(account + "/deny", {"dest": "CU,UK"})[0] == 200, "deny cleans up codes not in the table"
     assert api.post(account + "/block")[1]["blocked"] is True
     numbers = (f"1212555{n:04d}" for n in range(10000))  # a new number each time: no A->B repetition (R13)
     assert wait_until(lambda: api.get(check_query(next(numbers)))[1]["code"] == "R14", 5, interval=0.3)

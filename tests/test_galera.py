@@ -8,6 +8,7 @@ the verdict is evaluated again, and quota leases), and keep answering and loggin
 while a Galera node is killed under them. One cluster for the module: about a minute and a half
 in all, a quarter of it the cluster's start (SST of node 1's datadir to nodes 2 and 3)."""
 
+import re
 import secrets
 import subprocess
 import sys
@@ -128,19 +129,23 @@ def read_synced(node, database, text, params=()):
 
 
 def retries(server):
-    """Verdicts a server evaluated again after a conflict (Galera's 1213 or a quota taken meanwhile)."""
-    return server.read_log().count("evaluating again")
+    """Verdicts a server evaluated again after a conflict (Galera's 1213 or a quota taken
+    meanwhile): their count, and the most tries of one verdict."""
+    again = Counter(re.findall(r"call-id=(\S+): .*; evaluating again", server.read_log()))
+    return sum(again.values()), max(again.values(), default=0)
 
 
-@pytest.mark.parametrize("quota_lease", ["0", "4"])
+@pytest.mark.parametrize("quota_lease", ["0", "2"])
 def test_three_servers_on_three_galera_nodes_never_exceed_the_quota(cluster, start_server, quota_lease):
-    """Each server has a Galera node of its own; INVITEs of the same accounts reach the three at
-    the same moment. With counters in the database, two nodes approving the same account's call
+    """Each server has a Galera node of its own; INVITEs of two accounts reach the three at the
+    same moment, 18 at a time. With counters in the database, two nodes approving its calls
     conflict on its counter row and the later commit fails certification (1213): that verdict
-    is evaluated again on the count the other node committed. With leases, claims conflict the
-    same way. Every INVITE is answered, no account is approved past its quota, and what the
-    cluster counted is what the servers approved."""
-    quota, users, threads_per_node, calls_per_thread = 12, ("3101", "3102", "3103", "3104"), 4, 12
+    is evaluated again on the count the other node committed, up to 20 times: every INVITE is
+    answered 302 (five tries left a verdict unanswered now and then) and each account is approved
+    exactly its quota. With leases, claims write the counter row and conflict the same way (a
+    locking read alone is not certified across the cluster: claims on two nodes both took the
+    last calls, a few over the quota). What the cluster counted is what the servers approved."""
+    quota, users, threads_per_node, calls_per_thread = 150, ("3101", "3102"), 6, 40
     urls = tfps_database(cluster)
     ids = create_accounts(urls[0], users, daily_quota=quota, daily_quota_off=quota)
     database = {"quota_lease": quota_lease, "flush_interval": "0.05s"}
@@ -150,16 +155,16 @@ def test_three_servers_on_three_galera_nodes_never_exceed_the_quota(cluster, sta
     results = race_nodes(servers, users, calls_per_thread, threads_per_node)
     duration = time.monotonic() - started
     total = len(servers) * threads_per_node * calls_per_thread
-    assert Counter(status for _p, _u, status, _c, _r in results) == {302: total}
     approved = {user: sum(1 for _p, u, _s, code, _r in results if u == user and code == "A00") for user in users}
-    overshoot = {user: max(0, calls - quota) for user, calls in approved.items()}
+    overshoot = sum(max(0, calls - quota) for calls in approved.values())
     print(f"\nquota_lease = {quota_lease}: {total} INVITEs on 3 Galera nodes in {duration:.2f} s; approved {approved} "
-          f"(quota {quota}, overshoot {sum(overshoot.values())}); verdicts evaluated again: "
+          f"(quota {quota}, overshoot {overshoot}); verdicts evaluated again, and most retries of one, per server: "
           f"{[retries(server) for server in servers]}")
-    assert sum(overshoot.values()) == 0, approved
+    assert Counter(status for _p, _u, status, _c, _r in results) == {302: total}
+    assert overshoot == 0, approved
     for user in users:
-        assert set(code for _p, u, _s, code, _r in results if u == user) <= {"A00", "R11"}, user
-    if quota_lease == "0":   # counted at each verdict: the quota is reached exactly
+        assert set(code for _p, u, _s, code, _r in results if u == user) == {"A00", "R11"}, user
+    if quota_lease == "0":   # counted at each verdict: exactly the quota (leases may leave it short a moment)
         assert approved == {user: quota for user in users}
     for server in servers:
         assert server.stop() == 0

@@ -2449,9 +2449,9 @@ def claim_quota_lease(db, key, node, limit, block, now, expires):
     account_id, day, bucket = key
     where = "account_id = ? AND day = ? AND bucket = ?"
     with db.transaction():
-        db.insert_or_ignore("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": 0})
-        approved = int(db.one_for_update(f"SELECT approved FROM daily_counters WHERE {where}", key)[0])
-        db.execute(f"UPDATE daily_counters SET claims = claims + 1 WHERE {where}", key)
+        db.upsert("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": 0, "claims": 1},
+                  ["account_id", "day", "bucket"], "claims = claims + 1")   # the row is locked (and written) from here
+        approved = int(db.scalar(f"SELECT approved FROM daily_counters WHERE {where}", key))
         leases = db.query(f"SELECT node, calls, expires FROM quota_leases WHERE {where}", key)
         if any(expires <= now for _holder, _calls, expires in leases):
             db.execute(f"DELETE FROM quota_leases WHERE {where} AND expires <= ?", (*key, now))

@@ -3875,6 +3875,13 @@ class LeasedCounters(PrivateCounters):
 # approving calls of one account at full speed conflict on its counter row about every other
 # time (the slowest node loses most), often enough to lose ten times in a row.
 VERDICT_TRIES = 20
+
+
+def pause_after_conflict(tries):
+    """Let the other side finish (and, on Galera, its write reach this node); a random wait, so
+    that nodes that conflicted once do not meet again at the same moment."""
+    time.sleep(secrets.randbelow(1000 * (tries + 1)) / 1e6)
+
 MAX_CACHED = 200000  # accounts (and first-seen countries) kept in memory; past it the cache starts over
 
 class Engine:
@@ -3953,9 +3960,7 @@ class Engine:
                 if tries == VERDICT_TRIES - 1 or not (isinstance(exc, CounterMoved) or self.db.transient(exc)):
                     raise
                 log.info("call-id=%s: %s; evaluating again", attempt.call_id, exc)
-                # let the other side finish (and, on Galera, its write reach this node); a random
-                # wait, so that nodes that conflicted once do not meet again at the same moment
-                time.sleep(secrets.randbelow(1000 * (tries + 1)) / 1e6)
+                pause_after_conflict(tries)
 
     def decide_from_memory(self, attempt, *, enforce=True):
         """While the database is unavailable: the same rules over what is in memory. The lists
@@ -4285,15 +4290,28 @@ class Engine:
         token = approval_token(h.secret, acc.name, verdict.code, value, verdict.attempt.ts + h.approval_ttl)
         return f"{h.public_url.rstrip('/')}/approve/{token}"
 
-    def flush(self, now=None):
-        """Make the verdicts' counters durable (SQLite: the group transaction), then write the
-        buffered call log rows, last-seen times, first-seen countries (with counters written
-        behind) and alerts in a transaction of their own: a call
-        log that cannot be written never takes the counters with it. Rows stay buffered while
-        the database is unavailable; a row the database refuses is logged and dropped alone."""
+    def flush(self, now=None, release=False):
+        """Make the verdicts' counters durable (SQLite: the group transaction; counters written
+        behind, and with `release` every unspent lease given back), then write the buffered call
+        log rows, last-seen times, first-seen countries (with counters written behind) and alerts
+        in a transaction of their own: a call log that cannot be written never takes the counters
+        with it. Rows stay buffered while the database is unavailable; a row the database
+        refuses is logged and dropped alone. A conflict with another node's writes (a deadlock;
+        on Galera, a certification failure) is tried again, as a verdict is: a stopping server
+        has no next flush."""
+        for tries in range(VERDICT_TRIES):
+            try:
+                return self._flush(now, release)
+            except self.db.errors as exc:
+                if tries == VERDICT_TRIES - 1 or not self.db.transient(exc):
+                    raise
+                log.info("flush: %s; trying again", exc)
+                pause_after_conflict(tries)
+
+    def _flush(self, now, release):
         if self.db.in_transaction:
             self.db.commit()
-        self.counters.write_behind(now or time.time())
+        self.counters.write_behind(now or time.time(), release)
         rows, self.log_rows = self.log_rows, []
         seen, self.last_seen = self.last_seen, {}
         unseen, self.unseen = self.unseen, [] if self.unseen is not None else None
@@ -5653,10 +5671,9 @@ class Server:
         self.dispatcher.stop()
         self.reputation.close()
         try:
-            self.engine.flush()
-            self.engine.counters.write_behind(time.time(), release=True)
+            self.engine.flush(release=True)
         except Exception as exc:
-            log.error("stopping with %d call log row(s) unwritten: the database is unavailable: %s",
+            log.error("stopping with %d call log row(s) unwritten: the database could not be written: %s",
                       len(self.engine.log_rows), exc)
         finally:
             self.db.close()

@@ -5,8 +5,8 @@ nodes after the third is killed with SIGKILL, and take the third back with what 
 Then three TFPS servers, each on its own Galera node, race for the same accounts' daily quotas
 (counters in the database, where Galera's certification conflicts come back as error 1213 and
 the verdict is evaluated again, and quota leases), and keep answering and logging every call
-while a Galera node is killed under them. One cluster for the module: about a minute and a half
-in all, a quarter of it the cluster's start (SST of node 1's datadir to nodes 2 and 3)."""
+while a Galera node is killed under them. One cluster for the module: about a minute in
+all, a fifth of it the cluster's start (SST of node 1's datadir to nodes 2 and 3)."""
 
 import re
 import secrets

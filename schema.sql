@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS meta (
   value BIGINT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
-INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 3);
+INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 4);
 -- Moved by every change of accounts or lists (see the triggers below); servers poll them.
 INSERT IGNORE INTO meta (name, value) VALUES ('accounts_serial', 0);
 INSERT IGNORE INTO meta (name, value) VALUES ('lists_serial', 0);
@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS daily_counters (
   day CHAR(10) NOT NULL,
   bucket CHAR(3) NOT NULL,
   approved INT NOT NULL DEFAULT 0,
+  -- Quota leases claimed from this row (schema version 4). Each claim writes it: on a Galera
+  -- cluster a locking read is not certified across nodes, a written row is, so claims racing
+  -- on different nodes conflict (error 1213) and the later one is evaluated again.
+  claims INT NOT NULL DEFAULT 0,
   PRIMARY KEY (account_id, day, bucket)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 

@@ -2466,16 +2466,18 @@ def approved_calls(db, account_id, day, bucket=None):
 
 def claim_quota_lease(db, key, node, limit, block, now, expires):
     """Claim up to `block` more calls of the daily quota `limit` of key (account id, day, bucket)
-    for `node`, in one transaction that holds the counter row locked (racing claims take turns):
-    what is left is the limit less the approved calls and every live lease, this node's own
-    included. Expired leases (their node stopped renewing them) are given back first. When less
+    for `node`, in one transaction that holds the counter row locked and writes it (racing claims
+    take turns; on a Galera cluster the later commit fails with 1213 and is tried again): what is
+    left is the limit less the approved calls and every live lease, this node's own included.
+    Expired leases (their node stopped renewing them) are given back first. When less
     than `block` is left, the other nodes holding calls are asked to give back what they have
     not spent (`wanted`). Returns (calls granted, the approved calls and other nodes' live leases)."""
     account_id, day, bucket = key
     where = "account_id = ? AND day = ? AND bucket = ?"
     with db.transaction():
-        db.insert_or_ignore("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": 0})
-        approved = int(db.one_for_update(f"SELECT approved FROM daily_counters WHERE {where}", key)[0])
+        db.upsert("daily_counters", {"account_id": account_id, "day": day, "bucket": bucket, "approved": 0, "claims": 1},
+                  ["account_id", "day", "bucket"], "claims = claims + 1")   # the row is locked (and written) from here
+        approved = int(db.scalar(f"SELECT approved FROM daily_counters WHERE {where}", key))
         leases = db.query(f"SELECT node, calls, expires FROM quota_leases WHERE {where}", key)
         if any(expires <= now for _holder, _calls, expires in leases):
             db.execute(f"DELETE FROM quota_leases WHERE {where} AND expires <= ?", (*key, now))
@@ -3894,6 +3896,18 @@ class LeasedCounters(PrivateCounters):
             del self.in_use[key]
 
 
+# A verdict whose counters conflicted with another node's (a deadlock; on Galera, a certification
+# failure on commit) is evaluated again, up to this many times in all: three Galera nodes
+# approving calls of one account at full speed conflict on its counter row about every other
+# time (the slowest node loses most), often enough to lose ten times in a row.
+VERDICT_TRIES = 20
+
+
+def pause_after_conflict(tries):
+    """Let the other side finish (and, on Galera, its write reach this node); a random wait, so
+    that nodes that conflicted once do not meet again at the same moment."""
+    time.sleep(secrets.randbelow(1000 * (tries + 1)) / 1e6)
+
 MAX_CACHED = 200000  # accounts (and first-seen countries) kept in memory; past it the cache starts over
 
 class Engine:
@@ -3964,15 +3978,15 @@ class Engine:
         attempt.ts = now
         if not count:
             return self._run_pipeline(Call(attempt, now, dry_run=True), enforce)
-        for tries in range(5):
+        for tries in range(VERDICT_TRIES):
             try:
                 with self.counters.atomic():
                     return self._run_pipeline(Call(attempt, now, dry_run=False), enforce)
             except (CounterMoved, *self.db.errors) as exc:
-                if tries == 4 or not (isinstance(exc, CounterMoved) or self.db.transient(exc)):
+                if tries == VERDICT_TRIES - 1 or not (isinstance(exc, CounterMoved) or self.db.transient(exc)):
                     raise
                 log.info("call-id=%s: %s; evaluating again", attempt.call_id, exc)
-                time.sleep(0.001 * (tries + 1))  # rare (a lock conflict between nodes): let the other side finish
+                pause_after_conflict(tries)
 
     def decide_from_memory(self, attempt, *, enforce=True):
         """While the database is unavailable: the same rules over what is in memory. The lists
@@ -4152,6 +4166,13 @@ class Engine:
         acc, p = call.account, self.cfg.policy
         if call.dry_run or acc.id is None:
             return
+        # The quota first: it may have been taken meanwhile, or its claim conflict with another
+        # node's, and the verdict evaluated again must not find counted in memory (LeasedCounters)
+        # what this try wrote before.
+        limit = call.daily_limit
+        quota_taken = approved and limit is not None and self.read_count(call, "today") < limit
+        if quota_taken and not self.counters.take_quota(acc.id, call.day, call.bucket, limit):
+            raise CounterMoved(f"the daily quota of {acc.name} was reached meanwhile on another node")
         if call.pair_counted:
             times, blocked_until, existed = self.read_count(call, "pair")
             times = times[-p.ab_max_calls:] + [call.now]
@@ -4160,11 +4181,7 @@ class Engine:
             self.counters.write_pair(acc.id, call.number, times, call.now, blocked_until, existed)
         if not approved:
             return
-        limit = call.daily_limit
-        if limit is not None and self.read_count(call, "today") < limit:
-            if not self.counters.take_quota(acc.id, call.day, call.bucket, limit):
-                raise CounterMoved(f"the daily quota of {acc.name} was reached meanwhile on another node")
-        else:  # no quota, or over it while learning: counted all the same
+        if not quota_taken:  # no quota, or over it while learning: counted all the same
             self.counters.count_approved(acc.id, call.day, call.bucket)
         if p.max_calls_per_minute:
             self.counters.add_call(acc.id, self.read_count(call, "minute"), call.now, p.max_calls_per_minute)
@@ -4299,15 +4316,28 @@ class Engine:
         token = approval_token(h.secret, acc.name, verdict.code, value, verdict.attempt.ts + h.approval_ttl)
         return f"{h.public_url.rstrip('/')}/approve/{token}"
 
-    def flush(self, now=None):
-        """Make the verdicts' counters durable (SQLite: the group transaction), then write the
-        buffered call log rows, last-seen times, first-seen countries (with counters written
-        behind) and alerts in a transaction of their own: a call
-        log that cannot be written never takes the counters with it. Rows stay buffered while
-        the database is unavailable; a row the database refuses is logged and dropped alone."""
+    def flush(self, now=None, release=False):
+        """Make the verdicts' counters durable (SQLite: the group transaction; counters written
+        behind, and with `release` every unspent lease given back), then write the buffered call
+        log rows, last-seen times, first-seen countries (with counters written behind) and alerts
+        in a transaction of their own: a call log that cannot be written never takes the counters
+        with it. Rows stay buffered while the database is unavailable; a row the database
+        refuses is logged and dropped alone. A conflict with another node's writes (a deadlock;
+        on Galera, a certification failure) is tried again, as a verdict is: a stopping server
+        has no next flush."""
+        for tries in range(VERDICT_TRIES):
+            try:
+                return self._flush(now, release)
+            except self.db.errors as exc:
+                if tries == VERDICT_TRIES - 1 or not self.db.transient(exc):
+                    raise
+                log.info("flush: %s; trying again", exc)
+                pause_after_conflict(tries)
+
+    def _flush(self, now, release):
         if self.db.in_transaction:
             self.db.commit()
-        self.counters.write_behind(now or time.time())
+        self.counters.write_behind(now or time.time(), release)
         rows, self.log_rows = self.log_rows, []
         seen, self.last_seen = self.last_seen, {}
         unseen, self.unseen = self.unseen, [] if self.unseen is not None else None
@@ -5676,10 +5706,9 @@ class Server:
         self.dispatcher.stop()
         self.reputation.close()
         try:
-            self.engine.flush()
-            self.engine.counters.write_behind(time.time(), release=True)
+            self.engine.flush(release=True)
         except Exception as exc:
-            log.error("stopping with %d call log row(s) unwritten: the database is unavailable: %s",
+            log.error("stopping with %d call log row(s) unwritten: the database could not be written: %s",
                       len(self.engine.log_rows), exc)
         finally:
             self.db.close()

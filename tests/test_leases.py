@@ -191,3 +191,49 @@ def test_the_lease_of_a_killed_node_expires_and_is_claimed_back(mysql_url, start
     assert b.stop() == 0
     assert approved_in_database(mysql_url, ids["k1"]) == quota
     assert leases_in_database(mysql_url) == []
+
+
+def test_a_schema_3_database_gains_the_claims_column_and_each_claim_writes_it(db_url):
+    """Version 4 counts the claims on the counter row: on a Galera cluster that write is what
+    makes claims racing on two nodes conflict (a locking read is not certified)."""
+    db = tfps.open_database(db_url)
+    db.execute("ALTER TABLE daily_counters DROP COLUMN claims")
+    db.execute("UPDATE meta SET value = 3 WHERE name = 'schema_version'")
+    db.close()
+    ids = create_accounts(db_url, ["m1"], daily_quota=5, daily_quota_off=5)   # opens it: migrated in place
+    engine = leased_engine(db_url, "m", 2)
+    try:
+        assert engine.db.schema_version() == 4 and "claims" in engine.db.columns("daily_counters")
+        codes = [engine.decide(tfps.CallAttempt("m1", DOMAIN, f"1212300000{i}", ts=time.time())).code for i in range(6)]
+        assert codes == ["A00"] * 5 + ["R11"]
+        claims = "SELECT SUM(claims) FROM daily_counters WHERE account_id = ?"
+        assert int(engine.db.scalar(claims, (ids["m1"],))) == 3   # of 2, 2 and 1 calls; the sixth finds none left
+    finally:
+        engine.db.close()
+
+
+def test_a_verdict_evaluated_again_after_a_claim_conflict_counts_its_attempt_once(mysql_url):
+    """The claim of a lease waits for a counter row another transaction holds, past the lock
+    wait timeout (1205, transient: the verdict is evaluated again). The A->B attempt is counted
+    in memory once, not once per try: the quota is taken before anything is counted."""
+    ids = create_accounts(mysql_url, ["c1"], daily_quota=5, daily_quota_off=5)
+    engine = leased_engine(mysql_url, "c", 2)
+    engine.db.execute("SET SESSION innodb_lock_wait_timeout = 1")
+    day = engine._local_day(time.time())[0]
+    holder = tfps.open_database(mysql_url)
+    holder.execute("INSERT INTO daily_counters (account_id, day, bucket, approved) VALUES (?, ?, 'biz', 0), (?, ?, 'off', 0)",
+                   (ids["c1"], day, ids["c1"], day))
+    holder.begin()
+    holder.query("SELECT approved FROM daily_counters WHERE account_id = ? FOR UPDATE", (ids["c1"],))
+    release = threading.Timer(1.5, holder.commit)
+    release.start()
+    try:
+        verdict = engine.decide(tfps.CallAttempt("c1", DOMAIN, "12123000001", ts=time.time()))
+        assert verdict.code == "A00"
+        assert release.finished.is_set(), "the claim waited for the lock"
+        times, _blocked_until, _existed = engine.counters.pair(ids["c1"], "12123000001", time.time(), 3600, False)
+        assert len(times) == 1
+    finally:
+        release.join()
+        holder.close()
+        engine.db.close()

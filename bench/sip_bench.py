@@ -14,7 +14,8 @@ reusing the INVITE's Via branch) with an injection CSV that spreads the calls ov
   * response times at --latency-rate (1000 calls/s; it is the first step): sipp's -trace_rtt
     (start_rtd on the INVITE, rtd on the 302; sipp measures in whole milliseconds) -> p50/p99
     computed here, plus the server's own decision latency from the call_log (latency_ms, µs
-    resolution; it excludes time spent in the socket buffer).
+    resolution; over UDP it includes time spent in the socket buffer, from the kernel's
+    receive timestamp).
 
     bash bench/sip_bench.sh                         # full run, about 5 minutes
     bash bench/sip_bench.sh --duration 5 --rates 1000,2000

@@ -2991,7 +2991,7 @@ class ReputationService:
 
 @dataclass
 class AlertEvent:
-    kind: str          # rejection, would-reject, enrolled, anomaly, summary
+    kind: str          # rejection, would-reject, enrolled, anomaly, summary, overload
     account: str       # user@domain
     rule: str          # verdict code or anomaly name: the rate-limit key with `account`
     subject: str
@@ -5062,9 +5062,10 @@ class SipService:
     (sends, invite): the (dest, bytes) to send now, and the INVITE transaction that needs a
     verdict, or None. Its `data` is a PendingInvite whose `attempt` the owner decides (from
     any thread, in any time), then hands back with `answer(tx, verdict, now)`; for an INVITE
-    that waited too long, `overload_verdict(tx)` is the R98 verdict to answer at once instead. `poll(now)` fires the timers (retransmissions, 100 Trying,
-    the end of transactions); `next_deadline()` says when it is due again. `dest` is
-    (endpoint, address); of an endpoint this class only reads `transport`."""
+    that waited too long, `overload_verdict(tx)` is the R98 verdict to answer at once instead.
+    `poll(now)` fires the timers (retransmissions, 100 Trying, the end of transactions);
+    `next_deadline()` says when it is due again. `dest` is (endpoint, address); of an
+    endpoint this class only reads `transport`."""
 
     def __init__(self, settings, metrics=None):
         self.settings = settings  # the [server] section

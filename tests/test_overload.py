@@ -174,7 +174,9 @@ def test_invites_that_waited_while_the_server_was_stopped_get_r98_then_service_i
     assert text.count("overload_after 0.2 s") == 0  # reasons stay out of the metrics
     code_label = 'code="R98"' if overload == "reject" else 'code="A00"'
     assert any(line.startswith("tfps_verdicts_total{") and code_label in line for line in text.splitlines())
+    wait_until(lambda: "alert: TFPS R98:" in server.read_log(), message=server.read_log)
     log = server.read_log()
     assert log.count("answered R98 and") == 1  # one warning a minute, not one per call
+    assert log.count("alert: TFPS R98:") == 1  # the server's, and none per call
     assert log.count('code="R98"') == (20 if overload == "reject" else 0)
     sock.close()

@@ -612,6 +612,8 @@ CONFIG_SPEC = {
         "tcp_max_connections": (_auto_or(_integer(1, 1 << 20)), "auto", "TCP connections at most, accepted or opened for responses; auto = from the open-file limit"),
         "max_transactions": (_integer(100, 10_000_000), "100000", "SIP transactions held at most; past it new requests get 500"),
         "resend_bytes_per_source": (_integer(1024, 1 << 30), "65536", "bytes of retransmitted responses per second at most to one source address"),
+        "overload_after": (_duration(0, 60), "0.2s", "an INVITE that waited longer than this before its turn is answered R98 at once, unchecked; 0 = off"),
+        "overload": (_choice("reject", "approve"), "reject", "what R98 answers: reject (fail closed) or approve (fail open)"),
         "node_name": (_name(64), "", "this node's name in the call log; empty = the host name"),
         "workers": (_auto_or(_integer(1, 256)), "auto", "processes serving the listen ports (SO_REUSEPORT), each with its own loop and database connection; auto = the number of CPUs; 1 = one process"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info", "log verbosity on stderr"),
@@ -3017,7 +3019,7 @@ class ReputationService:
 
 @dataclass
 class AlertEvent:
-    kind: str          # rejection, would-reject, enrolled, anomaly, summary
+    kind: str          # rejection, would-reject, enrolled, anomaly, summary, overload
     account: str       # user@domain
     rule: str          # verdict code or anomaly name: the rate-limit key with `account`
     subject: str
@@ -3239,6 +3241,7 @@ def read_approval_token(secret, token, now):
 # =============================================================================================
 
 APPROVED = "A00"
+OVERLOADED = "R98"  # answered without the engine: the request waited longer than [server] overload_after
 LIMIT_FIELDS = ("concurrent_calls", "concurrent_calls_off", "daily_quota", "daily_quota_off")
 ATTACK_SIGNATURE = re.compile(r"['\"\\`]|--|/\*|\*/|%2[27]|%5c|%00|[=<>;\x00-\x1f]", re.I)
 UA_ATTACK_SIGNATURE = re.compile(r"['\"\\`]|/\*|\*/|%2[27]|%5c|%00|[\x00-\x1f]|\bunion\s+select\b|\bor\s+1\s*=\s*1\b", re.I)
@@ -4267,7 +4270,7 @@ class Engine:
             self._bound_log_rows()
         if acc and acc.id is not None:
             self.last_seen[acc.id] = a.ts
-        if not verdict.approved or would:
+        if (not verdict.approved or would) and (would or verdict).code != OVERLOADED:  # R98: one alert a minute, from the server
             self._alert_rejection(verdict, sip_response)
 
     def _alert_rejection(self, verdict, sip_response):
@@ -5095,13 +5098,14 @@ def response_dest(endpoint, addr, via):
 class PendingInvite:
     """Application state of an INVITE transaction while its verdict is computed."""
 
-    __slots__ = ("msg", "vias", "attempt", "started", "done", "from_host")
+    __slots__ = ("msg", "vias", "attempt", "started", "waited", "done", "from_host")
 
-    def __init__(self, msg, vias, attempt, started, from_host):
+    def __init__(self, msg, vias, attempt, started, waited, from_host):
         self.msg = msg
         self.vias = vias
         self.attempt = attempt
-        self.started = started
+        self.started = started  # when the request arrived: latencies include its wait
+        self.waited = waited    # seconds between its arrival and its turn
         self.done = False
         self.from_host = from_host
 
@@ -5109,13 +5113,15 @@ class PendingInvite:
 class SipService:
     """What a redirect server says, and when, without sockets, threads or a clock.
 
-    `receive(data, endpoint, addr, now)` takes one request (a datagram, or a message a
-    StreamFramer cut from a stream) and returns (sends, invite): the (dest, bytes) to send now,
-    and the INVITE transaction that needs a verdict, or None. Its `data` is a PendingInvite
-    whose `attempt` the owner decides (from any thread, in any time), then hands back with
-    `answer(tx, verdict, now)`. `poll(now)` fires the timers (retransmissions, 100 Trying,
-    the end of transactions); `next_deadline()` says when it is due again. `dest` is
-    (endpoint, address); of an endpoint this class only reads `transport`."""
+    `receive(data, endpoint, addr, now, arrived)` takes one request (a datagram, or a message a
+    StreamFramer cut from a stream) that arrived at `arrived` (default `now`) and returns
+    (sends, invite): the (dest, bytes) to send now, and the INVITE transaction that needs a
+    verdict, or None. Its `data` is a PendingInvite whose `attempt` the owner decides (from
+    any thread, in any time), then hands back with `answer(tx, verdict, now)`; for an INVITE
+    that waited too long, `overload_verdict(tx)` is the R98 verdict to answer at once instead.
+    `poll(now)` fires the timers (retransmissions, 100 Trying, the end of transactions);
+    `next_deadline()` says when it is due again. `dest` is (endpoint, address); of an
+    endpoint this class only reads `transport`."""
 
     def __init__(self, settings, metrics=None):
         self.settings = settings  # the [server] section
@@ -5133,7 +5139,7 @@ class SipService:
 
     # -- requests in ----------------------------------------------------------------------------
 
-    def receive(self, data, endpoint, addr, now):
+    def receive(self, data, endpoint, addr, now, arrived=None):
         reliable = endpoint.transport == "tcp"
         if data[:4] == b"ACK " and self.transactions.absorb_ack(data, reliable, now):
             return [], None
@@ -5170,7 +5176,7 @@ class SipService:
         if required:
             return self._respond(tx, msg, via_values, 420, now, headers=[("Unsupported", ", ".join(required))]), None
         if msg.method == "INVITE":
-            return self._invite(tx, msg, uri, from_addr, via_values, addr, now)
+            return self._invite(tx, msg, uri, from_addr, via_values, addr, now, now if arrived is None else min(arrived, now))
         if msg.method == "OPTIONS":
             return self._respond(tx, msg, via_values, 200, now, headers=[("Allow", ALLOWED_METHODS),
                                                                       ("Accept", "application/sdp")]), None
@@ -5194,14 +5200,14 @@ class SipService:
             pass
         return []
 
-    def _invite(self, tx, msg, uri, from_addr, vias, addr, now):
+    def _invite(self, tx, msg, uri, from_addr, vias, addr, now, arrived):
         user = dialed_number(uri.user)
         refusal = (483 if (msg.header("max-forwards") or "70").lstrip("0") == "" else
                    484 if not user else 482 if VERDICT_PREFIX.match(user) else None)
         if refusal:
             return self._respond(tx, msg, vias, refusal, now), None
         attempt = call_identity(msg, uri, from_addr, addr[0], 0.0, self.settings.legacy_headers)
-        tx.data = PendingInvite(msg, vias, attempt, now, from_addr.uri.host or uri.host)
+        tx.data = PendingInvite(msg, vias, attempt, arrived, now - arrived, from_addr.uri.host or uri.host)
         self._seq += 1
         heapq.heappush(self.trying, (now + TRYING_DELAY, self._seq, tx.key, tx.serial))
         return [], tx
@@ -5228,6 +5234,18 @@ class SipService:
     def pending(self):
         """The INVITE transactions still waiting for their verdicts."""
         return [tx for tx in self.transactions.table.values() if self.awaits_verdict(tx)]
+
+    def overload_verdict(self, tx):
+        """R98 for an INVITE that waited longer than overload_after before its turn, or None.
+        Past the sustainable rate a late answer is worse than a quick R98: the PBX times out
+        and treats TFPS as down. `overload` chooses what R98 answers; monitor mode approves."""
+        pending, limit = tx.data, self.settings.overload_after
+        if not limit or pending.waited <= limit:
+            return None
+        reason = f"TFPS overloaded: request waited {pending.waited:.2f} s > overload_after {limit:g} s"
+        if self.settings.overload == "approve" or self.settings.mode == "monitor":
+            return Verdict(APPROVED, f"{OVERLOADED} {reason}; approved", pending.attempt, would=Rejection(OVERLOADED, reason))
+        return Verdict(OVERLOADED, reason, pending.attempt)
 
     def answer(self, tx, verdict, now):
         """The final response to an INVITE from its verdict (None: there is none to give).
@@ -5321,6 +5339,23 @@ class SipService:
 
 UNTRUSTED_LOG_LINES = 20
 RESERVED_FILES = 64  # descriptors kept for the database, logs, lookups and alerts
+
+
+OVERLOAD_NOTICE_INTERVAL = 60.0
+MAX_KERNEL_WAIT = 64.0  # a wall clock stepped forward must not make a datagram look older than any transaction lives
+# Linux asm-generic value; Python's socket module does not name it
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else 0)
+TIMESTAMP_SPACE = socket.CMSG_SPACE(16)  # struct timespec
+
+
+def kernel_arrival(ancillary, read_at):
+    """When a datagram read at `read_at` (monotonic) reached the socket, from its SO_TIMESTAMPNS
+    (wall clock) if the kernel gave one: time spent in the receive buffer counts as waiting."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            stamp = int.from_bytes(data[:8], sys.byteorder, signed=True) + int.from_bytes(data[8:16], sys.byteorder, signed=True) / 1e9
+            return read_at - min(max(time.time() - stamp, 0.0), MAX_KERNEL_WAIT)
+    return read_at
 
 
 def tcp_connections_allowed():
@@ -5495,6 +5530,7 @@ class Server:
         self.stopping = False
         self.reload_requested = False
         self.counters = {"untrusted": 0, "oversized": 0, "verdicts": 0, "accept_paused": 0, "tcp_refused": 0}
+        self.overload_noted = -OVERLOAD_NOTICE_INTERVAL  # when (monotonic) R98 answers were last logged and alerted
         self._trusted_cache = {}
         self._untrusted_logged = {}     # source -> when it was last logged
         self._untrusted_minute = [0, 0]  # (minute, lines logged in it)
@@ -5535,6 +5571,9 @@ class Server:
             sock.setblocking(False)
             if transport == "udp":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                with contextlib.suppress(OSError):  # without kernel timestamps a datagram's age starts when it is read
+                    if SO_TIMESTAMPNS:
+                        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 self.selector.register(sock, selectors.EVENT_READ, ("udp", UdpEndpoint(sock)))
             else:
                 sock.listen(512)
@@ -5832,7 +5871,7 @@ class Server:
         limit = self.cfg.server.max_message_size
         for _ in range(64):
             try:
-                data, addr = sock.recvfrom(65536)
+                data, ancillary, _flags, addr = sock.recvmsg(65536, TIMESTAMP_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -5843,7 +5882,7 @@ class Server:
                 self.counters["oversized"] += 1
                 continue
             if data.strip(b"\r\n\0 "):
-                self.on_message(data, endpoint, addr[:2])
+                self.on_message(data, endpoint, addr[:2], kernel_arrival(ancillary, time.monotonic()))
 
     def _accept(self, listener):
         try:
@@ -5933,7 +5972,7 @@ class Server:
             self._reject_stream(conn, exc)
             return
         for message in messages:
-            self.on_message(message, conn, conn.addr)
+            self.on_message(message, conn, conn.addr, conn.last_active)
         self._flush_tcp(conn)
 
     def _reject_stream(self, conn, exc):
@@ -5983,12 +6022,47 @@ class Server:
 
     # -- verdicts -----------------------------------------------------------------------------
 
-    def on_message(self, data, endpoint, addr):
-        sends, invite = self.sip.receive(data, endpoint, addr, time.monotonic())
+    def on_message(self, data, endpoint, addr, arrived=None):
+        sends, invite = self.sip.receive(data, endpoint, addr, time.monotonic(), arrived)
         for dest, packet in sends:
             self._send(dest, packet)
-        if invite is not None:
+        if invite is None:
+            return
+        overload = self.sip.overload_verdict(invite)
+        if overload is None or emergency_number(invite.data.attempt.number, self.cfg.policy):
             self._check(invite)
+        else:
+            self._shed(invite, overload)
+
+    def _shed(self, tx, verdict):
+        """Answer R98 at once: no reputation, no engine, no database; the call log row is
+        buffered like any other."""
+        verdict.attempt.ts = time.time()
+        waited = tx.data.waited
+        sends, summary, latency = self.sip.answer(tx, verdict, time.monotonic())
+        for dest, packet in sends:
+            self._send(dest, packet)
+        self.metrics.inc("sip_overload", answer="approve" if verdict.approved else "reject")
+        self._record_verdict(verdict, summary, latency, "sip")
+        self._note_overload(verdict, waited)
+
+    def _note_overload(self, verdict, waited):
+        """A log line and an alert at most once every OVERLOAD_NOTICE_INTERVAL."""
+        now = time.monotonic()
+        if now - self.overload_noted < OVERLOAD_NOTICE_INTERVAL:
+            return
+        self.overload_noted = now
+        answered = {answer: self.metrics.counter("sip_overload", answer=answer) for answer in ("reject", "approve")}
+        what = "approved" if verdict.approved else "rejected"
+        text = (f"INVITEs waited longer than overload_after {self.cfg.server.overload_after:g} s before their turn "
+                f"(this one {waited:.2f} s): answered R98 and {what} without checks (overload = {self.cfg.server.overload}); "
+                f"{answered['reject']} rejected and {answered['approve']} approved so far")
+        log.warning("%s", text)
+        node = self.engine.node or socket.gethostname()
+        self.engine.alerts.add(AlertEvent("overload", node, OVERLOADED, f"TFPS {OVERLOADED}: {node} overloaded",
+                                          f"{text}.\nCalls are answered faster than they can be checked: add workers or "
+                                          f"nodes, or find what slows the server (database latency, reputation lookups).\n",
+                                          {"code": OVERLOADED, "waited": round(waited, 3), **answered}))
 
     def _check(self, tx):
         """An INVITE's verdict, once its source's reputation is known where it is wanted."""
@@ -7064,6 +7138,7 @@ METRIC_HELP = {
     "sip_responses": ("counter", "SIP responses sent, by status (retransmissions not counted)"),
     "sip_dropped": ("counter", "SIP packets or connections dropped, by reason"),
     "sip_transactions": ("gauge", "SIP transactions held"),
+    "sip_overload": ("counter", "INVITEs answered R98 at once, having waited longer than overload_after, by answer (reject, approve)"),
     "tcp_connections": ("gauge", "SIP TCP connections open"),
     "reputation_lookups": ("counter", "reputation answers: hit (cached), miss (looked up), failure (lookup failed)"),
     "reputation_lookups_in_flight": ("gauge", "IP addresses being looked up now"),
@@ -7136,6 +7211,7 @@ def render_metrics(api):
             ("untrusted", "untrusted"), ("malformed", "malformed"), ("oversized", "oversized"),
             ("overloaded", "overflow"), ("resend_budget", "resend_dropped"), ("tcp_refused", "tcp_refused"))],
         "sip_transactions": [({}, len(server.sip.transactions.table))],
+        "sip_overload": [({"answer": answer}, server.metrics.counter("sip_overload", answer=answer)) for answer in ("reject", "approve")],
         "tcp_connections": [({}, len(server.connections))],
         "reputation_lookups": [({"result": result}, n) for result, n in server.reputation.lookups.copy().items()],
         "reputation_lookups_in_flight": [({}, len(server.reputation.waiting))],

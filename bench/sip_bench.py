@@ -14,7 +14,8 @@ reusing the INVITE's Via branch) with an injection CSV that spreads the calls ov
   * response times at --latency-rate (1000 calls/s; it is the first step): sipp's -trace_rtt
     (start_rtd on the INVITE, rtd on the 302; sipp measures in whole milliseconds) -> p50/p99
     computed here, plus the server's own decision latency from the call_log (latency_ms, µs
-    resolution; it excludes time spent in the socket buffer).
+    resolution; over UDP it includes time spent in the socket buffer, from the kernel's
+    receive timestamp).
 
     bash bench/sip_bench.sh                         # full run, about 5 minutes
     bash bench/sip_bench.sh --duration 5 --rates 1000,2000
@@ -296,6 +297,16 @@ class Target:
         return r
 
 
+def add_sipp_arguments(ap):
+    """The options of the call mix and of sipp that the SIP benchmarks share."""
+    ap.add_argument("--users", type=int, default=1000, help="accounts the calls are spread over (default 1000)")
+    ap.add_argument("--csv-rows", type=int, default=20000, help="rows of the injection CSV (default 20,000)")
+    ap.add_argument("--recv-timeout-ms", type=int, default=2000, help="a 302 later than this fails the call (default 2000)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, sipp traces, databases)")
+    ap.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
+    ap.add_argument("--seed", type=int, default=2)
+
+
 def us_per_call(r):
     return 1e6 * r["srv_cpu_s"] / max(1, r.get("ok", 0))
 
@@ -307,13 +318,8 @@ def main():
                     help="comma-separated calls/s to try in order (default 1000,2000,3000,3500,4000,5000)")
     ap.add_argument("--latency-rate", type=int, default=1000, help="rate of the response-time figures (default 1000)")
     ap.add_argument("--refine", type=int, default=1, help="bisection steps after the first failing rate (default 1)")
-    ap.add_argument("--users", type=int, default=1000, help="accounts the calls are spread over (default 1000)")
-    ap.add_argument("--csv-rows", type=int, default=20000, help="rows of the injection CSV (default 20,000)")
-    ap.add_argument("--recv-timeout-ms", type=int, default=2000, help="a 302 later than this fails the call (default 2000)")
     ap.add_argument("--profile", action="store_true", help="run the server under cProfile and print its top functions")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, sipp traces, database)")
-    ap.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
-    ap.add_argument("--seed", type=int, default=2)
+    add_sipp_arguments(ap)
     ap.add_argument("--tfps", type=Path, default=TFPS, help="the tfps.py to serve (default: this checkout's); "
                     "it reads the schema.sql beside it")
     ap.add_argument("--compare", type=Path, metavar="PATH",

@@ -508,7 +508,7 @@ class Fuzz:
                 self.problem("TCP responses that cannot be framed", stream)
                 return
 
-    def on_tcp_message(self, data, endpoint, addr):
+    def on_tcp_message(self, data, endpoint, addr, _arrived=None):
         """Stands in for server.on_message when _service_tcp calls it."""
         self.deliver(data, endpoint)
         self.after_message()

@@ -154,7 +154,7 @@ def test_servers_racing_with_leases_never_exceed_the_quota_and_give_leases_back(
     ids = create_accounts(mysql_url, users, daily_quota=quota, daily_quota_off=quota)
     policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
     database = {"quota_lease": "4", "flush_interval": "0.05s"}
-    nodes = [start_server(mysql_url, {"policy": policy, "database": database, "server": {"node_name": f"node-{k}"}})
+    nodes = [start_server(mysql_url, {"policy": policy, "database": database, "server": {"node_name": f"node-{k}", "overload_after": "0"}})
              for k in range(count)]
     results = race(nodes, users, 48 // count)
     assert Counter(status for _p, _u, status, _c, _r in results) == {302: 3 * count * (48 // count)}
@@ -175,7 +175,7 @@ def test_the_lease_of_a_killed_node_expires_and_is_claimed_back(mysql_url, start
     ids = create_accounts(mysql_url, ["k1"], daily_quota=quota, daily_quota_off=quota)
     policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
     database = {"quota_lease": "10", "lease_ttl": "3s", "flush_interval": "0.05s"}
-    a, b = (start_server(mysql_url, {"policy": policy, "database": database, "server": {"node_name": name}})
+    a, b = (start_server(mysql_url, {"policy": policy, "database": database, "server": {"node_name": name, "overload_after": "0"}})
             for name in ("a", "b"))
     first = race([a], ["k1"], 1, threads_per_node=1)
     assert [code for *_x, code, _r in first] == ["A00"]

@@ -102,7 +102,8 @@ def create_accounts(url, users, **limits):
 def test_two_nodes_never_exceed_the_daily_quota(mysql_url, start_server):
     ids = create_accounts(mysql_url, USERS, daily_quota=QUOTA, daily_quota_off=QUOTA)
     policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
-    nodes = [start_server(mysql_url, {"policy": policy, "server": {"node_name": name}}) for name in ("node-a", "node-b")]
+    nodes = [start_server(mysql_url, {"policy": policy, "server": {"node_name": name, "overload_after": "0"}})
+             for name in ("node-a", "node-b")]
 
     total = 2 * THREADS_PER_NODE * INVITES_PER_THREAD
     per_account = total // len(USERS)

@@ -24,7 +24,8 @@ def workers_of(server):
 
 
 def start_workers(start_server, url, workers=2, **database):
-    server = start_server(url, {"policy": POLICY, "server": {"workers": str(workers)}, "database": database})
+    server = start_server(url, {"policy": POLICY, "server": {"workers": str(workers), "overload_after": "0"},
+                                "database": database})
     wait_until(lambda: server.read_log().count("serving in") == workers, 15, message=server.read_log)
     assert len(workers_of(server)) == workers
     return server

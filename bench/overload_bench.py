@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Overload benchmark: `tfps.py serve` offered 3x its sustainable rate by sipp, with overload
+control off ([server] overload_after = 0, how the server behaved before it existed) and on
+(overload_after 0.2 s, overload = reject, then approve), side by side in one run.
+
+For each setting: a fresh server (UDP, SQLite WAL, full engine, redirect mode, the SIP benchmark's
+configuration and call mix) is warmed up, sipp offers --factor x --sustainable calls/s for
+--duration seconds, and right after, sipp offers --sustainable / 2 calls/s for --after seconds.
+Reported per setting and phase: calls sent, answered within 500 ms (sipp's INVITE -> 302 time),
+failed calls (no 302 within --recv-timeout-ms), verdicts R98 (from the call log: code R98, or A00
+with would_code R98 for approve), p50/p99 of the answered calls, server CPU µs per call, and the
+server's peak RSS.
+
+    python3 bench/overload_bench.py                                # 3 x 2500 calls/s for 30 s
+    python3 bench/overload_bench.py --sustainable 2000 --duration 10
+"""
+
+import argparse
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib import TFPS, describe_version, fmt, free_port, log, percentile, write_config
+from sip_bench import Server, add_sipp_arguments, cpu_seconds, last_call_id, rss_mb, run_sipp, write_inputs
+
+SETTINGS = (("off", "0", "reject"), ("reject", "0.2s", "reject"), ("approve", "0.2s", "approve"))
+
+
+def overload_codes(db_path, after_id):
+    """Verdicts written since call_log id `after_id`: (all, R98 among them)."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10) as conn:
+        total, shed = conn.execute("SELECT COUNT(*), SUM(CASE WHEN code = 'R98' OR would_code = 'R98' THEN 1 ELSE 0 END) "
+                                   "FROM call_log WHERE id > ?", (after_id,)).fetchone()
+    return total, shed or 0
+
+
+def process_tree(pid):
+    """The server's processes: the supervisor and its workers when workers > 1."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            pids += process_tree(int(child))
+    return pids
+
+
+def phase(args, work, server, port, db_path, rate, seconds, tag):
+    before = last_call_id(db_path)
+    pids = process_tree(server.proc.pid)
+    cpu_before = sum(cpu_seconds(pid) for pid in pids)
+    calls = int(rate * seconds)
+    log(f"{tag}: {rate} calls/s for {seconds:g} s ...")
+    r = run_sipp(args, work, port, "calls.csv", rate, calls, tag, None, args.inputs)
+    r["srv_cpu_s"] = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    r["srv_hwm_mb"] = max(rss_mb(pid, "VmHWM") for pid in pids)
+    time.sleep(2.0)  # the call log is written every flush_interval
+    r["verdicts"], r["r98"] = overload_codes(db_path, before)
+    # sipp writes its response times every 1,000 calls: the share is that of the calls it traced
+    r["within_500"] = sum(1 for rtt in r["rtt"] if rtt <= 500) / max(1, len(r["rtt"]))
+    log(f"  -> sent {r.get('sent')}, answered within 500 ms {100 * r['within_500']:.1f} %, failed {r.get('failed')}, "
+        f"R98 {r['r98']} of {r['verdicts']} verdicts, p99 {fmt(percentile(r['rtt'], 99), 0)} ms, "
+        f"server CPU {r['srv_cpu_s']:.1f} s, peak RSS {r['srv_hwm_mb']:.0f} MB")
+    return r
+
+
+def run_setting(args, work, name, overload_after, overload):
+    work = work / name
+    work.mkdir()
+    port = free_port()
+    db_path = work / "tfps.db"
+    conf = write_config(work, port, db_path)
+    conf.write_text(conf.read_text().replace("[server]\n", f"[server]\noverload_after = {overload_after}\n"
+                                                           f"overload = {overload}\nworkers = {args.workers}\n", 1))
+    server = Server(work, conf, False, args.tfps)
+    server.start()
+    try:
+        warm = run_sipp(args, work, port, "warmup.csv", 500, args.users, "warmup", inputs=args.inputs)
+        log(f"[{name}] warm-up: {warm.get('ok')} calls ok ({args.users} accounts enrolled)")
+        time.sleep(1.0)
+        overloaded = phase(args, work, server, port, db_path, args.factor * args.sustainable, args.duration, "overload")
+        after = phase(args, work, server, port, db_path, args.sustainable // 2, args.after, "after")
+    finally:
+        server.stop()
+    return overloaded, after
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sustainable", type=int, default=2500, help="calls/s the server sustains (default 2500)")
+    ap.add_argument("--factor", type=int, default=3, help="offered rate = factor x sustainable (default 3)")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds of overload (default 30)")
+    ap.add_argument("--after", type=float, default=10.0, help="seconds at sustainable / 2 right after (default 10)")
+    ap.add_argument("--workers", type=int, default=1, help="[server] workers (default 1)")
+    ap.add_argument("--settings", default="off,reject,approve", help="which of off, reject, approve to run (default all)")
+    add_sipp_arguments(ap)
+    ap.add_argument("--tfps", type=Path, default=TFPS, help="the tfps.py to serve (default: this checkout's)")
+    args = ap.parse_args()
+    if not shutil.which(args.sipp):
+        raise SystemExit("sipp not found: apt install sip-tester")
+    chosen = [s for s in SETTINGS if s[0] in args.settings.split(",")]
+    if not chosen:
+        raise SystemExit(f"--settings: choose among {', '.join(s[0] for s in SETTINGS)}")
+    work = Path(tempfile.mkdtemp(prefix="tfps-overload-bench-"))
+    args.inputs = work
+    write_inputs(work, args.users, args.csv_rows, args.seed)
+    started = time.time()
+    results = {}
+    try:
+        for name, overload_after, overload in chosen:
+            results[name] = run_setting(args, work, name, overload_after, overload)
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nTFPS overload benchmark: {describe_version(args.tfps)}, UDP, SQLite WAL, redirect mode, sipp on 127.0.0.1; "
+          f"{args.factor} x {args.sustainable} calls/s for {args.duration:g} s, then {args.sustainable // 2} calls/s for "
+          f"{args.after:g} s; workers {args.workers}; recv timeout {args.recv_timeout_ms} ms; {os.cpu_count()} CPUs; total {time.time() - started:.0f} s")
+    head = (f"{'setting':<8} {'phase':<8} {'rate/s':>6} {'sent':>7} {'<=500ms':>8} {'failed':>7} {'R98':>7} "
+            f"{'verdicts':>8} {'p50':>5} {'p99':>5} {'µs/call':>7} {'RSS MB':>6}")
+    print(head)
+    print("-" * len(head))
+    for name, runs in results.items():
+        for label, r in zip(("overload", "after"), runs):
+            print(f"{name:<8} {label:<8} {r['rate']:>6} {r.get('sent', 0):>7} {100 * r['within_500']:>7.1f}% {r.get('failed', 0):>7} "
+                  f"{r['r98']:>7} {r['verdicts']:>8} {fmt(percentile(r['rtt'], 50), 0):>5} {fmt(percentile(r['rtt'], 99), 0):>5} "
+                  f"{1e6 * r['srv_cpu_s'] / max(1, r['verdicts']):>7.0f} {r['srv_hwm_mb']:>6.0f}")
+    print("off = overload_after 0 (no overload control); reject/approve = overload_after 0.2 s with that answer. "
+          "<=500ms = share of the calls sipp traced (every full 1,000) whose 302 came within 500 ms of the first INVITE; failed = no 302 within "
+          "the recv timeout; R98 = call log rows with code or would_code R98; p50/p99 = sipp INVITE -> 302 (ms, "
+          "answered calls); µs/call = server CPU per verdict; RSS MB = peak RSS (VmHWM) so far of the largest server process.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

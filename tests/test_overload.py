@@ -1,0 +1,182 @@
+"""Overload control: an INVITE that waited longer than [server] overload_after before its turn is
+answered R98 at once, without the engine. On the SIP service with a virtual clock, then a real
+server stopped with SIGSTOP while INVITEs pile up in its socket buffer."""
+
+import signal
+import time
+import urllib.request
+
+import pytest
+
+import tfps
+from conftest import free_port, recv_response, sip_invite, udp_socket, wait_until, write_config
+
+PEER = ("127.0.0.1", 5099)
+NUMBER = "442071234567"
+
+
+class Endpoint:
+    transport = "udp"
+
+
+def service(**server):
+    cfg = tfps.Config()
+    for key, value in server.items():
+        cfg.set("server", key, value)
+    return tfps.SipService(cfg.server)
+
+
+def invite(sip, now, arrived, number=NUMBER):
+    sends, tx = sip.receive(sip_invite(number, 5060), Endpoint(), PEER, now, arrived)
+    assert sends == [] and tx is not None
+    return tx
+
+
+def answered(sip, tx, verdict, now):
+    sends, summary, latency = sip.answer(tx, verdict, now)
+    (_dest, packet), = sends
+    return tfps.parse_message(packet), summary, latency
+
+
+# -- the service, on a virtual clock -----------------------------------------------------------
+
+def test_an_invite_that_waited_too_long_is_answered_r98_like_a_rejection():
+    sip = service(overload_after="0.2s")
+    tx = invite(sip, now=100.35, arrived=100.0)
+    verdict = sip.overload_verdict(tx)
+    assert verdict.code == "R98" and not verdict.approved
+    assert verdict.reason == "TFPS overloaded: request waited 0.35 s > overload_after 0.2 s"
+    msg, summary, latency = answered(sip, tx, verdict, 100.351)
+    assert msg.status == 302 and msg.header("contact") == f"<sip:R98{NUMBER}@pbx.example.com>"
+    assert msg.header("x-tfps-code") == "R98" and msg.header("x-tfps-reason") == verdict.reason
+    assert summary == "302 R98"
+    assert latency == pytest.approx(351)  # from the arrival, not from the turn
+
+
+def test_an_invite_within_overload_after_gets_its_verdict_from_the_engine():
+    sip = service(overload_after="0.2s")
+    assert sip.overload_verdict(invite(sip, now=5.19, arrived=5.0)) is None
+    assert sip.overload_verdict(invite(sip, now=5.2, arrived=5.2)) is None
+    assert sip.overload_verdict(invite(sip, now=5.0, arrived=7.0)) is None  # an arrival after now counts as now
+
+
+def test_overload_after_zero_turns_the_bound_off():
+    sip = service(overload_after="0")
+    assert sip.overload_verdict(invite(sip, now=30.0, arrived=0.0)) is None
+
+
+def test_overload_approve_answers_a00_with_r98_in_the_reason():
+    sip = service(overload_after="0.2s", overload="approve")
+    tx = invite(sip, now=1.5, arrived=1.0)
+    verdict = sip.overload_verdict(tx)
+    assert verdict.approved and verdict.would.code == "R98"
+    msg, summary, _ = answered(sip, tx, verdict, 1.5)
+    assert msg.header("contact") == f"<sip:A00{NUMBER}@pbx.example.com>" and summary == "302 A00"
+    assert msg.header("x-tfps-reason") == "R98 TFPS overloaded: request waited 0.50 s > overload_after 0.2 s; approved"
+
+
+@pytest.mark.parametrize("overload, status", [("reject", 603), ("approve", 503)])
+def test_failover_mode_answers_r98_like_its_rejections_or_approvals(overload, status):
+    sip = service(overload_after="0.2s", overload=overload, mode="failover")
+    tx = invite(sip, now=2.0, arrived=1.0)
+    msg, _, _ = answered(sip, tx, sip.overload_verdict(tx), 2.0)
+    assert msg.status == status and "TFPS overloaded" in msg.header("x-tfps-reason")
+    assert msg.header("x-tfps-code") == ("R98" if overload == "reject" else "A00")
+
+
+def test_monitor_mode_approves_what_overload_rejects():
+    sip = service(overload_after="0.2s", mode="monitor")
+    assert sip.overload_verdict(invite(sip, now=2.0, arrived=1.0)).approved
+
+
+def test_the_kernel_timestamp_dates_a_datagram_from_its_arrival():
+    sock, sender = udp_socket(), udp_socket()
+    sock.setsockopt(tfps.socket.SOL_SOCKET, tfps.SO_TIMESTAMPNS, 1)
+    sender.sendto(b"x", sock.getsockname())
+    wait_until(lambda: sock.recv(1, tfps.socket.MSG_PEEK))
+    time.sleep(0.3)  # the datagram waits in the socket buffer
+    _data, ancillary, _flags, _addr = sock.recvmsg(64, tfps.TIMESTAMP_SPACE)
+    read_at = time.monotonic()
+    assert read_at - tfps.kernel_arrival(ancillary, read_at) >= 0.3
+    assert tfps.kernel_arrival([], read_at) == read_at  # no timestamp: the time of reading
+    sock.close(), sender.close()
+
+
+def test_r98_rows_go_to_the_call_log_without_an_alert_each(tmp_path):
+    cfg = tfps.Config.load(write_config(tmp_path / "tfps.conf", {"server": {"node_name": "node-t"}}))
+    db = tfps.open_database(f"sqlite://{tmp_path / 'tfps.db'}")
+    engine = tfps.Engine(cfg, db)
+    attempt = tfps.CallAttempt("1001", "pbx.example.com", NUMBER, ts=time.time(), call_id="late@test")
+    engine.record(tfps.Verdict("R98", "TFPS overloaded: request waited 0.35 s > overload_after 0.2 s", attempt),
+                  "302 R98", 350.0)
+    engine.record(tfps.Verdict("R06", "high-risk destination", attempt), "302 R06", 1.0)
+    assert [event.rule for event in engine.alerts.events] == ["R06"]
+    engine.flush()
+    assert [row[0] for row in db.query("SELECT code FROM call_log ORDER BY id")] == ["R98", "R06"]
+    db.close()
+
+
+# -- a real server, stopped while INVITEs wait in its socket buffer -------------------------------
+
+def metrics(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def final_answers(sock, call_ids):
+    """The final responses to these calls; retransmissions of earlier answers are passed over."""
+    answers = {}
+    while set(answers) != call_ids:
+        msg, _ = recv_response(sock)
+        if msg.status >= 300 and msg.header("call-id") in call_ids:
+            answers[msg.header("call-id")] = msg
+    return answers
+
+
+@pytest.mark.parametrize("overload", ["reject", "approve"])
+def test_invites_that_waited_while_the_server_was_stopped_get_r98_then_service_is_normal(start_server, overload):
+    http_port = free_port()
+    server = start_server(sections={"server": {"overload_after": "0.2s", "overload": overload},
+                                    "policy": {"learning_days": "0", "default_destination_countries": "*"},
+                                    "http": {"listen": f"127.0.0.1:{http_port}"}})
+    sock = udp_socket(timeout=5.0)
+    port = sock.getsockname()[1]
+    sock.sendto(sip_invite(NUMBER, server.port, local_port=port, call_id="warm@test"), ("127.0.0.1", server.port))
+    assert recv_response(sock)[0].header("x-tfps-code") == "A00"
+
+    server.signal(signal.SIGSTOP)
+    try:
+        late = {f"late-{i}@test" for i in range(20)}
+        for call_id in sorted(late):
+            sock.sendto(sip_invite(NUMBER, server.port, local_port=port, call_id=call_id), ("127.0.0.1", server.port))
+        sock.sendto(sip_invite("911", server.port, local_port=port, call_id="emergency@test"), ("127.0.0.1", server.port))
+        time.sleep(0.5)
+    finally:
+        server.signal(signal.SIGCONT)
+
+    answers = final_answers(sock, late | {"emergency@test"})
+    expected_code = "R98" if overload == "reject" else "A00"
+    for call_id in late:
+        msg = answers[call_id]
+        assert msg.status == 302 and msg.header("x-tfps-code") == expected_code, msg.header("x-tfps-reason")
+        assert msg.header("contact").startswith(f"<sip:{expected_code}{NUMBER}@")
+        assert "TFPS overloaded: request waited 0." in msg.header("x-tfps-reason")
+    emergency = answers["emergency@test"]
+    assert emergency.header("x-tfps-code") == "A00" and "overloaded" not in emergency.header("x-tfps-reason")
+
+    sock.sendto(sip_invite(NUMBER, server.port, local_port=port, call_id="fresh@test"), ("127.0.0.1", server.port))
+    fresh = final_answers(sock, {"fresh@test"})["fresh@test"]
+    assert fresh.header("x-tfps-code") == "A00"
+    assert "overloaded" not in fresh.header("x-tfps-reason")
+
+    text = metrics(http_port)
+    assert f'tfps_sip_overload_total{{answer="{overload}"}} 20' in text
+    assert text.count("overload_after 0.2 s") == 0  # reasons stay out of the metrics
+    code_label = 'code="R98"' if overload == "reject" else 'code="A00"'
+    assert any(line.startswith("tfps_verdicts_total{") and code_label in line for line in text.splitlines())
+    wait_until(lambda: "alert: TFPS R98:" in server.read_log(), message=server.read_log)
+    log = server.read_log()
+    assert log.count("answered R98 and") == 1  # one warning a minute, not one per call
+    assert log.count("alert: TFPS R98:") == 1  # the server's, and none per call
+    assert log.count('code="R98"') == (20 if overload == "reject" else 0)
+    sock.close()

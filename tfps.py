@@ -630,6 +630,9 @@ CONFIG_SPEC = {
         "ab_block": (parse_duration, "3600s", "how long an A->B pair stays blocked"),
         "max_calls_per_minute": (_integer(), "0", "approved calls per account per 60 s (R15); 0 = off"),
         "learning_days": (_integer(0, MAX_DAYS), "14", "days a new account spends in learning mode (0 = enforce at once)"),
+        "learning_concurrent_calls": (_limit, "2", "concurrent calls of an account in learning mode, enforced (R10/R08)"),
+        "learning_calls_per_minute": (_integer(), "3", "approved calls per 60 s of an account in learning mode, enforced (R15); 0 = no cap"),
+        "learning_daily_quota_off": (_limit, "5", "approved off-hours calls a day of an account in learning mode, enforced (R09)"),
         "train_at": (_clock, "03:30", "daily training time in timezone"),
         "train_window_days": (_integer(1, MAX_DAYS), "90", "history used for training"),
         "train_sigma": (_number(0, 100), "2", "learned quota = ceil(mean + train_sigma x stddev)"),
@@ -2024,6 +2027,11 @@ def load_accounts_done_learning(db, now):
     return db.query(f"{ACCOUNT_SELECT} WHERE state = 'learning' AND learning_until <= ?", (now,))
 
 
+def first_account_created(db):
+    """When the oldest account was created, or None."""
+    return db.scalar("SELECT MIN(created) FROM accounts")
+
+
 def next_learning_end(db):
     """The earliest end of a learning period still to come into force, or None."""
     return db.scalar("SELECT MIN(learning_until) FROM accounts WHERE state = 'learning'")
@@ -3269,6 +3277,11 @@ class Account:
         return self.state == "learning" and (self.learning_until is None or now < self.learning_until)
 
 
+def tighter(limit, cap):
+    """The lower of two limits, None being unlimited."""
+    return limit if cap is None else cap if limit is None else min(limit, cap)
+
+
 UNLIMITED = -1  # a domain's limit that lifts the [policy] default (NULL inherits it)
 POLICY_FIELDS = ("concurrent_calls", "concurrent_calls_off", "daily_quota", "daily_quota_off", "daily_spend",
                  "dest_countries", "source_countries")
@@ -3373,11 +3386,6 @@ class Call:
     def pair_counted(self):
         """The call is an A->B attempt of a known account (R13)."""
         return not self.number_white and self.account.id is not None and bool(self.number)
-
-    @property
-    def daily_limit(self):
-        """The account's daily quota for this call's hours, or None."""
-        return self.account.daily_quota_off if self.off_hours else self.account.daily_quota
 
     @property
     def bucket(self):
@@ -3529,7 +3537,7 @@ def destination_country(engine, call):
     used = f" and its {allowance} new-destination calls of today are used" if allowance else ""
     return Rejection("R06", f"destination {label} is not among the allowed destinations of {acc.name} "
                             f"({format_countries(acc.dest_countries) or 'none'}){used}",
-                     f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=True)
+                     f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=not engine.held(call))
 
 
 def new_destination(engine, call):
@@ -3561,24 +3569,45 @@ def source_country_unknown(engine, call):
                      f"{PROG} whitelist add ip {ip}")
 
 
+def learning_rejection(call, code, what, cap, key):
+    """A call over a [policy] learning_* cap: enforced while the account learns. Setting the
+    limit by hand (or `learn --stop`) ends learning, and with it the cap."""
+    acc = call.account
+    return Rejection(code, f"{acc.name} {what}, over the cap of {cap} of an account in learning mode ([policy] {key})",
+                     f"{PROG} learn {acc.user} {acc.domain} --stop  (or raise [policy] {key})")
+
+
 @rejects("R08", "R10")
 def concurrent_calls(engine, call):
     acc, calls = call.account, call.attempt.concurrent_calls
     limit = acc.concurrent_calls_off if call.off_hours else acc.concurrent_calls
-    if calls is None or limit is None or calls <= limit:
+    cap = engine.learning_cap(call, "concurrent_calls")
+    effective = tighter(limit, cap)
+    if calls is None or effective is None or calls <= effective:
         return None
     code, hours, flag = ("R08", "off hours", "--concurrent-off") if call.off_hours else ("R10", "business hours", "--concurrent")
+    if cap is not None and calls > cap:
+        return learning_rejection(call, code, f"has {calls} concurrent calls", cap, "learning_concurrent_calls")
     return Rejection(code, f"{acc.name} has {calls} concurrent calls, limit {limit} in {hours}",
                      f"{PROG} set {acc.user} {acc.domain} {flag} {calls}", soft=True)
 
 
+def minute_limits(engine, call):
+    """(max_calls_per_minute, the learning cap): each 0 or None when it does not apply."""
+    return engine.cfg.policy.max_calls_per_minute, engine.learning_cap(call, "calls_per_minute")
+
+
 @rejects("R15")
 def calls_per_minute(engine, call):
-    limit, acc = engine.cfg.policy.max_calls_per_minute, call.account
-    if not limit or acc.id is None:
+    acc = call.account
+    limit, cap = minute_limits(engine, call)
+    if not (limit or cap) or acc.id is None:
         return None
     recent = len(engine.read_count(call, "minute")[0])
-    if recent >= limit:
+    if cap and recent >= cap:
+        return learning_rejection(call, "R15", f"placed {recent} approved calls in the last 60 s", cap,
+                                  "learning_calls_per_minute")
+    if limit and recent >= limit:
         return Rejection("R15", f"{acc.name} placed {recent} approved calls in the last 60 s (max_calls_per_minute = {limit})",
                          "raise [policy] max_calls_per_minute in tfps.conf", soft=True)
     return None
@@ -3586,12 +3615,16 @@ def calls_per_minute(engine, call):
 
 @rejects("R09", "R11")
 def daily_quota(engine, call):
-    acc, limit = call.account, call.daily_limit
+    acc, limit = call.account, engine.daily_limit(call)
     if limit is None:
         return None
-    if (engine.read_count(call, "today") if acc.id is not None else 0) < limit:
+    calls = engine.read_count(call, "today") if acc.id is not None else 0
+    if calls < limit:
         return None
     code, hours, flag = ("R09", "off-hours", "--daily-quota-off") if call.off_hours else ("R11", "business-hours", "--daily-quota")
+    cap = engine.learning_cap(call, "daily_quota_off") if call.off_hours else None
+    if cap is not None and calls >= cap:
+        return learning_rejection(call, code, f"placed {calls} approved off-hours calls today", cap, "learning_daily_quota_off")
     return Rejection(code, f"{acc.name} reached its {hours} daily quota of {limit} approved calls",
                      f"{PROG} reset {acc.user} {acc.domain}  (or: {PROG} set {acc.user} {acc.domain} {flag} {limit * 2})",
                      soft=True)
@@ -3888,6 +3921,7 @@ class Engine:
         self.offhours = {}     # account id -> times of approved off-hours calls in the last 10 minutes
         self.today = {}    # (account id, day) -> approved calls, for anomaly alerts
         self.seen = set()  # (account id, 'src'|'dst', iso) known to be in account_seen
+        self.first_enrolled = first_account_created(db)  # when the first account was enrolled (learning_cap)
         # with counters written behind, first-seen countries are too (one commit a flush, not one a verdict)
         self.unseen = [] if isinstance(self.counters, LeasedCounters) else None  # (call, direction, iso)
         self.reload()
@@ -4075,6 +4109,8 @@ class Engine:
         now = call.now
         inserted = insert_account(self.db, default_account(self.cfg, user, domain, now))
         acc = self.accounts[(user, domain)] = self._effective(Account.from_row(load_account(self.db, user, domain)), call)
+        if self.first_enrolled is None:
+            self.first_enrolled = acc.created
         if inserted:
             self.alerts.add(AlertEvent(
                 "enrolled", acc.name, "NEW", f"TFPS: new account {acc.name} enrolled",
@@ -4092,6 +4128,28 @@ class Engine:
         while times and times[0] <= now - seconds:
             times.popleft()
         return times
+
+    def held(self, call):
+        """Whether the call's account is in learning mode and new to a running installation:
+        its new destinations (R06) and the [policy] learning_* caps are enforced, not only
+        logged, since nothing vouches yet for an account that may have signed up to pump calls.
+        The accounts enrolled within learning_days of the first one are the customers a new
+        installation finds already calling (dialers, call centres among them): they learn freely."""
+        acc = call.account
+        return (acc.learning(call.now) and self.first_enrolled is not None
+                and acc.created >= self.first_enrolled + self.cfg.policy.learning_days * 86400)
+
+    def learning_cap(self, call, name):
+        """[policy] learning_NAME for an account `held`, else None: it applies whatever the
+        account's own limits."""
+        return getattr(self.cfg.policy, f"learning_{name}") if self.held(call) else None
+
+    def daily_limit(self, call):
+        """The account's daily quota for the call's hours, or None; off hours, an account under
+        the learning caps has [policy] learning_daily_quota_off at most."""
+        if not call.off_hours:
+            return call.account.daily_quota
+        return tighter(call.account.daily_quota_off, self.learning_cap(call, "daily_quota_off"))
 
     # -- counting, after the verdict, and anomaly alerts -------------------------------------
 
@@ -4134,14 +4192,15 @@ class Engine:
             self.counters.write_pair(acc.id, call.number, times, call.now, blocked_until, existed)
         if not approved:
             return
-        limit = call.daily_limit
+        limit = self.daily_limit(call)
         if limit is not None and self.read_count(call, "today") < limit:
             if not self.counters.take_quota(acc.id, call.day, call.bucket, limit):
                 raise CounterMoved(f"the daily quota of {acc.name} was reached meanwhile on another node")
         else:  # no quota, or over it while learning: counted all the same
             self.counters.count_approved(acc.id, call.day, call.bucket)
-        if p.max_calls_per_minute:
-            self.counters.add_call(acc.id, self.read_count(call, "minute"), call.now, p.max_calls_per_minute)
+        keep = max(window or 0 for window in minute_limits(self, call))
+        if keep:
+            self.counters.add_call(acc.id, self.read_count(call, "minute"), call.now, keep)
         if new_destination(self, call):
             self._count_new_destination(call)
         if call.cost:
@@ -4882,7 +4941,7 @@ def replay_rows(cfg, rows, db_url=None, owners=None, shard=0):
     engine = Engine(cfg, db, alerts, counters=None if db_url else PrivateCounters())
     jobs = DailyJobs(cfg, db, engine)
     enforce = cfg.server.mode != "monitor"
-    codes, rejected_accounts = {}, {}
+    codes, rejected_accounts, legit_codes = {}, {}, {}
     fraud = fraud_blocked = legit = legit_blocked = 0
     episodes, open_episode = [], {}
     next_jobs = 0.0
@@ -4919,18 +4978,21 @@ def replay_rows(cfg, rows, db_url=None, owners=None, shard=0):
         elif label == "legit":
             legit += 1
             legit_blocked += not approved
+            if not approved:
+                legit_codes[verdict.code] = legit_codes.get(verdict.code, 0) + 1
             open_episode.pop(account, None)
     engine.flush()
     db.close()
     return {"codes": codes, "rejected_accounts": rejected_accounts, "fraud": fraud, "fraud_blocked": fraud_blocked,
-            "legit": legit, "legit_blocked": legit_blocked, "episodes": episodes, "alerts": alerts.counts}
+            "legit": legit, "legit_blocked": legit_blocked, "legit_codes": legit_codes, "episodes": episodes,
+            "alerts": alerts.counts}
 
 
 def merge_tallies(tallies):
     merged = {"codes": {}, "rejected_accounts": {}, "fraud": 0, "fraud_blocked": 0, "legit": 0, "legit_blocked": 0,
-              "episodes": [], "alerts": {}}
+              "legit_codes": {}, "episodes": [], "alerts": {}}
     for tally in tallies:
-        for key in ("codes", "alerts"):
+        for key in ("codes", "legit_codes", "alerts"):
             for name, count in tally[key].items():
                 merged[key][name] = merged[key].get(name, 0) + count
         merged["rejected_accounts"].update(tally["rejected_accounts"])
@@ -4956,6 +5018,7 @@ def replay_report(tally, rows):
             "fraud_blocked_pct": round(100.0 * fraud_blocked / fraud, 2) if fraud else None,
             "legit_calls": legit, "legit_blocked": legit_blocked,
             "legit_blocked_pct": round(100.0 * legit_blocked / legit, 2) if legit else None,
+            "legit_blocked_by_code": dict(sorted(tally["legit_codes"].items(), key=lambda item: (-item[1], item[0]))),
             "episodes": episodes, "alerts": dict(sorted(tally["alerts"].items()))}
 
 
@@ -7869,6 +7932,9 @@ def cmd_replay(args, cfg):
     if report["fraud_calls"] or report["legit_calls"]:
         print(f"\nfraud calls blocked: {report['fraud_blocked']}/{report['fraud_calls']} ({report['fraud_blocked_pct']}%)")
         print(f"legitimate calls blocked: {report['legit_blocked']}/{report['legit_calls']} ({report['legit_blocked_pct']}%)")
+        if report["legit_blocked_by_code"]:
+            print("rules that blocked legitimate calls, most first: "
+                  + ", ".join(f"{code} {calls}" for code, calls in report["legit_blocked_by_code"].items()))
         print_table(["account", "episode start", "calls", "leaked before first block", "blocked"],
                     [(e["account"], e["start"], e["calls"], e["leaked_before_first_block"], e["blocked"]) for e in report["episodes"]])
     if report["alerts"]:

@@ -628,7 +628,7 @@ CONFIG_SPEC = {
         "ab_max_calls": (_integer(1, 1000), "5", "calls to one number allowed within ab_window (R13)"),
         "ab_window": (parse_duration, "30s", "window for repeated A->B calls"),
         "ab_block": (parse_duration, "3600s", "how long an A->B pair stays blocked"),
-        "max_calls_per_minute": (_integer(), "0", "approved calls per account per 60 s (R15); 0 = off"),
+        "max_calls_per_minute": (_integer(), "6", "approved calls per account per 60 s (R15) until training learns the account's own; 0 = off"),
         "learning_days": (_integer(0, MAX_DAYS), "14", "days a new account spends in learning mode (0 = enforce at once)"),
         "learning_concurrent_calls": (_limit, "2", "concurrent calls of an account in learning mode, enforced (R10/R08)"),
         "learning_calls_per_minute": (_integer(), "3", "approved calls per 60 s of an account in learning mode, enforced (R15); 0 = no cap"),
@@ -645,6 +645,8 @@ CONFIG_SPEC = {
         "train_max_concurrent": (_integer(), "100", "upper bound of a learned business-hours concurrency"),
         "train_min_concurrent_off": (_integer(), "1", "lower bound of a learned off-hours concurrency"),
         "train_max_concurrent_off": (_integer(), "20", "upper bound of a learned off-hours concurrency"),
+        "train_min_calls_per_minute": (_integer(1), "6", "lower bound of a learned calls-per-minute limit (R15)"),
+        "train_max_calls_per_minute": (_integer(1), "600", "upper bound of a learned calls-per-minute limit (R15)"),
         "train_min_country_calls": (_integer(1), "3", "approved calls that make a country learned"),
         "anomaly_sigma": (_number(0, 100), "3", "alert when calls today exceed mean + anomaly_sigma x stddev"),
         "offhours_burst": (_integer(), "5", "alert when an account places this many off-hours calls within 10 minutes; 0 = off"),
@@ -1618,7 +1620,8 @@ def mysql_statement(text):
 
 
 RETIRED_INDEXES = (("call_log", "idx_call_log_account"),)  # schema version 1's; nothing reads by it since
-RETIRED_TRIGGERS = ("accounts_changed",)  # schema version 2's: it does not follow accounts.daily_spend
+# schema version 2's does not follow accounts.daily_spend, version 3's accounts.calls_per_minute
+RETIRED_TRIGGERS = ("accounts_changed", "accounts_updated")
 INDEX_LINE = re.compile(r"^\s*INDEX (\w+) \(([^)]*)\),?[ \t]*$", re.M)  # an index inside CREATE TABLE
 
 
@@ -2008,7 +2011,7 @@ def release_lock(db, name, holder):
 
 ACCOUNT_COLUMNS = ("id, user, domain, concurrent_calls, concurrent_calls_off, daily_quota, daily_quota_off, "
                    "source_countries, dest_countries, blocked, email, state, learning_until, pinned, created, last_seen, anomaly_daily, "
-                   "daily_spend")
+                   "daily_spend, calls_per_minute")
 ACCOUNT_SELECT = f"SELECT {ACCOUNT_COLUMNS} FROM accounts"
 
 
@@ -2310,6 +2313,24 @@ def summed_days(db, first):
     return {row[0] for row in db.query("SELECT day FROM history_days WHERE day >= ?", (first,))}
 
 
+def approved_times(db, start, end, account_ids=None):
+    """(account id, time) of the approved calls in [start, end), in order of time."""
+    only, ids = only_accounts(account_ids)
+    return db.query(f"SELECT account_id, ts {APPROVED_IN_SPAN}{only} ORDER BY ts", (start, end, *ids))
+
+
+def minute_peaks(rows):
+    """{account id: most approved calls within 60 s, as R15 counts them} of approved_times() rows."""
+    recent, peaks = {}, {}
+    for account_id, ts in rows:
+        times = recent.setdefault(account_id, deque())
+        times.append(ts)
+        while times[0] <= ts - 60:
+            times.popleft()
+        peaks[account_id] = max(peaks.get(account_id, 0), len(times))
+    return peaks
+
+
 def sum_up_day(db, day, start, end, now):
     """Sum up the approved calls of day number `day` ([start, end)) per account and per country,
     in one transaction. Nodes racing here sum the day once: the history_days row decides."""
@@ -2318,6 +2339,8 @@ def sum_up_day(db, day, start, end, now):
         if db.insert_or_ignore("history_days", {"day": day, "aggregated": now}):
             db.execute("INSERT INTO account_days (account_id, day, calls_biz, calls_off, peak_biz, peak_off) "
                        f"SELECT account_id, ?, {DAY_SUMS} GROUP BY account_id", (day, start, end))
+            for account_id, peak in minute_peaks(approved_times(db, start, end)).items():
+                db.execute("UPDATE account_days SET peak_minute = ? WHERE account_id = ? AND day = ?", (peak, account_id, day))
             for direction, column in COUNTRY_COLUMNS:
                 db.execute("INSERT INTO account_day_countries (account_id, day, direction, iso, calls) "
                            f"SELECT account_id, ?, ?, {column}, {country_sums(column)}", (day, direction, start, end))
@@ -2330,14 +2353,14 @@ def sum_up_day(db, day, start, end, now):
 def summed_history(db, since, until, business_days, account_ids=None):
     """Per account, from the daily sums of days [since, until): (account id, first day,
     business-hours calls on `business_days` and their squares, off-hours calls and squares,
-    all calls and squares, highest concurrency in and off business hours)."""
+    all calls and squares, highest concurrency in and off business hours, most calls within 60 s)."""
     only, ids = only_accounts(account_ids)
     in_business = ", ".join(map(str, business_days)) or "NULL"
     return db.query(
         f"SELECT account_id, MIN(day), SUM(CASE WHEN day IN ({in_business}) THEN calls_biz ELSE 0 END), "
         f"SUM(CASE WHEN day IN ({in_business}) THEN calls_biz * calls_biz ELSE 0 END), SUM(calls_off), "
         "SUM(calls_off * calls_off), SUM(calls_biz + calls_off), SUM((calls_biz + calls_off) * (calls_biz + calls_off)), "
-        f"MAX(peak_biz), MAX(peak_off) FROM account_days WHERE day >= ? AND day < ?{only} GROUP BY account_id",
+        f"MAX(peak_biz), MAX(peak_off), MAX(peak_minute) FROM account_days WHERE day >= ? AND day < ?{only} GROUP BY account_id",
         (since, until, *ids))
 
 
@@ -3260,14 +3283,15 @@ class Account:
     last_seen: float | None
     anomaly_daily: int | None = None   # learned: more approved calls a day than this is unusual
     daily_spend: float | None = None   # estimated cost of approved calls a day (R17); set by hand only
+    calls_per_minute: int | None = None  # learned (R15); None: [policy] max_calls_per_minute
 
     @classmethod
     def from_row(cls, row):
         (id_, user, domain, cc, cc_off, quota, quota_off, src, dst, blocked, email, state,
-         learning_until, pinned, created, last_seen, anomaly_daily, daily_spend) = row
+         learning_until, pinned, created, last_seen, anomaly_daily, daily_spend, calls_per_minute) = row
         return cls(id_, user, domain, cc, cc_off, quota, quota_off, shared_countries(src), shared_countries(dst),
                    bool(blocked), email, state, learning_until, set(split_list(pinned)), created, last_seen,
-                   anomaly_daily, daily_spend)
+                   anomaly_daily, daily_spend, calls_per_minute)
 
     @property
     def name(self):
@@ -3593,8 +3617,10 @@ def concurrent_calls(engine, call):
 
 
 def minute_limits(engine, call):
-    """(max_calls_per_minute, the learning cap): each 0 or None when it does not apply."""
-    return engine.cfg.policy.max_calls_per_minute, engine.learning_cap(call, "calls_per_minute")
+    """(the account's calls-per-minute limit, the learning cap): each 0 or None when it does not
+    apply. The limit is the one training learned, else [policy] max_calls_per_minute; 0 turns both off."""
+    default = engine.cfg.policy.max_calls_per_minute
+    return default and (call.account.calls_per_minute or default), engine.learning_cap(call, "calls_per_minute")
 
 
 @rejects("R15")
@@ -3608,7 +3634,8 @@ def calls_per_minute(engine, call):
         return learning_rejection(call, "R15", f"placed {recent} approved calls in the last 60 s", cap,
                                   "learning_calls_per_minute")
     if limit and recent >= limit:
-        return Rejection("R15", f"{acc.name} placed {recent} approved calls in the last 60 s (max_calls_per_minute = {limit})",
+        source = "learned calls_per_minute" if acc.calls_per_minute else "max_calls_per_minute"
+        return Rejection("R15", f"{acc.name} placed {recent} approved calls in the last 60 s ({source} = {limit})",
                          "raise [policy] max_calls_per_minute in tfps.conf", soft=True)
     return None
 
@@ -4438,6 +4465,7 @@ class Proposal:
 
 
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+MINUTE_HEADROOM = 2  # a learned calls-per-minute limit is twice the busiest minute: a campaign may outdo the last
 SETTLE = 300  # seconds after a day's end when every node's calls of that day are in call_log
 
 
@@ -4475,14 +4503,16 @@ class AccountHistory:
     """One account's approved calls over the training window: the first day with calls, per
     bucket ('biz' = business-hours calls on business days, 'off' = off-hours calls, 'all') the
     sum and the sum of squares of calls per complete day, the highest reported concurrency per
-    bucket (0 business hours, 1 off hours), and calls per destination and source country."""
+    bucket (0 business hours, 1 off hours), the most calls within 60 s, and calls per destination
+    and source country."""
 
-    __slots__ = ("first", "sums", "peak", "dst", "src")
+    __slots__ = ("first", "sums", "peak", "minute_peak", "dst", "src")
 
     def __init__(self, first):
         self.first = first
         self.sums = {"biz": [0, 0], "off": [0, 0], "all": [0, 0]}
         self.peak = {0: None, 1: None}
+        self.minute_peak = 0  # most approved calls within 60 s
         self.dst = {}
         self.src = {}
 
@@ -4512,11 +4542,13 @@ def history(cfg, db, now, account_ids=None):
     business = business_day_numbers(p, now)
     business_set = set(business)
     stats = {}
-    for acc_id, first, b, b2, o, o2, a, a2, peak_biz, peak_off in summed_history(db, since, unsummed, business, account_ids):
+    for acc_id, first, b, b2, o, o2, a, a2, peak_biz, peak_off, peak_minute in summed_history(db, since, unsummed, business,
+                                                                                               account_ids):
         h = stats[acc_id] = AccountHistory(int(first))
         h.sums = {"biz": [int(b), int(b2)], "off": [int(o), int(o2)], "all": [int(a), int(a2)]}
         h.add_peak(0, peak_biz)
         h.add_peak(1, peak_off)
+        h.minute_peak = int(peak_minute or 0)
     for acc_id, direction, iso, calls in summed_countries(db, since, unsummed, account_ids):
         getattr(stats[acc_id], direction)[iso] = int(calls)
 
@@ -4529,6 +4561,8 @@ def history(cfg, db, now, account_ids=None):
                 h.add_day(int(biz), int(off), day in business_set)
             h.add_peak(0, peak_biz)
             h.add_peak(1, peak_off)
+        for acc_id, peak in minute_peaks(approved_times(db, start, min(end, now), account_ids)).items():
+            stats[acc_id].minute_peak = max(stats[acc_id].minute_peak, peak)
         for acc_id, direction, iso, calls in approved_country_counts(db, start, min(end, now), account_ids):
             counts = getattr(stats.setdefault(acc_id, AccountHistory(day)), direction)  # a first call since the query above
             counts[iso] = counts.get(iso, 0) + int(calls)
@@ -4576,6 +4610,12 @@ def propose(cfg, acc, stats, now, high_risk, business):
         if value is not None and changed(field_name, value):
             changes.append((field_name, getattr(acc, field_name), value,
                             f"highest reported concurrency {peak} + 1, bounds {low}..{high}"))
+    if stats.minute_peak:
+        low, high = p.train_min_calls_per_minute, p.train_max_calls_per_minute
+        value = min(max(stats.minute_peak * MINUTE_HEADROOM, low), high)
+        if value != acc.calls_per_minute:
+            changes.append(("calls_per_minute", acc.calls_per_minute, value,
+                            f"busiest 60 s: {stats.minute_peak} approved calls x {MINUTE_HEADROOM}, bounds {low}..{high}"))
     for field_name, used in (("dest_countries", stats.dst), ("source_countries", stats.src)):
         current = getattr(acc, field_name)
         if field_name in acc.pinned or "*" in current:
@@ -6161,7 +6201,8 @@ def account_details(db, cfg, acc, now):
             "blocked": acc.blocked, "email": acc.email, **account_limits(effective), "daily_spend": effective.daily_spend,
             "dest_countries": format_countries(effective.dest_countries),
             "source_countries": format_countries(effective.source_countries), "pinned": ",".join(sorted(acc.pinned)),
-            "anomaly_daily": acc.anomaly_daily, "approved_today_business": today["biz"], "approved_today_off": today["off"],
+            "anomaly_daily": acc.anomaly_daily, "calls_per_minute": effective.calls_per_minute or cfg.policy.max_calls_per_minute,
+            "approved_today_business": today["biz"], "approved_today_off": today["off"],
             "estimated_spend_today": round(spent[0] if spent else 0.0, 4), "sources": sources}
     return info, [(fmt_time(r[0], cfg.policy.tz), r[3], r[4], r[5], r[7], r[8], r[9]) for r in verdicts]
 

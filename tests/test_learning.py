@@ -94,3 +94,66 @@ def test_replay_names_the_rules_that_blocked_legitimate_calls(tmp_path):
     assert report["legit_blocked"] == 2 and report["legit_blocked_by_code"] == {"R10": 2}
     r = run_cli("replay", str(cdr), config=conf)
     assert r.returncode == 0 and "rules that blocked legitimate calls, most first: R10 2" in r.stdout
+
+
+# -- velocity: R15 on by default, a calls-per-minute limit learned per account ---------------------
+
+def test_velocity_is_on_by_default_and_only_logged_while_an_installation_learns(tmp_path, db_url):
+    assert tfps.Config().policy.max_calls_per_minute == 6
+    env = Env(tmp_path, db_url, {})
+    try:
+        codes = [env.call(f"1212555{i:04d}", ts=WED_10 + i).code for i in range(8)]
+        assert codes == ["A00"] * 6 + ["R15", "R15"]
+    finally:
+        env.db.close()
+
+
+def test_training_learns_a_dialers_calls_per_minute_and_r15_follows_it(tmp_path, db_url):
+    env = Env(tmp_path, db_url, {"learning_days": "14"})
+    try:
+        for day in range(8):
+            start = WED_10 + day * DAY
+            for i in range(20):                                  # a campaign: 20 calls within 50 s
+                env.engine.record(decide(env, "dialer", f"1212555{i:04d}", start + 2.5 * i), "302", 0.1)
+            for i in range(3):                                   # a person: a call an hour
+                env.engine.record(decide(env, "desk", f"1646555{i:04d}", start + 3600 * (i + 1)), "302", 0.1)
+        env.engine.flush(WED_10 + 8 * DAY)
+        now = WED_10 + 8 * DAY + 7200
+        proposals = {p.account.user: p for p in tfps.train(env.cfg, env.db, now)}
+        why = {c[0]: c[3] for c in proposals["dialer"].changes}
+        assert "busiest 60 s: 20 approved calls x 2" in why["calls_per_minute"]
+        learned = {user: tfps.find_account(env.db, user, DOMAIN).calls_per_minute for user in ("dialer", "desk")}
+        assert learned == {"dialer": 40, "desk": 6}                 # a person: the lower bound
+        for user, quota in (("dialer", {"daily_quota": None}), ("desk", {})):   # a campaign day above the learned quota
+            tfps.update_account(env.db, tfps.find_account(env.db, user, DOMAIN), now, end_learning=True, **quota)
+        env.engine.check_for_changes()
+        campaign = [decide(env, "dialer", f"1212556{i:04d}", now + i).code for i in range(41)]
+        assert campaign == ["A00"] * 40 + ["R15"]
+        desk = [decide(env, "desk", f"1646556{i:04d}", now + i) for i in range(7)]
+        assert [v.code for v in desk] == ["A00"] * 6 + ["R15"] and "learned calls_per_minute = 6" in desk[6].reason
+    finally:
+        env.db.close()
+
+
+def test_schema_3_is_migrated_in_place(db_url):
+    db = tfps.open_database(db_url)
+    try:
+        db.execute("DROP TRIGGER accounts_edited")
+        body = "UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial'"
+        db.execute("CREATE TRIGGER accounts_updated AFTER UPDATE ON accounts FOR EACH ROW "
+                   + (f"BEGIN {body}; END" if db.dialect == "sqlite" else body))
+        db.execute("ALTER TABLE accounts DROP COLUMN calls_per_minute")
+        db.execute("ALTER TABLE account_days DROP COLUMN peak_minute")
+        db.execute("UPDATE meta SET value = 3 WHERE name = 'schema_version'")
+        old, new, changes = db.initdb()
+        assert (old, new) == (3, 4)
+        assert {"added accounts.calls_per_minute", "added account_days.peak_minute", "dropped trigger accounts_updated"} <= set(changes)
+        assert "accounts_edited" in db.names("trigger") and "accounts_updated" not in db.names("trigger")
+        cfg = tfps.Config()
+        tfps.insert_account(db, tfps.default_account(cfg, "u", DOMAIN, WED_10))
+        serial = db.scalar("SELECT value FROM meta WHERE name = 'accounts_serial'")
+        db.execute("UPDATE accounts SET calls_per_minute = 30 WHERE user = 'u'")
+        assert db.scalar("SELECT value FROM meta WHERE name = 'accounts_serial'") == serial + 1
+        assert tfps.find_account(db, "u", DOMAIN).calls_per_minute == 30
+    finally:
+        db.close()

@@ -21,7 +21,7 @@ def config(tmp_path, deck=DECK, **policy):
     (tmp_path / "rates.csv").write_text(deck)
     conf = {"policy": {"learning_days": "0", "home_country": "GB", "default_destination_countries": "*",
                        "rate_deck": str(tmp_path / "rates.csv"), "assumed_call_minutes": "2", "ab_max_calls": "1000",
-                       **policy}}
+                       "max_calls_per_minute": "0", **policy}}
     return tfps.Config.load(write_config(tmp_path / "cost.conf", conf)), str(tmp_path / "cost.conf")
 
 

@@ -2331,6 +2331,29 @@ def minute_peaks(rows):
     return peaks
 
 
+def save_minute_peaks(db, day, start, end):
+    for account_id, peak in minute_peaks(approved_times(db, start, end)).items():
+        db.execute("UPDATE account_days SET peak_minute = ? WHERE account_id = ? AND day = ?", (peak, account_id, day))
+
+
+def days_without_minute_peaks(db, first):
+    """Days from `first` on summed up before schema version 4, which has peak_minute: every row of
+    account_days has an approved call, hence a peak, once it is filled in from call_log."""
+    return [row[0] for row in db.query("SELECT DISTINCT day FROM account_days WHERE day >= ? AND peak_minute IS NULL "
+                                       "ORDER BY day", (first,))]
+
+
+def fill_minute_peaks(db, day, start, end):
+    """Fill in the peaks of a day summed up without them, from what call_log still holds of it."""
+    db.begin()
+    try:
+        save_minute_peaks(db, day, start, end)
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+
+
 def sum_up_day(db, day, start, end, now):
     """Sum up the approved calls of day number `day` ([start, end)) per account and per country,
     in one transaction. Nodes racing here sum the day once: the history_days row decides."""
@@ -2339,8 +2362,7 @@ def sum_up_day(db, day, start, end, now):
         if db.insert_or_ignore("history_days", {"day": day, "aggregated": now}):
             db.execute("INSERT INTO account_days (account_id, day, calls_biz, calls_off, peak_biz, peak_off) "
                        f"SELECT account_id, ?, {DAY_SUMS} GROUP BY account_id", (day, start, end))
-            for account_id, peak in minute_peaks(approved_times(db, start, end)).items():
-                db.execute("UPDATE account_days SET peak_minute = ? WHERE account_id = ? AND day = ?", (peak, account_id, day))
+            save_minute_peaks(db, day, start, end)
             for direction, column in COUNTRY_COLUMNS:
                 db.execute("INSERT INTO account_day_countries (account_id, day, direction, iso, calls) "
                            f"SELECT account_id, ?, ?, {column}, {country_sums(column)}", (day, direction, start, end))
@@ -4136,8 +4158,8 @@ class Engine:
         now = call.now
         inserted = insert_account(self.db, default_account(self.cfg, user, domain, now))
         acc = self.accounts[(user, domain)] = self._effective(Account.from_row(load_account(self.db, user, domain)), call)
-        if self.first_enrolled is None:
-            self.first_enrolled = acc.created
+        if self.first_enrolled is None:  # the first account, here or on another node
+            self.first_enrolled = first_account_created(self.db)
         if inserted:
             self.alerts.add(AlertEvent(
                 "enrolled", acc.name, "NEW", f"TFPS: new account {acc.name} enrolled",
@@ -4483,11 +4505,14 @@ def day_bounds(day, tz):
 
 def aggregate_days(cfg, db, now):
     """Sum up call_log per account for the days of the training window that are over and not
-    summed up yet. Returns the first day left to call_log (today, or yesterday within SETTLE
-    seconds of midnight). Nodes racing here sum each day once: the history_days row decides."""
+    summed up yet, and the minute peaks of days summed up before schema version 4. Returns the
+    first day left to call_log (today, or yesterday within SETTLE seconds of midnight). Nodes
+    racing here sum each day once: the history_days row decides."""
     p = cfg.policy
     today = day_number(now, p.tz)
     first = today - p.train_window_days
+    for day in days_without_minute_peaks(db, first):
+        fill_minute_peaks(db, day, *day_bounds(day, p.tz))
     done = summed_days(db, first)
     for day in range(first, today):
         if day in done:

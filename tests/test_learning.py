@@ -124,6 +124,11 @@ def test_training_learns_a_dialers_calls_per_minute_and_r15_follows_it(tmp_path,
         assert "busiest 60 s: 20 approved calls x 2" in why["calls_per_minute"]
         learned = {user: tfps.find_account(env.db, user, DOMAIN).calls_per_minute for user in ("dialer", "desk")}
         assert learned == {"dialer": 40, "desk": 6}                 # a person: the lower bound
+        env.db.execute("UPDATE account_days SET peak_minute = NULL")     # days summed up by schema version 3
+        env.db.execute("UPDATE accounts SET calls_per_minute = NULL")
+        tfps.train(env.cfg, env.db, now)                                  # filled in from call_log
+        assert tfps.find_account(env.db, "dialer", DOMAIN).calls_per_minute == 40
+        assert env.db.scalar("SELECT COUNT(*) FROM account_days WHERE peak_minute IS NULL") == 0
         for user, quota in (("dialer", {"daily_quota": None}), ("desk", {})):   # a campaign day above the learned quota
             tfps.update_account(env.db, tfps.find_account(env.db, user, DOMAIN), now, end_learning=True, **quota)
         env.engine.check_for_changes()

@@ -5004,6 +5004,8 @@ def replay_rows(cfg, rows, db_url=None, owners=None, shard=0):
     db = open_database(db_url or "sqlite://:memory:")
     alerts = AlertTally(cfg.alerts, cfg.policy.tz)
     engine = Engine(cfg, db, alerts, counters=None if db_url else PrivateCounters())
+    if engine.first_enrolled is None and rows:
+        engine.first_enrolled = rows[0][0]  # the installation starts with the CDR, in every shard alike (Engine.held)
     jobs = DailyJobs(cfg, db, engine)
     enforce = cfg.server.mode != "monitor"
     codes, rejected_accounts, legit_codes = {}, {}, {}

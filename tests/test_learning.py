@@ -82,6 +82,18 @@ def test_a_bad_cap_names_its_key(tmp_path, key, value):
         tfps.Config.load(path)
 
 
+def test_a_sharded_replay_holds_the_same_new_accounts_as_one_process(tmp_path):
+    """The installation starts with the CDR in every shard: a domain whose first call comes three
+    weeks in is new there too."""
+    header = "time,user,domain,number,source_ip,user_agent,concurrent_calls,source_country,label"
+    lines = ["2024-03-04T09:00:00+00:00,first,pbx.example.com,+12125551234,,,1,US,legit"]
+    lines += [f"2024-03-25T10:0{i}:00+00:00,5001,fresh.example.net,+1212555{i:04d},,,{i + 1},US,fraud" for i in range(4)]
+    cdr = write_cdr(tmp_path / "shards.csv", header, lines)
+    conf = replay_config(tmp_path)
+    one, two = (replay_json(cdr, conf, "--jobs", jobs) for jobs in ("1", "2"))
+    assert one == two and one["codes"] == {"A00": 3, "R10": 2}
+
+
 def test_replay_names_the_rules_that_blocked_legitimate_calls(tmp_path):
     """A labeled CDR: a new desk phone, three weeks after the first account, with three calls up
     at once is blocked R10; the report and the CLI name the rule."""

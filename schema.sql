@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS accounts (
   anomaly_daily INT NULL,
   updated DOUBLE NOT NULL,
   daily_spend DOUBLE NULL,
+  -- learned by training from the busiest minutes (R15); NULL = [policy] max_calls_per_minute
+  calls_per_minute INT NULL,
   UNIQUE (user, domain)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
@@ -235,6 +237,7 @@ CREATE TABLE IF NOT EXISTS account_days (
   calls_off INT NOT NULL DEFAULT 0,
   peak_biz INT NULL,
   peak_off INT NULL,
+  peak_minute INT NULL,
   PRIMARY KEY (account_id, day)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
@@ -302,13 +305,14 @@ CREATE TABLE IF NOT EXISTS locks (
 -- accounts_serial moves. These triggers move them for every change, including ones made
 -- directly in the database. An account's own activity (last_seen) is not a change, nor is a
 -- new account: nodes read accounts on first use.
-CREATE TRIGGER accounts_updated AFTER UPDATE ON accounts FOR EACH ROW
+CREATE TRIGGER accounts_edited AFTER UPDATE ON accounts FOR EACH ROW
   UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial' AND NOT (
     NEW.user <=> OLD.user AND NEW.domain <=> OLD.domain AND NEW.concurrent_calls <=> OLD.concurrent_calls AND
     NEW.concurrent_calls_off <=> OLD.concurrent_calls_off AND NEW.daily_quota <=> OLD.daily_quota AND NEW.daily_quota_off <=> OLD.daily_quota_off AND
     NEW.source_countries <=> OLD.source_countries AND NEW.dest_countries <=> OLD.dest_countries AND NEW.blocked <=> OLD.blocked AND
     NEW.email <=> OLD.email AND NEW.state <=> OLD.state AND NEW.learning_until <=> OLD.learning_until AND
-    NEW.pinned <=> OLD.pinned AND NEW.anomaly_daily <=> OLD.anomaly_daily AND NEW.daily_spend <=> OLD.daily_spend);
+    NEW.pinned <=> OLD.pinned AND NEW.anomaly_daily <=> OLD.anomaly_daily AND NEW.daily_spend <=> OLD.daily_spend AND
+    NEW.calls_per_minute <=> OLD.calls_per_minute);
 CREATE TRIGGER accounts_removed AFTER DELETE ON accounts FOR EACH ROW
   UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial';
 CREATE TRIGGER domains_added AFTER INSERT ON domains FOR EACH ROW

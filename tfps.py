@@ -656,8 +656,11 @@ CONFIG_SPEC = {
         "ab_max_calls": (_integer(1, 1000), "5", "calls to one number allowed within ab_window (R13)"),
         "ab_window": (parse_duration, "30s", "window for repeated A->B calls"),
         "ab_block": (parse_duration, "3600s", "how long an A->B pair stays blocked"),
-        "max_calls_per_minute": (_integer(), "0", "approved calls per account per 60 s (R15); 0 = off"),
+        "max_calls_per_minute": (_integer(), "6", "approved calls per account per 60 s (R15) until training learns the account's own; 0 = off"),
         "learning_days": (_integer(0, MAX_DAYS), "14", "days a new account spends in learning mode (0 = enforce at once)"),
+        "learning_concurrent_calls": (_limit, "2", "concurrent calls of an account in learning mode, enforced (R10/R08)"),
+        "learning_calls_per_minute": (_integer(), "3", "approved calls per 60 s of an account in learning mode, enforced (R15); 0 = no cap"),
+        "learning_daily_quota_off": (_limit, "5", "approved off-hours calls a day of an account in learning mode, enforced (R09)"),
         "train_at": (_clock, "03:30", "daily training time in timezone"),
         "train_window_days": (_integer(1, MAX_DAYS), "90", "history used for training"),
         "train_sigma": (_number(0, 100), "2", "learned quota = ceil(mean + train_sigma x stddev)"),
@@ -670,6 +673,8 @@ CONFIG_SPEC = {
         "train_max_concurrent": (_integer(), "100", "upper bound of a learned business-hours concurrency"),
         "train_min_concurrent_off": (_integer(), "1", "lower bound of a learned off-hours concurrency"),
         "train_max_concurrent_off": (_integer(), "20", "upper bound of a learned off-hours concurrency"),
+        "train_min_calls_per_minute": (_integer(1), "6", "lower bound of a learned calls-per-minute limit (R15)"),
+        "train_max_calls_per_minute": (_integer(1), "600", "upper bound of a learned calls-per-minute limit (R15)"),
         "train_min_country_calls": (_integer(1), "3", "approved calls that make a country learned"),
         "anomaly_sigma": (_number(0, 100), "3", "alert when calls today exceed mean + anomaly_sigma x stddev"),
         "offhours_burst": (_integer(), "5", "alert when an account places this many off-hours calls within 10 minutes; 0 = off"),
@@ -1643,7 +1648,8 @@ def mysql_statement(text):
 
 
 RETIRED_INDEXES = (("call_log", "idx_call_log_account"),)  # schema version 1's; nothing reads by it since
-RETIRED_TRIGGERS = ("accounts_changed",)  # schema version 2's: it does not follow accounts.daily_spend
+# schema version 2's does not follow accounts.daily_spend, version 3's accounts.calls_per_minute
+RETIRED_TRIGGERS = ("accounts_changed", "accounts_updated")
 INDEX_LINE = re.compile(r"^\s*INDEX (\w+) \(([^)]*)\),?[ \t]*$", re.M)  # an index inside CREATE TABLE
 
 
@@ -2033,7 +2039,7 @@ def release_lock(db, name, holder):
 
 ACCOUNT_COLUMNS = ("id, user, domain, concurrent_calls, concurrent_calls_off, daily_quota, daily_quota_off, "
                    "source_countries, dest_countries, blocked, email, state, learning_until, pinned, created, last_seen, anomaly_daily, "
-                   "daily_spend")
+                   "daily_spend, calls_per_minute")
 ACCOUNT_SELECT = f"SELECT {ACCOUNT_COLUMNS} FROM accounts"
 
 
@@ -2050,6 +2056,11 @@ def load_accounts(db, by_domain=False):
 def load_accounts_done_learning(db, now):
     """The rows of the accounts still learning whose learning period ended by `now`."""
     return db.query(f"{ACCOUNT_SELECT} WHERE state = 'learning' AND learning_until <= ?", (now,))
+
+
+def first_account_created(db):
+    """When the oldest account was created, or None."""
+    return db.scalar("SELECT MIN(created) FROM accounts")
 
 
 def next_learning_end(db):
@@ -2330,6 +2341,47 @@ def summed_days(db, first):
     return {row[0] for row in db.query("SELECT day FROM history_days WHERE day >= ?", (first,))}
 
 
+def approved_times(db, start, end, account_ids=None):
+    """(account id, time) of the approved calls in [start, end), in order of time."""
+    only, ids = only_accounts(account_ids)
+    return db.query(f"SELECT account_id, ts {APPROVED_IN_SPAN}{only} ORDER BY ts", (start, end, *ids))
+
+
+def minute_peaks(rows):
+    """{account id: most approved calls within 60 s, as R15 counts them} of approved_times() rows."""
+    recent, peaks = {}, {}
+    for account_id, ts in rows:
+        times = recent.setdefault(account_id, deque())
+        times.append(ts)
+        while times[0] <= ts - 60:
+            times.popleft()
+        peaks[account_id] = max(peaks.get(account_id, 0), len(times))
+    return peaks
+
+
+def save_minute_peaks(db, day, start, end):
+    for account_id, peak in minute_peaks(approved_times(db, start, end)).items():
+        db.execute("UPDATE account_days SET peak_minute = ? WHERE account_id = ? AND day = ?", (peak, account_id, day))
+
+
+def days_without_minute_peaks(db, first):
+    """Days from `first` on summed up before schema version 4, which has peak_minute: every row of
+    account_days has an approved call, hence a peak, once it is filled in from call_log."""
+    return [row[0] for row in db.query("SELECT DISTINCT day FROM account_days WHERE day >= ? AND peak_minute IS NULL "
+                                       "ORDER BY day", (first,))]
+
+
+def fill_minute_peaks(db, day, start, end):
+    """Fill in the peaks of a day summed up without them, from what call_log still holds of it."""
+    db.begin()
+    try:
+        save_minute_peaks(db, day, start, end)
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+
+
 def sum_up_day(db, day, start, end, now):
     """Sum up the approved calls of day number `day` ([start, end)) per account and per country,
     in one transaction. Nodes racing here sum the day once: the history_days row decides."""
@@ -2338,6 +2390,7 @@ def sum_up_day(db, day, start, end, now):
         if db.insert_or_ignore("history_days", {"day": day, "aggregated": now}):
             db.execute("INSERT INTO account_days (account_id, day, calls_biz, calls_off, peak_biz, peak_off) "
                        f"SELECT account_id, ?, {DAY_SUMS} GROUP BY account_id", (day, start, end))
+            save_minute_peaks(db, day, start, end)
             for direction, column in COUNTRY_COLUMNS:
                 db.execute("INSERT INTO account_day_countries (account_id, day, direction, iso, calls) "
                            f"SELECT account_id, ?, ?, {column}, {country_sums(column)}", (day, direction, start, end))
@@ -2350,14 +2403,14 @@ def sum_up_day(db, day, start, end, now):
 def summed_history(db, since, until, business_days, account_ids=None):
     """Per account, from the daily sums of days [since, until): (account id, first day,
     business-hours calls on `business_days` and their squares, off-hours calls and squares,
-    all calls and squares, highest concurrency in and off business hours)."""
+    all calls and squares, highest concurrency in and off business hours, most calls within 60 s)."""
     only, ids = only_accounts(account_ids)
     in_business = ", ".join(map(str, business_days)) or "NULL"
     return db.query(
         f"SELECT account_id, MIN(day), SUM(CASE WHEN day IN ({in_business}) THEN calls_biz ELSE 0 END), "
         f"SUM(CASE WHEN day IN ({in_business}) THEN calls_biz * calls_biz ELSE 0 END), SUM(calls_off), "
         "SUM(calls_off * calls_off), SUM(calls_biz + calls_off), SUM((calls_biz + calls_off) * (calls_biz + calls_off)), "
-        f"MAX(peak_biz), MAX(peak_off) FROM account_days WHERE day >= ? AND day < ?{only} GROUP BY account_id",
+        f"MAX(peak_biz), MAX(peak_off), MAX(peak_minute) FROM account_days WHERE day >= ? AND day < ?{only} GROUP BY account_id",
         (since, until, *ids))
 
 
@@ -3283,14 +3336,15 @@ class Account:
     last_seen: float | None
     anomaly_daily: int | None = None   # learned: more approved calls a day than this is unusual
     daily_spend: float | None = None   # estimated cost of approved calls a day (R17); set by hand only
+    calls_per_minute: int | None = None  # learned (R15); None: [policy] max_calls_per_minute
 
     @classmethod
     def from_row(cls, row):
         (id_, user, domain, cc, cc_off, quota, quota_off, src, dst, blocked, email, state,
-         learning_until, pinned, created, last_seen, anomaly_daily, daily_spend) = row
+         learning_until, pinned, created, last_seen, anomaly_daily, daily_spend, calls_per_minute) = row
         return cls(id_, user, domain, cc, cc_off, quota, quota_off, shared_countries(src), shared_countries(dst),
                    bool(blocked), email, state, learning_until, set(split_list(pinned)), created, last_seen,
-                   anomaly_daily, daily_spend)
+                   anomaly_daily, daily_spend, calls_per_minute)
 
     @property
     def name(self):
@@ -3298,6 +3352,11 @@ class Account:
 
     def learning(self, now):
         return self.state == "learning" and (self.learning_until is None or now < self.learning_until)
+
+
+def tighter(limit, cap):
+    """The lower of two limits, None being unlimited."""
+    return limit if cap is None else cap if limit is None else min(limit, cap)
 
 
 UNLIMITED = -1  # a domain's limit that lifts the [policy] default (NULL inherits it)
@@ -3404,11 +3463,6 @@ class Call:
     def pair_counted(self):
         """The call is an A->B attempt of a known account (R13)."""
         return not self.number_white and self.account.id is not None and bool(self.number)
-
-    @property
-    def daily_limit(self):
-        """The account's daily quota for this call's hours, or None."""
-        return self.account.daily_quota_off if self.off_hours else self.account.daily_quota
 
     @property
     def bucket(self):
@@ -3560,7 +3614,7 @@ def destination_country(engine, call):
     used = f" and its {allowance} new-destination calls of today are used" if allowance else ""
     return Rejection("R06", f"destination {label} is not among the allowed destinations of {acc.name} "
                             f"({format_countries(acc.dest_countries) or 'none'}){used}",
-                     f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=True)
+                     f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=not engine.held(call))
 
 
 def new_destination(engine, call):
@@ -3592,37 +3646,65 @@ def source_country_unknown(engine, call):
                      f"{PROG} whitelist add ip {ip}")
 
 
+def learning_rejection(call, code, what, cap, key):
+    """A call over a [policy] learning_* cap: enforced while the account learns. Setting the
+    limit by hand (or `learn --stop`) ends learning, and with it the cap."""
+    acc = call.account
+    return Rejection(code, f"{acc.name} {what}, over the cap of {cap} of an account in learning mode ([policy] {key})",
+                     f"{PROG} learn {acc.user} {acc.domain} --stop  (or raise [policy] {key})")
+
+
 @rejects("R08", "R10")
 def concurrent_calls(engine, call):
     acc, calls = call.account, call.attempt.concurrent_calls
     limit = acc.concurrent_calls_off if call.off_hours else acc.concurrent_calls
-    if calls is None or limit is None or calls <= limit:
+    cap = engine.learning_cap(call, "concurrent_calls")
+    effective = tighter(limit, cap)
+    if calls is None or effective is None or calls <= effective:
         return None
     code, hours, flag = ("R08", "off hours", "--concurrent-off") if call.off_hours else ("R10", "business hours", "--concurrent")
+    if cap is not None and calls > cap:
+        return learning_rejection(call, code, f"has {calls} concurrent calls", cap, "learning_concurrent_calls")
     return Rejection(code, f"{acc.name} has {calls} concurrent calls, limit {limit} in {hours}",
                      f"{PROG} set {acc.user} {acc.domain} {flag} {calls}", soft=True)
 
 
+def minute_limits(engine, call):
+    """(the account's calls-per-minute limit, the learning cap): each 0 or None when it does not
+    apply. The limit is the one training learned, else [policy] max_calls_per_minute; 0 turns both off."""
+    default = engine.cfg.policy.max_calls_per_minute
+    return default and (call.account.calls_per_minute or default), engine.learning_cap(call, "calls_per_minute")
+
+
 @rejects("R15")
 def calls_per_minute(engine, call):
-    limit, acc = engine.cfg.policy.max_calls_per_minute, call.account
-    if not limit or acc.id is None:
+    acc = call.account
+    limit, cap = minute_limits(engine, call)
+    if not (limit or cap) or acc.id is None:
         return None
     recent = len(engine.read_count(call, "minute")[0])
-    if recent >= limit:
-        return Rejection("R15", f"{acc.name} placed {recent} approved calls in the last 60 s (max_calls_per_minute = {limit})",
+    if cap and recent >= cap:
+        return learning_rejection(call, "R15", f"placed {recent} approved calls in the last 60 s", cap,
+                                  "learning_calls_per_minute")
+    if limit and recent >= limit:
+        source = "learned calls_per_minute" if acc.calls_per_minute else "max_calls_per_minute"
+        return Rejection("R15", f"{acc.name} placed {recent} approved calls in the last 60 s ({source} = {limit})",
                          "raise [policy] max_calls_per_minute in tfps.conf", soft=True)
     return None
 
 
 @rejects("R09", "R11")
 def daily_quota(engine, call):
-    acc, limit = call.account, call.daily_limit
+    acc, limit = call.account, engine.daily_limit(call)
     if limit is None:
         return None
-    if (engine.read_count(call, "today") if acc.id is not None else 0) < limit:
+    calls = engine.read_count(call, "today") if acc.id is not None else 0
+    if calls < limit:
         return None
     code, hours, flag = ("R09", "off-hours", "--daily-quota-off") if call.off_hours else ("R11", "business-hours", "--daily-quota")
+    cap = engine.learning_cap(call, "daily_quota_off") if call.off_hours else None
+    if cap is not None and calls >= cap:
+        return learning_rejection(call, code, f"placed {calls} approved off-hours calls today", cap, "learning_daily_quota_off")
     return Rejection(code, f"{acc.name} reached its {hours} daily quota of {limit} approved calls",
                      f"{PROG} reset {acc.user} {acc.domain}  (or: {PROG} set {acc.user} {acc.domain} {flag} {limit * 2})",
                      soft=True)
@@ -3931,6 +4013,7 @@ class Engine:
         self.offhours = {}     # account id -> times of approved off-hours calls in the last 10 minutes
         self.today = {}    # (account id, day) -> approved calls, for anomaly alerts
         self.seen = set()  # (account id, 'src'|'dst', iso) known to be in account_seen
+        self.first_enrolled = first_account_created(db)  # when the first account was enrolled (learning_cap)
         # with counters written behind, first-seen countries are too (one commit a flush, not one a verdict)
         self.unseen = [] if isinstance(self.counters, LeasedCounters) else None  # (call, direction, iso)
         self.reload()
@@ -4118,6 +4201,8 @@ class Engine:
         now = call.now
         inserted = insert_account(self.db, default_account(self.cfg, user, domain, now))
         acc = self.accounts[(user, domain)] = self._effective(Account.from_row(load_account(self.db, user, domain)), call)
+        if self.first_enrolled is None:  # the first account, here or on another node
+            self.first_enrolled = first_account_created(self.db)
         if inserted:
             self.alerts.add(AlertEvent(
                 "enrolled", acc.name, "NEW", f"TFPS: new account {acc.name} enrolled",
@@ -4135,6 +4220,28 @@ class Engine:
         while times and times[0] <= now - seconds:
             times.popleft()
         return times
+
+    def held(self, call):
+        """Whether the call's account is in learning mode and new to a running installation:
+        its new destinations (R06) and the [policy] learning_* caps are enforced, not only
+        logged, since nothing vouches yet for an account that may have signed up to pump calls.
+        The accounts enrolled within learning_days of the first one are the customers a new
+        installation finds already calling (dialers, call centres among them): they learn freely."""
+        acc = call.account
+        return (acc.learning(call.now) and self.first_enrolled is not None
+                and acc.created >= self.first_enrolled + self.cfg.policy.learning_days * 86400)
+
+    def learning_cap(self, call, name):
+        """[policy] learning_NAME for an account `held`, else None: it applies whatever the
+        account's own limits."""
+        return getattr(self.cfg.policy, f"learning_{name}") if self.held(call) else None
+
+    def daily_limit(self, call):
+        """The account's daily quota for the call's hours, or None; off hours, an account under
+        the learning caps has [policy] learning_daily_quota_off at most."""
+        if not call.off_hours:
+            return call.account.daily_quota
+        return tighter(call.account.daily_quota_off, self.learning_cap(call, "daily_quota_off"))
 
     # -- counting, after the verdict, and anomaly alerts -------------------------------------
 
@@ -4172,7 +4279,7 @@ class Engine:
         # The quota first: it may have been taken meanwhile, or its claim conflict with another
         # node's, and the verdict evaluated again must not find counted in memory (LeasedCounters)
         # what this try wrote before.
-        limit = call.daily_limit
+        limit = self.daily_limit(call)
         quota_taken = approved and limit is not None and self.read_count(call, "today") < limit
         if quota_taken and not self.counters.take_quota(acc.id, call.day, call.bucket, limit):
             raise CounterMoved(f"the daily quota of {acc.name} was reached meanwhile on another node")
@@ -4186,8 +4293,9 @@ class Engine:
             return
         if not quota_taken:  # no quota, or over it while learning: counted all the same
             self.counters.count_approved(acc.id, call.day, call.bucket)
-        if p.max_calls_per_minute:
-            self.counters.add_call(acc.id, self.read_count(call, "minute"), call.now, p.max_calls_per_minute)
+        keep = max(window or 0 for window in minute_limits(self, call))
+        if keep:
+            self.counters.add_call(acc.id, self.read_count(call, "minute"), call.now, keep)
         if new_destination(self, call):
             self._count_new_destination(call)
         if call.cost:
@@ -4438,6 +4546,7 @@ class Proposal:
 
 
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+MINUTE_HEADROOM = 2  # a learned calls-per-minute limit is twice the busiest minute: a campaign may outdo the last
 SETTLE = 300  # seconds after a day's end when every node's calls of that day are in call_log
 
 
@@ -4455,11 +4564,14 @@ def day_bounds(day, tz):
 
 def aggregate_days(cfg, db, now):
     """Sum up call_log per account for the days of the training window that are over and not
-    summed up yet. Returns the first day left to call_log (today, or yesterday within SETTLE
-    seconds of midnight). Nodes racing here sum each day once: the history_days row decides."""
+    summed up yet, and the minute peaks of days summed up before schema version 4. Returns the
+    first day left to call_log (today, or yesterday within SETTLE seconds of midnight). Nodes
+    racing here sum each day once: the history_days row decides."""
     p = cfg.policy
     today = day_number(now, p.tz)
     first = today - p.train_window_days
+    for day in days_without_minute_peaks(db, first):
+        fill_minute_peaks(db, day, *day_bounds(day, p.tz))
     done = summed_days(db, first)
     for day in range(first, today):
         if day in done:
@@ -4475,14 +4587,16 @@ class AccountHistory:
     """One account's approved calls over the training window: the first day with calls, per
     bucket ('biz' = business-hours calls on business days, 'off' = off-hours calls, 'all') the
     sum and the sum of squares of calls per complete day, the highest reported concurrency per
-    bucket (0 business hours, 1 off hours), and calls per destination and source country."""
+    bucket (0 business hours, 1 off hours), the most calls within 60 s, and calls per destination
+    and source country."""
 
-    __slots__ = ("first", "sums", "peak", "dst", "src")
+    __slots__ = ("first", "sums", "peak", "minute_peak", "dst", "src")
 
     def __init__(self, first):
         self.first = first
         self.sums = {"biz": [0, 0], "off": [0, 0], "all": [0, 0]}
         self.peak = {0: None, 1: None}
+        self.minute_peak = 0  # most approved calls within 60 s
         self.dst = {}
         self.src = {}
 
@@ -4512,11 +4626,13 @@ def history(cfg, db, now, account_ids=None):
     business = business_day_numbers(p, now)
     business_set = set(business)
     stats = {}
-    for acc_id, first, b, b2, o, o2, a, a2, peak_biz, peak_off in summed_history(db, since, unsummed, business, account_ids):
+    for acc_id, first, b, b2, o, o2, a, a2, peak_biz, peak_off, peak_minute in summed_history(db, since, unsummed, business,
+                                                                                               account_ids):
         h = stats[acc_id] = AccountHistory(int(first))
         h.sums = {"biz": [int(b), int(b2)], "off": [int(o), int(o2)], "all": [int(a), int(a2)]}
         h.add_peak(0, peak_biz)
         h.add_peak(1, peak_off)
+        h.minute_peak = int(peak_minute or 0)
     for acc_id, direction, iso, calls in summed_countries(db, since, unsummed, account_ids):
         getattr(stats[acc_id], direction)[iso] = int(calls)
 
@@ -4529,6 +4645,8 @@ def history(cfg, db, now, account_ids=None):
                 h.add_day(int(biz), int(off), day in business_set)
             h.add_peak(0, peak_biz)
             h.add_peak(1, peak_off)
+        for acc_id, peak in minute_peaks(approved_times(db, start, min(end, now), account_ids)).items():
+            stats[acc_id].minute_peak = max(stats[acc_id].minute_peak, peak)
         for acc_id, direction, iso, calls in approved_country_counts(db, start, min(end, now), account_ids):
             counts = getattr(stats.setdefault(acc_id, AccountHistory(day)), direction)  # a first call since the query above
             counts[iso] = counts.get(iso, 0) + int(calls)
@@ -4576,6 +4694,12 @@ def propose(cfg, acc, stats, now, high_risk, business):
         if value is not None and changed(field_name, value):
             changes.append((field_name, getattr(acc, field_name), value,
                             f"highest reported concurrency {peak} + 1, bounds {low}..{high}"))
+    if stats.minute_peak:
+        low, high = p.train_min_calls_per_minute, p.train_max_calls_per_minute
+        value = min(max(stats.minute_peak * MINUTE_HEADROOM, low), high)
+        if value != acc.calls_per_minute:
+            changes.append(("calls_per_minute", acc.calls_per_minute, value,
+                            f"busiest 60 s: {stats.minute_peak} approved calls x {MINUTE_HEADROOM}, bounds {low}..{high}"))
     for field_name, used in (("dest_countries", stats.dst), ("source_countries", stats.src)):
         current = getattr(acc, field_name)
         if field_name in acc.pinned or "*" in current:
@@ -4939,9 +5063,11 @@ def replay_rows(cfg, rows, db_url=None, owners=None, shard=0):
     db = open_database(db_url or "sqlite://:memory:")
     alerts = AlertTally(cfg.alerts, cfg.policy.tz)
     engine = Engine(cfg, db, alerts, counters=None if db_url else PrivateCounters())
+    if engine.first_enrolled is None and rows:
+        engine.first_enrolled = rows[0][0]  # the installation starts with the CDR, in every shard alike (Engine.held)
     jobs = DailyJobs(cfg, db, engine)
     enforce = cfg.server.mode != "monitor"
-    codes, rejected_accounts = {}, {}
+    codes, rejected_accounts, legit_codes = {}, {}, {}
     fraud = fraud_blocked = legit = legit_blocked = 0
     episodes, open_episode = [], {}
     next_jobs = 0.0
@@ -4978,18 +5104,21 @@ def replay_rows(cfg, rows, db_url=None, owners=None, shard=0):
         elif label == "legit":
             legit += 1
             legit_blocked += not approved
+            if not approved:
+                legit_codes[verdict.code] = legit_codes.get(verdict.code, 0) + 1
             open_episode.pop(account, None)
     engine.flush()
     db.close()
     return {"codes": codes, "rejected_accounts": rejected_accounts, "fraud": fraud, "fraud_blocked": fraud_blocked,
-            "legit": legit, "legit_blocked": legit_blocked, "episodes": episodes, "alerts": alerts.counts}
+            "legit": legit, "legit_blocked": legit_blocked, "legit_codes": legit_codes, "episodes": episodes,
+            "alerts": alerts.counts}
 
 
 def merge_tallies(tallies):
     merged = {"codes": {}, "rejected_accounts": {}, "fraud": 0, "fraud_blocked": 0, "legit": 0, "legit_blocked": 0,
-              "episodes": [], "alerts": {}}
+              "legit_codes": {}, "episodes": [], "alerts": {}}
     for tally in tallies:
-        for key in ("codes", "alerts"):
+        for key in ("codes", "legit_codes", "alerts"):
             for name, count in tally[key].items():
                 merged[key][name] = merged[key].get(name, 0) + count
         merged["rejected_accounts"].update(tally["rejected_accounts"])
@@ -5015,6 +5144,7 @@ def replay_report(tally, rows):
             "fraud_blocked_pct": round(100.0 * fraud_blocked / fraud, 2) if fraud else None,
             "legit_calls": legit, "legit_blocked": legit_blocked,
             "legit_blocked_pct": round(100.0 * legit_blocked / legit, 2) if legit else None,
+            "legit_blocked_by_code": dict(sorted(tally["legit_codes"].items(), key=lambda item: (-item[1], item[0]))),
             "episodes": episodes, "alerts": dict(sorted(tally["alerts"].items()))}
 
 
@@ -6236,7 +6366,8 @@ def account_details(db, cfg, acc, now):
             "blocked": acc.blocked, "email": acc.email, **account_limits(effective), "daily_spend": effective.daily_spend,
             "dest_countries": format_countries(effective.dest_countries),
             "source_countries": format_countries(effective.source_countries), "pinned": ",".join(sorted(acc.pinned)),
-            "anomaly_daily": acc.anomaly_daily, "approved_today_business": today["biz"], "approved_today_off": today["off"],
+            "anomaly_daily": acc.anomaly_daily, "calls_per_minute": effective.calls_per_minute or cfg.policy.max_calls_per_minute,
+            "approved_today_business": today["biz"], "approved_today_off": today["off"],
             "estimated_spend_today": round(spent[0] if spent else 0.0, 4), "sources": sources}
     return info, [(fmt_time(r[0], cfg.policy.tz), r[3], r[4], r[5], r[7], r[8], r[9]) for r in verdicts]
 
@@ -8147,6 +8278,9 @@ def cmd_replay(args, cfg):
     if report["fraud_calls"] or report["legit_calls"]:
         print(f"\nfraud calls blocked: {report['fraud_blocked']}/{report['fraud_calls']} ({report['fraud_blocked_pct']}%)")
         print(f"legitimate calls blocked: {report['legit_blocked']}/{report['legit_calls']} ({report['legit_blocked_pct']}%)")
+        if report["legit_blocked_by_code"]:
+            print("rules that blocked legitimate calls, most first: "
+                  + ", ".join(f"{code} {calls}" for code, calls in report["legit_blocked_by_code"].items()))
         print_table(["account", "episode start", "calls", "leaked before first block", "blocked"],
                     [(e["account"], e["start"], e["calls"], e["leaked_before_first_block"], e["blocked"]) for e in report["episodes"]])
     if report["alerts"]:

@@ -182,6 +182,7 @@ default_concurrent_calls = 10
 default_concurrent_calls_off = 10
 default_destination_countries = {ALLOWED_ISO}
 default_source_countries = *
+max_calls_per_minute = 0
 """)
 
 

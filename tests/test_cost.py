@@ -21,7 +21,7 @@ def config(tmp_path, deck=DECK, **policy):
     (tmp_path / "rates.csv").write_text(deck)
     conf = {"policy": {"learning_days": "0", "home_country": "GB", "default_destination_countries": "*",
                        "rate_deck": str(tmp_path / "rates.csv"), "assumed_call_minutes": "2", "ab_max_calls": "1000",
-                       **policy}}
+                       "max_calls_per_minute": "0", **policy}}
     return tfps.Config.load(write_config(tmp_path / "cost.conf", conf)), str(tmp_path / "cost.conf")
 
 
@@ -176,7 +176,8 @@ def test_a_running_server_answers_r17_and_follows_a_domain_budget(tmp_path, sqli
     (tmp_path / "rates.csv").write_text(DECK)
     server = start_server(sqlite_url, sections={"policy": {
         "learning_days": "0", "default_destination_countries": "*", "rate_deck": str(tmp_path / "rates.csv"),
-        "assumed_call_minutes": "2", "default_daily_spend": "unlimited", "ab_max_calls": "1000"}})
+        "assumed_call_minutes": "2", "default_daily_spend": "unlimited", "ab_max_calls": "1000",
+        "max_calls_per_minute": "0"}})   # probes until the server has read the change
 
     def probe(number):
         probed = run_cli("probe", number, "--server", f"127.0.0.1:{server.port}", "--from", f"1001@{DOMAIN}", timeout=30)

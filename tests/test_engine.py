@@ -74,7 +74,7 @@ def db_url(request, tmp_path):
 
 class Env:
     def __init__(self, tmp_path, db_url, policy=None, **sections):
-        policy = {"learning_days": "0", **(policy or {})}
+        policy = {"learning_days": "0", "max_calls_per_minute": "0", **(policy or {})}   # R15 has tests of its own
         conf = {"policy": policy, "server": {"node_name": "node-t"}}
         for section, keys in sections.items():
             conf.setdefault(section, {}).update(keys)
@@ -613,9 +613,10 @@ def test_r15_max_calls_per_minute(make):
     assert env.code(us(6), ts=t0 + 60.5) == "R15"            # rejected calls did not count, this one did
 
 
-def test_r15_off_by_default(env):
+def test_r15_on_by_default_at_six_calls_a_minute(make):
+    env = make({"max_calls_per_minute": str(tfps.Config().policy.max_calls_per_minute)})
     env.account()
-    assert {env.code(us(i), ts=WED_10 + i * 0.01) for i in range(25)} == {"A00"}
+    assert [env.code(us(i), ts=WED_10 + i * 0.01) for i in range(8)] == ["A00"] * 6 + ["R15", "R15"]
 
 
 # -- R11 / R09 daily quotas ---------------------------------------------------------------------------------

@@ -315,7 +315,7 @@ def test_readyz_is_503_while_mariadb_is_frozen(served, private_mariadb):
 # -- the admin API ----------------------------------------------------------------------------------
 
 def test_admin_api_mirrors_the_cli(served, db_url):
-    server, api = served(db_url)
+    server, api = served(db_url, sections={"policy": {"max_calls_per_minute": "0"}})   # checks many times a minute
     account = "/v1/accounts/1001@pbx.example.com"
     assert api.get("/v1/accounts", token="wrong-token-0123456789")[0] == 401
     status, answer, response = api.request("GET", "/v1/accounts", token="")

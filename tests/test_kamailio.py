@@ -37,7 +37,7 @@ FAIL_OPEN = "#!define TFPS_FAIL_OPEN\n"
 US, US_PLUS, CUBA = "0012125551234", "+12125551234", "005355512345"
 
 POLICY = {"learning_days": "0", "default_destination_countries": "*", "ab_max_calls": "100",
-          "default_daily_quota": "unlimited", "default_concurrent_calls": "unlimited"}
+          "default_daily_quota": "unlimited", "default_concurrent_calls": "unlimited", "max_calls_per_minute": "0"}
 
 # the caller: one INVITE carrying forged identity headers; 200 -> ACK, BYE after HOLD_MS; 404/500/603 -> ACK
 CALLER_IN_DIALOG = """

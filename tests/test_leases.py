@@ -18,6 +18,7 @@ from test_multinode import DOMAIN, create_accounts, race_nodes
 def leased_engine(url, node, block, ttl="30s"):
     cfg = tfps.Config.load(None)
     cfg.set("policy", "business_hours", "mon-sun 00:00-24:00")
+    cfg.set("policy", "max_calls_per_minute", "0")
     cfg.set("database", "quota_lease", str(block))
     cfg.set("database", "lease_ttl", ttl)
     db = tfps.open_database(url)
@@ -152,7 +153,7 @@ def race(nodes, users, calls_per_thread, threads_per_node=3):
 def test_servers_racing_with_leases_never_exceed_the_quota_and_give_leases_back(mysql_url, start_server, count):
     quota, users = 12, ("2101", "2102", "2103", "2104")
     ids = create_accounts(mysql_url, users, daily_quota=quota, daily_quota_off=quota)
-    policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
+    policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00", "max_calls_per_minute": "0"}
     database = {"quota_lease": "4", "flush_interval": "0.05s"}
     nodes = [start_server(mysql_url, {"policy": policy, "database": database, "server": {"node_name": f"node-{k}", "overload_after": "0"}})
              for k in range(count)]
@@ -173,7 +174,7 @@ def test_servers_racing_with_leases_never_exceed_the_quota_and_give_leases_back(
 def test_the_lease_of_a_killed_node_expires_and_is_claimed_back(mysql_url, start_server):
     quota = 12
     ids = create_accounts(mysql_url, ["k1"], daily_quota=quota, daily_quota_off=quota)
-    policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
+    policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00", "max_calls_per_minute": "0"}
     database = {"quota_lease": "10", "lease_ttl": "3s", "flush_interval": "0.05s"}
     a, b = (start_server(mysql_url, {"policy": policy, "database": database, "server": {"node_name": name, "overload_after": "0"}})
             for name in ("a", "b"))

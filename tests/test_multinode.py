@@ -101,7 +101,7 @@ def create_accounts(url, users, **limits):
 
 def test_two_nodes_never_exceed_the_daily_quota(mysql_url, start_server):
     ids = create_accounts(mysql_url, USERS, daily_quota=QUOTA, daily_quota_off=QUOTA)
-    policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
+    policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00", "max_calls_per_minute": "0"}
     nodes = [start_server(mysql_url, {"policy": policy, "server": {"node_name": name, "overload_after": "0"}})
              for name in ("node-a", "node-b")]
 
@@ -148,6 +148,7 @@ def test_concurrent_engines_race_for_a_fresh_counter(mysql_url):
     ids = create_accounts(mysql_url, users, daily_quota=quota, daily_quota_off=quota)
     cfg = tfps.Config.load(None)
     cfg.set("policy", "business_hours", "mon-sun 00:00-24:00")
+    cfg.set("policy", "max_calls_per_minute", "0")
     engines = [tfps.Engine(cfg, tfps.open_database(mysql_url)) for _ in range(2)]
     verdicts, errors = [], []
 
@@ -234,6 +235,7 @@ def test_two_nodes_flush_call_logs_at_once(mysql_url):
     create_accounts(mysql_url, users)
     cfg = tfps.Config.load(None)
     cfg.set("policy", "business_hours", "mon-sun 00:00-24:00")
+    cfg.set("policy", "max_calls_per_minute", "0")
     engines = [tfps.Engine(cfg, tfps.open_database(mysql_url)) for _ in range(2)]
     rounds, errors = 10, []
     one_at_a_time = threading.Lock()   # the verdicts do not race here; only the flushes do
@@ -271,7 +273,7 @@ def test_two_nodes_flush_call_logs_at_once(mysql_url):
 
 def test_cli_change_reaches_every_node(mysql_url, start_server):
     create_accounts(mysql_url, ["3001"])
-    policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
+    policy = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00", "max_calls_per_minute": "0"}
     nodes = [start_server(mysql_url, {"policy": policy, "server": {"node_name": name}}) for name in ("node-a", "node-b")]
     calls = (f"1212{i:07d}" for i in range(10000000))
     kw = {"user": "3001", "domain": DOMAIN}

@@ -42,7 +42,7 @@ def sections(abuse=None, apiban=None, policy=(), **reputation):
         "database": {"reload_interval": "0.2s", "flush_interval": "0.5s"},
         "policy": {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00",
                    "default_daily_quota": "unlimited", "default_daily_quota_off": "unlimited",
-                   "ab_max_calls": "1000", **dict(policy)},
+                   "ab_max_calls": "1000", "max_calls_per_minute": "0", **dict(policy)},
         "reputation": rep,
     }
 

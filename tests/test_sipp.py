@@ -2,7 +2,7 @@
 1,000 calls over UDP and 1,000 over TCP in each mode, and every call must succeed.
 
 The scenario's calls.csv alternates a US number (approved, A00) and a Cuban one (high-risk, R06);
-the [policy] below removes quota, A->B repetition and destination limits so that those are the
+the [policy] below removes quota, velocity, A->B repetition and destination limits so that those are the
 only two verdicts, and the per-response counts SIPp reports can be checked exactly."""
 
 import re
@@ -27,6 +27,7 @@ LOAD_POLICY = {
     "default_concurrent_calls": "unlimited",
     "default_concurrent_calls_off": "unlimited",
     "ab_max_calls": "1000",
+    "max_calls_per_minute": "0",
     "default_destination_countries": "*",
 }
 

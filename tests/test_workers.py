@@ -15,7 +15,7 @@ import tfps
 from conftest import TfpsServer, free_port, recv_response, run_cli, sip_invite, udp_socket, wait_until
 from test_multinode import DOMAIN, create_accounts, race_nodes
 
-POLICY = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
+POLICY = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00", "max_calls_per_minute": "0"}
 
 
 def workers_of(server):

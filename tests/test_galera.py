@@ -111,7 +111,7 @@ def test_the_cli_refuses_bad_input_in_one_line(tmp_path):
 
 # -- TFPS servers on the cluster ------------------------------------------------------------
 
-POLICY = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00"}
+POLICY = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00", "max_calls_per_minute": "0"}
 
 
 def tfps_database(cluster):
@@ -150,7 +150,7 @@ def test_three_servers_on_three_galera_nodes_never_exceed_the_quota(cluster, sta
     urls = tfps_database(cluster)
     ids = create_accounts(urls[0], users, daily_quota=quota, daily_quota_off=quota)
     database = {"quota_lease": quota_lease, "flush_interval": "0.05s"}
-    servers = [start_server(url, {"policy": POLICY, "database": database, "server": {"node_name": f"galera-{k + 1}"}})
+    servers = [start_server(url, {"policy": POLICY, "database": database, "server": {"node_name": f"galera-{k + 1}", "overload_after": "0"}})
                for k, url in enumerate(urls)]
     started = time.monotonic()
     results = race_nodes(servers, users, calls_per_thread, threads_per_node)
@@ -230,7 +230,7 @@ def test_a_galera_node_killed_mid_run_loses_no_verdict_and_no_call_log_row(clust
     name = urls[0].rsplit("/", 1)[1]
     create_accounts(urls[0], users, daily_quota=100000, daily_quota_off=100000)
     database = {"failure": "continue", "flush_interval": "0.1s"}
-    servers = [start_server(url, {"policy": POLICY, "database": database, "server": {"node_name": f"galera-{k + 1}"}})
+    servers = [start_server(url, {"policy": POLICY, "database": database, "server": {"node_name": f"galera-{k + 1}", "overload_after": "0"}})
                for k, url in enumerate(urls)]
     callers = [Caller(server, users, f"{k + 1}{j}") for k, server in enumerate(servers) for j in range(2)]
     for caller in callers:

@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS meta (
   value BIGINT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
-INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 3);
+INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 4);
 -- Moved by every change of accounts or lists (see the triggers below); servers poll them.
 INSERT IGNORE INTO meta (name, value) VALUES ('accounts_serial', 0);
 INSERT IGNORE INTO meta (name, value) VALUES ('lists_serial', 0);
@@ -212,8 +212,11 @@ CREATE TABLE IF NOT EXISTS call_log (
   latency_ms DOUBLE NOT NULL DEFAULT 0,
   undo_command VARCHAR(255) NOT NULL DEFAULT '',
   cost DOUBLE NULL,
+  -- random, made with the row: a row written twice (replayed from the spool after a crash) is kept once
+  row_key CHAR(32) NULL,
   INDEX idx_call_log_ts (ts),
-  INDEX idx_call_log_user (user, domain, ts)
+  INDEX idx_call_log_user (user, domain, ts),
+  UNIQUE INDEX uq_call_log_row_key (row_key)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Approved calls per account and calendar day (days since 1970-01-01 in [policy] timezone),

@@ -5666,12 +5666,11 @@ class Server:
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self):
-        for spool in [self.engine.spool, *self.orphan_spools]:
-            try:
-                self._replay_spool(self.db, spool)
-            except Exception as exc:
-                if not self._database_unavailable(exc):
-                    log.error("call log spool %s not written to the database: %s", spool.path, exc)
+        try:
+            self._replay_spools(self.db)
+        except Exception as exc:
+            if not self._database_unavailable(exc):
+                log.error("call log spool not written to the database: %s", exc)
         self.bind()
         self.every(self.cfg.database.flush_interval, self._flush)
         self.every(self.cfg.database.reload_interval, self._check_for_changes)
@@ -5740,18 +5739,19 @@ class Server:
         else:
             self.engine.spool_log_rows()
 
-    def _replay_spool(self, db, spool=None):
-        """Write the spooled call log rows to `db` (database errors propagate, the rows stay
-        spooled); a spool that cannot be read is logged and left for later."""
-        spool = spool or self.engine.spool
-        try:
-            written, damaged = spool.replay(db)
-        except OSError as exc:
-            log.error("call log spool %s cannot be read: %s", spool.path, exc)
-            return
-        if written or damaged:
-            log.warning("call log spool %s: %d row(s) written to the database%s", spool.path, written,
-                        f", {damaged} damaged line(s) skipped" if damaged else "")
+    def _replay_spools(self, db):
+        """Write the spooled call log rows (this server's spool, and those of workers no longer
+        run) to `db`; database errors propagate, the rows stay spooled. A spool that cannot be
+        read is logged and left for later."""
+        for spool in (self.engine.spool, *self.orphan_spools):
+            try:
+                written, damaged = spool.replay(db)
+            except OSError as exc:
+                log.error("call log spool %s cannot be read: %s", spool.path, exc)
+                continue
+            if written or damaged:
+                log.warning("call log spool %s: %d row(s) written to the database%s", spool.path, written,
+                            f", {damaged} damaged line(s) skipped" if damaged else "")
 
     def _run_daily_jobs(self):
         """Training, purge, summaries and the end of learning on a thread and a connection of
@@ -5843,7 +5843,7 @@ class Server:
                 db = Database(self.db.url, timeout=self.cfg.database.timeout)
                 try:
                     db.probe()
-                    self._replay_spool(db)  # here, off the loop: a long outage leaves many rows
+                    self._replay_spools(db)  # here, off the loop: a long outage leaves many rows
                 except BaseException:
                     db.close()
                     raise
@@ -5871,7 +5871,7 @@ class Server:
         try:
             self.engine.charge_outage_counts()
             self.engine.flush()
-            self._replay_spool(db)  # what was spooled since the reconnecting thread wrote the spool
+            self._replay_spools(db)  # what was spooled since the reconnecting thread wrote the spool
         except Exception as exc:
             if not self._database_unavailable(exc):
                 log.error("flush failed: %s", exc)

@@ -5,99 +5,35 @@ file and reach the database once, when it is back or at the next start; a torn l
 import json
 import os
 import secrets
-import select
-import socket
-import threading
+import sys
 import urllib.error
 import urllib.request
 
 import pytest
 
-from conftest import MYSQL_HOST, MYSQL_PORT, TfpsServer, free_port, sip_invite, tfps, udp_socket, wait_until, write_config
+from conftest import MYSQL_HOST, MYSQL_PORT, REPO, TfpsServer, free_port, sip_invite, tfps, udp_socket, wait_until, write_config
+
+sys.path.insert(0, str(REPO / "bench"))
+from benchlib import CuttableProxy  # noqa: E402  (shared with bench/outage_bench.py)
 
 POLICY = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00", "default_daily_quota": "unlimited",
           "ab_max_calls": "1000"}
 
 
-class CuttableProxy:
-    """TCP on a loopback port relayed to MariaDB; cut() closes the port and every relayed
-    connection (connections are refused, as from a stopped server), restore() opens it again."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.lock = threading.Lock()
-        self.listener = None
-        self.sockets = set()
-        self.restore()
-
-    def restore(self):
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self.listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def cut(self):
-        with self.lock:
-            listener, self.listener = self.listener, None
-            doomed, self.sockets = self.sockets, set()
-        listener.close()
-        for sock in doomed:
-            with_shutdown(sock)
-
-    def _accept(self, listener):
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection((MYSQL_HOST, MYSQL_PORT))
-            with self.lock:
-                if self.listener is not listener:
-                    with_shutdown(client)
-                    with_shutdown(server)
-                    return
-                self.sockets |= {client, server}
-            threading.Thread(target=self._relay, args=(client, server), daemon=True).start()
-
-    def _relay(self, a, b):
-        peers = {a: b, b: a}
-        try:
-            while True:
-                readable, _, _ = select.select([a, b], [], [], 1.0)
-                for sock in readable:
-                    data = sock.recv(65536)
-                    if not data:
-                        raise OSError("closed")
-                    peers[sock].sendall(data)
-        except (OSError, ValueError):
-            with_shutdown(a)
-            with_shutdown(b)
-
-
-def with_shutdown(sock):
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
-
-
 @pytest.fixture
 def proxied(mysql_url):
     """(proxy, URL of the test's database through it, URL straight to MariaDB)."""
-    proxy = CuttableProxy()
+    proxy = CuttableProxy((MYSQL_HOST, MYSQL_PORT))
     db = tfps.open_database(mysql_url)  # the schema, made before TFPS meets it
     db.close()
     yield proxy, mysql_url.replace(f":{MYSQL_PORT}/", f":{proxy.port}/"), mysql_url
     proxy.cut()
 
 
-def spool_server(tmp_path, url, **database):
+def spool_server(tmp_path, url, workers=1):
     http_port = free_port()
-    sections = {"policy": POLICY, "http": {"listen": f"127.0.0.1:{http_port}"},
-                "database": {"url": url, "spool": str(tmp_path / "spool.jsonl"), **database}}
+    sections = {"server": {"workers": workers}, "policy": POLICY, "http": {"listen": f"127.0.0.1:{http_port}"},
+                "database": {"url": url, "spool": str(tmp_path / "spool.jsonl")}}
     server = TfpsServer(tmp_path, url, sections)
     server.http_port = http_port
     return server
@@ -175,19 +111,21 @@ def test_an_outage_keeps_answering_and_writes_every_call_once_when_the_database_
     assert "Traceback" not in server.read_log()
 
 
-def test_a_restart_during_an_outage_loses_and_duplicates_no_call(tmp_path, proxied):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_restart_during_an_outage_loses_and_duplicates_no_call(tmp_path, proxied, workers):
     proxy, url, direct = proxied
-    first = spool_server(tmp_path, url).start()
+    first = spool_server(tmp_path, url, workers).start()
     before = calls(first.port, 10)
     wait_until(lambda: every_call_logged_once(direct, before), 10)
     outage(first, proxy)
-    during = calls(first.port, 50)
+    during = [call_id for _ in range(20) for call_id in calls(first.port, 3)]  # from 20 ports: every worker has some
     assert first.stop() == 0   # SIGTERM
     assert "Traceback" not in first.read_log() and "0 call log rows lost" in first.read_log()
-    spooled = (tmp_path / "spool.jsonl").read_text().splitlines()
+    spools = ["spool.jsonl"] if workers == 1 else [f"spool.jsonl.{n}" for n in range(workers)]
+    spooled = [line for name in spools for line in (tmp_path / name).read_text().splitlines()]
     assert len(spooled) == len(during)   # all of them: none was written before the outage was noticed
     proxy.restore()
-    second = spool_server(tmp_path, url)
+    second = spool_server(tmp_path, url, workers)
     second.start()
     try:
         # written at the start, before serving

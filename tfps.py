@@ -3923,7 +3923,7 @@ class CallLogSpool:
         self.damaged = 0   # lines skipped by replays: cut short by a crash, or not a row
 
     def size(self):
-        return sum(os.path.getsize(p) for p in (self.path, self.replaying) if os.path.exists(p))
+        return sum(os.path.getsize(p) for p in (self.path, self.replaying) if os.path.isfile(p))
 
     def append(self, rows):
         """Append `rows` and fsync; the number appended, fewer when the spool is full (OSError
@@ -3949,9 +3949,9 @@ class CallLogSpool:
         """Write every spooled row to `db`, then remove them; (rows written, lines skipped).
         Database errors propagate with the rows still spooled."""
         with self.lock:
-            if os.path.exists(self.path) and not os.path.exists(self.replaying):
+            if os.path.isfile(self.path) and not os.path.exists(self.replaying):
                 os.replace(self.path, self.replaying)
-        if not os.path.exists(self.replaying):
+        if not os.path.isfile(self.replaying):
             return 0, 0
         written = damaged = 0
         with open(self.replaying, "rb") as spooled:

@@ -218,3 +218,26 @@ def test_the_first_worker_takes_the_spools_of_workers_that_no_longer_run(tmp_pat
     assert orphans("2", 0) == [f"{base}.3", f"{base}.5", str(base)]
     assert orphans("2", 1) == []
     assert orphans("1", None) == [f"{base}.{n}" for n in (0, 1, 3, 5)]
+
+
+def test_a_spool_that_cannot_be_written_keeps_the_rows_in_memory_and_says_so_once(tmp_path, caplog):
+    cfg = tfps.Config.load(write_config(tmp_path / "t.conf", {}))
+    db = tfps.open_database(f"sqlite://{tmp_path / 'tfps.db'}")
+    try:
+        engine = tfps.Engine(cfg, db)
+        engine.spool = tfps.CallLogSpool(str(tmp_path / "missing" / "spool.jsonl"), 1 << 20)
+        engine.log_rows = spool_rows(3)
+        engine.spool_log_rows()
+        engine.spool_log_rows()
+        assert len(engine.log_rows) == 3
+        assert [r.message for r in caplog.records].count(
+            f"call log spool {tmp_path}/missing/spool.jsonl not writable: [Errno 2] No such file or directory: "
+            f"'{tmp_path}/missing/spool.jsonl'; rows wait in memory, up to max_unflushed_rows") == 1
+        (tmp_path / "missing").mkdir()
+        engine.spool_log_rows()
+        assert engine.log_rows == [] and engine.spool.spooled == 3
+        assert engine.spool.replay(db) == (3, 0) and db.scalar("SELECT COUNT(*) FROM call_log") == 3
+        directory = tfps.CallLogSpool(str(tmp_path / "missing"), 1 << 20)   # a directory is no spool: left alone
+        assert directory.replay(db) == (0, 0) and (tmp_path / "missing").is_dir()
+    finally:
+        db.close()

@@ -12,7 +12,8 @@ to 60 s for the call log to hold every answered call.
 
 Prints per version: calls answered / sent in each phase, the INVITE->final response time (p50,
 p99, ms) in each phase, call log rows expected (answered calls), found, lost and duplicated, and
-the seconds from the restore (or the new start) until every row was in.
+the seconds from the restore until the rows of every call answered before it were in (with
+--restart, that includes the new start).
 
     python3 bench/outage_bench.py
     python3 bench/outage_bench.py --baseline /tmp/base/tfps.py --restart --outage 10
@@ -25,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -108,6 +110,21 @@ def stop_server(proc):
         proc.wait()
 
 
+def call_ids(conn):
+    cur = conn.cursor()
+    cur.execute("SELECT call_id FROM call_log")
+    return [r[0] for r in cur.fetchall()]
+
+
+def wait_for_rows(conn, expected, deadline):
+    """When (monotonic) the call log held every Call-ID of `expected`; None if not by `deadline`."""
+    while time.monotonic() < deadline:
+        if expected <= set(call_ids(conn)):
+            return time.monotonic()
+        time.sleep(0.05)
+    return None
+
+
 def run(tfps_path, args):
     import pymysql
     name = f"tfps_outage_{secrets.token_hex(4)}"
@@ -136,21 +153,19 @@ def run(tfps_path, args):
         back = time.monotonic()
         if args.restart:
             proc = start_server(tfps_path, conf, log_path)
-        phases["after"] = caller.run(port, args.after)
-        expected = set(caller.answered)
+        answered_by_then = set(caller.answered)
+        after = threading.Thread(target=lambda: phases.__setitem__("after", caller.run(port, args.after)))
+        after.start()
         direct = pymysql.connect(host=MYSQL[0], port=MYSQL[1], user="root", password="", database=name, autocommit=True)
-        deadline, complete = time.monotonic() + 60, None
-        while time.monotonic() < deadline:
-            cur = direct.cursor()
-            cur.execute("SELECT call_id FROM call_log")
-            logged = [r[0] for r in cur.fetchall()]
-            if expected <= set(logged):
-                complete = time.monotonic() - back
-                break
-            time.sleep(0.1)
+        complete = wait_for_rows(direct, answered_by_then, time.monotonic() + 60)
+        after.join()
+        expected = set(caller.answered)
+        wait_for_rows(direct, expected, time.monotonic() + 60)
+        logged = call_ids(direct)
         direct.close()
         return {"phases": phases, "expected": len(expected), "found": len(logged),
-                "lost": len(expected - set(logged)), "duplicated": len(logged) - len(set(logged)), "complete": complete}
+                "lost": len(expected - set(logged)), "duplicated": len(logged) - len(set(logged)),
+                "complete": None if complete is None else complete - back}
     finally:
         if proc:
             stop_server(proc)

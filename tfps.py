@@ -3913,7 +3913,6 @@ def spool_path(cfg, worker=None):
     return path if worker is None else f"{path}.{worker}"
 
 
-
 class CallLogSpool:
     """Call log rows that the database could not take, one JSON list a line in a local file,
     made durable a batch at a time (fsync). `replay` writes them to the database and removes
@@ -3986,7 +3985,8 @@ class CallLogSpool:
             row = json.loads(line)
         except ValueError:
             return None
-        if not line.endswith(b"\n") or not isinstance(row, list) or len(row) != len(CALL_LOG_COLUMNS):
+        if not (line.endswith(b"\n") and isinstance(row, list) and len(row) == len(CALL_LOG_COLUMNS)
+                and all(value is None or isinstance(value, (str, int, float)) for value in row)):
             return None
         return tuple(row)
 

@@ -147,14 +147,15 @@ def test_a_torn_line_is_skipped_and_counted_and_the_rest_is_written_at_start(tmp
     rows = spool_rows(5)
     lines = [json.dumps(row) + "\n" for row in rows]
     torn = json.dumps(spool_rows(6)[5])[:40]   # cut short by a crash while it was being written
-    (tmp_path / "spool.jsonl").write_text("".join(lines[:3]) + "not a row\n" + "".join(lines[3:]) + torn)
+    nested = json.dumps([{"ts": 1}] + list(rows[0][1:])) + "\n"   # the length of a row, not its values
+    (tmp_path / "spool.jsonl").write_text("".join(lines[:3]) + "not a row\n" + nested + "".join(lines[3:]) + torn)
     server = spool_server(tmp_path, mysql_url).start()
     try:
         assert every_call_logged_once(mysql_url, [row[1] for row in rows])
         log_text = server.read_log()
-        assert "2 damaged line(s) skipped" in log_text and "5 row(s) written to the database" in log_text
+        assert "3 damaged line(s) skipped" in log_text and "5 row(s) written to the database" in log_text
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=5).read().decode()
-        assert "tfps_call_log_spool_damaged_lines_total 2" in metrics
+        assert "tfps_call_log_spool_damaged_lines_total 3" in metrics
     finally:
         server.stop()
     assert "Traceback" not in server.read_log()

@@ -339,9 +339,12 @@ if [ -e "$CONF" ]; then
     say "$CONF: mode $OLD_MODE -> 0640"
   fi
 else
-  # The documented example, with the database under the state directory.
-  sed '/^\[database\]/,/^\[/ s|^url *=.*$|url = '"$DB_URL"'|' "$SRC/tfps.conf" > "$CONF.new"
+  # The documented example, with the database and the call log spool under the state directory
+  # (the one place the unit may write, whichever database the url names later).
+  sed -e '/^\[database\]/,/^\[/ s|^url *=.*$|url = '"$DB_URL"'|' \
+      -e '/^\[database\]/,/^\[/ s|^spool *=.*$|spool = '"$STATE_DIR/tfps-spool.jsonl"'|' "$SRC/tfps.conf" > "$CONF.new"
   grep -qx "url = $DB_URL" "$CONF.new" || die "could not set [database] url in $CONF"
+  grep -qx "spool = $STATE_DIR/tfps-spool.jsonl" "$CONF.new" || die "could not set [database] spool in $CONF"
   chmod 0640 "$CONF.new"
   mv -f "$CONF.new" "$CONF"
   say "wrote $CONF"

@@ -218,8 +218,11 @@ CREATE TABLE IF NOT EXISTS call_log (
   latency_ms DOUBLE NOT NULL DEFAULT 0,
   undo_command VARCHAR(255) NOT NULL DEFAULT '',
   cost DOUBLE NULL,
+  -- random, made with the row: a row written twice (replayed from the spool after a crash) is kept once
+  row_key CHAR(32) NULL,
   INDEX idx_call_log_ts (ts),
-  INDEX idx_call_log_user (user, domain, ts)
+  INDEX idx_call_log_user (user, domain, ts),
+  UNIQUE INDEX uq_call_log_row_key (row_key)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Approved calls per account and calendar day (days since 1970-01-01 in [policy] timezone),

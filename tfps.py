@@ -625,7 +625,9 @@ CONFIG_SPEC = {
         "flush_interval": (_duration(0.01, 60), "0.25s", "how often the call log buffer is written (and, on SQLite, verdicts committed)"),
         "timeout": (_duration(0.05, 60), "0.5s", "longest the server waits to connect, read or write (MySQL); past it the database counts as down"),
         "failure": (_choice("continue", "reject"), "continue", "while the database is down: continue (verdicts from memory) or reject (500)"),
-        "max_unflushed_rows": (_integer(1000, 10_000_000), "200000", "call log rows held in memory while the database is down; past it the oldest are dropped"),
+        "max_unflushed_rows": (_integer(1000, 10_000_000), "200000", "call log rows held in memory while the database is down and the spool is full; past it the oldest are dropped"),
+        "spool": (_text, "", "file where call log rows wait while the database is down, written to it when it is back and at start; empty = tfps-spool.jsonl beside the SQLite database (or beside tfps.py); workers add .N"),
+        "spool_max_mb": (_integer(1, 1_000_000), "100", "size of the spool at most, in MB; past it rows wait in memory (max_unflushed_rows)"),
         "quota_lease": (_auto_or(_integer(0, 100_000)), "auto", "calls of an account's daily quota a server claims at a time and spends from memory, written behind every flush_interval; 0 = a database statement per verdict; auto = 0 with one worker, 32 with several"),
         "lease_ttl": (_duration(2, 3600), "30s", "unspent quota leases of a server that stopped renewing them (killed) go back to the others after this long"),
     },
@@ -1650,7 +1652,7 @@ def mysql_statement(text):
 RETIRED_INDEXES = (("call_log", "idx_call_log_account"),)  # schema version 1's; nothing reads by it since
 # schema version 2's does not follow accounts.daily_spend, version 3's accounts.calls_per_minute
 RETIRED_TRIGGERS = ("accounts_changed", "accounts_updated")
-INDEX_LINE = re.compile(r"^\s*INDEX (\w+) \(([^)]*)\),?[ \t]*$", re.M)  # an index inside CREATE TABLE
+INDEX_LINE = re.compile(r"^\s*((?:UNIQUE )?INDEX) (\w+) \(([^)]*)\),?[ \t]*$", re.M)  # an index inside CREATE TABLE
 
 
 class Database:
@@ -1965,9 +1967,9 @@ class Database:
     def _add_missing_indexes(self, table, statement):
         have = self._indexes(table)
         added = []
-        for name, columns in INDEX_LINE.findall(statement):
+        for kind, name, columns in INDEX_LINE.findall(statement):
             if name.lower() not in have:
-                self.execute(f"CREATE INDEX {name} ON {table} ({columns})")
+                self.execute(f"CREATE {kind} {name} ON {table} ({columns})")
                 added.append(f"{table}.{name}")
         return added
 
@@ -1998,7 +2000,7 @@ def sqlite_statements(statement):
     if re.search(r"^\s*PRIMARY KEY \(", statement, flags=re.M):
         statement += " WITHOUT ROWID"
     out = [statement]
-    out += [f"CREATE INDEX IF NOT EXISTS {name} ON {table.group(1)} ({cols})" for name, cols in indexes]
+    out += [f"CREATE {kind} IF NOT EXISTS {name} ON {table.group(1)} ({cols})" for kind, name, cols in indexes]
     return out
 
 
@@ -2606,14 +2608,15 @@ def update_last_seen(db, items):
                    [v for item in chunk for v in item] + [i for i, _ in chunk])
 
 
-CALL_LOG_INSERT = ("INSERT INTO call_log (ts, call_id, account_id, user, domain, from_uri, dialed, number, source_ip, "
-                   "user_agent, source_country, dest_country, off_hours, concurrent_calls, code, would_code, reason, "
-                   "sip_response, abuse_score, node, latency_ms, undo_command, cost) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+CALL_LOG_COLUMNS = ("ts", "call_id", "account_id", "user", "domain", "from_uri", "dialed", "number", "source_ip",
+                    "user_agent", "source_country", "dest_country", "off_hours", "concurrent_calls", "code", "would_code",
+                    "reason", "sip_response", "abuse_score", "node", "latency_ms", "undo_command", "cost", "row_key")
 
 
 def insert_call_log(db, rows):
-    """Call log rows, tuples in the column order of CALL_LOG_INSERT."""
-    db.executemany(CALL_LOG_INSERT, rows)
+    """Call log rows, tuples in the order of CALL_LOG_COLUMNS; a row whose row_key is in the
+    table already is skipped, so that rows written twice are kept once."""
+    db.executemany(db.upsert_text("call_log", CALL_LOG_COLUMNS, ("row_key",), "row_key = row_key"), rows)
 
 
 # approval links
@@ -3993,6 +3996,134 @@ def pause_after_conflict(tries):
     that nodes that conflicted once do not meet again at the same moment."""
     time.sleep(secrets.randbelow(1000 * (tries + 1)) / 1e6)
 
+
+def row_key():
+    """A call log row's unique key: the time first, so that the unique index grows at its end
+    (random keys made every insert touch a random page: 4x the insert time on SQLite at 300,000
+    rows), then 64 random bits, so that nodes and workers never make the same."""
+    return f"{time.time_ns():016x}{os.urandom(8).hex()}"
+
+
+def write_call_log(db, rows):
+    """Insert call log rows inside the open transaction; a row the database refuses is logged
+    and left out alone. Returns how many were left out; an unavailable database raises."""
+    try:
+        with db.savepoint("call_log"):
+            insert_call_log(db, rows)
+        return 0
+    except (ValueError, *db.errors) as exc:
+        if not isinstance(exc, ValueError) and db.unavailable(exc):
+            raise
+    refused = 0
+    for row in rows:  # one row is bad: find it, keep the others
+        try:
+            with db.savepoint("call_log"):
+                insert_call_log(db, [row])
+        except (ValueError, *db.errors) as exc:
+            if not isinstance(exc, ValueError) and db.unavailable(exc):
+                raise
+            refused += 1
+            log.error("call log row of call-id=%r (%s@%s, %s) refused by the database and dropped: %s",
+                      row[1], row[3], row[4], row[14], exc)
+    return refused
+
+
+def spool_path(cfg, worker=None):
+    """[database] spool, or tfps-spool.jsonl beside the SQLite file (the default database's
+    directory with MySQL); worker N of several spools to PATH.N."""
+    path = cfg.database.spool
+    if not path:
+        url = cfg.database.url if cfg.database.url.startswith("sqlite:") else default_database_url()
+        database = url[len("sqlite:"):].removeprefix("//")
+        path = os.path.join(os.path.dirname(os.path.abspath(database)), "tfps-spool.jsonl")
+    return path if worker is None else f"{path}.{worker}"
+
+
+class CallLogSpool:
+    """Call log rows that the database could not take, one JSON list a line in a local file,
+    made durable a batch at a time (fsync). `replay` writes them to the database and removes
+    them; rows carry their row_key, so a replay interrupted after the commit writes nothing
+    twice. The loop appends while the reconnecting thread replays: a replay first renames the
+    file aside, under the lock, so that rows appended meanwhile start a new file."""
+
+    def __init__(self, path, max_bytes):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.replaying = path + ".replay"
+        self.lock = threading.Lock()
+        self.spooled = 0   # rows appended since the start
+        self.damaged = 0   # lines skipped by replays: cut short by a crash, or not a row
+
+    def size(self):
+        return sum(os.path.getsize(p) for p in (self.path, self.replaying) if os.path.isfile(p))
+
+    def append(self, rows):
+        """Append `rows` and fsync; the number appended, fewer when the spool is full (OSError
+        when the file cannot be written)."""
+        lines = [json.dumps(row, separators=(",", ":")).encode() + b"\n" for row in rows]
+        with self.lock:
+            room = self.max_bytes - self.size()
+            taken = 0
+            while taken < len(lines) and room >= len(lines[taken]):
+                room -= len(lines[taken])
+                taken += 1
+            if taken:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, b"".join(lines[:taken]))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        self.spooled += taken
+        return taken
+
+    def replay(self, db, batch=1000):
+        """Write every spooled row to `db`, then remove them; (rows written, lines skipped).
+        Database errors propagate with the rows still spooled."""
+        with self.lock:
+            if os.path.isfile(self.path) and not os.path.exists(self.replaying):
+                os.replace(self.path, self.replaying)
+        if not os.path.isfile(self.replaying):
+            return 0, 0
+        written = damaged = 0
+        with open(self.replaying, "rb") as spooled:
+            rows = []
+            for line in spooled:
+                row = self._row(line)
+                if row is None:
+                    damaged += 1
+                    continue
+                rows.append(row)
+                if len(rows) == batch:
+                    written += self._write(db, rows)
+                    rows = []
+            written += self._write(db, rows)
+        os.unlink(self.replaying)
+        self.damaged += damaged
+        if damaged:
+            log.error("call log spool %s: %d damaged line(s) skipped (cut short by a crash, or not a call log row)",
+                      self.replaying, damaged)
+        return written, damaged
+
+    @staticmethod
+    def _row(line):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return None
+        if not (line.endswith(b"\n") and isinstance(row, list) and len(row) == len(CALL_LOG_COLUMNS)
+                and all(value is None or isinstance(value, (str, int, float)) for value in row)):
+            return None
+        return tuple(row)
+
+    @staticmethod
+    def _write(db, rows):
+        if not rows:
+            return 0
+        with db.transaction():
+            return len(rows) - write_call_log(db, rows)
+
+
 MAX_CACHED = 200000  # accounts (and first-seen countries) kept in memory; past it the cache starts over
 
 class Engine:
@@ -4008,6 +4139,8 @@ class Engine:
         self.local_counters = None  # counters while the database is unavailable: decide_from_memory
         self.node = cfg.server.node_name
         self.log_rows = []
+        self.spool = None      # CallLogSpool of a server: where log_rows go while the database is unavailable
+        self.spool_refusing = None  # why the spool took the last rows only in part, logged once
         self.dropped_rows = 0  # call log rows lost: refused by the database, or past max_unflushed_rows
         self.last_seen = {}
         self.offhours = {}     # account id -> times of approved off-hours calls in the last 10 minutes
@@ -4373,7 +4506,7 @@ class Engine:
             storable(a.user_agent, 255), verdict.source_country, verdict.dest_country, int(verdict.off_hours),
             a.concurrent_calls, verdict.code, would.code if would else "", storable(verdict.reason, 512), sip_response[:64],
             a.reputation.score if a.reputation else None, self.node[:64], round(latency_ms, 3),
-            storable(would.undo if would else verdict.undo, 255), verdict.cost))
+            storable(would.undo if would else verdict.undo, 255), verdict.cost, row_key()))
         if len(self.log_rows) > self.cfg.database.max_unflushed_rows:
             self._bound_log_rows()
         if acc and acc.id is not None:
@@ -4457,7 +4590,7 @@ class Engine:
         events = len(self.alerts.events)
         try:
             self.db.begin()
-            self._insert_call_log(rows)
+            self.dropped_rows += write_call_log(self.db, rows)
             update_last_seen(self.db, sorted(seen.items()))
             for first in unseen or ():
                 self._mark_first_seen(*first)
@@ -4475,24 +4608,20 @@ class Engine:
                 self.last_seen.setdefault(account_id, ts)
             raise
 
-    def _insert_call_log(self, rows):
-        try:
-            with self.db.savepoint("call_log"):
-                insert_call_log(self.db, rows)
+    def spool_log_rows(self):
+        """The database is unavailable: move the rows held in memory to the spool; what it cannot
+        take waits in memory (within max_unflushed_rows)."""
+        if not (self.spool and self.log_rows):
             return
-        except (ValueError, *self.db.errors) as exc:
-            if not isinstance(exc, ValueError) and self.db.unavailable(exc):
-                raise
-        for row in rows:  # one row is bad: find it, keep the others
-            try:
-                with self.db.savepoint("call_log"):
-                    insert_call_log(self.db, [row])
-            except (ValueError, *self.db.errors) as exc:
-                if not isinstance(exc, ValueError) and self.db.unavailable(exc):
-                    raise
-                self.dropped_rows += 1
-                log.error("call log row of call-id=%r (%s@%s, %s) refused by the database and dropped: %s",
-                          row[1], row[3], row[4], row[14], exc)
+        try:
+            taken = self.spool.append(self.log_rows)
+            refusing = None if taken == len(self.log_rows) else f"full ({self.cfg.database.spool_max_mb} MB, spool_max_mb)"
+        except OSError as exc:
+            taken, refusing = 0, f"not writable: {exc}"
+        del self.log_rows[:taken]
+        if refusing and refusing != self.spool_refusing:
+            log.error("call log spool %s %s; rows wait in memory, up to max_unflushed_rows", self.spool.path, refusing)
+        self.spool_refusing = refusing
 
     def _bound_log_rows(self):
         """While the database is unavailable rows wait in memory, up to max_unflushed_rows."""
@@ -5539,6 +5668,23 @@ def server_workers(cfg):
     return cfg.server.workers or os.cpu_count() or 1
 
 
+def orphan_spools(cfg, worker):
+    """Spool files of workers that this configuration no longer runs, for the one process or
+    the first worker to write at start: after `[server] workers` was changed."""
+    if worker not in (None, 0):
+        return []
+    base = spool_path(cfg)
+    directory, name = os.path.split(base)
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return []
+    workers = 0 if worker is None else server_workers(cfg)
+    numbered = (re.fullmatch(re.escape(name) + r"\.(\d+)(?:\.replay)?", entry) for entry in names)
+    orphans = sorted({f"{base}.{m.group(1)}" for m in numbered if m and int(m.group(1)) >= workers})
+    return orphans + ([base] if worker == 0 and (os.path.exists(base) or os.path.exists(base + ".replay")) else [])
+
+
 def lease_block(cfg):
     """Quota calls claimed at a time; workers sharing a database always lease (on SQLite, a
     verdict's group transaction would hold the file locked from the other workers)."""
@@ -5642,13 +5788,16 @@ class Supervisor:
 
 
 class Server:
-    def __init__(self, cfg, db, config_path=None):
+    def __init__(self, cfg, db, config_path=None, worker=None):
+        """`worker`: the number of this process among several workers (its own spool file)."""
         self.cfg = cfg.freeze()
         self.config_path = config_path
         self.db = db
         block = lease_block(cfg)
         leases = LeasedCounters(db, f"{cfg.server.node_name}/{os.getpid()}", block, cfg.database.lease_ttl) if block else None
         self.engine = Engine(cfg, db, counters=leases)
+        self.engine.spool = CallLogSpool(spool_path(cfg, worker), cfg.database.spool_max_mb << 20)
+        self.orphan_spools = [CallLogSpool(path, 0) for path in orphan_spools(cfg, worker)]
         self.metrics = Metrics()
         self.sip = SipService(cfg.server, self.metrics)
         self.selector = selectors.DefaultSelector()
@@ -5758,6 +5907,11 @@ class Server:
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self):
+        try:
+            self._replay_spools(self.db)
+        except Exception as exc:
+            if not self._database_unavailable(exc):
+                log.error("call log spool not written to the database: %s", exc)
         self.bind()
         self.every(self.cfg.database.flush_interval, self._flush)
         self.every(self.cfg.database.reload_interval, self._check_for_changes)
@@ -5824,6 +5978,22 @@ class Server:
     def _flush(self):
         if self.database_down is None:
             self.engine.flush()
+        else:
+            self.engine.spool_log_rows()
+
+    def _replay_spools(self, db):
+        """Write the spooled call log rows (this server's spool, and those of workers no longer
+        run) to `db`; database errors propagate, the rows stay spooled. A spool that cannot be
+        read is logged and left for later."""
+        for spool in (self.engine.spool, *self.orphan_spools):
+            try:
+                written, damaged = spool.replay(db)
+            except OSError as exc:
+                log.error("call log spool %s cannot be read: %s", spool.path, exc)
+                continue
+            if written or damaged:
+                log.warning("call log spool %s: %d row(s) written to the database%s", spool.path, written,
+                            f", {damaged} damaged line(s) skipped" if damaged else "")
 
     def _run_daily_jobs(self):
         """Training, purge, summaries and the end of learning on a thread and a connection of
@@ -5877,8 +6047,9 @@ class Server:
         try:
             self.engine.flush(release=True)
         except Exception as exc:
-            log.error("stopping with %d call log row(s) unwritten: the database could not be written: %s",
-                      len(self.engine.log_rows), exc)
+            self.engine.spool_log_rows()
+            log.error("stopping with the database unavailable (%s): call log rows spooled to %s (%d in all), "
+                      "%d unwritten", exc, self.engine.spool.path, self.engine.spool.spooled, len(self.engine.log_rows))
         finally:
             self.db.close()
             for sock in self.listeners:
@@ -5897,9 +6068,10 @@ class Server:
         self.metrics.inc("database_errors")
         if self.database_down is None:
             self.database_down = time.monotonic()
-            log.error("database %s unavailable (%s); until it is back, %s; reconnecting in the background",
-                      redact_url(self.db.url), exc, "verdicts are decided from memory" if self.cfg.database.failure == "continue"
-                      else "INVITEs are answered 500")
+            log.error("database %s unavailable (%s); until it is back, %s, call log rows go to the spool %s; "
+                      "reconnecting in the background", redact_url(self.db.url), exc,
+                      "verdicts are decided from memory" if self.cfg.database.failure == "continue"
+                      else "INVITEs are answered 500", self.engine.spool.path)
             threading.Thread(target=self._reconnect, name="reconnect", daemon=True).start()
         return True
 
@@ -5912,6 +6084,7 @@ class Server:
                 db = Database(self.db.url, timeout=self.cfg.database.timeout)
                 try:
                     db.probe()
+                    self._replay_spools(db)  # here, off the loop: a long outage leaves many rows
                 except BaseException:
                     db.close()
                     raise
@@ -5939,6 +6112,7 @@ class Server:
         try:
             self.engine.charge_outage_counts()
             self.engine.flush()
+            self._replay_spools(db)  # what was spooled since the reconnecting thread wrote the spool
         except Exception as exc:
             if not self._database_unavailable(exc):
                 log.error("flush failed: %s", exc)
@@ -7280,6 +7454,8 @@ METRIC_HELP = {
     "database_reconnects": ("counter", "reconnections after the database was unavailable"),
     "call_log_unflushed_rows": ("gauge", "call log rows held in memory, not yet written"),
     "call_log_dropped_rows": ("counter", "call log rows lost: refused by the database or past max_unflushed_rows"),
+    "call_log_spooled_rows": ("counter", "call log rows written to the spool file while the database was unavailable"),
+    "call_log_spool_damaged_lines": ("counter", "spool lines skipped when replayed: cut short by a crash, or not a row"),
     "list_entries": ("gauge", "entries of the loaded lists"),
     "accounts": ("gauge", "accounts by state (learning, enforcing, blocked)"),
     "http_requests": ("counter", "HTTP requests answered, by route and status"),
@@ -7352,6 +7528,8 @@ def render_metrics(api):
         "database_reconnects": [({}, server.metrics.counter("database_reconnects"))],
         "call_log_unflushed_rows": [({}, len(engine.log_rows))],
         "call_log_dropped_rows": [({}, engine.dropped_rows)],
+        "call_log_spooled_rows": [({}, engine.spool.spooled)],
+        "call_log_spool_damaged_lines": [({}, engine.spool.damaged)],
         "list_entries": [({"list": name}, n) for name, n in list_sizes(engine.lists).items()],
         "http_requests": grouped.get("http_requests", []),
     }
@@ -7870,12 +8048,12 @@ def cmd_serve(args, cfg):
     # one HTTP interface, in worker 0: its port is not shared
     if cfg.http.listen:
         probe_http_listen(cfg.http.listen)
-    return Supervisor(cfg, lambda number: serve_worker(cfg, config_path, http=number == 0)).run()
+    return Supervisor(cfg, lambda number: serve_worker(cfg, config_path, http=number == 0, worker=number)).run()
 
 
-def serve_worker(cfg, config_path, http):
+def serve_worker(cfg, config_path, http, worker=None):
     db = Database(cfg.database.url, timeout=cfg.database.timeout)
-    server = Server(cfg, db, config_path)
+    server = Server(cfg, db, config_path, worker)
     api = HttpInterface(server) if http and cfg.http.listen else None
     if api:
         api.start()

@@ -1,11 +1,14 @@
 """Helpers shared by the benchmarks that run one tfps.py or two side by side (sip_bench.py,
-request_path_bench.py): the benchmark configuration, the call mix, loading a tfps.py by path,
-and the order in which two versions take turns."""
+request_path_bench.py, outage_bench.py): the benchmark configuration, the call mix, loading a
+tfps.py by path, the order in which two versions take turns, and a database connection that
+can be cut."""
 
 import importlib.util
+import select
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,3 +123,75 @@ def turns(versions, round_index, step_index=0):
     one step to the next and from one round to the next, so that neither version always runs
     first (right after a pause) or second (right after the other one's load)."""
     return list(versions) if (round_index + step_index) % 2 == 0 else list(reversed(versions))
+
+
+class CuttableProxy:
+    """TCP on a loopback port relayed to `target` (MariaDB's host and port), on threads; cut()
+    closes the port and every relayed connection (connections are then refused, as by a stopped
+    server), restore() opens the same port again. The tests and the outage benchmark take the
+    database away with it, while the machine's MariaDB stays up for everyone else."""
+
+    def __init__(self, target):
+        self.target = target
+        self.port = free_port(socket.SOCK_STREAM)
+        self.lock = threading.Lock()
+        self.listener = None
+        self.sockets = set()
+        self.restore()
+
+    def restore(self):
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self):
+        with self.lock:
+            listener, self.listener = self.listener, None
+            doomed, self.sockets = self.sockets, set()
+        listener.close()
+        for sock in doomed:
+            with_shutdown(sock)
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                with_shutdown(client)
+                continue
+            with self.lock:
+                if self.listener is not listener:
+                    with_shutdown(client)
+                    with_shutdown(server)
+                    return
+                self.sockets |= {client, server}
+            threading.Thread(target=self._relay, args=(client, server), daemon=True).start()
+
+    def _relay(self, a, b):
+        peers = {a: b, b: a}
+        try:
+            while True:
+                readable, _, _ = select.select([a, b], [], [], 1.0)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise OSError("closed")
+                    peers[sock].sendall(data)
+        except (OSError, ValueError):
+            with_shutdown(a)
+            with_shutdown(b)
+
+
+def with_shutdown(sock):
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

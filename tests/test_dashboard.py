@@ -236,7 +236,7 @@ def test_the_dashboard_is_for_allow_from_or_the_token(served):  # noqa: F811
 def logged_call(ts, code, node, user="2002", country="GB", undo=""):
     """A call log row as Engine.record writes it."""
     return (ts, f"{ts}@test", None, user, "pbx.example.com", "", "4420", "442079460000", "192.0.2.7", "TestPBX", "US",
-            country, 0, 1, code, "", "reason", "302", None, node, 0.3, undo, None)
+            country, 0, 1, code, "", "reason", "302", None, node, 0.3, undo, None, tfps.row_key())
 
 
 def test_the_dashboard_sums_earlier_hours_of_every_node(served, db_url):  # noqa: F811

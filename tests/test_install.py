@@ -157,7 +157,8 @@ def test_installed_config_is_the_example_with_the_state_database(installed):
     conf = installed["conf"].read_text().splitlines()
     diff = [(a, b) for a, b in zip(example, conf) if a != b]
     assert len(example) == len(conf)
-    assert diff == [("url =", f"url = sqlite://{installed['state']}/tfps.db")]
+    assert diff == [("url =", f"url = sqlite://{installed['state']}/tfps.db"),
+                    ("spool =", f"spool = {installed['state']}/tfps-spool.jsonl")]
     check = run_pyz(installed["bin"], "config", "check", "-c", str(installed["conf"]))
     assert check.returncode == 0, check.stderr
     assert f"url = sqlite://{installed['state']}/tfps.db" in check.stdout

@@ -1,0 +1,244 @@
+"""The call log spool: while MariaDB is unreachable (a TCP proxy on loopback that the test cuts
+and restores, so the shared MariaDB stays up), verdicts go on, the call log rows go to a local
+file and reach the database once, when it is back or at the next start; a torn line is skipped."""
+
+import json
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import MYSQL_HOST, MYSQL_PORT, REPO, TfpsServer, free_port, sip_invite, tfps, udp_socket, wait_until, write_config
+
+sys.path.insert(0, str(REPO / "bench"))
+from benchlib import CuttableProxy  # noqa: E402  (shared with bench/outage_bench.py)
+
+POLICY = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00", "default_daily_quota": "unlimited",
+          "ab_max_calls": "1000"}
+
+
+@pytest.fixture
+def proxied(mysql_url):
+    """(proxy, URL of the test's database through it, URL straight to MariaDB)."""
+    proxy = CuttableProxy((MYSQL_HOST, MYSQL_PORT))
+    db = tfps.open_database(mysql_url)  # the schema, made before TFPS meets it
+    db.close()
+    yield proxy, mysql_url.replace(f":{MYSQL_PORT}/", f":{proxy.port}/"), mysql_url
+    proxy.cut()
+
+
+def spool_server(tmp_path, url, workers=1):
+    http_port = free_port()
+    sections = {"server": {"workers": workers}, "policy": POLICY, "http": {"listen": f"127.0.0.1:{http_port}"},
+                "database": {"url": url, "spool": str(tmp_path / "spool.jsonl")}}
+    server = TfpsServer(tmp_path, url, sections)
+    server.http_port = http_port
+    return server
+
+
+def call(sock, port):
+    """One INVITE with a Call-ID of its own, answered with a final response; its Call-ID."""
+    call_id = f"{secrets.token_hex(8)}@spool"
+    sock.sendto(sip_invite("12125550100", port, call_id=call_id, local_port=sock.getsockname()[1]), ("127.0.0.1", port))
+    while True:
+        msg = tfps.parse_message(sock.recvfrom(65536)[0])
+        if msg.header("call-id") == call_id and msg.status >= 200:
+            assert msg.status == 302, f"answered {msg.status}"
+            return call_id
+
+
+def calls(port, count):
+    sock = udp_socket(timeout=5.0)
+    try:
+        return [call(sock, port) for _ in range(count)]
+    finally:
+        sock.close()
+
+
+def readyz(server):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/readyz", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def logged_call_ids(url):
+    db = tfps.Database(url)
+    try:
+        return [r[0] for r in db.query("SELECT call_id FROM call_log")]
+    finally:
+        db.close()
+
+
+def every_call_logged_once(url, call_ids):
+    logged = logged_call_ids(url)
+    assert len(logged) == len(set(logged)), f"{len(logged) - len(set(logged))} call log row(s) written twice"
+    return set(logged) == set(call_ids)
+
+
+def outage(server, proxy):
+    """Cut the database and wait until the server has noticed (a flush failed)."""
+    proxy.cut()
+    wait_until(lambda: "unavailable" in server.read_log(), 10, message=server.read_log)
+
+
+def test_an_outage_keeps_answering_and_writes_every_call_once_when_the_database_is_back(tmp_path, proxied):
+    proxy, url, direct = proxied
+    server = spool_server(tmp_path, url).start()
+    try:
+        assert readyz(server)[0] == 200
+        before = calls(server.port, 20)
+        wait_until(lambda: every_call_logged_once(direct, before), 10)
+        outage(server, proxy)
+        during = calls(server.port, 60)
+        status, body = readyz(server)
+        assert status == 503 and "database unavailable" in body
+        wait_until(lambda: os.path.exists(tmp_path / "spool.jsonl"), 5)
+        proxy.restore()
+        after = calls(server.port, 20)
+        wait_until(lambda: every_call_logged_once(direct, before + during + after), 30,
+                   message=lambda: f"every call logged once; log:\n{server.read_log()}")
+        wait_until(lambda: readyz(server)[0] == 200, 10)
+        log_text = server.read_log()
+        assert "call log rows go to the spool" in log_text and "row(s) written to the database" in log_text
+        assert not (tmp_path / "spool.jsonl").exists() and not (tmp_path / "spool.jsonl.replay").exists()
+    finally:
+        server.stop()
+    assert "Traceback" not in server.read_log()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_restart_during_an_outage_loses_and_duplicates_no_call(tmp_path, proxied, workers):
+    proxy, url, direct = proxied
+    first = spool_server(tmp_path, url, workers).start()
+    before = calls(first.port, 10)
+    wait_until(lambda: every_call_logged_once(direct, before), 10)
+    outage(first, proxy)
+    during = [call_id for _ in range(20) for call_id in calls(first.port, 3)]  # from 20 ports: every worker has some
+    assert first.stop() == 0   # SIGTERM
+    assert "Traceback" not in first.read_log() and "0 call log rows lost" in first.read_log()
+    spools = ["spool.jsonl"] if workers == 1 else [f"spool.jsonl.{n}" for n in range(workers)]
+    spooled = [line for name in spools for line in (tmp_path / name).read_text().splitlines()]
+    assert len(spooled) == len(during)   # all of them: none was written before the outage was noticed
+    proxy.restore()
+    second = spool_server(tmp_path, url, workers)
+    second.start()
+    try:
+        # written at the start, before serving
+        assert every_call_logged_once(direct, before + during)
+        after = calls(second.port, 10)
+        wait_until(lambda: every_call_logged_once(direct, before + during + after), 10)
+    finally:
+        second.stop()
+    assert "Traceback" not in second.read_log()
+
+
+def spool_rows(count):
+    return [(1700000000.0 + i, f"call-{i}@spool", None, "1001", "pbx.example.com", "", "4420", "442079460000",
+             "192.0.2.7", "TestPBX", "US", "GB", 0, 1, "A00", "", "", "302", None, "node-a", 0.3, "", None,
+             tfps.row_key()) for i in range(count)]
+
+
+def test_a_torn_line_is_skipped_and_counted_and_the_rest_is_written_at_start(tmp_path, mysql_url):
+    rows = spool_rows(5)
+    lines = [json.dumps(row) + "\n" for row in rows]
+    torn = json.dumps(spool_rows(6)[5])[:40]   # cut short by a crash while it was being written
+    nested = json.dumps([{"ts": 1}] + list(rows[0][1:])) + "\n"   # the length of a row, not its values
+    (tmp_path / "spool.jsonl").write_text("".join(lines[:3]) + "not a row\n" + nested + "".join(lines[3:]) + torn)
+    server = spool_server(tmp_path, mysql_url).start()
+    try:
+        assert every_call_logged_once(mysql_url, [row[1] for row in rows])
+        log_text = server.read_log()
+        assert "3 damaged line(s) skipped" in log_text and "5 row(s) written to the database" in log_text
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=5).read().decode()
+        assert "tfps_call_log_spool_damaged_lines_total 3" in metrics
+    finally:
+        server.stop()
+    assert "Traceback" not in server.read_log()
+    assert not (tmp_path / "spool.jsonl").exists()
+
+
+def test_a_replay_cut_short_after_its_commit_writes_no_row_twice(tmp_path, db_url):
+    """The rows reached the database, then the process died before the spool was removed: the
+    next replay finds them all in place."""
+    spool = tfps.CallLogSpool(str(tmp_path / "spool.jsonl"), 1 << 20)
+    rows = spool_rows(1200)
+    assert spool.append(rows) == 1200
+    kept = (tmp_path / "spool.jsonl").read_bytes()
+    db = tfps.open_database(db_url)
+    try:
+        assert spool.replay(db, batch=500) == (1200, 0)
+        (tmp_path / "spool.jsonl.replay").write_bytes(kept)   # as if the unlink had not happened
+        spool.append(rows[:1])   # and a row spooled since, again
+        assert spool.replay(db) == (1200, 0) and spool.replay(db) == (1, 0)
+        assert db.scalar("SELECT COUNT(*) FROM call_log") == 1200
+        assert db.scalar("SELECT COUNT(DISTINCT row_key) FROM call_log") == 1200
+    finally:
+        db.close()
+
+
+def test_a_full_spool_takes_what_fits_and_the_rest_waits_in_memory(tmp_path):
+    rows = spool_rows(10)
+    line = len(json.dumps(rows[0], separators=(",", ":"))) + 1
+    spool = tfps.CallLogSpool(str(tmp_path / "spool.jsonl"), 4 * line + line // 2)
+    assert spool.append(rows) == 4 and spool.append(rows) == 0
+    assert len((tmp_path / "spool.jsonl").read_text().splitlines()) == 4
+
+
+def test_schema_version_4_adds_row_key_in_place(db_url):
+    db = tfps.open_database(db_url)
+    try:
+        db.execute("DROP INDEX uq_call_log_row_key" + (" ON call_log" if db.dialect == "mysql" else ""))
+        db.execute("ALTER TABLE call_log DROP COLUMN row_key")
+        db.execute("UPDATE meta SET value = 3 WHERE name = 'schema_version'")
+        db.execute("INSERT INTO call_log (ts, code) VALUES (1, 'A00')")
+        old, new, changes = db.initdb()
+        assert (old, new) == (3, 4)
+        assert "added call_log.row_key" in changes and "added call_log.uq_call_log_row_key" in changes
+        rows = spool_rows(2)
+        tfps.insert_call_log(db, rows + rows)
+        assert db.scalar("SELECT COUNT(*) FROM call_log") == 3
+    finally:
+        db.close()
+
+
+def test_the_first_worker_takes_the_spools_of_workers_that_no_longer_run(tmp_path):
+    base = tmp_path / "s.jsonl"
+    for suffix in ("", ".0", ".1", ".3", ".5.replay", ".x", ".1.bak"):
+        (tmp_path / f"s.jsonl{suffix}").write_text("")
+
+    def orphans(workers, worker):
+        cfg = tfps.Config.load(write_config(tmp_path / "t.conf", {"server": {"workers": workers},
+                                                                   "database": {"spool": str(base)}}))
+        return tfps.orphan_spools(cfg, worker)
+
+    assert orphans("2", 0) == [f"{base}.3", f"{base}.5", str(base)]
+    assert orphans("2", 1) == []
+    assert orphans("1", None) == [f"{base}.{n}" for n in (0, 1, 3, 5)]
+
+
+def test_a_spool_that_cannot_be_written_keeps_the_rows_in_memory_and_says_so_once(tmp_path, caplog):
+    cfg = tfps.Config.load(write_config(tmp_path / "t.conf", {}))
+    db = tfps.open_database(f"sqlite://{tmp_path / 'tfps.db'}")
+    try:
+        engine = tfps.Engine(cfg, db)
+        engine.spool = tfps.CallLogSpool(str(tmp_path / "missing" / "spool.jsonl"), 1 << 20)
+        engine.log_rows = spool_rows(3)
+        engine.spool_log_rows()
+        engine.spool_log_rows()
+        assert len(engine.log_rows) == 3
+        assert [r.message for r in caplog.records].count(
+            f"call log spool {tmp_path}/missing/spool.jsonl not writable: [Errno 2] No such file or directory: "
+            f"'{tmp_path}/missing/spool.jsonl'; rows wait in memory, up to max_unflushed_rows") == 1
+        (tmp_path / "missing").mkdir()
+        engine.spool_log_rows()
+        assert engine.log_rows == [] and engine.spool.spooled == 3
+        assert engine.spool.replay(db) == (3, 0) and db.scalar("SELECT COUNT(*) FROM call_log") == 3
+        directory = tfps.CallLogSpool(str(tmp_path / "missing"), 1 << 20)   # a directory is no spool: left alone
+        assert directory.replay(db) == (0, 0) and (tmp_path / "missing").is_dir()
+    finally:
+        db.close()

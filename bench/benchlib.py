@@ -4,6 +4,7 @@ tfps.py by path, the order in which two versions take turns, and a database conn
 can be cut."""
 
 import importlib.util
+import random
 import select
 import socket
 import subprocess
@@ -30,6 +31,28 @@ def free_port(kind=socket.SOCK_DGRAM):
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_outside_ephemeral_range():
+    """A free TCP port on loopback below the kernel's ephemeral range: a port that is closed for
+    a while (a cut proxy) and then bound again must not be taken meanwhile as the source port of
+    an outgoing connection, nor by a client's connect to it (a TCP self-connect)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            lowest = int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        lowest = 32768
+    candidates = list(range(10000, max(10001, lowest)))
+    random.shuffle(candidates)
+    for port in candidates:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free TCP port below the ephemeral range")
 
 
 def percentile(sorted_values, q):
@@ -133,7 +156,7 @@ class CuttableProxy:
 
     def __init__(self, target):
         self.target = target
-        self.port = free_port(socket.SOCK_STREAM)
+        self.port = port_outside_ephemeral_range()
         self.lock = threading.Lock()
         self.listener = None
         self.sockets = set()

@@ -171,11 +171,12 @@ class CuttableProxy:
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def cut(self):
+        """Close the port (a no-op when it is closed): shut down, not only closed, since a
+        listening socket closed while a thread waits in accept() on it keeps listening."""
         with self.lock:
             listener, self.listener = self.listener, None
             doomed, self.sockets = self.sockets, set()
-        listener.close()
-        for sock in doomed:
+        for sock in ([listener] if listener else []) + list(doomed):
             with_shutdown(sock)
 
     def _accept(self, listener):

@@ -10,8 +10,8 @@ warm-up), --calls calls spread at random between write-behinds, as a worker answ
 calls/flush_interval verdicts a second would, and prints per write-behind and per claim the
 time and the statements the server received (SHOW SESSION STATUS 'Questions').
 
-    python3 bench/lease_flush_bench.py                                  # this tfps.py and /work/main's
-    python3 bench/lease_flush_bench.py --baseline OTHER/tfps.py --accounts 1000 --calls 100
+    python3 bench/lease_flush_bench.py --baseline OLD/tfps.py
+    python3 bench/lease_flush_bench.py --baseline OLD/tfps.py --accounts 10000 --calls 250
 """
 
 import argparse
@@ -87,7 +87,7 @@ def run_child(path, mysql_base, accounts, calls, flushes, block, seed):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--baseline", default="/work/main/tfps.py", help="the tfps.py to compare with")
+    ap.add_argument("--baseline", required=True, help="the tfps.py to compare with")
     ap.add_argument("--candidate", default=str(benchlib.TFPS), help="default: this checkout's tfps.py")
     ap.add_argument("--mysql", default="mysql://root:@127.0.0.1:3306")
     ap.add_argument("--accounts", type=int, default=1000)

@@ -238,3 +238,27 @@ def test_a_verdict_evaluated_again_after_a_claim_conflict_counts_its_attempt_onc
         release.join()
         holder.close()
         engine.db.close()
+
+
+def test_a_write_behind_takes_calls_out_of_its_own_leases_only_in_one_statement_per_500(db_url):
+    """Calls spent or given back leave exactly the leases they came from: not another bucket or
+    day of the same account, nor another node's lease of the same key; 600 leases given back at
+    once (two statements) all go."""
+    db = tfps.open_database(db_url)
+    try:
+        day, before = "2026-05-04", "2026-05-03"
+        leases = {("a", 1, day, "biz"): 10, ("a", 1, day, "off"): 10, ("a", 1, before, "biz"): 4,
+                  ("a", 2, day, "biz"): 5, ("b", 1, day, "biz"): 7}
+        leases.update({("a", account_id, day, "biz"): 1 for account_id in range(100, 700)})
+        for (node, account_id, lease_day, bucket), calls in leases.items():
+            db.insert("quota_leases", {"account_id": account_id, "day": lease_day, "bucket": bucket, "node": node,
+                                       "calls": calls, "expires": 1.0})
+        returned = {(2, day, "biz"): 5, **{(account_id, day, "biz"): 1 for account_id in range(100, 700)}}
+        held, given = tfps.settle_quota_leases(db, "a", {(1, day, "biz"): 3}, {}, returned, {}, 2.0)
+        assert held == {(1, day, "biz"), (1, day, "off"), (1, before, "biz")} and given == {}
+        rows = db.query("SELECT node, account_id, day, bucket, calls, expires FROM quota_leases")
+        assert sorted(tuple(row) for row in rows) == [("a", 1, before, "biz", 4, 2.0), ("a", 1, day, "biz", 7, 2.0),
+                                                       ("a", 1, day, "off", 10, 2.0), ("b", 1, day, "biz", 7, 1.0)]
+        assert approved_in_database(db_url, 1) == 3
+    finally:
+        db.close()

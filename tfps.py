@@ -665,7 +665,7 @@ CONFIG_SPEC = {
         "learning_daily_quota_off": (_limit, "5", "approved off-hours calls a day of an account in learning mode, enforced (R09)"),
         "train_at": (_clock, "03:30", "daily training time in timezone"),
         "train_window_days": (_integer(1, MAX_DAYS), "90", "history used for training"),
-        "train_sigma": (_number(0, 100), "2", "learned quota = ceil(mean + train_sigma x stddev)"),
+        "train_sigma": (_number(0, 100), "2", "learned quota = ceil(mean + train_sigma x stddev); in business hours at least 1.5 x the busiest day"),
         "train_min_days": (_integer(1, MAX_DAYS), "7", "accounts with fewer days of history keep their limits"),
         "train_min_daily_quota": (_integer(), "10", "lower bound of a learned business-hours quota"),
         "train_max_daily_quota": (_integer(), "1000", "upper bound of a learned business-hours quota"),

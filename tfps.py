@@ -665,7 +665,7 @@ CONFIG_SPEC = {
         "learning_daily_quota_off": (_limit, "5", "approved off-hours calls a day of an account in learning mode, enforced (R09)"),
         "train_at": (_clock, "03:30", "daily training time in timezone"),
         "train_window_days": (_integer(1, MAX_DAYS), "90", "history used for training"),
-        "train_sigma": (_number(0, 100), "2", "learned quota = ceil(mean + train_sigma x stddev)"),
+        "train_sigma": (_number(0, 100), "2", "learned quota = ceil(mean + train_sigma x stddev); in business hours at least 1.5 x the busiest day"),
         "train_min_days": (_integer(1, MAX_DAYS), "7", "accounts with fewer days of history keep their limits"),
         "train_min_daily_quota": (_integer(), "10", "lower bound of a learned business-hours quota"),
         "train_max_daily_quota": (_integer(), "1000", "upper bound of a learned business-hours quota"),
@@ -2405,14 +2405,16 @@ def sum_up_day(db, day, start, end, now):
 def summed_history(db, since, until, business_days, account_ids=None):
     """Per account, from the daily sums of days [since, until): (account id, first day,
     business-hours calls on `business_days` and their squares, off-hours calls and squares,
-    all calls and squares, highest concurrency in and off business hours, most calls within 60 s)."""
+    all calls and squares, highest concurrency in and off business hours, most calls within 60 s,
+    the most business-hours calls of a day of `business_days`)."""
     only, ids = only_accounts(account_ids)
     in_business = ", ".join(map(str, business_days)) or "NULL"
     return db.query(
         f"SELECT account_id, MIN(day), SUM(CASE WHEN day IN ({in_business}) THEN calls_biz ELSE 0 END), "
         f"SUM(CASE WHEN day IN ({in_business}) THEN calls_biz * calls_biz ELSE 0 END), SUM(calls_off), "
         "SUM(calls_off * calls_off), SUM(calls_biz + calls_off), SUM((calls_biz + calls_off) * (calls_biz + calls_off)), "
-        f"MAX(peak_biz), MAX(peak_off), MAX(peak_minute) FROM account_days WHERE day >= ? AND day < ?{only} GROUP BY account_id",
+        f"MAX(peak_biz), MAX(peak_off), MAX(peak_minute), MAX(CASE WHEN day IN ({in_business}) THEN calls_biz ELSE 0 END) "
+        f"FROM account_days WHERE day >= ? AND day < ?{only} GROUP BY account_id",
         (since, until, *ids))
 
 
@@ -4689,6 +4691,13 @@ class Proposal:
 
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 MINUTE_HEADROOM = 2  # a learned calls-per-minute limit is twice the busiest minute: a campaign may outdo the last
+# A learned business-hours quota or concurrency is at least half again the busiest business day or
+# the highest business-hours concurrency of the window. The history holds approved calls only, so it
+# never shows what a limit rejected: a limit at the busiest day (or at a mean plus a few stddevs,
+# which rare campaign days among quiet ones stay above) could never rise with a customer that grows
+# or a campaign larger than the last. Off hours keep no such room: nobody is there to notice a
+# weekend PBX hack, and a customer's growth and campaigns are business-hours traffic.
+LIMIT_HEADROOM = 1.5
 SETTLE = 300  # seconds after a day's end when every node's calls of that day are in call_log
 
 
@@ -4728,21 +4737,24 @@ def aggregate_days(cfg, db, now):
 class AccountHistory:
     """One account's approved calls over the training window: the first day with calls, per
     bucket ('biz' = business-hours calls on business days, 'off' = off-hours calls, 'all') the
-    sum and the sum of squares of calls per complete day, the highest reported concurrency per
-    bucket (0 business hours, 1 off hours), the most calls within 60 s, and calls per destination
-    and source country."""
+    sum and the sum of squares of calls per complete day, the most business-hours calls of a
+    complete business day, the highest reported concurrency per bucket (0 business hours, 1 off
+    hours), the most calls within 60 s, and calls per destination and source country."""
 
-    __slots__ = ("first", "sums", "peak", "minute_peak", "dst", "src")
+    __slots__ = ("first", "sums", "busiest_biz", "peak", "minute_peak", "dst", "src")
 
     def __init__(self, first):
         self.first = first
         self.sums = {"biz": [0, 0], "off": [0, 0], "all": [0, 0]}
+        self.busiest_biz = 0
         self.peak = {0: None, 1: None}
         self.minute_peak = 0  # most approved calls within 60 s
         self.dst = {}
         self.src = {}
 
     def add_day(self, biz, off, business):
+        if business:
+            self.busiest_biz = max(self.busiest_biz, biz)
         for key, calls in (("biz", biz if business else 0), ("off", off), ("all", biz + off)):
             self.sums[key][0] += calls
             self.sums[key][1] += calls * calls
@@ -4768,10 +4780,11 @@ def history(cfg, db, now, account_ids=None):
     business = business_day_numbers(p, now)
     business_set = set(business)
     stats = {}
-    for acc_id, first, b, b2, o, o2, a, a2, peak_biz, peak_off, peak_minute in summed_history(db, since, unsummed, business,
-                                                                                               account_ids):
+    for (acc_id, first, b, b2, o, o2, a, a2, peak_biz, peak_off, peak_minute,
+         busiest_biz) in summed_history(db, since, unsummed, business, account_ids):
         h = stats[acc_id] = AccountHistory(int(first))
         h.sums = {"biz": [int(b), int(b2)], "off": [int(o), int(o2)], "all": [int(a), int(a2)]}
+        h.busiest_biz = int(busiest_biz or 0)
         h.add_peak(0, peak_biz)
         h.add_peak(1, peak_off)
         h.minute_peak = int(peak_minute or 0)
@@ -4818,24 +4831,28 @@ def propose(cfg, acc, stats, now, high_risk, business):
     def changed(field_name, value):
         return field_name not in acc.pinned and value != getattr(acc, field_name)
 
-    for field_name, key, count, low, high in (
-            ("daily_quota", "biz", business_days, p.train_min_daily_quota, p.train_max_daily_quota),
-            ("daily_quota_off", "off", days, p.train_min_daily_quota_off, p.train_max_daily_quota_off)):
+    busiest = f", at least busiest day {stats.busiest_biz} x {LIMIT_HEADROOM:g}"
+    for field_name, key, count, floor, why_floor, low, high in (
+            ("daily_quota", "biz", business_days, math.ceil(stats.busiest_biz * LIMIT_HEADROOM), busiest,
+             p.train_min_daily_quota, p.train_max_daily_quota),
+            ("daily_quota_off", "off", days, 0, "", p.train_min_daily_quota_off, p.train_max_daily_quota_off)):
         if count:
             mean, std = stats.mean_std(key, count)
-            raw = math.ceil(mean + p.train_sigma * std)
+            raw = max(math.ceil(mean + p.train_sigma * std), floor)
             value = min(max(raw, low), high)
             if changed(field_name, value):
                 changes.append((field_name, getattr(acc, field_name), value,
-                                f"{count} days: mean {mean:.2f} + {p.train_sigma:g} x stddev {std:.2f} = {raw}, "
+                                f"{count} days: mean {mean:.2f} + {p.train_sigma:g} x stddev {std:.2f}{why_floor} = {raw}, "
                                 f"bounds {low}..{high}"))
-    for field_name, bucket, low, high in (("concurrent_calls", 0, p.train_min_concurrent, p.train_max_concurrent),
-                                          ("concurrent_calls_off", 1, p.train_min_concurrent_off, p.train_max_concurrent_off)):
+    for field_name, bucket, headroom, low, high in (
+            ("concurrent_calls", 0, LIMIT_HEADROOM, p.train_min_concurrent, p.train_max_concurrent),
+            ("concurrent_calls_off", 1, 1, p.train_min_concurrent_off, p.train_max_concurrent_off)):
         peak = stats.peak[bucket]
-        value = None if peak is None else min(max(peak + 1, low), high)
+        value = None if peak is None else min(max(peak + 1, math.ceil(peak * headroom), low), high)
         if value is not None and changed(field_name, value):
             changes.append((field_name, getattr(acc, field_name), value,
-                            f"highest reported concurrency {peak} + 1, bounds {low}..{high}"))
+                            f"highest reported concurrency {peak}"
+                            f"{f' x {headroom:g}, at least' if headroom > 1 else ''} + 1, bounds {low}..{high}"))
     if stats.minute_peak:
         low, high = p.train_min_calls_per_minute, p.train_max_calls_per_minute
         value = min(max(stats.minute_peak * MINUTE_HEADROOM, low), high)

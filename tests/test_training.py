@@ -122,15 +122,17 @@ def expected_training(rows, acc, now, tz, p, holidays=HOLIDAYS, high_risk=HIGH_R
     biz = Counter(day_of(r.ts) for r in mine if not r.off_hours)
     off = Counter(day_of(r.ts) for r in mine if r.off_hours)
 
-    def quota(counts, over, low, high):
+    def quota(counts, over, headroom, low, high):
         values = [counts.get(d, 0) for d in over]
-        return min(max(math.ceil(statistics.fmean(values) + p["sigma"] * statistics.pstdev(values)), low), high)
+        spread = math.ceil(statistics.fmean(values) + p["sigma"] * statistics.pstdev(values))
+        return min(max(spread, math.ceil(max(values) * headroom), low), high)
 
-    out = {"daily_quota": quota(biz, business, p["min_q"], p["max_q"]),
-           "daily_quota_off": quota(off, days, p["min_q_off"], p["max_q_off"])}
+    # business hours: at least 1.5 x the busiest day and the highest concurrency; off hours: no headroom
+    out = {"daily_quota": quota(biz, business, 1.5, p["min_q"], p["max_q"]),
+           "daily_quota_off": quota(off, days, 0, p["min_q_off"], p["max_q_off"])}
     peaks = {0: [r.concurrent_calls for r in mine if not r.off_hours], 1: [r.concurrent_calls for r in mine if r.off_hours]}
     if peaks[0]:
-        out["concurrent_calls"] = min(max(max(peaks[0]) + 1, p["min_c"]), p["max_c"])
+        out["concurrent_calls"] = min(max(math.ceil(max(peaks[0]) * 1.5), max(peaks[0]) + 1, p["min_c"]), p["max_c"])
     if peaks[1]:
         out["concurrent_calls_off"] = min(max(max(peaks[1]) + 1, p["min_c_off"]), p["max_c_off"])
     for field, column in (("dest_countries", "dest_country"), ("source_countries", "source_country")):
@@ -167,7 +169,7 @@ def check_account(acc, before, expected):
 # -- the 90-day synthetic history --------------------------------------------------------------
 
 TRAIN_POLICY = dict(timezone="Asia/Tokyo", home_country="JP", holidays="2024-05-03, 2024-05-06",
-                    train_min_concurrent=3, train_max_daily_quota=40, train_max_daily_quota_off=6,
+                    train_min_concurrent=3, train_max_daily_quota=60, train_max_daily_quota_off=6,
                     train_max_concurrent=20, train_max_concurrent_off=4)
 
 
@@ -230,10 +232,10 @@ def test_learned_limits_follow_the_formula_with_bounds_pins_and_high_risk(traine
     alice = expected["alice"]
     assert p["min_q"] < alice["daily_quota"] < p["max_q"] and p["min_q_off"] < alice["daily_quota_off"] < p["max_q_off"]
     assert alice["dest_countries"] == {"JP", "GB"} and alice["source_countries"] == {"JP", "US"}
-    assert alice["concurrent_calls"] == 7 and alice["concurrent_calls_off"] == 3
+    assert alice["concurrent_calls"] == 9 and alice["concurrent_calls_off"] == 3
     assert (expected["dave"]["daily_quota"], expected["dave"]["daily_quota_off"], expected["dave"]["concurrent_calls"]) == (10, 2, 3)
     assert "concurrent_calls_off" not in expected["dave"]
-    assert [expected["erin"][f] for f in FIELDS] == [20, 4, 40, 6]
+    assert [expected["erin"][f] for f in FIELDS] == [20, 4, 60, 6]
 
     before = {n: reload(db, a) for n, a in accs.items()}
     snapshot = account_rows(db)
@@ -272,13 +274,36 @@ def test_learned_limits_follow_the_formula_with_bounds_pins_and_high_risk(traine
     assert all(pr.changes == [] for pr in again), [(pr.account.name, pr.changes) for pr in again if pr.changes]
 
 
+def test_rare_campaign_days_keep_their_busiest_day_with_headroom(tmp_path, db_url):
+    """A dialer's campaign day every two weeks among quiet ones: mean + 2 x stddev of its days
+    stays below a campaign day; the learned quota and concurrency leave room above the busiest day, which is
+    what lets them rise with a customer whose calls over the limit never reach the history."""
+    cfg, _ = make_config(tmp_path, timezone="Asia/Tokyo", home_country="JP", holidays="2024-05-03, 2024-05-06")
+    db = tfps.open_database(db_url)
+    dialer = add_account(db, "trunk1", "dialer.example", NOW - 120 * 86400, cc=5, quota=20)
+    h, day, per_day = History(TOKYO), dt.date(2024, 6, 3), []
+    while day < dt.date(2024, 7, 15):
+        if day.weekday() < 5:
+            campaign = len(per_day) % 10 == 9          # every tenth business day
+            per_day.append(100 if campaign else 4)
+            for k in range(per_day[-1]):
+                h.call(dialer, h.at(day, 10 + k // 25, (k % 25) * 2), conc=16 if campaign and k % 25 == 24 else 1)
+        day += dt.timedelta(days=1)
+    h.write(db)
+    assert math.ceil(statistics.fmean(per_day) + 2 * statistics.pstdev(per_day)) < 100, "the old formula falls short"
+    tfps.train(cfg, db, NOW)
+    dialer = reload(db, dialer)
+    assert dialer.daily_quota == 150 and dialer.concurrent_calls == 24
+    db.close()
+
+
 def test_train_one_account(trained_setup):
     cfg, db, accs, h = trained_setup
     snapshot = {r[0]: r for r in account_rows(db)}
     proposals = tfps.train(cfg, db, NOW, account=accs["erin"])
     assert [pr.account.user for pr in proposals] == ["erin"]
     erin = reload(db, accs["erin"])
-    assert [getattr(erin, f) for f in FIELDS] == [20, 4, 40, 6]
+    assert [getattr(erin, f) for f in FIELDS] == [20, 4, 60, 6]
     for row in account_rows(db):
         if row[0] != erin.id:
             assert row == snapshot[row[0]]
@@ -407,9 +432,10 @@ def test_learning_mode_then_enforcing_on_day_learning_days(tmp_path, db_url):
     per_day = [counts[d] + (1 if d < dt.date(2024, 3, 8) else 0) for d in business]
     per_day[0] += 1                                    # the very first call
     per_day[8] += 2                                    # day 10 (Thursday 2024-03-14): SL/RO and the R10 would-be
-    assert acc.daily_quota == max(10, math.ceil(statistics.fmean(per_day) + 2 * statistics.pstdev(per_day)))
+    assert acc.daily_quota == max(10, math.ceil(statistics.fmean(per_day) + 2 * statistics.pstdev(per_day)),
+                                  math.ceil(max(per_day) * 1.5))
     assert acc.dest_countries == {"US", "GB"}
-    assert acc.concurrent_calls == 13            # the highest reported concurrency (12, approved while learning) + 1
+    assert acc.concurrent_calls == 18            # the highest reported concurrency (12, approved while learning) x 1.5
 
     # enforcing now: a new destination is rejected, the learned one is approved
     assert engine.check_for_changes()

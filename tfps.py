@@ -626,7 +626,7 @@ CONFIG_SPEC = {
         "timeout": (_duration(0.05, 60), "0.5s", "longest the server waits to connect, read or write (MySQL); past it the database counts as down"),
         "failure": (_choice("continue", "reject"), "continue", "while the database is down: continue (verdicts from memory) or reject (500)"),
         "max_unflushed_rows": (_integer(1000, 10_000_000), "200000", "call log rows held in memory while the database is down and the spool is full; past it the oldest are dropped"),
-        "spool": (_text, "", "file where call log rows wait while the database is down, written to it when it is back and at start; empty = tfps-spool.jsonl beside the SQLite database (or beside tfps.py); workers add .N"),
+        "spool": (_text, "", "file where call log rows wait while the database is down, written to it when it is back and at start; empty = DATABASE-spool.jsonl beside the SQLite file (MySQL: tfps-spool-HASH.jsonl beside tfps.py); workers add .N"),
         "spool_max_mb": (_integer(1, 1_000_000), "100", "size of the spool at most, in MB; past it rows wait in memory (max_unflushed_rows)"),
         "quota_lease": (_auto_or(_integer(0, 100_000)), "auto", "calls of an account's daily quota a server claims at a time and spends from memory, written behind every flush_interval; 0 = a database statement per verdict; auto = 0 with one worker, 32 with several"),
         "lease_ttl": (_duration(2, 3600), "30s", "unspent quota leases of a server that stopped renewing them (killed) go back to the others after this long"),
@@ -4044,13 +4044,19 @@ def write_call_log(db, rows):
 
 
 def spool_path(cfg, worker=None):
-    """[database] spool, or tfps-spool.jsonl beside the SQLite file (the default database's
-    directory with MySQL); worker N of several spools to PATH.N."""
+    """[database] spool, or by default a file named after the database, so that rows spooled for
+    one database are never written into another: DATABASE-spool.jsonl beside the SQLite file, or
+    tfps-spool-HASH.jsonl (HASH of the URL without its password) in the default database's
+    directory with MySQL; worker N of several spools to PATH.N."""
     path = cfg.database.spool
     if not path:
-        url = cfg.database.url if cfg.database.url.startswith("sqlite:") else default_database_url()
-        database = url[len("sqlite:"):].removeprefix("//")
-        path = os.path.join(os.path.dirname(os.path.abspath(database)), "tfps-spool.jsonl")
+        url = cfg.database.url
+        if url.startswith("sqlite:"):
+            path = os.path.abspath(url[len("sqlite:"):].removeprefix("//")) + "-spool.jsonl"
+        else:
+            default = default_database_url()[len("sqlite:"):].removeprefix("//")
+            name = hashlib.sha256(redact_url(url).encode()).hexdigest()[:12]
+            path = os.path.join(os.path.dirname(os.path.abspath(default)), f"tfps-spool-{name}.jsonl")
     return path if worker is None else f"{path}.{worker}"
 
 

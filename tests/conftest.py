@@ -184,6 +184,7 @@ class TfpsServer:
         sections["server"].setdefault("mode", mode)
         sections["server"].setdefault("workers", "1")  # tests of several workers say so
         sections.setdefault("database", {}).setdefault("url", db_url)
+        sections["database"].setdefault("spool", str(tmp_path / f"spool-{self.port}.jsonl"))  # never another test's
         self.config = write_config(tmp_path / f"tfps-{self.port}.conf", sections)
         self.log_path = tmp_path / f"serve-{self.port}.log"
         self.proc = None

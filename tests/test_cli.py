@@ -732,7 +732,7 @@ def test_train_dry_run_changes_nothing_then_train_learns(db_url):
     before = as_json(cli(db_url, "show", *ACCOUNT, "--json"))
     proposals = as_json(cli(db_url, "train", "--dry-run", "--json"))
     fields = {p["field"]: p for p in proposals if p["account"] == f"{USER}@{DOMAIN}"}
-    assert fields["concurrent_calls"]["current"] == 10 and fields["concurrent_calls"]["proposed"] == 4
+    assert fields["concurrent_calls"]["current"] == 10 and fields["concurrent_calls"]["proposed"] == 5
     assert fields["dest_countries"]["proposed"] == "GB,US"
     assert "daily_quota" in fields and "anomaly_daily" in fields
     table = ok(cli(db_url, "train", "--dry-run")).stdout.splitlines()
@@ -742,7 +742,7 @@ def test_train_dry_run_changes_nothing_then_train_learns(db_url):
     learned = ok(cli(db_url, "train")).stdout.splitlines()
     assert learned[0].split() == ["account", "field", "current", "learned", "why"]
     after = as_json(cli(db_url, "show", *ACCOUNT, "--json"))
-    assert (after["concurrent_calls"], after["dest_countries"]) == (4, "GB,US")
+    assert (after["concurrent_calls"], after["dest_countries"]) == (5, "GB,US")
     # Hand-set limits are pinned: training leaves them alone.
     ok(cli(db_url, "set", *ACCOUNT, "--concurrent", "9"))
     again = {p["field"] for p in as_json(cli(db_url, "train", "--dry-run", "--account", f"{USER}@{DOMAIN}", "--json"))}

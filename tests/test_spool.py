@@ -242,3 +242,18 @@ def test_a_spool_that_cannot_be_written_keeps_the_rows_in_memory_and_says_so_onc
         assert directory.replay(db) == (0, 0) and (tmp_path / "missing").is_dir()
     finally:
         db.close()
+
+
+def test_the_default_spool_is_named_after_its_database(tmp_path):
+    """Rows spooled for one database must never be written into another: two databases, two files."""
+    def spool(url, path="", worker=None):
+        cfg = tfps.Config()
+        cfg.replace("database", "url", url)
+        cfg.replace("database", "spool", path)
+        return tfps.spool_path(cfg, worker)
+    assert spool(f"sqlite://{tmp_path}/a.db") == f"{tmp_path}/a.db-spool.jsonl"
+    assert spool(f"sqlite://{tmp_path}/b.db") != spool(f"sqlite://{tmp_path}/a.db")
+    first, second = spool("mysql://tfps:secret@10.0.0.5:3306/tfps"), spool("mysql://tfps:secret@10.0.0.6:3306/tfps")
+    assert first != second and os.path.basename(first).startswith("tfps-spool-") and "secret" not in first
+    assert spool("mysql://tfps:other@10.0.0.5:3306/tfps") == first, "the password is not part of the name"
+    assert spool("mysql://h/db", "/x/s.jsonl", worker=2) == "/x/s.jsonl.2"

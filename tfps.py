@@ -2375,13 +2375,8 @@ def days_without_minute_peaks(db, first):
 
 def fill_minute_peaks(db, day, start, end):
     """Fill in the peaks of a day summed up without them, from what call_log still holds of it."""
-    db.begin()
-    try:
+    with db.transaction():
         save_minute_peaks(db, day, start, end)
-        db.commit()
-    except BaseException:
-        db.rollback()
-        raise
 
 
 def sum_up_day(db, day, start, end, now):
@@ -4862,7 +4857,7 @@ def propose(cfg, acc, stats, now, high_risk, business):
     if stats.minute_peak:
         low, high = p.train_min_calls_per_minute, p.train_max_calls_per_minute
         value = min(max(stats.minute_peak * MINUTE_HEADROOM, low), high)
-        if value != acc.calls_per_minute:
+        if changed("calls_per_minute", value):
             changes.append(("calls_per_minute", acc.calls_per_minute, value,
                             f"busiest 60 s: {stats.minute_peak} approved calls x {MINUTE_HEADROOM}, bounds {low}..{high}"))
     for field_name, used in (("dest_countries", stats.dst), ("source_countries", stats.src)):
@@ -6645,6 +6640,12 @@ def domain_countries_after(cfg, db, name, command, given):
     return fields
 
 
+def account_countries_after(acc, command, given, known):
+    """The country fields of an account after `allow` or `deny` of `given` ({column: codes})."""
+    return {column: allowed_after(command, getattr(acc, column), codes, known, column == "dest_countries")
+            for column, codes in given.items() if codes}
+
+
 def tier_high_notes(cfg, countries, dest):
     """What allowing the destinations `dest` does not change: those of tier high stay rejected."""
     tiers = DestinationTiers(cfg.policy, countries)
@@ -7122,30 +7123,32 @@ def http_account_set(api, request):
 COUNTRY_OPTIONS = {"dest": "dest_countries", "source": "source_countries"}
 
 
-def _country_changes(body):
-    """{column: codes} of an allow or deny: {"dest": "GB,FR", "source": ["DE"]}."""
-    codes = {column: parameter(body, option, _countries) for option, column in COUNTRY_OPTIONS.items()}
+def _country_changes(request):
+    """(allow or deny, {column: codes}, the country table) of an allow or deny request:
+    {"dest": "GB,FR", "source": ["DE"]}. Allowed codes must be in the table; deny accepts codes
+    that are not (it cleans them up)."""
+    codes = {column: parameter(request.json(), option, _countries) for option, column in COUNTRY_OPTIONS.items()}
     if not any(codes.values()):
         raise HttpError(400, "give dest and/or source: country codes", "dest")
-    return codes
+    command = request.path.rpartition("/")[2]
+    checked = {option: codes[column] for option, column in COUNTRY_OPTIONS.items()} if command == "allow" else {}
+    return command, codes, checked
+
+
+def _allowed_destinations(command, codes):
+    return codes["dest_countries"] if command == "allow" else ()
 
 
 def http_account_countries(api, request):
-    """allow or deny destination and source countries as `allow`/`deny` do: {"dest": "GB,FR",
-    "source": ["DE"]}; a denied destination is kept as !CC, and deny accepts codes that are not in
-    the country table (it cleans them up)."""
-    codes = _country_changes(request.json())
-    command = request.path.rpartition("/")[2]
+    """allow or deny destination and source countries as `allow`/`deny` do; a denied destination
+    is kept as !CC."""
+    command, codes, checked = _country_changes(request)
     with api.database() as db:
         acc = _request_account(db, request)
-        checked = {option: codes[column] for option, column in COUNTRY_OPTIONS.items()} if command == "allow" else {}
         countries = _known_countries(db, checked)
-        fields = {column: allowed_after(command, getattr(acc, column), given, countries.by_iso, column == "dest_countries")
-                  for column, given in codes.items() if given}
-        update_account(db, acc, time.time(), **fields)
+        update_account(db, acc, time.time(), **account_countries_after(acc, command, codes, countries.by_iso))
         status, answer = _account_answer(api, db, acc)
-        notes = tier_high_notes(api.cfg, countries, codes["dest_countries"] if command == "allow" else ())
-        return status, dict(answer, notes=notes)
+        return status, dict(answer, notes=tier_high_notes(api.cfg, countries, _allowed_destinations(command, codes)))
 
 
 def http_account_block(api, request):
@@ -7231,16 +7234,13 @@ def http_domain_set(api, request):
 
 
 def http_domain_countries(api, request):
-    """allow or deny destination and source countries of a domain, as for an account; deny
-    accepts codes that are not in the country table (it cleans them up)."""
-    codes = _country_changes(request.json())
-    command = request.path.rpartition("/")[2]
+    """allow or deny destination and source countries of a domain, as for an account."""
+    command, codes, checked = _country_changes(request)
     name = _request_domain(request)
     with api.database() as db:
-        checked = {option: codes[column] for option, column in COUNTRY_OPTIONS.items()} if command == "allow" else {}
         countries = _known_countries(db, checked)
         fields = domain_countries_after(api.cfg, db, name, command, codes)
-        return _domain_answer(api, db, name, fields, countries, codes["dest_countries"] if command == "allow" else ())
+        return _domain_answer(api, db, name, fields, countries, _allowed_destinations(command, codes))
 
 
 def _list_kind(request):
@@ -8217,11 +8217,8 @@ def cmd_allow(args, cfg, db):
     if not (args.dest or args.source):
         raise UserError(f"nothing to {args.command}: give --dest CC,... and/or --source CC,...")
     notes = check_countries(args, cfg, db) if args.command == "allow" else []  # deny also cleans up unknown codes
-    fields, known = {}, country_table(db).by_iso
-    for option, column in (("dest", "dest_countries"), ("source", "source_countries")):
-        codes = getattr(args, option)
-        if codes:
-            fields[column] = allowed_after(args.command, getattr(acc, column), codes, known, option == "dest")
+    fields = account_countries_after(acc, args.command, {"dest_countries": args.dest, "source_countries": args.source},
+                                     country_table(db).by_iso)
     update_account(db, acc, time.time(), **fields)
     print(f"{acc.name}: {describe_limits(find_account(db, args.user, args.domain))}")
     print(*notes, sep="\n", end="\n" if notes else "")

@@ -77,7 +77,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 
-__version__ = "1.2.0"
+__version__ = "1.3.0"
 
 # =============================================================================================
 # 1. Foundations: small helpers used everywhere below

@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS meta (
   value BIGINT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
-INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 4);
+INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 5);
 -- Moved by every change of accounts or lists (see the triggers below); servers poll them.
 INSERT IGNORE INTO meta (name, value) VALUES ('accounts_serial', 0);
 INSERT IGNORE INTO meta (name, value) VALUES ('lists_serial', 0);
@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS accounts (
   daily_spend DOUBLE NULL,
   -- learned by training from the busiest minutes (R15); NULL = [policy] max_calls_per_minute
   calls_per_minute INT NULL,
+  -- end of the latest R16 block (schema version 5): in force while in the future; `unblock` sets
+  -- it to the time it lifts the block. New destinations called before it never count toward R16.
+  blocked_until DOUBLE NULL,
   UNIQUE (user, domain)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
@@ -109,6 +112,14 @@ CREATE TABLE IF NOT EXISTS new_destination_days (
   iso CHAR(2) NOT NULL,
   calls INT NOT NULL DEFAULT 0,
   PRIMARY KEY (account_id, day, iso)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- The new destination countries each account called within the last 10 minutes (R16), each with
+-- the time of its latest call ('FR:1764754321.125,DE:...'), exact across nodes (schema version 5).
+CREATE TABLE IF NOT EXISTS new_destination_windows (
+  account_id BIGINT NOT NULL PRIMARY KEY,
+  calls TEXT NOT NULL,
+  last_call DOUBLE NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- A->B pairs: times of the latest attempts (a sliding window of ab_window seconds, at most
@@ -308,14 +319,14 @@ CREATE TABLE IF NOT EXISTS locks (
 -- accounts_serial moves. These triggers move them for every change, including ones made
 -- directly in the database. An account's own activity (last_seen) is not a change, nor is a
 -- new account: nodes read accounts on first use.
-CREATE TRIGGER accounts_edited AFTER UPDATE ON accounts FOR EACH ROW
+CREATE TRIGGER accounts_revised AFTER UPDATE ON accounts FOR EACH ROW
   UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial' AND NOT (
     NEW.user <=> OLD.user AND NEW.domain <=> OLD.domain AND NEW.concurrent_calls <=> OLD.concurrent_calls AND
     NEW.concurrent_calls_off <=> OLD.concurrent_calls_off AND NEW.daily_quota <=> OLD.daily_quota AND NEW.daily_quota_off <=> OLD.daily_quota_off AND
     NEW.source_countries <=> OLD.source_countries AND NEW.dest_countries <=> OLD.dest_countries AND NEW.blocked <=> OLD.blocked AND
     NEW.email <=> OLD.email AND NEW.state <=> OLD.state AND NEW.learning_until <=> OLD.learning_until AND
     NEW.pinned <=> OLD.pinned AND NEW.anomaly_daily <=> OLD.anomaly_daily AND NEW.daily_spend <=> OLD.daily_spend AND
-    NEW.calls_per_minute <=> OLD.calls_per_minute);
+    NEW.calls_per_minute <=> OLD.calls_per_minute AND NEW.blocked_until <=> OLD.blocked_until);
 CREATE TRIGGER accounts_removed AFTER DELETE ON accounts FOR EACH ROW
   UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial';
 CREATE TRIGGER domains_added AFTER INSERT ON domains FOR EACH ROW

@@ -96,6 +96,7 @@ PROG = program_name(sys.argv[0])
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_DAYS = 36525  # 100 years: any longer duration is a typo
 MAX_APPROVAL_TTL = 30 * 86400  # longest [http] approval_ttl; used links are kept at least this long
+MAX_ANOMALY_BLOCK = 30 * 86400  # longest [policy] anomaly_block: a longer block is the administrator's `block`
 MAX_DURATION = MAX_DAYS * 86400.0
 # Times from 1970 to the last day that has a local date within year 9999 in every timezone.
 MAX_TIMESTAMP = dt.datetime(9999, 12, 30, tzinfo=dt.timezone.utc).timestamp()
@@ -650,6 +651,8 @@ CONFIG_SPEC = {
         "high_risk_prefixes": (_dialed_prefixes, HIGH_RISK_PREFIXES_DEFAULT, "number ranges of tier high, as dialed, comma-separated ('+44 70, +881')"),
         "low_risk_prefixes": (_dialed_prefixes, "", "number ranges of tier low, as dialed, comma-separated"),
         "new_destination_calls": (_integer(0, 1000), "3", "calls a day per account to a new medium-tier country approved with an alert; 0 = none"),
+        "new_destinations_per_10min": (_integer(0, 1000), "3", "a call to the account's Nth distinct new medium-tier country within 10 minutes is rejected R16 and blocks the account for anomaly_block; 0 = off"),
+        "anomaly_block": (_duration(60, MAX_ANOMALY_BLOCK), "1h", "how long R16 blocks an account (1 minute to 30 days); tfps.py unblock lifts it at once"),
         "emergency_numbers": (_auto_or(_digits_list), "auto", "numbers always approved, never counted; auto = by home_country (US 911, 933; GB 999, 112; else 112)"),
         "rate_deck": (_text, "", "CSV file of prefix,price_per_minute (longest prefix wins) for the estimated cost of calls; empty = none"),
         "assumed_call_minutes": (_number(0, 1440), "5", "minutes a call is assumed to last: its estimated cost = price x this"),
@@ -1650,8 +1653,9 @@ def mysql_statement(text):
 
 
 RETIRED_INDEXES = (("call_log", "idx_call_log_account"),)  # schema version 1's; nothing reads by it since
-# schema version 2's does not follow accounts.daily_spend, version 3's accounts.calls_per_minute
-RETIRED_TRIGGERS = ("accounts_changed", "accounts_updated")
+# schema version 2's does not follow accounts.daily_spend, version 3's accounts.calls_per_minute,
+# version 4's accounts.blocked_until
+RETIRED_TRIGGERS = ("accounts_changed", "accounts_updated", "accounts_edited")
 INDEX_LINE = re.compile(r"^\s*((?:UNIQUE )?INDEX) (\w+) \(([^)]*)\),?[ \t]*$", re.M)  # an index inside CREATE TABLE
 
 
@@ -2041,7 +2045,7 @@ def release_lock(db, name, holder):
 
 ACCOUNT_COLUMNS = ("id, user, domain, concurrent_calls, concurrent_calls_off, daily_quota, daily_quota_off, "
                    "source_countries, dest_countries, blocked, email, state, learning_until, pinned, created, last_seen, anomaly_daily, "
-                   "daily_spend, calls_per_minute")
+                   "daily_spend, calls_per_minute, blocked_until")
 ACCOUNT_SELECT = f"SELECT {ACCOUNT_COLUMNS} FROM accounts"
 
 
@@ -2078,13 +2082,14 @@ def update_account_row(db, account_id, values, now):
 
 
 def clear_account_counters(db, account_id, day):
-    """Forget the account's approved calls of `day`, its A->B pairs and its per-minute window.
-    Returns (daily counter rows, A->B pairs) deleted."""
+    """Forget the account's approved calls of `day`, its A->B pairs, its per-minute window and its
+    new destinations. Returns (daily counter rows, A->B pairs) deleted."""
     counters = db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ?", (account_id, day)).rowcount
     db.execute("DELETE FROM quota_leases WHERE account_id = ? AND day = ?", (account_id, day))
     pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (account_id,)).rowcount
     db.execute("DELETE FROM rate_windows WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM new_destination_days WHERE account_id = ?", (account_id,))
+    db.execute("DELETE FROM new_destination_windows WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM spend_counters WHERE account_id = ? AND day = ?", (account_id, day))
     return counters, pairs
 
@@ -2124,10 +2129,11 @@ def delete_account(db, account_id):
 
 
 def accounts_by_state(db, now):
-    """(state, accounts) for 'blocked', 'learning' (at `now`) and 'enforcing'."""
-    return db.query("SELECT CASE WHEN blocked <> 0 THEN 'blocked' WHEN state = 'learning' AND "
+    """(state, accounts) for 'blocked' (by the administrator or by R16 at `now`), 'learning' (at
+    `now`) and 'enforcing'."""
+    return db.query("SELECT CASE WHEN blocked <> 0 OR blocked_until > ? THEN 'blocked' WHEN state = 'learning' AND "
                     "(learning_until IS NULL OR learning_until > ?) THEN 'learning' ELSE 'enforcing' END, COUNT(*) "
-                    "FROM accounts GROUP BY 1", (now,))
+                    "FROM accounts GROUP BY 1", (now, now))
 
 
 def approved_by_bucket(db, account_id, day):
@@ -2435,7 +2441,7 @@ def approved_country_counts(db, start, end, account_ids=None):
 
 
 def purge_rows(db, *, call_log_before, counter_day_before, new_destination_day_before, ab_pairs_before,
-               rate_windows_before, history_day_before, approvals_before, now):
+               rate_windows_before, new_destination_windows_before, history_day_before, approvals_before, now):
     """Delete what is older than the retention and what expired; returns {table: rows deleted}."""
     counts = {}
     for table, where, args in (
@@ -2447,6 +2453,7 @@ def purge_rows(db, *, call_log_before, counter_day_before, new_destination_day_b
             ("ab_pairs", "last_attempt < ? AND blocked_until < ?", (ab_pairs_before, now)),
             ("approvals", "approved < ? AND (ended = 1 OR until IS NULL)", (approvals_before,)),
             ("rate_windows", "last_call < ?", (rate_windows_before,)),
+            ("new_destination_windows", "last_call < ?", (new_destination_windows_before,)),
             ("history_days", "day < ?", (history_day_before,)),
             ("account_days", "day < ?", (history_day_before,)),
             ("account_day_countries", "day < ?", (history_day_before,)),
@@ -2594,6 +2601,16 @@ def load_spend(db, account_id, day, lock):
 def add_spend(db, account_id, day, cost):
     db.upsert("spend_counters", {"account_id": account_id, "day": day, "spend": cost}, ["account_id", "day"],
               "spend = spend + NEW(spend)")
+
+
+def load_new_destination_window(db, account_id, lock):
+    """(calls,) of the account's new-destination window (R16), or None."""
+    return load_counter_row(db, "new_destination_windows", "calls", "account_id = ?", (account_id,), lock)
+
+
+def save_new_destination_window(db, account_id, calls, now, existed):
+    db.write_read_row("new_destination_windows", {"account_id": account_id, "calls": calls, "last_call": now},
+                      ["account_id"], "calls = NEW(calls), last_call = NEW(last_call)", existed)
 
 
 def mark_first_seen(db, account_id, direction, iso, now):
@@ -3350,14 +3367,15 @@ class Account:
     anomaly_daily: int | None = None   # learned: more approved calls a day than this is unusual
     daily_spend: float | None = None   # estimated cost of approved calls a day (R17); set by hand only
     calls_per_minute: int | None = None  # learned (R15); None: [policy] max_calls_per_minute
+    blocked_until: float | None = None  # end of the latest R16 block, in force while in the future
 
     @classmethod
     def from_row(cls, row):
-        (id_, user, domain, cc, cc_off, quota, quota_off, src, dst, blocked, email, state,
-         learning_until, pinned, created, last_seen, anomaly_daily, daily_spend, calls_per_minute) = row
+        (id_, user, domain, cc, cc_off, quota, quota_off, src, dst, blocked, email, state, learning_until,
+         pinned, created, last_seen, anomaly_daily, daily_spend, calls_per_minute, blocked_until) = row
         return cls(id_, user, domain, cc, cc_off, quota, quota_off, shared_countries(src), shared_countries(dst),
                    bool(blocked), email, state, learning_until, set(split_list(pinned)), created, last_seen,
-                   anomaly_daily, daily_spend, calls_per_minute)
+                   anomaly_daily, daily_spend, calls_per_minute, blocked_until)
 
     @property
     def name(self):
@@ -3365,6 +3383,9 @@ class Account:
 
     def learning(self, now):
         return self.state == "learning" and (self.learning_until is None or now < self.learning_until)
+
+    def blocked_by_r16(self, now):
+        return self.blocked_until is not None and self.blocked_until > now
 
 
 def tighter(limit, cap):
@@ -3572,6 +3593,47 @@ def blocked_account(engine, call):
     return None
 
 
+@rejects("R16")
+def new_destination_burst(engine, call):
+    """A hacked PBX spreads its calls over many new countries, a few each: the call that would be
+    an account's [policy] new_destinations_per_10min-th distinct new destination country within
+    10 minutes is rejected, and the account blocked for anomaly_block (Engine._count writes the
+    block), every call of it rejected meanwhile. Enforced from the first call, learning or not."""
+    acc, p = call.account, engine.cfg.policy
+    undo = f"{PROG} unblock {acc.user} {acc.domain}"
+    if acc.blocked_by_r16(call.now):
+        return Rejection("R16", f"{acc.name} is blocked until {fmt_time(acc.blocked_until, p.tz)} after calls to new "
+                                f"destination countries in quick succession (R16, [policy] anomaly_block)", undo)
+    countries = burst_countries(engine, call)
+    if not countries:
+        return None
+    return Rejection("R16", f"{acc.name} called {len(countries)} new destination countries within 10 minutes "
+                            f"({format_countries(countries)}; [policy] new_destinations_per_10min = "
+                            f"{p.new_destinations_per_10min}): account blocked until "
+                            f"{fmt_time(call.now + p.anomaly_block, p.tz)}",
+                     f"{undo}  (if the calls are expected, also: {PROG} allow {acc.user} {acc.domain} --dest "
+                     f"{format_countries(countries)})")
+
+
+def counts_toward_burst(engine, call):
+    """Whether the call is an attempt to a new destination (new_destination) that R16 counts: it
+    is on, the account is known and not blocked by R16 already."""
+    acc = call.account
+    return (bool(engine.cfg.policy.new_destinations_per_10min) and acc.id is not None
+            and not acc.blocked_by_r16(call.now) and new_destination(engine, call))
+
+
+def burst_countries(engine, call):
+    """The new destination countries of the last 10 minutes with the call's own, when the call
+    makes them [policy] new_destinations_per_10min (R16); else None."""
+    if not counts_toward_burst(engine, call):
+        return None
+    countries = engine.read_count(call, "new_countries")[0]
+    if call.dest_country in countries or len(countries) + 1 < engine.cfg.policy.new_destinations_per_10min:
+        return None
+    return {*countries, call.dest_country}
+
+
 @rejects("R03")
 def blacklisted_number(engine, call):
     if call.number_white or not call.number:
@@ -3740,10 +3802,11 @@ def spend_budget(engine, call):
 
 # Screening needs no account: a call it rejects (a scanner, a bad source, an attack) enrolls nothing.
 SCREENING = (attack_signature, scanner_user_agent, bad_source_ip)
-ACCOUNT_RULES = (blocked_account, blacklisted_number, repeated_a_to_b, unknown_country_code, destination_country,
+ACCOUNT_RULES = (blocked_account, new_destination_burst, blacklisted_number, repeated_a_to_b, unknown_country_code, destination_country,
                  source_country_not_allowed, source_country_unknown, concurrent_calls, calls_per_minute, daily_quota,
                  spend_budget)
 PIPELINE = SCREENING + ACCOUNT_RULES
+NEW_DESTINATION_WINDOW = 600.0  # R16 counts the new destination countries of the last 10 minutes
 PROBE_DOMAIN = "tfps.invalid"  # `probe` calls from it; reserved (RFC 2606), so never enrolled
 
 
@@ -3803,6 +3866,21 @@ class SharedCounters:
     def count_new_destination(self, account_id, day, iso):
         add_new_destination_call(self.db, account_id, day, iso)
 
+    def new_destination_window(self, account_id, since, lock):
+        """({country: time of its latest call} of the account's calls to new destinations later
+        than `since`, whether its row exists), for R16. `lock`: held until the verdict commits."""
+        row = load_new_destination_window(self.db, account_id, lock)
+        calls = {}
+        for item in split_list(row[0]) if row else ():
+            iso, _, when = item.partition(":")
+            if float(when) > since:
+                calls[iso] = float(when)
+        return calls, row is not None
+
+    def write_new_destination_window(self, account_id, calls, now, existed):
+        save_new_destination_window(self.db, account_id, ",".join(f"{iso}:{when:.3f}" for iso, when in calls.items()),
+                                    now, existed)
+
     def take_quota(self, account_id, day, bucket, limit):
         return take_daily_quota(self.db, account_id, day, bucket, limit)
 
@@ -3835,6 +3913,8 @@ class PrivateCounters:
         self.daily = {}   # (account id, day, bucket) -> approved calls, today's only
         self.new_destinations = {}  # (account id, day, iso) -> calls approved while new, today's only
         self.new_destinations_day = ""
+        self.new_destination_windows = {}  # account id -> {country: time of its latest call}, R16
+        self.windows_pruned = 0.0
         self.spend = {}   # (account id, day) -> estimated cost of approved calls, today's only
         self.day = ""
         self.pruned = 0.0
@@ -3867,6 +3947,19 @@ class PrivateCounters:
 
     def new_destination_calls(self, account_id, day, iso, dry_run):
         return self.new_destinations.get((account_id, day, iso), 0)
+
+    def new_destination_window(self, account_id, since, lock):
+        calls = self.new_destination_windows.get(account_id)
+        if calls is None:
+            return {}, False
+        return {iso: when for iso, when in calls.items() if when > since}, True
+
+    def write_new_destination_window(self, account_id, calls, now, existed):
+        if now - self.windows_pruned > NEW_DESTINATION_WINDOW + 3600:
+            self.windows_pruned = now
+            self.new_destination_windows = {k: calls for k, calls in self.new_destination_windows.items()
+                                            if max(calls.values(), default=0.0) > now - NEW_DESTINATION_WINDOW}
+        self.new_destination_windows[account_id] = calls
 
     def count_new_destination(self, account_id, day, iso):
         if day != self.new_destinations_day:
@@ -4398,10 +4491,11 @@ class Engine:
         """A counter of the call's account, read once per verdict and kept for _count: 'pair'
         (A->B attempts within ab_window, blocked_until, row exists), 'minute' (approved calls in
         the last 60 s, row exists), 'today' (approved calls today in the call's hours),
-        'new_destination' (calls approved today to the call's new destination) or 'spend' (the
-        estimated cost of today's approved calls). MySQL locks the pair, minute, new-destination
-        and spend rows until the verdict commits, so racing nodes take turns; the quota is taken
-        atomically by _count."""
+        'new_destination' (calls approved today to the call's new destination), 'new_countries'
+        (the new destination countries called within the last 10 minutes and since the latest R16
+        block ended, row exists) or 'spend' (the estimated cost of today's approved calls). MySQL
+        locks the pair, minute, new-destination, new-countries and spend rows until the verdict
+        commits, so racing nodes take turns; the quota is taken atomically by _count."""
         counts = call.counts
         if name not in counts:
             acc, p, lock = call.account, self.cfg.policy, not call.dry_run
@@ -4411,6 +4505,9 @@ class Engine:
                 counts[name] = self.counters.recent_calls(acc.id, call.now, 60, lock)
             elif name == "new_destination":
                 counts[name] = self.counters.new_destination_calls(acc.id, call.day, call.dest_country, lock)
+            elif name == "new_countries":
+                since = max(call.now - NEW_DESTINATION_WINDOW, acc.blocked_until or 0.0)
+                counts[name] = self.counters.new_destination_window(acc.id, since, lock)
             elif name == "spend":
                 counts[name] = self.counters.spent(acc.id, call.day, lock)
             else:
@@ -4420,8 +4517,11 @@ class Engine:
     def _count(self, call, approved):
         """The one place where a verdict writes counters. What it writes depends on the verdict
         only, never on which rule rejected: an A->B attempt counts whatever the verdict (and
-        blocks the pair past ab_max_calls); an approved call counts toward the daily quota, the
-        per-minute window and, with its estimated cost, the daily spend."""
+        blocks the pair past ab_max_calls); a rejected call that would have made the account's
+        new_destinations_per_10min-th new destination country blocks the account (R16, which
+        rejects it when no rule before does); an approved call counts toward the daily quota, the
+        per-minute window, the new destination countries of the last 10 minutes (R16) and, with
+        its estimated cost, the daily spend."""
         acc, p = call.account, self.cfg.policy
         if call.dry_run or acc.id is None:
             return
@@ -4439,6 +4539,8 @@ class Engine:
                 blocked_until = call.now + p.ab_block
             self.counters.write_pair(acc.id, call.number, times, call.now, blocked_until, existed)
         if not approved:
+            if burst_countries(self, call):
+                self._block_account(call, call.now + p.anomaly_block)
             return
         if not quota_taken:  # no quota, or over it while learning: counted all the same
             self.counters.count_approved(acc.id, call.day, call.bucket)
@@ -4447,9 +4549,25 @@ class Engine:
             self.counters.add_call(acc.id, self.read_count(call, "minute"), call.now, keep)
         if new_destination(self, call):
             self._count_new_destination(call)
+        if counts_toward_burst(self, call):
+            countries, existed = self.read_count(call, "new_countries")
+            self.counters.write_new_destination_window(acc.id, {**countries, call.dest_country: call.now}, call.now, existed)
         if call.cost:
             self.counters.add_spend(acc.id, call.day, call.cost)
         self._check_anomalies(call)
+
+    def _block_account(self, call, until):
+        """R16 blocks the account on every node and worker: its row changes, which moves the
+        accounts serial (the others follow within reload_interval), and this engine reads it again
+        on its next call. While the database is unavailable the block holds in this engine only."""
+        acc = call.account
+        key = (acc.user, acc.domain)
+        if call.from_memory:
+            if key in self.accounts:
+                self.accounts[key] = replace(self.accounts[key], blocked_until=until)
+            return
+        update_account_row(self.db, acc.id, {"blocked_until": until}, call.now)
+        self.accounts.pop(key, None)
 
     def _count_new_destination(self, call):
         acc, iso, p = call.account, call.dest_country, self.cfg.policy
@@ -4977,6 +5095,7 @@ def purge(cfg, db, now, older_than):
     return purge_rows(db, call_log_before=cutoff,
                       counter_day_before=dt.datetime.fromtimestamp(cutoff, cfg.policy.tz).date().isoformat(),
                       ab_pairs_before=now - cfg.policy.ab_window, rate_windows_before=now - 60,
+                      new_destination_windows_before=now - NEW_DESTINATION_WINDOW,
                       new_destination_day_before=dt.datetime.fromtimestamp(now, cfg.policy.tz).date().isoformat(),
                       history_day_before=day_number(cutoff, cfg.policy.tz), now=now,
                       # a used approval link is remembered as long as the call log, and at least
@@ -6536,6 +6655,20 @@ def update_account(db, acc, now, end_learning=True, inherit=(), **fields):
     update_account_row(db, acc.id, values, now)
 
 
+def set_blocked(db, acc, blocked, now):
+    """`block`: the administrator's block (R14), until `unblock`. `unblock` lifts it and an R16
+    block in force; the new destinations called before then no longer count toward R16."""
+    fields = {"blocked": int(blocked)}
+    if not blocked and acc.blocked_by_r16(now):
+        fields["blocked_until"] = now
+    update_account(db, acc, now, end_learning=False, **fields)
+
+
+def r16_block_end(acc, cfg, now):
+    """When the R16 block of the account ends, '' when none is in force."""
+    return fmt_time(acc.blocked_until, cfg.policy.tz) if acc.blocked_by_r16(now) else ""
+
+
 def account_limits(acc):
     """The four limits, None for unlimited (JSON null)."""
     return {field: getattr(acc, field) for field in LIMIT_FIELDS}
@@ -6550,7 +6683,7 @@ def account_records(db, cfg, now):
                         "state": acc.state if acc.learning(now) else "enforcing", **account_limits(acc),
                         "dest_countries": format_countries(acc.dest_countries),
                         "source_countries": format_countries(acc.source_countries), "blocked": acc.blocked,
-                        "calls_today": today["biz"] + today["off"]})
+                        "blocked_until": r16_block_end(acc, cfg, now), "calls_today": today["biz"] + today["off"]})
     return records
 
 
@@ -6568,7 +6701,8 @@ def account_details(db, cfg, acc, now):
     info = {"account": acc.name, "state": acc.state if acc.learning(now) else "enforcing",
             "learning_until": fmt_time(acc.learning_until, cfg.policy.tz) if acc.learning(now) else "",
             "created": fmt_time(acc.created, cfg.policy.tz), "last_seen": fmt_time(acc.last_seen, cfg.policy.tz),
-            "blocked": acc.blocked, "email": acc.email, **account_limits(effective), "daily_spend": effective.daily_spend,
+            "blocked": acc.blocked, "blocked_until": r16_block_end(acc, cfg, now), "email": acc.email,
+            **account_limits(effective), "daily_spend": effective.daily_spend,
             "dest_countries": format_countries(effective.dest_countries),
             "source_countries": format_countries(effective.source_countries), "pinned": ",".join(sorted(acc.pinned)),
             "anomaly_daily": acc.anomaly_daily, "calls_per_minute": effective.calls_per_minute or cfg.policy.max_calls_per_minute,
@@ -7154,7 +7288,7 @@ def http_account_countries(api, request):
 def http_account_block(api, request):
     with api.database() as db:
         acc = _request_account(db, request)
-        update_account(db, acc, time.time(), end_learning=False, blocked=int(request.path.endswith("/block")))
+        set_blocked(db, acc, request.path.endswith("/block"), time.time())
         return _account_answer(api, db, acc)
 
 
@@ -8001,7 +8135,7 @@ def build_parser():
     sub.add_parser("allow", parents=[common, account, countries], help="allow destination/source countries")
     sub.add_parser("deny", parents=[common, account, countries], help="remove allowed destination/source countries")
     sub.add_parser("block", parents=[common, account], help="reject every call of an account (R14)")
-    sub.add_parser("unblock", parents=[common, account], help="lift a block")
+    sub.add_parser("unblock", parents=[common, account], help="lift a block, the administrator's or R16's")
     p = sub.add_parser("learn", parents=[common, account], help="put an account in learning mode, or end it")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--days", type=arg_type(_integer(0, MAX_DAYS)), metavar="N", help="learn for N more days")
@@ -8130,7 +8264,8 @@ def cmd_list(args, cfg, db):
                 [(r["user"], r["domain"], r["created"], r["state"],
                   f"{fmt_limit(r['concurrent_calls'])}/{fmt_limit(r['concurrent_calls_off'])}",
                   f"{fmt_limit(r['daily_quota'])}/{fmt_limit(r['daily_quota_off'])}", r["dest_countries"],
-                  r["source_countries"], fmt_value(r["blocked"]), r["calls_today"]) for r in records])
+                  r["source_countries"], f"R16 until {r['blocked_until']}" if r["blocked_until"] and not r["blocked"]
+                  else fmt_value(r["blocked"]), r["calls_today"]) for r in records])
     return 0
 
 
@@ -8144,6 +8279,8 @@ def cmd_show(args, cfg, db):
     for key, value in info.items():
         shown = fmt_limit(value) if key in POLICY_FIELDS[:5] else "not learned" if key == "anomaly_daily" and value is None else value
         source = f"  ({sources[key]})" if key in sources else ""
+        if key == "blocked_until" and value:
+            source = f"  (R16; lift it: {PROG} unblock {args.user} {args.domain})"
         print(f"{key:24} {fmt_value(shown)}{source}")
     print("\nlast verdicts:")
     print_table(headers, rows)
@@ -8270,7 +8407,7 @@ def cmd_domain(args, cfg, db):
 
 def cmd_block(args, cfg, db):
     acc = find_account(db, args.user, args.domain)
-    update_account(db, acc, time.time(), end_learning=False, blocked=int(args.command == "block"))
+    set_blocked(db, acc, args.command == "block", time.time())
     print(f"{acc.name} {'blocked' if args.command == 'block' else 'unblocked'}; running servers follow within "
           f"{cfg.database.reload_interval:g} s")
     return 0

@@ -124,7 +124,7 @@ def test_migration_adds_the_domain_table_and_retires_the_old_accounts_trigger(db
         assert old == 2 and new == db.schema_version()
         assert {"domains", "spend_counters"} <= db.names("table")
         assert "accounts_changed" not in db.names("trigger") and "dropped trigger accounts_changed" in changes
-        assert {"accounts_edited", "domains_changed"} <= db.names("trigger")
+        assert {"accounts_revised", "domains_changed"} <= db.names("trigger")
     finally:
         db.close()
 

@@ -4,6 +4,7 @@ and a fresh real MariaDB database. The clock is frozen: every attempt carries it
 import datetime as dt
 import random
 import secrets
+import time
 import zoneinfo
 
 import pytest
@@ -1012,3 +1013,137 @@ def test_run_due_returns_the_next_learning_end_or_daily_job(make):
     # another node's jobs: nothing left to do today, the same next moment
     other = tfps.DailyJobs(env.cfg, env.db, env.engine)
     assert other.run_due(at(2024, 3, 10, 9, tz=NY)) == at(2024, 3, 11, 3, 30, tz=NY)
+
+
+# -- R16 new destination countries in quick succession ----------------------------------------------
+
+FR, FR_MOBILE, DE, PL, IT, BR, JP = ("33123456789", "33612345678", "4930123456", "48221234567", "390612345678",
+                                     "5511987654321", "81312345678")
+
+
+def test_r16_the_third_new_country_within_10_minutes_blocks_the_account_until_anomaly_block_ends(env):
+    assert [env.code(n, ts=WED_10 + i * 60) for i, n in enumerate((FR, DE, FR_MOBILE))] == ["A00"] * 3  # FR twice: 2 countries
+    v = env.call(PL, ts=WED_10 + 300)
+    assert v.code == "R16", v.reason
+    assert "called 3 new destination countries within 10 minutes (DE,FR,PL" in v.reason
+    assert "blocked until 2025-01-15 11:05:00 UTC" in v.reason
+    assert v.undo.startswith(f"tfps unblock {USER} {DOMAIN}") or v.undo.startswith(f"{tfps.PROG} unblock {USER} {DOMAIN}")
+    assert f"allow {USER} {DOMAIN} --dest DE,FR,PL" in v.undo
+    assert tfps.find_account(env.db, USER, DOMAIN).blocked_until == WED_10 + 300 + 3600
+    blocked = env.call(us(1), ts=WED_10 + 301)                 # every call of the account, the home country's too
+    assert blocked.code == "R16" and "blocked until 2025-01-15 11:05:00 UTC" in blocked.reason
+    assert blocked.undo == f"{tfps.PROG} unblock {USER} {DOMAIN}"
+    assert env.code("911", ts=WED_10 + 302) == "A00"           # emergency numbers never
+    assert env.code(us(1), user="1002", ts=WED_10 + 303) == "A00"  # other accounts are not blocked
+    assert env.code(us(2), ts=WED_10 + 3899) == "R16"
+    assert env.code(us(3), ts=WED_10 + 3900) == "A00"          # over by itself
+    assert env.code(IT, ts=WED_10 + 3901) == "A00"             # calls before the block count no more
+
+
+def test_r16_two_new_countries_do_not_block_and_the_window_slides(env):
+    assert env.code(FR, ts=WED_10) == "A00"
+    assert env.code(DE, ts=WED_10 + 60) == "A00"
+    assert env.code(PL, ts=WED_10 + 600) == "A00"              # FR's call is 10 minutes old: two in the window
+    assert env.code(IT, ts=WED_10 + 659) == "R16"               # DE, PL and IT
+    assert tfps.find_account(env.db, USER, DOMAIN).blocked_until == WED_10 + 659 + 3600
+
+
+def test_r16_counts_only_new_countries(make):
+    env = make({"anomaly_block": "30m"})
+    env.add("white", "number", "4822")
+    env.account(dest_countries={"US", "FR"})                   # allowed by hand
+    tfps.update_account_row(env.db, env.account().id, {"dest_countries": "US,FR,DE"}, WED_10)   # DE learned by training
+    env.engine.check_for_changes()
+    calls = [FR, DE, "14165551234", "17875551234", PL, "5312345678", IT, BR, JP]  # allowed, learned, CA and PR (low),
+    codes = [env.code(n, ts=WED_10 + i) for i, n in enumerate(calls)]            # whitelisted, high-risk, then new ones
+    assert codes == ["A00", "A00", "A00", "A00", "A00", "R06", "A00", "A00", "R16"]
+    assert tfps.find_account(env.db, USER, DOMAIN).blocked_until == WED_10 + 8 + 1800
+
+
+def test_r16_counts_approved_calls_only(make):
+    env = make({"new_destination_calls": "0"})                 # every new country is R06: nothing got through
+    assert [env.code(n, ts=WED_10 + i) for i, n in enumerate((FR, DE, PL, IT))] == ["R06"] * 4
+    assert tfps.find_account(env.db, USER, DOMAIN).blocked_until is None
+
+
+def test_r16_is_enforced_in_learning_mode_and_only_logged_in_monitor_mode(make):
+    env = make({"learning_days": "14"})
+    assert [env.code(n, ts=WED_10 + i) for i, n in enumerate((FR, DE, PL))] == ["A00", "A00", "R16"]
+    assert tfps.find_account(env.db, USER, DOMAIN).learning(WED_10)
+    monitor = [env.call(n, user="1002", ts=WED_10 + i, enforce=False) for i, n in enumerate((FR, DE, PL, IT))]
+    assert [v.code for v in monitor] == ["A00"] * 4 and monitor[2].would.code == "R16"
+    assert tfps.find_account(env.db, "1002", DOMAIN).blocked_until is None
+
+
+def test_r16_off_with_zero(make):
+    env = make({"new_destinations_per_10min": "0"})
+    assert [env.code(n, ts=WED_10 + i) for i, n in enumerate((FR, DE, PL, IT, BR))] == ["A00"] * 5
+
+
+def test_r16_unblock_lifts_the_block_at_once_and_block_stays_the_administrators(env):
+    assert [env.code(n, ts=WED_10 + i) for i, n in enumerate((FR, DE, PL))] == ["A00", "A00", "R16"]
+    acc = tfps.find_account(env.db, USER, DOMAIN)
+    details = tfps.account_details(env.db, env.cfg, acc, WED_10 + 10)[0]
+    assert details["blocked"] is False and details["blocked_until"] == "2025-01-15 11:00:02 UTC"
+    record = [r for r in tfps.account_records(env.db, env.cfg, WED_10 + 10) if r["user"] == USER][0]
+    assert record["blocked_until"] == "2025-01-15 11:00:02 UTC"
+    assert dict(tfps.accounts_by_state(env.db, WED_10 + 10))["blocked"] == 1
+    tfps.set_blocked(env.db, acc, False, WED_10 + 10)
+    assert env.engine.check_for_changes()
+    assert env.code(us(1), ts=WED_10 + 11) == "A00"
+    assert env.code(IT, ts=WED_10 + 12) == "A00"              # the countries before the unblock count no more
+    acc = tfps.find_account(env.db, USER, DOMAIN)
+    assert tfps.account_details(env.db, env.cfg, acc, WED_10 + 13)[0]["blocked_until"] == ""
+    tfps.set_blocked(env.db, acc, True, WED_10 + 13)
+    env.engine.check_for_changes()
+    assert env.code(us(2), ts=WED_10 + 7200) == "R14"          # the administrator's block does not end by itself
+    tfps.set_blocked(env.db, tfps.find_account(env.db, USER, DOMAIN), False, WED_10 + 7201)
+    env.engine.check_for_changes()
+    assert env.code(us(3), ts=WED_10 + 7202) == "A00"
+
+
+def test_r16_alert_says_what_happened_and_how_to_undo_it(env):
+    for i, number in enumerate((FR, DE, PL)):
+        v = env.call(number, ts=WED_10 + i)
+        env.engine.record(v, f"302 {v.code}", 1.0)
+    event = [e for e in env.engine.alerts.events if e.kind == "rejection"][-1]
+    assert event.rule == "R16" and "3 new destination countries within 10 minutes" in event.body
+    assert f"If this is a false positive: {tfps.PROG} unblock {USER} {DOMAIN}" in event.body
+
+
+@pytest.mark.parametrize("lease", [0, 4])
+def test_r16_block_reaches_another_engine_on_the_same_database(tmp_path, db_url, lease):
+    """A second server (or worker) sharing the database follows the block through the accounts
+    serial; with quota leases each worker counts the new countries of the calls it answers."""
+    cfg = tfps.Config.load(write_config(tmp_path / "r16.conf", {"policy": {"learning_days": "0", "max_calls_per_minute": "0"}}))
+    dbs = [tfps.open_database(db_url) for _ in range(2)]
+    try:
+        engines = [tfps.Engine(cfg, db, counters=tfps.LeasedCounters(db, f"node-{i}", lease, 30.0) if lease else None)
+                   for i, db in enumerate(dbs)]
+        first, second = engines
+        now = time.time()
+        assert first.decide(tfps.CallAttempt(USER, DOMAIN, us(1), ts=now)).code == "A00"
+        first.flush(now)
+        assert second.decide(tfps.CallAttempt(USER, DOMAIN, us(2), ts=now + 1)).code == "A00"   # the account cached there
+        second.flush(now + 1)
+        codes = [first.decide(tfps.CallAttempt(USER, DOMAIN, n, ts=now + 2 + i)).code for i, n in enumerate((FR, DE, PL))]
+        assert codes == ["A00", "A00", "R16"]
+        first.flush(now + 5)
+        assert second.check_for_changes()
+        v = second.decide(tfps.CallAttempt(USER, DOMAIN, us(3), ts=now + 6))
+        assert v.code == "R16" and "blocked until" in v.reason
+    finally:
+        for db in dbs:
+            db.close()
+
+
+def test_r16_keys_are_checked(tmp_path):
+    for key, value, needle in (("new_destinations_per_10min", "-1", "new_destinations_per_10min"),
+                               ("new_destinations_per_10min", "three", "new_destinations_per_10min"),
+                               ("anomaly_block", "10s", "anomaly_block"), ("anomaly_block", "31d", "anomaly_block"),
+                               ("anomaly_block", "soon", "anomaly_block")):
+        path = write_config(tmp_path / "bad.conf", {"policy": {"learning_days": "0", key: value}})
+        with pytest.raises(tfps.ConfigError, match=rf"bad\.conf:3: .*{needle}"):
+            tfps.Config.load(path)
+    cfg = tfps.Config.load(write_config(tmp_path / "ok.conf", {"policy": {"anomaly_block": "2h", "new_destinations_per_10min": "5"}}))
+    assert (cfg.policy.anomaly_block, cfg.policy.new_destinations_per_10min) == (7200.0, 5)

@@ -155,7 +155,7 @@ def test_training_learns_a_dialers_calls_per_minute_and_r15_follows_it(tmp_path,
 def test_schema_3_is_migrated_in_place(db_url):
     db = tfps.open_database(db_url)
     try:
-        db.execute("DROP TRIGGER accounts_edited")
+        db.execute("DROP TRIGGER accounts_revised")
         body = "UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial'"
         db.execute("CREATE TRIGGER accounts_updated AFTER UPDATE ON accounts FOR EACH ROW "
                    + (f"BEGIN {body}; END" if db.dialect == "sqlite" else body))
@@ -163,9 +163,9 @@ def test_schema_3_is_migrated_in_place(db_url):
         db.execute("ALTER TABLE account_days DROP COLUMN peak_minute")
         db.execute("UPDATE meta SET value = 3 WHERE name = 'schema_version'")
         old, new, changes = db.initdb()
-        assert (old, new) == (3, 4)
+        assert (old, new) == (3, db.schema_version()) and new >= 4
         assert {"added accounts.calls_per_minute", "added account_days.peak_minute", "dropped trigger accounts_updated"} <= set(changes)
-        assert "accounts_edited" in db.names("trigger") and "accounts_updated" not in db.names("trigger")
+        assert "accounts_revised" in db.names("trigger") and "accounts_updated" not in db.names("trigger")
         cfg = tfps.Config()
         tfps.insert_account(db, tfps.default_account(cfg, "u", DOMAIN, WED_10))
         serial = db.scalar("SELECT value FROM meta WHERE name = 'accounts_serial'")

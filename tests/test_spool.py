@@ -197,7 +197,7 @@ def test_schema_version_4_adds_row_key_in_place(db_url):
         db.execute("UPDATE meta SET value = 3 WHERE name = 'schema_version'")
         db.execute("INSERT INTO call_log (ts, code) VALUES (1, 'A00')")
         old, new, changes = db.initdb()
-        assert (old, new) == (3, 4)
+        assert (old, new) == (3, db.schema_version()) and new >= 4
         assert "added call_log.row_key" in changes and "added call_log.uq_call_log_row_key" in changes
         rows = spool_rows(2)
         tfps.insert_call_log(db, rows + rows)

@@ -238,7 +238,7 @@ def test_purge_rows_keeps_what_is_recent(db):
                                 "until": until, "ended": ended, "client_ip": "192.0.2.1"})
     counts = tfps.purge_rows(db, call_log_before=NOW, counter_day_before="2024-07-02",
                              new_destination_day_before="2024-07-02", ab_pairs_before=NOW,
-                             rate_windows_before=NOW, history_day_before=0, approvals_before=NOW, now=NOW)
+                             rate_windows_before=NOW, new_destination_windows_before=NOW, history_day_before=0, approvals_before=NOW, now=NOW)
     assert (counts["call_log"], counts["daily_counters"], counts["locks"], counts["ab_pairs"]) == (1, 1, 1, 0)
     assert list(db.query("SELECT name FROM locks")) == [("new",)]
     assert sorted(r[0] for r in db.query("SELECT token_id FROM approvals")) == ["new-quota", "old-running"], \

@@ -920,3 +920,22 @@ def test_readme_configuration_reference_lists_every_key_with_its_default():
             row = re.search(rf"^\| `{re.escape(key)}` \| (.*?) \|", table, re.M)
             assert row, f"[{section}] {key} is not in the README's configuration reference"
             assert row.group(1) == (f"`{default}`" if default else "*(empty)*"), f"[{section}] {key}"
+
+
+def test_an_r16_block_is_shown_and_unblock_lifts_it(db_url):
+    ok(cli(db_url, "add", *ACCOUNT))
+    db = tfps.open_database(db_url)
+    try:
+        tfps.update_account_row(db, tfps.find_account(db, *ACCOUNT).id, {"blocked_until": time.time() + 3600}, time.time())
+    finally:
+        db.close()
+    shown = ok(cli(db_url, "show", *ACCOUNT)).stdout
+    assert re.search(rf"^blocked\s+no$", shown, re.M)
+    assert re.search(rf"^blocked_until\s+\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC  \(R16; lift it: tfps.py unblock {USER} {DOMAIN}\)$",
+                     shown, re.M), shown
+    assert as_json(cli(db_url, "show", *ACCOUNT, "--json"))["blocked_until"].endswith(" UTC")
+    assert re.search(r"R16 until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", ok(cli(db_url, "list")).stdout)
+    assert as_json(cli(db_url, "list", "--json"))[0]["blocked_until"]
+    assert "unblocked" in ok(cli(db_url, "unblock", *ACCOUNT)).stdout
+    assert as_json(cli(db_url, "show", *ACCOUNT, "--json"))["blocked_until"] == ""
+    assert re.search(r"^blocked_until\s*$", ok(cli(db_url, "show", *ACCOUNT)).stdout, re.M)

@@ -28,10 +28,14 @@ def decide(env, user, number, ts, **kw):
 
 
 def test_a_fresh_account_pumping_premium_destinations_is_stopped_within_three_calls(env):
-    """One premium number after another, each call still up when the next starts, minutes apart."""
+    """One premium number after another, each call still up when the next starts, minutes apart:
+    the third new country blocks the account (R16); calls to one country meet the learning cap
+    of concurrent calls (R10)."""
     verdicts = [decide(env, "5001", number, LATER + 200 * i, concurrent_calls=i + 1) for i, number in enumerate(PREMIUM)]
-    assert [v.code for v in verdicts] == ["A00", "A00", "R10", "R10", "R10", "R10"]
-    assert "learning_concurrent_calls" in verdicts[2].reason and verdicts[2].undo.startswith(f"{tfps.PROG} learn 5001")
+    assert [v.code for v in verdicts] == ["A00", "A00"] + ["R16"] * 4
+    one_country = [decide(env, "5011", f"3709012345{i}", LATER + 200 * i, concurrent_calls=i + 1) for i in range(3)]
+    assert [v.code for v in one_country] == ["A00", "A00", "R10"]
+    assert "learning_concurrent_calls" in one_country[2].reason and one_country[2].undo.startswith(f"{tfps.PROG} learn 5011")
 
 
 def test_new_destinations_are_enforced_for_a_new_account_while_it_learns(env):

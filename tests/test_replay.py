@@ -545,3 +545,20 @@ def test_in_processes_returns_results_in_order_and_reports_a_failing_worker():
         tfps.in_processes(lambda x: 1 / x, [0, 1])          # in this process: the child is stopped
     with pytest.raises(tfps.UserError, match="replay worker failed: TypeError"):
         tfps.in_processes(lambda x: {x}, [1, 2])            # a result JSON cannot carry
+
+
+@pytest.mark.parametrize("backend", [None, "sqlite_url"])
+def test_r16_blocks_and_unblocks_on_the_replay_clock(tmp_path, request, backend):
+    """The new destination countries counted in memory (or in the database) on the CDR's own
+    times: the block ends anomaly_block after the call that caused it, not after the replay."""
+    path = write_cdr(tmp_path / "r16.csv", HEADER, [
+        "2024-03-04T10:00:00+00:00,1001,pbx.example.com,+33123456789,198.51.100.1,FPBX,1",
+        "2024-03-04T10:02:00+00:00,1001,pbx.example.com,+4930123456,198.51.100.1,FPBX,1",
+        "2024-03-04T10:04:00+00:00,1001,pbx.example.com,+48221234567,198.51.100.1,FPBX,1",   # the third: R16
+        "2024-03-04T10:30:00+00:00,1001,pbx.example.com,+12125550100,198.51.100.1,FPBX,1",   # blocked
+        "2024-03-04T10:31:00+00:00,1002,pbx.example.com,+12125550100,198.51.100.1,FPBX,1",   # another account
+        "2024-03-04T11:04:01+00:00,1001,pbx.example.com,+12125550101,198.51.100.1,FPBX,1",   # the hour is over
+    ])
+    cfg = tfps.Config.load(replay_config(tmp_path, anomaly_block="1h"))
+    report = tfps.replay(cfg, path, request.getfixturevalue(backend) if backend else None, jobs=1)
+    assert report["codes"] == {"A00": 4, "R16": 2}

@@ -12,8 +12,10 @@ from conftest import write_config
 
 WED_10 = 1736935200.0  # 2025-01-15 10:00 UTC, business hours
 COUNTER_TABLES = {"daily_counters": "day, bucket, approved",
-                  "ab_pairs": "number, times, blocked_until",
+                  "ab_pairs": "number, times, ab_pairs.blocked_until",
                   "rate_windows": "times",
+                  "new_destination_days": "day, iso, calls",
+                  "new_destination_windows": "calls",
                   "spend_counters": "day, spend"}
 RATE_DECK = "prefix,price_per_minute\n1,0.02\n44,0.10\n49,0.30\n"  # x 5 minutes: US 0.10, GB 0.50, DE 1.50
 
@@ -21,7 +23,8 @@ RATE_DECK = "prefix,price_per_minute\n1,0.02\n44,0.10\n49,0.30\n"  # x 5 minutes
 def traffic(seed):
     """Calls that trip every rule of the pipeline, several accounts, a few minutes."""
     rng = random.Random(seed)
-    numbers = ["12125551234", "12125551234", "5312345678", "442079460000", "37122000000", "4930123456", "12125550000"]
+    numbers = ["12125551234", "12125551234", "5312345678", "442079460000", "37122000000", "4930123456", "12125550000",
+               "33123456789", "48221234567", "390612345678"]   # FR, PL, IT: new destinations (R06, R16)
     agents = ["Phone 1.0", "Phone 1.0", "friendly-scanner", "sipvicious"]
     calls = []
     for i in range(160):
@@ -43,8 +46,8 @@ def run(tmp_path, db_url, screening, account_rules, monkeypatch, calls, lease=0)
     cfg = tfps.Config.load(conf)
     db = tfps.open_database(db_url)
     try:
-        for table in ("daily_counters", "quota_leases", "ab_pairs", "rate_windows", "spend_counters", "accounts", "ip_list",
-                      "number_list"):
+        for table in ("daily_counters", "quota_leases", "ab_pairs", "rate_windows", "new_destination_days",
+                      "new_destination_windows", "spend_counters", "accounts", "ip_list", "number_list"):
             db.execute(f"DELETE FROM {table}")
         tfps.list_add(db, "black", "number", ["5312"], "test", WED_10)
         tfps.list_add(db, "black", "ip", ["198.51.100.0/24"], "test", WED_10)
@@ -65,12 +68,14 @@ def run(tmp_path, db_url, screening, account_rules, monkeypatch, calls, lease=0)
             memory = {"pairs": sorted(((user[a], n), v) for (a, n), v in leased.pairs.items()),
                       "rates": sorted((user[a], v) for a, v in leased.rates.items()),
                       "new_destinations": sorted(((user[a], *k), v) for (a, *k), v in leased.new_destinations.items()),
+                      "new_destination_windows": sorted((user[a], v) for a, v in leased.new_destination_windows.items()),
                       "quota_leases": list(db.query("SELECT * FROM quota_leases"))}
             tables = {"daily_counters": COUNTER_TABLES["daily_counters"]}
         else:
             memory, tables = {}, COUNTER_TABLES
         counters = {table: sorted(db.query(f"SELECT user, {columns} FROM {table} JOIN accounts ON accounts.id = account_id"))
                     for table, columns in tables.items()}
+        counters["r16_blocks"] = sorted(db.query("SELECT user, blocked_until FROM accounts WHERE blocked_until IS NOT NULL"))
         return approved, counters | memory, engine
     finally:
         db.close()
@@ -83,7 +88,9 @@ def test_permuting_the_pipeline_changes_no_counter(tmp_path, db_url, monkeypatch
     calls = traffic(seed)
     base = run(tmp_path, db_url, tfps.SCREENING, tfps.ACCOUNT_RULES, monkeypatch, calls, lease)
     assert any(base[0]) and not all(base[0])
-    assert all(v for k, v in base[1].items() if k not in ("quota_leases", "new_destinations")), "every counter was written"
+    assert all(v for k, v in base[1].items() if k not in ("quota_leases", "new_destinations", "r16_blocks")), \
+        "every counter was written"
+    assert base[1]["r16_blocks"] or seed != 1, "the first traffic blocks accounts (R16)"
     assert base[1].get("quota_leases", []) == [], "leases given back"
     rng = random.Random(seed)
     for _ in range(3):

@@ -243,3 +243,29 @@ def test_purge_rows_keeps_what_is_recent(db):
     assert list(db.query("SELECT name FROM locks")) == [("new",)]
     assert sorted(r[0] for r in db.query("SELECT token_id FROM approvals")) == ["new-quota", "old-running"], \
         "a country still allowed keeps its approval; one used lately stays used"
+
+
+def test_schema_version_4_gains_the_r16_block_in_place(db_url):
+    """Version 5: accounts.blocked_until, which the accounts trigger follows (a block reaches the
+    other nodes), and the new destination countries of the last 10 minutes per account."""
+    db = tfps.open_database(db_url)
+    try:
+        db.execute("DROP TRIGGER accounts_revised")
+        body = "UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial'"
+        db.execute("CREATE TRIGGER accounts_edited AFTER UPDATE ON accounts FOR EACH ROW "
+                   + (f"BEGIN {body}; END" if db.dialect == "sqlite" else body))
+        db.execute("ALTER TABLE accounts DROP COLUMN blocked_until")
+        db.execute("DROP TABLE new_destination_windows")
+        db.execute("UPDATE meta SET value = 4 WHERE name = 'schema_version'")
+        old, new, changes = db.initdb()
+        assert (old, new) == (4, 5)
+        assert {"added accounts.blocked_until", "dropped trigger accounts_edited"} <= set(changes)
+        assert "new_destination_windows" in db.names("table")
+        assert "accounts_revised" in db.names("trigger") and "accounts_edited" not in db.names("trigger")
+        tfps.insert_account(db, tfps.default_account(tfps.Config(), "u", "pbx.example.com", NOW))
+        serial = db.scalar("SELECT value FROM meta WHERE name = 'accounts_serial'")
+        db.execute("UPDATE accounts SET blocked_until = ? WHERE user = 'u'", (NOW + 3600,))
+        assert db.scalar("SELECT value FROM meta WHERE name = 'accounts_serial'") == serial + 1
+        assert tfps.find_account(db, "u", "pbx.example.com").blocked_by_r16(NOW)
+    finally:
+        db.close()

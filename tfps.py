@@ -3598,7 +3598,8 @@ def new_destination_burst(engine, call):
     """A hacked PBX spreads its calls over many new countries, a few each: the call that would be
     an account's [policy] new_destinations_per_10min-th distinct new destination country within
     10 minutes is rejected, and the account blocked for anomaly_block (Engine._count writes the
-    block), every call of it rejected meanwhile. Enforced from the first call, learning or not."""
+    block), every call of it rejected meanwhile. Soft, as R06 is for new destinations, only while
+    an account that a new installation found learns: its every destination is new then."""
     acc, p = call.account, engine.cfg.policy
     undo = f"{PROG} unblock {acc.user} {acc.domain}"
     if acc.blocked_by_r16(call.now):
@@ -3612,7 +3613,13 @@ def new_destination_burst(engine, call):
                             f"{p.new_destinations_per_10min}): account blocked until "
                             f"{fmt_time(call.now + p.anomaly_block, p.tz)}",
                      f"{undo}  (if the calls are expected, also: {PROG} allow {acc.user} {acc.domain} --dest "
-                     f"{format_countries(countries)})")
+                     f"{format_countries(countries)})", soft=burst_is_soft(engine, call))
+
+
+def burst_is_soft(engine, call):
+    """R16 only logs for an account learning freely (Engine.held): a new installation finds its
+    customers calling, and every country they call is new until training learns it."""
+    return call.account.learning(call.now) and not engine.held(call)
 
 
 def counts_toward_burst(engine, call):
@@ -3802,9 +3809,9 @@ def spend_budget(engine, call):
 
 # Screening needs no account: a call it rejects (a scanner, a bad source, an attack) enrolls nothing.
 SCREENING = (attack_signature, scanner_user_agent, bad_source_ip)
-ACCOUNT_RULES = (blocked_account, new_destination_burst, blacklisted_number, repeated_a_to_b, unknown_country_code, destination_country,
-                 source_country_not_allowed, source_country_unknown, concurrent_calls, calls_per_minute, daily_quota,
-                 spend_budget)
+ACCOUNT_RULES = (blocked_account, new_destination_burst, blacklisted_number, repeated_a_to_b, unknown_country_code,
+                 destination_country, source_country_not_allowed, source_country_unknown, concurrent_calls,
+                 calls_per_minute, daily_quota, spend_budget)
 PIPELINE = SCREENING + ACCOUNT_RULES
 NEW_DESTINATION_WINDOW = 600.0  # R16 counts the new destination countries of the last 10 minutes
 PROBE_DOMAIN = "tfps.invalid"  # `probe` calls from it; reserved (RFC 2606), so never enrolled
@@ -4518,8 +4525,8 @@ class Engine:
         """The one place where a verdict writes counters. What it writes depends on the verdict
         only, never on which rule rejected: an A->B attempt counts whatever the verdict (and
         blocks the pair past ab_max_calls); a rejected call that would have made the account's
-        new_destinations_per_10min-th new destination country blocks the account (R16, which
-        rejects it when no rule before does); an approved call counts toward the daily quota, the
+        new_destinations_per_10min-th new destination country blocks the account where R16 is
+        enforced (R16 rejects it when no rule before does); an approved call counts toward the daily quota, the
         per-minute window, the new destination countries of the last 10 minutes (R16) and, with
         its estimated cost, the daily spend."""
         acc, p = call.account, self.cfg.policy
@@ -4539,7 +4546,7 @@ class Engine:
                 blocked_until = call.now + p.ab_block
             self.counters.write_pair(acc.id, call.number, times, call.now, blocked_until, existed)
         if not approved:
-            if burst_countries(self, call):
+            if burst_countries(self, call) and not burst_is_soft(self, call):
                 self._block_account(call, call.now + p.anomaly_block)
             return
         if not quota_taken:  # no quota, or over it while learning: counted all the same

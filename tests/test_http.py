@@ -344,6 +344,12 @@ def test_admin_api_mirrors_the_cli(served, db_url):
     assert api.post(account + "/unblock")[1]["blocked"] is False
     uk_numbers = (f"44163296{n:04d}" for n in range(10000))
     assert wait_until(lambda: api.get(check_query(next(uk_numbers)))[1]["code"] == "A00", 5, interval=0.3), "GB allowed, unblocked"
+    new_countries = ("4930123456", "48221234567", "390612345678")           # DE, PL, IT: new destinations
+    assert [api.get(check_query(number))[1]["code"] for number in new_countries] == ["A00", "A00", "R16"]
+    assert wait_until(lambda: api.get(account)[1]["blocked_until"]), "R16's block; on SQLite committed at the next flush"
+    assert [a["blocked_until"] for a in api.get("/v1/accounts")[1]] == [api.get(account)[1]["blocked_until"]]
+    assert api.post(account + "/unblock")[1]["blocked_until"] == ""
+    assert wait_until(lambda: api.get(check_query(next(numbers)))[1]["code"] == "A00", 5, interval=0.3), "R16 lifted"
     assert api.post(account + "/learn", {"days": 3})[1]["state"] == "learning"
     assert api.post(account + "/learn", {"stop": True})[1]["state"] == "enforcing"
     assert api.post(account + "/learn", {})[0] == 400

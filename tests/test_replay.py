@@ -559,6 +559,6 @@ def test_r16_blocks_and_unblocks_on_the_replay_clock(tmp_path, request, backend)
         "2024-03-04T10:31:00+00:00,1002,pbx.example.com,+12125550100,198.51.100.1,FPBX,1",   # another account
         "2024-03-04T11:04:01+00:00,1001,pbx.example.com,+12125550101,198.51.100.1,FPBX,1",   # the hour is over
     ])
-    cfg = tfps.Config.load(replay_config(tmp_path, anomaly_block="1h"))
+    cfg = tfps.Config.load(replay_config(tmp_path, anomaly_block="1h", learning_days=0))
     report = tfps.replay(cfg, path, request.getfixturevalue(backend) if backend else None, jobs=1)
     assert report["codes"] == {"A00": 4, "R16": 2}

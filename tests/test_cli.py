@@ -311,7 +311,10 @@ def test_limits_and_durations_in_the_config_are_bounded(tmp_path):
                                ("ab_block", "100000000000000000000d", "longer than 36525 days"),
                                ("train_sigma", "nan", "between 0 and 100"),
                                ("anomaly_sigma", "inf", "between 0 and 100"),
-                               ("ab_max_calls", "9" * 5000, "between 1 and 1000")]:
+                               ("ab_max_calls", "9" * 5000, "between 1 and 1000"),
+                               ("new_destinations_per_10min", "-1", "between 0 and 1000"),
+                               ("anomaly_block", "30s", "between 60s and"),
+                               ("anomaly_block", "31d", "between 60s and")]:
         path = write_config(tmp_path / "tfps.conf", {"policy": {key: value}})
         result = failed(run_cli("config", "check", "-c", path))
         assert result.stderr.startswith(f"tfps: {path}:2: [policy] {key} = ") and needle in result.stderr, result.stderr

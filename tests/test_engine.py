@@ -1156,3 +1156,15 @@ def test_r16_keys_are_checked(tmp_path):
             tfps.Config.load(path)
     cfg = tfps.Config.load(write_config(tmp_path / "ok.conf", {"policy": {"anomaly_block": "2h", "new_destinations_per_10min": "5"}}))
     assert (cfg.policy.anomaly_block, cfg.policy.new_destinations_per_10min) == (7200.0, 5)
+
+
+def test_r16_from_memory_blocks_in_this_engine_and_touches_no_database(env):
+    assert env.code(us(1), ts=WED_10) == "A00"                 # the account is known and in memory
+    env.engine.flush()
+    env.db.close()  # every statement would fail now
+    codes = [env.engine.decide_from_memory(tfps.CallAttempt(USER, DOMAIN, n, ts=WED_10 + 1 + i)).code
+             for i, n in enumerate((FR, DE, PL, us(2)))]
+    assert codes == ["A00", "A00", "R16", "R16"]
+    env.db = tfps.Database(env.db.url)
+    env.engine.use_database(env.db)
+    assert tfps.find_account(env.db, USER, DOMAIN).blocked_until is None

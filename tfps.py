@@ -2204,23 +2204,39 @@ def save_reputation(db, values):
 
 # alert throttle and outbox
 
-def load_alert_throttle(db, account, rule):
-    """(last_sent, suppressed) of the account's alerts of `rule`, or None."""
-    return db.one("SELECT last_sent, suppressed FROM alert_throttle WHERE account = ? AND rule = ?", (account, rule))
+def load_alert_throttles(db, keys):
+    """{(account, rule): (last_sent, suppressed)} of the (account, rule) keys that have alerted
+    before: one SELECT per 500 accounts, not one per key (a round trip each on MySQL)."""
+    keys, found = set(keys), {}
+    accounts = sorted({account for account, _rule in keys})
+    for start in range(0, len(accounts), 500):
+        chunk = accounts[start:start + 500]
+        for account, rule, last_sent, suppressed in db.query(
+                f"SELECT account, rule, last_sent, suppressed FROM alert_throttle WHERE account IN ({', '.join('?' * len(chunk))})",
+                chunk):
+            if (account, rule) in keys:
+                found[account, rule] = (last_sent, suppressed)
+    return found
 
 
-def count_suppressed_alerts(db, account, rule, count):
-    db.execute("UPDATE alert_throttle SET suppressed = suppressed + ? WHERE account = ? AND rule = ?", (count, account, rule))
+def write_alert_throttles(db, sent, suppressed):
+    """Alerts sent now, (account, rule, time, alerts suppressed with them) rows, and alerts
+    suppressed within the interval, (account, rule, last sent, count) rows of keys that exist:
+    two statements in all (executemany batches INSERTs on MySQL)."""
+    db.executemany(db.upsert_text("alert_throttle", ("account", "rule", "last_sent", "suppressed"), ("account", "rule"),
+                                  "last_sent = NEW(last_sent), suppressed = NEW(suppressed)"), sent)
+    db.executemany(db.upsert_text("alert_throttle", ("account", "rule", "last_sent", "suppressed"), ("account", "rule"),
+                                  "suppressed = suppressed + NEW(suppressed)"), suppressed)
 
 
-def mark_alert_sent(db, account, rule, now, suppressed):
-    db.upsert("alert_throttle", {"account": account, "rule": rule, "last_sent": now, "suppressed": suppressed},
-              ["account", "rule"], "last_sent = NEW(last_sent), suppressed = NEW(suppressed)")
+ALERT_OUTBOX_COLUMNS = ("created", "kind", "account", "code", "subject", "body", "payload", "recipients",
+                        "email_pending", "webhook_pending", "attempts", "next_try")
 
 
-def enqueue_alert(db, values):
-    """Put an alert (a row of {column: value} of alert_outbox) in the outbox, due at once."""
-    db.insert("alert_outbox", {**values, "attempts": 0, "next_try": values["created"]})
+def enqueue_alerts(db, rows):
+    """Put alerts in the outbox, due at once: tuples in the order of ALERT_OUTBOX_COLUMNS."""
+    marks = ", ".join("?" * len(ALERT_OUTBOX_COLUMNS))
+    db.executemany(f"INSERT INTO alert_outbox ({', '.join(ALERT_OUTBOX_COLUMNS)}) VALUES ({marks})", rows)
 
 
 def due_alerts(db, now, limit=20):
@@ -2600,6 +2616,23 @@ def mark_first_seen(db, account_id, direction, iso, now):
     """Note that the account called to ('dst') or from ('src') `iso`; True the first time."""
     return db.insert_or_ignore("account_seen", {"account_id": account_id, "direction": direction, "iso": iso,
                                                 "first_seen": now})
+
+
+def mark_first_seen_all(db, marks):
+    """mark_first_seen of many (account id, direction, iso, time) marks: one INSERT per 500 marks
+    and one SELECT per 500 accounts, not a round trip per mark. Returns the marks that were the
+    first: those whose time was stored (of two nodes marking one key, the one whose insert won)."""
+    verb = "INSERT OR IGNORE" if db.dialect == "sqlite" else "INSERT IGNORE"
+    db.executemany(f"{verb} INTO account_seen (account_id, direction, iso, first_seen) VALUES (?, ?, ?, ?)", marks)
+    accounts = sorted({mark[0] for mark in marks})
+    stored = {}
+    for start in range(0, len(accounts), 500):
+        chunk = accounts[start:start + 500]
+        for account_id, direction, iso, first_seen in db.query(
+                "SELECT account_id, direction, iso, first_seen FROM account_seen "
+                f"WHERE account_id IN ({', '.join('?' * len(chunk))})", chunk):
+            stored[account_id, direction, iso] = first_seen
+    return [mark for mark in marks if stored.get(mark[:3]) == mark[3]]
 
 
 def insert_account_row(db, values):
@@ -3124,37 +3157,44 @@ class AlertQueue:
 
     def write(self, db, now):
         """Write the events into the current transaction; the caller clears them once it commits.
-        Events of one account and rule are taken together: one throttle look-up for a flood."""
+        Events of one account and rule are taken together, and the throttles of all of them are
+        read and written together: a flood costs a few statements, not a round trip per event."""
         groups = {}
         for event in self.events:
             groups.setdefault((event.account, event.rule), []).append(event)
-        for (account, rule), events in sorted(groups.items()):  # one lock order on every node
-            row = load_alert_throttle(db, account, rule)
+        if not groups:
+            return
+        throttles = load_alert_throttles(db, groups)
+        sent_marks, suppressed, outbox = [], [], []
+        for key, events in sorted(groups.items()):  # one lock order on every node
+            row = throttles.get(key)
             if row and now - row[0] < self.acfg.alert_interval:
-                count_suppressed_alerts(db, account, rule, len(events))
+                suppressed.append((*key, row[0], len(events)))
                 continue
             sent = events if self.acfg.alert_interval <= 0 else events[:1]  # the rest fall within the interval
-            mark_alert_sent(db, account, rule, now, len(events) - len(sent))
+            sent_marks.append((*key, now, len(events) - len(sent)))
             for i, event in enumerate(sent):
                 body = event.body
                 if i == 0 and row and row[1]:
-                    body += (f"\n\n{row[1]} more alert(s) of this kind for {account} were suppressed "
+                    body += (f"\n\n{row[1]} more alert(s) of this kind for {key[0]} were suppressed "
                              f"since {fmt_time(row[0], self.tz)} (alert_interval).")
                     event.fields["suppressed"] = row[1]
                 log.info("alert: %s", event.subject)
-                self._enqueue(db, event, body, now)
+                outbox += self._outbox_row(event, body, now)
+        write_alert_throttles(db, sent_marks, suppressed)
+        enqueue_alerts(db, outbox)
 
-    def _enqueue(self, db, event, body, now):
+    def _outbox_row(self, event, body, now):
+        """[the alert_outbox row of the event], or [] when neither e-mail nor a webhook is set."""
         recipients = split_list(self.acfg.alert_email) + ([event.email] if event.email else [])
         email = bool(self.acfg.smtp_host and recipients)
         webhook = bool(self.acfg.alert_webhook)
         if not (email or webhook):
-            return
+            return []
         payload = dict(event.fields, text=f"{event.subject}\n{body}", kind=event.kind,
                        account=event.account, rule=event.rule, time=now)
-        enqueue_alert(db, {"created": now, "kind": event.kind, "account": event.account, "code": event.rule[:8],
-                           "subject": event.subject[:255], "body": body, "payload": json.dumps(payload, default=str),
-                           "recipients": ",".join(recipients), "email_pending": int(email), "webhook_pending": int(webhook)})
+        return [(now, event.kind, event.account, event.rule[:8], event.subject[:255], body,
+                 json.dumps(payload, default=str), ",".join(recipients), int(email), int(webhook), 0, now)]
 
 
 class AlertTally(AlertQueue):
@@ -4484,8 +4524,19 @@ class Engine:
                               f"{PROG} block {acc.user} {acc.domain}")
 
     def _mark_first_seen(self, call, direction, iso):
+        if mark_first_seen(self.db, call.account.id, direction, iso, call.now):
+            self._first_seen_notice(call, direction, iso)
+
+    def _mark_first_seen_all(self, unseen):
+        marks = [(call.account.id, direction, iso, call.now) for call, direction, iso in unseen]
+        first = set(mark_first_seen_all(self.db, marks))
+        for (call, direction, iso), mark in zip(unseen, marks):
+            if mark in first:
+                self._first_seen_notice(call, direction, iso)
+
+    def _first_seen_notice(self, call, direction, iso):
         acc = call.account
-        if mark_first_seen(self.db, acc.id, direction, iso, call.now) and acc.created < call.now - 86400:  # a normal to differ from
+        if acc.created < call.now - 86400:  # a normal to differ from
             what = "to the new destination" if direction == "dst" else "from the new source country"
             self._anomaly(call, f"NEW_{direction.upper()}_{iso}", f"first call {what} {self.countries.label(iso)}",
                           f"If expected, nothing to do; if not: {PROG} block {acc.user} {acc.domain}")
@@ -4608,8 +4659,8 @@ class Engine:
             self.db.begin()
             self.dropped_rows += write_call_log(self.db, rows)
             update_last_seen(self.db, sorted(seen.items()))
-            for first in unseen or ():
-                self._mark_first_seen(*first)
+            if unseen:
+                self._mark_first_seen_all(unseen)
             self.alerts.write(self.db, now or time.time())
             self.db.commit()
             self.alerts.events = []

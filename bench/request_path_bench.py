@@ -40,6 +40,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import random
 import re
 import resource
@@ -49,7 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import (TFPS, account_identities, describe_version, free_port, load_tfps, log, median,
+from benchlib import (TFPS, account_identities, describe_version, free_port, load_tfps, log, median, mysql_database,
                       random_number, turns, write_config)
 
 SOURCE = ("127.0.0.1", 5060)   # where every message comes from (the proxy in front of TFPS)
@@ -191,6 +192,8 @@ def run(tfps_path, workload, invites, args):
     work = Path(tmp.name)
     try:
         conf = write_config(work, free_port(), work / "tfps.db")
+        if args.database_url:
+            conf.write_text(conf.read_text().replace(f"url = sqlite://{work / 'tfps.db'}", f"url = {args.database_url}"))
         cfg = tfps.Config.load(str(conf))
         db = tfps.open_database(cfg.database.url)
         server = tfps.Server(cfg, db)
@@ -240,7 +243,7 @@ def run(tfps_path, workload, invites, args):
             import io
             import pstats
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+            pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(25)
             result["profile"] = out.getvalue()
         db.close()
         return result
@@ -307,10 +310,17 @@ def child(args, tfps_path, workload):
     cmd = [sys.executable, __file__, "--child", str(tfps_path), "--workload", workload, "--calls", str(args.calls),
            "--messages", str(args.messages), "--users", str(args.users), "--flush-every", str(args.flush_every),
            "--seed", str(args.seed)] + (["--profile"] if args.profile else [])
+    drop = None
+    if args.mysql:
+        url, drop, _flush = mysql_database(args.mysql)
+        cmd += ["--database-url", url]
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {args.timeout:g} s"}
+    finally:
+        if drop:
+            drop()
     if proc.returncode != 0:
         return {"error": f"exit status {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -336,7 +346,10 @@ def main():
     ap.add_argument("--profile", action="store_true", help="cProfile the first round's runs and print the top functions")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print every run as JSON")
+    ap.add_argument("--mysql", help="run on a fresh database of this MariaDB server (mysql://USER:PASSWORD@HOST:PORT), "
+                                    "dropped after each run, instead of a SQLite file")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--database-url", help=argparse.SUPPRESS)
     ap.add_argument("--workload", choices=WORKLOADS, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -380,7 +393,7 @@ def report(args, versions, workloads, runs, total_s):
         if rs[0].get("profile"):
             print(f"--- cProfile, {workload} workload, {label} (round 1, top 25 by own time) ---")
             print(rs[0]["profile"])
-    print(f"\nTFPS request-path benchmark: Server.on_message in-process (no sockets), SQLite, full engine, redirect mode, "
+    print(f"\nTFPS request-path benchmark: Server.on_message in-process (no sockets), {'MariaDB' if args.mysql else 'SQLite'}, full engine, redirect mode, "
           f"{args.users:,} accounts, flush every {args.flush_every:,} messages, {args.rounds} rounds interleaved, "
           f"total {total_s:.0f} s")
     for label, path in versions:

@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS meta (
   value BIGINT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
-INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 4);
+INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 5);
 -- Moved by every change of accounts or lists (see the triggers below); servers poll them.
 INSERT IGNORE INTO meta (name, value) VALUES ('accounts_serial', 0);
 INSERT IGNORE INTO meta (name, value) VALUES ('lists_serial', 0);
@@ -128,6 +128,13 @@ CREATE TABLE IF NOT EXISTS rate_windows (
   account_id BIGINT NOT NULL PRIMARY KEY,
   times TEXT NOT NULL,
   last_call DOUBLE NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- When `tfps reset` last cleared an account's counters: servers that count in memory (quota
+-- leases) forget the account's windows when they see it.
+CREATE TABLE IF NOT EXISTS counter_resets (
+  account_id BIGINT NOT NULL PRIMARY KEY,
+  reset_at DOUBLE NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Countries an account has been seen calling (dst) or calling from (src).

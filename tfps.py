@@ -628,7 +628,7 @@ CONFIG_SPEC = {
         "max_unflushed_rows": (_integer(1000, 10_000_000), "200000", "call log rows held in memory while the database is down and the spool is full; past it the oldest are dropped"),
         "spool": (_text, "", "file where call log rows wait while the database is down, written to it when it is back and at start; empty = DATABASE-spool.jsonl beside the SQLite file (MySQL: tfps-spool-HASH.jsonl beside tfps.py); workers add .N"),
         "spool_max_mb": (_integer(1, 1_000_000), "100", "size of the spool at most, in MB; past it rows wait in memory (max_unflushed_rows)"),
-        "quota_lease": (_auto_or(_integer(0, 100_000)), "auto", "calls of an account's daily quota a server claims at a time and spends from memory, written behind every flush_interval; 0 = a database statement per verdict; auto = 0 with one worker, 32 with several"),
+        "quota_lease": (_auto_or(_integer(0, 100_000)), "auto", "calls of an account's daily quota a server claims at a time and spends from memory, written behind every flush_interval; 0 = a database statement per verdict; auto = 32 on MySQL or with several workers, else 0"),
         "lease_ttl": (_duration(2, 3600), "30s", "unspent quota leases of a server that stopped renewing them (killed) go back to the others after this long"),
     },
     "policy": {
@@ -2077,16 +2077,24 @@ def update_account_row(db, account_id, values, now):
         db.execute(f"UPDATE accounts SET {sets}, updated = ? WHERE id = ?", (*values.values(), now, account_id))
 
 
-def clear_account_counters(db, account_id, day):
-    """Forget the account's approved calls of `day`, its A->B pairs and its per-minute window.
-    Returns (daily counter rows, A->B pairs) deleted."""
+def clear_account_counters(db, account_id, day, now):
+    """Forget the account's approved calls of `day`, its A->B pairs and its per-minute window,
+    and note the reset for the servers that keep them in memory. Returns (daily counter rows,
+    A->B pairs) deleted."""
     counters = db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ?", (account_id, day)).rowcount
     db.execute("DELETE FROM quota_leases WHERE account_id = ? AND day = ?", (account_id, day))
     pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (account_id,)).rowcount
     db.execute("DELETE FROM rate_windows WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM new_destination_days WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM spend_counters WHERE account_id = ? AND day = ?", (account_id, day))
+    db.upsert("counter_resets", {"account_id": account_id, "reset_at": now}, ["account_id"], "reset_at = NEW(reset_at)")
+    db.execute("UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial'")
     return counters, pairs
+
+
+def counter_resets_since(db, since):
+    """(account id, time) of the counter resets at or after `since`."""
+    return db.query("SELECT account_id, reset_at FROM counter_resets WHERE reset_at >= ?", (since,))
 
 
 # domains: the per-customer policy between [policy] and the account
@@ -3864,6 +3872,10 @@ class SharedCounters:
     def write_behind(now, release=False):
         """Nothing to write: each verdict committed its counters."""
 
+    @staticmethod
+    def forget(account_id):
+        """Nothing kept in memory: `reset` cleared the database's rows."""
+
 
 class PrivateCounters:
     """The same counters in memory, for a database no other process uses (a replay into a fresh
@@ -3944,6 +3956,14 @@ class PrivateCounters:
     def write_behind(now, release=False):
         """Nothing to write: nobody else reads these counters."""
 
+    def forget(self, account_id):
+        """The account's counters were reset: its windows and today's counts start again."""
+        self.pairs = {key: pair for key, pair in self.pairs.items() if key[0] != account_id}
+        self.rates.pop(account_id, None)
+        for counts in (self.daily, self.new_destinations, self.spend):
+            for key in [key for key in counts if key[0] == account_id]:
+                del counts[key]
+
 
 class LeasedCounters(PrivateCounters):
     """Counters decided from memory ([database] quota_lease > 0), for a server. The daily quota
@@ -4000,6 +4020,14 @@ class LeasedCounters(PrivateCounters):
         self.counted[key] = self.counted.get(key, 0) + calls
         if key in self.in_use:
             self.in_use[key] += calls
+
+    def forget(self, account_id):
+        """`reset` deleted the account's leases and counters too: what this node holds, spent
+        or counted of them since its last write-behind is gone with them."""
+        super().forget(account_id)
+        for counts in (self.held, self.in_use, self.spent_calls, self.counted, self.returned):
+            for key in [key for key in counts if key[0] == account_id]:
+                del counts[key]
 
     def write_behind(self, now, release=False):
         """Write the calls spent and counted since the last time, renew this node's leases and
@@ -4205,6 +4233,9 @@ class Engine:
         self.first_enrolled = first_account_created(db)  # when the first account was enrolled (learning_cap)
         # with counters written behind, first-seen countries are too (one commit a flush, not one a verdict)
         self.unseen = [] if isinstance(self.counters, LeasedCounters) else None  # (call, direction, iso)
+        # `tfps reset` of accounts whose windows this engine keeps in memory: the resets since
+        # a minute before it started (the CLI's clock may be another host's) and those applied
+        self.resets_since, self.resets_applied = time.time() - 60, {}
         self.reload()
 
     # -- data kept in memory; reloaded when the change serial moves ---------------------------
@@ -4238,11 +4269,20 @@ class Engine:
             self.serials["accounts_serial"] = serials.get("accounts_serial")
             self.accounts.clear()
             self.domains.clear()
+            self._apply_counter_resets()
             changed = True
         if serials.get("lists_serial") != self.serials.get("lists_serial"):
             (reload_lists or self.reload)()
             changed = True
         return changed
+
+    def _apply_counter_resets(self):
+        """Forget the windows kept in memory of accounts that `tfps reset` cleared since."""
+        for account_id, reset_at in counter_resets_since(self.db, self.resets_since):
+            if self.resets_applied.get(account_id) != reset_at:
+                self.resets_applied[account_id] = reset_at
+                self.counters.forget(account_id)
+                self.resets_since = max(self.resets_since, reset_at - 60)
 
     # -- the entry point ----------------------------------------------------------------------
 
@@ -5768,11 +5808,13 @@ def orphan_spools(cfg, worker):
 
 
 def lease_block(cfg):
-    """Quota calls claimed at a time; workers sharing a database always lease (on SQLite, a
-    verdict's group transaction would hold the file locked from the other workers)."""
+    """Quota calls claimed at a time. On MySQL a server always leases, so that a verdict waits
+    on no database round trip; workers sharing a SQLite file too (a verdict's group transaction
+    would hold the file locked from the other workers). One process on SQLite counts in its
+    group transaction, which is local and costs no round trip."""
     if cfg.database.quota_lease is not None:
         return cfg.database.quota_lease
-    return DEFAULT_LEASE if server_workers(cfg) > 1 else 0
+    return DEFAULT_LEASE if server_workers(cfg) > 1 or cfg.database.url.startswith("mysql") else 0
 
 
 def listening_socket(item, reuse_port=False):
@@ -6712,7 +6754,7 @@ def allowed_after(command, current, codes, known, dest):
 
 
 def reset_account(db, cfg, acc, now):
-    return clear_account_counters(db, acc.id, today_key(cfg, now))
+    return clear_account_counters(db, acc.id, today_key(cfg, now), now)
 
 
 def remove_account(db, acc):
@@ -8349,7 +8391,8 @@ def cmd_remove(args, cfg, db):
 def cmd_reset(args, cfg, db):
     acc = find_account(db, args.user, args.domain)
     counters, pairs = reset_account(db, cfg, acc, time.time())
-    print(f"{acc.name}: today's counters cleared ({counters} bucket(s)), {pairs} A->B pair(s) cleared")
+    print(f"{acc.name}: today's counters cleared ({counters} bucket(s)), {pairs} A->B pair(s) cleared; servers that "
+          f"keep them in memory forget them within reload_interval ({cfg.database.reload_interval:g} s)")
     return 0
 
 

@@ -142,7 +142,7 @@ def test_accounts_are_loaded_updated_and_deleted_by_name(db):
               ["account_id", "day", "bucket"], "approved = NEW(approved)")
     db.insert("ab_pairs", {"account_id": alice.id, "number": "4420", "times": "", "last_attempt": NOW})
     assert tfps.approved_by_bucket(db, alice.id, "2024-07-03") == {"biz": 0, "off": 3}
-    assert tfps.clear_account_counters(db, alice.id, "2024-07-03") == (1, 1)
+    assert tfps.clear_account_counters(db, alice.id, "2024-07-03", NOW) == (1, 1)
     assert tfps.approved_by_bucket(db, alice.id, "2024-07-03") == {"biz": 0, "off": 0}
 
     db.insert("account_seen", {"account_id": alice.id, "direction": "dst", "iso": "GB", "first_seen": NOW})

@@ -12,8 +12,8 @@ import pytest
 
 import tfps
 from conftest import run_cli, sip_invite, udp_socket, wait_until, write_config
-from stubs import (AbuseIPDBStub, BackgroundCall, ApibanStub, call, p_tfps, reserve_port, send_invite, unique_fr_number, unique_us_number,
-                   wait_final)
+from stubs import (AbuseIPDBStub, BackgroundCall, ApibanStub, call, p_tfps, reserve_port, send_invite, unique_fr_number,
+                   unique_us_number, wait_final)
 
 ACCOUNT = ("1001", "pbx.example.com")
 

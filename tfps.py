@@ -591,9 +591,39 @@ def _business_hours(text):
 
 
 HIGH_RISK_DEFAULT = "CU, LV, TN, DZ, MA, AF, IQ, LK, MV, TD, GN, EE, MG"
+# The premium-rate (and shared-revenue mass-call) ranges of national numbering plans, as their
+# regulators publish them: the numbers IRSF pumps, which a customer abroad rarely calls in good
+# faith. Only ranges confirmed in a published plan; never mobile or geographic ones.
+PREMIUM_RATE_RANGES = {
+    "GB": "+44 9",
+    "AT": "+43 900, +43 901, +43 930, +43 931",
+    "BE": "+32 90",
+    "DE": "+49 900, +49 137",
+    "PL": "+48 70",
+    "LT": "+370 90",
+    "LV": "+371 90",
+    "EE": "+372 900",
+    "RS": "+381 90",
+    "CZ": "+420 900, +420 906, +420 909, +420 976",
+    "HU": "+36 90, +36 91",
+    "HR": "+385 60, +385 64",
+    "FR": "+33 89",
+    "IT": "+39 89",
+    "ES": "+34 803, +34 806, +34 807, +34 905",
+    "PT": "+351 601, +351 607, +351 608, +351 646, +351 648",
+    "NL": "+31 90",
+    "CH": "+41 900, +41 901, +41 906",
+    "SE": "+46 900, +46 939, +46 944",
+    "DK": "+45 90",
+    "NO": "+47 820, +47 829",
+    "FI": "+358 600, +358 700",
+    "US": "+1 900",
+    "AU": "+61 190",
+}
 # Satellite and international network codes, International Premium Rate (+979), UK personal numbers
-# (+44 70) and UK premium rate (+44 9): ranges that IRSF and premium-rate fraud pump (README, Destination tiers).
-HIGH_RISK_PREFIXES_DEFAULT = "+870, +881, +882, +883, +979, +44 70, +44 9"
+# (+44 70) and the national premium-rate ranges: ranges that IRSF and premium-rate fraud pump
+# (README, Destination tiers).
+HIGH_RISK_PREFIXES_DEFAULT = ", ".join(["+870, +881, +882, +883, +979, +44 70", *PREMIUM_RATE_RANGES.values()])
 
 # What `[policy] emergency_numbers = auto` means, by home country; 112 everywhere else.
 EMERGENCY_NUMBERS = {"US": "911, 933", "CA": "911", "GB": "999, 112", "IE": "999, 112", "AU": "000, 112", "NZ": "111, 112"}
@@ -2350,9 +2380,16 @@ DAY_SUMS = ("SUM(1 - off_hours), SUM(off_hours), MAX(CASE WHEN off_hours = 0 THE
 COUNTRY_COLUMNS = (("dst", "dest_country"), ("src", "source_country"))
 
 
+# The reason of a call R04 approved from a source country not allowed (a traveller's): training
+# learns no country from such calls, so a week abroad does not open the account there for good.
+APPROVED_AWAY = "approved away from home"
+
+
 def country_sums(column, only=""):
-    """COUNT(*) ... GROUP BY: approved calls per account and country in a time span."""
-    return f"COUNT(*) {APPROVED_IN_SPAN} AND {column} <> ''{only} GROUP BY account_id, {column}"
+    """COUNT(*) ... GROUP BY: approved calls per account and country in a time span, but for the
+    calls approved away from home."""
+    return (f"COUNT(*) {APPROVED_IN_SPAN} AND {column} <> '' AND reason NOT LIKE '{APPROVED_AWAY}%'{only} "
+            f"GROUP BY account_id, {column}")
 
 
 def only_accounts(account_ids):
@@ -3655,6 +3692,16 @@ def unknown_country_code(engine, call):
     return None
 
 
+def source_not_allowed(call):
+    """Whether the call comes from a known source country that is not among the account's
+    allowed source countries. A private address has no country; one given explicitly (CDR, CLI)
+    still counts."""
+    iso, acc, a = call.source_country, call.account, call.attempt
+    if call.ip_white or not iso or "*" in acc.source_countries or iso in acc.source_countries:
+        return False
+    return bool(a.source_country) or not a.source_ip or is_public_ip(a.source_ip)
+
+
 @rejects("R06")
 def destination_country(engine, call):
     if call.number_white:
@@ -3680,22 +3727,39 @@ def destination_country(engine, call):
 
 def new_destination(engine, call):
     """Whether the call goes to a medium-tier country the account has neither been allowed nor
-    learned: approved up to [policy] new_destination_calls times a day, each with an alert."""
+    learned: approved up to [policy] new_destination_calls times a day, each with an alert. A
+    local call of a traveller (from a source country not allowed, to that country) is none."""
     acc, iso = call.account, call.dest_country
     return (iso is not None and not call.number_white and "*" not in acc.dest_countries
-            and iso not in acc.dest_countries and engine.tiers.of(call.number, iso)[0] == "medium")
+            and iso not in acc.dest_countries and engine.tiers.of(call.number, iso)[0] == "medium"
+            and not (iso == call.source_country and source_not_allowed(call)))
+
+
+def usual_from_abroad(engine, call):
+    """Whether a call from a source country not allowed goes where a traveller calls: a
+    destination the account may call from home without a new-destination allowance (a
+    whitelisted number, tier low, or allowed or learned for the account or its domain), or a
+    local call in the country the caller is in when that is of tier medium."""
+    iso, acc = call.dest_country, call.account
+    if call.number_white:
+        return True
+    if iso is None or f"!{iso}" in acc.dest_countries:
+        return False
+    tier = engine.tiers.of(call.number, iso)[0]
+    return tier == "low" or tier == "medium" and ("*" in acc.dest_countries or iso in acc.dest_countries
+                                                   or iso == call.source_country)
 
 
 @rejects("R04")
 def source_country_not_allowed(engine, call):
-    iso, acc, a = call.source_country, call.account, call.attempt
-    if call.ip_white or not iso or "*" in acc.source_countries or iso in acc.source_countries:
+    if not source_not_allowed(call) or usual_from_abroad(engine, call):
         return None
-    if not a.source_country and a.source_ip and not is_public_ip(a.source_ip):
-        return None  # a private address has no country; one given explicitly (CDR, CLI) still counts
-    return Rejection("R04", f"source IP {call.attempt.source_ip} is in {engine.countries.label(iso)}, not among the allowed "
-                            f"source countries of {acc.name} ({format_countries(acc.source_countries) or 'none'})",
-                     f"{PROG} allow {acc.user} {acc.domain} --source {iso}", soft=True)
+    iso, acc = call.source_country, call.account
+    return Rejection("R04", f"source IP {call.attempt.source_ip or '-'} is in {engine.countries.label(iso)}, not among the "
+                            f"allowed source countries of {acc.name} ({format_countries(acc.source_countries) or 'none'}); "
+                            f"from there only the destinations it calls from home and {iso} itself are approved, "
+                            f"not {engine.countries.label(call.dest_country)}",
+                     f"{PROG} allow {acc.user} {acc.domain} --source {iso}", soft=not engine.held(call))
 
 
 @rejects("R05")
@@ -4357,6 +4421,10 @@ class Engine:
         reason = "approved"
         if would:
             reason = f"approved ({'learning' if enforce else 'monitor'} mode; would reject {would.code}: {would.reason})"
+        elif source_not_allowed(call) and not call.account.learning(call.now):
+            local = call.dest_country == call.source_country
+            reason = (f"{APPROVED_AWAY}: from {self.countries.label(call.source_country)}, not among the allowed source "
+                      f"countries of {call.account.name}, {'a local call there' if local else 'to a destination it calls from home'}")
         return self._verdict(call, APPROVED, reason, would.undo if would else "", would)
 
     def _prepare(self, call):
@@ -4527,6 +4595,8 @@ class Engine:
             self.counters.add_call(acc.id, self.read_count(call, "minute"), call.now, keep)
         if new_destination(self, call):
             self._count_new_destination(call)
+        if source_not_allowed(call) and usual_from_abroad(self, call):
+            self._alert_away(call)
         if call.cost:
             self.counters.add_spend(acc.id, call.day, call.cost)
         self._check_anomalies(call)
@@ -4539,6 +4609,16 @@ class Engine:
                       f"{p.new_destination_calls} a day approved while it is neither allowed nor learned (learned after "
                       f"{p.train_min_country_calls} approved calls)",
                       f"To allow it: {PROG} allow {acc.user} {acc.domain} --dest {iso}\n"
+                      f"If it is not expected: {PROG} block {acc.user} {acc.domain}")
+
+    def _alert_away(self, call):
+        acc, iso = call.account, call.source_country
+        # The rule of the first-seen alert of a source country: the two share one rate limit.
+        self._anomaly(call, f"NEW_SRC_{iso}", f"call from {self.countries.label(iso)}, a source country not allowed for "
+                      f"{acc.name}, approved: from there it may call the destinations it calls from home and {iso} "
+                      f"itself; any other call from there is rejected R04",
+                      f"If {acc.user} is travelling, nothing to do. To allow calls from there for good: "
+                      f"{PROG} allow {acc.user} {acc.domain} --source {iso}\n"
                       f"If it is not expected: {PROG} block {acc.user} {acc.domain}")
 
     def _check_anomalies(self, call):

@@ -5571,6 +5571,20 @@ class PendingInvite:
         self.from_host = from_host
 
 
+def overload_verdict(settings, attempt, waited):
+    """R98 for a request (an INVITE, an HTTP check) that waited longer than [server]
+    overload_after before its turn, or None. Past the sustainable rate a late answer is worse
+    than a quick R98: the PBX times out and treats TFPS as down. `overload` chooses what R98
+    answers; monitor mode approves."""
+    limit = settings.overload_after
+    if not limit or waited <= limit:
+        return None
+    reason = f"TFPS overloaded: request waited {waited:.2f} s > overload_after {limit:g} s"
+    if settings.overload == "approve" or settings.mode == "monitor":
+        return Verdict(APPROVED, f"{OVERLOADED} {reason}; approved", attempt, would=Rejection(OVERLOADED, reason))
+    return Verdict(OVERLOADED, reason, attempt)
+
+
 class SipService:
     """What a redirect server says, and when, without sockets, threads or a clock.
 
@@ -5697,16 +5711,8 @@ class SipService:
         return [tx for tx in self.transactions.table.values() if self.awaits_verdict(tx)]
 
     def overload_verdict(self, tx):
-        """R98 for an INVITE that waited longer than overload_after before its turn, or None.
-        Past the sustainable rate a late answer is worse than a quick R98: the PBX times out
-        and treats TFPS as down. `overload` chooses what R98 answers; monitor mode approves."""
-        pending, limit = tx.data, self.settings.overload_after
-        if not limit or pending.waited <= limit:
-            return None
-        reason = f"TFPS overloaded: request waited {pending.waited:.2f} s > overload_after {limit:g} s"
-        if self.settings.overload == "approve" or self.settings.mode == "monitor":
-            return Verdict(APPROVED, f"{OVERLOADED} {reason}; approved", pending.attempt, would=Rejection(OVERLOADED, reason))
-        return Verdict(OVERLOADED, reason, pending.attempt)
+        """R98 for an INVITE that waited longer than overload_after before its turn, or None."""
+        return overload_verdict(self.settings, tx.data.attempt, tx.data.waited)
 
     def answer(self, tx, verdict, now):
         """The final response to an INVITE from its verdict (None: there is none to give).
@@ -6560,9 +6566,10 @@ class Server:
         if now - self.overload_noted < OVERLOAD_NOTICE_INTERVAL:
             return
         self.overload_noted = now
-        answered = {answer: self.metrics.counter("sip_overload", answer=answer) for answer in ("reject", "approve")}
+        answered = {answer: self.metrics.counter("sip_overload", answer=answer) + self.metrics.counter("http_overload", answer=answer)
+                    for answer in ("reject", "approve")}
         what = "approved" if verdict.approved else "rejected"
-        text = (f"INVITEs waited longer than overload_after {self.cfg.server.overload_after:g} s before their turn "
+        text = (f"Requests waited longer than overload_after {self.cfg.server.overload_after:g} s before their turn "
                 f"(this one {waited:.2f} s): answered R98 and {what} without checks (overload = {self.cfg.server.overload}); "
                 f"{answered['reject']} rejected and {answered['approve']} approved so far")
         log.warning("%s", text)
@@ -6641,11 +6648,20 @@ class Server:
         self.from_threads.append((callback, args))
         self.wake()
 
-    def check(self, attempt, handoff):
+    def check(self, attempt, handoff, queued):
         """On the loop: decide an attempt that came from the HTTP decision API exactly like an
-        INVITE's (reputation lookup, engine, counting, call log); the Handoff gets
-        (Verdict, latency ms), or None when there is no verdict (database unavailable)."""
+        INVITE's (reputation lookup, engine, counting, call log, R98 once it waited past
+        overload_after since `queued`, monotonic); the Handoff gets (Verdict, latency ms), or
+        None when there is no verdict (database unavailable)."""
         started = time.monotonic()
+        overload = overload_verdict(self.cfg.server, attempt, started - queued)
+        if overload and not emergency_number(attempt.number, self.cfg.policy):
+            self.metrics.inc("http_overload", answer="approve" if overload.approved else "reject")
+            latency = (time.monotonic() - queued) * 1000
+            self._record_verdict(overload, f"HTTP {overload.code}", latency, "http")
+            self._note_overload(overload, started - queued)
+            handoff.set((overload, latency))
+            return
 
         def finish(reputation):
             if handoff.done:  # the lookup timed out before, or the other way round
@@ -7201,7 +7217,7 @@ def http_check(api, request):
     values = request.params if request.method == "GET" else request.json()
     attempt = check_attempt(values, time.time())
     handoff = Handoff()
-    api.server.call_from_thread(api.server.check, attempt, handoff)
+    api.server.call_from_thread(api.server.check, attempt, handoff, time.monotonic())
     try:
         result = handoff.wait(api.cfg.http.check_timeout)
     except TimeoutError:
@@ -7653,6 +7669,7 @@ METRIC_HELP = {
     "sip_dropped": ("counter", "SIP packets or connections dropped, by reason"),
     "sip_transactions": ("gauge", "SIP transactions held"),
     "sip_overload": ("counter", "INVITEs answered R98 at once, having waited longer than overload_after, by answer (reject, approve)"),
+    "http_overload": ("counter", "HTTP checks answered R98 at once, having waited longer than overload_after, by answer (reject, approve)"),
     "tcp_connections": ("gauge", "SIP TCP connections open"),
     "reputation_lookups": ("counter", "reputation answers: hit (cached), miss (looked up), failure (lookup failed)"),
     "reputation_lookups_in_flight": ("gauge", "IP addresses being looked up now"),
@@ -7728,6 +7745,7 @@ def render_metrics(api):
             ("overloaded", "overflow"), ("resend_budget", "resend_dropped"), ("tcp_refused", "tcp_refused"))],
         "sip_transactions": [({}, len(server.sip.transactions.table))],
         "sip_overload": [({"answer": answer}, server.metrics.counter("sip_overload", answer=answer)) for answer in ("reject", "approve")],
+        "http_overload": [({"answer": answer}, server.metrics.counter("http_overload", answer=answer)) for answer in ("reject", "approve")],
         "tcp_connections": [({}, len(server.connections))],
         "reputation_lookups": [({"result": result}, n) for result, n in server.reputation.lookups.copy().items()],
         "reputation_lookups_in_flight": [({}, len(server.reputation.waiting))],

@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS meta (
   value BIGINT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
-INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 5);
+INSERT IGNORE INTO meta (name, value) VALUES ('schema_version', 6);
 -- Moved by every change of accounts or lists (see the triggers below); servers poll them.
 INSERT IGNORE INTO meta (name, value) VALUES ('accounts_serial', 0);
 INSERT IGNORE INTO meta (name, value) VALUES ('lists_serial', 0);
@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS accounts (
   daily_spend DOUBLE NULL,
   -- learned by training from the busiest minutes (R15); NULL = [policy] max_calls_per_minute
   calls_per_minute INT NULL,
-  -- end of the latest R16 block (schema version 5): in force while in the future; `unblock` sets
+  -- end of the latest R16 block (schema version 6): in force while in the future; `unblock` sets
   -- it to the time it lifts the block. New destinations called before it never count toward R16.
   blocked_until DOUBLE NULL,
   UNIQUE (user, domain)
@@ -115,7 +115,7 @@ CREATE TABLE IF NOT EXISTS new_destination_days (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- The new destination countries each account called within the last 10 minutes (R16), each with
--- the time of its latest call ('FR:1764754321.125,DE:...'), exact across nodes (schema version 5).
+-- the time of its latest call ('FR:1764754321.125,DE:...'), exact across nodes (schema version 6).
 CREATE TABLE IF NOT EXISTS new_destination_windows (
   account_id BIGINT NOT NULL PRIMARY KEY,
   calls TEXT NOT NULL,
@@ -139,6 +139,13 @@ CREATE TABLE IF NOT EXISTS rate_windows (
   account_id BIGINT NOT NULL PRIMARY KEY,
   times TEXT NOT NULL,
   last_call DOUBLE NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- When `tfps reset` last cleared an account's counters: servers that count in memory (quota
+-- leases) forget the account's windows when they see it.
+CREATE TABLE IF NOT EXISTS counter_resets (
+  account_id BIGINT NOT NULL PRIMARY KEY,
+  reset_at DOUBLE NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Countries an account has been seen calling (dst) or calling from (src).

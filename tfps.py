@@ -592,9 +592,39 @@ def _business_hours(text):
 
 
 HIGH_RISK_DEFAULT = "CU, LV, TN, DZ, MA, AF, IQ, LK, MV, TD, GN, EE, MG"
+# The premium-rate (and shared-revenue mass-call) ranges of national numbering plans, as their
+# regulators publish them: the numbers IRSF pumps, which a customer abroad rarely calls in good
+# faith. Only ranges confirmed in a published plan; never mobile or geographic ones.
+PREMIUM_RATE_RANGES = {
+    "GB": "+44 9",
+    "AT": "+43 900, +43 901, +43 930, +43 931",
+    "BE": "+32 90",
+    "DE": "+49 900, +49 137",
+    "PL": "+48 70",
+    "LT": "+370 90",
+    "LV": "+371 90",
+    "EE": "+372 900",
+    "RS": "+381 90",
+    "CZ": "+420 900, +420 906, +420 909, +420 976",
+    "HU": "+36 90, +36 91",
+    "HR": "+385 60, +385 64",
+    "FR": "+33 89",
+    "IT": "+39 89",
+    "ES": "+34 803, +34 806, +34 807, +34 905",
+    "PT": "+351 601, +351 607, +351 608, +351 646, +351 648",
+    "NL": "+31 90",
+    "CH": "+41 900, +41 901, +41 906",
+    "SE": "+46 900, +46 939, +46 944",
+    "DK": "+45 90",
+    "NO": "+47 820, +47 829",
+    "FI": "+358 600, +358 700",
+    "US": "+1 900",
+    "AU": "+61 190",
+}
 # Satellite and international network codes, International Premium Rate (+979), UK personal numbers
-# (+44 70) and UK premium rate (+44 9): ranges that IRSF and premium-rate fraud pump (README, Destination tiers).
-HIGH_RISK_PREFIXES_DEFAULT = "+870, +881, +882, +883, +979, +44 70, +44 9"
+# (+44 70) and the national premium-rate ranges: ranges that IRSF and premium-rate fraud pump
+# (README, Destination tiers).
+HIGH_RISK_PREFIXES_DEFAULT = ", ".join(["+870, +881, +882, +883, +979, +44 70", *PREMIUM_RATE_RANGES.values()])
 
 # What `[policy] emergency_numbers = auto` means, by home country; 112 everywhere else.
 EMERGENCY_NUMBERS = {"US": "911, 933", "CA": "911", "GB": "999, 112", "IE": "999, 112", "AU": "000, 112", "NZ": "111, 112"}
@@ -629,7 +659,7 @@ CONFIG_SPEC = {
         "max_unflushed_rows": (_integer(1000, 10_000_000), "200000", "call log rows held in memory while the database is down and the spool is full; past it the oldest are dropped"),
         "spool": (_text, "", "file where call log rows wait while the database is down, written to it when it is back and at start; empty = DATABASE-spool.jsonl beside the SQLite file (MySQL: tfps-spool-HASH.jsonl beside tfps.py); workers add .N"),
         "spool_max_mb": (_integer(1, 1_000_000), "100", "size of the spool at most, in MB; past it rows wait in memory (max_unflushed_rows)"),
-        "quota_lease": (_auto_or(_integer(0, 100_000)), "auto", "calls of an account's daily quota a server claims at a time and spends from memory, written behind every flush_interval; 0 = a database statement per verdict; auto = 0 with one worker, 32 with several"),
+        "quota_lease": (_auto_or(_integer(0, 100_000)), "auto", "calls of an account's daily quota a server claims at a time and spends from memory, written behind every flush_interval; 0 = a database statement per verdict; auto = 32 on MySQL or with several workers, else 0"),
         "lease_ttl": (_duration(2, 3600), "30s", "unspent quota leases of a server that stopped renewing them (killed) go back to the others after this long"),
     },
     "policy": {
@@ -1654,7 +1684,7 @@ def mysql_statement(text):
 
 RETIRED_INDEXES = (("call_log", "idx_call_log_account"),)  # schema version 1's; nothing reads by it since
 # schema version 2's does not follow accounts.daily_spend, version 3's accounts.calls_per_minute,
-# version 4's accounts.blocked_until
+# versions 4 and 5's accounts.blocked_until
 RETIRED_TRIGGERS = ("accounts_changed", "accounts_updated", "accounts_edited")
 INDEX_LINE = re.compile(r"^\s*((?:UNIQUE )?INDEX) (\w+) \(([^)]*)\),?[ \t]*$", re.M)  # an index inside CREATE TABLE
 
@@ -2081,9 +2111,10 @@ def update_account_row(db, account_id, values, now):
         db.execute(f"UPDATE accounts SET {sets}, updated = ? WHERE id = ?", (*values.values(), now, account_id))
 
 
-def clear_account_counters(db, account_id, day):
+def clear_account_counters(db, account_id, day, now):
     """Forget the account's approved calls of `day`, its A->B pairs, its per-minute window and its
-    new destinations. Returns (daily counter rows, A->B pairs) deleted."""
+    new destinations, and note the reset for the servers that keep them in memory. Returns
+    (daily counter rows, A->B pairs) deleted."""
     counters = db.execute("DELETE FROM daily_counters WHERE account_id = ? AND day = ?", (account_id, day)).rowcount
     db.execute("DELETE FROM quota_leases WHERE account_id = ? AND day = ?", (account_id, day))
     pairs = db.execute("DELETE FROM ab_pairs WHERE account_id = ?", (account_id,)).rowcount
@@ -2091,7 +2122,14 @@ def clear_account_counters(db, account_id, day):
     db.execute("DELETE FROM new_destination_days WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM new_destination_windows WHERE account_id = ?", (account_id,))
     db.execute("DELETE FROM spend_counters WHERE account_id = ? AND day = ?", (account_id, day))
+    db.upsert("counter_resets", {"account_id": account_id, "reset_at": now}, ["account_id"], "reset_at = NEW(reset_at)")
+    db.execute("UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial'")
     return counters, pairs
+
+
+def counter_resets_since(db, since):
+    """(account id, time) of the counter resets at or after `since`."""
+    return db.query("SELECT account_id, reset_at FROM counter_resets WHERE reset_at >= ?", (since,))
 
 
 # domains: the per-customer policy between [policy] and the account
@@ -2210,23 +2248,39 @@ def save_reputation(db, values):
 
 # alert throttle and outbox
 
-def load_alert_throttle(db, account, rule):
-    """(last_sent, suppressed) of the account's alerts of `rule`, or None."""
-    return db.one("SELECT last_sent, suppressed FROM alert_throttle WHERE account = ? AND rule = ?", (account, rule))
+def load_alert_throttles(db, keys):
+    """{(account, rule): (last_sent, suppressed)} of the (account, rule) keys that have alerted
+    before: one SELECT per 500 accounts, not one per key (a round trip each on MySQL)."""
+    keys, found = set(keys), {}
+    accounts = sorted({account for account, _rule in keys})
+    for start in range(0, len(accounts), 500):
+        chunk = accounts[start:start + 500]
+        for account, rule, last_sent, suppressed in db.query(
+                f"SELECT account, rule, last_sent, suppressed FROM alert_throttle WHERE account IN ({', '.join('?' * len(chunk))})",
+                chunk):
+            if (account, rule) in keys:
+                found[account, rule] = (last_sent, suppressed)
+    return found
 
 
-def count_suppressed_alerts(db, account, rule, count):
-    db.execute("UPDATE alert_throttle SET suppressed = suppressed + ? WHERE account = ? AND rule = ?", (count, account, rule))
+def write_alert_throttles(db, sent, suppressed):
+    """Alerts sent now, (account, rule, time, alerts suppressed with them) rows, and alerts
+    suppressed within the interval, (account, rule, last sent, count) rows of keys that exist:
+    two statements in all (executemany batches INSERTs on MySQL)."""
+    db.executemany(db.upsert_text("alert_throttle", ("account", "rule", "last_sent", "suppressed"), ("account", "rule"),
+                                  "last_sent = NEW(last_sent), suppressed = NEW(suppressed)"), sent)
+    db.executemany(db.upsert_text("alert_throttle", ("account", "rule", "last_sent", "suppressed"), ("account", "rule"),
+                                  "suppressed = suppressed + NEW(suppressed)"), suppressed)
 
 
-def mark_alert_sent(db, account, rule, now, suppressed):
-    db.upsert("alert_throttle", {"account": account, "rule": rule, "last_sent": now, "suppressed": suppressed},
-              ["account", "rule"], "last_sent = NEW(last_sent), suppressed = NEW(suppressed)")
+ALERT_OUTBOX_COLUMNS = ("created", "kind", "account", "code", "subject", "body", "payload", "recipients",
+                        "email_pending", "webhook_pending", "attempts", "next_try")
 
 
-def enqueue_alert(db, values):
-    """Put an alert (a row of {column: value} of alert_outbox) in the outbox, due at once."""
-    db.insert("alert_outbox", {**values, "attempts": 0, "next_try": values["created"]})
+def enqueue_alerts(db, rows):
+    """Put alerts in the outbox, due at once: tuples in the order of ALERT_OUTBOX_COLUMNS."""
+    marks = ", ".join("?" * len(ALERT_OUTBOX_COLUMNS))
+    db.executemany(f"INSERT INTO alert_outbox ({', '.join(ALERT_OUTBOX_COLUMNS)}) VALUES ({marks})", rows)
 
 
 def due_alerts(db, now, limit=20):
@@ -2332,9 +2386,16 @@ DAY_SUMS = ("SUM(1 - off_hours), SUM(off_hours), MAX(CASE WHEN off_hours = 0 THE
 COUNTRY_COLUMNS = (("dst", "dest_country"), ("src", "source_country"))
 
 
+# The reason of a call R04 approved from a source country not allowed (a traveller's): training
+# learns no country from such calls, so a week abroad does not open the account there for good.
+APPROVED_AWAY = "approved away from home"
+
+
 def country_sums(column, only=""):
-    """COUNT(*) ... GROUP BY: approved calls per account and country in a time span."""
-    return f"COUNT(*) {APPROVED_IN_SPAN} AND {column} <> ''{only} GROUP BY account_id, {column}"
+    """COUNT(*) ... GROUP BY: approved calls per account and country in a time span, but for the
+    calls approved away from home."""
+    return (f"COUNT(*) {APPROVED_IN_SPAN} AND {column} <> '' AND reason NOT LIKE '{APPROVED_AWAY}%'{only} "
+            f"GROUP BY account_id, {column}")
 
 
 def only_accounts(account_ids):
@@ -2617,6 +2678,23 @@ def mark_first_seen(db, account_id, direction, iso, now):
     """Note that the account called to ('dst') or from ('src') `iso`; True the first time."""
     return db.insert_or_ignore("account_seen", {"account_id": account_id, "direction": direction, "iso": iso,
                                                 "first_seen": now})
+
+
+def mark_first_seen_all(db, marks):
+    """mark_first_seen of many (account id, direction, iso, time) marks: one INSERT per 500 marks
+    and one SELECT per 500 accounts, not a round trip per mark. Returns the marks that were the
+    first: those whose time was stored (of two nodes marking one key, the one whose insert won)."""
+    verb = "INSERT OR IGNORE" if db.dialect == "sqlite" else "INSERT IGNORE"
+    db.executemany(f"{verb} INTO account_seen (account_id, direction, iso, first_seen) VALUES (?, ?, ?, ?)", marks)
+    accounts = sorted({mark[0] for mark in marks})
+    stored = {}
+    for start in range(0, len(accounts), 500):
+        chunk = accounts[start:start + 500]
+        for account_id, direction, iso, first_seen in db.query(
+                "SELECT account_id, direction, iso, first_seen FROM account_seen "
+                f"WHERE account_id IN ({', '.join('?' * len(chunk))})", chunk):
+            stored[account_id, direction, iso] = first_seen
+    return [mark for mark in marks if stored.get(mark[:3]) == mark[3]]
 
 
 def insert_account_row(db, values):
@@ -3141,37 +3219,44 @@ class AlertQueue:
 
     def write(self, db, now):
         """Write the events into the current transaction; the caller clears them once it commits.
-        Events of one account and rule are taken together: one throttle look-up for a flood."""
+        Events of one account and rule are taken together, and the throttles of all of them are
+        read and written together: a flood costs a few statements, not a round trip per event."""
         groups = {}
         for event in self.events:
             groups.setdefault((event.account, event.rule), []).append(event)
-        for (account, rule), events in sorted(groups.items()):  # one lock order on every node
-            row = load_alert_throttle(db, account, rule)
+        if not groups:
+            return
+        throttles = load_alert_throttles(db, groups)
+        sent_marks, suppressed, outbox = [], [], []
+        for key, events in sorted(groups.items()):  # one lock order on every node
+            row = throttles.get(key)
             if row and now - row[0] < self.acfg.alert_interval:
-                count_suppressed_alerts(db, account, rule, len(events))
+                suppressed.append((*key, row[0], len(events)))
                 continue
             sent = events if self.acfg.alert_interval <= 0 else events[:1]  # the rest fall within the interval
-            mark_alert_sent(db, account, rule, now, len(events) - len(sent))
+            sent_marks.append((*key, now, len(events) - len(sent)))
             for i, event in enumerate(sent):
                 body = event.body
                 if i == 0 and row and row[1]:
-                    body += (f"\n\n{row[1]} more alert(s) of this kind for {account} were suppressed "
+                    body += (f"\n\n{row[1]} more alert(s) of this kind for {key[0]} were suppressed "
                              f"since {fmt_time(row[0], self.tz)} (alert_interval).")
                     event.fields["suppressed"] = row[1]
                 log.info("alert: %s", event.subject)
-                self._enqueue(db, event, body, now)
+                outbox += self._outbox_row(event, body, now)
+        write_alert_throttles(db, sent_marks, suppressed)
+        enqueue_alerts(db, outbox)
 
-    def _enqueue(self, db, event, body, now):
+    def _outbox_row(self, event, body, now):
+        """[the alert_outbox row of the event], or [] when neither e-mail nor a webhook is set."""
         recipients = split_list(self.acfg.alert_email) + ([event.email] if event.email else [])
         email = bool(self.acfg.smtp_host and recipients)
         webhook = bool(self.acfg.alert_webhook)
         if not (email or webhook):
-            return
+            return []
         payload = dict(event.fields, text=f"{event.subject}\n{body}", kind=event.kind,
                        account=event.account, rule=event.rule, time=now)
-        enqueue_alert(db, {"created": now, "kind": event.kind, "account": event.account, "code": event.rule[:8],
-                           "subject": event.subject[:255], "body": body, "payload": json.dumps(payload, default=str),
-                           "recipients": ",".join(recipients), "email_pending": int(email), "webhook_pending": int(webhook)})
+        return [(now, event.kind, event.account, event.rule[:8], event.subject[:255], body,
+                 json.dumps(payload, default=str), ",".join(recipients), int(email), int(webhook), 0, now)]
 
 
 class AlertTally(AlertQueue):
@@ -3676,6 +3761,16 @@ def unknown_country_code(engine, call):
     return None
 
 
+def source_not_allowed(call):
+    """Whether the call comes from a known source country that is not among the account's
+    allowed source countries. A private address has no country; one given explicitly (CDR, CLI)
+    still counts."""
+    iso, acc, a = call.source_country, call.account, call.attempt
+    if call.ip_white or not iso or "*" in acc.source_countries or iso in acc.source_countries:
+        return False
+    return bool(a.source_country) or not a.source_ip or is_public_ip(a.source_ip)
+
+
 @rejects("R06")
 def destination_country(engine, call):
     if call.number_white:
@@ -3701,22 +3796,39 @@ def destination_country(engine, call):
 
 def new_destination(engine, call):
     """Whether the call goes to a medium-tier country the account has neither been allowed nor
-    learned: approved up to [policy] new_destination_calls times a day, each with an alert."""
+    learned: approved up to [policy] new_destination_calls times a day, each with an alert. A
+    local call of a traveller (from a source country not allowed, to that country) is none."""
     acc, iso = call.account, call.dest_country
     return (iso is not None and not call.number_white and "*" not in acc.dest_countries
-            and iso not in acc.dest_countries and engine.tiers.of(call.number, iso)[0] == "medium")
+            and iso not in acc.dest_countries and engine.tiers.of(call.number, iso)[0] == "medium"
+            and not (iso == call.source_country and source_not_allowed(call)))
+
+
+def usual_from_abroad(engine, call):
+    """Whether a call from a source country not allowed goes where a traveller calls: a
+    destination the account may call from home without a new-destination allowance (a
+    whitelisted number, tier low, or allowed or learned for the account or its domain), or a
+    local call in the country the caller is in when that is of tier medium."""
+    iso, acc = call.dest_country, call.account
+    if call.number_white:
+        return True
+    if iso is None or f"!{iso}" in acc.dest_countries:
+        return False
+    tier = engine.tiers.of(call.number, iso)[0]
+    return tier == "low" or tier == "medium" and ("*" in acc.dest_countries or iso in acc.dest_countries
+                                                   or iso == call.source_country)
 
 
 @rejects("R04")
 def source_country_not_allowed(engine, call):
-    iso, acc, a = call.source_country, call.account, call.attempt
-    if call.ip_white or not iso or "*" in acc.source_countries or iso in acc.source_countries:
+    if not source_not_allowed(call) or usual_from_abroad(engine, call):
         return None
-    if not a.source_country and a.source_ip and not is_public_ip(a.source_ip):
-        return None  # a private address has no country; one given explicitly (CDR, CLI) still counts
-    return Rejection("R04", f"source IP {call.attempt.source_ip} is in {engine.countries.label(iso)}, not among the allowed "
-                            f"source countries of {acc.name} ({format_countries(acc.source_countries) or 'none'})",
-                     f"{PROG} allow {acc.user} {acc.domain} --source {iso}", soft=True)
+    iso, acc = call.source_country, call.account
+    return Rejection("R04", f"source IP {call.attempt.source_ip or '-'} is in {engine.countries.label(iso)}, not among the "
+                            f"allowed source countries of {acc.name} ({format_countries(acc.source_countries) or 'none'}); "
+                            f"from there only the destinations it calls from home and {iso} itself are approved, "
+                            f"not {engine.countries.label(call.dest_country)}",
+                     f"{PROG} allow {acc.user} {acc.domain} --source {iso}", soft=not engine.held(call))
 
 
 @rejects("R05")
@@ -3909,6 +4021,10 @@ class SharedCounters:
     def write_behind(now, release=False):
         """Nothing to write: each verdict committed its counters."""
 
+    @staticmethod
+    def forget(account_id):
+        """Nothing kept in memory: `reset` cleared the database's rows."""
+
 
 class PrivateCounters:
     """The same counters in memory, for a database no other process uses (a replay into a fresh
@@ -4004,6 +4120,15 @@ class PrivateCounters:
     def write_behind(now, release=False):
         """Nothing to write: nobody else reads these counters."""
 
+    def forget(self, account_id):
+        """The account's counters were reset: its windows and today's counts start again."""
+        self.pairs = {key: pair for key, pair in self.pairs.items() if key[0] != account_id}
+        self.rates.pop(account_id, None)
+        self.new_destination_windows.pop(account_id, None)
+        for counts in (self.daily, self.new_destinations, self.spend):
+            for key in [key for key in counts if key[0] == account_id]:
+                del counts[key]
+
 
 class LeasedCounters(PrivateCounters):
     """Counters decided from memory ([database] quota_lease > 0), for a server. The daily quota
@@ -4060,6 +4185,14 @@ class LeasedCounters(PrivateCounters):
         self.counted[key] = self.counted.get(key, 0) + calls
         if key in self.in_use:
             self.in_use[key] += calls
+
+    def forget(self, account_id):
+        """`reset` deleted the account's leases and counters too: what this node holds, spent
+        or counted of them since its last write-behind is gone with them."""
+        super().forget(account_id)
+        for counts in (self.held, self.in_use, self.spent_calls, self.counted, self.returned):
+            for key in [key for key in counts if key[0] == account_id]:
+                del counts[key]
 
     def write_behind(self, now, release=False):
         """Write the calls spent and counted since the last time, renew this node's leases and
@@ -4265,6 +4398,9 @@ class Engine:
         self.first_enrolled = first_account_created(db)  # when the first account was enrolled (learning_cap)
         # with counters written behind, first-seen countries are too (one commit a flush, not one a verdict)
         self.unseen = [] if isinstance(self.counters, LeasedCounters) else None  # (call, direction, iso)
+        # `tfps reset` of accounts whose windows this engine keeps in memory: the resets since
+        # a minute before it started (the CLI's clock may be another host's) and those applied
+        self.resets_since, self.resets_applied = time.time() - 60, {}
         self.reload()
 
     # -- data kept in memory; reloaded when the change serial moves ---------------------------
@@ -4298,11 +4434,20 @@ class Engine:
             self.serials["accounts_serial"] = serials.get("accounts_serial")
             self.accounts.clear()
             self.domains.clear()
+            self._apply_counter_resets()
             changed = True
         if serials.get("lists_serial") != self.serials.get("lists_serial"):
             (reload_lists or self.reload)()
             changed = True
         return changed
+
+    def _apply_counter_resets(self):
+        """Forget the windows kept in memory of accounts that `tfps reset` cleared since."""
+        for account_id, reset_at in counter_resets_since(self.db, self.resets_since):
+            if self.resets_applied.get(account_id) != reset_at:
+                self.resets_applied[account_id] = reset_at
+                self.counters.forget(account_id)
+                self.resets_since = max(self.resets_since, reset_at - 60)
 
     # -- the entry point ----------------------------------------------------------------------
 
@@ -4377,6 +4522,10 @@ class Engine:
         reason = "approved"
         if would:
             reason = f"approved ({'learning' if enforce else 'monitor'} mode; would reject {would.code}: {would.reason})"
+        elif source_not_allowed(call) and not call.account.learning(call.now):
+            local = call.dest_country == call.source_country
+            reason = (f"{APPROVED_AWAY}: from {self.countries.label(call.source_country)}, not among the allowed source "
+                      f"countries of {call.account.name}, {'a local call there' if local else 'to a destination it calls from home'}")
         return self._verdict(call, APPROVED, reason, would.undo if would else "", would)
 
     def _prepare(self, call):
@@ -4559,6 +4708,8 @@ class Engine:
         if counts_toward_burst(self, call):
             countries, existed = self.read_count(call, "new_countries")
             self.counters.write_new_destination_window(acc.id, {**countries, call.dest_country: call.now}, call.now, existed)
+        if source_not_allowed(call) and usual_from_abroad(self, call):
+            self._alert_away(call)
         if call.cost:
             self.counters.add_spend(acc.id, call.day, call.cost)
         self._check_anomalies(call)
@@ -4586,6 +4737,16 @@ class Engine:
                       f"To allow it: {PROG} allow {acc.user} {acc.domain} --dest {iso}\n"
                       f"If it is not expected: {PROG} block {acc.user} {acc.domain}")
 
+    def _alert_away(self, call):
+        acc, iso = call.account, call.source_country
+        # The rule of the first-seen alert of a source country: the two share one rate limit.
+        self._anomaly(call, f"NEW_SRC_{iso}", f"call from {self.countries.label(iso)}, a source country not allowed for "
+                      f"{acc.name}, approved: from there it may call the destinations it calls from home and {iso} "
+                      f"itself; any other call from there is rejected R04",
+                      f"If {acc.user} is travelling, nothing to do. To allow calls from there for good: "
+                      f"{PROG} allow {acc.user} {acc.domain} --source {iso}\n"
+                      f"If it is not expected: {PROG} block {acc.user} {acc.domain}")
+
     def _check_anomalies(self, call):
         acc, p = call.account, self.cfg.policy
         for direction, iso in (("dst", call.dest_country), ("src", call.source_country)):
@@ -4609,8 +4770,19 @@ class Engine:
                               f"{PROG} block {acc.user} {acc.domain}")
 
     def _mark_first_seen(self, call, direction, iso):
+        if mark_first_seen(self.db, call.account.id, direction, iso, call.now):
+            self._first_seen_notice(call, direction, iso)
+
+    def _mark_first_seen_all(self, unseen):
+        marks = [(call.account.id, direction, iso, call.now) for call, direction, iso in unseen]
+        first = set(mark_first_seen_all(self.db, marks))
+        for (call, direction, iso), mark in zip(unseen, marks):
+            if mark in first:
+                self._first_seen_notice(call, direction, iso)
+
+    def _first_seen_notice(self, call, direction, iso):
         acc = call.account
-        if mark_first_seen(self.db, acc.id, direction, iso, call.now) and acc.created < call.now - 86400:  # a normal to differ from
+        if acc.created < call.now - 86400:  # a normal to differ from
             what = "to the new destination" if direction == "dst" else "from the new source country"
             self._anomaly(call, f"NEW_{direction.upper()}_{iso}", f"first call {what} {self.countries.label(iso)}",
                           f"If expected, nothing to do; if not: {PROG} block {acc.user} {acc.domain}")
@@ -4733,8 +4905,8 @@ class Engine:
             self.db.begin()
             self.dropped_rows += write_call_log(self.db, rows)
             update_last_seen(self.db, sorted(seen.items()))
-            for first in unseen or ():
-                self._mark_first_seen(*first)
+            if unseen:
+                self._mark_first_seen_all(unseen)
             self.alerts.write(self.db, now or time.time())
             self.db.commit()
             self.alerts.events = []
@@ -5526,6 +5698,20 @@ class PendingInvite:
         self.from_host = from_host
 
 
+def overload_verdict(settings, attempt, waited):
+    """R98 for a request (an INVITE, an HTTP check) that waited longer than [server]
+    overload_after before its turn, or None. Past the sustainable rate a late answer is worse
+    than a quick R98: the PBX times out and treats TFPS as down. `overload` chooses what R98
+    answers; monitor mode approves."""
+    limit = settings.overload_after
+    if not limit or waited <= limit:
+        return None
+    reason = f"TFPS overloaded: request waited {waited:.2f} s > overload_after {limit:g} s"
+    if settings.overload == "approve" or settings.mode == "monitor":
+        return Verdict(APPROVED, f"{OVERLOADED} {reason}; approved", attempt, would=Rejection(OVERLOADED, reason))
+    return Verdict(OVERLOADED, reason, attempt)
+
+
 class SipService:
     """What a redirect server says, and when, without sockets, threads or a clock.
 
@@ -5652,16 +5838,8 @@ class SipService:
         return [tx for tx in self.transactions.table.values() if self.awaits_verdict(tx)]
 
     def overload_verdict(self, tx):
-        """R98 for an INVITE that waited longer than overload_after before its turn, or None.
-        Past the sustainable rate a late answer is worse than a quick R98: the PBX times out
-        and treats TFPS as down. `overload` chooses what R98 answers; monitor mode approves."""
-        pending, limit = tx.data, self.settings.overload_after
-        if not limit or pending.waited <= limit:
-            return None
-        reason = f"TFPS overloaded: request waited {pending.waited:.2f} s > overload_after {limit:g} s"
-        if self.settings.overload == "approve" or self.settings.mode == "monitor":
-            return Verdict(APPROVED, f"{OVERLOADED} {reason}; approved", pending.attempt, would=Rejection(OVERLOADED, reason))
-        return Verdict(OVERLOADED, reason, pending.attempt)
+        """R98 for an INVITE that waited longer than overload_after before its turn, or None."""
+        return overload_verdict(self.settings, tx.data.attempt, tx.data.waited)
 
     def answer(self, tx, verdict, now):
         """The final response to an INVITE from its verdict (None: there is none to give).
@@ -5843,11 +6021,13 @@ def orphan_spools(cfg, worker):
 
 
 def lease_block(cfg):
-    """Quota calls claimed at a time; workers sharing a database always lease (on SQLite, a
-    verdict's group transaction would hold the file locked from the other workers)."""
+    """Quota calls claimed at a time. On MySQL a server always leases, so that a verdict waits
+    on no database round trip; workers sharing a SQLite file too (a verdict's group transaction
+    would hold the file locked from the other workers). One process on SQLite counts in its
+    group transaction, which is local and costs no round trip."""
     if cfg.database.quota_lease is not None:
         return cfg.database.quota_lease
-    return DEFAULT_LEASE if server_workers(cfg) > 1 else 0
+    return DEFAULT_LEASE if server_workers(cfg) > 1 or cfg.database.url.startswith("mysql") else 0
 
 
 def listening_socket(item, reuse_port=False):
@@ -6513,9 +6693,10 @@ class Server:
         if now - self.overload_noted < OVERLOAD_NOTICE_INTERVAL:
             return
         self.overload_noted = now
-        answered = {answer: self.metrics.counter("sip_overload", answer=answer) for answer in ("reject", "approve")}
+        answered = {answer: self.metrics.counter("sip_overload", answer=answer) + self.metrics.counter("http_overload", answer=answer)
+                    for answer in ("reject", "approve")}
         what = "approved" if verdict.approved else "rejected"
-        text = (f"INVITEs waited longer than overload_after {self.cfg.server.overload_after:g} s before their turn "
+        text = (f"Requests waited longer than overload_after {self.cfg.server.overload_after:g} s before their turn "
                 f"(this one {waited:.2f} s): answered R98 and {what} without checks (overload = {self.cfg.server.overload}); "
                 f"{answered['reject']} rejected and {answered['approve']} approved so far")
         log.warning("%s", text)
@@ -6594,11 +6775,20 @@ class Server:
         self.from_threads.append((callback, args))
         self.wake()
 
-    def check(self, attempt, handoff):
+    def check(self, attempt, handoff, queued):
         """On the loop: decide an attempt that came from the HTTP decision API exactly like an
-        INVITE's (reputation lookup, engine, counting, call log); the Handoff gets
-        (Verdict, latency ms), or None when there is no verdict (database unavailable)."""
+        INVITE's (reputation lookup, engine, counting, call log, R98 once it waited past
+        overload_after since `queued`, monotonic); the Handoff gets (Verdict, latency ms), or
+        None when there is no verdict (database unavailable)."""
         started = time.monotonic()
+        overload = overload_verdict(self.cfg.server, attempt, started - queued)
+        if overload and not emergency_number(attempt.number, self.cfg.policy):
+            self.metrics.inc("http_overload", answer="approve" if overload.approved else "reject")
+            latency = (time.monotonic() - queued) * 1000
+            self._record_verdict(overload, f"HTTP {overload.code}", latency, "http")
+            self._note_overload(overload, started - queued)
+            handoff.set((overload, latency))
+            return
 
         def finish(reputation):
             if handoff.done:  # the lookup timed out before, or the other way round
@@ -6802,7 +6992,7 @@ def allowed_after(command, current, codes, known, dest):
 
 
 def reset_account(db, cfg, acc, now):
-    return clear_account_counters(db, acc.id, today_key(cfg, now))
+    return clear_account_counters(db, acc.id, today_key(cfg, now), now)
 
 
 def remove_account(db, acc):
@@ -7169,7 +7359,7 @@ def http_check(api, request):
     values = request.params if request.method == "GET" else request.json()
     attempt = check_attempt(values, time.time())
     handoff = Handoff()
-    api.server.call_from_thread(api.server.check, attempt, handoff)
+    api.server.call_from_thread(api.server.check, attempt, handoff, time.monotonic())
     try:
         result = handoff.wait(api.cfg.http.check_timeout)
     except TimeoutError:
@@ -7621,6 +7811,7 @@ METRIC_HELP = {
     "sip_dropped": ("counter", "SIP packets or connections dropped, by reason"),
     "sip_transactions": ("gauge", "SIP transactions held"),
     "sip_overload": ("counter", "INVITEs answered R98 at once, having waited longer than overload_after, by answer (reject, approve)"),
+    "http_overload": ("counter", "HTTP checks answered R98 at once, having waited longer than overload_after, by answer (reject, approve)"),
     "tcp_connections": ("gauge", "SIP TCP connections open"),
     "reputation_lookups": ("counter", "reputation answers: hit (cached), miss (looked up), failure (lookup failed)"),
     "reputation_lookups_in_flight": ("gauge", "IP addresses being looked up now"),
@@ -7696,6 +7887,7 @@ def render_metrics(api):
             ("overloaded", "overflow"), ("resend_budget", "resend_dropped"), ("tcp_refused", "tcp_refused"))],
         "sip_transactions": [({}, len(server.sip.transactions.table))],
         "sip_overload": [({"answer": answer}, server.metrics.counter("sip_overload", answer=answer)) for answer in ("reject", "approve")],
+        "http_overload": [({"answer": answer}, server.metrics.counter("http_overload", answer=answer)) for answer in ("reject", "approve")],
         "tcp_connections": [({}, len(server.connections))],
         "reputation_lookups": [({"result": result}, n) for result, n in server.reputation.lookups.copy().items()],
         "reputation_lookups_in_flight": [({}, len(server.reputation.waiting))],
@@ -8442,7 +8634,8 @@ def cmd_remove(args, cfg, db):
 def cmd_reset(args, cfg, db):
     acc = find_account(db, args.user, args.domain)
     counters, pairs = reset_account(db, cfg, acc, time.time())
-    print(f"{acc.name}: today's counters cleared ({counters} bucket(s)), {pairs} A->B pair(s) cleared")
+    print(f"{acc.name}: today's counters cleared ({counters} bucket(s)), {pairs} A->B pair(s) cleared; servers that "
+          f"keep them in memory forget them within reload_interval ({cfg.database.reload_interval:g} s)")
     return 0
 
 

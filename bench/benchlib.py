@@ -5,6 +5,8 @@ can be cut."""
 
 import importlib.util
 import random
+import re
+import secrets
 import select
 import socket
 import subprocess
@@ -219,3 +221,28 @@ def with_shutdown(sock):
     except OSError:
         pass
     sock.close()
+
+
+def mysql_database(url):
+    """A fresh database on the MariaDB server of `url`: (its URL, a function that drops it, the
+    server's innodb_flush_log_at_trx_commit)."""
+    import pymysql
+    m = re.fullmatch(r"mysql://([^:@/]*)(?::([^@/]*))?@([^:/]+)(?::(\d+))?/?", url)
+    if not m:
+        raise SystemExit(f"--mysql {url}: expected mysql://USER:PASSWORD@HOST:PORT")
+    user, password, host, port = m.group(1), m.group(2) or "", m.group(3), int(m.group(4) or 3306)
+    name = f"tfps_peer_{secrets.token_hex(4)}"
+    try:
+        admin = pymysql.connect(host=host, port=port, user=user, password=password, autocommit=True, connect_timeout=5)
+    except pymysql.MySQLError as exc:
+        raise SystemExit(f"--mysql {url}: cannot connect: {exc}") from None
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        cur.execute("SELECT @@innodb_flush_log_at_trx_commit")
+        flush = cur.fetchone()[0]
+
+    def drop():
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()
+    return f"mysql://{user}:{password}@{host}:{port}/{name}", drop, flush

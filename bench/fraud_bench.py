@@ -51,12 +51,13 @@ CDR_COLUMNS = ("time", "user", "domain", "number", "source_ip", "user_agent", "c
 
 # Destinations a UK business calls: ISO code -> (weight in the UK's outgoing international traffic,
 # E.164 ranges as (calling code + leading digits, digits after them)). US and Canadian numbers use
-# area codes of the mainland only; JE, GG and IM are the Crown dependencies' mobile ranges, which
-# share +44 with the UK. The weights are coarse: what matters is the long tail.
+# area codes of the mainland only; Spanish landlines are Madrid's and Barcelona's (+34 90x are
+# freephone, shared-cost and premium ranges); JE, GG and IM are the Crown dependencies' mobile
+# ranges, which share +44 with the UK. The weights are coarse: what matters is the long tail.
 LEGIT_DESTINATIONS = {
     "IE": (14, [("3538", 8), ("3531", 7)]), "US": (13, [("1212", 7), ("1646", 7), ("1415", 7), ("1312", 7), ("1617", 7)]),
     "FR": (9, [("336", 8), ("331", 8)]), "DE": (9, [("4915", 9), ("4930", 8), ("4989", 8)]),
-    "ES": (7, [("346", 8), ("349", 8)]), "IN": (8, [("919", 9), ("9111", 8), ("9122", 8)]),
+    "ES": (7, [("346", 8), ("3491", 7), ("3493", 7)]), "IN": (8, [("919", 9), ("9111", 8), ("9122", 8)]),
     "PL": (6, [("485", 8), ("4822", 7)]), "NG": (5, [("234803", 7), ("234806", 7), ("2341", 7)]),
     "PK": (5, [("923", 9), ("9242", 8)]), "NL": (5, [("316", 8), ("3120", 7)]), "IT": (4, [("393", 9), ("3906", 8)]),
     "BE": (3, [("324", 8), ("322", 7)]), "PT": (3, [("3519", 8), ("3512", 8)]), "CH": (2, [("417", 8), ("4144", 7)]),

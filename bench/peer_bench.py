@@ -43,7 +43,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchlib import TFPS, fmt, free_port, log, percentile, turns, write_config
+from benchlib import TFPS, fmt, free_port, log, mysql_database, percentile, turns, write_config
 from galera import GaleraCluster, GaleraError
 from sip_bench import Server, cpu_seconds, rss_mb, run_sipp, write_inputs
 
@@ -275,31 +275,6 @@ def write_blacklist(path, count, rng):
                        for _ in range(count)})
     path.write_text("".join(f"{p}\n" for p in prefixes))
     return prefixes
-
-
-def mysql_database(url):
-    """A fresh database on the MariaDB server of `url`: (its URL, a function that drops it, the
-    server's innodb_flush_log_at_trx_commit)."""
-    import pymysql
-    m = re.fullmatch(r"mysql://([^:@/]*)(?::([^@/]*))?@([^:/]+)(?::(\d+))?/?", url)
-    if not m:
-        raise SystemExit(f"--mysql {url}: expected mysql://USER:PASSWORD@HOST:PORT")
-    user, password, host, port = m.group(1), m.group(2) or "", m.group(3), int(m.group(4) or 3306)
-    name = f"tfps_peer_{secrets.token_hex(4)}"
-    try:
-        admin = pymysql.connect(host=host, port=port, user=user, password=password, autocommit=True, connect_timeout=5)
-    except pymysql.MySQLError as exc:
-        raise SystemExit(f"--mysql {url}: cannot connect: {exc}") from None
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        cur.execute("SELECT @@innodb_flush_log_at_trx_commit")
-        flush = cur.fetchone()[0]
-
-    def drop():
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.close()
-    return f"mysql://{user}:{password}@{host}:{port}/{name}", drop, flush
 
 
 def wait_idle(pid, limit=30.0):

@@ -19,6 +19,8 @@ chunks of 1,000 with the clock stopped, so neither its time nor most of its memo
            (garbage, no Via, bad CSeq, a line without a colon, a bare CR, a short body, SIP/3.0),
            requests with bytes that are not UTF-8 (Request-URI, From, P-tfps, User-Agent) and
            INVITEs with a duplicated identity header (two P-tfps); a hostile INVITE is never ACKed
+  shed     the messages of `valid`, each INVITE having waited 1 s before its turn: overload
+           control answers them all R98 (not run by default: --workloads valid,hostile,shed)
 Before the clock starts every account makes one call (enrollment), then `gc.freeze()` as serve does.
 
 Each (version, workload) runs in a child process of its own, so its peak RSS is its own. The
@@ -40,6 +42,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import random
 import re
 import resource
@@ -49,13 +52,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import (TFPS, account_identities, describe_version, free_port, load_tfps, log, median,
+from benchlib import (TFPS, account_identities, describe_version, free_port, load_tfps, log, median, mysql_database,
                       random_number, turns, write_config)
 
 SOURCE = ("127.0.0.1", 5060)   # where every message comes from (the proxy in front of TFPS)
 CHUNK = 1000                   # INVITEs generated at a time, with the clock stopped
 TIMERS_EVERY = 64              # messages between timer runs (serve reads up to 64 datagrams per wake-up)
-WORKLOADS = ("valid", "hostile")
+WORKLOADS = ("valid", "hostile", "shed")
 TO_RE = re.compile(rb"\r\nTo: ([^\r\n]*)")
 
 
@@ -158,7 +161,7 @@ class Traffic:
         return encode(lines), None, None
 
     def chunk(self, workload, count):
-        if workload == "valid":
+        if workload in ("valid", "shed"):
             return [self.valid() for _ in range(count)]
         # an INVITE with its ACK is two messages: hostile items two times in three make half of the messages hostile
         return [self.hostile() if self.rng.random() < 2 / 3 else self.valid() for _ in range(count)]
@@ -191,12 +194,15 @@ def run(tfps_path, workload, invites, args):
     work = Path(tmp.name)
     try:
         conf = write_config(work, free_port(), work / "tfps.db")
+        if args.database_url:
+            conf.write_text(conf.read_text().replace(f"url = sqlite://{work / 'tfps.db'}", f"url = {args.database_url}"))
         cfg = tfps.Config.load(str(conf))
         db = tfps.open_database(cfg.database.url)
         server = tfps.Server(cfg, db)
         endpoint = Endpoint()
         traffic = Traffic(args.seed, args.users)
         feed = Feeder(server, endpoint, args.flush_every)
+        feed.waited = 1.0 if workload == "shed" else None
         for account in traffic.accounts:   # enrollment: every account calls once
             lines, head, tail = traffic.call(account=account)
             feed.items([(encode(lines), head, tail)])
@@ -228,6 +234,7 @@ def run(tfps_path, workload, invites, args):
         result = {
             "invites": invites, "messages": feed.messages, "elapsed_s": elapsed,
             "msgs_per_s": feed.messages / elapsed, "us_per_invite": 1e6 * elapsed / invites,
+            "flush_us_per_invite": 1e6 * feed.flush_s / invites,
             "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "statuses": {k.decode("ascii", "replace"): v for k, v in sorted(endpoint.statuses.items())},
             "sent_bytes": endpoint.bytes, "errors": feed.errors, "flush_errors": feed.flush_errors,
@@ -240,7 +247,7 @@ def run(tfps_path, workload, invites, args):
             import io
             import pstats
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+            pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(25)
             result["profile"] = out.getvalue()
         db.close()
         return result
@@ -253,12 +260,13 @@ class Feeder:
 
     def __init__(self, server, endpoint, flush_every):
         self.server, self.endpoint, self.flush_every = server, endpoint, flush_every
+        self.waited = None  # seconds every INVITE waited before its turn (the shed workload: past overload_after)
         self.reset()
 
     def reset(self):
         self.messages = self.errors = self.flush_errors = self.flushes = 0
         self.next_flush, self.next_timers = self.flush_every, TIMERS_EVERY
-        self.elapsed = 0.0
+        self.elapsed = self.flush_s = 0.0
 
     def items(self, items):
         server, endpoint = self.server, self.endpoint
@@ -267,7 +275,7 @@ class Feeder:
         t0 = perf()
         for message, ack_head, ack_tail in items:
             try:
-                on_message(message, endpoint, SOURCE)
+                on_message(message, endpoint, SOURCE, None if self.waited is None else time.monotonic() - self.waited)
             except Exception:
                 self.errors += 1
             self.messages += 1
@@ -288,12 +296,14 @@ class Feeder:
 
     def _flush(self):
         self.flushes += 1
+        t0 = time.perf_counter()
         try:
             self.server.engine.flush()
             if self.flushes % 8 == 0:
                 self.server.engine.check_for_changes()
         except Exception:
             self.flush_errors += 1
+        self.flush_s += time.perf_counter() - t0
 
     def flush(self):
         t0 = time.perf_counter()
@@ -307,18 +317,25 @@ def child(args, tfps_path, workload):
     cmd = [sys.executable, __file__, "--child", str(tfps_path), "--workload", workload, "--calls", str(args.calls),
            "--messages", str(args.messages), "--users", str(args.users), "--flush-every", str(args.flush_every),
            "--seed", str(args.seed)] + (["--profile"] if args.profile else [])
+    drop = None
+    if args.mysql:
+        url, drop, _flush = mysql_database(args.mysql)
+        cmd += ["--database-url", url]
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {args.timeout:g} s"}
+    finally:
+        if drop:
+            drop()
     if proc.returncode != 0:
         return {"error": f"exit status {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def invites_of(args, workload):
-    # valid: --calls INVITEs (2 messages each); hostile: --messages messages, half of them in INVITE + ACK pairs
-    return args.calls if workload == "valid" else round(args.messages * 3 / 4)
+    # valid, shed: --calls INVITEs (2 messages each); hostile: --messages messages, half of them in INVITE + ACK pairs
+    return args.calls if workload in ("valid", "shed") else round(args.messages * 3 / 4)
 
 
 def main():
@@ -336,7 +353,10 @@ def main():
     ap.add_argument("--profile", action="store_true", help="cProfile the first round's runs and print the top functions")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print every run as JSON")
+    ap.add_argument("--mysql", help="run on a fresh database of this MariaDB server (mysql://USER:PASSWORD@HOST:PORT), "
+                                    "dropped after each run, instead of a SQLite file")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--database-url", help=argparse.SUPPRESS)
     ap.add_argument("--workload", choices=WORKLOADS, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -380,13 +400,14 @@ def report(args, versions, workloads, runs, total_s):
         if rs[0].get("profile"):
             print(f"--- cProfile, {workload} workload, {label} (round 1, top 25 by own time) ---")
             print(rs[0]["profile"])
-    print(f"\nTFPS request-path benchmark: Server.on_message in-process (no sockets), SQLite, full engine, redirect mode, "
+    print(f"\nTFPS request-path benchmark: Server.on_message in-process (no sockets), {'MariaDB' if args.mysql else 'SQLite'}, full engine, redirect mode, "
           f"{args.users:,} accounts, flush every {args.flush_every:,} messages, {args.rounds} rounds interleaved, "
           f"total {total_s:.0f} s")
     for label, path in versions:
         print(f"{label}: {describe_version(path)}")
     described = {"valid": f"valid = {args.calls:,} INVITEs + ACKs",
-                 "hostile": f"hostile = {args.messages:,} messages ({invites_of(args, 'hostile'):,} INVITEs), half of them hostile"}
+                 "hostile": f"hostile = {args.messages:,} messages ({invites_of(args, 'hostile'):,} INVITEs), half of them hostile",
+                 "shed": f"shed = the valid INVITEs and ACKs, each INVITE having waited 1 s (answered R98 by overload control)"}
     print("workloads: " + "; ".join(described[w] for w in workloads))
     head = (f"{'workload':8} {'version':8} {'messages/s':>10} {'(min-max)':>17} {'µs/INVITE':>9} {'(min-max)':>13} "
             f"{'peak RSS MB':>11}  per round: µs/INVITE (* = ran first)")
@@ -422,7 +443,8 @@ def report(args, versions, workloads, runs, total_s):
         for label, _ in versions:
             r = runs[workload, label][0]
             if "error" not in r:
-                print(f"  {workload:8} {label:8} answers {r['statuses']}, call log codes (the {args.users:,} enrollment calls included) {r['codes']}, "
+                flushes = median([x["flush_us_per_invite"] for x in runs[workload, label] if "flush_us_per_invite" in x])
+                print(f"  {workload:8} {label:8} flushes {flushes:.1f} µs/INVITE (median), answers {r['statuses']}, call log codes (the {args.users:,} enrollment calls included) {r['codes']}, "
                       f"exceptions {r['errors']} (+{r['flush_errors']} in flushes), counters {r['counters']}, "
                       f"transactions held at the end {r['transactions_held']}, log lines {r['log_lines']}")
 

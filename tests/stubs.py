@@ -345,6 +345,12 @@ def unique_us_number(i):
     return f"001212555{i % 10000:04d}"
 
 
+def unique_fr_number(i):
+    """Distinct numbers in Paris: France is of tier medium for a US operator, so a call there from
+    a source country not allowed is rejected R04 (a US number would be approved, as a traveller's)."""
+    return f"0033142{i % 10000:04d}00"
+
+
 class SipAnswer:
     def __init__(self, final, provisional, elapsed, sent_at):
         self.final = final

@@ -12,7 +12,7 @@ import pytest
 
 import tfps
 from conftest import run_cli, wait_until, write_config
-from stubs import AbuseIPDBStub, SmtpStub, WebhookStub, call, reserve_port, unique_us_number
+from stubs import AbuseIPDBStub, SmtpStub, WebhookStub, call, reserve_port, unique_fr_number, unique_us_number
 
 CUBA = "00537123"            # + 4 digits: a high-risk destination (R06, not soft)
 GB = "0044207946"            # + 4 digits: not among the default destinations (R06, soft)
@@ -114,7 +114,7 @@ def test_reputation_rejections_alert_by_email_and_webhook_with_working_undo(star
         run_cli("add", "1001", "pbx.example.com", "--email", "owner@pbx.example.com", config=cli_conf, db=db_url, check=True)
         srv = start_server(db_url, sections=conf)
         assert call(srv.port, "8.8.8.8", number=unique_us_number(1)).code == "R02"
-        assert call(srv.port, "1.1.1.1", number=unique_us_number(2)).code == "R04"
+        assert call(srv.port, "1.1.1.1", number=unique_fr_number(2)).code == "R04"
         alerts = wait_until(lambda: len(hook.of_kind("rejection")) == 2 and hook.of_kind("rejection"), 5,
                             message="two rejection alerts")
         by_code = {a["code"]: a for a in alerts}
@@ -137,7 +137,7 @@ def test_reputation_rejections_alert_by_email_and_webhook_with_working_undo(star
             run_undo(by_code[code]["undo"], db_url)
         wait_until(lambda: call(srv.port, "8.8.8.8", number=unique_us_number(3)).code == "A00", 3, interval=0.1,
                    message="whitelist add ip to lift R02")
-        wait_until(lambda: call(srv.port, "1.1.1.1", number=unique_us_number(4)).code == "A00", 3, interval=0.1,
+        wait_until(lambda: call(srv.port, "1.1.1.1", number=unique_fr_number(4)).code == "A00", 3, interval=0.1,
                    message="allow --source DE to lift R04")
         assert abuse.counts["8.8.8.8"] == 1 and abuse.counts["1.1.1.1"] == 1
 

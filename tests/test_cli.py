@@ -904,7 +904,9 @@ def test_reset_reaches_a_running_server(db_url, start_server):
     assert code("12125550001") == "R13", "the pair stays blocked"
     assert code("12125550002") in ("R09", "R11"), "the daily quota of 2 is used up"
     out = ok(cli(db_url, "reset", *ACCOUNT)).stdout
-    assert out == f"{USER}@{DOMAIN}: today's counters cleared (1 bucket(s)), 2 A->B pair(s) cleared\n"
+    pairs = 2 if db_url.startswith("sqlite") else 0   # on MySQL the server keeps them in memory (quota leases)
+    assert out == (f"{USER}@{DOMAIN}: today's counters cleared (1 bucket(s)), {pairs} A->B pair(s) cleared; servers "
+                   f"that keep them in memory forget them within reload_interval (2 s)\n")
     wait_until(lambda: code("12125550001") == "A00", 5, interval=0, message="the A->B block to be lifted by the reset")
     assert code("12125550002") == "A00", "the quota counts from zero again"
 

@@ -76,11 +76,16 @@ def test_domain_destinations_replace_the_default_and_deny_wins(env):
     assert env.call("33123456789").code == "A00"
 
 
-def test_domain_source_countries_are_inherited(env):
-    attempt = dict(user="1001", domain=DOMAIN, number="442079460000", source_country="US")
-    assert env.engine.decide(tfps.CallAttempt(**attempt, ts=WED_10 + 1)).code == "R04"
-    env.set_domain(source_countries={"GB", "US"})
-    assert env.engine.decide(tfps.CallAttempt(**attempt, ts=WED_10 + 2)).code == "A00"
+def test_domain_source_countries_are_inherited(tmp_path, db_url):
+    env = Env(tmp_path, db_url, new_destination_calls="3")
+    try:
+        # France: a new destination, which a caller from a source country not allowed may not call
+        attempt = dict(user="1001", domain=DOMAIN, number="33123456789", source_country="US")
+        assert env.engine.decide(tfps.CallAttempt(**attempt, ts=WED_10 + 1)).code == "R04"
+        env.set_domain(source_countries={"GB", "US"})
+        assert env.engine.decide(tfps.CallAttempt(**attempt, ts=WED_10 + 2)).code == "A00"
+    finally:
+        env.db.close()
 
 
 def test_a_running_engine_follows_domain_changes_through_the_accounts_serial(env, tmp_path, db_url):

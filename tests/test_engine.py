@@ -34,6 +34,11 @@ def us(i):
     return f"1212555{i:04d}"
 
 
+def fr(i):
+    """A distinct number in Paris per i: France is of tier medium for the US operator of these tests."""
+    return f"33142{i:04d}00"
+
+
 # Tables the engine and the admin functions write; cleared before each MariaDB test.
 MUTABLE_TABLES = ("accounts", "daily_counters", "ab_pairs", "account_seen", "number_list", "ip_list", "call_log",
                   "alert_outbox", "alert_throttle", "reputation_cache", "locks", "history_days", "account_days",
@@ -533,32 +538,33 @@ def test_default_destination_countries(make):
 
 # -- R04 source country -------------------------------------------------------------------------------
 
-def test_r04_source_country(env):
+def test_r04_source_country(make):
+    env = make({"new_destination_calls": "10"})
     env.account()
     ip = "81.2.69.142"
-    v = env.call(us(1), source_ip=ip, source_country="DE")
+    v = env.call(fr(1), source_ip=ip, source_country="DE")          # a new destination from abroad
     assert (v.code, v.source_country) == ("R04", "DE"), v.reason
-    assert env.code(us(2), source_ip=ip, reputation=rep(ip, score=0, country="DE")) == "R04"
-    assert env.code(us(3), source_ip=ip, source_country="US") == "A00"
-    assert env.code(us(4), source_ip=ip, source_country="") == "A00"            # unknown: R05's business
-    assert env.code(us(5), source_ip=ip, reputation=rep(ip, ok=False, country="DE")) == "A00"
+    assert env.code(fr(2), source_ip=ip, reputation=rep(ip, score=0, country="DE")) == "R04"
+    assert env.code(fr(3), source_ip=ip, source_country="US") == "A00"
+    assert env.code(fr(4), source_ip=ip, source_country="") == "A00"            # unknown: R05's business
+    assert env.code(fr(5), source_ip=ip, reputation=rep(ip, ok=False, country="DE")) == "A00"
     env.account(source_countries={"US", "DE"})
-    assert env.code(us(6), source_ip=ip, source_country="DE") == "A00"
+    assert env.code(fr(6), source_ip=ip, source_country="DE") == "A00"
     env.account(source_countries={"*"})
-    assert env.code(us(7), source_ip=ip, source_country="CN") == "A00"
+    assert env.code(fr(7), source_ip=ip, source_country="CN") == "A00"
 
 
 def test_r04_ip_whitelist_skips(env):
     env.account()
     env.add("white", "ip", "81.2.69.142")
-    assert env.code(source_ip="81.2.69.142", source_country="DE") == "A00"
+    assert env.code(fr(1), source_ip="81.2.69.142", source_country="DE") == "A00"
 
 
 @pytest.mark.parametrize("ip", ["192.168.1.20", "10.1.2.3", "127.0.0.1", "fd00::1"])
 def test_r04_private_ip_skips(env, ip):
     """Issue: 'R04 ... (private IPs skip)'."""
     env.account()
-    v = env.call(source_ip=ip, reputation=rep(ip, score=0, country="DE"))
+    v = env.call(fr(1), source_ip=ip, reputation=rep(ip, score=0, country="DE"))
     assert v.code == "A00", v.reason
 
 
@@ -747,14 +753,14 @@ def test_limits_changed_reach_engine(env):
 # -- learning mode, monitor mode, dry run -------------------------------------------------------------
 
 def test_learning_mode_soft_rules_only_logged(make):
-    env = make({"learning_days": "14", "max_calls_per_minute": "100", "new_destination_calls": "0"})
+    env = make({"learning_days": "14", "max_calls_per_minute": "100", "new_destination_calls": "1"})
     env.call(us(0))                                             # enrolls the account in learning mode
     acc = tfps.find_account(env.db, USER, DOMAIN)
     assert acc.state == "learning" and acc.learning_until == pytest.approx(WED_10 + 14 * 86400)
     ip = "81.2.69.142"
     soft = [
-        ("R06", dict(number="442079460000")),                              # own destination list
-        ("R04", dict(number=us(1), source_ip=ip, source_country="DE")),
+        ("R04", dict(number=fr(1), source_ip=ip, source_country="DE")),  # a new destination from abroad
+        ("R06", dict(number=fr(2))),                                      # its one new-destination call is used
         ("R10", dict(number=us(2), concurrent_calls=11)),
         ("R08", dict(number=us(3), concurrent_calls=3, ts=WED_20)),
     ]

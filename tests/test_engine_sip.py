@@ -147,6 +147,7 @@ def test_cli_changes_reach_running_server(db_url, start_server):
 
 
 def test_reset_lifts_ab_block_on_running_server(db_url, start_server):
+    """On MySQL the server keeps the A->B window in memory (quota leases): reset reaches it too."""
     server = start_server(db_url, {"policy": {"learning_days": "0", **ALWAYS_BUSINESS}})
     codes = [code_of(invite(server, "12125557777")) for _ in range(6)]
     assert codes == ["A00"] * 5 + ["R13"]

@@ -354,7 +354,7 @@ def test_a_schema_1_database_is_upgraded_on_open_and_trains(tmp_path, db_url):
     db.close()
 
     db = tfps.open_database(db_url)
-    assert db.schema_version() == 5
+    assert db.schema_version() == 6
     assert set(AGGREGATE_TABLES) | {"rate_windows", "quota_leases", "approvals"} <= db.names("table")
     assert "idx_call_log_user" in call_log_indexes(db), "the index behind `show` and `calls --account`"
     assert "idx_call_log_account" not in call_log_indexes(db), "a retired index still costs every insert"

@@ -204,7 +204,7 @@ def test_a_schema_3_database_gains_the_claims_column_and_each_claim_writes_it(db
     ids = create_accounts(db_url, ["m1"], daily_quota=5, daily_quota_off=5)   # opens it: migrated in place
     engine = leased_engine(db_url, "m", 2)
     try:
-        assert engine.db.schema_version() == 5 and "claims" in engine.db.columns("daily_counters")
+        assert engine.db.schema_version() == 6 and "claims" in engine.db.columns("daily_counters")
         codes = [engine.decide(tfps.CallAttempt("m1", DOMAIN, f"1212300000{i}", ts=time.time())).code for i in range(6)]
         assert codes == ["A00"] * 5 + ["R11"]
         claims = "SELECT SUM(claims) FROM daily_counters WHERE account_id = ?"

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 import tfps
-from conftest import free_port, recv_response, sip_invite, udp_socket, wait_until, write_config
+from conftest import built_server, free_port, recv_response, sip_invite, udp_socket, wait_until, write_config
 
 PEER = ("127.0.0.1", 5099)
 NUMBER = "442071234567"
@@ -180,3 +180,30 @@ def test_invites_that_waited_while_the_server_was_stopped_get_r98_then_service_i
     assert log.count("alert: TFPS R98:") == 1  # the server's, and none per call
     assert log.count('code="R98"') == (20 if overload == "reject" else 0)
     sock.close()
+
+
+@pytest.mark.parametrize("overload", ["reject", "approve"])
+def test_http_checks_that_waited_too_long_for_the_loop_are_answered_r98(tmp_path, overload):
+    config = write_config(tmp_path / "tfps.conf", {
+        "server": {"overload_after": "0.2s", "overload": overload},
+        "database": {"url": f"sqlite://{tmp_path / 'tfps.db'}"},
+        "policy": {"learning_days": "0", "default_destination_countries": "*"}})
+    with built_server(config) as server:
+        answers = []
+        for number, waited in ((NUMBER, 0.35), ("911", 0.35), (NUMBER, 0.05)):
+            handoff = tfps.Handoff()
+            attempt = tfps.CallAttempt("1001", "pbx.example.com", number, ts=time.time(), call_id=f"{number}-{waited}@http")
+            server.check(attempt, handoff, time.monotonic() - waited)
+            answers.append(handoff.wait(1.0))
+        (late, late_latency), (emergency, _), (fresh, _) = answers
+        assert late.code == ("R98" if overload == "reject" else "A00") and late_latency >= 350
+        assert "TFPS overloaded: request waited 0.35 s > overload_after 0.2 s" in late.reason
+        assert (late.would.code if late.would else late.code) == "R98"
+        assert emergency.code == "A00" and "overloaded" not in emergency.reason   # never shed
+        assert fresh.code == "A00" and "overloaded" not in fresh.reason
+        assert server.metrics.counter("http_overload", answer=overload) == 1
+        assert server.metrics.counter("sip_overload", answer=overload) == 0
+        assert [event.kind for event in server.engine.alerts.events].count("overload") == 1
+        server.engine.flush()
+        assert sorted(code for (code,) in server.db.query("SELECT code FROM call_log")) == (
+            ["A00", "A00", "R98"] if overload == "reject" else ["A00", "A00", "A00"])

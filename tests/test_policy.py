@@ -137,6 +137,38 @@ def test_a_denied_low_tier_country_is_rejected(make):
     assert env.call("447911123456").code == "A00"
 
 
+def test_national_premium_rate_ranges_are_high_even_where_the_country_is_allowed(make):
+    env = make()
+    env.account(dest_countries={"US", "PL", "DE", "FR", "ES"})
+    polish = env.call("48701234567")                          # Polish premium rate, +48 70
+    assert polish.code == "R06" and "high-risk range" in polish.reason and "+4870" in polish.reason, polish.reason
+    assert env.codes("49900123456", "491371234567", "33891234567", "34806123456") == ["R06"] * 4
+    # mobile and geographic numbers of the same countries are the allowed countries' as before
+    assert env.codes("48601234567", "4915112345678", "33612345678", "34911234567") == ["A00"] * 4
+    assert env.call("19005551234").code == "R06"               # the home country's own premium range
+    assert env.call("12125551234").code == "A00"
+
+
+def test_every_default_premium_range_lies_in_its_country(db_url):
+    cfg = tfps.Config.load(None)
+    db = tfps.open_database(db_url)
+    try:
+        countries = tfps.country_table(db)
+        for iso, ranges in tfps.PREMIUM_RATE_RANGES.items():
+            for entry in ranges.split(","):
+                digits = tfps.dialed_prefix(entry, cfg.policy, countries)
+                assert countries.lookup(digits + "1234567") == iso, entry
+                assert tfps.DestinationTiers(cfg.policy, countries).of(digits + "1234567", iso) == ("high", f"+{digits}")
+    finally:
+        db.close()
+
+
+def test_a_configured_high_risk_prefixes_list_replaces_the_default_one(make):
+    env = make(high_risk_prefixes="+44 70")
+    env.account(dest_countries={"US", "PL"})
+    assert env.codes("48701234567", "447012345678", "19005551234") == ["A00", "R06", "A00"]
+
+
 # -- 3. a new destination is not a wall -----------------------------------------------------
 
 def test_new_destination_calls_are_approved_with_an_alert_then_r06(make):
@@ -190,6 +222,71 @@ def test_check_counts_no_new_destination(make):
     attempt = tfps.CallAttempt(USER, DOMAIN, "33123456789", ts=WED_10)
     assert [env.engine.decide(attempt, count=False).code for _ in range(3)] == ["A00"] * 3
     assert env.db.scalar("SELECT COUNT(*) FROM new_destination_days") == 0
+
+
+# -- 4. travellers: calls from a source country not allowed ------------------------------------
+
+ABROAD = "81.2.69.142"
+
+
+def test_a_traveller_calls_home_usual_destinations_and_where_he_is(make):
+    env = make()
+    acc = env.account(dest_countries={"US", "FR"})                      # sources: the default, US
+    away = [env.call(number, source_ip=ABROAD, source_country="ES")
+            for number in ("12125551234", "33123456789", "34911234567", "447400123456")]
+    # home (tier low), an allowed country, a local call in Spain, and GB (tier medium, not allowed)
+    assert [v.code for v in away] == ["A00", "A00", "A00", "R04"], [v.reason for v in away]
+    assert away[0].reason.startswith(tfps.APPROVED_AWAY) and "ES (Spain)" in away[0].reason and away[0].would is None
+    assert "a local call there" in away[2].reason
+    rejected = away[3]
+    assert rejected.undo == f"{tfps.PROG} allow {USER} {DOMAIN} --source ES"
+    assert "not GB (United Kingdom)" in rejected.reason and "allowed source countries" in rejected.reason
+    # R04 at once: the rejected call took nothing of the new-destination allowance
+    assert env.db.scalar("SELECT COUNT(*) FROM new_destination_days") == 0
+    assert env.codes("34806123456", "5312345678", source_ip=ABROAD, source_country="ES") == ["R06", "R06"]
+    alerts = [e for e in env.engine.alerts.events if e.kind == "anomaly" and e.rule == "NEW_SRC_ES"]
+    assert len(alerts) == 3 and "nothing to do" in alerts[0].body
+    assert f"{tfps.PROG} allow {USER} {DOMAIN} --source ES" in alerts[0].body
+    assert f"{tfps.PROG} block {USER} {DOMAIN}" in alerts[0].body
+    env.engine.flush()
+    sent = env.db.scalar("SELECT COUNT(*) FROM alert_throttle WHERE account = ? AND rule = 'NEW_SRC_ES'", (acc.name,))
+    assert sent == 1                                                     # rate-limited like every alert
+
+
+def test_a_traveller_keeps_the_limits_of_the_account(make):
+    env = make()
+    env.account(daily_quota=2)
+    assert env.codes("12125550001", "12125550002", "12125550003", source_ip=ABROAD, source_country="ES") == \
+        ["A00", "A00", "R11"]
+
+
+def test_calls_from_abroad_while_learning(make):
+    env = make(learning_days="14")
+    env.call("12125551234")                                              # the first account: learns freely
+    usual = env.call("12125550002", source_ip=ABROAD, source_country="ES")
+    assert (usual.code, usual.would, usual.reason) == ("A00", None, "approved")
+    other = env.call("4930123456", source_ip=ABROAD, source_country="ES")
+    assert other.code == "A00" and other.would.code == "R04" and "learning" in other.reason
+    # an account new to a running installation is held to R04 while it learns
+    late = "2002"
+    assert env.call("12125550003", user=late, ts=WED_10 + 15 * DAY).code == "A00"
+    assert tfps.find_account(env.db, late, DOMAIN).state == "learning"
+    assert env.call("4930123457", user=late, ts=WED_10 + 15 * DAY + 1, source_ip=ABROAD, source_country="ES").code == "R04"
+
+
+def test_training_learns_no_source_country_from_calls_away_from_home(make):
+    env = make(learning_days="14", train_min_days="1")
+    env.account()                                                        # enforcing
+    for i in range(3):
+        for user in (USER, "2002"):                                      # 2002 enrolls, learning
+            verdict = env.call(f"121255500{i}{len(user)}", user=user, source_ip=ABROAD, source_country="ES")
+            assert verdict.code == "A00", verdict.reason
+            env.engine.record(verdict, "302", 0.1)
+    env.engine.flush()
+    learned = {p.account.user: {field: new for field, _old, new, _why in p.changes}
+               for p in tfps.train(env.cfg, env.db, WED_10 + 2 * DAY, dry_run=True)}
+    assert "ES" not in learned[USER].get("source_countries", "")        # enforcing: a traveller's calls
+    assert "ES" in learned["2002"]["source_countries"]                  # learning: where its callers are
 
 
 # -- 7. emergency numbers ----------------------------------------------------------------------

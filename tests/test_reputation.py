@@ -12,8 +12,8 @@ import pytest
 
 import tfps
 from conftest import run_cli, sip_invite, udp_socket, wait_until, write_config
-from stubs import (AbuseIPDBStub, BackgroundCall, ApibanStub, call, p_tfps, reserve_port, send_invite, unique_us_number,
-                   wait_final)
+from stubs import (AbuseIPDBStub, BackgroundCall, ApibanStub, call, p_tfps, reserve_port, send_invite, unique_fr_number,
+                   unique_us_number, wait_final)
 
 ACCOUNT = ("1001", "pbx.example.com")
 
@@ -317,7 +317,7 @@ def test_apiban_outage_does_not_hide_what_abuseipdb_said(start_server, abuse):
     srv = start_server(sections=sections(abuse, apiban_key="k", apiban_url=f"http://127.0.0.1:{reserve_port()}"))
     bad = call(srv.port, "8.8.8.8")
     assert bad.code == "R02" and "score 90" in bad.reason, bad
-    foreign = call(srv.port, "1.1.1.1", number=unique_us_number(1))
+    foreign = call(srv.port, "1.1.1.1", number=unique_fr_number(1))
     assert foreign.code == "R04", foreign
 
 
@@ -328,7 +328,7 @@ def test_source_country_from_lookup_drives_r04_and_allow_source_lifts_it(start_s
     srv = start_server(sections=sections(abuse, policy={"require_source_country": "yes"}))
     home = call(srv.port, "1.1.1.1")
     assert home.code == "A00", home
-    foreign = call(srv.port, "8.8.8.8", number=unique_us_number(1))
+    foreign = call(srv.port, "8.8.8.8", number=unique_fr_number(1))
     assert foreign.code == "R04", foreign
     assert "DE" in foreign.reason and "8.8.8.8" in foreign.reason
     unknown = call(srv.port, "9.9.9.9", number=unique_us_number(2))
@@ -337,7 +337,7 @@ def test_source_country_from_lookup_drives_r04_and_allow_source_lifts_it(start_s
     # the server commits its enrolment at its next flush; then the undo command applies
     wait_until(lambda: run_cli("allow", *ACCOUNT, "--source", "DE", db=srv.db_url).returncode == 0, 5,
                interval=0.2, message="allow --source DE to succeed")
-    wait_until(lambda: call(srv.port, "8.8.8.8", number=unique_us_number(3)).code == "A00", 3,
+    wait_until(lambda: call(srv.port, "8.8.8.8", number=unique_fr_number(3)).code == "A00", 3,
                interval=0.1, message="R04 to be lifted by allow --source DE")
     assert abuse.counts["8.8.8.8"] == 1
     db = tfps.Database(srv.db_url)

@@ -142,7 +142,7 @@ def test_accounts_are_loaded_updated_and_deleted_by_name(db):
               ["account_id", "day", "bucket"], "approved = NEW(approved)")
     db.insert("ab_pairs", {"account_id": alice.id, "number": "4420", "times": "", "last_attempt": NOW})
     assert tfps.approved_by_bucket(db, alice.id, "2024-07-03") == {"biz": 0, "off": 3}
-    assert tfps.clear_account_counters(db, alice.id, "2024-07-03") == (1, 1)
+    assert tfps.clear_account_counters(db, alice.id, "2024-07-03", NOW) == (1, 1)
     assert tfps.approved_by_bucket(db, alice.id, "2024-07-03") == {"biz": 0, "off": 0}
 
     db.insert("account_seen", {"account_id": alice.id, "direction": "dst", "iso": "GB", "first_seen": NOW})
@@ -186,8 +186,7 @@ def test_reputation_cache_keeps_one_row_per_ip_until_it_expires(db):
 
 
 def test_an_alert_is_claimed_by_one_deliverer_then_retried_or_deleted(db):
-    tfps.enqueue_alert(db, {"created": NOW, "kind": "reject", "account": "a@b", "code": "R03", "subject": "s",
-                            "body": "b", "payload": "{}", "recipients": "x@y", "email_pending": 1, "webhook_pending": 0})
+    tfps.enqueue_alerts(db, [(NOW, "reject", "a@b", "R03", "s", "b", "{}", "x@y", 1, 0, 0, NOW)])
     assert not tfps.due_alerts(db, NOW - 1)
     (alert_id, *_, attempts, next_try), = tfps.due_alerts(db, NOW)
     assert (attempts, next_try) == (0, NOW)
@@ -200,12 +199,25 @@ def test_an_alert_is_claimed_by_one_deliverer_then_retried_or_deleted(db):
 
 
 def test_alert_throttle_counts_what_it_suppressed(db):
-    assert tfps.load_alert_throttle(db, "a@b", "R03") is None
-    tfps.mark_alert_sent(db, "a@b", "R03", NOW, 2)
-    tfps.count_suppressed_alerts(db, "a@b", "R03", 3)
-    assert tfps.load_alert_throttle(db, "a@b", "R03") == (NOW, 5)
-    tfps.mark_alert_sent(db, "a@b", "R03", NOW + 60, 0)
-    assert tfps.load_alert_throttle(db, "a@b", "R03") == (NOW + 60, 0)
+    keys = [("a@b", "R03"), ("a@b", "R06"), ("c@d", "R03")]
+    assert tfps.load_alert_throttles(db, keys) == {}
+    tfps.write_alert_throttles(db, [("a@b", "R03", NOW, 2), ("c@d", "R03", NOW, 0)], [])
+    tfps.write_alert_throttles(db, [], [("a@b", "R03", NOW, 3)])
+    assert tfps.load_alert_throttles(db, keys) == {("a@b", "R03"): (NOW, 5), ("c@d", "R03"): (NOW, 0)}
+    assert tfps.load_alert_throttles(db, [("a@b", "R06")]) == {}
+    tfps.write_alert_throttles(db, [("a@b", "R03", NOW + 60, 0)], [("c@d", "R03", NOW, 4)])
+    assert tfps.load_alert_throttles(db, keys) == {("a@b", "R03"): (NOW + 60, 0), ("c@d", "R03"): (NOW, 4)}
+
+
+def test_first_seen_marks_in_bulk_say_which_were_first(db):
+    a, b = add_account(db, "alice", "b.example").id, add_account(db, "bob", "b.example").id
+    assert tfps.mark_first_seen(db, a, "dst", "FR", NOW)
+    marks = [(a, "dst", "FR", NOW + 1), (a, "dst", "DE", NOW + 1), (a, "src", "FR", NOW + 2), (b, "dst", "FR", NOW + 3),
+             (b, "dst", "FR", NOW + 4)]
+    assert tfps.mark_first_seen_all(db, marks) == [marks[1], marks[2], marks[3]]
+    assert tfps.mark_first_seen_all(db, [(account, direction, iso, t + 10) for account, direction, iso, t in marks]) == []
+    assert db.scalar("SELECT first_seen FROM account_seen WHERE account_id = ? AND direction = 'dst' AND iso = 'FR'",
+                     (b,)) == NOW + 3
 
 
 def log_call(db, ts, account_id, code, would_code="", user="alice", domain="b.example"):
@@ -245,8 +257,8 @@ def test_purge_rows_keeps_what_is_recent(db):
         "a country still allowed keeps its approval; one used lately stays used"
 
 
-def test_schema_version_4_gains_the_r16_block_in_place(db_url):
-    """Version 5: accounts.blocked_until, which the accounts trigger follows (a block reaches the
+def test_schema_version_5_gains_the_r16_block_in_place(db_url):
+    """Version 6: accounts.blocked_until, which the accounts trigger follows (a block reaches the
     other nodes), and the new destination countries of the last 10 minutes per account."""
     db = tfps.open_database(db_url)
     try:
@@ -256,9 +268,9 @@ def test_schema_version_4_gains_the_r16_block_in_place(db_url):
                    + (f"BEGIN {body}; END" if db.dialect == "sqlite" else body))
         db.execute("ALTER TABLE accounts DROP COLUMN blocked_until")
         db.execute("DROP TABLE new_destination_windows")
-        db.execute("UPDATE meta SET value = 4 WHERE name = 'schema_version'")
+        db.execute("UPDATE meta SET value = 5 WHERE name = 'schema_version'")
         old, new, changes = db.initdb()
-        assert (old, new) == (4, 5)
+        assert (old, new) == (5, 6)
         assert {"added accounts.blocked_until", "dropped trigger accounts_edited"} <= set(changes)
         assert "new_destination_windows" in db.names("table")
         assert "accounts_revised" in db.names("trigger") and "accounts_edited" not in db.names("trigger")

@@ -1174,3 +1174,20 @@ def test_r16_from_memory_blocks_in_this_engine_and_touches_no_database(env):
     env.db = tfps.Database(env.db.url)
     env.engine.use_database(env.db)
     assert tfps.find_account(env.db, USER, DOMAIN).blocked_until is None
+
+
+def test_r16_reset_forgets_the_new_countries_a_leasing_server_keeps_in_memory(tmp_path, db_url):
+    cfg = tfps.Config.load(write_config(tmp_path / "r16.conf", {"policy": {"learning_days": "0", "max_calls_per_minute": "0"}}))
+    db = tfps.open_database(db_url)
+    try:
+        engine = tfps.Engine(cfg, db, counters=tfps.LeasedCounters(db, "node-r", 4, 30.0))
+        now = time.time()
+        assert [engine.decide(tfps.CallAttempt(USER, DOMAIN, n, ts=now + i)).code for i, n in enumerate((FR, DE))] == ["A00"] * 2
+        engine.flush(now + 2)
+        tfps.reset_account(db, cfg, tfps.find_account(db, USER, DOMAIN), now + 3)
+        assert engine.check_for_changes()
+        assert engine.decide(tfps.CallAttempt(USER, DOMAIN, PL, ts=now + 4)).code == "A00"
+        assert engine.decide(tfps.CallAttempt(USER, DOMAIN, IT, ts=now + 5)).code == "A00"
+        assert engine.decide(tfps.CallAttempt(USER, DOMAIN, BR, ts=now + 6)).code == "R16"
+    finally:
+        db.close()

@@ -13,6 +13,7 @@ from test_replay import replay_config, replay_json, write_cdr
 LATER = WED_10 + 15 * DAY          # past the first account's learning_days: a new account here is held
 SAT_LATER = LATER + 3 * DAY        # a Saturday: off hours
 PREMIUM = ["37090123456", "38190123456", "48704123456", "43900123456", "67573123456", "4990012345678"]
+IRSF_COUNTRIES = ["252611234567", "23276123456", "263771234567", "2207712345"]  # SO, SL, ZW, GM: tier medium
 
 
 @pytest.fixture
@@ -28,14 +29,17 @@ def decide(env, user, number, ts, **kw):
 
 
 def test_a_fresh_account_pumping_premium_destinations_is_stopped_within_three_calls(env):
-    """One premium number after another, each call still up when the next starts, minutes apart:
-    the third new country blocks the account (R16); calls to one country meet the learning cap
-    of concurrent calls (R10)."""
-    verdicts = [decide(env, "5001", number, LATER + 200 * i, concurrent_calls=i + 1) for i, number in enumerate(PREMIUM)]
-    assert [v.code for v in verdicts] == ["A00", "A00"] + ["R16"] * 4
-    one_country = [decide(env, "5011", f"3709012345{i}", LATER + 200 * i, concurrent_calls=i + 1) for i in range(3)]
+    """One premium number after another, minutes apart: national premium-rate ranges are of tier
+    high (R06); numbers of new countries outside them block the account at the third country
+    (R16); calls to one country, each still up when the next starts, meet the learning cap of
+    concurrent calls (R10)."""
+    premium = [decide(env, "5001", number, LATER + 200 * i).code for i, number in enumerate(PREMIUM)]
+    assert premium == ["R06"] * 4 + ["A00", "R06"]                         # +675 73 is no premium-rate range
+    spread = [decide(env, "5011", number, LATER + 200 * i).code for i, number in enumerate(IRSF_COUNTRIES)]
+    assert spread == ["A00", "A00", "R16", "R16"]
+    one_country = [decide(env, "5012", f"25261123456{i}", LATER + 200 * i, concurrent_calls=i + 1) for i in range(3)]
     assert [v.code for v in one_country] == ["A00", "A00", "R10"]
-    assert "learning_concurrent_calls" in one_country[2].reason and one_country[2].undo.startswith(f"{tfps.PROG} learn 5011")
+    assert "learning_concurrent_calls" in one_country[2].reason and one_country[2].undo.startswith(f"{tfps.PROG} learn 5012")
 
 
 def test_new_destinations_are_enforced_for_a_new_account_while_it_learns(env):

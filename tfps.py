@@ -3771,6 +3771,12 @@ def source_not_allowed(call):
     return bool(a.source_country) or not a.source_ip or is_public_ip(a.source_ip)
 
 
+# After an account dialed a tier-high destination or a blacklisted number, its calls to new
+# medium-tier countries get no new_destination_calls allowance for this long: an attacker tries
+# premium and satellite ranges first, then spreads over countries that are not on any list.
+HIGH_RISK_MEMORY = 86400
+
+
 @rejects("R06")
 def destination_country(engine, call):
     if call.number_white:
@@ -3786,12 +3792,27 @@ def destination_country(engine, call):
     if not new_destination(engine, call):
         return None
     allowance = engine.cfg.policy.new_destination_calls
-    if acc.id is None or engine.read_count(call, "new_destination") < allowance:
+    if acc.id is None:
         return None
-    used = f" and its {allowance} new-destination calls of today are used" if allowance else ""
+    dialed_high_risk = engine.dialed_high_risk.get(acc.id, -HIGH_RISK_MEMORY)
+    if call.now - dialed_high_risk < HIGH_RISK_MEMORY:
+        used = (f"; no new-destination calls since it dialed a high-risk destination or a blacklisted number "
+                f"at {fmt_time(dialed_high_risk, engine.cfg.policy.tz)}")
+    elif engine.read_count(call, "new_destination") < allowance:
+        return None
+    else:
+        used = f" and its {allowance} new-destination calls of today are used" if allowance else ""
     return Rejection("R06", f"destination {label} is not among the allowed destinations of {acc.name} "
                             f"({format_countries(acc.dest_countries) or 'none'}){used}",
                      f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=not engine.held(call))
+
+
+def dials_high_risk(engine, call):
+    """Whether the call goes to a tier-high destination or a blacklisted number (not whitelisted):
+    what a hacked PBX or stolen credentials dial, and a customer almost never does."""
+    if call.number_white or not call.number:
+        return False
+    return engine.tiers.of(call.number, call.dest_country)[0] == "high" or bool(engine.lists.number_black.match(call.number))
 
 
 def new_destination(engine, call):
@@ -4393,6 +4414,7 @@ class Engine:
         self.dropped_rows = 0  # call log rows lost: refused by the database, or past max_unflushed_rows
         self.last_seen = {}
         self.offhours = {}     # account id -> times of approved off-hours calls in the last 10 minutes
+        self.dialed_high_risk = {}  # account id -> when it last dialed a high-risk destination (HIGH_RISK_MEMORY)
         self.today = {}    # (account id, day) -> approved calls, for anomaly alerts
         self.seen = set()  # (account id, 'src'|'dst', iso) known to be in account_seen
         self.first_enrolled = first_account_created(db)  # when the first account was enrolled (learning_cap)
@@ -4673,7 +4695,9 @@ class Engine:
     def _count(self, call, approved):
         """The one place where a verdict writes counters. What it writes depends on the verdict
         only, never on which rule rejected: an A->B attempt counts whatever the verdict (and
-        blocks the pair past ab_max_calls); a rejected call that would have made the account's
+        blocks the pair past ab_max_calls); a call to a high-risk destination or a blacklisted
+        number takes away the account's new-destination allowance (in this engine's memory); a
+        rejected call that would have made the account's
         new_destinations_per_10min-th new destination country blocks the account where R16 is
         enforced (R16 rejects it when no rule before does); an approved call counts toward the daily quota, the
         per-minute window, the new destination countries of the last 10 minutes (R16) and, with
@@ -4688,6 +4712,10 @@ class Engine:
         quota_taken = approved and limit is not None and self.read_count(call, "today") < limit
         if quota_taken and not self.counters.take_quota(acc.id, call.day, call.bucket, limit):
             raise CounterMoved(f"the daily quota of {acc.name} was reached meanwhile on another node")
+        if dials_high_risk(self, call):
+            if len(self.dialed_high_risk) >= MAX_CACHED:
+                self.dialed_high_risk.clear()
+            self.dialed_high_risk[acc.id] = call.now
         if call.pair_counted:
             times, blocked_until, existed = self.read_count(call, "pair")
             times = times[-p.ab_max_calls:] + [call.now]

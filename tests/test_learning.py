@@ -30,11 +30,13 @@ def decide(env, user, number, ts, **kw):
 
 def test_a_fresh_account_pumping_premium_destinations_is_stopped_within_three_calls(env):
     """One premium number after another, minutes apart: national premium-rate ranges are of tier
-    high (R06); numbers of new countries outside them block the account at the third country
-    (R16); calls to one country, each still up when the next starts, meet the learning cap of
-    concurrent calls (R10)."""
-    premium = [decide(env, "5001", number, LATER + 200 * i).code for i, number in enumerate(PREMIUM)]
-    assert premium == ["R06"] * 4 + ["A00", "R06"]                         # +675 73 is no premium-rate range
+    high (R06), and after them a new country gets no new-destination allowance (R06 too);
+    numbers of new countries outside them block the account at the third country (R16); calls
+    to one country, each still up when the next starts, meet the learning cap of concurrent
+    calls (R10)."""
+    premium = [decide(env, "5001", number, LATER + 200 * i) for i, number in enumerate(PREMIUM)]
+    assert [v.code for v in premium] == ["R06"] * 6
+    assert "no new-destination calls since it dialed a high-risk destination" in premium[4].reason   # +675 73: no premium range
     spread = [decide(env, "5011", number, LATER + 200 * i).code for i, number in enumerate(IRSF_COUNTRIES)]
     assert spread == ["A00", "A00", "R16", "R16"]
     one_country = [decide(env, "5012", f"25261123456{i}", LATER + 200 * i, concurrent_calls=i + 1) for i in range(3)]

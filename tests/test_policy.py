@@ -216,6 +216,24 @@ def test_new_destination_allowance_is_soft_while_learning_and_counted_from_memor
     assert outcomes == ["A00", "A00", "A00", "R06"]
 
 
+def test_an_account_that_dialed_a_high_risk_destination_gets_no_new_destination_allowance(make):
+    env = make()
+    env.account()
+    tfps.list_add(env.db, "black", "number", ["4822"], "test", WED_10)
+    env.engine.check_for_changes()
+    assert env.call("53123456").code == "R06"                      # CU, tier high: the account is suspect now
+    late = env.call("33123456780")
+    assert late.code == "R06" and "no new-destination calls since it dialed a high-risk destination" in late.reason
+    assert late.undo == f"{tfps.PROG} allow {USER} {DOMAIN} --dest FR"
+    assert env.codes("12125551234", "14165551234") == ["A00", "A00"]     # low-tier destinations stay open
+    assert env.call("33123456781", ts=WED_10 + DAY + 60).code == "A00"   # a day later the allowance is back
+    assert env.codes("4822123456", "4930123456", user="2002") == ["R03", "R06"]   # a blacklisted number too
+    assert env.call("4930123457", user="3003").code == "A00"             # other accounts keep theirs
+    tfps.list_add(env.db, "white", "number", ["53123"], "test", WED_10)
+    env.engine.check_for_changes()
+    assert env.codes("53123456", "33123456780", user="4004") == ["A00", "A00"]   # a whitelisted number is not high-risk
+
+
 def test_check_counts_no_new_destination(make):
     env = make(new_destination_calls="1")
     env.account()

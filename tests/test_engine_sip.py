@@ -80,10 +80,17 @@ def test_verdicts_end_to_end(db_url, start_server):
     assert msg.header("contact") == "<sip:A0012125551234@pbx.example.com>"
     assert msg.header("x-tfps-reason") == "approved"
 
+    msg = invite(server, "442079460000")   # a new destination: approved (with an alert) a few times a day
+    assert (msg.status, code_of(msg)) == (302, "A00")
+    assert msg.header("x-tfps-reason") == "approved"
+
     msg = invite(server, "5312345678")
     assert msg.status == 302 and code_of(msg) == "R06"
     assert msg.header("contact") == "<sip:R065312345678@pbx.example.com>"
     assert "Cuba" in msg.header("x-tfps-reason") and "high-risk" in msg.header("x-tfps-reason")
+
+    msg = invite(server, "442079460000")   # after a high-risk call, no new-destination allowance: a would-be R06
+    assert (msg.status, code_of(msg)) == (302, "A00")       # while the account learns
 
     msg = invite(server, "12125550000", headers=["User-Agent: friendly-scanner"])
     assert (msg.status, code_of(msg)) == (302, "R01")
@@ -93,18 +100,14 @@ def test_verdicts_end_to_end(db_url, start_server):
     assert (msg.status, code_of(msg)) == (302, "R07")
     assert msg.header("contact") == "<sip:R079991234567@pbx.example.com>"
 
-    msg = invite(server, "442079460000")   # a new destination: approved (with an alert) a few times a day
-    assert (msg.status, code_of(msg)) == (302, "A00")
-    assert msg.header("x-tfps-reason") == "approved"
-
     server.stop()
     db = tfps.open_database(db_url)
     try:
         rows = db.query("SELECT number, code, would_code, sip_response, user, domain FROM call_log ORDER BY id")
         assert [r[:4] for r in rows] == [
-            ("12125551234", "A00", "", "302 A00"), ("5312345678", "R06", "", "302 R06"),
-            ("12125550000", "R01", "", "302 R01"), ("9991234567", "R07", "", "302 R07"),
-            ("442079460000", "A00", "", "302 A00")]
+            ("12125551234", "A00", "", "302 A00"), ("442079460000", "A00", "", "302 A00"),
+            ("5312345678", "R06", "", "302 R06"), ("442079460000", "A00", "R06", "302 A00"),
+            ("12125550000", "R01", "", "302 R01"), ("9991234567", "R07", "", "302 R07")]
         assert {r[4:] for r in rows} == {(USER, DOMAIN)}
         acc = tfps.find_account(db, USER, DOMAIN)
         assert acc.state == "learning" and acc.dest_countries == {"US"}

@@ -3567,7 +3567,7 @@ class Call:
     """Working state of one attempt while the rules run."""
 
     __slots__ = ("attempt", "now", "number", "dest_country", "source_country", "account", "off_hours",
-                 "day", "ip_white", "number_white", "dry_run", "from_memory", "unenrolled", "counts", "cost")
+                 "day", "ip_white", "number_white", "dry_run", "from_memory", "unenrolled", "counts", "cost", "tier")
 
     def __init__(self, attempt, now, dry_run, from_memory=False):
         self.attempt = attempt
@@ -3782,7 +3782,7 @@ def destination_country(engine, call):
     if call.number_white:
         return None
     iso, acc = call.dest_country, call.account
-    tier, decided_by = engine.tiers.of(call.number, iso)
+    tier, decided_by = call.tier
     label = engine.countries.label(iso) if decided_by == iso else f"{iso + ' ' if iso else ''}range {decided_by}"
     if tier == "high":
         return Rejection("R06", f"destination {label} is a high-risk {'country' if decided_by == iso else 'range'}",
@@ -3812,7 +3812,7 @@ def dials_high_risk(engine, call):
     what a hacked PBX or stolen credentials dial, and a customer almost never does."""
     if call.number_white or not call.number:
         return False
-    return engine.tiers.of(call.number, call.dest_country)[0] == "high" or bool(engine.lists.number_black.match(call.number))
+    return call.tier[0] == "high" or bool(engine.lists.number_black.match(call.number))
 
 
 def new_destination(engine, call):
@@ -3821,7 +3821,7 @@ def new_destination(engine, call):
     local call of a traveller (from a source country not allowed, to that country) is none."""
     acc, iso = call.account, call.dest_country
     return (iso is not None and not call.number_white and "*" not in acc.dest_countries
-            and iso not in acc.dest_countries and engine.tiers.of(call.number, iso)[0] == "medium"
+            and iso not in acc.dest_countries and call.tier[0] == "medium"
             and not (iso == call.source_country and source_not_allowed(call)))
 
 
@@ -3835,7 +3835,7 @@ def usual_from_abroad(engine, call):
         return True
     if iso is None or f"!{iso}" in acc.dest_countries:
         return False
-    tier = engine.tiers.of(call.number, iso)[0]
+    tier = call.tier[0]
     return tier == "low" or tier == "medium" and ("*" in acc.dest_countries or iso in acc.dest_countries
                                                    or iso == call.source_country)
 
@@ -4561,6 +4561,7 @@ class Engine:
             return True
         call.number = normalize_number(dialed_number(a.number), p, self.countries)
         call.dest_country = self.countries.lookup(call.number) if call.number else None
+        call.tier = self.tiers.of(call.number, call.dest_country)  # (tier, what decided it): the rules read it
         price = self.lists.rates.price(call.number)
         call.cost = None if price is None else price * p.assumed_call_minutes
         call.ip_white = bool(a.source_ip and self.lists.ip_white.match(a.source_ip))
@@ -6711,12 +6712,13 @@ class Server:
         sends, summary, latency = self.sip.answer(tx, verdict, time.monotonic())
         for dest, packet in sends:
             self._send(dest, packet)
-        self.metrics.inc("sip_overload", answer="approve" if verdict.approved else "reject")
-        self._record_verdict(verdict, summary, latency, "sip")
-        self._note_overload(verdict, waited)
+        self._note_overload(verdict, summary, latency, "sip", waited)
 
-    def _note_overload(self, verdict, waited):
-        """A log line and an alert at most once every OVERLOAD_NOTICE_INTERVAL."""
+    def _note_overload(self, verdict, summary, latency, via, waited):
+        """An R98 answered over `via` (sip, http): counted and logged like any verdict, and a log
+        line and an alert at most once every OVERLOAD_NOTICE_INTERVAL."""
+        self.metrics.inc(f"{via}_overload", answer="approve" if verdict.approved else "reject")
+        self._record_verdict(verdict, summary, latency, via)
         now = time.monotonic()
         if now - self.overload_noted < OVERLOAD_NOTICE_INTERVAL:
             return
@@ -6811,10 +6813,8 @@ class Server:
         started = time.monotonic()
         overload = overload_verdict(self.cfg.server, attempt, started - queued)
         if overload and not emergency_number(attempt.number, self.cfg.policy):
-            self.metrics.inc("http_overload", answer="approve" if overload.approved else "reject")
             latency = (time.monotonic() - queued) * 1000
-            self._record_verdict(overload, f"HTTP {overload.code}", latency, "http")
-            self._note_overload(overload, started - queued)
+            self._note_overload(overload, f"HTTP {overload.code}", latency, "http", started - queued)
             handoff.set((overload, latency))
             return
 

@@ -142,6 +142,14 @@ def write_config(path, sections):
     return str(path)
 
 
+def older_accounts_trigger(db, name):
+    """Put the accounts trigger of an older schema version, named `name`, in place of today's."""
+    db.execute("DROP TRIGGER accounts_revised")
+    body = "UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial'"
+    db.execute(f"CREATE TRIGGER {name} AFTER UPDATE ON accounts FOR EACH ROW "
+               + (f"BEGIN {body}; END" if db.dialect == "sqlite" else body))
+
+
 def run_cli(*args, config=None, db=None, timeout=60, check=False):
     """Run `python3 tfps.py ARGS...`; returns CompletedProcess with text stdout/stderr."""
     cmd = [sys.executable, str(TFPS), *args]

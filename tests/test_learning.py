@@ -6,7 +6,7 @@ through the module on both backends (a real SQLite file, a fresh real MariaDB da
 import pytest
 
 import tfps
-from conftest import run_cli
+from conftest import older_accounts_trigger, run_cli
 from test_policy import DAY, DOMAIN, WED_10, Env
 from test_replay import replay_config, replay_json, write_cdr
 
@@ -165,10 +165,7 @@ def test_training_learns_a_dialers_calls_per_minute_and_r15_follows_it(tmp_path,
 def test_schema_3_is_migrated_in_place(db_url):
     db = tfps.open_database(db_url)
     try:
-        db.execute("DROP TRIGGER accounts_revised")
-        body = "UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial'"
-        db.execute("CREATE TRIGGER accounts_updated AFTER UPDATE ON accounts FOR EACH ROW "
-                   + (f"BEGIN {body}; END" if db.dialect == "sqlite" else body))
+        older_accounts_trigger(db, "accounts_updated")
         db.execute("ALTER TABLE accounts DROP COLUMN calls_per_minute")
         db.execute("ALTER TABLE account_days DROP COLUMN peak_minute")
         db.execute("UPDATE meta SET value = 3 WHERE name = 'schema_version'")

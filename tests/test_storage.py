@@ -7,6 +7,7 @@ import threading
 import pytest
 
 import tfps
+from conftest import older_accounts_trigger
 
 NOW = 1_720_000_000.0
 
@@ -262,10 +263,7 @@ def test_schema_version_5_gains_the_r16_block_in_place(db_url):
     other nodes), and the new destination countries of the last 10 minutes per account."""
     db = tfps.open_database(db_url)
     try:
-        db.execute("DROP TRIGGER accounts_revised")
-        body = "UPDATE meta SET value = value + 1 WHERE name = 'accounts_serial'"
-        db.execute("CREATE TRIGGER accounts_edited AFTER UPDATE ON accounts FOR EACH ROW "
-                   + (f"BEGIN {body}; END" if db.dialect == "sqlite" else body))
+        older_accounts_trigger(db, "accounts_edited")
         db.execute("ALTER TABLE accounts DROP COLUMN blocked_until")
         db.execute("DROP TABLE new_destination_windows")
         db.execute("UPDATE meta SET value = 5 WHERE name = 'schema_version'")

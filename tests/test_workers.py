@@ -103,14 +103,17 @@ def test_a_killed_worker_is_started_again_and_signals_reach_every_worker(tmp_pat
             sock2 = udp_socket()
             try:
                 data = sip_invite(f"1212666{k:04d}", server.port, local_port=sock2.getsockname()[1])
-                assert final_answer(sock2, data, server.port)[0].status == 302
+                try:
+                    assert final_answer(sock2, data, server.port)[0].status == 302
+                except (AssertionError, OSError) as exc:
+                    raise AssertionError(f"INVITE {k}: {exc!r}\n{server.read_log()}") from exc
             finally:
                 sock2.close()
     server.signal(signal.SIGHUP)
     wait_until(lambda: server.read_log().count("SIGHUP: configuration and lists reloaded") == 2, 10,
                message=server.read_log)
-    assert server.stop() == 0
-    assert server.read_log().count("stopped after") == 2
+    assert server.stop() == 0, server.read_log()
+    assert server.read_log().count("stopped after") == 2, server.read_log()
 
 
 def test_workers_refuse_a_port_another_server_holds(tmp_path):

@@ -257,3 +257,42 @@ def test_the_default_spool_is_named_after_its_database(tmp_path):
     assert first != second and os.path.basename(first).startswith("tfps-spool-") and "secret" not in first
     assert spool("mysql://tfps:other@10.0.0.5:3306/tfps") == first, "the password is not part of the name"
     assert spool("mysql://h/db", "/x/s.jsonl", worker=2) == "/x/s.jsonl.2"
+
+
+def test_the_call_log_writer_spools_while_the_database_is_cut_and_writes_the_spool_first_when_it_is_back(
+        tmp_path, proxied):
+    proxy, url, direct = proxied
+    spool = tfps.CallLogSpool(str(tmp_path / "spool.jsonl"), 1 << 20)
+    writer = tfps.CallLogWriter(url, spool, 1000, 0.5)
+    writer.RETRY_AFTER = 0.2
+    rows = spool_rows(10)
+    ids = [r[1] for r in rows]
+    try:
+        writer.put(rows[:5])
+        wait_until(lambda: every_call_logged_once(direct, ids[:5]), 10, message="the first rows in the database")
+        proxy.cut()
+        writer.put(rows[5:8])
+        wait_until(lambda: spool.spooled == 3, 10, message="the rows handed over during the cut to be spooled")
+        assert writer.queued == 0 and logged_call_ids(direct) == ids[:5]
+        writer.put(rows[8:])
+        wait_until(lambda: spool.spooled == 5, 10, message="the next rows to be spooled too")
+        proxy.restore()   # no new rows: the writer tries the database again for the spooled ones alone
+        wait_until(lambda: every_call_logged_once(direct, ids), 10, message="the spooled rows written")
+        assert not os.path.exists(spool.path) and not os.path.exists(spool.replaying)
+    finally:
+        assert writer.close(5) == 0
+    assert writer.dropped == 0 and every_call_logged_once(direct, ids)
+
+
+def test_the_call_log_writer_keeps_at_most_max_unflushed_rows_and_counts_what_it_drops(tmp_path, caplog):
+    spool = tfps.CallLogSpool(str(tmp_path / "missing" / "spool.jsonl"), 1 << 20)  # cannot be written
+    writer = tfps.CallLogWriter(f"sqlite://{tmp_path / 'missing' / 'tfps.db'}", spool, 4, None)
+    writer.put(spool_rows(3))
+    writer.put(spool_rows(3))
+    wait_until(lambda: writer.dropped == 2, 5, message="the two oldest rows dropped")
+    assert writer.queued == 4
+    assert writer.close(0.5) == 4 and writer.dropped == 6
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("not written to the database" in m and "is not writable" in m for m in messages), messages
+    assert "call log: 2 unwritten row(s) dropped, the oldest, to stay within max_unflushed_rows = 4 (2 dropped in all)" \
+        in messages

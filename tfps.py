@@ -2684,18 +2684,20 @@ def mark_first_seen(db, account_id, direction, iso, now):
 
 
 def mark_first_seen_all(db, marks):
-    """mark_first_seen of many (account id, direction, iso, time) marks: one INSERT per 500 marks
-    and one SELECT per 500 accounts, not a round trip per mark. Returns the marks that were the
-    first: those whose time was stored (of two nodes marking one key, the one whose insert won)."""
+    """mark_first_seen of many (account id, direction, iso, time) marks: one INSERT and one
+    SELECT (of those keys alone) per 500 marks, not a round trip per mark. Returns the marks that
+    were the first: those whose time was stored (of two nodes marking one key, the one whose
+    insert won)."""
     verb = "INSERT OR IGNORE" if db.dialect == "sqlite" else "INSERT IGNORE"
     db.executemany(f"{verb} INTO account_seen (account_id, direction, iso, first_seen) VALUES (?, ?, ?, ?)", marks)
-    accounts = sorted({mark[0] for mark in marks})
+    keys = sorted({mark[:3] for mark in marks})
     stored = {}
-    for start in range(0, len(accounts), 500):
-        chunk = accounts[start:start + 500]
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
         for account_id, direction, iso, first_seen in db.query(
                 "SELECT account_id, direction, iso, first_seen FROM account_seen "
-                f"WHERE account_id IN ({', '.join('?' * len(chunk))})", chunk):
+                f"WHERE (account_id, direction, iso) IN ({', '.join(['(?, ?, ?)'] * len(chunk))})",
+                [v for key in chunk for v in key]):
             stored[account_id, direction, iso] = first_seen
     return [mark for mark in marks if stored.get(mark[:3]) == mark[3]]
 
@@ -4403,13 +4405,15 @@ class CallLogSpool:
 
 
 class CallLogWriter:
-    """Writes a server's call log rows on a thread and a database connection of its own. On
-    MariaDB the INSERT of a flush's rows costs about 30 µs a row: at 1,000 calls/s every call
-    arriving during a flush would wait tens of milliseconds for it on the event loop. The loop
-    hands each flush's rows over; the thread writes them a transaction at a time or, while the
-    database is unavailable, appends them to the spool, which it writes back first once the
-    database answers again. Rows that neither takes wait here, the oldest dropped past
-    max_unflushed_rows. Not a single row is dropped silently: `dropped` counts them."""
+    """Writes a server's call log rows and first-seen countries on a thread and a database
+    connection of its own. On MariaDB the INSERT of a flush's rows costs about 30 µs a row: at
+    1,000 calls/s every call arriving during a flush would wait tens of milliseconds for it on the
+    event loop. The loop hands each flush's rows over; the thread writes them a transaction at a
+    time or, while the database is unavailable, appends them to the spool, which it writes back
+    first once the database answers again. Rows that neither takes wait here, the oldest dropped
+    past max_unflushed_rows. Not a single row is dropped silently: `dropped` counts them. The
+    first-seen marks wait for the database; those that were the first come back to the loop
+    (`firsts`), which alerts them."""
 
     RETRY_AFTER = 1.0  # seconds between tries of an unavailable database; meanwhile rows go to the spool
 
@@ -4417,6 +4421,8 @@ class CallLogWriter:
         self.url, self.spool, self.max_rows, self.timeout = url, spool, max_rows, timeout
         self.queue = deque()   # lists of rows handed over, oldest first
         self.queued = 0        # rows in the queue
+        self.marks = []        # (call, direction, iso) of first-seen marks not yet written
+        self.firsts = deque()  # the marks that were the first, for the loop
         self.dropped = 0       # rows lost: refused by the database, or past max_rows
         self.cond = threading.Condition()
         self.closing = False
@@ -4427,14 +4433,16 @@ class CallLogWriter:
         self.thread = threading.Thread(target=self._run, name="call-log", daemon=True)
         self.thread.start()
 
-    def put(self, rows):
-        if not rows:
+    def put(self, rows, marks=()):
+        if not (rows or marks):
             return
         with self.cond:
-            self.queue.append(rows)
-            self.queued += len(rows)
-            if self.queued > self.max_rows:
-                self._drop_oldest(self.queued - self.max_rows)
+            if rows:
+                self.queue.append(rows)
+                self.queued += len(rows)
+                if self.queued > self.max_rows:
+                    self._drop_oldest(self.queued - self.max_rows)
+            self.marks.extend(marks)
             self.cond.notify()
 
     def _drop_oldest(self, excess):
@@ -4453,7 +4461,8 @@ class CallLogWriter:
 
     def close(self, timeout):
         """Write or spool every row handed over, then stop; the rows still unwritten after
-        `timeout` seconds (the database hangs and the spool is full), counted as dropped."""
+        `timeout` seconds (the database hangs and the spool is full), counted as dropped.
+        Marks not written by then are left to the next start, which marks those countries again."""
         with self.cond:
             self.closing = True
             self.cond.notify()
@@ -4464,17 +4473,22 @@ class CallLogWriter:
         self.dropped += lost
         return lost
 
+    def _waiting(self):
+        """Work that waits for the database alone (spooled rows, marks): tried every RETRY_AFTER."""
+        return self.spooled_rows or bool(self.marks)
+
     def _run(self):
         while True:
             with self.cond:
-                while not (self.queue or self.closing or self._spool_due()):
-                    self.cond.wait(self.RETRY_AFTER if self.spooled_rows else None)
+                while not (self.queue or self.closing or (self._waiting() and time.monotonic() >= self.retry_at)):
+                    self.cond.wait(self.RETRY_AFTER if self._waiting() else None)
                 if not self.queue and self.closing:
                     break
-                rows = self.queue.popleft() if self.queue else []  # none: only the spool is due
+                rows = self.queue.popleft() if self.queue else []
                 while self.queue and len(rows) < 5000:
                     rows.extend(self.queue.popleft())
-            taken = self._write(rows)
+                marks, self.marks = self.marks, []
+            taken = self._write(rows, marks)
             with self.cond:
                 self.queued -= taken
                 if taken < len(rows):
@@ -4483,15 +4497,12 @@ class CallLogWriter:
         if self.db:
             self.db.close()
 
-    def _spool_due(self):
-        """Rows wait in the spool and the database may be back: try it, even with no new rows."""
-        return self.spooled_rows and time.monotonic() >= self.retry_at
-
-    def _write(self, rows):
-        """Rows written, refused by the database, or spooled: the others wait for the next try."""
+    def _write(self, rows, marks):
+        """Rows written, refused by the database, or spooled: the others wait for the next try,
+        and so do the marks unless written."""
         if time.monotonic() >= self.retry_at:
             try:
-                self._insert(rows)
+                self._insert(rows, marks)
                 if self.failing:
                     log.warning("call log: written to the database again")
                 self.failing = None
@@ -4503,6 +4514,8 @@ class CallLogWriter:
                         self.db.close()
                 self.db = None
                 self.retry_at = time.monotonic() + self.RETRY_AFTER
+        with self.cond:
+            self.marks[:0] = marks
         try:
             taken = self.spool.append(rows)
         except OSError as exc:
@@ -4520,7 +4533,7 @@ class CallLogWriter:
                       why, self.spool.path)
         self.failing = why
 
-    def _insert(self, rows):
+    def _insert(self, rows, marks):
         if self.db is None:
             self.db = Database(self.url, timeout=self.timeout)
         if self.spooled_rows:  # the rows spooled during an outage go first
@@ -4529,12 +4542,16 @@ class CallLogWriter:
             if written or damaged:
                 log.warning("call log spool %s: %d row(s) written to the database%s", self.spool.path, written,
                             f", {damaged} damaged line(s) skipped" if damaged else "")
+        keys = [(call.account.id, direction, iso, call.now) for call, direction, iso in marks]
         for tries in range(VERDICT_TRIES):
-            if not rows:
+            if not (rows or marks):
                 return
             try:
                 with self.db.transaction():
-                    self.dropped += write_call_log(self.db, rows)
+                    refused = write_call_log(self.db, rows) if rows else 0
+                    first = set(mark_first_seen_all(self.db, keys)) if keys else ()
+                self.dropped += refused
+                self.firsts.extend(mark for mark, key in zip(marks, keys) if key in first)
                 return
             except self.db.errors as exc:
                 if tries == VERDICT_TRIES - 1 or not self.db.transient(exc):
@@ -4543,6 +4560,9 @@ class CallLogWriter:
 
 
 MAX_CACHED = 200000  # accounts (and first-seen countries) kept in memory; past it the cache starts over
+# accounts.last_seen is for people (show, list): written once a minute per account at most, it
+# costs a flush one row per active account a minute instead of one per account that called.
+LAST_SEEN_STEP = 60.0
 
 class Engine:
     """The decision engine. `decide` evaluates one attempt; `record` logs the verdict with the SIP
@@ -4561,7 +4581,8 @@ class Engine:
         self.spool_refusing = None  # why the spool took the last rows only in part, logged once
         self.call_log = None   # CallLogWriter of a server: writes log_rows on a thread of its own
         self.dropped_rows = 0  # call log rows lost: refused by the database, or past max_unflushed_rows
-        self.last_seen = {}
+        self.last_seen = {}    # account id -> time of its last call, for the next flush to write
+        self.last_seen_noted = {}  # account id -> the last time handed to last_seen (LAST_SEEN_STEP)
         self.offhours = {}     # account id -> times of approved off-hours calls in the last 10 minutes
         self.dialed_high_risk = {}  # account id -> when it last dialed a high-risk destination (HIGH_RISK_MEMORY)
         self.today = {}    # (account id, day) -> approved calls, for anomaly alerts
@@ -5000,8 +5021,10 @@ class Engine:
             storable(would.undo if would else verdict.undo, 255), verdict.cost, row_key()))
         if len(self.log_rows) > self.cfg.database.max_unflushed_rows:
             self._bound_log_rows()
-        if acc and acc.id is not None:
-            self.last_seen[acc.id] = a.ts
+        if acc and acc.id is not None and a.ts - self.last_seen_noted.get(acc.id, -LAST_SEEN_STEP) >= LAST_SEEN_STEP:
+            if len(self.last_seen_noted) >= MAX_CACHED:
+                self.last_seen_noted.clear()
+            self.last_seen_noted[acc.id] = self.last_seen[acc.id] = a.ts
         if (not verdict.approved or would) and (would or verdict).code != OVERLOADED:  # R98: one alert a minute, from the server
             self._alert_rejection(verdict, sip_response)
 
@@ -5074,17 +5097,20 @@ class Engine:
             self.db.commit()
         self.counters.write_behind(now or time.time(), release)
         rows, self.log_rows = self.log_rows, []
-        if self.call_log:
-            self.call_log.put(rows)
-            rows = []
         seen, self.last_seen = self.last_seen, {}
         unseen, self.unseen = self.unseen, [] if self.unseen is not None else None
+        if self.call_log:
+            self.call_log.put(rows, unseen or ())
+            rows, unseen = [], None
+            while self.call_log.firsts:
+                self._first_seen_notice(*self.call_log.firsts.popleft())
         if not (rows or seen or unseen or self.alerts.events):
             return
         events = len(self.alerts.events)
         try:
             self.db.begin()
-            self.dropped_rows += write_call_log(self.db, rows)
+            if rows:
+                self.dropped_rows += write_call_log(self.db, rows)
             update_last_seen(self.db, sorted(seen.items()))
             if unseen:
                 self._mark_first_seen_all(unseen)
@@ -6432,13 +6458,17 @@ class Server:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def run(self):
+    def start_call_log_writer(self):
+        """The call log written on a thread of its own (CallLogWriter); not with the group
+        transaction of SQLite (no leases), which holds the file's write lock from one flush to
+        the next: a second connection would wait for it in vain."""
         if self.db.dialect == "mysql" or (self.lease_block and not self.db.in_memory):
-            # Not with the group transaction of SQLite (no leases): it holds the file's write lock
-            # from one flush to the next, and a second connection would wait for it in vain.
             timeout = self.cfg.database.timeout if self.db.dialect == "mysql" else None
             self.engine.call_log = CallLogWriter(self.db.url, self.engine.spool, self.cfg.database.max_unflushed_rows,
                                                  timeout)
+
+    def run(self):
+        self.start_call_log_writer()
         try:
             self._replay_spools(self.db)
         except Exception as exc:

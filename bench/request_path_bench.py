@@ -9,7 +9,10 @@ with a stand-in endpoint that counts what would be sent. As the event loop of `s
 runs the timers (retransmissions, transaction ends) every 64 messages, calls `engine.flush()` every
 --flush-every messages (default 1,500: 0.25 s at 3,000 calls/s, an INVITE and an ACK per call) and
 `engine.check_for_changes()` every 8 flushes. An exception out of on_message or a flush is
-counted, as the event loop would log it and go on.
+counted, as the event loop would log it and go on. Where the version has one, the call log writer
+thread runs as in serve (its rows are written before they are counted, outside the timed part);
+the flushes' time per INVITE and the longest flush (the stall a call arriving then waits out) are
+printed per version.
 
 Workloads (the same messages for every version: the traffic comes from a seeded generator, in
 chunks of 1,000 with the clock stopped, so neither its time nor most of its memory counts):
@@ -199,6 +202,9 @@ def run(tfps_path, workload, invites, args):
         cfg = tfps.Config.load(str(conf))
         db = tfps.open_database(cfg.database.url)
         server = tfps.Server(cfg, db)
+        if hasattr(server, "start_call_log_writer"):   # as serve does: the call log on a thread of its own,
+            server.start_call_log_writer()             # taking turns with the loop every 0.5 ms
+            sys.setswitchinterval(0.0005)
         endpoint = Endpoint()
         traffic = Traffic(args.seed, args.users)
         feed = Feeder(server, endpoint, args.flush_every)
@@ -231,10 +237,13 @@ def run(tfps_path, workload, invites, args):
         if profiler:
             profiler.disable()
         elapsed = feed.elapsed
+        writer = getattr(server.engine, "call_log", None)
+        if writer:
+            writer.close(60)   # every row in the table before it is counted
         result = {
             "invites": invites, "messages": feed.messages, "elapsed_s": elapsed,
             "msgs_per_s": feed.messages / elapsed, "us_per_invite": 1e6 * elapsed / invites,
-            "flush_us_per_invite": 1e6 * feed.flush_s / invites,
+            "flush_us_per_invite": 1e6 * feed.flush_s / invites, "flush_max_ms": 1e3 * feed.flush_max,
             "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "statuses": {k.decode("ascii", "replace"): v for k, v in sorted(endpoint.statuses.items())},
             "sent_bytes": endpoint.bytes, "errors": feed.errors, "flush_errors": feed.flush_errors,
@@ -266,7 +275,7 @@ class Feeder:
     def reset(self):
         self.messages = self.errors = self.flush_errors = self.flushes = 0
         self.next_flush, self.next_timers = self.flush_every, TIMERS_EVERY
-        self.elapsed = self.flush_s = 0.0
+        self.elapsed = self.flush_s = self.flush_max = 0.0
 
     def items(self, items):
         server, endpoint = self.server, self.endpoint
@@ -303,7 +312,9 @@ class Feeder:
                 self.server.engine.check_for_changes()
         except Exception:
             self.flush_errors += 1
-        self.flush_s += time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        self.flush_s += took
+        self.flush_max = max(self.flush_max, took)
 
     def flush(self):
         t0 = time.perf_counter()
@@ -444,7 +455,8 @@ def report(args, versions, workloads, runs, total_s):
             r = runs[workload, label][0]
             if "error" not in r:
                 flushes = median([x["flush_us_per_invite"] for x in runs[workload, label] if "flush_us_per_invite" in x])
-                print(f"  {workload:8} {label:8} flushes {flushes:.1f} µs/INVITE (median), answers {r['statuses']}, call log codes (the {args.users:,} enrollment calls included) {r['codes']}, "
+                longest = max(x.get("flush_max_ms", 0.0) for x in runs[workload, label])
+                print(f"  {workload:8} {label:8} flushes {flushes:.1f} µs/INVITE (median), the longest {longest:.1f} ms, answers {r['statuses']}, call log codes (the {args.users:,} enrollment calls included) {r['codes']}, "
                       f"exceptions {r['errors']} (+{r['flush_errors']} in flushes), counters {r['counters']}, "
                       f"transactions held at the end {r['transactions_held']}, log lines {r['log_lines']}")
 

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import sys
+from types import SimpleNamespace
 import urllib.error
 import urllib.request
 
@@ -271,13 +272,16 @@ def test_the_call_log_writer_spools_while_the_database_is_cut_and_writes_the_spo
         writer.put(rows[:5])
         wait_until(lambda: every_call_logged_once(direct, ids[:5]), 10, message="the first rows in the database")
         proxy.cut()
-        writer.put(rows[5:8])
+        mark = (SimpleNamespace(account=SimpleNamespace(id=5), now=10.0), "dst", "FR")
+        writer.put(rows[5:8], [mark])
         wait_until(lambda: spool.spooled == 3, 10, message="the rows handed over during the cut to be spooled")
+        assert writer.marks == [mark] and not writer.firsts   # a mark waits for the database
         assert writer.queued == 0 and logged_call_ids(direct) == ids[:5]
         writer.put(rows[8:])
         wait_until(lambda: spool.spooled == 5, 10, message="the next rows to be spooled too")
         proxy.restore()   # no new rows: the writer tries the database again for the spooled ones alone
         wait_until(lambda: every_call_logged_once(direct, ids), 10, message="the spooled rows written")
+        wait_until(lambda: list(writer.firsts) == [mark], 10, message="the mark written, the first")
         assert not os.path.exists(spool.path) and not os.path.exists(spool.replaying)
     finally:
         assert writer.close(5) == 0
@@ -296,3 +300,29 @@ def test_the_call_log_writer_keeps_at_most_max_unflushed_rows_and_counts_what_it
     assert any("not written to the database" in m and "is not writable" in m for m in messages), messages
     assert "call log: 2 unwritten row(s) dropped, the oldest, to stay within max_unflushed_rows = 4 (2 dropped in all)" \
         in messages
+
+
+def test_the_call_log_writer_marks_first_seen_countries_and_hands_the_first_ones_back(tmp_path, db_url):
+    tfps.open_database(db_url).close()
+    spool = tfps.CallLogSpool(str(tmp_path / "spool.jsonl"), 1 << 20)
+    writer = tfps.CallLogWriter(db_url, spool, 1000, None)
+
+    def call(account_id, now):
+        return SimpleNamespace(account=SimpleNamespace(id=account_id), now=now)
+    try:
+        first = (call(7, 100.0), "dst", "FR")
+        writer.put(spool_rows(2), [first, (call(7, 100.0), "src", "GB")])
+        wait_until(lambda: len(writer.firsts) == 2, 10, message="both marks to be the first")
+        assert writer.firsts[0] is first
+        writer.firsts.clear()
+        writer.put([], [(call(7, 200.0), "dst", "FR"), (call(8, 200.0), "dst", "FR")])   # 7 -> FR is known
+        wait_until(lambda: len(writer.firsts) == 1, 10, message="the mark of account 8")
+        assert writer.firsts[0][0].account.id == 8
+    finally:
+        assert writer.close(5) == 0
+    db = tfps.Database(db_url)
+    try:
+        assert db.scalar("SELECT first_seen FROM account_seen WHERE account_id = 7 AND direction = 'dst'") == 100.0
+        assert db.scalar("SELECT COUNT(*) FROM call_log") == 2
+    finally:
+        db.close()

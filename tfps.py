@@ -3783,12 +3783,12 @@ def destination_country(engine, call):
         return None
     iso, acc = call.dest_country, call.account
     tier, decided_by = call.tier
-    label = engine.countries.label(iso) if decided_by == iso else f"{iso + ' ' if iso else ''}range {decided_by}"
     if tier == "high":
-        return Rejection("R06", f"destination {label} is a high-risk {'country' if decided_by == iso else 'range'}",
-                         f"{PROG} whitelist add number +{call.number}")
+        return Rejection("R06", f"destination {destination_label(engine, call)} is a high-risk "
+                                f"{'country' if decided_by == iso else 'range'}", f"{PROG} whitelist add number +{call.number}")
     if f"!{iso}" in acc.dest_countries:
-        return Rejection("R06", f"destination {label} is denied to {acc.name}", f"{PROG} allow {acc.user} {acc.domain} --dest {iso}")
+        return Rejection("R06", f"destination {destination_label(engine, call)} is denied to {acc.name}",
+                         f"{PROG} allow {acc.user} {acc.domain} --dest {iso}")
     if not new_destination(engine, call):
         return None
     allowance = engine.cfg.policy.new_destination_calls
@@ -3802,9 +3802,15 @@ def destination_country(engine, call):
         return None
     else:
         used = f" and its {allowance} new-destination calls of today are used" if allowance else ""
-    return Rejection("R06", f"destination {label} is not among the allowed destinations of {acc.name} "
+    return Rejection("R06", f"destination {destination_label(engine, call)} is not among the allowed destinations of {acc.name} "
                             f"({format_countries(acc.dest_countries) or 'none'}){used}",
                      f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=not engine.held(call))
+
+
+def destination_label(engine, call):
+    """The call's destination as R06 names it: its country, or the range that decided its tier."""
+    iso, decided_by = call.dest_country, call.tier[1]
+    return engine.countries.label(iso) if decided_by == iso else f"{iso + ' ' if iso else ''}range {decided_by}"
 
 
 def dials_high_risk(engine, call):

@@ -4080,7 +4080,8 @@ class PrivateCounters:
         pair = self.pairs.get((account_id, number))
         if pair is None:
             return [], 0.0, False
-        return [t for t in pair[0] if t > now - window], pair[1], True
+        since = now - window
+        return [t for t in pair[0] if t > since], pair[1], True
 
     def _forget_idle_pairs(self, now, window):
         self.pruned = now
@@ -4090,7 +4091,8 @@ class PrivateCounters:
         self.pairs[(account_id, number)] = [times, blocked_until]
 
     def recent_calls(self, account_id, now, window, lock):
-        return [t for t in self.rates.get(account_id, ()) if t > now - window], account_id in self.rates
+        since = now - window
+        return [t for t in self.rates.get(account_id, ()) if t > since], account_id in self.rates
 
     def add_call(self, account_id, recent, now, keep):
         self.rates[account_id] = (recent[0] + [now])[-keep:]
@@ -4735,7 +4737,8 @@ class Engine:
             return
         if not quota_taken:  # no quota, or over it while learning: counted all the same
             self.counters.count_approved(acc.id, call.day, call.bucket)
-        keep = max(window or 0 for window in minute_limits(self, call))
+        limit, cap = minute_limits(self, call)
+        keep = max(limit or 0, cap or 0)
         if keep:
             self.counters.add_call(acc.id, self.read_count(call, "minute"), call.now, keep)
         if new_destination(self, call):

@@ -5440,6 +5440,7 @@ def _cdr_rows(path, reader):
     pick = operator.itemgetter(*(header.index(c) if c in header else -1 for c in REPLAY_COLUMNS + OPTIONAL_COLUMNS))
     width = max(header.index(c) for c in REPLAY_COLUMNS) + 1
     rows = []
+    valid_users, valid_domains = set(), set()  # a CDR repeats its accounts: each is checked once
     for fields in reader:
         if not fields:
             continue
@@ -5459,8 +5460,12 @@ def _cdr_rows(path, reader):
             raise UserError(f"{path}:{line}: concurrent_calls {calls[:40]!r} is not a whole number from 0 to {INT_MAX}")
         try:
             ts = timestamp_of(ts)
-            account_user(user)
-            account_domain(domain)
+            if user not in valid_users:
+                account_user(user)
+                valid_users.add(user)
+            if domain not in valid_domains:
+                account_domain(domain)
+                valid_domains.add(domain)
         except ValueError as exc:
             raise UserError(f"{path}:{line}: {exc}") from None
         rows.append((ts, when, user, domain, number, ip, ua, int(calls) if calls else None, source_country, label.lower()))

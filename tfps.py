@@ -2429,8 +2429,8 @@ def minute_peaks(rows):
 
 
 def save_minute_peaks(db, day, start, end):
-    for account_id, peak in minute_peaks(approved_times(db, start, end)).items():
-        db.execute("UPDATE account_days SET peak_minute = ? WHERE account_id = ? AND day = ?", (peak, account_id, day))
+    db.executemany("UPDATE account_days SET peak_minute = ? WHERE account_id = ? AND day = ?",
+                   [(peak, account_id, day) for account_id, peak in minute_peaks(approved_times(db, start, end)).items()])
 
 
 def days_without_minute_peaks(db, first):

@@ -5440,13 +5440,13 @@ def _cdr_rows(path, reader):
     pick = operator.itemgetter(*(header.index(c) if c in header else -1 for c in REPLAY_COLUMNS + OPTIONAL_COLUMNS))
     width = max(header.index(c) for c in REPLAY_COLUMNS) + 1
     rows = []
-    valid_users, valid_domains = set(), set()  # a CDR repeats its accounts: each is checked once
+    # a CDR repeats its accounts and concurrent_calls values: each distinct one is checked once
+    valid_users, valid_domains, concurrent_calls = set(), set(), {"": None}
     for fields in reader:
         if not fields:
             continue
-        line = reader.line_num
         if len(fields) < width:
-            raise UserError(f"{path}:{line}: fewer fields than the header")
+            raise UserError(f"{path}:{reader.line_num}: fewer fields than the header")
         fields += [""] * (len(header) - len(fields))
         fields.append("")
         when, user, domain, number, ip, ua, calls, source_country, label = map(str.strip, pick(fields))
@@ -5455,9 +5455,12 @@ def _cdr_rows(path, reader):
         except ValueError:
             ts = None
         if ts is None or ts.tzinfo is None:
-            raise UserError(f"{path}:{line}: time {when[:40]!r} is not ISO 8601 with offset")
-        if calls and not (re.fullmatch(r"[0-9]{1,10}", calls) and int(calls) <= INT_MAX):
-            raise UserError(f"{path}:{line}: concurrent_calls {calls[:40]!r} is not a whole number from 0 to {INT_MAX}")
+            raise UserError(f"{path}:{reader.line_num}: time {when[:40]!r} is not ISO 8601 with offset")
+        if calls not in concurrent_calls:
+            if not (re.fullmatch(r"[0-9]{1,10}", calls) and int(calls) <= INT_MAX):
+                raise UserError(f"{path}:{reader.line_num}: concurrent_calls {calls[:40]!r} is not a whole number "
+                                f"from 0 to {INT_MAX}")
+            concurrent_calls[calls] = int(calls)
         try:
             ts = timestamp_of(ts)
             if user not in valid_users:
@@ -5467,8 +5470,8 @@ def _cdr_rows(path, reader):
                 account_domain(domain)
                 valid_domains.add(domain)
         except ValueError as exc:
-            raise UserError(f"{path}:{line}: {exc}") from None
-        rows.append((ts, when, user, domain, number, ip, ua, int(calls) if calls else None, source_country, label.lower()))
+            raise UserError(f"{path}:{reader.line_num}: {exc}") from None
+        rows.append((ts, when, user, domain, number, ip, ua, concurrent_calls[calls], source_country, label.lower()))
     rows.sort(key=operator.itemgetter(0))  # stable: rows of the same second keep their order
     return rows
 

@@ -2432,8 +2432,8 @@ def minute_peaks(rows):
 
 
 def save_minute_peaks(db, day, start, end):
-    for account_id, peak in minute_peaks(approved_times(db, start, end)).items():
-        db.execute("UPDATE account_days SET peak_minute = ? WHERE account_id = ? AND day = ?", (peak, account_id, day))
+    db.executemany("UPDATE account_days SET peak_minute = ? WHERE account_id = ? AND day = ?",
+                   [(peak, account_id, day) for account_id, peak in minute_peaks(approved_times(db, start, end)).items()])
 
 
 def days_without_minute_peaks(db, first):
@@ -3788,12 +3788,12 @@ def destination_country(engine, call):
         return None
     iso, acc = call.dest_country, call.account
     tier, decided_by = call.tier
-    label = engine.countries.label(iso) if decided_by == iso else f"{iso + ' ' if iso else ''}range {decided_by}"
     if tier == "high":
-        return Rejection("R06", f"destination {label} is a high-risk {'country' if decided_by == iso else 'range'}",
-                         f"{PROG} whitelist add number +{call.number}")
+        return Rejection("R06", f"destination {destination_label(engine, call)} is a high-risk "
+                                f"{'country' if decided_by == iso else 'range'}", f"{PROG} whitelist add number +{call.number}")
     if f"!{iso}" in acc.dest_countries:
-        return Rejection("R06", f"destination {label} is denied to {acc.name}", f"{PROG} allow {acc.user} {acc.domain} --dest {iso}")
+        return Rejection("R06", f"destination {destination_label(engine, call)} is denied to {acc.name}",
+                         f"{PROG} allow {acc.user} {acc.domain} --dest {iso}")
     if not new_destination(engine, call):
         return None
     allowance = engine.cfg.policy.new_destination_calls
@@ -3807,9 +3807,15 @@ def destination_country(engine, call):
         return None
     else:
         used = f" and its {allowance} new-destination calls of today are used" if allowance else ""
-    return Rejection("R06", f"destination {label} is not among the allowed destinations of {acc.name} "
+    return Rejection("R06", f"destination {destination_label(engine, call)} is not among the allowed destinations of {acc.name} "
                             f"({format_countries(acc.dest_countries) or 'none'}){used}",
                      f"{PROG} allow {acc.user} {acc.domain} --dest {iso}", soft=not engine.held(call))
+
+
+def destination_label(engine, call):
+    """The call's destination as R06 names it: its country, or the range that decided its tier."""
+    iso, decided_by = call.dest_country, call.tier[1]
+    return engine.countries.label(iso) if decided_by == iso else f"{iso + ' ' if iso else ''}range {decided_by}"
 
 
 def dials_high_risk(engine, call):
@@ -4079,7 +4085,8 @@ class PrivateCounters:
         pair = self.pairs.get((account_id, number))
         if pair is None:
             return [], 0.0, False
-        return [t for t in pair[0] if t > now - window], pair[1], True
+        since = now - window
+        return [t for t in pair[0] if t > since], pair[1], True
 
     def _forget_idle_pairs(self, now, window):
         self.pruned = now
@@ -4089,7 +4096,8 @@ class PrivateCounters:
         self.pairs[(account_id, number)] = [times, blocked_until]
 
     def recent_calls(self, account_id, now, window, lock):
-        return [t for t in self.rates.get(account_id, ()) if t > now - window], account_id in self.rates
+        since = now - window
+        return [t for t in self.rates.get(account_id, ()) if t > since], account_id in self.rates
 
     def add_call(self, account_id, recent, now, keep):
         self.rates[account_id] = (recent[0] + [now])[-keep:]
@@ -4899,7 +4907,8 @@ class Engine:
             return
         if not quota_taken:  # no quota, or over it while learning: counted all the same
             self.counters.count_approved(acc.id, call.day, call.bucket)
-        keep = max(window or 0 for window in minute_limits(self, call))
+        limit, cap = minute_limits(self, call)
+        keep = max(limit or 0, cap or 0)
         if keep:
             self.counters.add_call(acc.id, self.read_count(call, "minute"), call.now, keep)
         if new_destination(self, call):
@@ -5617,12 +5626,13 @@ def _cdr_rows(path, reader):
     pick = operator.itemgetter(*(header.index(c) if c in header else -1 for c in REPLAY_COLUMNS + OPTIONAL_COLUMNS))
     width = max(header.index(c) for c in REPLAY_COLUMNS) + 1
     rows = []
+    # a CDR repeats its accounts and concurrent_calls values: each distinct one is checked once
+    valid_users, valid_domains, concurrent_calls = set(), set(), {"": None}
     for fields in reader:
         if not fields:
             continue
-        line = reader.line_num
         if len(fields) < width:
-            raise UserError(f"{path}:{line}: fewer fields than the header")
+            raise UserError(f"{path}:{reader.line_num}: fewer fields than the header")
         fields += [""] * (len(header) - len(fields))
         fields.append("")
         when, user, domain, number, ip, ua, calls, source_country, label = map(str.strip, pick(fields))
@@ -5631,16 +5641,23 @@ def _cdr_rows(path, reader):
         except ValueError:
             ts = None
         if ts is None or ts.tzinfo is None:
-            raise UserError(f"{path}:{line}: time {when[:40]!r} is not ISO 8601 with offset")
-        if calls and not (re.fullmatch(r"[0-9]{1,10}", calls) and int(calls) <= INT_MAX):
-            raise UserError(f"{path}:{line}: concurrent_calls {calls[:40]!r} is not a whole number from 0 to {INT_MAX}")
+            raise UserError(f"{path}:{reader.line_num}: time {when[:40]!r} is not ISO 8601 with offset")
+        if calls not in concurrent_calls:
+            if not (re.fullmatch(r"[0-9]{1,10}", calls) and int(calls) <= INT_MAX):
+                raise UserError(f"{path}:{reader.line_num}: concurrent_calls {calls[:40]!r} is not a whole number "
+                                f"from 0 to {INT_MAX}")
+            concurrent_calls[calls] = int(calls)
         try:
             ts = timestamp_of(ts)
-            account_user(user)
-            account_domain(domain)
+            if user not in valid_users:
+                account_user(user)
+                valid_users.add(user)
+            if domain not in valid_domains:
+                account_domain(domain)
+                valid_domains.add(domain)
         except ValueError as exc:
-            raise UserError(f"{path}:{line}: {exc}") from None
-        rows.append((ts, when, user, domain, number, ip, ua, int(calls) if calls else None, source_country, label.lower()))
+            raise UserError(f"{path}:{reader.line_num}: {exc}") from None
+        rows.append((ts, when, user, domain, number, ip, ua, concurrent_calls[calls], source_country, label.lower()))
     rows.sort(key=operator.itemgetter(0))  # stable: rows of the same second keep their order
     return rows
 

@@ -65,12 +65,14 @@ import socket
 import socketserver
 import sqlite3
 import ssl
+import struct
 import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 import zoneinfo
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -6191,8 +6193,9 @@ def tcp_connections_allowed():
 
 
 class UdpEndpoint:
-    def __init__(self, sock):
+    def __init__(self, sock, number=0):
         self.sock = sock
+        self.number = number  # among the server's UDP listeners
         self.transport = "udp"
 
     def send(self, data, addr):
@@ -6287,25 +6290,84 @@ def probe_listeners(listen):
         listening_socket(item).close()
 
 
+CALL_ID_LINE = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
+HANDOFF_HEADER = struct.Struct("!dHBB")  # when the datagram arrived (monotonic), peer port, listener, length of the peer's address
+
+
+class WorkerHandoff:
+    """How the workers share a PBX that sends every request from one port, which SO_REUSEPORT
+    gives to one worker alone: a UDP request belongs to the worker that its Call-ID hashes to,
+    and the worker that read it hands it over on a Unix datagram socket (with the peer's
+    address and the datagram's arrival time). So every request of a call (INVITE,
+    retransmissions, ACK, CANCEL) reaches one worker, whichever port it comes from, and the
+    load spreads over the workers. The owner answers from its own socket on the same port."""
+
+    def __init__(self, inboxes, number):
+        self.inboxes = inboxes   # one Unix datagram socket pair per worker: (its end, the others' end)
+        self.number = number
+
+    @classmethod
+    def sockets(cls, workers):
+        pairs = []
+        for _ in range(workers):
+            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            for sock in pair:
+                sock.setblocking(False)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            pairs.append(pair)
+        return pairs
+
+    @property
+    def inbox(self):
+        return self.inboxes[self.number][0]
+
+    def owner(self, data):
+        """The worker of the request's Call-ID (this one for a message without one: it is answered
+        400 or dropped where it was read)."""
+        head = data.split(b"\r\n\r\n", 1)[0]
+        m = CALL_ID_LINE.search(head)
+        return zlib.crc32(m.group(1)) % len(self.inboxes) if m else self.number
+
+    def forward(self, owner, listener, addr, arrived, data):
+        """Hand a datagram over; False when the owner's inbox is full (the owner is stopped or
+        far behind): then the reader answers it itself."""
+        host = addr[0].encode("ascii")
+        try:
+            self.inboxes[owner][1].send(HANDOFF_HEADER.pack(arrived, addr[1], listener, len(host)) + host + data)
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def unpack(packet):
+        """(listener, (host, port), arrived, data) of a handed-over datagram."""
+        arrived, port, listener, length = HANDOFF_HEADER.unpack_from(packet)
+        start = HANDOFF_HEADER.size
+        return listener, (packet[start:start + length].decode("ascii"), port), arrived, packet[start + length:]
+
+
 class Supervisor:
     """[server] workers > 1: that many worker processes, each a Server with its own loop and
     database connection on the same ports (SO_REUSEPORT). The kernel picks a port's socket by
-    the peer's address and port, so a peer's retransmissions from one port reach the worker
-    that holds their transaction. A worker that dies is started again; SIGTERM, SIGINT and
-    SIGHUP are passed on to the workers."""
+    the peer's address and port; each UDP request then goes to the worker of its Call-ID
+    (WorkerHandoff), so that the retransmissions of a transaction reach the worker that holds it. A
+    worker that dies is started again; SIGTERM, SIGINT and SIGHUP are passed on to the workers."""
 
     RESTART_PAUSE = 1.0  # a worker that exits sooner after its start cannot serve: stop them all
 
     def __init__(self, cfg, run_worker):
         self.cfg = cfg
-        self.run_worker = run_worker   # run_worker(number) -> exit status, in the worker process
+        self.run_worker = run_worker   # run_worker(number, worker_handoff) -> exit status, in the worker process
         self.workers = {}              # pid -> (worker number, when started)
         self.stopping = False
+        self.inboxes = None            # WorkerHandoff.sockets(), kept open here for workers started again
 
     def run(self):
         probe_listeners(self.cfg.server.listen)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._pass_on)
+        self.inboxes = WorkerHandoff.sockets(server_workers(self.cfg))
         for number in range(server_workers(self.cfg)):
             self._start(number)
         log.info("supervising %d workers", len(self.workers))
@@ -6337,7 +6399,7 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_DFL)
             status = 1
             try:
-                status = self.run_worker(number)
+                status = self.run_worker(number, WorkerHandoff(self.inboxes, number))
             except UserError as exc:
                 log.error("worker %d: %s", number, exc)
                 status = 2
@@ -6357,9 +6419,12 @@ class Supervisor:
 
 
 class Server:
-    def __init__(self, cfg, db, config_path=None, worker=None):
-        """`worker`: the number of this process among several workers (its own spool file)."""
+    def __init__(self, cfg, db, config_path=None, worker=None, worker_handoff=None):
+        """`worker`: the number of this process among several workers (its own spool file);
+        `worker_handoff`: how they share UDP requests (WorkerHandoff)."""
         self.cfg = cfg.freeze()
+        self.worker_handoff = worker_handoff
+        self.udp_endpoints = []  # of the UDP listeners, in the order of [server] listen (as in every worker)
         self.config_path = config_path
         self.db = db
         self.lease_block = block = lease_block(cfg)
@@ -6422,12 +6487,16 @@ class Server:
                 with contextlib.suppress(OSError):  # without kernel timestamps a datagram's age starts when it is read
                     if SO_TIMESTAMPNS:
                         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-                self.selector.register(sock, selectors.EVENT_READ, ("udp", UdpEndpoint(sock)))
+                endpoint = UdpEndpoint(sock, len(self.udp_endpoints))
+                self.udp_endpoints.append(endpoint)
+                self.selector.register(sock, selectors.EVENT_READ, ("udp", endpoint))
             else:
                 sock.listen(512)
                 self.selector.register(sock, selectors.EVENT_READ, ("listen", None))
             self.listeners.append(sock)
             log.info("listening on %s", format_listen((transport, host, sock.getsockname()[1])))
+        if self.worker_handoff:
+            self.selector.register(self.worker_handoff.inbox, selectors.EVENT_READ, ("handoff", None))
 
     def wake(self):
         """Make the loop look at what other threads queued for it. The loop clears wake_pending
@@ -6512,6 +6581,8 @@ class Server:
                 try:
                     if kind == "udp":
                         self._read_udp(key.fileobj, obj)
+                    elif kind == "handoff":
+                        self._read_handoff(key.fileobj)
                     elif kind == "listen":
                         self._accept(key.fileobj)
                     elif kind == "tcp":
@@ -6772,7 +6843,28 @@ class Server:
                 self.counters["oversized"] += 1
                 continue
             if data.strip(b"\r\n\0 "):
-                self.on_message(data, endpoint, addr[:2], kernel_arrival(ancillary, time.monotonic()))
+                arrived = kernel_arrival(ancillary, time.monotonic())
+                sharing = self.worker_handoff
+                if sharing:
+                    owner = sharing.owner(data)
+                    if owner != sharing.number and sharing.forward(owner, endpoint.number, addr, arrived, data):
+                        continue
+                self.on_message(data, endpoint, addr[:2], arrived)
+
+    def _read_handoff(self, inbox):
+        """Requests that another worker read and handed over (WorkerHandoff)."""
+        for _ in range(64):
+            try:
+                packet = inbox.recv(65536 + 512)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if len(packet) < HANDOFF_HEADER.size:
+                continue
+            listener, addr, arrived, data = WorkerHandoff.unpack(packet)
+            if listener < len(self.udp_endpoints):
+                self.on_message(data, self.udp_endpoints[listener], addr, arrived)
 
     def _accept(self, listener):
         try:
@@ -8665,12 +8757,13 @@ def cmd_serve(args, cfg):
     # one HTTP interface, in worker 0: its port is not shared
     if cfg.http.listen:
         probe_http_listen(cfg.http.listen)
-    return Supervisor(cfg, lambda number: serve_worker(cfg, config_path, http=number == 0, worker=number)).run()
+    return Supervisor(cfg, lambda number, worker_handoff: serve_worker(cfg, config_path, http=number == 0, worker=number,
+                                                                       worker_handoff=worker_handoff)).run()
 
 
-def serve_worker(cfg, config_path, http, worker=None):
+def serve_worker(cfg, config_path, http, worker=None, worker_handoff=None):
     db = Database(cfg.database.url, timeout=cfg.database.timeout)
-    server = Server(cfg, db, config_path, worker)
+    server = Server(cfg, db, config_path, worker, worker_handoff)
     api = HttpInterface(server) if http and cfg.http.listen else None
     if api:
         api.start()

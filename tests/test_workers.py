@@ -8,11 +8,14 @@ import secrets
 import signal
 import socket
 import time
+import urllib.request
+import zlib
 from collections import Counter
 from pathlib import Path
 
 import tfps
-from conftest import TfpsServer, free_port, recv_response, run_cli, sip_invite, udp_socket, wait_until
+from conftest import (TfpsServer, answers_before_options, free_port, recv_response, run_cli, sip_invite, udp_socket,
+                      wait_until)
 from test_multinode import DOMAIN, create_accounts, race_nodes
 
 POLICY = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00", "max_calls_per_minute": "0"}
@@ -63,6 +66,45 @@ def test_retransmissions_reach_the_worker_that_holds_the_transaction(tmp_path, s
         assert db.scalar("SELECT COUNT(*) FROM call_log") == 24, "one verdict per INVITE, retransmissions included"
         pids = {node.split("/")[1] for (node,) in db.query("SELECT DISTINCT node FROM quota_leases")}
         assert pids == set(), "leases given back at stop"
+    finally:
+        db.close()
+
+
+def test_requests_from_one_port_are_shared_by_call_id_and_retransmissions_answered_alike(tmp_path, start_server):
+    """A PBX sends every request from one port, which SO_REUSEPORT gives to one worker: each
+    request still goes to the worker its Call-ID hashes to, so both workers decide calls and the
+    retransmissions and ACK of a call reach the worker that holds its transaction."""
+    http_port = free_port()
+    server = start_server(f"sqlite://{tmp_path / 'tfps.db'}",
+                          {"policy": POLICY, "server": {"workers": "2", "overload_after": "0"},
+                           "http": {"listen": f"127.0.0.1:{http_port}"}})
+    wait_until(lambda: server.read_log().count("serving in") == 2, 15, message=server.read_log)
+    call_ids = [f"shared-{k}@test" for k in range(40)]
+    of_worker_0 = sum(1 for call_id in call_ids if zlib.crc32(call_id.encode()) % 2 == 0)
+    assert 0 < of_worker_0 < len(call_ids)
+    sock = udp_socket()
+    try:
+        port = sock.getsockname()[1]
+        for k, call_id in enumerate(call_ids):
+            data = sip_invite(f"1212777{k:04d}", server.port, local_port=port, call_id=call_id)
+            msg, raw = final_answer(sock, data, server.port)
+            assert msg.status == 302 and msg.header("x-tfps-code") == "A00", raw
+            assert final_answer(sock, data, server.port)[1] == raw, "a retransmission got a verdict of its own"
+            to_tag = msg.header("to").split("tag=")[1]
+            ack = data.replace(b"INVITE sip:", b"ACK sip:", 1).replace(b"1 INVITE", b"1 ACK").replace(
+                b"To: <sip:1212777%04d@127.0.0.1>" % k, b"To: <sip:1212777%04d@127.0.0.1>;tag=%s" % (k, to_tag.encode()))
+            sock.sendto(ack, ("127.0.0.1", server.port))
+        assert answers_before_options(sock, server.port) == [], "an ACK did not reach the transaction's worker"
+    finally:
+        sock.close()
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("tfps_verdicts_total{"))
+    assert counted == of_worker_0, "worker 0 decided the calls whose Call-ID is its own, and only those"
+    assert server.stop() == 0, server.read_log()
+    db = tfps.open_database(f"sqlite://{tmp_path / 'tfps.db'}")
+    try:
+        assert db.scalar("SELECT COUNT(*) FROM call_log") == len(call_ids)
     finally:
         db.close()
 

@@ -6291,7 +6291,7 @@ def probe_listeners(listen):
 
 
 CALL_ID_LINE = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
-HANDOFF_HEADER = struct.Struct("!dHBB")  # when the datagram arrived (monotonic), peer port, listener, length of the peer's address
+HANDOFF_HEADER = struct.Struct("!dHHB")  # when the datagram arrived (monotonic), peer port, listener, length of the peer's address
 
 
 class WorkerHandoff:

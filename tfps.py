@@ -6290,17 +6290,20 @@ def probe_listeners(listen):
         listening_socket(item).close()
 
 
-CALL_ID_LINE = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
+FROM_URI = re.compile(rb"^(?:from|f)[ \t]*:[^\r\n]*?(sips?:[^>;?\s]+)", re.I | re.M)
 HANDOFF_HEADER = struct.Struct("!dHHB")  # when the datagram arrived (monotonic), peer port, listener, length of the peer's address
 
 
 class WorkerHandoff:
     """How the workers share a PBX that sends every request from one port, which SO_REUSEPORT
-    gives to one worker alone: a UDP request belongs to the worker that its Call-ID hashes to,
-    and the worker that read it hands it over on a Unix datagram socket (with the peer's
-    address and the datagram's arrival time). So every request of a call (INVITE,
-    retransmissions, ACK, CANCEL) reaches one worker, whichever port it comes from, and the
-    load spreads over the workers. The owner answers from its own socket on the same port."""
+    gives to one worker alone: a UDP request belongs to the worker that the URI of its From
+    header hashes to, and the worker that read it hands it over on a Unix datagram socket (with
+    the peer's address and the datagram's arrival time). The From of a call's requests (INVITE,
+    retransmissions, ACK, CANCEL) is the same, so they reach the worker that holds the
+    transaction, whichever port they come from; and the calls of one caller reach one worker,
+    which keeps its per-minute, A->B and new-country windows (kept in each worker's memory)
+    whole. The load spreads over the workers by caller. The owner answers from its own socket
+    on the same port."""
 
     def __init__(self, inboxes, number):
         self.inboxes = inboxes   # one Unix datagram socket pair per worker: (its end, the others' end)
@@ -6323,11 +6326,11 @@ class WorkerHandoff:
         return self.inboxes[self.number][0]
 
     def owner(self, data):
-        """The worker of the request's Call-ID (this one for a message without one: it is answered
-        400 or dropped where it was read)."""
+        """The worker of the request's From URI (this one for a message without one: it is
+        answered 400 or dropped where it was read)."""
         head = data.split(b"\r\n\r\n", 1)[0]
-        m = CALL_ID_LINE.search(head)
-        return zlib.crc32(m.group(1)) % len(self.inboxes) if m else self.number
+        m = FROM_URI.search(head)
+        return zlib.crc32(m.group(1).lower()) % len(self.inboxes) if m else self.number
 
     def forward(self, owner, listener, addr, arrived, data):
         """Hand a datagram over; False when the owner's inbox is full (the owner is stopped or
@@ -6350,7 +6353,7 @@ class WorkerHandoff:
 class Supervisor:
     """[server] workers > 1: that many worker processes, each a Server with its own loop and
     database connection on the same ports (SO_REUSEPORT). The kernel picks a port's socket by
-    the peer's address and port; each UDP request then goes to the worker of its Call-ID
+    the peer's address and port; each UDP request then goes to the worker of its From URI
     (WorkerHandoff), so that the retransmissions of a transaction reach the worker that holds it. A
     worker that dies is started again; SIGTERM, SIGINT and SIGHUP are passed on to the workers."""
 

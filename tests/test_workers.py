@@ -70,23 +70,25 @@ def test_retransmissions_reach_the_worker_that_holds_the_transaction(tmp_path, s
         db.close()
 
 
-def test_requests_from_one_port_are_shared_by_call_id_and_retransmissions_answered_alike(tmp_path, start_server):
+def test_requests_from_one_port_are_shared_by_caller_and_retransmissions_answered_alike(tmp_path, start_server):
     """A PBX sends every request from one port, which SO_REUSEPORT gives to one worker: each
-    request still goes to the worker its Call-ID hashes to, so both workers decide calls and the
-    retransmissions and ACK of a call reach the worker that holds its transaction."""
+    request still goes to the worker its From URI hashes to, so both workers decide calls, each
+    caller's on one worker, and the retransmissions and ACK of a call reach the worker that
+    holds its transaction."""
     http_port = free_port()
     server = start_server(f"sqlite://{tmp_path / 'tfps.db'}",
                           {"policy": POLICY, "server": {"workers": "2", "overload_after": "0"},
                            "http": {"listen": f"127.0.0.1:{http_port}"}})
     wait_until(lambda: server.read_log().count("serving in") == 2, 15, message=server.read_log)
     call_ids = [f"shared-{k}@test" for k in range(40)]
-    of_worker_0 = sum(1 for call_id in call_ids if zlib.crc32(call_id.encode()) % 2 == 0)
+    users = [f"40{k % 20:02d}" for k in range(40)]   # 20 callers, two calls each
+    of_worker_0 = sum(1 for user in users if zlib.crc32(f"sip:{user}@pbx.example.com".encode()) % 2 == 0)
     assert 0 < of_worker_0 < len(call_ids)
     sock = udp_socket()
     try:
         port = sock.getsockname()[1]
         for k, call_id in enumerate(call_ids):
-            data = sip_invite(f"1212777{k:04d}", server.port, local_port=port, call_id=call_id)
+            data = sip_invite(f"1212777{k:04d}", server.port, local_port=port, call_id=call_id, user=users[k])
             msg, raw = final_answer(sock, data, server.port)
             assert msg.status == 302 and msg.header("x-tfps-code") == "A00", raw
             assert final_answer(sock, data, server.port)[1] == raw, "a retransmission got a verdict of its own"
@@ -100,13 +102,31 @@ def test_requests_from_one_port_are_shared_by_call_id_and_retransmissions_answer
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
         metrics = response.read().decode()
     counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("tfps_verdicts_total{"))
-    assert counted == of_worker_0, "worker 0 decided the calls whose Call-ID is its own, and only those"
+    assert counted == of_worker_0, "worker 0 decided the calls of its own callers, and only those"
     assert server.stop() == 0, server.read_log()
     db = tfps.open_database(f"sqlite://{tmp_path / 'tfps.db'}")
     try:
         assert db.scalar("SELECT COUNT(*) FROM call_log") == len(call_ids)
     finally:
         db.close()
+
+
+def test_the_calls_of_one_caller_are_counted_whole_by_one_worker(tmp_path, start_server):
+    """max_calls_per_minute is counted in each worker's memory: spread over two workers, the
+    calls of one account would get twice the limit."""
+    policy = dict(POLICY, max_calls_per_minute="3")
+    server = start_server(f"sqlite://{tmp_path / 'tfps.db'}",
+                          {"policy": policy, "server": {"workers": "2", "overload_after": "0"}})
+    wait_until(lambda: server.read_log().count("serving in") == 2, 15, message=server.read_log)
+    codes = []
+    sock = udp_socket()
+    try:
+        for k in range(8):
+            data = sip_invite(f"1212888{k:04d}", server.port, local_port=sock.getsockname()[1], user="4100")
+            codes.append(final_answer(sock, data, server.port)[0].header("x-tfps-code"))
+    finally:
+        sock.close()
+    assert Counter(codes) == {"A00": 3, "R15": 5}, codes
 
 
 def test_two_workers_on_one_sqlite_file_never_exceed_the_quota(tmp_path, start_server):

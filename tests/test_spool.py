@@ -40,10 +40,11 @@ def spool_server(tmp_path, url, workers=1):
     return server
 
 
-def call(sock, port):
+def call(sock, port, user="1001"):
     """One INVITE with a Call-ID of its own, answered with a final response; its Call-ID."""
     call_id = f"{secrets.token_hex(8)}@spool"
-    sock.sendto(sip_invite("12125550100", port, call_id=call_id, local_port=sock.getsockname()[1]), ("127.0.0.1", port))
+    sock.sendto(sip_invite("12125550100", port, call_id=call_id, local_port=sock.getsockname()[1], user=user),
+                ("127.0.0.1", port))
     while True:
         msg = tfps.parse_message(sock.recvfrom(65536)[0])
         if msg.header("call-id") == call_id and msg.status >= 200:
@@ -51,10 +52,10 @@ def call(sock, port):
             return call_id
 
 
-def calls(port, count):
+def calls(port, count, user="1001"):
     sock = udp_socket(timeout=5.0)
     try:
-        return [call(sock, port) for _ in range(count)]
+        return [call(sock, port, user) for _ in range(count)]
     finally:
         sock.close()
 
@@ -119,7 +120,8 @@ def test_a_restart_during_an_outage_loses_and_duplicates_no_call(tmp_path, proxi
     before = calls(first.port, 10)
     wait_until(lambda: every_call_logged_once(direct, before), 10)
     outage(first, proxy)
-    during = [call_id for _ in range(20) for call_id in calls(first.port, 3)]  # from 20 ports: every worker has some
+    # 20 callers (workers share calls by caller): every worker has some
+    during = [call_id for k in range(20) for call_id in calls(first.port, 3, user=f"50{k:02d}")]
     assert first.stop() == 0   # SIGTERM
     assert "Traceback" not in first.read_log() and "0 call log rows lost" in first.read_log()
     spools = ["spool.jsonl"] if workers == 1 else [f"spool.jsonl.{n}" for n in range(workers)]

@@ -4363,11 +4363,23 @@ class CallLogSpool:
         self.spooled += taken
         return taken
 
+    def offer(self, rows):
+        """Append what fits of `rows`: (rows taken, why not all of them or None)."""
+        try:
+            taken = self.append(rows)
+        except OSError as exc:
+            return 0, f"not writable: {exc}"
+        return taken, None if taken == len(rows) else f"full ({self.max_bytes >> 20} MB, spool_max_mb)"
+
     def replay(self, db, batch=1000):
-        """Write every spooled row to `db`, then remove them; (rows written, lines skipped).
-        Database errors propagate with the rows still spooled."""
+        """Write every spooled row to `db`, then remove them, and log how many; (rows written,
+        lines skipped). Database errors propagate with the rows still spooled."""
         with self.replay_lock:
-            return self._replay(db, batch)
+            written, damaged = self._replay(db, batch)
+        if written or damaged:
+            log.warning("call log spool %s: %d row(s) written to the database%s", self.path, written,
+                        f", {damaged} damaged line(s) skipped" if damaged else "")
+        return written, damaged
 
     def _replay(self, db, batch):
         with self.lock:
@@ -4412,6 +4424,14 @@ class CallLogSpool:
             return 0
         with db.transaction():
             return len(rows) - write_call_log(db, rows)
+
+
+def first_seen_marks(db, marks):
+    """Of (call, direction, iso) first-seen marks, write those not yet in account_seen and
+    return them: the calls that were the account's first from that source or to that destination."""
+    keys = [(call.account.id, direction, iso, call.now) for call, direction, iso in marks]
+    first = set(mark_first_seen_all(db, keys))
+    return [mark for mark, key in zip(marks, keys) if key in first]
 
 
 class CallLogWriter:
@@ -4526,14 +4546,9 @@ class CallLogWriter:
                 self.retry_at = time.monotonic() + self.RETRY_AFTER
         with self.cond:
             self.marks[:0] = marks
-        try:
-            taken = self.spool.append(rows)
-        except OSError as exc:
-            taken = 0
-            self._failed(f"not written to the database, and the spool {self.spool.path} is not writable: {exc}")
-        else:
-            if taken < len(rows):
-                self._failed(f"not written to the database, and the spool {self.spool.path} is full (spool_max_mb)")
+        taken, refusing = self.spool.offer(rows)
+        if refusing:
+            self._failed(f"not written to the database, and the spool {self.spool.path} is {refusing}")
         self.spooled_rows = self.spooled_rows or taken > 0
         return taken
 
@@ -4547,21 +4562,17 @@ class CallLogWriter:
         if self.db is None:
             self.db = Database(self.url, timeout=self.timeout)
         if self.spooled_rows:  # the rows spooled during an outage go first
-            written, damaged = self.spool.replay(self.db)
+            self.spool.replay(self.db)
             self.spooled_rows = False
-            if written or damaged:
-                log.warning("call log spool %s: %d row(s) written to the database%s", self.spool.path, written,
-                            f", {damaged} damaged line(s) skipped" if damaged else "")
-        keys = [(call.account.id, direction, iso, call.now) for call, direction, iso in marks]
+        if not (rows or marks):
+            return
         for tries in range(VERDICT_TRIES):
-            if not (rows or marks):
-                return
             try:
                 with self.db.transaction():
                     refused = write_call_log(self.db, rows) if rows else 0
-                    first = set(mark_first_seen_all(self.db, keys)) if keys else ()
+                    firsts = first_seen_marks(self.db, marks) if marks else ()
                 self.dropped += refused
-                self.firsts.extend(mark for mark, key in zip(marks, keys) if key in first)
+                self.firsts.extend(firsts)
                 return
             except self.db.errors as exc:
                 if tries == VERDICT_TRIES - 1 or not self.db.transient(exc):
@@ -4984,11 +4995,8 @@ class Engine:
             self._first_seen_notice(call, direction, iso)
 
     def _mark_first_seen_all(self, unseen):
-        marks = [(call.account.id, direction, iso, call.now) for call, direction, iso in unseen]
-        first = set(mark_first_seen_all(self.db, marks))
-        for (call, direction, iso), mark in zip(unseen, marks):
-            if mark in first:
-                self._first_seen_notice(call, direction, iso)
+        for mark in first_seen_marks(self.db, unseen):
+            self._first_seen_notice(*mark)
 
     def _first_seen_notice(self, call, direction, iso):
         acc = call.account
@@ -5152,11 +5160,7 @@ class Engine:
         take waits in memory (within max_unflushed_rows)."""
         if not (self.spool and self.log_rows):
             return
-        try:
-            taken = self.spool.append(self.log_rows)
-            refusing = None if taken == len(self.log_rows) else f"full ({self.cfg.database.spool_max_mb} MB, spool_max_mb)"
-        except OSError as exc:
-            taken, refusing = 0, f"not writable: {exc}"
+        taken, refusing = self.spool.offer(self.log_rows)
         del self.log_rows[:taken]
         if refusing and refusing != self.spool_refusing:
             log.error("call log spool %s %s; rows wait in memory, up to max_unflushed_rows", self.spool.path, refusing)
@@ -6309,8 +6313,8 @@ class WorkerHandoff:
         self.inboxes = inboxes   # one Unix datagram socket pair per worker: (its end, the others' end)
         self.number = number
 
-    @classmethod
-    def sockets(cls, workers):
+    @staticmethod
+    def sockets(workers):
         pairs = []
         for _ in range(workers):
             pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -6327,9 +6331,9 @@ class WorkerHandoff:
 
     def owner(self, data):
         """The worker of the request's From URI (this one for a message without one: it is
-        answered 400 or dropped where it was read)."""
-        head = data.split(b"\r\n\r\n", 1)[0]
-        m = FROM_URI.search(head)
+        answered 400 or dropped where it was read). The From header precedes any body, so the
+        first match is the header's."""
+        m = FROM_URI.search(data)
         return zlib.crc32(m.group(1).lower()) % len(self.inboxes) if m else self.number
 
     def forward(self, owner, listener, addr, arrived, data):
@@ -6643,13 +6647,9 @@ class Server:
         read is logged and left for later."""
         for spool in (self.engine.spool, *self.orphan_spools):
             try:
-                written, damaged = spool.replay(db)
+                spool.replay(db)
             except OSError as exc:
                 log.error("call log spool %s cannot be read: %s", spool.path, exc)
-                continue
-            if written or damaged:
-                log.warning("call log spool %s: %d row(s) written to the database%s", spool.path, written,
-                            f", {damaged} damaged line(s) skipped" if damaged else "")
 
     def _run_daily_jobs(self):
         """Training, purge, summaries and the end of learning on a thread and a connection of

@@ -284,3 +284,25 @@ def test_a_configuration_in_service_is_read_only_and_a_reload_swaps_it(tmp_path)
         assert server.engine.cfg is new and server.sip.settings is new.server
         assert server.dispatcher.acfg is new.alerts and server.engine.alerts.acfg is new.alerts
         assert server.reputation.rcfg is new.reputation
+
+
+def test_random_bytes_differ_across_a_fork_and_refill_when_used_up():
+    """To-tags and call log row keys come from a pool of kernel random bytes: a forked worker
+    must draw its own, not its parent's next ones."""
+    import os
+    pool = tfps.RandomBytes()
+    first = pool.hex(6)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, pool.hex(8).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    parent = pool.hex(8)
+    assert len(first) == 12 and len(child) == len(parent) == 16
+    assert child != parent
+    drawn = {pool.hex(8) for _ in range(2 * tfps.RandomBytes.CHUNK // 8)}  # past the end of one pool
+    assert len(drawn) == 2 * tfps.RandomBytes.CHUNK // 8

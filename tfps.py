@@ -987,7 +987,7 @@ class BusinessHours:
 COMPACT_HEADERS = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
                    "l": "content-length", "k": "supported", "s": "subject", "c": "content-type",
                    "e": "content-encoding"}
-SINGLE_VALUE_HEADERS = ("from", "to", "call-id", "cseq", "max-forwards", "content-length")
+SINGLE_VALUE_HEADERS = frozenset(("from", "to", "call-id", "cseq", "max-forwards", "content-length"))
 ECHOED_HEADERS = ("via", "from", "to", "call-id", "cseq", "max-forwards", "content-length", "require")
 TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
 TOKEN_RE = re.compile(rf"[{TOKEN_CHARS}]+")
@@ -1066,7 +1066,7 @@ class Via:
 class SipMessage:
     """A parsed request or response. Header names are stored lower-case and in long form."""
 
-    __slots__ = ("method", "uri", "version", "status", "reason", "headers", "first", "body", "defect", "_vias")
+    __slots__ = ("method", "uri", "version", "status", "reason", "headers", "first", "header", "body", "defect", "_vias")
 
     def __init__(self):
         self.method = self.uri = self.reason = None
@@ -1074,6 +1074,7 @@ class SipMessage:
         self.status = 0
         self.headers = []  # (lower-case long name, value) in arrival order
         self.first = {}    # name -> first value
+        self.header = self.first.get  # header(name): its first value, or None
         self.body = b""
         self.defect = None  # (status, reason) of the first problem found, for a request
         self._vias = None
@@ -1081,9 +1082,6 @@ class SipMessage:
     @property
     def is_request(self):
         return self.method is not None
-
-    def header(self, name):
-        return self.first.get(name)
 
     def header_values(self, name):
         values = []
@@ -1217,6 +1215,22 @@ def _split_head_body(data):
     return data.rstrip(b"\r\n"), b""
 
 
+HEADER_NAMES = {}  # a header name as written (up to the colon) -> its lower-case long form
+MAX_HEADER_NAMES = 1024  # hostile requests must not grow it without bound
+
+
+def header_name(written):
+    """The lower-case long name of a header name as written, remembered; None when it is no token."""
+    name = written.rstrip(" \t")
+    if not TOKEN_RE.fullmatch(name):
+        return None
+    name = name.lower()
+    name = COMPACT_HEADERS.get(name, name)
+    if len(HEADER_NAMES) < MAX_HEADER_NAMES:
+        HEADER_NAMES[written] = name
+    return name
+
+
 def parse_message(data):
     """Bytes of one SIP message -> SipMessage. Raises SipError only when no start line or header
     section can be read at all; other problems are noted in `.defect` so a request can still be
@@ -1251,12 +1265,11 @@ def parse_message(data):
             msg.headers[-1] = (name, f"{value} {line.strip()}".strip())
             continue
         name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not TOKEN_RE.fullmatch(name):
+        known = HEADER_NAMES.get(name) or header_name(name)
+        if known is None or not colon:
             msg.flag(400, "Malformed Header Line")
             continue
-        name = name.lower()
-        msg.headers.append((COMPACT_HEADERS.get(name, name), value.strip()))
+        msg.headers.append((known, value.strip()))
     for name, value in msg.headers:
         first = msg.first.setdefault(name, value)
         if name in SINGLE_VALUE_HEADERS and (first != value or (
@@ -1450,6 +1463,23 @@ class ServerTransaction:
 
 class TransactionTableFull(Exception):
     """A new transaction would exceed the table's limit: answer without keeping state."""
+
+
+STATELESS_TAG = "s"  # starts the To tag of an answer given without a transaction; a transaction's tag is hex
+STATELESS_ACK_RE = re.compile(rb"(?i)\r\n(?:to|t)[ \t]*:[^\r\n]*;[ \t]*tag[ \t]*=[ \t]*" + STATELESS_TAG.encode())
+
+
+def stateless_tag():
+    return STATELESS_TAG + random_bytes.hex(6)
+
+
+def acknowledges_stateless_answer(data):
+    """An ACK of an answer given without a transaction, told by its To tag from the raw bytes:
+    nothing holds it, so it is dropped unread (and a worker does not hand it over)."""
+    if data[:4] != b"ACK ":
+        return False
+    end = data.find(b"\r\n\r\n")
+    return STATELESS_ACK_RE.search(data, 0, end if end >= 0 else len(data)) is not None
 
 
 class TransactionLayer:
@@ -5966,16 +5996,24 @@ def response_dest(endpoint, addr, via):
 class PendingInvite:
     """Application state of an INVITE transaction while its verdict is computed."""
 
-    __slots__ = ("msg", "vias", "attempt", "started", "waited", "done", "from_host")
+    __slots__ = ("msg", "vias", "attempt", "started", "done", "from_host")
 
-    def __init__(self, msg, vias, attempt, started, waited, from_host):
+    def __init__(self, msg, vias, attempt, started, from_host):
         self.msg = msg
         self.vias = vias
         self.attempt = attempt
         self.started = started  # when the request arrived: latencies include its wait
-        self.waited = waited    # seconds between its arrival and its turn
         self.done = False
         self.from_host = from_host
+
+
+@dataclass
+class ShedInvite:
+    """An INVITE that SipService answered R98 itself, without a transaction (see _shed)."""
+    verdict: Verdict
+    summary: str    # the answer, for the call log
+    latency: float  # ms from its arrival
+    waited: float   # seconds between its arrival and its turn
 
 
 def overload_verdict(settings, attempt, waited):
@@ -5999,15 +6037,17 @@ class SipService:
     StreamFramer cut from a stream) that arrived at `arrived` (default `now`) and returns
     (sends, invite): the (dest, bytes) to send now, and the INVITE transaction that needs a
     verdict, or None. Its `data` is a PendingInvite whose `attempt` the owner decides (from
-    any thread, in any time), then hands back with `answer(tx, verdict, now)`; for an INVITE
-    that waited too long, `overload_verdict(tx)` is the R98 verdict to answer at once instead.
+    any thread, in any time), then hands back with `answer(tx, verdict, now)`. An INVITE that
+    waited longer than overload_after is answered R98 at once: `invite` is then a ShedInvite
+    for the owner to log, unless `exempt(number)` (emergency calls) gives it the full path.
     `poll(now)` fires the timers (retransmissions, 100 Trying, the end of transactions);
     `next_deadline()` says when it is due again. `dest` is (endpoint, address); of an
     endpoint this class only reads `transport`."""
 
-    def __init__(self, settings, metrics=None):
+    def __init__(self, settings, metrics=None, exempt=None):
         self.settings = settings  # the [server] section
         self.metrics = metrics or Metrics()  # requests by method, responses by status
+        self.exempt = exempt or (lambda number: False)
         self.transactions = TransactionLayer(settings.max_transactions)
         self.trying = []          # (when, seq, key, serial) of INVITEs that may need a 100 Trying
         self._seq = 0
@@ -6023,7 +6063,7 @@ class SipService:
 
     def receive(self, data, endpoint, addr, now, arrived=None):
         reliable = endpoint.transport == "tcp"
-        if data[:4] == b"ACK " and self.transactions.absorb_ack(data, reliable, now):
+        if data[:4] == b"ACK " and (self.transactions.absorb_ack(data, reliable, now) or acknowledges_stateless_answer(data)):
             return [], None
         try:
             msg = parse_message(data)
@@ -6047,6 +6087,11 @@ class SipService:
             if msg.method == "ACK":
                 return [], None
             return [(dest, self._stateless(msg, exc.status, exc.reason, via_values))], None
+        arrived = now if arrived is None else min(arrived, now)
+        if msg.method == "INVITE" and self.settings.overload_after and now - arrived > self.settings.overload_after:
+            shed = self._shed(msg, top, dest, via_values, uri, from_addr, addr, now - arrived)
+            if shed:
+                return shed
         try:
             tx, repeats = self.transactions.receive(msg, top, dest, reliable, now)
         except TransactionTableFull:
@@ -6058,7 +6103,7 @@ class SipService:
         if required:
             return self._respond(tx, msg, via_values, 420, now, headers=[("Unsupported", ", ".join(required))]), None
         if msg.method == "INVITE":
-            return self._invite(tx, msg, uri, from_addr, via_values, addr, now, now if arrived is None else min(arrived, now))
+            return self._invite(tx, msg, uri, from_addr, via_values, addr, now, arrived)
         if msg.method == "OPTIONS":
             return self._respond(tx, msg, via_values, 200, now, headers=[("Allow", ALLOWED_METHODS),
                                                                       ("Accept", "application/sdp")]), None
@@ -6082,17 +6127,41 @@ class SipService:
             pass
         return []
 
-    def _invite(self, tx, msg, uri, from_addr, vias, addr, now, arrived):
+    @staticmethod
+    def _refusal(msg, uri):
+        """The status refusing an INVITE before any verdict, or None."""
         user = dialed_number(uri.user)
-        refusal = (483 if (msg.header("max-forwards") or "70").lstrip("0") == "" else
-                   484 if not user else 482 if VERDICT_PREFIX.match(user) else None)
+        return (483 if (msg.header("max-forwards") or "70").lstrip("0") == "" else
+                484 if not user else 482 if VERDICT_PREFIX.match(user) else None)
+
+    def _invite(self, tx, msg, uri, from_addr, vias, addr, now, arrived):
+        refusal = self._refusal(msg, uri)
         if refusal:
             return self._respond(tx, msg, vias, refusal, now), None
         attempt = call_identity(msg, uri, from_addr, addr[0], 0.0, self.settings.legacy_headers)
-        tx.data = PendingInvite(msg, vias, attempt, arrived, now - arrived, from_addr.uri.host or uri.host)
+        tx.data = PendingInvite(msg, vias, attempt, arrived, from_addr.uri.host or uri.host)
         self._seq += 1
         heapq.heappush(self.trying, (now + TRYING_DELAY, self._seq, tx.key, tx.serial))
         return [], tx
+
+    def _shed(self, msg, top, dest, vias, uri, from_addr, addr, waited):
+        """An INVITE that waited longer than overload_after, answered R98 at once and without a
+        transaction: past the sustainable rate each answer must cost as little as it can. Its ACK
+        is told by the To tag and dropped unread; should the answer be lost, the retransmission
+        is a request of its own. Returns (sends, ShedInvite), or None for the full path: a
+        retransmission of an INVITE held in a transaction, one to refuse, an exempt number."""
+        if (self.transactions.table.get(self.transactions.key(msg, top)) is not None or self._refusal(msg, uri)
+                or unsupported_extensions(msg)):
+            return None
+        attempt = call_identity(msg, uri, from_addr, addr[0], 0.0, self.settings.legacy_headers)
+        if self.exempt(attempt.number):
+            return None
+        verdict = overload_verdict(self.settings, attempt, waited)
+        status, headers, summary = self._verdict_response(verdict, attempt.number, from_addr.uri.host or uri.host)
+        self.metrics.inc("sip_responses", status=status)
+        data = build_response(msg, status, vias=vias, to_tag=stateless_tag(), headers=headers,
+                              server=self.settings.server_header)
+        return [(dest, data)], ShedInvite(verdict, summary, waited * 1000, waited)
 
     def _cancel(self, tx, msg, top, vias, now):
         invite = self.transactions.find_invite(msg, top)
@@ -6117,10 +6186,6 @@ class SipService:
         """The INVITE transactions still waiting for their verdicts."""
         return [tx for tx in self.transactions.table.values() if self.awaits_verdict(tx)]
 
-    def overload_verdict(self, tx):
-        """R98 for an INVITE that waited longer than overload_after before its turn, or None."""
-        return overload_verdict(self.settings, tx.data.attempt, tx.data.waited)
-
     def answer(self, tx, verdict, now):
         """The final response to an INVITE from its verdict (None: there is none to give).
         Returns (sends, summary of the answer for the call log, latency in ms), or None when
@@ -6134,17 +6199,17 @@ class SipService:
             sends = self._respond(tx, pending.msg, pending.vias, 500, now, "TFPS Database Unavailable",
                                   headers=[("X-TFPS-Reason", "no verdict: database unavailable")])
             return sends, "500", latency
-        status, headers, summary = self._verdict_response(verdict, pending)
+        status, headers, summary = self._verdict_response(verdict, pending.attempt.number, pending.from_host)
         return self._respond(tx, pending.msg, pending.vias, status, now, headers=headers), summary, latency
 
-    def _verdict_response(self, verdict, pending):
+    def _verdict_response(self, verdict, number, from_host):
         headers = [("X-TFPS-Code", verdict.code), ("X-TFPS-Reason", header_safe(verdict.reason))]
         if self.settings.mode == "failover":
             status = 503 if verdict.approved else 603
             return status, headers, f"{status}"
-        host = self.settings.redirect_host or pending.from_host
+        host = self.settings.redirect_host or from_host
         host = f"[{host}]" if ":" in host else host
-        user = urllib.parse.quote(pending.attempt.number, safe="-_.!~*'()&=+$,;?/", errors="surrogateescape")
+        user = urllib.parse.quote(number, safe="-_.!~*'()&=+$,;?/", errors="surrogateescape")
         return 302, [("Contact", f"<sip:{verdict.code}{user}@{host}>")] + headers, f"302 {verdict.code}"
 
     # -- timers ---------------------------------------------------------------------------------
@@ -6175,7 +6240,7 @@ class SipService:
 
     def _stateless(self, msg, status, reason, vias, headers=()):
         self.metrics.inc("sip_responses", status=status)
-        return build_response(msg, status, reason, vias=vias, to_tag=random_bytes.hex(6), headers=headers,
+        return build_response(msg, status, reason, vias=vias, to_tag=stateless_tag(), headers=headers,
                               server=self.settings.server_header)
 
     def _refuse_overflow(self, msg, dest, vias):
@@ -6482,7 +6547,7 @@ class Server:
         self.engine.spool = CallLogSpool(spool_path(cfg, worker), cfg.database.spool_max_mb << 20)
         self.orphan_spools = [CallLogSpool(path, 0) for path in orphan_spools(cfg, worker)]
         self.metrics = Metrics()
-        self.sip = SipService(cfg.server, self.metrics)
+        self.sip = SipService(cfg.server, self.metrics, exempt=lambda number: emergency_number(number, self.cfg.policy))
         self.selector = selectors.DefaultSelector()
         self.timers = []
         self._seq = 0
@@ -6890,7 +6955,7 @@ class Server:
             if data.strip(b"\r\n\0 "):
                 arrived = kernel_arrival(ancillary, time.monotonic())
                 sharing = self.worker_handoff
-                if sharing:
+                if sharing and not acknowledges_stateless_answer(data):
                     owner = sharing.owner(data)
                     if owner != sharing.number and sharing.forward(owner, endpoint.number, addr, arrived, data):
                         continue
@@ -7053,23 +7118,11 @@ class Server:
         sends, invite = self.sip.receive(data, endpoint, addr, time.monotonic(), arrived)
         for dest, packet in sends:
             self._send(dest, packet)
-        if invite is None:
-            return
-        overload = self.sip.overload_verdict(invite)
-        if overload is None or emergency_number(invite.data.attempt.number, self.cfg.policy):
+        if isinstance(invite, ShedInvite):  # answered R98: no reputation, no engine, no database
+            invite.verdict.attempt.ts = time.time()
+            self._note_overload(invite.verdict, invite.summary, invite.latency, "sip", invite.waited)
+        elif invite is not None:
             self._check(invite)
-        else:
-            self._shed(invite, overload)
-
-    def _shed(self, tx, verdict):
-        """Answer R98 at once: no reputation, no engine, no database; the call log row is
-        buffered like any other."""
-        verdict.attempt.ts = time.time()
-        waited = tx.data.waited
-        sends, summary, latency = self.sip.answer(tx, verdict, time.monotonic())
-        for dest, packet in sends:
-            self._send(dest, packet)
-        self._note_overload(verdict, summary, latency, "sip", waited)
 
     def _note_overload(self, verdict, summary, latency, via, waited):
         """An R98 answered over `via` (sip, http): counted and logged like any verdict, and a log

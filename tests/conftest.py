@@ -255,6 +255,16 @@ def sip_invite(number, port, *, user="1001", domain="pbx.example.com", transport
     return "\r\n".join(lines).encode()
 
 
+def ack_for(invite_bytes, response):
+    """The ACK of a non-2xx final response (RFC 3261 §17.1.1.3): same branch, To with the tag."""
+    msg = tfps.parse_message(invite_bytes)
+    to = tfps.parse_message(response).header("to")
+    lines = [f"ACK {msg.uri} SIP/2.0", f"Via: {msg.header('via')}", "Max-Forwards: 70",
+             f"From: {msg.header('from')}", f"To: {to}", f"Call-ID: {msg.header('call-id')}",
+             f"CSeq: {msg.header('cseq').split()[0]} ACK", "Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode()
+
+
 def answers_before_options(sock, port):
     """Everything (parsed) that reaches the UDP `sock` before the 200 to an OPTIONS it sends now to
     127.0.0.1:port. The server answers each datagram before it reads the next, so this is all it

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 import tfps
-from conftest import built_server, free_port, recv_response, sip_invite, udp_socket, wait_until, write_config
+from conftest import ack_for, built_server, free_port, recv_response, sip_invite, udp_socket, wait_until, write_config
 
 PEER = ("127.0.0.1", 5099)
 NUMBER = "442071234567"
@@ -26,67 +26,97 @@ def service(**server):
     return tfps.SipService(cfg.server)
 
 
-def invite(sip, now, arrived, number=NUMBER):
-    sends, tx = sip.receive(sip_invite(number, 5060), Endpoint(), PEER, now, arrived)
-    assert sends == [] and tx is not None
+def invite(sip, now, arrived, number=NUMBER, data=None):
+    """An INVITE in time: a transaction waiting for the engine's verdict."""
+    sends, tx = sip.receive(data or sip_invite(number, 5060), Endpoint(), PEER, now, arrived)
+    assert sends == [] and isinstance(tx, tfps.ServerTransaction)
     return tx
 
 
-def answered(sip, tx, verdict, now):
-    sends, summary, latency = sip.answer(tx, verdict, now)
+def shed(sip, now, arrived, number=NUMBER, data=None):
+    """A late INVITE: answered by the service itself, and no transaction holds it."""
+    sends, late = sip.receive(data or sip_invite(number, 5060), Endpoint(), PEER, now, arrived)
+    assert isinstance(late, tfps.ShedInvite) and not sip.transactions.table
     (_dest, packet), = sends
-    return tfps.parse_message(packet), summary, latency
+    return tfps.parse_message(packet), late, packet
 
 
 # -- the service, on a virtual clock -----------------------------------------------------------
 
-def test_an_invite_that_waited_too_long_is_answered_r98_like_a_rejection():
+def test_an_invite_that_waited_too_long_is_answered_r98_at_once_without_a_transaction():
     sip = service(overload_after="0.2s")
-    tx = invite(sip, now=100.35, arrived=100.0)
-    verdict = sip.overload_verdict(tx)
+    msg, late, _ = shed(sip, now=100.35, arrived=100.0)
+    verdict = late.verdict
     assert verdict.code == "R98" and not verdict.approved
     assert verdict.reason == "TFPS overloaded: request waited 0.35 s > overload_after 0.2 s"
-    msg, summary, latency = answered(sip, tx, verdict, 100.351)
     assert msg.status == 302 and msg.header("contact") == f"<sip:R98{NUMBER}@pbx.example.com>"
     assert msg.header("x-tfps-code") == "R98" and msg.header("x-tfps-reason") == verdict.reason
-    assert summary == "302 R98"
-    assert latency == pytest.approx(351)  # from the arrival, not from the turn
+    assert late.summary == "302 R98" and late.waited == pytest.approx(0.35)
+    assert late.latency == pytest.approx(350)  # from the arrival, not from the turn
+    assert sip.next_deadline() is None, "nothing is retransmitted: a lost answer brings the INVITE again"
+
+
+def test_the_ack_of_an_r98_answered_at_once_is_told_by_its_to_tag_and_dropped_unread():
+    sip = service(overload_after="0.2s")
+    data = sip_invite(NUMBER, 5060)
+    msg, _, packet = shed(sip, now=10.5, arrived=10.0, data=data)
+    ack = ack_for(data, packet)
+    assert tfps.tag_of(msg.header("to")).startswith(tfps.STATELESS_TAG) and tfps.acknowledges_stateless_answer(ack)
+    requests = sip.metrics.counter("sip_requests", method="ACK")
+    assert sip.receive(ack, Endpoint(), PEER, 10.6) == ([], None)
+    assert sip.metrics.counter("sip_requests", method="ACK") == requests, "the ACK was parsed"
+    # a transaction's tag is hex: its ACK is no stateless one
+    held = sip_invite(NUMBER, 5060)
+    tx = invite(sip, now=20.0, arrived=20.0, data=held)
+    (_dest, packet), = sip.answer(tx, tfps.Verdict("R06", "high-risk destination", tx.data.attempt), 20.0)[0]
+    assert not tfps.acknowledges_stateless_answer(ack_for(held, packet))
+
+
+def test_a_late_retransmission_of_an_invite_held_in_a_transaction_is_not_answered_twice():
+    sip = service(overload_after="0.2s")
+    data = sip_invite(NUMBER, 5060)
+    tx = invite(sip, now=1.0, arrived=1.0, data=data)
+    assert sip.receive(data, Endpoint(), PEER, 2.0, 1.5) == ([], None)  # the transaction absorbs it
+    assert sip.awaits_verdict(tx)
+
+
+def test_an_exempt_number_waits_for_its_verdict_however_late():
+    cfg = tfps.Config()
+    cfg.set("server", "overload_after", "0.2s")
+    sip = tfps.SipService(cfg.server, exempt=lambda number: number == "999")
+    invite(sip, now=9.0, arrived=1.0, number="999")
+    shed(tfps.SipService(cfg.server, exempt=lambda number: number == "999"), now=9.0, arrived=1.0)
 
 
 def test_an_invite_within_overload_after_gets_its_verdict_from_the_engine():
     sip = service(overload_after="0.2s")
-    assert sip.overload_verdict(invite(sip, now=5.19, arrived=5.0)) is None
-    assert sip.overload_verdict(invite(sip, now=5.2, arrived=5.2)) is None
-    assert sip.overload_verdict(invite(sip, now=5.0, arrived=7.0)) is None  # an arrival after now counts as now
+    invite(sip, now=5.19, arrived=5.0)
+    invite(sip, now=5.2, arrived=5.2)
+    invite(sip, now=5.0, arrived=7.0)  # an arrival after now counts as now
 
 
 def test_overload_after_zero_turns_the_bound_off():
-    sip = service(overload_after="0")
-    assert sip.overload_verdict(invite(sip, now=30.0, arrived=0.0)) is None
+    invite(service(overload_after="0"), now=30.0, arrived=0.0)
 
 
 def test_overload_approve_answers_a00_with_r98_in_the_reason():
     sip = service(overload_after="0.2s", overload="approve")
-    tx = invite(sip, now=1.5, arrived=1.0)
-    verdict = sip.overload_verdict(tx)
-    assert verdict.approved and verdict.would.code == "R98"
-    msg, summary, _ = answered(sip, tx, verdict, 1.5)
-    assert msg.header("contact") == f"<sip:A00{NUMBER}@pbx.example.com>" and summary == "302 A00"
+    msg, late, _ = shed(sip, now=1.5, arrived=1.0)
+    assert late.verdict.approved and late.verdict.would.code == "R98"
+    assert msg.header("contact") == f"<sip:A00{NUMBER}@pbx.example.com>" and late.summary == "302 A00"
     assert msg.header("x-tfps-reason") == "R98 TFPS overloaded: request waited 0.50 s > overload_after 0.2 s; approved"
 
 
 @pytest.mark.parametrize("overload, status", [("reject", 603), ("approve", 503)])
 def test_failover_mode_answers_r98_like_its_rejections_or_approvals(overload, status):
     sip = service(overload_after="0.2s", overload=overload, mode="failover")
-    tx = invite(sip, now=2.0, arrived=1.0)
-    msg, _, _ = answered(sip, tx, sip.overload_verdict(tx), 2.0)
+    msg, _, _ = shed(sip, now=2.0, arrived=1.0)
     assert msg.status == status and "TFPS overloaded" in msg.header("x-tfps-reason")
     assert msg.header("x-tfps-code") == ("R98" if overload == "reject" else "A00")
 
 
 def test_monitor_mode_approves_what_overload_rejects():
-    sip = service(overload_after="0.2s", mode="monitor")
-    assert sip.overload_verdict(invite(sip, now=2.0, arrived=1.0)).approved
+    assert shed(service(overload_after="0.2s", mode="monitor"), now=2.0, arrived=1.0)[1].verdict.approved
 
 
 def test_the_kernel_timestamp_dates_a_datagram_from_its_arrival():

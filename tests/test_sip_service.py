@@ -6,7 +6,7 @@ the engine, and move the clock themselves (RFC 3261 §17.2 timers in millisecond
 import pytest
 
 import tfps
-from conftest import built_server, sip_invite
+from conftest import ack_for, built_server, sip_invite
 
 T1, T2 = tfps.T1, tfps.T2
 PEER = ("127.0.0.1", 5099)
@@ -38,16 +38,6 @@ def statuses(sends):
 def verdict(attempt, code="A00", reason="approved"):
     attempt = attempt or tfps.CallAttempt("1001", "pbx.example.com", "442071234567")
     return tfps.Verdict(code, reason, attempt, number=attempt.number)
-
-
-def ack_for(invite_bytes, response):
-    """The ACK of a non-2xx final response (RFC 3261 §17.1.1.3): same branch, To with the tag."""
-    msg = tfps.parse_message(invite_bytes)
-    to = tfps.parse_message(response).header("to")
-    lines = [f"ACK {msg.uri} SIP/2.0", f"Via: {msg.header('via')}", "Max-Forwards: 70",
-             f"From: {msg.header('from')}", f"To: {to}", f"Call-ID: {msg.header('call-id')}",
-             f"CSeq: {msg.header('cseq').split()[0]} ACK", "Content-Length: 0", "", ""]
-    return "\r\n".join(lines).encode()
 
 
 def cancel_for(invite_bytes):

@@ -6402,7 +6402,10 @@ def probe_listeners(listen):
 
 
 FROM_URI = re.compile(rb"^(?:from|f)[ \t]*:[^\r\n]*?(sips?:[^>;?\s]+)", re.I | re.M)
-HANDOFF_HEADER = struct.Struct("!dHHB")  # when the datagram arrived (monotonic), peer port, listener, length of the peer's address
+# A handed-over datagram: when it arrived (monotonic), the peer's port, the listener, the lengths of
+# the peer's address and of the datagram; then the address and the datagram.
+HANDOFF_HEADER = struct.Struct("!dHHBI")
+HANDOFF_BATCH = 32768  # bytes of datagrams for one worker sent together: one wake-up of it, not one each
 
 
 class WorkerHandoff:
@@ -6414,11 +6417,13 @@ class WorkerHandoff:
     transaction, whichever port they come from; and the calls of one caller reach one worker,
     which keeps its per-minute, A->B and new-country windows (kept in each worker's memory)
     whole. The load spreads over the workers by caller. The owner answers from its own socket
-    on the same port."""
+    on the same port. What one read of the socket brings is handed over in one datagram per
+    owner: waking another process costs more than the copy."""
 
     def __init__(self, inboxes, number):
         self.inboxes = inboxes   # one Unix datagram socket pair per worker: (its end, the others' end)
         self.number = number
+        self.batches = {}        # owner -> [header + address + datagram, ...] not sent yet
 
     @staticmethod
     def sockets(workers):
@@ -6444,21 +6449,43 @@ class WorkerHandoff:
         return zlib.crc32(m.group(1).lower()) % len(self.inboxes) if m else self.number
 
     def forward(self, owner, listener, addr, arrived, data):
-        """Hand a datagram over; False when the owner's inbox is full (the owner is stopped or
-        far behind): then the reader answers it itself."""
+        """Hand a datagram over, with the next send(). Returns the entries of a batch that went
+        full and could not be sent (see send)."""
         host = addr[0].encode("ascii")
+        batch = self.batches.setdefault(owner, [])
+        batch.append(HANDOFF_HEADER.pack(arrived, addr[1], listener, len(host), len(data)) + host + data)
+        if sum(map(len, batch)) < HANDOFF_BATCH:
+            return []
+        del self.batches[owner]
+        return self._send(owner, batch)
+
+    def send(self):
+        """Send what was handed over. Returns the entries an owner's inbox had no room for
+        (the owner is stopped or far behind), as (listener, addr, arrived, data): the reader
+        answers them itself."""
+        batches, self.batches = self.batches, {}
+        return [entry for owner, batch in batches.items() for entry in self._send(owner, batch)]
+
+    def _send(self, owner, batch):
         try:
-            self.inboxes[owner][1].send(HANDOFF_HEADER.pack(arrived, addr[1], listener, len(host)) + host + data)
-            return True
+            self.inboxes[owner][1].send(b"".join(batch))
+            return []
         except OSError:
-            return False
+            return [entry for part in batch for entry in self.unpack(part)]
 
     @staticmethod
     def unpack(packet):
-        """(listener, (host, port), arrived, data) of a handed-over datagram."""
-        arrived, port, listener, length = HANDOFF_HEADER.unpack_from(packet)
-        start = HANDOFF_HEADER.size
-        return listener, (packet[start:start + length].decode("ascii"), port), arrived, packet[start + length:]
+        """The (listener, (host, port), arrived, data) of the datagrams handed over in `packet`."""
+        entries, start = [], 0
+        while start + HANDOFF_HEADER.size <= len(packet):
+            arrived, port, listener, host_length, length = HANDOFF_HEADER.unpack_from(packet, start)
+            start += HANDOFF_HEADER.size
+            host, data = packet[start:start + host_length], packet[start + host_length:start + host_length + length]
+            start += host_length + length
+            if len(data) < length:
+                break
+            entries.append((listener, (host.decode("ascii"), port), arrived, data))
+        return entries
 
 
 class Supervisor:
@@ -6939,14 +6966,15 @@ class Server:
                     "(%d packets from untrusted sources dropped so far)", ip, self.counters["untrusted"])
 
     def _read_udp(self, sock, endpoint):
+        """Up to 64 datagrams: the other workers' are handed over first, then this one's answered."""
         limit = self.cfg.server.max_message_size
+        sharing = self.worker_handoff
+        own = []
         for _ in range(64):
             try:
                 data, ancillary, _flags, addr = sock.recvmsg(65536, TIMESTAMP_SPACE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
+            except OSError:  # nothing more to read (BlockingIOError), or an ICMP error
+                break
             if not self.trusted(addr[0]):
                 continue
             if len(data) > limit:
@@ -6954,27 +6982,27 @@ class Server:
                 continue
             if data.strip(b"\r\n\0 "):
                 arrived = kernel_arrival(ancillary, time.monotonic())
-                sharing = self.worker_handoff
                 if sharing and not acknowledges_stateless_answer(data):
                     owner = sharing.owner(data)
-                    if owner != sharing.number and sharing.forward(owner, endpoint.number, addr, arrived, data):
+                    if owner != sharing.number:
+                        own += sharing.forward(owner, endpoint.number, addr, arrived, data)
                         continue
-                self.on_message(data, endpoint, addr[:2], arrived)
+                own.append((endpoint.number, addr[:2], arrived, data))
+        if sharing:
+            own += sharing.send()
+        for _listener, addr, arrived, data in own:
+            self.on_message(data, endpoint, addr, arrived)
 
     def _read_handoff(self, inbox):
         """Requests that another worker read and handed over (WorkerHandoff)."""
         for _ in range(64):
             try:
-                packet = inbox.recv(65536 + 512)
-            except (BlockingIOError, InterruptedError):
-                return
+                packet = inbox.recv(HANDOFF_BATCH + 65536 + 512)
             except OSError:
                 return
-            if len(packet) < HANDOFF_HEADER.size:
-                continue
-            listener, addr, arrived, data = WorkerHandoff.unpack(packet)
-            if listener < len(self.udp_endpoints):
-                self.on_message(data, self.udp_endpoints[listener], addr, arrived)
+            for listener, addr, arrived, data in WorkerHandoff.unpack(packet):
+                if listener < len(self.udp_endpoints):
+                    self.on_message(data, self.udp_endpoints[listener], addr, arrived)
 
     def _accept(self, listener):
         try:

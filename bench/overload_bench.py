@@ -13,6 +13,7 @@ server's peak RSS.
 
     python3 bench/overload_bench.py                                # 3 x 2500 calls/s for 30 s
     python3 bench/overload_bench.py --sustainable 2000 --duration 10
+    python3 bench/overload_bench.py --settings reject --profile    # + cProfile of the server's event loop
 """
 
 import argparse
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 from benchlib import TFPS, describe_version, fmt, free_port, log, percentile, write_config
-from sip_bench import Server, add_sipp_arguments, cpu_seconds, last_call_id, rss_mb, run_sipp, write_inputs
+from sip_bench import Server, add_sipp_arguments, cpu_seconds, last_call_id, print_profiles, rss_mb, run_sipp, write_inputs
 
 SETTINGS = (("off", "0", "reject"), ("reject", "0.2s", "reject"), ("approve", "0.2s", "approve"))
 
@@ -74,7 +75,7 @@ def run_setting(args, work, name, overload_after, overload):
     conf = write_config(work, port, db_path)
     conf.write_text(conf.read_text().replace("[server]\n", f"[server]\noverload_after = {overload_after}\n"
                                                            f"overload = {overload}\nworkers = {args.workers}\n", 1))
-    server = Server(work, conf, False, args.tfps)
+    server = Server(work, conf, args.profile, args.tfps)
     server.start()
     try:
         warm = run_sipp(args, work, port, "warmup.csv", 500, args.users, "warmup", inputs=args.inputs)
@@ -97,6 +98,8 @@ def main():
     ap.add_argument("--settings", default="off,reject,approve", help="which of off, reject, approve to run (default all)")
     add_sipp_arguments(ap)
     ap.add_argument("--tfps", type=Path, default=TFPS, help="the tfps.py to serve (default: this checkout's)")
+    ap.add_argument("--profile", action="store_true",
+                    help="run the server under cProfile and print its top functions (the event loop of --workers 1)")
     args = ap.parse_args()
     if not shutil.which(args.sipp):
         raise SystemExit("sipp not found: apt install sip-tester")
@@ -111,6 +114,7 @@ def main():
     try:
         for name, overload_after, overload in chosen:
             results[name] = run_setting(args, work, name, overload_after, overload)
+        print_profiles(args, work)
     finally:
         if args.keep:
             print(f"work directory kept: {work}")

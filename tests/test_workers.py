@@ -188,3 +188,30 @@ def test_workers_refuse_a_port_another_server_holds(tmp_path):
     assert result.returncode == 1, result.stderr   # as one process does: the port is taken
     assert f"cannot listen on udp:127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_datagrams_of_one_read_reach_their_owner_in_one_handoff_and_come_back_when_it_has_no_room():
+    pairs = tfps.WorkerHandoff.sockets(2)
+    try:
+        reader = tfps.WorkerHandoff(pairs, 0)
+        sent = [(0, ("127.0.0.1", 5060 + k), 100.0 + k, b"INVITE %d" % k) for k in range(3)]
+        for listener, addr, arrived, data in sent:
+            assert reader.forward(1, listener, addr, arrived, data) == []
+        assert reader.send() == [] and reader.batches == {}
+        inbox = pairs[1][0]
+        assert tfps.WorkerHandoff.unpack(inbox.recv(1 << 20)) == sent
+        assert tfps.WorkerHandoff.unpack(b"\0" * 5) == [], "a packet too short holds nothing"
+        with_ipv6 = (1, ("2001:db8::1", 5070), 7.5, b"x" * 40000)  # over HANDOFF_BATCH: sent at once
+        assert reader.forward(1, *with_ipv6) == [] and reader.batches == {}
+        assert tfps.WorkerHandoff.unpack(inbox.recv(1 << 20)) == [with_ipv6]
+        for size in (60000, 1):  # the owner stops reading: its inbox fills
+            while True:
+                try:
+                    pairs[1][1].send(b"\0" * size)
+                except BlockingIOError:
+                    break
+        assert reader.forward(1, *sent[0]) == [] and reader.send() == [sent[0]], "the reader answers it itself"
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()

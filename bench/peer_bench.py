@@ -14,6 +14,8 @@ on Kamailio, 1,000 calls per A->B pair); both hold the same lists: TFPS's countr
 countries and scanner User-Agents, and --blacklist random blacklisted number prefixes. Before the
 load, a handful of INVITEs (a scanner, a blacklisted prefix, a high-risk and an unknown country,
 two P-tfps headers, an ordinary call) go to every server, and their codes are printed side by side.
+TFPS runs with overload control off (`overload_after = 0`): its R98 answers are 302s that sipp
+would count as successful calls, though nothing was checked.
 
 Each rate of --rates runs on every target in turn (the order flips from one rate to the next,
 so that no server always runs right after another one's load). Then, for each target, a search
@@ -104,9 +106,11 @@ def tree_rss_mb(pid):
 
 
 class TfpsTarget:
-    """tfps.py serve on one database with a given number of workers (None: the key is not set)."""
+    """tfps.py serve on one database with a given number of workers (None: the key is not set).
+    Overload control is off where the version has it: an R98 answer is a 302 to sipp, but no
+    checked verdict, and must not count as a call the server kept up with."""
 
-    def __init__(self, args, work, name, url, workers):
+    def __init__(self, args, work, name, url, workers, overload_control):
         self.name, self.url, self.workers = name, url, workers
         self.work = work / name
         self.work.mkdir()
@@ -115,6 +119,8 @@ class TfpsTarget:
         text = re.sub(r"(?m)^url = .*$", f"url = {url}", conf.read_text())
         if workers is not None:
             text = text.replace("[server]\n", f"[server]\nworkers = {workers}\n", 1)
+        if overload_control:
+            text = text.replace("[server]\n", "[server]\noverload_after = 0\n", 1)
         conf.write_text(text)
         self.conf = conf
         self.server = Server(self.work, conf, profile=False, tfps=args.tfps)
@@ -400,6 +406,7 @@ def measure(args, work, rates, names):
     effective = config_sections(tfps_cli(args.tfps, conf, "config", "check"))
     high_risk = [c.strip() for c in effective.get("policy", {}).get("high_risk_countries", "").split(",") if c.strip()]
     has_workers = "workers" in effective.get("server", {})
+    has_overload_control = "overload_after" in effective.get("server", {})
     tables = KamailioTables(work / "kamailio-tables", reference / "tfps.db", high_risk)
 
     cleanups, targets, skipped = [], [], []
@@ -433,7 +440,7 @@ def measure(args, work, rates, names):
                 log(f"MariaDB {args.mysql}: innodb_flush_log_at_trx_commit = {flush}")
             else:
                 url = f"sqlite://{work / label / 'tfps.db'}"
-            targets.append(TfpsTarget(args, work, label, url, workers))
+            targets.append(TfpsTarget(args, work, label, url, workers, has_overload_control))
         for target in targets:
             target.prepare(work / "blacklist.txt")
             target.start()

@@ -1521,15 +1521,21 @@ class TransactionLayer:
         self.table[key] = tx
         return tx, []
 
-    def absorb_ack(self, data, reliable, now):
-        """The common ACK, for a final response this layer sent, matched from its raw bytes
-        without a full parse. False when the ACK needs the full path (receive)."""
+    @staticmethod
+    def invite_key(data):
+        """The key of the INVITE transaction that an INVITE, its retransmission or its ACK
+        belongs to, read from the raw bytes of the top Via; None without an RFC 3261 branch."""
         end = data.find(b"\r\n\r\n")
         m = TOP_VIA_RE.search(data, 0, end if end >= 0 else len(data))
         if not m:
-            return False
+            return None
         host = m.group(1).decode("ascii").strip("[]").lower()
-        tx = self.table.get((m.group(3).decode("ascii", "replace"), f"{host}:{int(m.group(2) or 5060)}", "INVITE"))
+        return m.group(3).decode("ascii", "replace"), f"{host}:{int(m.group(2) or 5060)}", "INVITE"
+
+    def absorb_ack(self, data, reliable, now):
+        """The common ACK, for a final response this layer sent, matched from its raw bytes
+        without a full parse. False when the ACK needs the full path (receive)."""
+        tx = self.table.get(self.invite_key(data))
         if tx is None or not tx.expects("ack"):
             return False
         self._acknowledged(tx, reliable, now)
@@ -6007,6 +6013,9 @@ class PendingInvite:
         self.from_host = from_host
 
 
+SHED_ANSWERS = 16384  # R98 answers kept for retransmissions: about 2 s of them at 9,000 a second
+
+
 @dataclass
 class ShedInvite:
     """An INVITE that SipService answered R98 itself, without a transaction (see _shed)."""
@@ -6049,6 +6058,7 @@ class SipService:
         self.metrics = metrics or Metrics()  # requests by method, responses by status
         self.exempt = exempt or (lambda number: False)
         self.transactions = TransactionLayer(settings.max_transactions)
+        self.shed_answers = {}    # INVITE transaction key -> (dest, bytes) of the latest R98 answers, oldest first
         self.trying = []          # (when, seq, key, serial) of INVITEs that may need a 100 Trying
         self._seq = 0
         self._resent = {}         # source IP -> (second, bytes retransmitted to it in that second)
@@ -6065,6 +6075,10 @@ class SipService:
         reliable = endpoint.transport == "tcp"
         if data[:4] == b"ACK " and (self.transactions.absorb_ack(data, reliable, now) or acknowledges_stateless_answer(data)):
             return [], None
+        if data[:7] == b"INVITE " and self.shed_answers:
+            answered = self.shed_answers.get(TransactionLayer.invite_key(data))
+            if answered:  # a retransmission of an INVITE answered R98: the same answer, no second verdict
+                return self._within_budget([answered], now), None
         try:
             msg = parse_message(data)
             if not msg.is_request:
@@ -6147,11 +6161,11 @@ class SipService:
     def _shed(self, msg, top, dest, vias, uri, from_addr, addr, waited):
         """An INVITE that waited longer than overload_after, answered R98 at once and without a
         transaction: past the sustainable rate each answer must cost as little as it can. Its ACK
-        is told by the To tag and dropped unread; should the answer be lost, the retransmission
-        is a request of its own. Returns (sends, ShedInvite), or None for the full path: a
+        is told by the To tag and dropped unread; the latest SHED_ANSWERS answers are kept for
+        retransmissions, which get the same bytes (a later one is a request of its own). Returns (sends, ShedInvite), or None for the full path: a
         retransmission of an INVITE held in a transaction, one to refuse, an exempt number."""
-        if (self.transactions.table.get(self.transactions.key(msg, top)) is not None or self._refusal(msg, uri)
-                or unsupported_extensions(msg)):
+        key = self.transactions.key(msg, top)
+        if key in self.transactions.table or self._refusal(msg, uri) or unsupported_extensions(msg):
             return None
         attempt = call_identity(msg, uri, from_addr, addr[0], 0.0, self.settings.legacy_headers)
         if self.exempt(attempt.number):
@@ -6161,6 +6175,9 @@ class SipService:
         self.metrics.inc("sip_responses", status=status)
         data = build_response(msg, status, vias=vias, to_tag=stateless_tag(), headers=headers,
                               server=self.settings.server_header)
+        if len(self.shed_answers) >= SHED_ANSWERS:
+            del self.shed_answers[next(iter(self.shed_answers))]
+        self.shed_answers[key] = (dest, data)
         return [(dest, data)], ShedInvite(verdict, summary, waited * 1000, waited)
 
     def _cancel(self, tx, msg, top, vias, now):

@@ -56,6 +56,18 @@ def test_an_invite_that_waited_too_long_is_answered_r98_at_once_without_a_transa
     assert sip.next_deadline() is None, "nothing is retransmitted: a lost answer brings the INVITE again"
 
 
+def test_a_retransmission_of_an_invite_answered_r98_gets_the_same_bytes_and_no_second_verdict(monkeypatch):
+    monkeypatch.setattr(tfps, "SHED_ANSWERS", 2)
+    sip = service(overload_after="0.2s")
+    first, second, third = (sip_invite(NUMBER, 5060) for _ in range(3))
+    _, _, answer = shed(sip, now=10.5, arrived=10.0, data=first)
+    sends, late = sip.receive(first, Endpoint(), PEER, 11.0, 11.0)
+    assert late is None and [packet for _dest, packet in sends] == [answer]
+    shed(sip, now=12.5, arrived=12.0, data=second)
+    shed(sip, now=12.5, arrived=12.0, data=third)  # the oldest answer is forgotten
+    assert isinstance(sip.receive(first, Endpoint(), PEER, 13.5, 13.0)[1], tfps.ShedInvite)
+
+
 def test_the_ack_of_an_r98_answered_at_once_is_told_by_its_to_tag_and_dropped_unread():
     sip = service(overload_after="0.2s")
     data = sip_invite(NUMBER, 5060)

@@ -7011,13 +7011,16 @@ class Server:
             self.on_message(data, endpoint, addr, arrived)
 
     def _read_handoff(self, inbox):
-        """Requests that another worker read and handed over (WorkerHandoff)."""
-        for _ in range(64):
+        """Requests that another worker read and handed over (WorkerHandoff): about 64 of them,
+        as from a UDP socket, before the loop's timers get their turn."""
+        handled = 0
+        while handled < 64:
             try:
                 packet = inbox.recv(HANDOFF_BATCH + 65536 + 512)
             except OSError:
                 return
             for listener, addr, arrived, data in WorkerHandoff.unpack(packet):
+                handled += 1
                 if listener < len(self.udp_endpoints):
                     self.on_message(data, self.udp_endpoints[listener], addr, arrived)
 

@@ -6059,6 +6059,7 @@ class SipService:
         self.exempt = exempt or (lambda number: False)
         self.transactions = TransactionLayer(settings.max_transactions)
         self.shed_answers = {}    # INVITE transaction key -> (dest, bytes) of the latest R98 answers, oldest first
+        self.shed_last = 0.0      # when the latest was given
         self.trying = []          # (when, seq, key, serial) of INVITEs that may need a 100 Trying
         self._seq = 0
         self._resent = {}         # source IP -> (second, bytes retransmitted to it in that second)
@@ -6076,6 +6077,8 @@ class SipService:
         if data[:4] == b"ACK " and (self.transactions.absorb_ack(data, reliable, now) or acknowledges_stateless_answer(data)):
             return [], None
         if data[:7] == b"INVITE " and self.shed_answers:
+            if now - self.shed_last > 64 * T1:  # no INVITE is retransmitted longer (Timer B)
+                self.shed_answers.clear()
             answered = self.shed_answers.get(TransactionLayer.invite_key(data))
             if answered:  # a retransmission of an INVITE answered R98: the same answer, no second verdict
                 return self._within_budget([answered], now), None
@@ -6103,7 +6106,7 @@ class SipService:
             return [(dest, self._stateless(msg, exc.status, exc.reason, via_values))], None
         arrived = now if arrived is None else min(arrived, now)
         if msg.method == "INVITE" and self.settings.overload_after and now - arrived > self.settings.overload_after:
-            shed = self._shed(msg, top, dest, via_values, uri, from_addr, addr, now - arrived)
+            shed = self._shed(msg, top, dest, via_values, uri, from_addr, addr, now, now - arrived)
             if shed:
                 return shed
         try:
@@ -6158,7 +6161,7 @@ class SipService:
         heapq.heappush(self.trying, (now + TRYING_DELAY, self._seq, tx.key, tx.serial))
         return [], tx
 
-    def _shed(self, msg, top, dest, vias, uri, from_addr, addr, waited):
+    def _shed(self, msg, top, dest, vias, uri, from_addr, addr, now, waited):
         """An INVITE that waited longer than overload_after, answered R98 at once and without a
         transaction: past the sustainable rate each answer must cost as little as it can. Its ACK
         is told by the To tag and dropped unread; the latest SHED_ANSWERS answers are kept for
@@ -6178,6 +6181,7 @@ class SipService:
         if len(self.shed_answers) >= SHED_ANSWERS:
             del self.shed_answers[next(iter(self.shed_answers))]
         self.shed_answers[key] = (dest, data)
+        self.shed_last = now
         return [(dest, data)], ShedInvite(verdict, summary, waited * 1000, waited)
 
     def _cancel(self, tx, msg, top, vias, now):

@@ -66,6 +66,10 @@ def test_a_retransmission_of_an_invite_answered_r98_gets_the_same_bytes_and_no_s
     shed(sip, now=12.5, arrived=12.0, data=second)
     shed(sip, now=12.5, arrived=12.0, data=third)  # the oldest answer is forgotten
     assert isinstance(sip.receive(first, Endpoint(), PEER, 13.5, 13.0)[1], tfps.ShedInvite)
+    # 32 s after the latest R98 (Timer B), no INVITE is retransmitted: the answers are forgotten
+    later = 13.5 + 64 * tfps.T1 + 1
+    assert isinstance(sip.receive(third, Endpoint(), PEER, later, later)[1], tfps.ServerTransaction)
+    assert not sip.shed_answers
 
 
 def test_the_ack_of_an_r98_answered_at_once_is_told_by_its_to_tag_and_dropped_unread():

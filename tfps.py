@@ -2172,6 +2172,12 @@ def load_accounts(db, by_domain=False):
     return db.query(f"{ACCOUNT_SELECT} ORDER BY {'domain, user' if by_domain else 'user, domain'}")
 
 
+def load_accounts_of_domains(db, domains):
+    """The rows of every account of `domains`."""
+    domains = sorted(domains)
+    return db.query(f"{ACCOUNT_SELECT} WHERE domain IN ({', '.join('?' * len(domains)) or 'NULL'})", tuple(domains))
+
+
 def load_accounts_done_learning(db, now):
     """The rows of the accounts still learning whose learning period ended by `now`."""
     return db.query(f"{ACCOUNT_SELECT} WHERE state = 'learning' AND learning_until <= ?", (now,))
@@ -5285,7 +5291,7 @@ def describe_limits(acc):
 
 
 # =============================================================================================
-# 11. Training: limits learned from each account's own history; daily jobs under a cluster lock
+# 11. Training: limits learned from each account's own history and its domain's; daily jobs under a cluster lock
 # =============================================================================================
 
 @dataclass
@@ -5421,50 +5427,114 @@ def business_day_numbers(p, now):
             if _has_business_hours(p, dt.date.fromordinal(d + EPOCH_ORDINAL))]
 
 
-def propose(cfg, acc, stats, now, high_risk, business):
-    """What training would change on one account, and why. `stats`: its AccountHistory;
-    `business`: business_day_numbers()."""
+# How each learned limit comes about, formatted with the values own_limits() keeps for it
+LIMIT_REASONS = {
+    "daily_quota": "{} days: mean {:.2f} + {:g} x stddev {:.2f}, at least busiest day {} x {:g} = {}, bounds {}..{}",
+    "daily_quota_off": "{} days: mean {:.2f} + {:g} x stddev {:.2f} = {}, bounds {}..{}",
+    "concurrent_calls": "highest reported concurrency {} x {:g}, at least + 1, bounds {}..{}",
+    "concurrent_calls_off": "highest reported concurrency {} + 1, bounds {}..{}",
+    "calls_per_minute": "busiest 60 s: {} approved calls x {}, bounds {}..{}",
+}
+
+
+def own_limits(cfg, stats, days, business_days):
+    """{field: (value, values of its LIMIT_REASONS)}: the limits learned from one account's own
+    history of `days` complete days, `business_days` of them business days, within the
+    train_min_*/train_max_* bounds. Training runs over every account daily: the reasons are
+    formatted only for the values that change."""
     p = cfg.policy
+    limits = {}
+    if business_days:
+        mean, std = stats.mean_std("biz", business_days)
+        raw = max(math.ceil(mean + p.train_sigma * std), math.ceil(stats.busiest_biz * LIMIT_HEADROOM))
+        low, high = p.train_min_daily_quota, p.train_max_daily_quota
+        limits["daily_quota"] = (min(max(raw, low), high), (business_days, mean, p.train_sigma, std, stats.busiest_biz,
+                                                            LIMIT_HEADROOM, raw, low, high))
+    if days:
+        mean, std = stats.mean_std("off", days)
+        raw = math.ceil(mean + p.train_sigma * std)
+        low, high = p.train_min_daily_quota_off, p.train_max_daily_quota_off
+        limits["daily_quota_off"] = (min(max(raw, low), high), (days, mean, p.train_sigma, std, raw, low, high))
+    peak = stats.peak[0]
+    if peak is not None:
+        low, high = p.train_min_concurrent, p.train_max_concurrent
+        limits["concurrent_calls"] = (min(max(peak + 1, math.ceil(peak * LIMIT_HEADROOM), low), high),
+                                      (peak, LIMIT_HEADROOM, low, high))
+    peak = stats.peak[1]
+    if peak is not None:
+        low, high = p.train_min_concurrent_off, p.train_max_concurrent_off
+        limits["concurrent_calls_off"] = (min(max(peak + 1, low), high), (peak, low, high))
+    if stats.minute_peak:
+        low, high = p.train_min_calls_per_minute, p.train_max_calls_per_minute
+        limits["calls_per_minute"] = (min(max(stats.minute_peak * MINUTE_HEADROOM, low), high),
+                                      (stats.minute_peak, MINUTE_HEADROOM, low, high))
+    return limits
+
+
+def trainable(cfg, stats, now, business):
+    """(complete days, business days) of an account's history, or a reason why training leaves it alone."""
     if not stats:
-        return Proposal(acc, [], "no approved calls in the training window")
-    today = day_number(now, p.tz)
-    days = today - stats.first  # complete days only
-    if days < p.train_min_days:
-        return Proposal(acc, [], f"{days} day(s) of history, fewer than train_min_days = {p.train_min_days}")
-    business_days = len(business) - bisect.bisect_left(business, stats.first)
+        return "no approved calls in the training window"
+    days = day_number(now, cfg.policy.tz) - stats.first  # complete days only
+    if days < cfg.policy.train_min_days:
+        return f"{days} day(s) of history, fewer than train_min_days = {cfg.policy.train_min_days}"
+    return days, len(business) - bisect.bisect_left(business, stats.first)
+
+
+# Training also learns per domain. An account's history is short at first and its own: a dialer
+# trunk whose first two weeks held no campaign day learns an office phone's limits, although its
+# sibling trunks, the same customer's same equipment, have run campaigns all along. The accounts of
+# one domain (one customer) behave alike, and together they have seen more. So every limit an
+# account learns (quotas, concurrency, calls per minute) is at least the median of what the
+# domain's accounts with train_min_days of history learn from their own (the lower median of an
+# even count): not the domain's largest, so one busy receptionist among 50 office phones, or one
+# hacked account, raises nobody's limits, and a domain of one or two accounts changes nothing.
+# Off hours this adds no room beyond what a typical account of the customer does itself (an
+# office's typical phone has off-hours limits at or near the train_min_* bounds).
+
+def learned_limits(cfg, accounts, stats, now, business):
+    """{account id: own_limits()} of the `accounts` with train_min_days of history."""
+    learned = {}
+    for acc in accounts:
+        span = trainable(cfg, stats.get(acc.id), now, business)
+        if not isinstance(span, str):
+            learned[acc.id] = own_limits(cfg, stats[acc.id], *span)
+    return learned
+
+
+def domain_limits(accounts, learned):
+    """{domain: {field: (median, accounts)}}: per domain and limit, the lower median of what its
+    accounts learn from their own history (`learned`: learned_limits())."""
+    values = {}
+    for acc in accounts:
+        for field_name, (value, _reason) in learned.get(acc.id, {}).items():
+            values.setdefault(acc.domain, {}).setdefault(field_name, []).append(value)
+    return {domain: {field_name: (sorted(limits)[(len(limits) - 1) // 2], len(limits))
+                     for field_name, limits in fields.items()} for domain, fields in values.items()}
+
+
+def propose(cfg, acc, stats, now, high_risk, business, own=None, domain=None):
+    """What training would change on one account, and why. `stats`: its AccountHistory;
+    `business`: business_day_numbers(); `own`: its own_limits(), computed when None; `domain`:
+    domain_limits() of its domain."""
+    p = cfg.policy
+    span = trainable(cfg, stats, now, business)
+    if isinstance(span, str):
+        return Proposal(acc, [], span)
+    days = span[0]
     changes = []
 
     def changed(field_name, value):
         return field_name not in acc.pinned and value != getattr(acc, field_name)
 
-    busiest = f", at least busiest day {stats.busiest_biz} x {LIMIT_HEADROOM:g}"
-    for field_name, key, count, floor, why_floor, low, high in (
-            ("daily_quota", "biz", business_days, math.ceil(stats.busiest_biz * LIMIT_HEADROOM), busiest,
-             p.train_min_daily_quota, p.train_max_daily_quota),
-            ("daily_quota_off", "off", days, 0, "", p.train_min_daily_quota_off, p.train_max_daily_quota_off)):
-        if count:
-            mean, std = stats.mean_std(key, count)
-            raw = max(math.ceil(mean + p.train_sigma * std), floor)
-            value = min(max(raw, low), high)
-            if changed(field_name, value):
-                changes.append((field_name, getattr(acc, field_name), value,
-                                f"{count} days: mean {mean:.2f} + {p.train_sigma:g} x stddev {std:.2f}{why_floor} = {raw}, "
-                                f"bounds {low}..{high}"))
-    for field_name, bucket, headroom, low, high in (
-            ("concurrent_calls", 0, LIMIT_HEADROOM, p.train_min_concurrent, p.train_max_concurrent),
-            ("concurrent_calls_off", 1, 1, p.train_min_concurrent_off, p.train_max_concurrent_off)):
-        peak = stats.peak[bucket]
-        value = None if peak is None else min(max(peak + 1, math.ceil(peak * headroom), low), high)
-        if value is not None and changed(field_name, value):
-            changes.append((field_name, getattr(acc, field_name), value,
-                            f"highest reported concurrency {peak}"
-                            f"{f' x {headroom:g}, at least' if headroom > 1 else ''} + 1, bounds {low}..{high}"))
-    if stats.minute_peak:
-        low, high = p.train_min_calls_per_minute, p.train_max_calls_per_minute
-        value = min(max(stats.minute_peak * MINUTE_HEADROOM, low), high)
-        if changed("calls_per_minute", value):
-            changes.append(("calls_per_minute", acc.calls_per_minute, value,
-                            f"busiest 60 s: {stats.minute_peak} approved calls x {MINUTE_HEADROOM}, bounds {low}..{high}"))
+    for field_name, (value, reason) in (own_limits(cfg, stats, *span) if own is None else own).items():
+        typical, accounts = (domain or {}).get(field_name, (None, 0))
+        raised = typical is not None and typical > value
+        if changed(field_name, typical if raised else value):
+            why = LIMIT_REASONS[field_name].format(*reason)
+            if raised:
+                why += f"; own {value}, raised to the median of the {accounts} accounts of domain {acc.domain}"
+            changes.append((field_name, getattr(acc, field_name), typical if raised else value, why))
     for field_name, used in (("dest_countries", stats.dst), ("source_countries", stats.src)):
         current = getattr(acc, field_name)
         if field_name in acc.pinned or "*" in current:
@@ -5500,10 +5570,19 @@ def train(cfg, db, now, account=None, dry_run=False):
 
 
 def train_accounts(cfg, db, now, accounts, dry_run=False, everyone=False):
-    stats = history(cfg, db, now, None if everyone else [a.id for a in accounts])
+    """Propose (and unless dry_run apply) what `accounts` learn; their domains' other accounts
+    (`everyone`: `accounts` are all) give the domains' medians (domain_limits)."""
+    if everyone:
+        peers = accounts
+    else:
+        peers = [Account.from_row(r) for r in load_accounts_of_domains(db, {a.domain for a in accounts})]
+    stats = history(cfg, db, now, None if everyone else sorted({a.id for a in (*peers, *accounts)}))
     high_risk = high_risk_countries(cfg, db)
     business = business_day_numbers(cfg.policy, now)
-    proposals = [propose(cfg, acc, stats.get(acc.id), now, high_risk, business) for acc in accounts]
+    own = learned_limits(cfg, peers, stats, now, business)
+    typical = domain_limits(peers, own)
+    proposals = [propose(cfg, acc, stats.get(acc.id), now, high_risk, business, own.get(acc.id),
+                         typical.get(acc.domain)) for acc in accounts]
     if not dry_run:
         db.begin()
         for proposal in proposals:

@@ -14,7 +14,7 @@ import pytest
 
 import tfps
 from test_training import (FIELDS, HIGH_RISK_DEFAULT, NOW, TOKYO, TRAIN_POLICY, History, Row, add_account, bounds,
-                           build_history, expected_training, in_threads, make_config)
+                           build_history, expected_training, in_threads, make_config, with_domain_medians)
 
 NY = zoneinfo.ZoneInfo("America/New_York")
 EPOCH = dt.date(1970, 1, 1)
@@ -394,8 +394,10 @@ def test_training_is_the_same_whenever_the_days_were_summed_up(tmp_path, db_url)
 
     # and it is the training the history calls for
     by_name = {name: changes for name, changes, _ in fresh}
+    expected = with_domain_medians({name: expected_training(h.rows, acc, NOW, TOKYO, bounds(cfg)) for name, acc in accs.items()},
+                                   {name: acc.domain for name, acc in accs.items()})
     for name in ("alice", "bob", "dave", "erin"):
-        want = expected_training(h.rows, accs[name], NOW, TOKYO, bounds(cfg))
+        want = expected[name]
         got = {field: proposed for field, _, proposed in by_name[name]}
         for field in FIELDS + ("anomaly_daily",):
             if field in got:

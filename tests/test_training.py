@@ -143,6 +143,24 @@ def expected_training(rows, acc, now, tz, p, holidays=HOLIDAYS, high_risk=HIGH_R
     return out
 
 
+def lower_median(values):
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def with_domain_medians(expected, domains):
+    """`expected` ({name: expected_training()}) with every limit at least the lower median of the
+    same limit over the trained accounts of the domain ({name: domain}): training per domain."""
+    out = {name: None if e is None else dict(e) for name, e in expected.items()}
+    for domain in set(domains.values()):
+        trained = [out[n] for n in out if domains[n] == domain and out[n] is not None]
+        for field in FIELDS:
+            values = [e[field] for e in trained if field in e]
+            for e in trained:
+                if field in e:
+                    e[field] = max(e[field], lower_median(values))
+    return out
+
+
 def bounds(cfg):
     p = cfg.policy
     return {"window": p.train_window_days, "min_days": p.train_min_days, "sigma": p.train_sigma,
@@ -226,16 +244,25 @@ def trained_setup(tmp_path, db_url):
 def test_learned_limits_follow_the_formula_with_bounds_pins_and_high_risk(trained_setup):
     cfg, db, accs, h = trained_setup
     p = bounds(cfg)
-    expected = {n: expected_training(h.rows, a, NOW, TOKYO, p) for n, a in accs.items()}
-    assert expected["carol"] is None          # 5 days of history
+    own = {n: expected_training(h.rows, a, NOW, TOKYO, p) for n, a in accs.items()}
+    assert own["carol"] is None          # 5 days of history
     # the synthetic data exercises what it claims to
-    alice = expected["alice"]
+    alice = own["alice"]
     assert p["min_q"] < alice["daily_quota"] < p["max_q"] and p["min_q_off"] < alice["daily_quota_off"] < p["max_q_off"]
     assert alice["dest_countries"] == {"JP", "GB"} and alice["source_countries"] == {"JP", "US"}
     assert alice["concurrent_calls"] == 9 and alice["concurrent_calls_off"] == 3
-    assert (expected["dave"]["daily_quota"], expected["dave"]["daily_quota_off"], expected["dave"]["concurrent_calls"]) == (10, 2, 3)
-    assert "concurrent_calls_off" not in expected["dave"]
-    assert [expected["erin"][f] for f in FIELDS] == [20, 4, 60, 6]
+    assert (own["dave"]["daily_quota"], own["dave"]["daily_quota_off"], own["dave"]["concurrent_calls"]) == (10, 2, 3)
+    assert "concurrent_calls_off" not in own["dave"]
+    assert [own["erin"][f] for f in FIELDS] == [20, 4, 60, 6]
+    # one domain: quiet dave learns at least what its accounts typically learn (the lower median
+    # of alice, bob, dave and erin: the second lowest), busy erin raises nobody
+    expected = with_domain_medians(own, {n: "tokyo.example" for n in accs})
+    for field in FIELDS:
+        if field in own["dave"]:
+            assert expected["dave"][field] == lower_median([own[n][field] for n in ("alice", "bob", "dave", "erin")])
+    assert expected["dave"]["daily_quota"] > own["dave"]["daily_quota"]
+    assert expected["dave"]["concurrent_calls"] > own["dave"]["concurrent_calls"]
+    assert all(expected[n][f] < own["erin"][f] for n in ("alice", "bob", "dave") for f in ("daily_quota", "concurrent_calls"))
 
     before = {n: reload(db, a) for n, a in accs.items()}
     snapshot = account_rows(db)
@@ -294,6 +321,99 @@ def test_rare_campaign_days_keep_their_busiest_day_with_headroom(tmp_path, db_ur
     tfps.train(cfg, db, NOW)
     dialer = reload(db, dialer)
     assert dialer.daily_quota == 150 and dialer.concurrent_calls == 24
+    db.close()
+
+
+def campaign_history(db, domain, users, campaigns, created=NOW - 120 * 86400):
+    """Accounts of `domain` with 4 calls every business day from 3 June, and on the business days
+    numbered in campaigns[user] (0 = 3 June) a campaign instead: 4 bursts of 25 calls 4 s apart
+    (25 calls in 100 s, 15 of them within 60 s), 16 reported concurrent calls at each burst's end."""
+    accs = {user: add_account(db, user, domain, created, cc=5, quota=20) for user in users}
+    h, day, n = History(TOKYO), dt.date(2024, 6, 3), 0
+    while day < dt.date(2024, 7, 15):
+        if day.weekday() < 5:
+            for user, acc in accs.items():
+                if n in campaigns.get(user, ()):
+                    for burst in range(4):
+                        for k in range(25):
+                            h.call(acc, h.at(day, 10 + 2 * burst, 0, 0) + dt.timedelta(seconds=4 * k),
+                                   conc=16 if k == 24 else 1 + k % 3)
+                else:
+                    for k in range(4):
+                        h.call(acc, h.at(day, 10 + 2 * k, 30), conc=1)
+            n += 1
+        day += dt.timedelta(days=1)
+    h.write(db)
+    return accs, h
+
+
+def test_a_trunk_without_campaigns_learns_at_least_its_domain_median(tmp_path, db_url):
+    """A dialer's three trunks: two ran campaigns (100 calls a day, 16 at once, 15 in a minute),
+    the third only quiet days so far. Trained alone (as at the end of its learning), the third
+    learns its domain's median business-hours quota, concurrency and calls per minute, not an
+    office phone's; a value pinned by hand stays, and a value set on the domain still wins."""
+    cfg, _ = make_config(tmp_path, timezone="Asia/Tokyo", home_country="JP", holidays="2024-05-03, 2024-05-06")
+    db = tfps.open_database(db_url)
+    accs, h = campaign_history(db, "dialer.example", ("trunk1", "trunk2", "trunk3"),
+                               {"trunk1": (4, 17), "trunk2": (9, 21)})
+    tfps.update_account(db, accs["trunk3"], NOW - 86400, concurrent_calls=8)   # pinned by hand
+    own = {user: expected_training(h.rows, acc, NOW, TOKYO, bounds(cfg)) for user, acc in accs.items()}
+    assert (own["trunk1"]["daily_quota"], own["trunk1"]["concurrent_calls"]) == (150, 24) == \
+        (own["trunk2"]["daily_quota"], own["trunk2"]["concurrent_calls"])
+    assert (own["trunk3"]["daily_quota"], own["trunk3"]["concurrent_calls"]) == (10, 2)      # an office phone's
+
+    [proposal] = tfps.train(cfg, db, NOW, account=reload(db, accs["trunk3"]))
+    trunk3 = reload(db, accs["trunk3"])
+    assert (trunk3.daily_quota, trunk3.calls_per_minute) == (150, 30)     # 15 calls in a minute x 2
+    assert trunk3.concurrent_calls == 8 and trunk3.pinned == {"concurrent_calls"}
+    assert trunk3.daily_quota_off == own["trunk3"]["daily_quota_off"]   # no trunk calls off hours: the minimum
+    why = dict((f, w) for f, _, _, w in proposal.changes)
+    assert "median of the 3 accounts of domain dialer.example" in why["daily_quota"]
+    assert "concurrent_calls" not in why
+    for user in ("trunk1", "trunk2"):       # not trained
+        assert (reload(db, accs[user]).daily_quota, reload(db, accs[user]).concurrent_calls) == (20, 5)
+
+    tfps.update_domain(db, "dialer.example", {"daily_quota": 40}, NOW)
+    effective, sources = tfps.effective_policy(trunk3, tfps.find_domain(db, "dialer.example"), cfg.policy)
+    assert (effective.daily_quota, sources["daily_quota"]) == (40, "domain")
+    assert (effective.concurrent_calls, sources["concurrent_calls"]) == (8, "account")
+    db.close()
+
+
+def test_one_busy_or_hacked_account_raises_nobody(tmp_path, db_url):
+    """An office of five phones and a busy receptionist, and a domain of two accounts: nobody
+    learns the busy account's limits; a quiet phone learns what the office's phones typically do."""
+    cfg, _ = make_config(tmp_path, **TRAIN_POLICY)
+    db = tfps.open_database(db_url)
+    created = NOW - 120 * 86400
+    h, rng = History(TOKYO), random.Random(12)
+    office = {u: add_account(db, u, "office.example", created) for u in ("101", "102", "103", "104", "quiet", "reception")}
+    pair = {u: add_account(db, u, "pair.example", created) for u in ("busy", "calm")}
+    for user, acc in office.items():
+        if user == "reception":
+            h.office(rng, acc, dt.date(2024, 5, 1), dt.date(2024, 7, 14), biz=(35, 45), off=(2, 6), peak=12, peak_off=4)
+        elif user == "quiet":
+            h.office(rng, acc, dt.date(2024, 5, 1), dt.date(2024, 7, 14), biz=(0, 2), off=(0, 1), peak=1, peak_off=1)
+        else:
+            h.office(rng, acc, dt.date(2024, 5, 1), dt.date(2024, 7, 14), biz=(6, 12), off=(0, 2), peak=3)
+    h.office(rng, pair["busy"], dt.date(2024, 5, 1), dt.date(2024, 7, 14), biz=(40, 50), off=(3, 6), peak=15, peak_off=3)
+    h.office(rng, pair["calm"], dt.date(2024, 5, 1), dt.date(2024, 7, 14), biz=(1, 3), off=(0, 1), peak=1, peak_off=1)
+    h.write(db)
+    accs = {**office, **pair}
+    own = {name: expected_training(h.rows, acc, NOW, TOKYO, bounds(cfg)) for name, acc in accs.items()}
+    expected = with_domain_medians(own, {name: acc.domain for name, acc in accs.items()})
+    tfps.train(cfg, db, NOW)
+    learned = {name: reload(db, acc) for name, acc in accs.items()}
+    for name, acc in learned.items():
+        for field in FIELDS:
+            assert getattr(acc, field) == expected[name][field], (name, field)
+    phones = ("101", "102", "103", "104")
+    for field in ("daily_quota", "concurrent_calls"):
+        assert getattr(learned["quiet"], field) > own["quiet"][field]                       # raised ...
+        assert getattr(learned["quiet"], field) <= max(own[p][field] for p in phones)      # ... to a phone's
+        assert all(getattr(learned[p], field) < own["reception"][field] for p in (*phones, "quiet"))
+        assert getattr(learned["calm"], field) == own["calm"][field]                          # two accounts: own
+    assert learned["reception"].daily_quota == own["reception"]["daily_quota"]
     db.close()
 
 

@@ -20,7 +20,7 @@ Contents (sections appear in this order; each depends only on those above it)
    8. Reputation         AbuseIPDB and APIBAN lookups on a worker pool, shared cache
    9. Alerts             rate-limited alert events, outbox in the database, SMTP and webhook
   10. Engine             the fraud pipeline: call attempt in, verdict out
-  11. Training           limits learned from each account's history; daily jobs
+  11. Training           limits learned from each account's history and its domain's; daily jobs
   12. Replay             the real engine over CDR files with simulated time, in parallel by domain
   13. SIP service        sans-IO redirect server: requests and verdicts in, responses and timers out
   14. Server             selectors event loop moving bytes and timers for UDP and TCP
@@ -5513,10 +5513,10 @@ def domain_limits(accounts, learned):
                      for field_name, limits in fields.items()} for domain, fields in values.items()}
 
 
-def propose(cfg, acc, stats, now, high_risk, business, own=None, domain=None):
+def propose(cfg, acc, stats, now, high_risk, business, own, domain):
     """What training would change on one account, and why. `stats`: its AccountHistory;
-    `business`: business_day_numbers(); `own`: its own_limits(), computed when None; `domain`:
-    domain_limits() of its domain."""
+    `business`: business_day_numbers(); `own`: its own_limits() (learned_limits() holds them for
+    every trainable account); `domain`: domain_limits() of its domain, or None."""
     p = cfg.policy
     span = trainable(cfg, stats, now, business)
     if isinstance(span, str):
@@ -5527,7 +5527,7 @@ def propose(cfg, acc, stats, now, high_risk, business, own=None, domain=None):
     def changed(field_name, value):
         return field_name not in acc.pinned and value != getattr(acc, field_name)
 
-    for field_name, (value, reason) in (own_limits(cfg, stats, *span) if own is None else own).items():
+    for field_name, (value, reason) in own.items():
         typical, accounts = (domain or {}).get(field_name, (None, 0))
         raised = typical is not None and typical > value
         if changed(field_name, typical if raised else value):
@@ -6100,8 +6100,7 @@ class ShedInvite:
     """An INVITE that SipService answered R98 itself, without a transaction (see _shed)."""
     verdict: Verdict
     summary: str    # the answer, for the call log
-    latency: float  # ms from its arrival
-    waited: float   # seconds between its arrival and its turn
+    waited: float   # seconds between its arrival and its turn: its latency
 
 
 def overload_verdict(settings, attempt, waited):
@@ -6261,7 +6260,7 @@ class SipService:
             del self.shed_answers[next(iter(self.shed_answers))]
         self.shed_answers[key] = (dest, data)
         self.shed_last = now
-        return [(dest, data)], ShedInvite(verdict, summary, waited * 1000, waited)
+        return [(dest, data)], ShedInvite(verdict, summary, waited)
 
     def _cancel(self, tx, msg, top, vias, now):
         invite = self.transactions.find_invite(msg, top)
@@ -7251,7 +7250,7 @@ class Server:
             self._send(dest, packet)
         if isinstance(invite, ShedInvite):  # answered R98: no reputation, no engine, no database
             invite.verdict.attempt.ts = time.time()
-            self._note_overload(invite.verdict, invite.summary, invite.latency, "sip", invite.waited)
+            self._note_overload(invite.verdict, invite.summary, invite.waited * 1000, "sip", invite.waited)
         elif invite is not None:
             self._check(invite)
 

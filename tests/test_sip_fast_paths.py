@@ -1,0 +1,116 @@
+"""The SIP parser's fast paths read the forms nearly every request has (`<sip:user@host:port>;tag=t`,
+`SIP/2.0/UDP host:port;branch=b;rport`, header lines that all end in CRLF) with one pattern
+each. Each must give exactly what the general path gives, or leave the text to it: checked here
+on generated text that mixes the plain forms with every character the general path treats
+specially."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tfps
+
+SWEEP = settings(max_examples=1500, deadline=None, derandomize=True, database=None)
+
+TRICKY = "aZ09-_.!~*'()&=+$,;?:@%<>\"[] \t\\/"
+users = st.one_of(st.sampled_from(["alice", "442071234567", "+4420", "a.b-c_d", "x%41y", "u:pw", ""]),
+                  st.text(alphabet=TRICKY, max_size=8))
+hosts = st.one_of(st.sampled_from(["127.0.0.1", "PBX.Example.com", "pbx_1.example", "[2001:db8::1]", "h"]),
+                  st.text(alphabet="aZ09-._[]:", max_size=8))
+ports = st.one_of(st.just(""), st.sampled_from([":5060", ":0", ":65535", ":65536", ":123456", ":", ": 5060"]),
+                  st.integers(0, 99999).map(lambda n: f":{n}"))
+uri_tails = st.one_of(st.just(""), st.sampled_from([";user=phone", ";lr", "?subject=x", ";transport=TCP", ";"]),
+                      st.text(alphabet=TRICKY, max_size=4))
+schemes = st.sampled_from(["sip", "sips", "SIP", "tel", "http", "sip ", ""])
+
+
+@st.composite
+def uris(draw):
+    at = draw(st.sampled_from(["@", "@", ""]))
+    return f"{draw(schemes)}:{draw(users)}{at}{draw(hosts)}{draw(ports)}{draw(uri_tails)}"
+
+
+@st.composite
+def name_addrs(draw):
+    tag = draw(st.one_of(st.just(""), st.sampled_from([";tag=3f2a1b", ";TAG=x", ";tag=", "; tag=a", ";tag=a;x=y",
+                                                       ';tag="q"', ";tag=a b"]),
+                         st.text(alphabet=TRICKY, max_size=5).map(lambda t: ";tag=" + t)))
+    display = draw(st.sampled_from(["", "", '"Alice" ', "Alice ", '"unterminated ', "a,b "]))
+    before, after = draw(st.sampled_from([("<", ">"), ("<", ">"), ("", ""), ("<", ""), (" <", "> ")]))
+    return f"{display}{before}{draw(uris())}{after}{tag}"
+
+
+@st.composite
+def vias(draw):
+    protocol = draw(st.sampled_from(["SIP/2.0/UDP", "SIP/2.0/TCP", "SIP/2.0/udp", "SIP / 2.0 / UDP", "SIP/3.0/UDP"]))
+    space = draw(st.sampled_from([" ", " ", "  ", "\t"]))
+    params = draw(st.lists(st.sampled_from([";branch=z9hG4bK1f", ";rport", ";rport=5", ";received=1.2.3.4",
+                                            ";branch=", ";BRANCH=z9hG4bKx", ";branch=z9hG4bK;x", ";", " ;rport"]),
+                           max_size=3))
+    noise = draw(st.text(alphabet=TRICKY, max_size=3))
+    return f"{protocol}{space}{draw(hosts)}{draw(ports)}{''.join(params)}{noise}"
+
+
+def outcome(parse, text):
+    try:
+        return parse(text)
+    except (ValueError, tfps.SipError) as exc:
+        return type(exc)
+
+
+@SWEEP
+@given(uris())
+def test_a_plain_uri_is_read_as_the_general_path_reads_it(text):
+    assert outcome(tfps.parse_uri, text) == outcome(tfps.parse_any_uri, text)
+
+
+@SWEEP
+@given(name_addrs())
+def test_a_plain_name_addr_is_read_as_the_general_path_reads_it(text):
+    assert outcome(tfps.parse_name_addr, text) == outcome(tfps.parse_any_name_addr, text.strip())
+
+
+@SWEEP
+@given(vias())
+def test_a_plain_via_is_read_as_the_general_path_reads_it(text):
+    assert outcome(tfps.parse_via, text) == outcome(tfps.parse_any_via, text.strip())
+
+
+header_lines = st.one_of(
+    st.sampled_from(["Via: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1", "v: SIP/2.0/TCP h;branch=z9hG4bK2",
+                     "From: <sip:a@h>;tag=1", "From: <sip:b@h>;tag=2", "f: <sip:a@h>;tag=1", "To: <sip:1@h>",
+                     "t: <sip:1@h>, <sip:2@h>", "Call-ID: x@h", "Call-ID: y@h", "i: x@h", "Call-ID: a, b",
+                     "CSeq: 1 INVITE", "CSeq: 2 INVITE", "Max-Forwards: 70", "Content-Length: 0", "l: 0",
+                     "P-tfps: a;d;1.2.3.4;ua;1", "P-tfps: a;d;1.2.3.4;ua;2", "Require: 100rel", "X: ",
+                     "No colon here", ": value without a name", "Bad Name: x", "Name : spaced", "Caf\udce9: x",
+                     "User-Agent: caf\udce9", "User-Agent: bare\rCR", "Subject:x,y", ""]),
+    st.tuples(st.text(alphabet="aZ-_.: ", min_size=0, max_size=6), st.text(alphabet=TRICKY, max_size=8))
+    .map(lambda parts: f"{parts[0]}:{parts[1]}"))
+
+
+@SWEEP
+@given(st.lists(header_lines, max_size=12))
+def test_plain_header_lines_are_read_as_the_general_path_reads_them(lines):
+    """Without continuation lines and bare CRs (parse_message sends those to the general path)."""
+    lines = ["INVITE sip:1@h SIP/2.0"] + [line for line in lines if line[:1] not in (" ", "\t") and "\r" not in line]
+    plain, general = tfps.SipMessage(), tfps.SipMessage()
+    tfps._read_plain_headers(plain, lines)
+    tfps._read_headers(general, lines)
+    assert (plain.headers, plain.first, plain.defect) == (general.headers, general.first, general.defect)
+
+
+@SWEEP
+@given(st.lists(header_lines, min_size=1, max_size=8), st.sampled_from(["\r\n", "\n"]))
+def test_a_message_reads_the_same_whatever_its_line_ends(lines, line_end):
+    """CRLF line ends take the fast split, LF alone the pattern: the same message either way."""
+    text = line_end.join(["INVITE sip:1@h SIP/2.0"] + lines) + line_end * 2
+    def read(data):
+        msg = outcome(tfps.parse_message, data)
+        return msg if msg is tfps.SipError else (msg.headers, msg.first, msg.defect)
+    assert read(text.replace(line_end, "\r\n").encode("utf-8", "surrogateescape")) == read(text.encode("utf-8", "surrogateescape"))
+
+
+def test_the_fast_paths_serve_the_common_request():
+    """The plain forms must be the ones real requests have, or the fast paths would save nothing."""
+    assert tfps.PLAIN_SIP_URI_RE.fullmatch("sip:442071234567@127.0.0.1:5060")
+    assert tfps.PLAIN_NAME_ADDR_RE.fullmatch("<sip:alice@pbx.example.com>;tag=3f2a1b")
+    assert tfps.PLAIN_VIA_RE.fullmatch("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1fb2e3d4c5a6;rport")

@@ -3,6 +3,8 @@ answered R98 at once, without the engine. On the SIP service with a virtual cloc
 server stopped with SIGSTOP while INVITEs pile up in its socket buffer."""
 
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -253,3 +255,24 @@ def test_http_checks_that_waited_too_long_for_the_loop_are_answered_r98(tmp_path
         server.engine.flush()
         assert sorted(code for (code,) in server.db.query("SELECT code FROM call_log")) == (
             ["A00", "A00", "R98"] if overload == "reject" else ["A00", "A00", "A00"])
+
+
+def test_full_garbage_collections_wait_for_the_servers_schedule():
+    """A full collection stalls the loop for tens of milliseconds: after the server's setting,
+    objects that outlive young collections (as transactions do) no longer start one."""
+    script = f"""
+import gc, sys
+sys.path.insert(0, {str(tfps.__file__.rpartition('/')[0])!r})
+import tfps
+full = []
+gc.callbacks.append(lambda phase, info: phase == "start" and info["generation"] == 2 and full.append(1))
+kept = [[[float(i)] for i in range(20000)] for _ in range(20)]
+by_default = len(full)
+tfps.keep_full_collections_off_the_request_path()
+kept += [[[float(i)] for i in range(20000)] for _ in range(40)]
+print(by_default, len(full) - by_default)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True).stdout
+    by_default, after = map(int, out.split())
+    assert by_default > 0  # Python's own schedule, which the server replaces
+    assert after == 0

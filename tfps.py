@@ -3691,9 +3691,16 @@ def rejects(*codes):
 # a Rejection or None. None writes: Engine._count counts once the verdict is known. ----------------
 
 @functools.lru_cache(maxsize=16384)
-def attack_in(text, pattern=ATTACK_SIGNATURE):
-    """Memoized: users, domains and User-Agents repeat from call to call."""
-    return pattern.search(text) is not None
+def attack_in(text):
+    """Memoized: users and domains repeat from call to call."""
+    return ATTACK_SIGNATURE.search(text) is not None
+
+
+@functools.lru_cache(maxsize=16384)
+def attack_in_user_agent(text):
+    """Memoized apart from attack_in: a compiled pattern in the cache key would be hashed, its
+    whole program, on every call (0.2 µs, three times the lookup)."""
+    return UA_ATTACK_SIGNATURE.search(text) is not None
 
 
 def identity_defect(attempt):
@@ -3719,7 +3726,7 @@ def attack_signature(engine, call):
             return Rejection("R12", f"attack signature in the {label} {value[:60]!r}")
     if not a.number.lstrip("+").isdigit() and ATTACK_SIGNATURE.search(a.number):
         return Rejection("R12", f"attack signature in the number {a.number[:60]!r}")
-    if attack_in(a.user_agent, UA_ATTACK_SIGNATURE):
+    if attack_in_user_agent(a.user_agent):
         return Rejection("R12", f"attack signature in the User-Agent {a.user_agent[:60]!r}")
     if call.number is None:
         return Rejection("R12", f"not a dialable number: {a.number[:40]!r}")
@@ -3777,13 +3784,14 @@ def new_destination_burst(engine, call):
     block), every call of it rejected meanwhile. Soft, as R06 is for new destinations, only while
     an account that a new installation found learns: its every destination is new then."""
     acc, p = call.account, engine.cfg.policy
-    undo = f"{PROG} unblock {acc.user} {acc.domain}"
     if acc.blocked_by_r16(call.now):
         return Rejection("R16", f"{acc.name} is blocked until {fmt_time(acc.blocked_until, p.tz)} after calls to new "
-                                f"destination countries in quick succession (R16, [policy] anomaly_block)", undo)
+                                f"destination countries in quick succession (R16, [policy] anomaly_block)",
+                         f"{PROG} unblock {acc.user} {acc.domain}")
     countries = burst_countries(engine, call)
     if not countries:
         return None
+    undo = f"{PROG} unblock {acc.user} {acc.domain}"
     return Rejection("R16", f"{acc.name} called {len(countries)} new destination countries within 10 minutes "
                             f"({format_countries(countries)}; [policy] new_destinations_per_10min = "
                             f"{p.new_destinations_per_10min}): account blocked until "
@@ -3835,14 +3843,14 @@ def repeated_a_to_b(engine, call):
         return None
     times, blocked_until, _ = engine.read_count(call, "pair")
     attempts = len(times) + 1
+    if blocked_until <= call.now and attempts <= p.ab_max_calls:
+        return None
     undo = f"{PROG} reset {acc.user} {acc.domain}"
     if blocked_until > call.now:
         until = fmt_time(blocked_until, p.tz, "%H:%M:%S %Z")
         return Rejection("R13", f"{acc.name} -> {call.number} is blocked until {until} after repeated calls", undo)
-    if attempts > p.ab_max_calls:
-        return Rejection("R13", f"{acc.name} called {call.number} {attempts} times within {p.ab_window:g} s "
-                                f"(limit {p.ab_max_calls}); pair blocked for {p.ab_block:g} s", undo)
-    return None
+    return Rejection("R13", f"{acc.name} called {call.number} {attempts} times within {p.ab_window:g} s "
+                            f"(limit {p.ab_max_calls}); pair blocked for {p.ab_block:g} s", undo)
 
 
 @rejects("R07")
@@ -4144,6 +4152,9 @@ class SharedCounters:
         """Nothing kept in memory: `reset` cleared the database's rows."""
 
 
+NOTHING_TO_GUARD = contextlib.nullcontext()  # reusable: one for every verdict
+
+
 class PrivateCounters:
     """The same counters in memory, for a database no other process uses (a replay into a fresh
     in-memory database): no SQL on the verdict path. Calls must arrive in time order."""
@@ -4163,7 +4174,7 @@ class PrivateCounters:
     @staticmethod
     def atomic():
         """Nothing to guard: nobody else sees this database, and a failed verdict ends the run."""
-        return contextlib.nullcontext()
+        return NOTHING_TO_GUARD
 
     def pair(self, account_id, number, now, window, lock):
         if now - self.pruned > window + 3600:

@@ -356,11 +356,18 @@ class Metrics:
         self.histograms = {}  # (name, labels) -> [count per bucket..., count above, sum]
 
     def inc(self, name, amount=1, **labels):
-        key = (name, tuple(labels.items()))
+        self.inc_key((name, tuple(labels.items())), amount)
+
+    def inc_key(self, key, amount=1):
+        """inc() of a key built by the caller, (name, ((label, value), ...)): on the path of every
+        call, a tuple costs less than half of what keyword arguments do."""
         self.counts[key] = self.counts.get(key, 0) + amount
 
     def observe(self, name, seconds, **labels):
-        key = (name, tuple(labels.items()))
+        self.observe_key((name, tuple(labels.items())), seconds)
+
+    def observe_key(self, key, seconds):
+        """observe() of a key built by the caller, as inc_key() takes it."""
         slots = self.histograms.get(key)
         if slots is None:
             slots = self.histograms[key] = [0] * (len(self.LATENCY_BUCKETS) + 2)
@@ -6343,7 +6350,7 @@ class SipService:
     def _respond(self, tx, msg, vias, status, now, reason=None, headers=()):
         data = build_response(msg, status, reason, vias=vias, to_tag=tx.to_tag if status > 100 else None, headers=headers,
                               server=self.settings.server_header)
-        self.metrics.inc("sip_responses", status=status)
+        self.metrics.inc_key(("sip_responses", (("status", status),)))
         if status >= 200:
             tx.data = None  # the request is answered: only the response bytes stay, until Timer H or the ACK
         return self.transactions.respond(tx, status, data, now)
@@ -7341,8 +7348,8 @@ class Server:
         """The call log row, the metrics and the log line of a verdict that was answered."""
         self.engine.record(verdict, summary, latency)
         self.counters["verdicts"] += 1
-        self.metrics.inc("verdicts", code=verdict.code, mode=self.cfg.server.mode, via=via)
-        self.metrics.observe("decision", latency / 1000, via=via)
+        self.metrics.inc_key(("verdicts", (("code", verdict.code), ("mode", self.cfg.server.mode), ("via", via))))
+        self.metrics.observe_key(("decision", (("via", via),)), latency / 1000)
         if self.cfg.server.log_verdicts:
             a = verdict.attempt
             log.info("verdict %s", logfmt(call_id=a.call_id, account=f"{a.user}@{a.domain}", number=verdict.number or a.number,

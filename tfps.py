@@ -6073,8 +6073,11 @@ def without_port(ip):
     return (m.group(1) or m.group(2)) if m else ip
 
 
+HEADER_BREAKS = re.compile(r"[\r\n\x00]+")
+
+
 def header_safe(text):
-    return re.sub(r"[\r\n\x00]+", " ", text)[:300]
+    return HEADER_BREAKS.sub(" ", text)[:300]
 
 
 def top_via_value(via, addr):
@@ -6108,6 +6111,10 @@ class PendingInvite:
         self.started = started  # when the request arrived: latencies include its wait
         self.done = False
         self.from_host = from_host
+
+
+CONTACT_USER_SAFE = "-_.!~*'()&=+$,;?/"  # left as they are in the user of a 302's Contact, with letters and digits
+PLAIN_CONTACT_USER = re.compile(f"[A-Za-z0-9{re.escape(CONTACT_USER_SAFE)}]*")  # nothing to quote: most numbers
 
 
 SHED_ANSWERS = 16384  # R98 answers kept for retransmissions: about 2 s of them at 9,000 a second
@@ -6326,7 +6333,8 @@ class SipService:
             return status, headers, f"{status}"
         host = self.settings.redirect_host or from_host
         host = f"[{host}]" if ":" in host else host
-        user = urllib.parse.quote(number, safe="-_.!~*'()&=+$,;?/", errors="surrogateescape")
+        user = number if PLAIN_CONTACT_USER.fullmatch(number) else urllib.parse.quote(
+            number, safe=CONTACT_USER_SAFE, errors="surrogateescape")
         return 302, [("Contact", f"<sip:{verdict.code}{user}@{host}>")] + headers, f"302 {verdict.code}"
 
     # -- timers ---------------------------------------------------------------------------------

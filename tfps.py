@@ -4167,7 +4167,7 @@ class PrivateCounters:
     in-memory database): no SQL on the verdict path. Calls must arrive in time order."""
 
     def __init__(self):
-        self.pairs = {}   # (account id, number) -> [recent attempt times, blocked_until]
+        self.pairs = {}   # (account id, number) -> ((recent attempt times), blocked_until)
         self.rates = {}   # account id -> times of the latest approved calls (R15)
         self.daily = {}   # (account id, day, bucket) -> approved calls, today's only
         self.new_destinations = {}  # (account id, day, iso) -> calls approved while new, today's only
@@ -4197,7 +4197,9 @@ class PrivateCounters:
         self.pairs = {k: pair for k, pair in self.pairs.items() if pair[0][-1] > now - window or pair[1] > now}
 
     def write_pair(self, account_id, number, times, now, blocked_until, existed):
-        self.pairs[(account_id, number)] = [times, blocked_until]
+        # tuples of numbers, which the garbage collector stops tracking: a server keeps one per
+        # number called, and every full collection would walk them were they lists
+        self.pairs[(account_id, number)] = (tuple(times), blocked_until)
 
     def recent_calls(self, account_id, now, window, lock):
         since = now - window

@@ -2859,21 +2859,23 @@ def mark_first_seen(db, account_id, direction, iso, now):
 
 
 def mark_first_seen_all(db, marks):
-    """mark_first_seen of many (account id, direction, iso, time) marks: one INSERT and one
-    SELECT (of those keys alone) per 500 marks, not a round trip per mark. Returns the marks that
+    """mark_first_seen of many (account id, direction, iso, time) marks: one INSERT, and one
+    SELECT (of those accounts' marks) per 500 accounts, not a round trip per mark. Returns the marks that
     were the first: those whose time was stored (of two nodes marking one key, the one whose
     insert won)."""
     verb = "INSERT OR IGNORE" if db.dialect == "sqlite" else "INSERT IGNORE"
     db.executemany(f"{verb} INTO account_seen (account_id, direction, iso, first_seen) VALUES (?, ?, ?, ?)", marks)
-    keys = sorted({mark[:3] for mark in marks})
+    keys = {mark[:3] for mark in marks}
+    accounts = sorted({key[0] for key in keys})
     stored = {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
+    # by account alone: SQLite scans the whole table for a list of (account, direction, iso)
+    for start in range(0, len(accounts), 500):
+        chunk = accounts[start:start + 500]
         for account_id, direction, iso, first_seen in db.query(
                 "SELECT account_id, direction, iso, first_seen FROM account_seen "
-                f"WHERE (account_id, direction, iso) IN ({', '.join(['(?, ?, ?)'] * len(chunk))})",
-                [v for key in chunk for v in key]):
-            stored[account_id, direction, iso] = first_seen
+                f"WHERE account_id IN ({', '.join('?' * len(chunk))})", chunk):
+            if (account_id, direction, iso) in keys:
+                stored[account_id, direction, iso] = first_seen
     return [mark for mark in marks if stored.get(mark[:3]) == mark[3]]
 
 
@@ -2898,10 +2900,25 @@ CALL_LOG_COLUMNS = ("ts", "call_id", "account_id", "user", "domain", "from_uri",
                     "reason", "sip_response", "abuse_score", "node", "latency_ms", "undo_command", "cost", "row_key")
 
 
+# SQLite's module lets go of the interpreter lock around each statement, and the call log thread
+# then waits up to the switch interval to get it back from the busy loop: once a row with
+# executemany, so that a flush's rows took longer to write than the flush interval.
+CALL_LOG_ROWS_PER_STATEMENT = 200
+
+
 def insert_call_log(db, rows):
     """Call log rows, tuples in the order of CALL_LOG_COLUMNS; a row whose row_key is in the
-    table already is skipped, so that rows written twice are kept once."""
-    db.executemany(db.upsert_text("call_log", CALL_LOG_COLUMNS, ("row_key",), "row_key = row_key"), rows)
+    table already is skipped, so that rows written twice are kept once. On SQLite many rows go
+    in one INSERT; PyMySQL's executemany does that already."""
+    one = db.upsert_text("call_log", CALL_LOG_COLUMNS, ("row_key",), "row_key = row_key")
+    size = CALL_LOG_ROWS_PER_STATEMENT
+    whole = len(rows) // size * size if db.dialect == "sqlite" else 0
+    if whole:
+        group = f"({', '.join('?' * len(CALL_LOG_COLUMNS))})"
+        many = one.replace(f"VALUES {group}", f"VALUES {', '.join([group] * size)}", 1)
+        for start in range(0, whole, size):
+            db.execute(many, [value for row in rows[start:start + size] for value in row])
+    db.executemany(one, rows[whole:])
 
 
 # approval links

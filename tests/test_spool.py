@@ -209,6 +209,21 @@ def test_schema_version_4_adds_row_key_in_place(db_url):
         db.close()
 
 
+def test_many_rows_are_written_once_each_whatever_the_statements_that_carry_them(db_url):
+    """More rows than one statement carries (two whole ones and the rest), some written twice
+    and some twice within one statement: each row once, with its values."""
+    db = tfps.open_database(db_url)
+    try:
+        rows = spool_rows(2 * tfps.CALL_LOG_ROWS_PER_STATEMENT + 57)
+        tfps.insert_call_log(db, rows[:300] + rows[:10] + rows[300:])
+        tfps.insert_call_log(db, rows[100:150])
+        assert db.scalar("SELECT COUNT(*) FROM call_log") == len(rows)
+        stored = dict(db.query("SELECT row_key, call_id FROM call_log"))
+        assert stored == {row[-1]: row[1] for row in rows}
+    finally:
+        db.close()
+
+
 def test_the_first_worker_takes_the_spools_of_workers_that_no_longer_run(tmp_path):
     base = tmp_path / "s.jsonl"
     for suffix in ("", ".0", ".1", ".3", ".5.replay", ".x", ".1.bak"):

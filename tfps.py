@@ -2908,14 +2908,14 @@ CALL_LOG_ROWS_PER_STATEMENT = 200
 
 def insert_call_log(db, rows):
     """Call log rows, tuples in the order of CALL_LOG_COLUMNS; a row whose row_key is in the
-    table already is skipped, so that rows written twice are kept once. On SQLite many rows go
-    in one INSERT; PyMySQL's executemany does that already."""
+    table already is skipped, so that rows written twice are kept once. Many rows go in one
+    INSERT: on SQLite here, on MySQL by PyMySQL's executemany."""
     one = db.upsert_text("call_log", CALL_LOG_COLUMNS, ("row_key",), "row_key = row_key")
+    group = f"({', '.join('?' * len(CALL_LOG_COLUMNS))})"
     size = CALL_LOG_ROWS_PER_STATEMENT
     whole = len(rows) // size * size if db.dialect == "sqlite" else 0
     if whole:
-        group = f"({', '.join('?' * len(CALL_LOG_COLUMNS))})"
-        many = one.replace(f"VALUES {group}", f"VALUES {', '.join([group] * size)}", 1)
+        many = one.replace(group, ", ".join([group] * size), 1)
         for start in range(0, whole, size):
             db.execute(many, [value for row in rows[start:start + size] for value in row])
     db.executemany(one, rows[whole:])

@@ -224,6 +224,27 @@ def test_many_rows_are_written_once_each_whatever_the_statements_that_carry_them
         db.close()
 
 
+def test_call_log_values_are_stored_as_they_were_given(db_url):
+    """Rows written out as literals (MySQL) keep every value: quotes, backslashes, NUL, line
+    breaks, %, ?, non-ASCII text, floats of every size, NULL."""
+    db = tfps.open_database(db_url)
+    try:
+        texts = ["it's", 'a "quoted" \\ back\\slash', "nul\x00byte", "line\nbreak\r\x1a", "100% ?", "Zürich ☎", "", "'; DROP TABLE call_log; --"]
+        numbers = [1700000000.123456, 0.1, 1e-07, 12345678901234.5, 0.0, -2.5, 3.0, 1e300]
+        rows = []
+        for i, (text, number) in enumerate(zip(texts, numbers)):
+            row = list(spool_rows(1)[0])
+            row[0], row[1], row[9], row[16], row[20], row[22] = number, f"id-{i}", text, text[::-1], number, None
+            row[13] = 2 ** 30 + i
+            rows.append(tuple(row))
+        tfps.insert_call_log(db, rows)
+        stored = {row[0]: row[1:] for row in db.query(
+            "SELECT call_id, ts, user_agent, reason, latency_ms, cost, concurrent_calls FROM call_log")}
+        assert stored == {row[1]: (row[0], row[9], row[16], row[20], None, row[13]) for row in rows}
+    finally:
+        db.close()
+
+
 def test_the_first_worker_takes_the_spools_of_workers_that_no_longer_run(tmp_path):
     base = tmp_path / "s.jsonl"
     for suffix in ("", ".0", ".1", ".3", ".5.replay", ".x", ".1.bak"):

@@ -107,21 +107,6 @@ INT_MAX = 2**31 - 1
 USER_MAX, DOMAIN_MAX = 128, 255
 
 
-FULL_COLLECTION_INTERVAL = 600.0  # seconds between a server's full garbage collections
-
-
-def keep_full_collections_off_the_request_path():
-    """A full garbage collection walks every live object (transactions, counter windows): 60-80 ms
-    at a few thousand calls a second on a small VM, which every call arriving meanwhile waits out.
-    Python starts one each time the objects that survived young collections grow by a quarter,
-    every few seconds under load; the request path leaves no reference cycles for it to find.
-    Young collections go on as before; the owner runs a full one every FULL_COLLECTION_INTERVAL.
-    What is loaded now lives as long as the process and is kept out of collections altogether."""
-    gc.freeze()
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, 2 ** 31 - 1)
-
-
 def parse_duration(text):
     """'90' -> 90.0, '1.5s' -> 1.5, '15m' -> 900.0, '24h', '90d', at most 100 years. Raises ValueError."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*", str(text).lower())
@@ -1167,9 +1152,10 @@ def parse_params(text):
 def parse_via(value):
     value = value.strip()
     m = PLAIN_VIA_RE.fullmatch(value)
-    if m and 0 < int(m.group(3) or 5060) < 65536:  # what parse_any_via makes of it, for a fraction of the cost
+    port = int(m.group(3)) if m and m.group(3) else None
+    if m and (port is None or 0 < port < 65536):  # what parse_any_via makes of it, for a fraction of the cost
         params = {"branch": m.group(4), "rport": ""} if m.group(5) else {"branch": m.group(4)}
-        return Via(m.group(1), m.group(2), int(m.group(3)) if m.group(3) else None, params, value)
+        return Via(m.group(1), m.group(2), port, params, value)
     return parse_any_via(value)
 
 
@@ -3797,16 +3783,11 @@ def rejects(*codes):
 # a Rejection or None. None writes: Engine._count counts once the verdict is known. ----------------
 
 @functools.lru_cache(maxsize=16384)
-def attack_in(text):
-    """Memoized: users and domains repeat from call to call."""
-    return ATTACK_SIGNATURE.search(text) is not None
-
-
-@functools.lru_cache(maxsize=16384)
-def attack_in_user_agent(text):
-    """Memoized apart from attack_in: a compiled pattern in the cache key would be hashed, its
-    whole program, on every call (0.2 µs, three times the lookup)."""
-    return UA_ATTACK_SIGNATURE.search(text) is not None
+def attack_in(text, user_agent=False):
+    """Memoized: users, domains and User-Agents repeat from call to call. The pattern is chosen
+    here, not passed: a compiled pattern in the cache key is hashed, its whole program, on every
+    call (0.2 µs, three times the lookup)."""
+    return (UA_ATTACK_SIGNATURE if user_agent else ATTACK_SIGNATURE).search(text) is not None
 
 
 def identity_defect(attempt):
@@ -3832,7 +3813,7 @@ def attack_signature(engine, call):
             return Rejection("R12", f"attack signature in the {label} {value[:60]!r}")
     if not a.number.lstrip("+").isdigit() and ATTACK_SIGNATURE.search(a.number):
         return Rejection("R12", f"attack signature in the number {a.number[:60]!r}")
-    if attack_in_user_agent(a.user_agent):
+    if attack_in(a.user_agent, True):
         return Rejection("R12", f"attack signature in the User-Agent {a.user_agent[:60]!r}")
     if call.number is None:
         return Rejection("R12", f"not a dialable number: {a.number[:40]!r}")
@@ -6506,6 +6487,21 @@ class SipService:
 
 UNTRUSTED_LOG_LINES = 20
 RESERVED_FILES = 64  # descriptors kept for the database, logs, lookups and alerts
+
+
+FULL_COLLECTION_INTERVAL = 600.0  # seconds between a server's full garbage collections
+
+
+def keep_full_collections_off_the_request_path():
+    """A full garbage collection walks every live object (transactions, counter windows): 60-80 ms
+    at a few thousand calls a second on a small VM, which every call arriving meanwhile waits out.
+    Python starts one each time the objects that survived young collections grow by a quarter,
+    every few seconds under load; the request path leaves no reference cycles for it to find.
+    Young collections go on as before; the owner runs a full one every FULL_COLLECTION_INTERVAL.
+    What is loaded now lives as long as the process and is kept out of collections altogether."""
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, INT_MAX)
 
 
 OVERLOAD_NOTICE_INTERVAL = 60.0

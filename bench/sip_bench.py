@@ -184,6 +184,12 @@ def server_latencies(db_path, after_id):
     return sorted(r[0] for r in rows), codes
 
 
+# sipp's socket buffers (its default is 64 KB): at thousands of calls a second, a few milliseconds
+# without the CPU would make the kernel drop answers at sipp's socket, and sipp counts the
+# retransmission that follows against the server.
+SIPP_BUFFER = 4 << 20
+
+
 def run_sipp(args, work, port, csv_name, rate, calls, tag, server_pid=None, inputs=None):
     """One sipp run in work/tag, with the scenario and CSV from `inputs` (default: work)."""
     inputs = inputs or work
@@ -197,7 +203,8 @@ def run_sipp(args, work, port, csv_name, rate, calls, tag, server_pid=None, inpu
            "-m", str(calls), "-l", str(max(200, rate * 3)), "-recv_timeout", str(args.recv_timeout_ms),
            "-timeout", f"{timeout_s}s", "-trace_stat", "-stf", str(stats), "-fd", "1",
            "-trace_rtt", "-rtt_freq", "1000", "-trace_err", "-error_file", str(step / "errors.log"),
-           "-max_recv_loops", "10000", "-max_sched_loops", "10000", "-nostdin"]
+           "-max_recv_loops", "10000", "-max_sched_loops", "10000", "-nostdin",
+           "-buff_size", str(SIPP_BUFFER)]
     started = time.time()
     srv_cpu0 = cpu_seconds(server_pid) if server_pid else float("nan")
     sipp_cpu = float("nan")

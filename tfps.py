@@ -2799,7 +2799,7 @@ def settle_quota_leases(db, node, spent, counted, returned, held, expires):
     learning) are added there; unspent calls leave the leases: those `returned`, and all of
     `held` ({key: calls}) where another node asked for them (`wanted`); its other leases are
     renewed until `expires`. Returns (the keys of its leases still held, {key: calls given back
-    because they were wanted})."""
+    because they were wanted}, the keys another node asked for)."""
     with db.transaction():
         wanted = {(account_id, day, bucket) for account_id, day, bucket in db.query(
             "SELECT account_id, day, bucket FROM quota_leases WHERE node = ? AND wanted = 1", (node,))}
@@ -2815,7 +2815,7 @@ def settle_quota_leases(db, node, spent, counted, returned, held, expires):
         db.execute("UPDATE quota_leases SET expires = ?, wanted = 0 WHERE node = ?", (expires, node))
         leases = {(account_id, day, bucket) for account_id, day, bucket in db.query(
             "SELECT account_id, day, bucket FROM quota_leases WHERE node = ?", (node,))}
-    return leases, given
+    return leases, given, wanted
 
 
 def load_spend(db, account_id, day, lock):
@@ -3400,12 +3400,13 @@ class AlertQueue:
         self.write(db, now)
         self.events = []
 
-    def write(self, db, now):
-        """Write the events into the current transaction; the caller clears them once it commits.
-        Events of one account and rule are taken together, and the throttles of all of them are
-        read and written together: a flood costs a few statements, not a round trip per event."""
+    def write(self, db, now, events=None):
+        """Write the events (default: those queued here) into the current transaction; the
+        caller clears them once it commits. Events of one account and rule are taken together,
+        and the throttles of all of them are read and written together: a flood costs a few
+        statements, not a round trip per event."""
         groups = {}
-        for event in self.events:
+        for event in self.events if events is None else events:
             groups.setdefault((event.account, event.rule), []).append(event)
         if not groups:
             return
@@ -3452,7 +3453,7 @@ class AlertTally(AlertQueue):
     def add(self, event):
         self.counts[event.kind] = self.counts.get(event.kind, 0) + 1
 
-    def write(self, db, now):
+    def write(self, db, now, events=None):
         pass
 
 
@@ -4355,11 +4356,19 @@ class LeasedCounters(PrivateCounters):
     is spent from blocks (leases) of it claimed in the database, one transaction per block, so it
     holds exactly across nodes and workers; the calls spent are written behind every
     flush_interval (write_behind). The per-minute, A->B and new-destination windows are this
-    process's own (PrivateCounters): each node or worker enforces them on the calls it answers."""
+    process's own (PrivateCounters): each node or worker enforces them on the calls it answers.
+
+    With a `writer` (the server's CallLogWriter), the write-behind runs on its thread and
+    connection, and its outcome is taken in at the next one: on SQLite the file's write lock is
+    often held by the workers' call log threads, and the event loop waited up to 240 ms for it.
+    One is on its way at a time; the calls spent meanwhile go with the next."""
 
     def __init__(self, db, node, block, ttl):
         super().__init__()
         self.db, self.node, self.block, self.ttl = db, node, block, ttl
+        self.writer = None        # CallLogWriter whose thread writes behind, or None: written here
+        self.settling = None      # the write-behind on its way there (WriteBehind)
+        self.claimed = set()      # keys claimed since it left: its outcome does not know their leases
         self.held = {}      # (account id, day, bucket) -> calls of this node's lease not spent yet
         self.in_use = {}    # key -> approved calls known: in the database, spent or counted here since
         self.spent_calls = {}     # key -> calls spent from the lease since the last write-behind
@@ -4390,6 +4399,7 @@ class LeasedCounters(PrivateCounters):
             now = time.time()
             granted, in_use = claim_quota_lease(self.db, key, self.node, limit, self.block, now, now + self.ttl)
             self.claims += 1
+            self.claimed.add(key)
             self.held[key] = granted
             # nothing left here: calls are refused until the next write-behind reads the count again
             self.in_use[key] = in_use + self.spent_calls.get(key, 0) + self.counted.get(key, 0) if granted else limit
@@ -4418,7 +4428,16 @@ class LeasedCounters(PrivateCounters):
         """Write the calls spent and counted since the last time, renew this node's leases and
         give back what another node asked for, leases of past days and, with `release` (the
         server stops), every unspent call. Counts of keys with nothing held are read again on
-        their next call, so that calls given back by other nodes, or a reset, are seen."""
+        their next call, so that calls given back by other nodes, or a reset, are seen. With a
+        writer, the outcome of the write-behind on its way is taken in first (its error raised,
+        its calls kept for the next), and this one is handed over; with `release` it is written
+        here, once the one on its way is over."""
+        if self.settling is not None:
+            if not (self.settling.finished.is_set() or release):
+                return
+            job, self.settling = self.settling, None
+            if job.finished.wait(self.writer.timeout or 10.0):
+                self._settled(job)
         newest = max((key[1] for key in self.held), default="")
         for key, held in self.held.items():
             if held and (release or key[1] < newest):
@@ -4428,23 +4447,55 @@ class LeasedCounters(PrivateCounters):
             self.in_use.clear()
             self.held.clear()
             return
-        spent, counted, returned = self.spent_calls, self.counted, self.returned
+        parts = self.spent_calls, self.counted, self.returned
         self.spent_calls, self.counted, self.returned = {}, {}, {}
+        if self.writer is not None and not release:
+            self.claimed = set()
+            self.settling = self.writer.write_behind(
+                lambda db: settle_quota_leases(db, self.node, *parts, {}, now + self.ttl), parts)
+            return
         try:
-            leases, given = settle_quota_leases(self.db, self.node, spent, counted, returned, self.held, now + self.ttl)
+            leases, given, _wanted = settle_quota_leases(self.db, self.node, *parts, self.held, now + self.ttl)
         except BaseException:
-            for mine, kept in ((self.spent_calls, spent), (self.counted, counted), (self.returned, returned)):
-                for key, calls in kept.items():
-                    mine[key] = mine.get(key, 0) + calls
+            self._keep_back(parts)
             raise
         for key in given:
             self.held[key] = 0
+        self._keep_leases(leases, newest, ())
+
+    def _settled(self, job):
+        """The outcome of a write-behind on the writer's thread: what other nodes asked for goes
+        back with the next one; leases claimed since it left are kept."""
+        if job.error is not None:
+            self._keep_back(job.parts)
+            raise job.error
+        leases, _given, wanted = job.result
+        for key in wanted:
+            if self.held.get(key):
+                self.returned[key] = self.returned.get(key, 0) + self.held[key]
+                self.held[key] = 0
+        self._keep_leases(leases, max((key[1] for key in self.held), default=""), self.claimed)
+
+    def _keep_back(self, parts):
+        """Calls of a write-behind that failed: they go with the next one."""
+        for mine, kept in zip((self.spent_calls, self.counted, self.returned), parts):
+            for key, calls in kept.items():
+                mine[key] = mine.get(key, 0) + calls
+
+    def _keep_leases(self, leases, newest, claimed):
         for key in list(self.held):
-            if key not in leases or not self.held[key] or key[1] < newest:
+            if key not in claimed and (key not in leases or not self.held[key] or key[1] < newest):
                 del self.held[key]
                 self.in_use.pop(key, None)
         for key in [key for key in self.in_use if key not in self.held]:
             del self.in_use[key]
+
+    def reconnected(self):
+        """The server has a new connection: a write-behind that failed on the old one is not an
+        outage any more; its calls go with the next."""
+        if self.settling is not None and self.settling.finished.is_set() and self.settling.error is not None:
+            self._keep_back(self.settling.parts)
+            self.settling = None
 
 
 # A verdict whose counters conflicted with another node's (a deadlock; on Galera, a certification
@@ -4620,8 +4671,19 @@ def first_seen_marks(db, marks):
     return [mark for mark, key in zip(marks, keys) if key in first]
 
 
+class WriteBehind:
+    """A write-behind of LeasedCounters, `run(db)` on the call log thread: `result` or `error`
+    once `finished` is set; `parts` are the calls it writes."""
+
+    def __init__(self, run, parts):
+        self.run, self.parts = run, parts
+        self.result = self.error = None
+        self.finished = threading.Event()
+
+
 class CallLogWriter:
-    """Writes a server's call log rows and first-seen countries on a thread and a database
+    """Writes a server's call log rows, first-seen countries, last-seen times and alerts (and,
+    handed over by LeasedCounters, its counters' write-behind) on a thread and a database
     connection of its own. On MariaDB the INSERT of a flush's rows costs about 30 µs a row: at
     1,000 calls/s every call arriving during a flush would wait tens of milliseconds for it on the
     event loop. The loop hands each flush's rows over; the thread writes them a transaction at a
@@ -4636,8 +4698,11 @@ class CallLogWriter:
     def __init__(self, url, spool, max_rows, timeout):
         self.url, self.spool, self.max_rows, self.timeout = url, spool, max_rows, timeout
         self.queue = deque()   # lists of rows handed over, oldest first
+        self.write_behinds = deque()  # WriteBehind of the counters, before any row
         self.queued = 0        # rows in the queue
         self.marks = []        # (call, direction, iso) of first-seen marks not yet written
+        self.seen = {}         # account id -> time of its last call, not yet written
+        self.alerts = []       # (AlertQueue, events, time) not yet written, at most MAX_QUEUED_ALERTS events
         self.firsts = deque()  # the marks that were the first, for the loop
         self.dropped = 0       # rows lost: refused by the database, or past max_rows
         self.cond = threading.Condition()
@@ -4649,8 +4714,24 @@ class CallLogWriter:
         self.thread = threading.Thread(target=self._run, name="call-log", daemon=True)
         self.thread.start()
 
-    def put(self, rows, marks=()):
-        if not (rows or marks):
+    def write_behind(self, run, parts):
+        """Hand over a write-behind of the counters (see LeasedCounters): run before the rows waiting."""
+        job = WriteBehind(run, parts)
+        with self.cond:
+            self.write_behinds.append(job)
+            self.cond.notify()
+        return job
+
+    @property
+    def queued_alerts(self):
+        return sum(len(events) for _queue, events, _now in self.alerts)
+
+    def put(self, rows, marks=(), seen=None, alerts=None):
+        """Rows, first-seen marks, {account id: last-seen time} and (AlertQueue, events, time)
+        to write."""
+        if alerts and not alerts[1]:
+            alerts = None
+        if not (rows or marks or seen or alerts):
             return
         with self.cond:
             if rows:
@@ -4659,6 +4740,16 @@ class CallLogWriter:
                 if self.queued > self.max_rows:
                     self._drop_oldest(self.queued - self.max_rows)
             self.marks.extend(marks)
+            self.seen.update(seen or ())
+            if alerts:
+                queue, events, now = alerts
+                room = MAX_QUEUED_ALERTS - self.queued_alerts
+                if len(events) > room:  # the database has not taken any for a long while
+                    queue.dropped += len(events) - max(room, 0)
+                    log.error("alert queue full (%d unwritten): %d alert(s) dropped", self.queued_alerts, queue.dropped)
+                    events = events[:max(room, 0)]
+                if events:
+                    self.alerts.append((queue, events, now))
             self.cond.notify()
 
     def _drop_oldest(self, excess):
@@ -4690,21 +4781,30 @@ class CallLogWriter:
         return lost
 
     def _waiting(self):
-        """Work that waits for the database alone (spooled rows, marks): tried every RETRY_AFTER."""
-        return self.spooled_rows or bool(self.marks)
+        """Work that waits for the database alone (spooled rows, marks, last-seen times, alerts):
+        tried every RETRY_AFTER."""
+        return self.spooled_rows or bool(self.marks) or bool(self.seen) or bool(self.alerts)
 
     def _run(self):
         while True:
             with self.cond:
-                while not (self.queue or self.closing or (self._waiting() and time.monotonic() >= self.retry_at)):
+                while not (self.queue or self.write_behinds or self.closing
+                           or (self._waiting() and time.monotonic() >= self.retry_at)):
                     self.cond.wait(self.RETRY_AFTER if self._waiting() else None)
-                if not self.queue and self.closing:
+                job = self.write_behinds.popleft() if self.write_behinds else None
+                if job is None and not self.queue and self.closing:
                     break
+            if job is not None:
+                self._write_behind(job)
+                continue
+            with self.cond:
                 rows = self.queue.popleft() if self.queue else []
                 while self.queue and len(rows) < 5000:
                     rows.extend(self.queue.popleft())
                 marks, self.marks = self.marks, []
-            taken = self._write(rows, marks)
+                seen, self.seen = self.seen, {}
+                alerts, self.alerts = self.alerts, []
+            taken = self._write(rows, marks, seen, alerts)
             with self.cond:
                 self.queued -= taken
                 if taken < len(rows):
@@ -4713,12 +4813,12 @@ class CallLogWriter:
         if self.db:
             self.db.close()
 
-    def _write(self, rows, marks):
+    def _write(self, rows, marks, seen, alerts):
         """Rows written, refused by the database, or spooled: the others wait for the next try,
-        and so do the marks unless written."""
+        and so do the marks, last-seen times and alerts unless written."""
         if time.monotonic() >= self.retry_at:
             try:
-                self._insert(rows, marks)
+                self._insert(rows, marks, seen, alerts)
                 if self.failing:
                     log.warning("call log: written to the database again")
                 self.failing = None
@@ -4732,6 +4832,9 @@ class CallLogWriter:
                 self.retry_at = time.monotonic() + self.RETRY_AFTER
         with self.cond:
             self.marks[:0] = marks
+            for account_id, ts in seen.items():
+                self.seen.setdefault(account_id, ts)
+            self.alerts[:0] = alerts
         taken, refusing = self.spool.offer(rows)
         if refusing:
             self._failed(f"not written to the database, and the spool {self.spool.path} is {refusing}")
@@ -4744,19 +4847,48 @@ class CallLogWriter:
                       why, self.spool.path)
         self.failing = why
 
-    def _insert(self, rows, marks):
+    def _write_behind(self, job):
+        """Run a write-behind of the counters, tried again after a conflict with another node's
+        writes as a verdict is; its error is the owner's to handle (the connection is dropped if
+        the database is unavailable)."""
+        try:
+            db = self._connection()
+            for tries in range(VERDICT_TRIES):
+                try:
+                    job.result = job.run(db)
+                    break
+                except db.errors as exc:
+                    if tries == VERDICT_TRIES - 1 or not db.transient(exc):
+                        raise
+                    pause_after_conflict(tries)
+        except Exception as exc:  # database errors, and OSError of a connection that broke
+            job.error = exc
+            if self.db is not None and (not isinstance(exc, self.db.errors) or self.db.unavailable(exc)):
+                with contextlib.suppress(Exception):
+                    self.db.close()
+                self.db = None
+        job.finished.set()
+
+    def _connection(self):
         if self.db is None:
             self.db = Database(self.url, timeout=self.timeout)
+        return self.db
+
+    def _insert(self, rows, marks, seen, alerts):
+        self._connection()
         if self.spooled_rows:  # the rows spooled during an outage go first
             self.spool.replay(self.db)
             self.spooled_rows = False
-        if not (rows or marks):
+        if not (rows or marks or seen or alerts):
             return
         for tries in range(VERDICT_TRIES):
             try:
                 with self.db.transaction():
                     refused = write_call_log(self.db, rows) if rows else 0
                     firsts = first_seen_marks(self.db, marks) if marks else ()
+                    update_last_seen(self.db, sorted(seen.items()))
+                    for queue, events, now in alerts:
+                        queue.write(self.db, now, events)
                 self.dropped += refused
                 self.firsts.extend(firsts)
                 return
@@ -4888,6 +5020,8 @@ class Engine:
         self.db = db
         if isinstance(self.counters, (SharedCounters, LeasedCounters)):
             self.counters.db = db
+        if isinstance(self.counters, LeasedCounters):
+            self.counters.reconnected()
 
     def charge_outage_counts(self):
         """The database is back: the calls approved from memory meanwhile are added to its daily
@@ -5285,7 +5419,8 @@ class Engine:
         log rows, last-seen times, first-seen countries (with counters written behind) and alerts
         in a transaction of their own: a call log that cannot be written never takes the counters
         with it. Rows stay buffered while the database is unavailable; a row the database
-        refuses is logged and dropped alone. A conflict with another node's writes (a deadlock;
+        refuses is logged and dropped alone. With a call log writer, the rows, first-seen countries,
+        last-seen times and alerts go to its thread instead. A conflict with another node's writes (a deadlock;
         on Galera, a certification failure) is tried again, as a verdict is: a stopping server
         has no next flush."""
         for tries in range(VERDICT_TRIES):
@@ -5305,10 +5440,11 @@ class Engine:
         seen, self.last_seen = self.last_seen, {}
         unseen, self.unseen = self.unseen, [] if self.unseen is not None else None
         if self.call_log:
-            self.call_log.put(rows, unseen or ())
-            rows, unseen = [], None
             while self.call_log.firsts:
                 self._first_seen_notice(*self.call_log.firsts.popleft())
+            events, self.alerts.events = self.alerts.events, []
+            self.call_log.put(rows, unseen or (), seen, (self.alerts, events, now or time.time()))
+            return
         if not (rows or seen or unseen or self.alerts.events):
             return
         events = len(self.alerts.events)
@@ -5336,6 +5472,10 @@ class Engine:
     def unwritten_rows(self):
         """Call log rows not yet in the database or the spool."""
         return len(self.log_rows) + (self.call_log.queued if self.call_log else 0)
+
+    def queued_alerts(self):
+        """Alerts not yet in the database's outbox."""
+        return len(self.alerts.events) + (self.call_log.queued_alerts if self.call_log else 0)
 
     def lost_rows(self):
         """Call log rows lost: refused by the database, or past max_unflushed_rows."""
@@ -6917,6 +7057,8 @@ class Server:
             timeout = self.cfg.database.timeout if self.db.dialect == "mysql" else None
             self.engine.call_log = CallLogWriter(self.db.url, self.engine.spool, self.cfg.database.max_unflushed_rows,
                                                  timeout)
+            if isinstance(self.engine.counters, LeasedCounters):
+                self.engine.counters.writer = self.engine.call_log
 
     def run(self):
         self.start_call_log_writer()
@@ -8444,7 +8586,7 @@ def http_dashboard(api, request):
         "top_destinations": [{"country": c, "rejected": n} for c, n in most_first(countries)],
         "recent_rejections": [dict(zip(rejection_names, (fmt_time(r[0], tz), *r[1:]))) for r in rejections],
         "reputation": {**server.reputation.lookups.copy(), "in_flight": len(server.reputation.waiting)},
-        "alerts": {"in_memory": len(server.engine.alerts.events), "outbox": outbox, "retrying": failed,
+        "alerts": {"in_memory": server.engine.queued_alerts(), "outbox": outbox, "retrying": failed,
                    "oldest": fmt_time(oldest, tz) if oldest else "", "delivery_failures": server.dispatcher.failures},
         "database_up": server.database_down is None,
         "nodes": [{"node": node, "calls": calls, "last_call": fmt_time(last, tz)} for node, (calls, last) in sorted(nodes.items())],
@@ -8596,7 +8738,7 @@ def render_metrics(api):
         "list_entries": [({"list": name}, n) for name, n in list_sizes(engine.lists).items()],
         "http_requests": grouped.get("http_requests", []),
     }
-    queued = len(engine.alerts.events)
+    queued = engine.queued_alerts()
     try:
         if server.database_down is not None:
             raise HttpError(503, "database unavailable")

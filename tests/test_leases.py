@@ -15,14 +15,26 @@ from conftest import wait_until
 from test_multinode import DOMAIN, create_accounts, race_nodes
 
 
-def leased_engine(url, node, block, ttl="30s"):
+def leased_engine(url, node, block, ttl="30s", spool=None, timeout=None):
+    """An engine with leases; with a `spool` path, a call log thread as a server has, which
+    writes the counters behind too."""
     cfg = tfps.Config.load(None)
     cfg.set("policy", "business_hours", "mon-sun 00:00-24:00")
     cfg.set("policy", "max_calls_per_minute", "0")
     cfg.set("database", "quota_lease", str(block))
     cfg.set("database", "lease_ttl", ttl)
     db = tfps.open_database(url)
-    return tfps.Engine(cfg, db, counters=tfps.LeasedCounters(db, node, block, cfg.database.lease_ttl))
+    engine = tfps.Engine(cfg, db, counters=tfps.LeasedCounters(db, node, block, cfg.database.lease_ttl))
+    if spool:
+        engine.call_log = tfps.CallLogWriter(url, tfps.CallLogSpool(str(spool), 1 << 20), 100000, timeout)
+        engine.counters.writer = engine.call_log
+    return engine
+
+
+def close_engine(engine):
+    if engine.call_log:
+        engine.call_log.close(10)
+    engine.db.close()
 
 
 def approved_in_database(url, account_id):
@@ -41,16 +53,19 @@ def leases_in_database(url):
         db.close()
 
 
+@pytest.mark.parametrize("behind", ["loop", "thread"])
 @pytest.mark.parametrize("nodes", [2, 3])
-def test_engines_racing_with_leases_never_exceed_the_quota(db_url, nodes):
+def test_engines_racing_with_leases_never_exceed_the_quota(db_url, nodes, behind, tmp_path):
     """Engines on threads, each with its own connection and leases, decide calls of the same
-    accounts at the same moment and write behind as a server does: never more approvals than
-    the quota; once every engine gave its leases back, the database counts exactly what was
-    approved, and what was left of the quota is there for the taking."""
+    accounts at the same moment and write behind as a server does (on its own connection, or on
+    a call log thread's): never more approvals than the quota; once every engine gave its leases
+    back, the database counts exactly what was approved, and what was left of the quota is
+    there for the taking."""
     quota, block, calls_per_engine = 10, 3, 12
     users = ["l1", "l2", "l3"]
     ids = create_accounts(db_url, users, daily_quota=quota, daily_quota_off=quota)
-    engines = [leased_engine(db_url, f"node-{k}", block) for k in range(nodes)]
+    engines = [leased_engine(db_url, f"node-{k}", block, spool=tmp_path / f"spool-{k}" if behind == "thread" else None)
+               for k in range(nodes)]
     verdicts, errors = [], []
     barrier = threading.Barrier(nodes)
 
@@ -97,7 +112,52 @@ def test_engines_racing_with_leases_never_exceed_the_quota(db_url, nodes):
         late.db.close()
     finally:
         for engine in engines:
-            engine.db.close()
+            close_engine(engine)
+
+
+def test_a_write_behind_on_the_call_log_thread_never_waits_on_the_loop(tmp_path):
+    """SQLite: while another connection holds the file's write lock, flush() hands the
+    write-behind (and the rows, last-seen times and alerts) to the call log thread and returns
+    at once; the next one takes in its outcome.
+    One that fails (the lock held past the thread's busy timeout) raises at the next flush, as a
+    write-behind on the loop would, and its calls go with the one after: none is lost or counted
+    twice. A lease claimed while a write-behind is on its way is kept when its outcome comes in."""
+    url = f"sqlite://{tmp_path / 'tfps.db'}"
+    ids = create_accounts(url, ["t1", "t2"], daily_quota=100, daily_quota_off=100)
+    engine = leased_engine(url, "t", 10, spool=tmp_path / "spool", timeout=0.3)
+    other = tfps.open_database(url)
+    try:
+        for i in range(3):
+            verdict = engine.decide(tfps.CallAttempt("t1", DOMAIN, f"1212300000{i}", ts=time.time()))
+            assert verdict.code == "A00"
+            engine.record(verdict, "302 A00", 1.0)
+        engine.alerts.add(tfps.AlertEvent("anomaly", f"t1@{DOMAIN}", "TEST", "subject", "body", {}))
+        other.begin()   # the write lock, held by another connection
+        started = time.monotonic()
+        engine.flush()
+        assert time.monotonic() - started < 0.25   # handed over: the loop does not wait for the lock
+        assert engine.counters.settling is not None
+        assert engine.counters.settling.finished.wait(5)
+        with pytest.raises(tfps.sqlite3.OperationalError, match="locked"):
+            engine.flush()   # the outcome: the thread gave up after its busy timeout
+        other.rollback()
+        assert approved_in_database(url, ids["t1"]) == 0
+        engine.flush()   # the calls kept back go now, with the lease renewed
+        assert engine.counters.settling.finished.wait(5)
+        assert engine.decide(tfps.CallAttempt("t2", DOMAIN, "12123100000", ts=time.time())).code == "A00"
+        assert ("t", 10) in leases_in_database(url) and len(leases_in_database(url)) == 2
+        engine.flush()   # takes in the outcome, which does not know t2's lease, claimed since
+        assert approved_in_database(url, ids["t1"]) == 3
+        assert wait_until(lambda: other.scalar("SELECT COUNT(*) FROM alert_throttle WHERE rule = 'TEST'") == 1)
+        assert wait_until(lambda: other.scalar("SELECT last_seen FROM accounts WHERE id = ?", (ids["t1"],)))
+        assert wait_until(lambda: other.scalar("SELECT COUNT(*) FROM call_log") == 3)   # spooled meanwhile, then written
+        assert [calls for key, calls in engine.counters.held.items() if key[0] == ids["t2"]] == [9]
+        engine.counters.write_behind(time.time(), release=True)
+        assert approved_in_database(url, ids["t1"]) == 3 and approved_in_database(url, ids["t2"]) == 1
+        assert leases_in_database(url) == []
+    finally:
+        other.close()
+        close_engine(engine)
 
 
 def test_a_node_that_finds_the_quota_leased_gets_it_back_from_the_holder(db_url):
@@ -254,8 +314,8 @@ def test_a_write_behind_takes_calls_out_of_its_own_leases_only_in_one_statement_
             db.insert("quota_leases", {"account_id": account_id, "day": lease_day, "bucket": bucket, "node": node,
                                        "calls": calls, "expires": 1.0})
         returned = {(2, day, "biz"): 5, **{(account_id, day, "biz"): 1 for account_id in range(100, 700)}}
-        held, given = tfps.settle_quota_leases(db, "a", {(1, day, "biz"): 3}, {}, returned, {}, 2.0)
-        assert held == {(1, day, "biz"), (1, day, "off"), (1, before, "biz")} and given == {}
+        held, given, wanted = tfps.settle_quota_leases(db, "a", {(1, day, "biz"): 3}, {}, returned, {}, 2.0)
+        assert held == {(1, day, "biz"), (1, day, "off"), (1, before, "biz")} and given == {} and wanted == set()
         rows = db.query("SELECT node, account_id, day, bucket, calls, expires FROM quota_leases")
         assert sorted(tuple(row) for row in rows) == [("a", 1, before, "biz", 4, 2.0), ("a", 1, day, "biz", 7, 2.0),
                                                        ("a", 1, day, "off", 10, 2.0), ("b", 1, day, "biz", 7, 1.0)]

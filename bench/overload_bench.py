@@ -125,18 +125,19 @@ def main():
           f"{args.factor} x {args.sustainable} calls/s for {args.duration:g} s, then {args.sustainable // 2} calls/s for "
           f"{args.after:g} s; workers {args.workers}; recv timeout {args.recv_timeout_ms} ms; {os.cpu_count()} CPUs; total {time.time() - started:.0f} s")
     head = (f"{'setting':<8} {'phase':<8} {'rate/s':>6} {'sent':>7} {'<=500ms':>8} {'failed':>7} {'R98':>7} "
-            f"{'verdicts':>8} {'p50':>5} {'p99':>5} {'µs/call':>7} {'RSS MB':>6}")
+            f"{'verdicts':>8} {'p50':>5} {'p99':>5} {'max':>5} {'>500ms':>6} {'µs/call':>7} {'RSS MB':>6}")
     print(head)
     print("-" * len(head))
     for name, runs in results.items():
         for label, r in zip(("overload", "after"), runs):
             print(f"{name:<8} {label:<8} {r['rate']:>6} {r.get('sent', 0):>7} {100 * r['within_500']:>7.1f}% {r.get('failed', 0):>7} "
                   f"{r['r98']:>7} {r['verdicts']:>8} {fmt(percentile(r['rtt'], 50), 0):>5} {fmt(percentile(r['rtt'], 99), 0):>5} "
+                  f"{fmt(max(r['rtt'], default=float('nan')), 0):>5} {sum(1 for rtt in r['rtt'] if rtt > 500):>6} "
                   f"{1e6 * r['srv_cpu_s'] / max(1, r['verdicts']):>7.0f} {r['srv_hwm_mb']:>6.0f}")
     print("off = overload_after 0 (no overload control); reject/approve = overload_after 0.2 s with that answer. "
           "<=500ms = share of the calls sipp traced (every full 1,000) whose 302 came within 500 ms of the first INVITE; failed = no 302 within "
-          "the recv timeout; R98 = call log rows with code or would_code R98; p50/p99 = sipp INVITE -> 302 (ms, "
-          "answered calls); µs/call = server CPU per verdict; RSS MB = peak RSS (VmHWM) so far of the largest server process.")
+          "the recv timeout; R98 = call log rows with code or would_code R98; p50/p99/max = sipp INVITE -> 302 (ms, "
+          "answered calls); >500ms = traced calls answered later than 500 ms; µs/call = server CPU per verdict; RSS MB = peak RSS (VmHWM) so far of the largest server process.")
     return 0
 
 

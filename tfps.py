@@ -4438,6 +4438,10 @@ class LeasedCounters(PrivateCounters):
             job, self.settling = self.settling, None
             if job.finished.wait(self.writer.timeout or 10.0):
                 self._settled(job)
+            else:
+                log.error("stopping: a write-behind of %d call(s) not done after %g s, given up; those calls may "
+                          "not be charged to their daily quotas", sum(map(sum, (part.values() for part in job.parts))),
+                          self.writer.timeout or 10.0)
         newest = max((key[1] for key in self.held), default="")
         for key, held in self.held.items():
             if held and (release or key[1] < newest):

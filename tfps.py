@@ -4399,7 +4399,8 @@ class LeasedCounters(PrivateCounters):
             now = time.time()
             granted, in_use = claim_quota_lease(self.db, key, self.node, limit, self.block, now, now + self.ttl)
             self.claims += 1
-            self.claimed.add(key)
+            if self.settling is not None:
+                self.claimed.add(key)
             self.held[key] = granted
             # nothing left here: calls are refused until the next write-behind reads the count again
             self.in_use[key] = in_use + self.spent_calls.get(key, 0) + self.counted.get(key, 0) if granted else limit
@@ -4436,11 +4437,12 @@ class LeasedCounters(PrivateCounters):
             if not (self.settling.finished.is_set() or release):
                 return
             job, self.settling = self.settling, None
+            claimed, self.claimed = self.claimed, set()
             if job.finished.wait(self.writer.timeout or 10.0):
-                self._settled(job)
+                self._settled(job, claimed)
             else:
                 log.error("stopping: a write-behind of %d call(s) not done after %g s, given up; those calls may "
-                          "not be charged to their daily quotas", sum(map(sum, (part.values() for part in job.parts))),
+                          "not be charged to their daily quotas", sum(sum(part.values()) for part in job.parts),
                           self.writer.timeout or 10.0)
         newest = max((key[1] for key in self.held), default="")
         for key, held in self.held.items():
@@ -4454,7 +4456,6 @@ class LeasedCounters(PrivateCounters):
         parts = self.spent_calls, self.counted, self.returned
         self.spent_calls, self.counted, self.returned = {}, {}, {}
         if self.writer is not None and not release:
-            self.claimed = set()
             self.settling = self.writer.write_behind(
                 lambda db: settle_quota_leases(db, self.node, *parts, {}, now + self.ttl), parts)
             return
@@ -4467,9 +4468,9 @@ class LeasedCounters(PrivateCounters):
             self.held[key] = 0
         self._keep_leases(leases, newest, ())
 
-    def _settled(self, job):
+    def _settled(self, job, claimed):
         """The outcome of a write-behind on the writer's thread: what other nodes asked for goes
-        back with the next one; leases claimed since it left are kept."""
+        back with the next one; the leases `claimed` since it left are kept."""
         if job.error is not None:
             self._keep_back(job.parts)
             raise job.error
@@ -4478,7 +4479,7 @@ class LeasedCounters(PrivateCounters):
             if self.held.get(key):
                 self.returned[key] = self.returned.get(key, 0) + self.held[key]
                 self.held[key] = 0
-        self._keep_leases(leases, max((key[1] for key in self.held), default=""), self.claimed)
+        self._keep_leases(leases, max((key[1] for key in self.held), default=""), claimed)
 
     def _keep_back(self, parts):
         """Calls of a write-behind that failed: they go with the next one."""
@@ -4500,6 +4501,7 @@ class LeasedCounters(PrivateCounters):
         if self.settling is not None and self.settling.finished.is_set() and self.settling.error is not None:
             self._keep_back(self.settling.parts)
             self.settling = None
+            self.claimed = set()
 
 
 # A verdict whose counters conflicted with another node's (a deadlock; on Galera, a certification
@@ -4513,6 +4515,20 @@ def pause_after_conflict(tries):
     """Let the other side finish (and, on Galera, its write reach this node); a random wait, so
     that nodes that conflicted once do not meet again at the same moment."""
     time.sleep(secrets.randbelow(1000 * (tries + 1)) / 1e6)
+
+
+def again_after_conflicts(db, work, what=None):
+    """work(), tried again after a conflict with another node's writes (a deadlock; on Galera,
+    a certification failure), up to VERDICT_TRIES times in all; logged as `what` when given."""
+    for tries in range(VERDICT_TRIES):
+        try:
+            return work()
+        except db.errors as exc:
+            if tries == VERDICT_TRIES - 1 or not db.transient(exc):
+                raise
+            if what:
+                log.info("%s: %s; trying again", what, exc)
+            pause_after_conflict(tries)
 
 
 def row_key():
@@ -4733,8 +4749,6 @@ class CallLogWriter:
     def put(self, rows, marks=(), seen=None, alerts=None):
         """Rows, first-seen marks, {account id: last-seen time} and (AlertQueue, events, time)
         to write."""
-        if alerts and not alerts[1]:
-            alerts = None
         if not (rows or marks or seen or alerts):
             return
         with self.cond:
@@ -4796,18 +4810,18 @@ class CallLogWriter:
                            or (self._waiting() and time.monotonic() >= self.retry_at)):
                     self.cond.wait(self.RETRY_AFTER if self._waiting() else None)
                 job = self.write_behinds.popleft() if self.write_behinds else None
-                if job is None and not self.queue and self.closing:
-                    break
+                if job is None:
+                    if not self.queue and self.closing:
+                        break
+                    rows = self.queue.popleft() if self.queue else []
+                    while self.queue and len(rows) < 5000:
+                        rows.extend(self.queue.popleft())
+                    marks, self.marks = self.marks, []
+                    seen, self.seen = self.seen, {}
+                    alerts, self.alerts = self.alerts, []
             if job is not None:
                 self._write_behind(job)
                 continue
-            with self.cond:
-                rows = self.queue.popleft() if self.queue else []
-                while self.queue and len(rows) < 5000:
-                    rows.extend(self.queue.popleft())
-                marks, self.marks = self.marks, []
-                seen, self.seen = self.seen, {}
-                alerts, self.alerts = self.alerts, []
             taken = self._write(rows, marks, seen, alerts)
             with self.cond:
                 self.queued -= taken
@@ -4857,14 +4871,7 @@ class CallLogWriter:
         the database is unavailable)."""
         try:
             db = self._connection()
-            for tries in range(VERDICT_TRIES):
-                try:
-                    job.result = job.run(db)
-                    break
-                except db.errors as exc:
-                    if tries == VERDICT_TRIES - 1 or not db.transient(exc):
-                        raise
-                    pause_after_conflict(tries)
+            job.result = again_after_conflicts(db, lambda: job.run(db))
         except Exception as exc:  # database errors, and OSError of a connection that broke
             job.error = exc
             if self.db is not None and (not isinstance(exc, self.db.errors) or self.db.unavailable(exc)):
@@ -4885,21 +4892,18 @@ class CallLogWriter:
             self.spooled_rows = False
         if not (rows or marks or seen or alerts):
             return
-        for tries in range(VERDICT_TRIES):
-            try:
-                with self.db.transaction():
-                    refused = write_call_log(self.db, rows) if rows else 0
-                    firsts = first_seen_marks(self.db, marks) if marks else ()
-                    update_last_seen(self.db, sorted(seen.items()))
-                    for queue, events, now in alerts:
-                        queue.write(self.db, now, events)
-                self.dropped += refused
-                self.firsts.extend(firsts)
-                return
-            except self.db.errors as exc:
-                if tries == VERDICT_TRIES - 1 or not self.db.transient(exc):
-                    raise
-                pause_after_conflict(tries)
+
+        def write():
+            with self.db.transaction():
+                refused = write_call_log(self.db, rows) if rows else 0
+                firsts = first_seen_marks(self.db, marks) if marks else ()
+                update_last_seen(self.db, sorted(seen.items()))
+                for queue, events, now in alerts:
+                    queue.write(self.db, now, events)
+            self.dropped += refused
+            self.firsts.extend(firsts)
+
+        again_after_conflicts(self.db, write)
 
 
 MAX_CACHED = 200000  # accounts (and first-seen countries) kept in memory; past it the cache starts over
@@ -5427,14 +5431,7 @@ class Engine:
         last-seen times and alerts go to its thread instead. A conflict with another node's writes (a deadlock;
         on Galera, a certification failure) is tried again, as a verdict is: a stopping server
         has no next flush."""
-        for tries in range(VERDICT_TRIES):
-            try:
-                return self._flush(now, release)
-            except self.db.errors as exc:
-                if tries == VERDICT_TRIES - 1 or not self.db.transient(exc):
-                    raise
-                log.info("flush: %s; trying again", exc)
-                pause_after_conflict(tries)
+        return again_after_conflicts(self.db, lambda: self._flush(now, release), "flush")
 
     def _flush(self, now, release):
         if self.db.in_transaction:
@@ -5447,7 +5444,7 @@ class Engine:
             while self.call_log.firsts:
                 self._first_seen_notice(*self.call_log.firsts.popleft())
             events, self.alerts.events = self.alerts.events, []
-            self.call_log.put(rows, unseen or (), seen, (self.alerts, events, now or time.time()))
+            self.call_log.put(rows, unseen or (), seen, (self.alerts, events, now or time.time()) if events else None)
             return
         if not (rows or seen or unseen or self.alerts.events):
             return

@@ -3,6 +3,14 @@
 control off ([server] overload_after = 0, how the server behaved before it existed) and on
 (overload_after 0.2 s, overload = reject, then approve), side by side in one run.
 
+The sustainable rate (--sustainable auto, the default) is measured first, in the same run: the
+machine's speed moves by 2x and more from one hour to the next, so a rate taken from another run
+can make "3x" anything from 1.5x to 5x. A server with overload control off is offered
+--find-seconds steps: doubling from --find-from until a step fails, then --find-steps bisection
+steps (to 100 calls/s); a step passes as in the SIP benchmark (every call answered, 0 failed, at
+least 95 % of the offered rate achieved), and after a failed one the server is started again. The
+highest rate that passed is the sustainable rate. --sustainable N skips the search.
+
 For each setting: a fresh server (UDP, SQLite WAL, full engine, redirect mode, the SIP benchmark's
 configuration and call mix) is warmed up, sipp offers --factor x --sustainable calls/s for
 --duration seconds, and right after, sipp offers --sustainable / 2 calls/s for --after seconds.
@@ -11,7 +19,7 @@ failed calls (no 302 within --recv-timeout-ms), verdicts R98 (from the call log:
 with would_code R98 for approve), p50/p99 of the answered calls, server CPU µs per call, and the
 server's peak RSS.
 
-    python3 bench/overload_bench.py                                # 3 x 2500 calls/s for 30 s
+    python3 bench/overload_bench.py                                # 3 x the sustainable rate found, for 30 s
     python3 bench/overload_bench.py --sustainable 2000 --duration 10
     python3 bench/overload_bench.py --settings reject --profile    # + cProfile of the server's event loop
 """
@@ -29,6 +37,7 @@ from benchlib import TFPS, describe_version, fmt, free_port, log, percentile, wr
 from sip_bench import Server, add_sipp_arguments, cpu_seconds, last_call_id, print_profiles, rss_mb, run_sipp, write_inputs
 
 SETTINGS = (("off", "0", "reject"), ("reject", "0.2s", "reject"), ("approve", "0.2s", "approve"))
+FIND_MAX = 64000  # calls/s: no search goes past it
 
 
 def overload_codes(db_path, after_id):
@@ -67,7 +76,8 @@ def phase(args, work, server, port, db_path, rate, seconds, tag):
     return r
 
 
-def run_setting(args, work, name, overload_after, overload):
+def started_server(args, work, name, overload_after, overload, profile=False):
+    """A fresh server in work/name with these overload settings, warmed up: (server, port, db_path)."""
     work = work / name
     work.mkdir()
     port = free_port()
@@ -75,12 +85,68 @@ def run_setting(args, work, name, overload_after, overload):
     conf = write_config(work, port, db_path)
     conf.write_text(conf.read_text().replace("[server]\n", f"[server]\noverload_after = {overload_after}\n"
                                                            f"overload = {overload}\nworkers = {args.workers}\n", 1))
-    server = Server(work, conf, args.profile, args.tfps)
+    server = Server(work, conf, profile, args.tfps)
     server.start()
     try:
         warm = run_sipp(args, work, port, "warmup.csv", 500, args.users, "warmup", inputs=args.inputs)
-        log(f"[{name}] warm-up: {warm.get('ok')} calls ok ({args.users} accounts enrolled)")
-        time.sleep(1.0)
+    except BaseException:
+        server.stop()
+        raise
+    log(f"[{name}] warm-up: {warm.get('ok')} calls ok ({args.users} accounts enrolled)")
+    time.sleep(1.0)
+    return server, port, db_path
+
+
+def find_sustainable(args, work):
+    """The highest rate with every call answered in time, overload control off: (rate, steps)."""
+    server, port, _ = started_server(args, work, "sustainable", "0", "reject")
+    steps = []
+
+    def step(rate):
+        r = run_sipp(args, work / "sustainable", port, "calls.csv", rate, int(rate * args.find_seconds), f"step-{len(steps) + 1}-{rate}",
+                     None, args.inputs)
+        steps.append((rate, r))
+        log(f"  sustainable? {rate} calls/s: {'PASS' if r['passed'] else 'FAIL'} (failed {r.get('failed')}, "
+            f"achieved {r.get('achieved', 0):.0f}/s, p99 {fmt(percentile(r['rtt'], 99), 0)} ms)")
+        if not r["passed"]:  # a fresh start: the backlog of the failed step must not count against the next
+            server.stop()
+            server.start()
+            time.sleep(1.0)
+        return r["passed"]
+
+    try:
+        lo = hi = None
+        rate = args.find_from
+        while lo is None and rate >= 100:  # down from --find-from until a step passes
+            if step(rate):
+                lo = rate
+            else:
+                hi, rate = rate, rate // 2
+        while hi is None and lo is not None and lo < FIND_MAX:
+            rate = lo * 2
+            if step(rate):
+                lo = rate
+            else:
+                hi = rate
+        for _ in range(args.find_steps if lo is not None and hi is not None else 0):
+            rate = int(round((lo + hi) / 200.0)) * 100
+            if rate <= lo or rate >= hi:
+                break
+            if step(rate):
+                lo = rate
+            else:
+                hi = rate
+    finally:
+        server.stop()
+    if lo is None:
+        raise SystemExit("no sustainable rate found: even 100 calls/s failed")
+    return lo, steps
+
+
+def run_setting(args, work, name, overload_after, overload):
+    server, port, db_path = started_server(args, work, name, overload_after, overload, args.profile)
+    work = work / name
+    try:
         overloaded = phase(args, work, server, port, db_path, args.factor * args.sustainable, args.duration, "overload")
         after = phase(args, work, server, port, db_path, args.sustainable // 2, args.after, "after")
     finally:
@@ -90,7 +156,11 @@ def run_setting(args, work, name, overload_after, overload):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sustainable", type=int, default=2500, help="calls/s the server sustains (default 2500)")
+    ap.add_argument("--sustainable", default="auto",
+                    help="calls/s the server sustains, or auto: measured first in this run (default auto)")
+    ap.add_argument("--find-from", type=int, default=1000, help="first rate of the search for the sustainable rate (default 1000)")
+    ap.add_argument("--find-seconds", type=float, default=10.0, help="seconds of each step of the search (default 10)")
+    ap.add_argument("--find-steps", type=int, default=3, help="bisection steps of the search (default 3)")
     ap.add_argument("--factor", type=int, default=3, help="offered rate = factor x sustainable (default 3)")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of overload (default 30)")
     ap.add_argument("--after", type=float, default=10.0, help="seconds at sustainable / 2 right after (default 10)")
@@ -106,12 +176,21 @@ def main():
     chosen = [s for s in SETTINGS if s[0] in args.settings.split(",")]
     if not chosen:
         raise SystemExit(f"--settings: choose among {', '.join(s[0] for s in SETTINGS)}")
+    if args.sustainable != "auto" and not (args.sustainable.isdigit() and 100 <= int(args.sustainable) <= FIND_MAX):
+        raise SystemExit(f"--sustainable: auto or a rate from 100 to {FIND_MAX} calls/s")
+    if not 100 <= args.find_from <= FIND_MAX or args.find_seconds <= 0 or args.find_steps < 0:
+        raise SystemExit(f"--find-from: 100 to {FIND_MAX} calls/s; --find-seconds above 0; --find-steps 0 or more")
     work = Path(tempfile.mkdtemp(prefix="tfps-overload-bench-"))
     args.inputs = work
     write_inputs(work, args.users, args.csv_rows, args.seed)
     started = time.time()
     results = {}
+    steps = []
     try:
+        if args.sustainable == "auto":
+            args.sustainable, steps = find_sustainable(args, work)
+        else:
+            args.sustainable = int(args.sustainable)
         for name, overload_after, overload in chosen:
             results[name] = run_setting(args, work, name, overload_after, overload)
         print_profiles(args, work)
@@ -126,6 +205,9 @@ def main():
           f"{args.after:g} s; workers {args.workers}; recv timeout {args.recv_timeout_ms} ms; {os.cpu_count()} CPUs; total {time.time() - started:.0f} s")
     head = (f"{'setting':<8} {'phase':<8} {'rate/s':>6} {'sent':>7} {'<=500ms':>8} {'failed':>7} {'R98':>7} "
             f"{'verdicts':>8} {'p50':>5} {'p99':>5} {'max':>5} {'>500ms':>6} {'µs/call':>7} {'RSS MB':>6}")
+    if steps:
+        print(f"sustainable rate: {args.sustainable} calls/s, the highest that passed with overload control off "
+              f"({args.find_seconds:g} s steps: " + ", ".join(f"{rate} {'pass' if r['passed'] else 'FAIL'}" for rate, r in steps) + ")")
     print(head)
     print("-" * len(head))
     for name, runs in results.items():

@@ -6668,11 +6668,48 @@ def tcp_connections_allowed():
     return 1 << 16 if soft == resource.RLIM_INFINITY else max(8, soft - RESERVED_FILES)
 
 
+RECEIVE_BUFFER = 4 << 20             # bytes of requests a UDP listener's kernel queue holds: room for bursts
+SMALLEST_RECEIVE_BUFFER = 256 << 10
+RECEIVE_QUEUE_PERIOD = 0.25          # seconds between two looks at how long requests waited in the kernel queue
+
+
+class ReceiveQueueBound:
+    """The size of a UDP listener's kernel receive buffer, kept to what the server answers in
+    time. The kernel's queue is first in, first out: past the sustainable rate a buffer holding
+    seconds of requests makes every request wait seconds, so that every INVITE is answered R98,
+    late, and none is checked. When the requests read in a period waited longer than twice
+    overload_after, the buffer shrinks in proportion: the kernel drops the excess (the PBX
+    retransmits it after T1) and what is read is fresh enough for a real verdict. Once they wait
+    less than half of overload_after it doubles, back to RECEIVE_BUFFER for bursts."""
+
+    def __init__(self, largest=RECEIVE_BUFFER, smallest=SMALLEST_RECEIVE_BUFFER):
+        self.largest, self.smallest = largest, smallest
+        self.size = largest
+        self.longest_wait = 0.0  # seconds, of the requests read since the last resize
+
+    def resize(self, overload_after):
+        """The size for the next period, or None to keep the current one."""
+        waited, self.longest_wait = self.longest_wait, 0.0
+        if not overload_after:
+            size = self.largest
+        elif waited > 2 * overload_after:
+            size = max(self.smallest, int(self.size * 2 * overload_after / waited))
+        elif waited < overload_after / 2:
+            size = min(self.largest, self.size * 2)
+        else:
+            size = self.size
+        if size == self.size:
+            return None
+        self.size = size
+        return size
+
+
 class UdpEndpoint:
     def __init__(self, sock, number=0):
         self.sock = sock
         self.number = number  # among the server's UDP listeners
         self.transport = "udp"
+        self.queue = ReceiveQueueBound()
 
     def send(self, data, addr):
         try:
@@ -6989,7 +7026,7 @@ class Server:
             transport, host, _ = item
             sock.setblocking(False)
             if transport == "udp":
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
                 with contextlib.suppress(OSError):  # without kernel timestamps a datagram's age starts when it is read
                     if SO_TIMESTAMPNS:
                         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -7072,6 +7109,7 @@ class Server:
         self.every(self.cfg.database.flush_interval, self._flush)
         self.every(self.cfg.database.reload_interval, self._check_for_changes)
         self.every(5.0, self._close_idle_connections)
+        self.every(RECEIVE_QUEUE_PERIOD, self._bound_receive_queues)
         threading.Thread(target=self._run_daily_jobs, name="daily-jobs", daemon=True).start()
         self.dispatcher.start()
         # The threads (call log, reputation, HTTP) take turns with the loop on the interpreter
@@ -7337,6 +7375,7 @@ class Server:
         """Up to 64 datagrams: the other workers' are handed over first, then this one's answered."""
         limit = self.cfg.server.max_message_size
         sharing = self.worker_handoff
+        queue = endpoint.queue
         own = []
         for _ in range(64):
             try:
@@ -7349,7 +7388,10 @@ class Server:
                 self.counters["oversized"] += 1
                 continue
             if data.strip(b"\r\n\0 "):
-                arrived = kernel_arrival(ancillary, time.monotonic())
+                read_at = time.monotonic()
+                arrived = kernel_arrival(ancillary, read_at)
+                if read_at - arrived > queue.longest_wait:
+                    queue.longest_wait = read_at - arrived
                 if sharing and not acknowledges_stateless_answer(data):
                     owner = sharing.owner(data)
                     if owner != sharing.number:
@@ -7495,6 +7537,14 @@ class Server:
         if self.outgoing.get(conn.addr) is conn:
             del self.outgoing[conn.addr]
         conn.sock.close()
+
+    def _bound_receive_queues(self):
+        for endpoint in self.udp_endpoints:
+            size = endpoint.queue.resize(self.cfg.server.overload_after)
+            if size is not None:
+                with contextlib.suppress(OSError):
+                    endpoint.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+                log.debug("UDP receive buffer of listener %d: %d kB", endpoint.number, size >> 10)
 
     def _close_idle_connections(self):
         cutoff = time.monotonic() - self.cfg.server.tcp_idle_timeout

@@ -16,8 +16,9 @@ configuration and call mix) is warmed up, sipp offers --factor x --sustainable c
 --duration seconds, and right after, sipp offers --sustainable / 2 calls/s for --after seconds.
 Reported per setting and phase: calls sent, answered within 500 ms (sipp's INVITE -> 302 time),
 failed calls (no 302 within --recv-timeout-ms), verdicts R98 (from the call log: code R98, or A00
-with would_code R98 for approve), p50/p99 of the answered calls, server CPU µs per call, and the
-server's peak RSS.
+with would_code R98 for approve), p50/p99 of the answered calls, server CPU µs per call, the
+server's peak RSS and the datagrams the kernel dropped at full UDP receive buffers (the server's
+or sipp's: /proc/net/snmp counts them for the whole machine).
 
     python3 bench/overload_bench.py                                # 3 x the sustainable rate found, for 30 s
     python3 bench/overload_bench.py --sustainable 2000 --duration 10
@@ -57,8 +58,19 @@ def process_tree(pid):
     return pids
 
 
+def udp_receive_buffer_errors():
+    """Datagrams the kernel dropped at a full UDP receive buffer, on every socket of the machine
+    (the server's, sipp's): /proc/net/snmp's Udp RcvbufErrors, or None where there is none."""
+    try:
+        names, values = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")][:2]
+        return int(values[names.index("RcvbufErrors")])
+    except (OSError, ValueError):
+        return None
+
+
 def phase(args, work, server, port, db_path, rate, seconds, tag):
     before = last_call_id(db_path)
+    dropped_before = udp_receive_buffer_errors()
     pids = process_tree(server.proc.pid)
     cpu_before = sum(cpu_seconds(pid) for pid in pids)
     calls = int(rate * seconds)
@@ -66,13 +78,15 @@ def phase(args, work, server, port, db_path, rate, seconds, tag):
     r = run_sipp(args, work, port, "calls.csv", rate, calls, tag, None, args.inputs)
     r["srv_cpu_s"] = sum(cpu_seconds(pid) for pid in pids) - cpu_before
     r["srv_hwm_mb"] = max(rss_mb(pid, "VmHWM") for pid in pids)
+    dropped_after = udp_receive_buffer_errors()
+    r["dropped"] = None if None in (dropped_before, dropped_after) else dropped_after - dropped_before
     time.sleep(2.0)  # the call log is written every flush_interval
     r["verdicts"], r["r98"] = overload_codes(db_path, before)
     # sipp writes its response times every 1,000 calls: the share is that of the calls it traced
     r["within_500"] = sum(1 for rtt in r["rtt"] if rtt <= 500) / max(1, len(r["rtt"]))
     log(f"  -> sent {r.get('sent')}, answered within 500 ms {100 * r['within_500']:.1f} %, failed {r.get('failed')}, "
         f"R98 {r['r98']} of {r['verdicts']} verdicts, p99 {fmt(percentile(r['rtt'], 99), 0)} ms, "
-        f"server CPU {r['srv_cpu_s']:.1f} s, peak RSS {r['srv_hwm_mb']:.0f} MB")
+        f"server CPU {r['srv_cpu_s']:.1f} s, peak RSS {r['srv_hwm_mb']:.0f} MB, kernel drops {r['dropped']}")
     return r
 
 
@@ -204,7 +218,7 @@ def main():
           f"{args.factor} x {args.sustainable} calls/s for {args.duration:g} s, then {args.sustainable // 2} calls/s for "
           f"{args.after:g} s; workers {args.workers}; recv timeout {args.recv_timeout_ms} ms; {os.cpu_count()} CPUs; total {time.time() - started:.0f} s")
     head = (f"{'setting':<8} {'phase':<8} {'rate/s':>6} {'sent':>7} {'<=500ms':>8} {'failed':>7} {'R98':>7} "
-            f"{'verdicts':>8} {'p50':>5} {'p99':>5} {'max':>5} {'>500ms':>6} {'µs/call':>7} {'RSS MB':>6}")
+            f"{'verdicts':>8} {'p50':>5} {'p99':>5} {'max':>5} {'>500ms':>6} {'µs/call':>7} {'RSS MB':>6} {'drops':>6}")
     if steps:
         print(f"sustainable rate: {args.sustainable} calls/s, the highest that passed with overload control off "
               f"({args.find_seconds:g} s steps: " + ", ".join(f"{rate} {'pass' if r['passed'] else 'FAIL'}" for rate, r in steps) + ")")
@@ -215,11 +229,12 @@ def main():
             print(f"{name:<8} {label:<8} {r['rate']:>6} {r.get('sent', 0):>7} {100 * r['within_500']:>7.1f}% {r.get('failed', 0):>7} "
                   f"{r['r98']:>7} {r['verdicts']:>8} {fmt(percentile(r['rtt'], 50), 0):>5} {fmt(percentile(r['rtt'], 99), 0):>5} "
                   f"{fmt(max(r['rtt'], default=float('nan')), 0):>5} {sum(1 for rtt in r['rtt'] if rtt > 500):>6} "
-                  f"{1e6 * r['srv_cpu_s'] / max(1, r['verdicts']):>7.0f} {r['srv_hwm_mb']:>6.0f}")
+                  f"{1e6 * r['srv_cpu_s'] / max(1, r['verdicts']):>7.0f} {r['srv_hwm_mb']:>6.0f} {'-' if r['dropped'] is None else r['dropped']:>6}")
     print("off = overload_after 0 (no overload control); reject/approve = overload_after 0.2 s with that answer. "
           "<=500ms = share of the calls sipp traced (every full 1,000) whose 302 came within 500 ms of the first INVITE; failed = no 302 within "
           "the recv timeout; R98 = call log rows with code or would_code R98; p50/p99/max = sipp INVITE -> 302 (ms, "
-          "answered calls); >500ms = traced calls answered later than 500 ms; µs/call = server CPU per verdict; RSS MB = peak RSS (VmHWM) so far of the largest server process.")
+          "answered calls); >500ms = traced calls answered later than 500 ms; µs/call = server CPU per verdict; RSS MB = peak RSS (VmHWM) so far of the largest server process; "
+          "drops = datagrams the kernel dropped at a full UDP receive buffer during the phase (all sockets: the server's and sipp's).")
     return 0
 
 

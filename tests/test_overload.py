@@ -150,6 +150,83 @@ def test_the_kernel_timestamp_dates_a_datagram_from_its_arrival():
     sock.close(), sender.close()
 
 
+def test_the_receive_buffer_shrinks_in_proportion_to_waits_past_twice_overload_after():
+    bound = tfps.ReceiveQueueBound(largest=4096, smallest=256)
+    assert bound.resize(0.2) is None and bound.size == 4096  # nothing read: full size
+    bound.longest_wait = 0.8
+    assert bound.resize(0.2) == 2048 and bound.longest_wait == 0.0  # 0.4 s of 0.8: half
+    bound.longest_wait = 4.0
+    assert bound.resize(0.2) == 256  # 204 would be below the floor
+    bound.longest_wait = 30.0
+    assert bound.resize(0.2) is None and bound.size == 256
+    for waited in (0.1, 0.25, 0.4):  # between half and twice overload_after: left as it is
+        bound.longest_wait = waited
+        assert bound.resize(0.2) is None
+
+
+def test_the_receive_buffer_doubles_back_once_requests_are_fresh_and_is_whole_without_the_bound():
+    bound = tfps.ReceiveQueueBound(largest=4096, smallest=256)
+    bound.longest_wait = 40.0
+    assert bound.resize(0.2) == 256
+    sizes = []
+    for _ in range(6):
+        bound.longest_wait = 0.05
+        sizes.append(bound.resize(0.2))
+    assert sizes == [512, 1024, 2048, 4096, None, None]
+    bound.longest_wait = 40.0
+    bound.resize(0.2)
+    bound.longest_wait = 40.0
+    assert bound.resize(0) == 4096  # overload_after = 0: no bound, the whole buffer at once
+
+
+def test_a_listener_whose_requests_waited_too_long_gets_a_smaller_receive_buffer_then_its_whole_one(tmp_path):
+    """On a real UDP socket: INVITEs that waited 0.5 s in the kernel's queue (past twice
+    overload_after) shrink the listener's SO_RCVBUF in proportion, and are answered R98; a fresh
+    one doubles it back to RECEIVE_BUFFER. Linux grants twice what is asked (for its own
+    bookkeeping), up to twice net.core.rmem_max."""
+    port = free_port()
+    config = write_config(tmp_path / "tfps.conf", {
+        "server": {"listen": f"udp:127.0.0.1:{port}", "overload_after": "0.2s", "workers": "1"},
+        "database": {"url": f"sqlite://{tmp_path / 'tfps.db'}"},
+        "policy": {"learning_days": "0", "default_destination_countries": "*"}})
+    rmem_max = int(open("/proc/sys/net/core/rmem_max").read())
+
+    def granted(size):
+        return 2 * min(size, rmem_max)
+
+    with built_server(config) as server:
+        server.bind()
+        client = udp_socket(timeout=5.0)
+        try:
+            endpoint, = server.udp_endpoints
+            listener = endpoint.sock
+            assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(tfps.RECEIVE_BUFFER)
+            late = {f"late-{i}@test" for i in range(5)}
+            for call_id in sorted(late):
+                client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id=call_id), ("127.0.0.1", port))
+            time.sleep(0.5)
+            server._read_udp(listener, endpoint)
+            assert 0.5 <= endpoint.queue.longest_wait < 5.0
+            server._bound_receive_queues()
+            shrunk = endpoint.queue.size
+            assert tfps.SMALLEST_RECEIVE_BUFFER <= shrunk <= tfps.RECEIVE_BUFFER * 0.4 / 0.5
+            assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(shrunk)
+            answers = final_answers(client, late)
+            assert {msg.header("x-tfps-code") for msg in answers.values()} == {"R98"}
+
+            client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id="fresh@test"), ("127.0.0.1", port))
+            wait_until(lambda: listener.recv(1, tfps.socket.MSG_PEEK))
+            server._read_udp(listener, endpoint)
+            assert endpoint.queue.longest_wait < 0.1
+            server._bound_receive_queues()
+            assert endpoint.queue.size == min(tfps.RECEIVE_BUFFER, 2 * shrunk)
+            assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(endpoint.queue.size)
+        finally:
+            client.close()
+            for sock in server.listeners:
+                sock.close()
+
+
 def test_r98_rows_go_to_the_call_log_without_an_alert_each(tmp_path):
     cfg = tfps.Config.load(write_config(tmp_path / "tfps.conf", {"server": {"node_name": "node-t"}}))
     db = tfps.open_database(f"sqlite://{tmp_path / 'tfps.db'}")

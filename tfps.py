@@ -685,7 +685,7 @@ CONFIG_SPEC = {
         "node_name": (_name(64), "", "this node's name in the call log; empty = the host name"),
         "workers": (_auto_or(_integer(1, 256)), "auto", "processes serving the listen ports (SO_REUSEPORT), each with its own loop and database connection; auto = the number of CPUs; 1 = one process"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info", "log verbosity on stderr"),
-        "log_verdicts": (_boolean, "yes", "one log line per verdict"),
+        "log_verdicts": (_boolean, "yes", "one log line per verdict; R98 answers get one a minute for all of them"),
     },
     "database": {
         "url": (_database_url, "", "sqlite:///PATH or mysql://USER:PASSWORD@HOST:PORT/DB; empty = tfps.db beside tfps.py"),
@@ -7574,10 +7574,12 @@ class Server:
             self._check(invite)
 
     def _note_overload(self, verdict, summary, latency, via, waited):
-        """An R98 answered over `via` (sip, http): counted and logged like any verdict, and a log
-        line and an alert at most once every OVERLOAD_NOTICE_INTERVAL."""
+        """An R98 answered over `via` (sip, http): counted and written to the call log like any
+        verdict, and a log line and an alert at most once every OVERLOAD_NOTICE_INTERVAL instead
+        of a log line each. Where R98 happens, a line per call would cost about as much CPU as the
+        answer itself, and the journal drops what passes its rate limit (10,000 lines in 30 s)."""
         self.metrics.inc(f"{via}_overload", answer="approve" if verdict.approved else "reject")
-        self._record_verdict(verdict, summary, latency, via)
+        self._record_verdict(verdict, summary, latency, via, logged=False)
         now = time.monotonic()
         if now - self.overload_noted < OVERLOAD_NOTICE_INTERVAL:
             return
@@ -7587,7 +7589,7 @@ class Server:
         what = "approved" if verdict.approved else "rejected"
         text = (f"Requests waited longer than overload_after {self.cfg.server.overload_after:g} s before their turn "
                 f"(this one {waited:.2f} s): answered R98 and {what} without checks (overload = {self.cfg.server.overload}); "
-                f"{answered['reject']} rejected and {answered['approve']} approved so far")
+                f"{answered['reject']} rejected and {answered['approve']} approved so far (in the call log, not logged one by one)")
         log.warning("%s", text)
         node = self.engine.node or socket.gethostname()
         self.engine.alerts.add(AlertEvent("overload", node, OVERLOADED, f"TFPS {OVERLOADED}: {node} overloaded",
@@ -7645,13 +7647,13 @@ class Server:
                 log.warning("call-id=%s reputation of %s unavailable (%s): reputation_failure = %s", attempt.call_id,
                             attempt.source_ip, reputation.detail, self.cfg.reputation.reputation_failure)
 
-    def _record_verdict(self, verdict, summary, latency, via):
-        """The call log row, the metrics and the log line of a verdict that was answered."""
+    def _record_verdict(self, verdict, summary, latency, via, logged=True):
+        """The call log row, the metrics and (`logged`) the log line of a verdict that was answered."""
         self.engine.record(verdict, summary, latency)
         self.counters["verdicts"] += 1
         self.metrics.inc_key(("verdicts", (("code", verdict.code), ("mode", self.cfg.server.mode), ("via", via))))
         self.metrics.observe_key(("decision", (("via", via),)), latency / 1000)
-        if self.cfg.server.log_verdicts:
+        if logged and self.cfg.server.log_verdicts:
             a = verdict.attempt
             log.info("verdict %s", logfmt(call_id=a.call_id, account=f"{a.user}@{a.domain}", number=verdict.number or a.number,
                                           code=verdict.code, reason=verdict.reason, source_ip=a.source_ip, via=via,

@@ -333,15 +333,24 @@ def setup_logging(level="info"):
     log.propagate = False
 
 
+LOGFMT_SPECIAL = re.compile(r'[\x00-\x1f\x7f"\\]')
+LOGFMT_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def logfmt_value(value):
+    """A number bare; anything else quoted, with quotes, backslashes and control characters
+    escaped (most values have none of them: a verdict's log line is on the request path)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    text = str(value)
+    if LOGFMT_SPECIAL.search(text):
+        text = LOGFMT_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\\", "\\\\").replace('"', '\\"'))
+    return f'"{text}"'
+
+
 def logfmt(**fields):
-    """key="value" pairs (logfmt) that fail2ban, Loki and grep can take apart: strings quoted with
-    quotes, backslashes and control characters escaped; numbers bare."""
-    def quoted(value):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-        return '"' + re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text) + '"'
-    return " ".join(f"{key}={quoted(value)}" for key, value in fields.items())
+    """key="value" pairs (logfmt) that fail2ban, Loki and grep can take apart."""
+    return " ".join(f"{key}={logfmt_value(value)}" for key, value in fields.items())
 
 
 class Metrics:

@@ -2,7 +2,10 @@
 `SIP/2.0/UDP host:port;branch=b;rport`, header lines that all end in CRLF) with one pattern
 each. Each must give exactly what the general path gives, or leave the text to it: checked here
 on generated text that mixes the plain forms with every character the general path treats
-specially."""
+specially. So must logfmt's, which quotes a value without quotes, backslashes or control
+characters as it is."""
+
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -114,3 +117,26 @@ def test_the_fast_paths_serve_the_common_request():
     assert tfps.PLAIN_SIP_URI_RE.fullmatch("sip:442071234567@127.0.0.1:5060")
     assert tfps.PLAIN_NAME_ADDR_RE.fullmatch("<sip:alice@pbx.example.com>;tag=3f2a1b")
     assert tfps.PLAIN_VIA_RE.fullmatch("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1fb2e3d4c5a6;rport")
+
+
+def escaped_for_logfmt(value):
+    """What logfmt writes for a value: the escaping done in full, whatever the value holds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text) + '"'
+
+
+@SWEEP
+@given(st.one_of(st.text(alphabet=st.characters(max_codepoint=0x2ff, blacklist_categories=["Cs"]), max_size=20),
+                 st.text(alphabet='ab "\\\x00\x1b\n\r\t\x7f\x80=;', max_size=12),
+                 st.text(max_size=8), st.integers(), st.floats(allow_nan=False), st.booleans(), st.none()))
+def test_logfmt_writes_every_value_as_the_full_escaping_does(value):
+    assert tfps.logfmt(key=value) == f"key={escaped_for_logfmt(value)}"
+    line = tfps.logfmt(key=value, other="x")
+    assert "\n" not in line and "\r" not in line and line.endswith(' other="x"')
+
+
+def test_logfmt_escapes_what_would_break_a_line_apart():
+    assert tfps.logfmt(reason='say "hi"\\\n\x1b[31m', latency_ms=0.42, calls=3, ok=True) == \
+        'reason="say \\"hi\\"\\\\\\x0a\\x1b[31m" latency_ms=0.42 calls=3 ok="True"'

@@ -16,16 +16,18 @@
 #      vendored copy of PyMySQL, so the binary also runs where PyMySQL is not installed; and
 #      the man page ./tfps.1 and ./tfps.bash-completion from tfps.py's argument parser
 #      (docs/gen_cli_docs.py)
-#   3. install them as PREFIX/usr/local/bin/tfps (replaced atomically),
+#   3. net.core.rmem_max raised to 4 MB when lower (never lowered), now and at boot through
+#      /etc/sysctl.d/60-tfps.conf: room for bursts in TFPS's UDP receive buffer; not with --prefix
+#   4. install them as PREFIX/usr/local/bin/tfps (replaced atomically),
 #      PREFIX/usr/local/share/man/man1/tfps.1 and
 #      PREFIX/usr/local/share/bash-completion/completions/tfps
-#   4. create the system user tfps (unless --no-systemd or --prefix)
-#   5. PREFIX/etc/tfps/tfps.conf from ./tfps.conf with [database] url pointing at
+#   5. create the system user tfps (unless --no-systemd or --prefix)
+#   6. PREFIX/etc/tfps/tfps.conf from ./tfps.conf with [database] url pointing at
 #      PREFIX/var/lib/tfps/tfps.db; an existing tfps.conf is always kept, but gets mode 0640
 #      (and owner root:tfps unless --no-systemd or --prefix) like a new one
-#   6. PREFIX/var/lib/tfps (mode 0700, owner tfps unless --no-systemd or --prefix) and
+#   7. PREFIX/var/lib/tfps (mode 0700, owner tfps unless --no-systemd or --prefix) and
 #      `tfps initdb` (creates or migrates the database)
-#   7. PREFIX/etc/systemd/system/tfps.service (unless --no-systemd), enabled and (re)started
+#   8. PREFIX/etc/systemd/system/tfps.service (unless --no-systemd), enabled and (re)started
 #      when systemd runs and there is no --prefix
 set -euo pipefail
 
@@ -298,7 +300,36 @@ if [ "$BUILD_ONLY" = 1 ]; then
   exit 0
 fi
 
-# -- 3. the binary, the man page, the bash completion --------------------------------------------
+# -- 3. the kernel's ceiling on socket buffers -------------------------------------------------------
+# TFPS asks for a 4 MB UDP receive buffer, room for bursts of requests (it shrinks the buffer by
+# itself while requests wait in it too long). The kernel caps it at net.core.rmem_max, 208 kB on
+# Debian unless raised. Raised here, never lowered: a larger value the operator set stays.
+RMEM_WANTED=4194304
+SYSCTL_CONF=/etc/sysctl.d/60-tfps.conf
+if [ -n "$PREFIX" ]; then
+  say "the kernel is not touched under --prefix: the host that runs TFPS wants net.core.rmem_max >= $RMEM_WANTED"
+  say "  (sysctl -w net.core.rmem_max=$RMEM_WANTED, and the same line in /etc/sysctl.d/ for the next boot)"
+else
+  RMEM_NOW="$(sysctl -n net.core.rmem_max 2>/dev/null || true)"
+  case "$RMEM_NOW" in
+    ''|*[!0-9]*)
+      say "net.core.rmem_max cannot be read here (no sysctl?): TFPS wants it at $RMEM_WANTED or more" ;;
+    *)
+      if [ "$RMEM_NOW" -lt "$RMEM_WANTED" ]; then
+        printf '# Written by TFPS install.sh: room for bursts of SIP requests in its UDP receive buffer.\nnet.core.rmem_max = %s\n' \
+               "$RMEM_WANTED" > "$BUILD/60-tfps.conf"
+        mkdir -p "$(dirname "$SYSCTL_CONF")"
+        install -m 0644 "$BUILD/60-tfps.conf" "$SYSCTL_CONF"
+        if sysctl -q -w "net.core.rmem_max=$RMEM_WANTED" >/dev/null 2>&1; then
+          say "net.core.rmem_max $RMEM_NOW -> $RMEM_WANTED (kept at boot by $SYSCTL_CONF)"
+        else
+          say "wrote $SYSCTL_CONF, but this kernel refused net.core.rmem_max = $RMEM_WANTED (a container?): set it on the host"
+        fi
+      fi ;;
+  esac
+fi
+
+# -- 4. the binary, the man page, the bash completion --------------------------------------------
 install -d -m 0755 "$PREFIX/usr/local/bin"
 install -m 0755 "$BUILD/tfps.pyz" "$BIN.new"
 mv -f "$BIN.new" "$BIN"
@@ -318,7 +349,7 @@ if [ "$SYSTEMD" = 1 ] && [ -z "$PREFIX" ]; then
   SYSTEM_USER=1
 fi
 
-# -- 4. the system user -----------------------------------------------------------------------------
+# -- 5. the system user -----------------------------------------------------------------------------
 if [ "$SYSTEM_USER" = 1 ]; then
   if ! id -u tfps >/dev/null 2>&1; then
     useradd --system --user-group --no-create-home --home-dir "$STATE_DIR" \
@@ -327,7 +358,7 @@ if [ "$SYSTEM_USER" = 1 ]; then
   fi
 fi
 
-# -- 5. the configuration ---------------------------------------------------------------------------
+# -- 6. the configuration ---------------------------------------------------------------------------
 install -d -m 0755 "$CONF_DIR"
 if [ -e "$CONF" ]; then
   say "keeping existing $CONF"
@@ -353,7 +384,7 @@ if [ "$SYSTEM_USER" = 1 ]; then
   chown root:tfps "$CONF"
 fi
 
-# -- 6. the state directory and the database --------------------------------------------------------
+# -- 7. the state directory and the database --------------------------------------------------------
 install -d -m 0700 "$STATE_DIR"
 chmod 0700 "$STATE_DIR"
 "$BIN" initdb -c "$CONF" || die "initdb failed: check [database] url in $CONF, then run install.sh again"
@@ -361,7 +392,7 @@ if [ "$SYSTEM_USER" = 1 ]; then
   chown -R tfps:tfps "$STATE_DIR"
 fi
 
-# -- 7. systemd ---------------------------------------------------------------------------------------
+# -- 8. systemd ---------------------------------------------------------------------------------------
 if [ "$SYSTEMD" = 1 ]; then
   install -d -m 0755 "$UNIT_DIR"
   unit_text > "$UNIT.new"

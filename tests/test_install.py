@@ -28,7 +28,7 @@ SOURCES = ("install.sh", "tfps.py", "schema.sql", "dashboard.html", "tfps.conf",
            "CHANGELOG.md")
 BUILT = ("tfps.pyz", "tfps.1", "tfps.bash-completion")
 # Host commands that --prefix must never run: stand-ins first on PATH record every call.
-HOST_COMMANDS = ("useradd", "groupadd", "usermod", "chown", "chgrp", "systemctl", "apt-get")
+HOST_COMMANDS = ("useradd", "groupadd", "usermod", "chown", "chgrp", "systemctl", "apt-get", "sysctl")
 
 
 def checkout(dest):
@@ -517,7 +517,7 @@ def test_pip_fallbacks_install_only_the_pinned_pymysql(tmp_path):
     src = checkout(tmp_path / "src")
     result = run_install(src, "--no-systemd", env=env)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert calls.read_text().splitlines() == ["install -d -m 0755 /usr/local/bin"]
+    assert calls.read_text().splitlines() == ["sysctl -n net.core.rmem_max", "install -d -m 0755 /usr/local/bin"]
     runs = [json.loads(line) for line in Path(env["FAKE_PIP_LOG"]).read_text().splitlines()]
     assert [("--break-system-packages" in run["args"], "--target" in run["args"]) for run in runs] == \
         [(False, False), (True, False), (False, True)]
@@ -525,6 +525,42 @@ def test_pip_fallbacks_install_only_the_pinned_pymysql(tmp_path):
     assert f"trying pip (PyMySQL=={version})" in result.stdout
     assert f"PyMySQL {version} vendored" in result.stdout
     assert (src / "tfps.pyz").is_file()
+
+
+@pytest.mark.parametrize("now, applied, expected", [
+    ("212992", True, "net.core.rmem_max 212992 -> 4194304 (kept at boot by /etc/sysctl.d/60-tfps.conf)"),
+    ("212992", False, "this kernel refused net.core.rmem_max = 4194304 (a container?): set it on the host"),
+    ("16777216", True, None),
+    ("", True, "net.core.rmem_max cannot be read here (no sysctl?): TFPS wants it at 4194304 or more"),
+])
+def test_an_install_under_root_raises_the_socket_buffer_ceiling_and_never_lowers_it(tmp_path, now, applied, expected):
+    """net.core.rmem_max below 4 MB is raised, now (sysctl -w) and at boot (/etc/sysctl.d); a larger
+    value stays. sysctl and install are stand-ins: the sysctl.d file goes to a copy, and the install
+    stops at the binary's `mv` (nothing is ever copied to /usr/local/bin/tfps.new)."""
+    calls, written = tmp_path / "calls", tmp_path / "60-tfps.conf"
+    sysctl = (f'echo "sysctl $*" >> {calls}\n'
+              f'if [ "$1" = -n ]; then echo "{now}"; exit 0; fi\n' + ("exit 0\n" if applied else "exit 255\n"))
+    install = (f'echo "install $*" >> {calls}\n'
+               f'case "$4" in /etc/sysctl.d/*) cp "$3" {written} ;; esac\nexit 0\n')
+    env = stub_bin(tmp_path / "bin", sysctl=sysctl, install=install,
+                   **{name: body for name, body in host_stubs(calls).items() if name not in ("apt-get", "sysctl")})
+    result = run_install(checkout(tmp_path / "src"), "--no-systemd", env=env)
+    assert result.returncode != 0 and "/usr/local/bin/tfps.new" in result.stderr, result.stdout + result.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0] == "sysctl -n net.core.rmem_max"
+    raised = now.isdigit() and int(now) < 4194304
+    if raised:
+        assert lines[1].startswith("install -m 0644 ") and lines[1].endswith(" /etc/sysctl.d/60-tfps.conf")
+        assert lines[2] == "sysctl -q -w net.core.rmem_max=4194304"
+        assert written.read_text().splitlines()[1:] == ["net.core.rmem_max = 4194304"]
+    assert lines[1 + 2 * raised] == "install -d -m 0755 /usr/local/bin"
+    assert not written.exists() or raised
+    assert ("rmem_max" in result.stdout) == (expected is not None)
+    assert expected is None or expected in result.stdout
+
+
+def test_prefix_leaves_the_kernel_alone_and_says_what_the_host_wants(prefix_install):
+    assert "the host that runs TFPS wants net.core.rmem_max >= 4194304" in prefix_install["output"]
 
 
 def test_pip_under_prefix_only_vendors_the_pinned_pymysql(tmp_path):

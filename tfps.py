@@ -6718,7 +6718,7 @@ class UdpEndpoint:
         self.sock = sock
         self.number = number  # among the server's UDP listeners
         self.transport = "udp"
-        self.queue = ReceiveQueueBound()
+        self.receive_buffer = ReceiveQueueBound()  # its size, by how long requests wait in it
 
     def send(self, data, addr):
         try:
@@ -7384,7 +7384,7 @@ class Server:
         """Up to 64 datagrams: the other workers' are handed over first, then this one's answered."""
         limit = self.cfg.server.max_message_size
         sharing = self.worker_handoff
-        queue = endpoint.queue
+        receive_buffer = endpoint.receive_buffer
         own = []
         for _ in range(64):
             try:
@@ -7399,8 +7399,8 @@ class Server:
             if data.strip(b"\r\n\0 "):
                 read_at = time.monotonic()
                 arrived = kernel_arrival(ancillary, read_at)
-                if read_at - arrived > queue.longest_wait:
-                    queue.longest_wait = read_at - arrived
+                if read_at - arrived > receive_buffer.longest_wait:
+                    receive_buffer.longest_wait = read_at - arrived
                 if sharing and not acknowledges_stateless_answer(data):
                     owner = sharing.owner(data)
                     if owner != sharing.number:
@@ -7549,7 +7549,7 @@ class Server:
 
     def _bound_receive_queues(self):
         for endpoint in self.udp_endpoints:
-            size = endpoint.queue.resize(self.cfg.server.overload_after)
+            size = endpoint.receive_buffer.resize(self.cfg.server.overload_after)
             if size is not None:
                 with contextlib.suppress(OSError):
                     endpoint.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)

@@ -206,9 +206,9 @@ def test_a_listener_whose_requests_waited_too_long_gets_a_smaller_receive_buffer
                 client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id=call_id), ("127.0.0.1", port))
             time.sleep(0.5)
             server._read_udp(listener, endpoint)
-            assert 0.5 <= endpoint.queue.longest_wait < 5.0
+            assert 0.5 <= endpoint.receive_buffer.longest_wait < 5.0
             server._bound_receive_queues()
-            shrunk = endpoint.queue.size
+            shrunk = endpoint.receive_buffer.size
             assert tfps.SMALLEST_RECEIVE_BUFFER <= shrunk <= tfps.RECEIVE_BUFFER * 0.4 / 0.5
             assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(shrunk)
             answers = final_answers(client, late)
@@ -217,10 +217,10 @@ def test_a_listener_whose_requests_waited_too_long_gets_a_smaller_receive_buffer
             client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id="fresh@test"), ("127.0.0.1", port))
             wait_until(lambda: listener.recv(1, tfps.socket.MSG_PEEK))
             server._read_udp(listener, endpoint)
-            assert endpoint.queue.longest_wait < 0.1
+            assert endpoint.receive_buffer.longest_wait < 0.1
             server._bound_receive_queues()
-            assert endpoint.queue.size == min(tfps.RECEIVE_BUFFER, 2 * shrunk)
-            assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(endpoint.queue.size)
+            assert endpoint.receive_buffer.size == min(tfps.RECEIVE_BUFFER, 2 * shrunk)
+            assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(endpoint.receive_buffer.size)
         finally:
             client.close()
             for sock in server.listeners:

@@ -333,19 +333,19 @@ def setup_logging(level="info"):
     log.propagate = False
 
 
-LOGFMT_SPECIAL = re.compile(r'[\x00-\x1f\x7f"\\]')
-LOGFMT_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+LOGFMT_ESCAPED = re.compile(r'[\x00-\x1f\x7f"\\]')
+
+
+def logfmt_escape(m):
+    return "\\" + m.group() if m.group() in '"\\' else f"\\x{ord(m.group()):02x}"
 
 
 def logfmt_value(value):
     """A number bare; anything else quoted, with quotes, backslashes and control characters
-    escaped (most values have none of them: a verdict's log line is on the request path)."""
+    escaped."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    text = str(value)
-    if LOGFMT_SPECIAL.search(text):
-        text = LOGFMT_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\\", "\\\\").replace('"', '\\"'))
-    return f'"{text}"'
+    return f'"{LOGFMT_ESCAPED.sub(logfmt_escape, str(value))}"'
 
 
 def logfmt(**fields):
@@ -3397,13 +3397,18 @@ class AlertQueue:
         """Queue an event; its texts made storable (they quote what callers sent). While the
         database is unavailable at most MAX_QUEUED_ALERTS wait; later ones are counted, not kept."""
         if len(self.events) >= MAX_QUEUED_ALERTS:
-            self.dropped += 1
-            if self.dropped in (1, 1000) or self.dropped % 100000 == 0:
-                log.error("alert queue full (%d unwritten): %d alert(s) dropped", len(self.events), self.dropped)
+            self.drop(1, len(self.events))
             return
         event.account, event.subject, event.body = storable(event.account, 400), storable(event.subject, 255), storable(event.body, 16384)
         event.fields = {k: storable(v, 1024) if isinstance(v, str) else v for k, v in event.fields.items()}
         self.events.append(event)
+
+    def drop(self, count, unwritten):
+        """`count` alerts past MAX_QUEUED_ALERTS: counted, and logged at the first, the 1,000th
+        and every 100,000th, not at each."""
+        before, self.dropped = self.dropped, self.dropped + count
+        if before < 1 <= self.dropped or before < 1000 <= self.dropped or before // 100000 < self.dropped // 100000:
+            log.error("alert queue full (%d unwritten): %d alert(s) dropped", unwritten, self.dropped)
 
     def flush(self, db, now):
         self.write(db, now)
@@ -4475,7 +4480,7 @@ class LeasedCounters(PrivateCounters):
             raise
         for key in given:
             self.held[key] = 0
-        self._keep_leases(leases, newest, ())
+        self._keep_leases(leases)
 
     def _settled(self, job, claimed):
         """The outcome of a write-behind on the writer's thread: what other nodes asked for goes
@@ -4488,7 +4493,7 @@ class LeasedCounters(PrivateCounters):
             if self.held.get(key):
                 self.returned[key] = self.returned.get(key, 0) + self.held[key]
                 self.held[key] = 0
-        self._keep_leases(leases, max((key[1] for key in self.held), default=""), claimed)
+        self._keep_leases(leases, claimed)
 
     def _keep_back(self, parts):
         """Calls of a write-behind that failed: they go with the next one."""
@@ -4496,7 +4501,10 @@ class LeasedCounters(PrivateCounters):
             for key, calls in kept.items():
                 mine[key] = mine.get(key, 0) + calls
 
-    def _keep_leases(self, leases, newest, claimed):
+    def _keep_leases(self, leases, claimed=()):
+        """Of the leases held here, those still in the database (`leases`) with calls left, of
+        the newest day; and those `claimed` since the write-behind read `leases`."""
+        newest = max((key[1] for key in self.held), default="")
         for key in list(self.held):
             if key not in claimed and (key not in leases or not self.held[key] or key[1] < newest):
                 del self.held[key]
@@ -4772,8 +4780,7 @@ class CallLogWriter:
                 queue, events, now = alerts
                 room = MAX_QUEUED_ALERTS - self.queued_alerts
                 if len(events) > room:  # the database has not taken any for a long while
-                    queue.dropped += len(events) - max(room, 0)
-                    log.error("alert queue full (%d unwritten): %d alert(s) dropped", self.queued_alerts, queue.dropped)
+                    queue.drop(len(events) - max(room, 0), self.queued_alerts)
                     events = events[:max(room, 0)]
                 if events:
                     self.alerts.append((queue, events, now))
@@ -7399,8 +7406,7 @@ class Server:
             if data.strip(b"\r\n\0 "):
                 read_at = time.monotonic()
                 arrived = kernel_arrival(ancillary, read_at)
-                if read_at - arrived > receive_buffer.longest_wait:
-                    receive_buffer.longest_wait = read_at - arrived
+                receive_buffer.longest_wait = max(receive_buffer.longest_wait, read_at - arrived)
                 if sharing and not acknowledges_stateless_answer(data):
                     owner = sharing.owner(data)
                     if owner != sharing.number:

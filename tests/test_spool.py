@@ -326,6 +326,27 @@ def test_the_call_log_writer_spools_while_the_database_is_cut_and_writes_the_spo
     assert writer.dropped == 0 and every_call_logged_once(direct, ids)
 
 
+def test_the_call_log_writer_keeps_at_most_max_queued_alerts_and_logs_the_drops_now_and_then(tmp_path, caplog, monkeypatch):
+    """While the database cannot be written, alerts handed over wait up to MAX_QUEUED_ALERTS; the
+    rest are counted in their queue and logged at the first and the 1,000th drop, not at each."""
+    monkeypatch.setattr(tfps, "MAX_QUEUED_ALERTS", 3)
+    spool = tfps.CallLogSpool(str(tmp_path / "missing" / "spool.jsonl"), 1 << 20)
+    writer = tfps.CallLogWriter(f"sqlite://{tmp_path / 'missing' / 'tfps.db'}", spool, 4, None)
+    queue = tfps.AlertQueue(tfps.Config().alerts)
+
+    def events(count):
+        return [tfps.AlertEvent("rejection", "1001@pbx.example.com", "R06", "TFPS R06", "body", {}) for _ in range(count)]
+
+    try:
+        for count in (2, 2, 1000, 5):
+            writer.put([], alerts=(queue, events(count), 1.0))
+        assert writer.queued_alerts == 3 and queue.dropped == 1 + 1000 + 5
+    finally:
+        writer.close(0.5)
+    drops = [r.getMessage() for r in caplog.records if "alert queue full" in r.getMessage()]
+    assert drops == ["alert queue full (2 unwritten): 1 alert(s) dropped", "alert queue full (3 unwritten): 1001 alert(s) dropped"]
+
+
 def test_the_call_log_writer_keeps_at_most_max_unflushed_rows_and_counts_what_it_drops(tmp_path, caplog):
     spool = tfps.CallLogSpool(str(tmp_path / "missing" / "spool.jsonl"), 1 << 20)  # cannot be written
     writer = tfps.CallLogWriter(f"sqlite://{tmp_path / 'missing' / 'tfps.db'}", spool, 4, None)

@@ -5388,7 +5388,7 @@ class Engine:
             if len(self.last_seen_noted) >= MAX_CACHED:
                 self.last_seen_noted.clear()
             self.last_seen_noted[acc.id] = self.last_seen[acc.id] = a.ts
-        if (not verdict.approved or would) and (would or verdict).code != OVERLOADED:  # R98: one alert a minute, from the server
+        if not verdict.approved or would:
             self._alert_rejection(verdict, sip_response)
 
     def _alert_rejection(self, verdict, sip_response):
@@ -6365,7 +6365,6 @@ SHED_ANSWERS = 16384  # R98 answers kept for retransmissions: about 2 s of them 
 class ShedInvite:
     """An INVITE that SipService answered R98 itself, without a transaction (see _shed)."""
     verdict: Verdict
-    summary: str    # the answer, for the call log
     waited: float   # seconds between its arrival and its turn: its latency
 
 
@@ -6373,7 +6372,8 @@ def overload_verdict(settings, attempt, waited):
     """R98 for a request (an INVITE, an HTTP check) that waited longer than [server]
     overload_after before its turn, or None. Past the sustainable rate a late answer is worse
     than a quick R98: the PBX times out and treats TFPS as down. `overload` chooses what R98
-    answers; monitor mode approves."""
+    answers; monitor mode approves. `attempt` is None for an INVITE, answered without reading
+    its identity."""
     limit = settings.overload_after
     if not limit or waited <= limit:
         return None
@@ -6392,7 +6392,7 @@ class SipService:
     verdict, or None. Its `data` is a PendingInvite whose `attempt` the owner decides (from
     any thread, in any time), then hands back with `answer(tx, verdict, now)`. An INVITE that
     waited longer than overload_after is answered R98 at once: `invite` is then a ShedInvite
-    for the owner to log, unless `exempt(number)` (emergency calls) gives it the full path.
+    for the owner to count, unless `exempt(number)` (emergency calls) gives it the full path.
     `poll(now)` fires the timers (retransmissions, 100 Trying, the end of transactions);
     `next_deadline()` says when it is due again. `dest` is (endpoint, address); of an
     endpoint this class only reads `transport`."""
@@ -6450,7 +6450,7 @@ class SipService:
             return [(dest, self._stateless(msg, exc.status, exc.reason, via_values))], None
         arrived = now if arrived is None else min(arrived, now)
         if msg.method == "INVITE" and self.settings.overload_after and now - arrived > self.settings.overload_after:
-            shed = self._shed(msg, top, dest, via_values, uri, from_addr, addr, now, now - arrived)
+            shed = self._shed(msg, top, dest, via_values, uri, from_addr, now, now - arrived)
             if shed:
                 return shed
         try:
@@ -6505,7 +6505,7 @@ class SipService:
         heapq.heappush(self.trying, (now + TRYING_DELAY, self._seq, tx.key, tx.serial))
         return [], tx
 
-    def _shed(self, msg, top, dest, vias, uri, from_addr, addr, now, waited):
+    def _shed(self, msg, top, dest, vias, uri, from_addr, now, waited):
         """An INVITE that waited longer than overload_after, answered R98 at once and without a
         transaction: past the sustainable rate each answer must cost as little as it can. Its ACK
         is told by the To tag and dropped unread; the latest SHED_ANSWERS answers are kept for
@@ -6514,11 +6514,11 @@ class SipService:
         key = self.transactions.key(msg, top)
         if key in self.transactions.table or self._refusal(msg, uri) or unsupported_extensions(msg):
             return None
-        attempt = call_identity(msg, uri, from_addr, addr[0], 0.0, self.settings.legacy_headers)
-        if self.exempt(attempt.number):
+        number = dialed_number(uri.user)
+        if self.exempt(number):
             return None
-        verdict = overload_verdict(self.settings, attempt, waited)
-        status, headers, summary = self._verdict_response(verdict, attempt.number, from_addr.uri.host or uri.host)
+        verdict = overload_verdict(self.settings, None, waited)
+        status, headers, _summary = self._verdict_response(verdict, number, from_addr.uri.host or uri.host)
         self.metrics.inc("sip_responses", status=status)
         data = build_response(msg, status, vias=vias, to_tag=stateless_tag(), headers=headers,
                               server=self.settings.server_header)
@@ -6526,7 +6526,7 @@ class SipService:
             del self.shed_answers[next(iter(self.shed_answers))]
         self.shed_answers[key] = (dest, data)
         self.shed_last = now
-        return [(dest, data)], ShedInvite(verdict, summary, waited)
+        return [(dest, data)], ShedInvite(verdict, waited)
 
     def _cancel(self, tx, msg, top, vias, now):
         invite = self.transactions.find_invite(msg, top)
@@ -7271,10 +7271,13 @@ class Server:
             for sock in self.listeners:
                 sock.close()
         c, s = self.counters, self.sip.counters
-        log.info("stopped after %d verdicts (%d packets from untrusted sources dropped, %d malformed, %d oversized; "
-                 "%d requests refused for max_transactions, %d retransmissions over resend_bytes_per_source, %d TCP "
-                 "connections refused, %d call log rows lost)", c["verdicts"], c["untrusted"], s["malformed"],
-                 c["oversized"], s["overflow"], s["resend_dropped"], c["tcp_refused"], self.engine.lost_rows())
+        overloaded = sum(self.metrics.counter(f"{via}_overload", answer=answer)
+                         for via in ("sip", "http") for answer in ("reject", "approve"))
+        log.info("stopped after %d verdicts, %d of them R98 (%d packets from untrusted sources dropped, %d malformed, "
+                 "%d oversized; %d requests refused for max_transactions, %d retransmissions over "
+                 "resend_bytes_per_source, %d TCP connections refused, %d call log rows lost)", c["verdicts"], overloaded,
+                 c["untrusted"], s["malformed"], c["oversized"], s["overflow"], s["resend_dropped"], c["tcp_refused"],
+                 self.engine.lost_rows())
 
     def _database_unavailable(self, exc):
         """True when `exc` says the database cannot be used now; the first time, verdicts turn to
@@ -7583,18 +7586,18 @@ class Server:
         for dest, packet in sends:
             self._send(dest, packet)
         if isinstance(invite, ShedInvite):  # answered R98: no reputation, no engine, no database
-            invite.verdict.attempt.ts = time.time()
-            self._note_overload(invite.verdict, invite.summary, invite.waited * 1000, "sip", invite.waited)
+            self._note_overload(invite.verdict, invite.waited * 1000, "sip", invite.waited)
         elif invite is not None:
             self._check(invite)
 
-    def _note_overload(self, verdict, summary, latency, via, waited):
-        """An R98 answered over `via` (sip, http): counted and written to the call log like any
-        verdict, and a log line and an alert at most once every OVERLOAD_NOTICE_INTERVAL instead
-        of a log line each. Where R98 happens, a line per call would cost about as much CPU as the
-        answer itself, and the journal drops what passes its rate limit (10,000 lines in 30 s)."""
+    def _note_overload(self, verdict, latency, via, waited):
+        """An R98 answered over `via` (sip, http): counted in the metrics like any verdict, with
+        a log line and an alert at most once every OVERLOAD_NOTICE_INTERVAL, but neither a call
+        log row nor a log line of its own. Past the sustainable rate every answer must cost as
+        little as it can: a row and a line would each cost about as much CPU as the answer itself
+        (and the journal drops lines past its rate limit, 10,000 in 30 s)."""
         self.metrics.inc(f"{via}_overload", answer="approve" if verdict.approved else "reject")
-        self._record_verdict(verdict, summary, latency, via, logged=False)
+        self._count_verdict(verdict, latency, via)
         now = time.monotonic()
         if now - self.overload_noted < OVERLOAD_NOTICE_INTERVAL:
             return
@@ -7604,7 +7607,7 @@ class Server:
         what = "approved" if verdict.approved else "rejected"
         text = (f"Requests waited longer than overload_after {self.cfg.server.overload_after:g} s before their turn "
                 f"(this one {waited:.2f} s): answered R98 and {what} without checks (overload = {self.cfg.server.overload}); "
-                f"{answered['reject']} rejected and {answered['approve']} approved so far (in the call log, not logged one by one)")
+                f"{answered['reject']} rejected and {answered['approve']} approved so far (counted, not written to the call log)")
         log.warning("%s", text)
         node = self.engine.node or socket.gethostname()
         self.engine.alerts.add(AlertEvent("overload", node, OVERLOADED, f"TFPS {OVERLOADED}: {node} overloaded",
@@ -7662,17 +7665,20 @@ class Server:
                 log.warning("call-id=%s reputation of %s unavailable (%s): reputation_failure = %s", attempt.call_id,
                             attempt.source_ip, reputation.detail, self.cfg.reputation.reputation_failure)
 
-    def _record_verdict(self, verdict, summary, latency, via, logged=True):
-        """The call log row, the metrics and (`logged`) the log line of a verdict that was answered."""
+    def _record_verdict(self, verdict, summary, latency, via):
+        """The call log row, the metrics and the log line of a verdict that was answered."""
         self.engine.record(verdict, summary, latency)
-        self.counters["verdicts"] += 1
-        self.metrics.inc_key(("verdicts", (("code", verdict.code), ("mode", self.cfg.server.mode), ("via", via))))
-        self.metrics.observe_key(("decision", (("via", via),)), latency / 1000)
-        if logged and self.cfg.server.log_verdicts:
+        self._count_verdict(verdict, latency, via)
+        if self.cfg.server.log_verdicts:
             a = verdict.attempt
             log.info("verdict %s", logfmt(call_id=a.call_id, account=f"{a.user}@{a.domain}", number=verdict.number or a.number,
                                           code=verdict.code, reason=verdict.reason, source_ip=a.source_ip, via=via,
                                           latency_ms=round(latency, 2)))
+
+    def _count_verdict(self, verdict, latency, via):
+        self.counters["verdicts"] += 1
+        self.metrics.inc_key(("verdicts", (("code", verdict.code), ("mode", self.cfg.server.mode), ("via", via))))
+        self.metrics.observe_key(("decision", (("via", via),)), latency / 1000)
 
     # -- requests from other threads (the HTTP interface) -------------------------------------
 
@@ -7690,7 +7696,7 @@ class Server:
         overload = overload_verdict(self.cfg.server, attempt, started - queued)
         if overload and not emergency_number(attempt.number, self.cfg.policy):
             latency = (time.monotonic() - queued) * 1000
-            self._note_overload(overload, f"HTTP {overload.code}", latency, "http", started - queued)
+            self._note_overload(overload, latency, "http", started - queued)
             handoff.set((overload, latency))
             return
 

@@ -15,8 +15,9 @@ For each setting: a fresh server (UDP, SQLite WAL, full engine, redirect mode, t
 configuration and call mix) is warmed up, sipp offers --factor x --sustainable calls/s for
 --duration seconds, and right after, sipp offers --sustainable / 2 calls/s for --after seconds.
 Reported per setting and phase: calls sent, answered within 500 ms (sipp's INVITE -> 302 time),
-failed calls (no 302 within --recv-timeout-ms), verdicts R98 (from the call log: code R98, or A00
-with would_code R98 for approve), p50/p99 of the answered calls, server CPU µs per call, the
+failed calls (no 302 within --recv-timeout-ms), checked verdicts (call log rows), R98 answers (from
+the "stopped after" line of each worker, for both phases; versions before 1.3.0 wrote them to the
+call log: code R98, or A00 with would_code R98), p50/p99 of the answered calls, server CPU µs per call sent, the
 server's peak RSS and the datagrams the kernel dropped at full UDP receive buffers (the server's
 or sipp's: /proc/net/snmp counts them for the whole machine).
 
@@ -27,6 +28,7 @@ or sipp's: /proc/net/snmp counts them for the whole machine).
 
 import argparse
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -42,11 +44,18 @@ FIND_MAX = 64000  # calls/s: no search goes past it
 
 
 def overload_codes(db_path, after_id):
-    """Verdicts written since call_log id `after_id`: (all, R98 among them)."""
+    """Call log rows written since id `after_id`: (checked verdicts, R98 rows of versions that wrote them)."""
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10) as conn:
         total, shed = conn.execute("SELECT COUNT(*), SUM(CASE WHEN code = 'R98' OR would_code = 'R98' THEN 1 ELSE 0 END) "
                                    "FROM call_log WHERE id > ?", (after_id,)).fetchone()
-    return total, shed or 0
+    return total - (shed or 0), shed or 0
+
+
+def logged_r98(log_text):
+    """R98 answers of a stopped server, summed over its workers' "stopped after" lines; None for
+    a version whose line does not count them."""
+    counts = re.findall(r"stopped after \d+ verdicts, (\d+) of them R98", log_text)
+    return sum(map(int, counts)) if counts else None
 
 
 def process_tree(pid):
@@ -81,11 +90,11 @@ def phase(args, work, server, port, db_path, rate, seconds, tag):
     dropped_after = udp_receive_buffer_errors()
     r["dropped"] = None if None in (dropped_before, dropped_after) else dropped_after - dropped_before
     time.sleep(2.0)  # the call log is written every flush_interval
-    r["verdicts"], r["r98"] = overload_codes(db_path, before)
+    r["checked"], r["r98"] = overload_codes(db_path, before)
     # sipp writes its response times every 1,000 calls: the share is that of the calls it traced
     r["within_500"] = sum(1 for rtt in r["rtt"] if rtt <= 500) / max(1, len(r["rtt"]))
     log(f"  -> sent {r.get('sent')}, answered within 500 ms {100 * r['within_500']:.1f} %, failed {r.get('failed')}, "
-        f"R98 {r['r98']} of {r['verdicts']} verdicts, p99 {fmt(percentile(r['rtt'], 99), 0)} ms, "
+        f"{r['checked']} checked verdicts, p99 {fmt(percentile(r['rtt'], 99), 0)} ms, "
         f"server CPU {r['srv_cpu_s']:.1f} s, peak RSS {r['srv_hwm_mb']:.0f} MB, kernel drops {r['dropped']}")
     return r
 
@@ -165,6 +174,9 @@ def run_setting(args, work, name, overload_after, overload):
         after = phase(args, work, server, port, db_path, args.sustainable // 2, args.after, "after")
     finally:
         server.stop()
+    counted = logged_r98(server.log_path.read_text(errors="replace"))
+    if counted is not None:  # one count for both phases: R98 answers are no call log rows
+        overloaded["r98"], after["r98"] = counted, "-"
     return overloaded, after
 
 
@@ -218,7 +230,7 @@ def main():
           f"{args.factor} x {args.sustainable} calls/s for {args.duration:g} s, then {args.sustainable // 2} calls/s for "
           f"{args.after:g} s; workers {args.workers}; recv timeout {args.recv_timeout_ms} ms; {os.cpu_count()} CPUs; total {time.time() - started:.0f} s")
     head = (f"{'setting':<8} {'phase':<8} {'rate/s':>6} {'sent':>7} {'<=500ms':>8} {'failed':>7} {'R98':>7} "
-            f"{'verdicts':>8} {'p50':>5} {'p99':>5} {'max':>5} {'>500ms':>6} {'µs/call':>7} {'RSS MB':>6} {'drops':>6}")
+            f"{'checked':>8} {'p50':>5} {'p99':>5} {'max':>5} {'>500ms':>6} {'µs/call':>7} {'RSS MB':>6} {'drops':>6}")
     if steps:
         print(f"sustainable rate: {args.sustainable} calls/s, the highest that passed with overload control off "
               f"({args.find_seconds:g} s steps: " + ", ".join(f"{rate} {'pass' if r['passed'] else 'FAIL'}" for rate, r in steps) + ")")
@@ -227,13 +239,13 @@ def main():
     for name, runs in results.items():
         for label, r in zip(("overload", "after"), runs):
             print(f"{name:<8} {label:<8} {r['rate']:>6} {r.get('sent', 0):>7} {100 * r['within_500']:>7.1f}% {r.get('failed', 0):>7} "
-                  f"{r['r98']:>7} {r['verdicts']:>8} {fmt(percentile(r['rtt'], 50), 0):>5} {fmt(percentile(r['rtt'], 99), 0):>5} "
+                  f"{r['r98']:>7} {r['checked']:>8} {fmt(percentile(r['rtt'], 50), 0):>5} {fmt(percentile(r['rtt'], 99), 0):>5} "
                   f"{fmt(max(r['rtt'], default=float('nan')), 0):>5} {sum(1 for rtt in r['rtt'] if rtt > 500):>6} "
-                  f"{1e6 * r['srv_cpu_s'] / max(1, r['verdicts']):>7.0f} {r['srv_hwm_mb']:>6.0f} {'-' if r['dropped'] is None else r['dropped']:>6}")
+                  f"{1e6 * r['srv_cpu_s'] / max(1, r.get('sent', 0)):>7.0f} {r['srv_hwm_mb']:>6.0f} {'-' if r['dropped'] is None else r['dropped']:>6}")
     print("off = overload_after 0 (no overload control); reject/approve = overload_after 0.2 s with that answer. "
           "<=500ms = share of the calls sipp traced (every full 1,000) whose 302 came within 500 ms of the first INVITE; failed = no 302 within "
-          "the recv timeout; R98 = call log rows with code or would_code R98; p50/p99/max = sipp INVITE -> 302 (ms, "
-          "answered calls); >500ms = traced calls answered later than 500 ms; µs/call = server CPU per verdict; RSS MB = peak RSS (VmHWM) so far of the largest server process; "
+          "the recv timeout; R98 = R98 answers (counted by the workers, both phases in the overload row; before 1.3.0 the call log rows with code or would_code R98); checked = verdicts of the engine (call log rows); p50/p99/max = sipp INVITE -> 302 (ms, "
+          "answered calls); >500ms = traced calls answered later than 500 ms; µs/call = server CPU per call sent; RSS MB = peak RSS (VmHWM) so far of the largest server process; "
           "drops = datagrams the kernel dropped at a full UDP receive buffer during the phase (all sockets: the server's and sipp's).")
     return 0
 

@@ -53,7 +53,7 @@ def test_an_invite_that_waited_too_long_is_answered_r98_at_once_without_a_transa
     assert verdict.reason == "TFPS overloaded: request waited 0.35 s > overload_after 0.2 s"
     assert msg.status == 302 and msg.header("contact") == f"<sip:R98{NUMBER}@pbx.example.com>"
     assert msg.header("x-tfps-code") == "R98" and msg.header("x-tfps-reason") == verdict.reason
-    assert late.summary == "302 R98" and late.waited == pytest.approx(0.35)
+    assert late.waited == pytest.approx(0.35)
     assert late.waited * 1000 == pytest.approx(350)  # the latency logged: from the arrival, not from the turn
     assert sip.next_deadline() is None, "nothing is retransmitted: a lost answer brings the INVITE again"
 
@@ -121,7 +121,7 @@ def test_overload_approve_answers_a00_with_r98_in_the_reason():
     sip = service(overload_after="0.2s", overload="approve")
     msg, late, _ = shed(sip, now=1.5, arrived=1.0)
     assert late.verdict.approved and late.verdict.would.code == "R98"
-    assert msg.header("contact") == f"<sip:A00{NUMBER}@pbx.example.com>" and late.summary == "302 A00"
+    assert msg.header("contact") == f"<sip:A00{NUMBER}@pbx.example.com>"
     assert msg.header("x-tfps-reason") == "R98 TFPS overloaded: request waited 0.50 s > overload_after 0.2 s; approved"
 
 
@@ -179,6 +179,20 @@ def test_the_receive_buffer_doubles_back_once_requests_are_fresh_and_is_whole_wi
     assert bound.resize(0) == 4096  # overload_after = 0: no bound, the whole buffer at once
 
 
+def timestamps_on(client, listener, port):
+    """Until the kernel timestamps datagrams as they arrive. The first socket that asks for
+    SO_TIMESTAMPNS turns timestamps on a moment later (deferred work); a datagram that arrived
+    before then is stamped when it is read, as if it had not waited."""
+    for _ in range(50):
+        client.sendto(b"probe", ("127.0.0.1", port))
+        time.sleep(0.05)
+        _data, ancillary, _flags, _addr = listener.recvmsg(64, tfps.TIMESTAMP_SPACE)
+        read_at = time.monotonic()
+        if read_at - tfps.kernel_arrival(ancillary, read_at) >= 0.04:
+            return
+    raise AssertionError("the kernel did not timestamp datagrams as they arrived")
+
+
 def test_a_listener_whose_requests_waited_too_long_gets_a_smaller_receive_buffer_then_its_whole_one(tmp_path):
     """On a real UDP socket: INVITEs that waited 0.5 s in the kernel's queue (past twice
     overload_after) shrink the listener's SO_RCVBUF in proportion, and are answered R98; a fresh
@@ -201,19 +215,12 @@ def test_a_listener_whose_requests_waited_too_long_gets_a_smaller_receive_buffer
             endpoint, = server.udp_endpoints
             listener = endpoint.sock
             assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(tfps.RECEIVE_BUFFER)
-            for attempt in range(3):  # the kernel's timestamps are wall-clock time: a step of the clock spoils a try
-                late = {f"late-{attempt}-{i}@test" for i in range(5)}
-                wall, monotonic = time.time(), time.monotonic()
-                for call_id in sorted(late):
-                    client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id=call_id), ("127.0.0.1", port))
-                time.sleep(0.5)
-                server._read_udp(listener, endpoint)
-                stepped = abs((time.time() - wall) - (time.monotonic() - monotonic)) > 0.05
-                if not stepped:
-                    break
-                final_answers(client, late)
-                endpoint.receive_buffer.longest_wait = 0.0
-            assert not stepped, "the wall clock was stepped during every try"
+            timestamps_on(client, listener, port)
+            late = {f"late-{i}@test" for i in range(5)}
+            for call_id in sorted(late):
+                client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id=call_id), ("127.0.0.1", port))
+            time.sleep(0.5)
+            server._read_udp(listener, endpoint)
             assert 0.5 <= endpoint.receive_buffer.longest_wait < 5.0
             server._bound_receive_queues()
             shrunk = endpoint.receive_buffer.size
@@ -233,20 +240,6 @@ def test_a_listener_whose_requests_waited_too_long_gets_a_smaller_receive_buffer
             client.close()
             for sock in server.listeners:
                 sock.close()
-
-
-def test_r98_rows_go_to_the_call_log_without_an_alert_each(tmp_path):
-    cfg = tfps.Config.load(write_config(tmp_path / "tfps.conf", {"server": {"node_name": "node-t"}}))
-    db = tfps.open_database(f"sqlite://{tmp_path / 'tfps.db'}")
-    engine = tfps.Engine(cfg, db)
-    attempt = tfps.CallAttempt("1001", "pbx.example.com", NUMBER, ts=time.time(), call_id="late@test")
-    engine.record(tfps.Verdict("R98", "TFPS overloaded: request waited 0.35 s > overload_after 0.2 s", attempt),
-                  "302 R98", 350.0)
-    engine.record(tfps.Verdict("R06", "high-risk destination", attempt), "302 R06", 1.0)
-    assert [event.rule for event in engine.alerts.events] == ["R06"]
-    engine.flush()
-    assert [row[0] for row in db.query("SELECT code FROM call_log ORDER BY id")] == ["R98", "R06"]
-    db.close()
 
 
 # -- a real server, stopped while INVITEs wait in its socket buffer -------------------------------
@@ -312,8 +305,14 @@ def test_invites_that_waited_while_the_server_was_stopped_get_r98_then_service_i
     assert log.count("answered R98 and") == 1  # one warning a minute, not one per call
     assert log.count("alert: TFPS R98:") == 1  # the server's, and none per call
     assert log.count("TFPS overloaded: request waited") == 0  # no line per R98 answer: the warning counts them
-    assert log.count("(in the call log, not logged one by one)") == 1
+    assert log.count("(counted, not written to the call log)") == 1
     sock.close()
+    db = tfps.open_database(server.db_url)
+    try:  # the call log has the checked calls, written in order; an R98 answer is counted, not written
+        wait_until(lambda: len(db.query("SELECT id FROM call_log")) >= 3, message=server.read_log)
+        assert {call_id for (call_id,) in db.query("SELECT call_id FROM call_log")} == {"warm@test", "emergency@test", "fresh@test"}
+    finally:
+        db.close()
 
 
 @pytest.mark.parametrize("overload", ["reject", "approve"])
@@ -339,8 +338,8 @@ def test_http_checks_that_waited_too_long_for_the_loop_are_answered_r98(tmp_path
         assert server.metrics.counter("sip_overload", answer=overload) == 0
         assert [event.kind for event in server.engine.alerts.events].count("overload") == 1
         server.engine.flush()
-        assert sorted(code for (code,) in server.db.query("SELECT code FROM call_log")) == (
-            ["A00", "A00", "R98"] if overload == "reject" else ["A00", "A00", "A00"])
+        assert sorted(call_id for (call_id,) in server.db.query("SELECT call_id FROM call_log")) == [
+            f"{NUMBER}-0.05@http", "911-0.35@http"]  # an R98 answer is counted, not written
 
 
 def test_full_garbage_collections_wait_for_the_servers_schedule():

@@ -391,7 +391,8 @@ class Traffic:
                f"{dict(list(bad.items())[:8])}" if bad else ""
 
     def verdict_call_ids(self, since=0.0):
-        return {c for c, a in self.answers.items() if a.status == 302 and a.sent >= since}
+        """The calls that got an engine's verdict: an R98 answer (overload control) is counted, not written."""
+        return {c for c, a in self.answers.items() if a.status == 302 and a.sent >= since and "TFPS overloaded" not in a.why}
 
     def statuses(self, prefix, since=0.0, until=float("inf")):
         return Counter(f"{self.answers[c].status} {self.answers[c].code or ''}".strip() if c in self.answers else "none"

@@ -74,6 +74,19 @@ def test_a_retransmission_of_an_invite_answered_r98_gets_the_same_bytes_and_no_s
     assert not sip.shed_answers
 
 
+def test_an_invite_read_from_a_crowded_receive_queue_is_answered_r98_however_fresh():
+    sip = service(overload_after="0.2s")
+    sends, late = sip.receive(sip_invite(NUMBER, 5060), Endpoint(), PEER, 100.05, 100.0, crowded=True)
+    assert isinstance(late, tfps.ShedInvite) and not sip.transactions.table
+    (_dest, packet), = sends
+    msg = tfps.parse_message(packet)
+    assert msg.header("x-tfps-code") == "R98"
+    assert msg.header("x-tfps-reason") == "TFPS overloaded: receive queue more than half full (request waited 0.05 s)"
+    # without overload control, a crowded queue changes nothing
+    sends, tx = service(overload_after="0").receive(sip_invite(NUMBER, 5060), Endpoint(), PEER, 100.05, 100.0, crowded=True)
+    assert sends == [] and isinstance(tx, tfps.ServerTransaction)
+
+
 def test_the_ack_of_an_r98_answered_at_once_is_told_by_its_to_tag_and_dropped_unread():
     sip = service(overload_after="0.2s")
     data = sip_invite(NUMBER, 5060)
@@ -236,6 +249,44 @@ def test_a_listener_whose_requests_waited_too_long_gets_a_smaller_receive_buffer
             server._bound_receive_queues()
             assert endpoint.receive_buffer.size == min(tfps.RECEIVE_BUFFER, 2 * shrunk)
             assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(endpoint.receive_buffer.size)
+        finally:
+            client.close()
+            for sock in server.listeners:
+                sock.close()
+
+
+def test_invites_read_from_a_receive_queue_more_than_half_full_are_answered_r98_and_later_ones_checked(tmp_path):
+    """On a real UDP socket with a small receive buffer: INVITEs that fill more than half of it
+    are answered R98 with the reason that says so, though they waited only milliseconds; one
+    read from an emptier queue gets its verdict. The kernel's own count of the queue decides
+    (SO_MEMINFO)."""
+    port = free_port()
+    config = write_config(tmp_path / "tfps.conf", {
+        "server": {"listen": f"udp:127.0.0.1:{port}", "overload_after": "0.2s", "workers": "1"},
+        "database": {"url": f"sqlite://{tmp_path / 'tfps.db'}"},
+        "policy": {"learning_days": "0", "default_destination_countries": "*"}})
+    with built_server(config) as server:
+        server.bind()
+        client = udp_socket(timeout=5.0)
+        try:
+            endpoint, = server.udp_endpoints
+            listener = endpoint.sock
+            listener.setsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF, 16 << 10)
+            crowd = {f"crowd-{i}@test" for i in range(16)}  # 1,280 bytes each in the kernel, of 32 kB allowed
+            for call_id in sorted(crowd):
+                client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id=call_id), ("127.0.0.1", port))
+            wait_until(lambda: tfps.receive_queue_crowded(listener))
+            server._read_udp(listener, endpoint)
+            answers = final_answers(client, crowd)
+            assert {msg.header("x-tfps-code") for msg in answers.values()} == {"R98"}
+            assert all("receive queue more than half full" in msg.header("x-tfps-reason") for msg in answers.values())
+            assert not tfps.receive_queue_crowded(listener)
+
+            client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id="fresh@test"), ("127.0.0.1", port))
+            wait_until(lambda: listener.recv(1, tfps.socket.MSG_PEEK))
+            server._read_udp(listener, endpoint)
+            assert final_answers(client, {"fresh@test"})["fresh@test"].header("x-tfps-code") == "A00"
+            assert server.metrics.counter("sip_overload", answer="reject") == len(crowd)
         finally:
             client.close()
             for sock in server.listeners:

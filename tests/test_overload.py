@@ -2,6 +2,7 @@
 answered R98 at once, without the engine. On the SIP service with a virtual clock, then a real
 server stopped with SIGSTOP while INVITEs pile up in its socket buffer."""
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -206,53 +207,61 @@ def timestamps_on(client, listener, port):
     raise AssertionError("the kernel did not timestamp datagrams as they arrived")
 
 
-def test_a_listener_whose_requests_waited_too_long_gets_a_smaller_receive_buffer_then_its_whole_one(tmp_path):
-    """On a real UDP socket: INVITEs that waited 0.5 s in the kernel's queue (past twice
-    overload_after) shrink the listener's SO_RCVBUF in proportion, and are answered R98; a fresh
-    one doubles it back to RECEIVE_BUFFER. Linux grants twice what is asked (for its own
-    bookkeeping), up to twice net.core.rmem_max."""
+@contextlib.contextmanager
+def listening_server(tmp_path):
+    """A one-worker server with overload_after 0.2 s, bound to a UDP port but not running: the
+    test reads its listener with _read_udp. Yields (server, endpoint, client socket, port)."""
     port = free_port()
     config = write_config(tmp_path / "tfps.conf", {
         "server": {"listen": f"udp:127.0.0.1:{port}", "overload_after": "0.2s", "workers": "1"},
         "database": {"url": f"sqlite://{tmp_path / 'tfps.db'}"},
         "policy": {"learning_days": "0", "default_destination_countries": "*"}})
-    rmem_max = int(open("/proc/sys/net/core/rmem_max").read())
-
-    def granted(size):
-        return 2 * min(size, rmem_max)
-
     with built_server(config) as server:
         server.bind()
         client = udp_socket(timeout=5.0)
         try:
             endpoint, = server.udp_endpoints
-            listener = endpoint.sock
-            assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(tfps.RECEIVE_BUFFER)
-            timestamps_on(client, listener, port)
-            late = {f"late-{i}@test" for i in range(5)}
-            for call_id in sorted(late):
-                client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id=call_id), ("127.0.0.1", port))
-            time.sleep(0.5)
-            server._read_udp(listener, endpoint)
-            assert 0.5 <= endpoint.receive_buffer.longest_wait < 5.0
-            server._bound_receive_queues()
-            shrunk = endpoint.receive_buffer.size
-            assert tfps.SMALLEST_RECEIVE_BUFFER <= shrunk <= tfps.RECEIVE_BUFFER * 0.4 / 0.5
-            assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(shrunk)
-            answers = final_answers(client, late)
-            assert {msg.header("x-tfps-code") for msg in answers.values()} == {"R98"}
-
-            client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id="fresh@test"), ("127.0.0.1", port))
-            wait_until(lambda: listener.recv(1, tfps.socket.MSG_PEEK))
-            server._read_udp(listener, endpoint)
-            assert endpoint.receive_buffer.longest_wait < 0.1
-            server._bound_receive_queues()
-            assert endpoint.receive_buffer.size == min(tfps.RECEIVE_BUFFER, 2 * shrunk)
-            assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(endpoint.receive_buffer.size)
+            yield server, endpoint, client, port
         finally:
             client.close()
             for sock in server.listeners:
                 sock.close()
+
+
+def test_a_listener_whose_requests_waited_too_long_gets_a_smaller_receive_buffer_then_its_whole_one(tmp_path):
+    """On a real UDP socket: INVITEs that waited 0.5 s in the kernel's queue (past twice
+    overload_after) shrink the listener's SO_RCVBUF in proportion, and are answered R98; a fresh
+    one doubles it back to RECEIVE_BUFFER. Linux grants twice what is asked (for its own
+    bookkeeping), up to twice net.core.rmem_max."""
+    rmem_max = int(open("/proc/sys/net/core/rmem_max").read())
+
+    def granted(size):
+        return 2 * min(size, rmem_max)
+
+    with listening_server(tmp_path) as (server, endpoint, client, port):
+        listener = endpoint.sock
+        assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(tfps.RECEIVE_BUFFER)
+        timestamps_on(client, listener, port)
+        late = {f"late-{i}@test" for i in range(5)}
+        for call_id in sorted(late):
+            client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id=call_id), ("127.0.0.1", port))
+        time.sleep(0.5)
+        server._read_udp(listener, endpoint)
+        assert 0.5 <= endpoint.receive_buffer.longest_wait < 5.0
+        server._bound_receive_queues()
+        shrunk = endpoint.receive_buffer.size
+        assert tfps.SMALLEST_RECEIVE_BUFFER <= shrunk <= tfps.RECEIVE_BUFFER * 0.4 / 0.5
+        assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(shrunk)
+        answers = final_answers(client, late)
+        assert {msg.header("x-tfps-code") for msg in answers.values()} == {"R98"}
+
+        client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id="fresh@test"), ("127.0.0.1", port))
+        wait_until(lambda: listener.recv(1, tfps.socket.MSG_PEEK))
+        server._read_udp(listener, endpoint)
+        assert endpoint.receive_buffer.longest_wait < 0.1
+        server._bound_receive_queues()
+        assert endpoint.receive_buffer.size == min(tfps.RECEIVE_BUFFER, 2 * shrunk)
+        assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(endpoint.receive_buffer.size)
 
 
 def test_invites_read_from_a_receive_queue_more_than_half_full_are_answered_r98_and_later_ones_checked(tmp_path):
@@ -260,37 +269,24 @@ def test_invites_read_from_a_receive_queue_more_than_half_full_are_answered_r98_
     are answered R98 with the reason that says so, though they waited only milliseconds; one
     read from an emptier queue gets its verdict. The kernel's own count of the queue decides
     (SO_MEMINFO)."""
-    port = free_port()
-    config = write_config(tmp_path / "tfps.conf", {
-        "server": {"listen": f"udp:127.0.0.1:{port}", "overload_after": "0.2s", "workers": "1"},
-        "database": {"url": f"sqlite://{tmp_path / 'tfps.db'}"},
-        "policy": {"learning_days": "0", "default_destination_countries": "*"}})
-    with built_server(config) as server:
-        server.bind()
-        client = udp_socket(timeout=5.0)
-        try:
-            endpoint, = server.udp_endpoints
-            listener = endpoint.sock
-            listener.setsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF, 16 << 10)
-            crowd = {f"crowd-{i}@test" for i in range(16)}  # 1,280 bytes each in the kernel, of 32 kB allowed
-            for call_id in sorted(crowd):
-                client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id=call_id), ("127.0.0.1", port))
-            wait_until(lambda: tfps.receive_queue_crowded(listener))
-            server._read_udp(listener, endpoint)
-            answers = final_answers(client, crowd)
-            assert {msg.header("x-tfps-code") for msg in answers.values()} == {"R98"}
-            assert all("receive queue more than half full" in msg.header("x-tfps-reason") for msg in answers.values())
-            assert not tfps.receive_queue_crowded(listener)
+    with listening_server(tmp_path) as (server, endpoint, client, port):
+        listener = endpoint.sock
+        listener.setsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF, 16 << 10)
+        crowd = {f"crowd-{i}@test" for i in range(16)}  # 1,280 bytes each in the kernel, of 32 kB allowed
+        for call_id in sorted(crowd):
+            client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id=call_id), ("127.0.0.1", port))
+        wait_until(lambda: tfps.receive_queue_crowded(listener))
+        server._read_udp(listener, endpoint)
+        answers = final_answers(client, crowd)
+        assert {msg.header("x-tfps-code") for msg in answers.values()} == {"R98"}
+        assert all("receive queue more than half full" in msg.header("x-tfps-reason") for msg in answers.values())
+        assert not tfps.receive_queue_crowded(listener)
 
-            client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id="fresh@test"), ("127.0.0.1", port))
-            wait_until(lambda: listener.recv(1, tfps.socket.MSG_PEEK))
-            server._read_udp(listener, endpoint)
-            assert final_answers(client, {"fresh@test"})["fresh@test"].header("x-tfps-code") == "A00"
-            assert server.metrics.counter("sip_overload", answer="reject") == len(crowd)
-        finally:
-            client.close()
-            for sock in server.listeners:
-                sock.close()
+        client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id="fresh@test"), ("127.0.0.1", port))
+        wait_until(lambda: listener.recv(1, tfps.socket.MSG_PEEK))
+        server._read_udp(listener, endpoint)
+        assert final_answers(client, {"fresh@test"})["fresh@test"].header("x-tfps-code") == "A00"
+        assert server.metrics.counter("sip_overload", answer="reject") == len(crowd)
 
 
 # -- a real server, stopped while INVITEs wait in its socket buffer -------------------------------

@@ -6513,11 +6513,12 @@ class SipService:
         return [], tx
 
     def _shed(self, msg, top, dest, vias, uri, from_addr, now, waited, crowded):
-        """An INVITE that waited longer than overload_after, answered R98 at once and without a
-        transaction: past the sustainable rate each answer must cost as little as it can. Its ACK
-        is told by the To tag and dropped unread; the latest SHED_ANSWERS answers are kept for
-        retransmissions, which get the same bytes (a later one is a request of its own). Returns (sends, ShedInvite), or None for the full path: a
-        retransmission of an INVITE held in a transaction, one to refuse, an exempt number."""
+        """An INVITE that waited longer than overload_after, or was read from a `crowded` queue,
+        answered R98 at once and without a transaction: past the sustainable rate each answer
+        must cost as little as it can. Its ACK is told by the To tag and dropped unread; the
+        latest SHED_ANSWERS answers are kept for retransmissions, which get the same bytes (a
+        later one is a request of its own). Returns (sends, ShedInvite), or None for the full
+        path: a retransmission of an INVITE held in a transaction, one to refuse, an exempt number."""
         key = self.transactions.key(msg, top)
         if key in self.transactions.table or self._refusal(msg, uri) or unsupported_extensions(msg):
             return None
@@ -7714,8 +7715,8 @@ class Server:
 
     def check(self, attempt, handoff, queued):
         """On the loop: decide an attempt that came from the HTTP decision API exactly like an
-        INVITE's (reputation lookup, engine, counting, call log, R98 once it waited past
-        overload_after since `queued`, monotonic); the Handoff gets (Verdict, latency ms), or
+        INVITE's (reputation lookup, engine, counting, call log; R98, counted only, once it
+        waited past overload_after since `queued`, monotonic); the Handoff gets (Verdict, latency ms), or
         None when there is no verdict (database unavailable)."""
         started = time.monotonic()
         overload = overload_verdict(self.cfg.server, attempt, started - queued)
@@ -8745,7 +8746,7 @@ METRIC_HELP = {
     "sip_responses": ("counter", "SIP responses sent, by status (retransmissions not counted)"),
     "sip_dropped": ("counter", "SIP packets or connections dropped, by reason"),
     "sip_transactions": ("gauge", "SIP transactions held"),
-    "sip_overload": ("counter", "INVITEs answered R98 at once, having waited longer than overload_after, by answer (reject, approve)"),
+    "sip_overload": ("counter", "INVITEs answered R98 at once, having waited longer than overload_after or come from a crowded receive queue, by answer (reject, approve)"),
     "http_overload": ("counter", "HTTP checks answered R98 at once, having waited longer than overload_after, by answer (reject, approve)"),
     "tcp_connections": ("gauge", "SIP TCP connections open"),
     "reputation_lookups": ("counter", "reputation answers: hit (cached), miss (looked up), failure (lookup failed)"),

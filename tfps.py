@@ -7294,8 +7294,7 @@ class Server:
             for sock in self.listeners:
                 sock.close()
         c, s = self.counters, self.sip.counters
-        overloaded = sum(self.metrics.counter(f"{via}_overload", answer=answer)
-                         for via in ("sip", "http") for answer in ("reject", "approve"))
+        overloaded = sum(self._overload_answers().values())
         log.info("stopped after %d verdicts, %d of them R98 (%d packets from untrusted sources dropped, %d malformed, "
                  "%d oversized; %d requests refused for max_transactions, %d retransmissions over "
                  "resend_bytes_per_source, %d TCP connections refused, %d call log rows lost)", c["verdicts"], overloaded,
@@ -7628,11 +7627,12 @@ class Server:
         if now - self.overload_noted < OVERLOAD_NOTICE_INTERVAL:
             return
         self.overload_noted = now
-        answered = {answer: self.metrics.counter("sip_overload", answer=answer) + self.metrics.counter("http_overload", answer=answer)
-                    for answer in ("reject", "approve")}
+        answered = self._overload_answers()
         what = "approved" if verdict.approved else "rejected"
-        text = (f"Requests waited longer than overload_after {self.cfg.server.overload_after:g} s before their turn "
-                f"(this one {waited:.2f} s): answered R98 and {what} without checks (overload = {self.cfg.server.overload}); "
+        limit = self.cfg.server.overload_after
+        why = (f"waited longer than overload_after {limit:g} s before their turn (this one {waited:.2f} s)" if waited > limit else
+               f"came from a receive queue more than half full (this one waited {waited:.2f} s)")
+        text = (f"Requests {why}: answered R98 and {what} without checks (overload = {self.cfg.server.overload}); "
                 f"{answered['reject']} rejected and {answered['approve']} approved so far (counted, not written to the call log)")
         log.warning("%s", text)
         node = self.engine.node or socket.gethostname()
@@ -7640,6 +7640,11 @@ class Server:
                                           f"{text}.\nCalls are answered faster than they can be checked: add workers or "
                                           f"nodes, or find what slows the server (database latency, reputation lookups).\n",
                                           {"code": OVERLOADED, "waited": round(waited, 3), **answered}))
+
+    def _overload_answers(self):
+        """R98 answers so far, SIP and HTTP: {"reject": n, "approve": n}."""
+        return {answer: self.metrics.counter("sip_overload", answer=answer) + self.metrics.counter("http_overload", answer=answer)
+                for answer in ("reject", "approve")}
 
     def _check(self, tx):
         """An INVITE's verdict, once its source's reputation is known where it is wanted."""

@@ -16,8 +16,8 @@ configuration and call mix) is warmed up, sipp offers --factor x --sustainable c
 --duration seconds, and right after, sipp offers --sustainable / 2 calls/s for --after seconds.
 Reported per setting and phase: calls sent, answered within 500 ms (sipp's INVITE -> 302 time),
 failed calls (no 302 within --recv-timeout-ms), checked verdicts (call log rows), R98 answers (from
-the "stopped after" line of each worker, for both phases; versions before 1.3.0 wrote them to the
-call log: code R98, or A00 with would_code R98), p50/p99 of the answered calls, server CPU µs per call sent, the
+the "stopped after" line of each worker, for both phases; for a version whose line does not count
+them, from the call log: code R98, or A00 with would_code R98), p50/p99 of the answered calls, server CPU µs per call sent, the
 server's peak RSS and the datagrams the kernel dropped at full UDP receive buffers (the server's
 or sipp's: /proc/net/snmp counts them for the whole machine).
 
@@ -244,7 +244,7 @@ def main():
                   f"{1e6 * r['srv_cpu_s'] / max(1, r.get('sent', 0)):>7.0f} {r['srv_hwm_mb']:>6.0f} {'-' if r['dropped'] is None else r['dropped']:>6}")
     print("off = overload_after 0 (no overload control); reject/approve = overload_after 0.2 s with that answer. "
           "<=500ms = share of the calls sipp traced (every full 1,000) whose 302 came within 500 ms of the first INVITE; failed = no 302 within "
-          "the recv timeout; R98 = R98 answers (counted by the workers, both phases in the overload row; before 1.3.0 the call log rows with code or would_code R98); checked = verdicts of the engine (call log rows); p50/p99/max = sipp INVITE -> 302 (ms, "
+          "the recv timeout; R98 = R98 answers (counted by the workers, both phases in the overload row; for a version whose stop line does not count them, the call log rows with code or would_code R98); checked = verdicts of the engine (call log rows); p50/p99/max = sipp INVITE -> 302 (ms, "
           "answered calls); >500ms = traced calls answered later than 500 ms; µs/call = server CPU per call sent; RSS MB = peak RSS (VmHWM) so far of the largest server process; "
           "drops = datagrams the kernel dropped at a full UDP receive buffer during the phase (all sockets: the server's and sipp's).")
     return 0

@@ -264,7 +264,7 @@ def test_a_listener_whose_requests_waited_too_long_gets_a_smaller_receive_buffer
         assert listener.getsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF) == granted(endpoint.receive_buffer.size)
 
 
-def test_invites_read_from_a_receive_queue_more_than_half_full_are_answered_r98_and_later_ones_checked(tmp_path):
+def test_invites_read_from_a_receive_queue_more_than_half_full_are_answered_r98_and_later_ones_checked(tmp_path, caplog):
     """On a real UDP socket with a small receive buffer: INVITEs that fill more than half of it
     are answered R98 with the reason that says so, though they waited only milliseconds; one
     read from an emptier queue gets its verdict. The kernel's own count of the queue decides
@@ -287,6 +287,7 @@ def test_invites_read_from_a_receive_queue_more_than_half_full_are_answered_r98_
         server._read_udp(listener, endpoint)
         assert final_answers(client, {"fresh@test"})["fresh@test"].header("x-tfps-code") == "A00"
         assert server.metrics.counter("sip_overload", answer="reject") == len(crowd)
+        assert "Requests came from a receive queue more than half full" in caplog.text  # the warning says why
 
 
 # -- a real server, stopped while INVITEs wait in its socket buffer -------------------------------

@@ -256,7 +256,7 @@ def run(tfps_path, workload, invites, args):
             import io
             import pstats
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(25)
+            pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(int(os.environ.get("BENCH_TOP", "25")))
             result["profile"] = out.getvalue()
         db.close()
         return result

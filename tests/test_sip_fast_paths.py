@@ -7,6 +7,7 @@ characters as it is."""
 
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -140,3 +141,118 @@ def test_logfmt_writes_every_value_as_the_full_escaping_does(value):
 def test_logfmt_escapes_what_would_break_a_line_apart():
     assert tfps.logfmt(reason='say "hi"\\\n\x1b[31m', latency_ms=0.42, calls=3, ok=True) == \
         'reason="say \\"hi\\"\\\\\\x0a\\x1b[31m" latency_ms=0.42 calls=3 ok="True"'
+
+
+# -- R98 answers to a plain INVITE, read without parse_message -----------------------------------
+
+invite_lines = st.one_of(
+    header_lines,
+    vias().map(lambda via: f"Via: {via}"),
+    name_addrs().map(lambda value: f"From: {value}"),
+    name_addrs().map(lambda value: f"To: {value}"),
+    st.sampled_from(["Max-Forwards: 0", "Max-Forwards: 00070", "Max-Forwards: 256", "Max-Forwards:", "CSeq: 1 ACK",
+                     "CSeq: 2147483648 INVITE", "CSeq: 1  INVITE", "Content-Length: 5", "Content-Length: 99",
+                     "Content-Length:", "Call-ID:", "Via: SIP/2.0/UDP 10.0.0.1;branch=1", "VIA : SIP/2.0/UDP h;branch=z9hG4bKu",
+                     "Via: SIP/2.0/UDP a;branch=z9hG4bKa, SIP/2.0/UDP b;branch=z9hG4bKb", "From: <sip:a@H>;tag=1",
+                     "To: <sip:1@h>;tag=t", " continued", "\tcontinued", "Require: timer", "From: <sip:a,b@h>;tag=1"]))
+PLAIN_START = "INVITE sip:442071234567@127.0.0.1:5060 SIP/2.0"
+PLAIN_INVITE = ["Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1fb2e3d4;rport", "From: <sip:alice@PBX.example.com>;tag=3f2a",
+                "To: <sip:442071234567@127.0.0.1:5060>", "Call-ID: 1-2@bench", "CSeq: 1 INVITE", "Max-Forwards: 70",
+                "P-tfps: alice;pbx.example.com;192.0.2.1;ua;1", "Content-Length: 0"]
+
+
+@st.composite
+def invites(draw):
+    """A plain INVITE, some of its lines replaced (by another value of the same header where it
+    has one), deleted or added; maybe a body."""
+    lines = list(PLAIN_INVITE)
+    for _ in range(draw(st.sampled_from([1, 1, 1, 2, 2, 3]))):
+        change, line = draw(st.sampled_from(["replace", "replace", "insert", "delete"])), draw(invite_lines)
+        at = draw(st.integers(0, len(lines)))
+        same = [at for at, old in enumerate(lines) if old.partition(":")[0] == line.partition(":")[0]]
+        if change == "replace" and same:  # mostly the line of the same header
+            lines[same[0]] = line
+        elif change == "replace" and at < len(lines):
+            lines[at] = line
+        elif change == "insert":
+            lines.insert(at, line)
+        elif lines and at < len(lines):
+            del lines[at]
+    start = draw(st.one_of(st.just(PLAIN_START), st.just(PLAIN_START),
+                           st.sampled_from(["INVITE sip:R05123@h SIP/2.0",
+                                            "INVITE sip:;npdi@h SIP/2.0", "INVITE sip:112@h SIP/2.0",
+                                            "INVITE sip:4420;rn=1@h SIP/2.0", "INVITE sips:44%2071@h:5061 SIP/2.0",
+                                            "INVITE sip:4420@h SIP/3.0", "INVITE tel:+4420 SIP/2.0", "invite sip:1@h SIP/2.0"]),
+                           uris().map(lambda uri: f"INVITE {uri} SIP/2.0")))
+    body = draw(st.sampled_from(["", "", "v=0", "\udcff\udcfe"]))
+    return f"{start}\r\n" + "".join(f"{line}\r\n" for line in lines) + f"\r\n{body}"
+
+
+class Endpoint:
+    transport = "udp"
+
+
+ENDPOINT = Endpoint()
+TRANSACTION_TAG = re.compile(rb";tag=[0-9a-f]{12}\r\n")  # random in an answer with a transaction
+
+
+def r98_answer(data, plain):
+    """What a service answers an INVITE read from a crowded queue, with read_plain_invite or
+    without it (the full path), and what read_plain_invite reads of it."""
+    cfg = tfps.Config()
+    cfg.set("server", "overload_after", "0.2s")
+    sip = tfps.SipService(cfg.server, exempt=lambda number: number == "112")
+    read, tag = tfps.read_plain_invite, tfps.stateless_tag
+    tfps.read_plain_invite = read if plain else lambda data: None
+    tfps.stateless_tag = lambda: "s5a5a5a5a5a5a"
+    try:
+        sends, invite = sip.receive(data, ENDPOINT, ("192.0.2.9", 5070), 100.05, 100.0, crowded=True)
+    finally:
+        tfps.read_plain_invite, tfps.stateless_tag = read, tag
+    sends = [(dest, TRANSACTION_TAG.sub(b";tag=T\r\n", packet)) for dest, packet in sends]
+    answer = (sends, type(invite).__name__, getattr(invite, "verdict", None), sorted(sip.metrics.counts.items()),
+              sip.counters, list(sip.shed_answers.items()), sorted(sip.transactions.table))
+    return answer, read(data)
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True, database=None)
+@given(invites())
+def test_an_invite_read_plain_is_answered_as_the_full_path_answers_it(text):
+    """Whatever the bytes: read_plain_invite leaves the INVITE to the full path, or the answer,
+    what is kept for its retransmissions and what is counted are the same."""
+    data = text.encode("utf-8", "surrogateescape")
+    (full, _), (fast, _) = r98_answer(data, plain=False), r98_answer(data, plain=True)
+    assert fast == full
+
+
+@pytest.mark.parametrize("change", [
+    {}, {0: "v: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1fb2e3d4;rport"}, {1: "f:<sip:alice@pbx.example.com>;tag=3f2a"},
+    {0: "Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKx\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1;rport"},
+    {0: "Via: SIP/2.0/TCP proxy.example.com:5060;branch=z9hG4bK7;received=10.1.1.1;i=3"},
+    {2: "To:   <sip:442071234567@127.0.0.1:5060>  "}, {5: "Max-Forwards: 1"}, {7: "Content-Length: 3\r\nX: y"}],
+    ids=["as-sent", "compact-via", "compact-from", "two-vias", "proxy-via", "blanks", "one-hop", "body"])
+def test_the_invites_pbxs_and_proxies_send_are_read_plain_and_answered_as_the_full_path_does(change):
+    """The fast path must serve what PBXs and proxies send, or it would save nothing."""
+    lines = [change.get(at, line) for at, line in enumerate(PLAIN_INVITE)]
+    data = (f"{PLAIN_START}\r\n" + "".join(f"{line}\r\n" for line in lines)
+            + "\r\n" + ("v=0" if "Content-Length: 3" in str(change) else "")).encode()
+    (full, _), (fast, plain) = r98_answer(data, plain=False), r98_answer(data, plain=True)
+    assert plain is not None and plain.user == "442071234567" and plain.from_host == "pbx.example.com"
+    assert fast == full and fast[1] == "ShedInvite"
+    assert b"Contact: <sip:R98442071234567@pbx.example.com>" in fast[0][0][1]
+
+
+@pytest.mark.parametrize("change", [
+    {6: "User-Agent: bare\rCR"}, {6: "User-Agent: bare\nLF"}, {6: " continued"}, {6: "Require: 100rel"},
+    {6: "Call-ID: 1-2@bench"}, {6: "User-Agent: caf\udce9"}, {7: "Content-Length: 1"}, {5: "Max-Forwards: 0"},
+    {4: "CSeq: 1 ACK"}, {0: "Via: SIP/2.0/UDP h;branch=1"}, {2: "To: <sip:1@h>, <sip:2@h>"}, {6: "Bad Name: x"}],
+    ids=["bare-cr", "bare-lf", "continuation", "require", "call-id-twice", "not-ascii", "short-body", "no-hops",
+         "cseq-method", "rfc2543-branch", "two-tos", "bad-name"])
+def test_invites_of_other_forms_are_left_to_the_full_path(change):
+    """Some get R98 there too (a Call-ID twice, bytes that are not UTF-8 in a header not echoed)."""
+    lines = [change.get(at, line) for at, line in enumerate(PLAIN_INVITE)]
+    data = (f"{PLAIN_START}\r\n" + "".join(f"{line}\r\n" for line in lines) + "\r\n").encode("utf-8", "surrogateescape")
+    (full, _), (fast, plain) = r98_answer(data, plain=False), r98_answer(data, plain=True)
+    assert fast == full
+    # read, but left by the service: 483 Too Many Hops; the RFC 2543 transaction key
+    assert plain is None or change.get(0, "").endswith("branch=1") or "Max-Forwards: 0" in change.values()

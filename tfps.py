@@ -6938,6 +6938,10 @@ FROM_URI = re.compile(rb"^(?:from|f)[ \t]*:[^\r\n]*?(sips?:[^>;?\s]+)", re.I | r
 # the peer's address and of the datagram; then the address and the datagram.
 HANDOFF_HEADER = struct.Struct("!dHHBI")
 HANDOFF_BATCH = 32768  # bytes of datagrams for one worker sent together: one wake-up of it, not one each
+# UDP answers of one batch of requests sent together, this many at a time at most. Sent one by one
+# between verdicts, each woke the PBX's process anew (15-25 µs of the loop's CPU on loopback, 6-8
+# µs in a group); an answer waits for the verdicts of at most this many others (about 1 ms).
+UDP_SEND_GROUP = 8
 
 
 class WorkerHandoff:
@@ -7111,6 +7115,7 @@ class Server:
         self.timers = []
         self._seq = 0
         self.connections = {}
+        self.udp_out = None            # (endpoint, bytes, address) to send, while sending_together
         self.outgoing = {}  # (ip, port) -> TcpConnection opened to send responses (RFC 3261 §18.2.2)
         self.listeners = []
         self.stopping = False
@@ -7202,14 +7207,15 @@ class Server:
 
     def _run_timers(self):
         now = time.monotonic()
-        while self.timers and self.timers[0][0] <= now:
-            _, _, callback, args = heapq.heappop(self.timers)
-            try:
-                callback(*args)
-            except Exception:  # a failing timer must never stop the loop
-                log.exception("timer %s failed", getattr(callback, "__name__", callback))
-        for dest, data in self.sip.poll(now):
-            self._send(dest, data)
+        with self.sending_together():
+            while self.timers and self.timers[0][0] <= now:
+                _, _, callback, args = heapq.heappop(self.timers)
+                try:
+                    callback(*args)
+                except Exception:  # a failing timer must never stop the loop
+                    log.exception("timer %s failed", getattr(callback, "__name__", callback))
+            for dest, data in self.sip.poll(now):
+                self._send(dest, data)
 
     def _timeout(self):
         deadlines = [d for d in (self.timers[0][0] if self.timers else None, self.sip.next_deadline()) if d is not None]
@@ -7534,22 +7540,24 @@ class Server:
                 own.append((endpoint.number, addr[:2], arrived, data))
         if sharing:
             own += sharing.send()
-        for _listener, addr, arrived, data in own:
-            self.on_message(data, endpoint, addr, arrived, crowded)
+        with self.sending_together():
+            for _listener, addr, arrived, data in own:
+                self.on_message(data, endpoint, addr, arrived, crowded)
 
     def _read_handoff(self, inbox):
         """Requests that another worker read and handed over (WorkerHandoff): about 64 of them,
         as from a UDP socket, before the loop's timers get their turn."""
         handled = 0
-        while handled < 64:
-            try:
-                packet = inbox.recv(HANDOFF_BATCH + 65536 + 512)
-            except OSError:
-                return
-            for listener, addr, arrived, data in WorkerHandoff.unpack(packet):
-                handled += 1
-                if listener < len(self.udp_endpoints):
-                    self.on_message(data, self.udp_endpoints[listener], addr, arrived)
+        with self.sending_together():
+            while handled < 64:
+                try:
+                    packet = inbox.recv(HANDOFF_BATCH + 65536 + 512)
+                except OSError:
+                    return
+                for listener, addr, arrived, data in WorkerHandoff.unpack(packet):
+                    handled += 1
+                    if listener < len(self.udp_endpoints):
+                        self.on_message(data, self.udp_endpoints[listener], addr, arrived)
 
     def _accept(self, listener):
         try:
@@ -7685,8 +7693,28 @@ class Server:
         for conn in [c for c in self.connections.values() if c.last_active < cutoff]:
             self._close_tcp(conn)
 
+    @contextlib.contextmanager
+    def sending_together(self):
+        """The UDP datagrams sent meanwhile go out UDP_SEND_GROUP at a time, and the rest at the end."""
+        self.udp_out = []
+        try:
+            yield
+        finally:
+            self._send_udp_out()
+            self.udp_out = None
+
+    def _send_udp_out(self):
+        out, self.udp_out = self.udp_out, []
+        for endpoint, data, addr in out:
+            endpoint.send(data, addr)
+
     def _send(self, dest, data):
         endpoint, addr = dest
+        if endpoint.transport == "udp" and self.udp_out is not None:
+            self.udp_out.append((endpoint, data, addr))
+            if len(self.udp_out) >= UDP_SEND_GROUP:
+                self._send_udp_out()
+            return
         if endpoint.transport == "tcp" and endpoint.closed:
             endpoint = self._connect(addr)
             if endpoint is None:

@@ -1637,8 +1637,11 @@ class TransactionLayer:
     def __init__(self, limit=None):
         self.limit = limit  # transactions held at most
         self.table = {}
-        self.timers = []
-        self._seq = 0
+        # delay -> deque of (when, timer, key, serial). Every timer has one of a few delays (T1 and
+        # its doublings up to T2, T4, 64*T1, 0), and `now` only grows: each queue is in time order,
+        # so a deque does what a heap did, without its cost (7 µs a call with 150,000 timers held).
+        self.timers = {}
+        self._seq = 0  # serials of transactions
 
     @staticmethod
     def key(req, via, method=None):
@@ -1700,7 +1703,7 @@ class TransactionLayer:
     def _acknowledged(self, tx, reliable, now):
         if self.advance(tx, "ack") == COMPLETED:  # the first ACK; later ones are absorbed until Timer I
             tx.response = tx.data = None  # nothing is sent again
-            self._schedule(now + (0 if reliable else T4), "timer_i", tx)
+            self._schedule(now, 0 if reliable else T4, "timer_i", tx)
 
     def find_invite(self, cancel, via):
         return self.table.get(self.key(cancel, via, "INVITE"))
@@ -1711,37 +1714,49 @@ class TransactionLayer:
         if status >= 200:
             if tx.method == "INVITE":
                 if not tx.reliable:
-                    self._schedule(now + tx.interval, "timer_g", tx)
-                self._schedule(now + 64 * T1, "timer_h", tx)
+                    self._schedule(now, tx.interval, "timer_g", tx)
+                self._schedule(now, 64 * T1, "timer_h", tx)
             else:
-                self._schedule(now + (0 if tx.reliable else 64 * T1), "timer_j", tx)
+                self._schedule(now, 0 if tx.reliable else 64 * T1, "timer_j", tx)
         return [(tx.dest, data)]
 
     def next_deadline(self):
-        return self.timers[0][0] if self.timers else None
+        return min((queue[0][0] for queue in self.timers.values() if queue), default=None)
+
+    def pending_timers(self):
+        return sum(map(len, self.timers.values()))
 
     def poll(self, now):
         sends = []
-        while self.timers and self.timers[0][0] <= now:
-            _, _, timer, key, serial = heapq.heappop(self.timers)
-            tx = self.table.get(key)
-            if tx is None or tx.serial != serial or not tx.expects(timer):
-                continue  # the transaction ended, or the timer is stale (Timer G or H after the ACK)
-            self.advance(tx, timer)
-            if timer == "timer_g":
-                sends.append((tx.dest, tx.response))
-                tx.interval = min(2 * tx.interval, T2)
-                self._schedule(now + tx.interval, "timer_g", tx)
-            if tx.state == TERMINATED:
-                if timer == "timer_h":
-                    log.info("no ACK for %s within Timer H; transaction ended", tx.key[0])
-                del self.table[tx.key]
+        for delay in sorted(self.timers):  # a timer scheduled meanwhile is due later than now
+            queue = self.timers[delay]
+            while queue and queue[0][0] <= now:
+                _, timer, key, serial = queue.popleft()
+                sends += self._fire(timer, key, serial, now)
         return sends
 
-    def _schedule(self, when, kind, tx):
+    def _fire(self, timer, key, serial, now):
+        tx = self.table.get(key)
+        if tx is None or tx.serial != serial or not tx.expects(timer):
+            return []  # the transaction ended, or the timer is stale (Timer G or H after the ACK)
+        self.advance(tx, timer)
+        sends = []
+        if timer == "timer_g":
+            sends.append((tx.dest, tx.response))
+            tx.interval = min(2 * tx.interval, T2)
+            self._schedule(now, tx.interval, "timer_g", tx)
+        if tx.state == TERMINATED:
+            if timer == "timer_h":
+                log.info("no ACK for %s within Timer H; transaction ended", tx.key[0])
+            del self.table[tx.key]
+        return sends
+
+    def _schedule(self, now, delay, kind, tx):
         # keys, not transactions: tuples of strings and numbers are left alone by the garbage collector
-        self._seq += 1
-        heapq.heappush(self.timers, (when, self._seq, kind, tx.key, tx.serial))
+        queue = self.timers.get(delay)
+        if queue is None:
+            queue = self.timers[delay] = deque()
+        queue.append((now + delay, kind, tx.key, tx.serial))
 
 
 # =============================================================================================
@@ -6474,8 +6489,7 @@ class SipService:
         # is found past the slots of the keys deleted before it)
         self.shed_answers = OrderedDict()
         self.shed_last = 0.0      # when the latest was given
-        self.trying = []          # (when, seq, key, serial) of INVITEs that may need a 100 Trying
-        self._seq = 0
+        self.trying = deque()     # (when, key, serial) of INVITEs that may need a 100 Trying, in time order
         self._resent = {}         # source IP -> (second, bytes retransmitted to it in that second)
         self.counters = {"malformed": 0, "overflow": 0, "resend_dropped": 0}
 
@@ -6575,8 +6589,7 @@ class SipService:
             return self._respond(tx, msg, vias, refusal, now), None
         attempt = call_identity(msg, uri, from_addr, addr[0], 0.0, self.settings.legacy_headers)
         tx.data = PendingInvite(msg, vias, attempt, arrived, from_addr.uri.host or uri.host)
-        self._seq += 1
-        heapq.heappush(self.trying, (now + TRYING_DELAY, self._seq, tx.key, tx.serial))
+        self.trying.append((now + TRYING_DELAY, tx.key, tx.serial))
         return [], tx
 
     def _shed(self, msg, top, dest, vias, uri, from_addr, now, waited, crowded):
@@ -6682,7 +6695,7 @@ class SipService:
     def poll(self, now):
         sends = self._within_budget(self.transactions.poll(now), now)
         while self.trying and self.trying[0][0] <= now:
-            _, _, key, serial = heapq.heappop(self.trying)
+            _, key, serial = self.trying.popleft()
             tx = self.transactions.table.get(key)
             if tx is not None and tx.serial == serial and self.awaits_verdict(tx) and not tx.answered:
                 sends += self._respond(tx, tx.data.msg, tx.data.vias, 100, now)

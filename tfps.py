@@ -1425,18 +1425,20 @@ def validate_request(msg):
 
 
 # The request line of an INVITE of the form nearly every PBX sends, read by read_plain_invite
-PLAIN_INVITE_LINE_RE = re.compile(r"INVITE (sips?:([A-Za-z0-9\-_.!~*'()&=+$,]+)@[A-Za-z0-9\-.]+(?::\d{1,5})?) SIP/2\.0")
+PLAIN_INVITE_LINE_RE = re.compile(r"INVITE sips?:([A-Za-z0-9\-_.!~*'()&=+$,]+)@[A-Za-z0-9\-.]+(?::\d{1,5})? SIP/2\.0")
 PLAIN_INVITE_ECHOED = frozenset(("from", "to", "call-id", "cseq", "max-forwards", "content-length", "require"))
 
 
 class PlainInvite:
     """What read_plain_invite reads of an INVITE: build_response takes it as it takes a SipMessage."""
 
-    __slots__ = ("uri", "user", "from_host", "vias", "first", "header")
+    __slots__ = ("user", "from_host", "vias", "header")
 
-    def __init__(self, uri, user, from_host, vias, first):
-        self.uri, self.user, self.from_host, self.vias, self.first = uri, user, from_host, vias, first
-        self.header = first.get
+    def __init__(self, user, from_host, vias, first):
+        self.user = user            # of the Request-URI
+        self.from_host = from_host  # lower-case, as parse_uri gives it
+        self.vias = vias            # Via, top first
+        self.header = first.get     # header(name): the value of a header the answer echoes
 
 
 def read_plain_invite(data):
@@ -1483,7 +1485,7 @@ def read_plain_invite(data):
         vias = [parse_via(value) for value in vias]
     except SipError:
         return None
-    return PlainInvite(line.group(1), line.group(2), sender.group(4).lower(), vias, first)
+    return PlainInvite(line.group(1), sender.group(4).lower(), vias, first)
 
 
 def unsupported_extensions(msg):

@@ -1379,13 +1379,21 @@ def _frame_body(msg, body):
     length = msg.header("content-length")
     if length is None:
         return body
-    if not CONTENT_LENGTH_RE.fullmatch(length):
-        msg.flag(400, "Bad Content-Length")
-        return body
-    if int(length) > len(body):
-        msg.flag(400, "Content-Length Exceeds Message")
+    defect = length_defect(length, len(body))
+    if defect:
+        msg.flag(*defect)
         return body
     return body[:int(length)]
+
+
+def length_defect(length, available):
+    """(status, reason) when a Content-Length value is malformed or longer than the `available`
+    bytes of body, else None."""
+    if not CONTENT_LENGTH_RE.fullmatch(length):
+        return 400, "Bad Content-Length"
+    if int(length) > available:
+        return 400, "Content-Length Exceeds Message"
+    return None
 
 
 def validate_request(msg):
@@ -1396,15 +1404,9 @@ def validate_request(msg):
     for name in ("via", "from", "to", "call-id", "cseq"):
         if msg.header(name) is None:
             raise SipError(400, f"Missing {name.title()} Header")
-    m = CSEQ_RE.fullmatch(msg.header("cseq"))
-    if not m or int(m.group(1)) >= 2 ** 31:
-        raise SipError(400, "Malformed CSeq Header")
-    if m.group(2) != msg.method:
-        raise SipError(400, "CSeq Method Does Not Match Request")
-    max_forwards = msg.header("max-forwards")
-    hops = MAX_FORWARDS_RE.fullmatch(max_forwards or "70")
-    if not hops or int(hops.group(1)) > 255:
-        raise SipError(400, "Malformed Max-Forwards Header")
+    defect = sequence_defect(msg.header, msg.method)
+    if defect:
+        raise SipError(*defect)
     try:
         from_addr = parse_name_addr(msg.header("from"))
     except ValueError:
@@ -1425,20 +1427,24 @@ def validate_request(msg):
 
 
 # The request line of an INVITE of the form nearly every PBX sends, read by read_plain_invite
-PLAIN_INVITE_LINE_RE = re.compile(r"INVITE sips?:([A-Za-z0-9\-_.!~*'()&=+$,]+)@[A-Za-z0-9\-.]+(?::\d{1,5})? SIP/2\.0")
-PLAIN_INVITE_ECHOED = frozenset(("from", "to", "call-id", "cseq", "max-forwards", "content-length", "require"))
+PLAIN_INVITE_LINE_RE = re.compile(r"INVITE (sips?:([A-Za-z0-9\-_.!~*'()&=+$,]+)@[A-Za-z0-9\-.]+(?::\d{1,5})?) SIP/2\.0")
+# the headers read_plain_invite reads besides Via: those the answer echoes or checks, and Require
+PLAIN_INVITE_HEADERS = frozenset(("from", "to", "call-id", "cseq", "max-forwards", "content-length", "require"))
 
 
 class PlainInvite:
-    """What read_plain_invite reads of an INVITE: build_response takes it as it takes a SipMessage."""
+    """What read_plain_invite reads of an INVITE: build_response, TransactionLayer.key and
+    unsupported_extensions take it as they take a SipMessage."""
 
-    __slots__ = ("user", "from_host", "vias", "header")
+    __slots__ = ("uri", "user", "from_host", "vias", "header")
+    method = "INVITE"
 
-    def __init__(self, user, from_host, vias, first):
+    def __init__(self, uri, user, from_host, vias, first):
+        self.uri = uri              # the Request-URI, as written
         self.user = user            # of the Request-URI
         self.from_host = from_host  # lower-case, as parse_uri gives it
         self.vias = vias            # Via, top first
-        self.header = first.get     # header(name): the value of a header the answer echoes
+        self.header = first.get     # header(name): the value of a header it read
 
 
 def read_plain_invite(data):
@@ -1465,27 +1471,38 @@ def read_plain_invite(data):
         name = HEADER_NAMES.get(written) or header_name(written)  # None for a continuation line too
         if name is None or not colon:
             return None
+        if name != "via" and name not in PLAIN_INVITE_HEADERS:
+            continue
+        if "," in value or name in first:  # a list in one line, or a header twice
+            return None
         if name == "via":
             vias.append(value.strip())
-        elif name in PLAIN_INVITE_ECHOED:
-            if name in first or "," in value:
-                return None
+        else:
             first[name] = value.strip()
-    if not vias or "require" in first or any("," in value for value in vias):
-        return None
     sender = PLAIN_NAME_ADDR_RE.fullmatch(first.get("from") or "")
-    cseq = CSEQ_RE.fullmatch(first.get("cseq") or "")
-    hops = MAX_FORWARDS_RE.fullmatch(first.get("max-forwards") or "70")
-    length = first.get("content-length", "0")
-    if (not sender or not first.get("call-id") or not PLAIN_NAME_ADDR_RE.fullmatch(first.get("to") or "")
-            or not cseq or cseq.group(2) != "INVITE" or int(cseq.group(1)) >= 2 ** 31 or not hops or int(hops.group(1)) > 255
-            or not CONTENT_LENGTH_RE.fullmatch(length) or int(length) > len(data) - end - 4):
+    if (not vias or "require" in first or not sender or not first.get("call-id") or "cseq" not in first
+            or not PLAIN_NAME_ADDR_RE.fullmatch(first.get("to") or "") or sequence_defect(first.get, "INVITE")
+            or length_defect(first.get("content-length", "0"), len(data) - end - 4)):
         return None
     try:
         vias = [parse_via(value) for value in vias]
     except SipError:
         return None
-    return PlainInvite(line.group(1), sender.group(4).lower(), vias, first)
+    return PlainInvite(line.group(1), line.group(2), sender.group(4).lower(), vias, first)
+
+
+def sequence_defect(header, method):
+    """(status, reason) when the CSeq of a request of `method` (present) or its Max-Forwards is
+    malformed, else None; `header(name)` gives a header's value."""
+    m = CSEQ_RE.fullmatch(header("cseq"))
+    if not m or int(m.group(1)) >= 2 ** 31:
+        return 400, "Malformed CSeq Header"
+    if m.group(2) != method:
+        return 400, "CSeq Method Does Not Match Request"
+    hops = MAX_FORWARDS_RE.fullmatch(header("max-forwards") or "70")
+    if not hops or int(hops.group(1)) > 255:
+        return 400, "Malformed Max-Forwards Header"
+    return None
 
 
 def unsupported_extensions(msg):
@@ -1725,9 +1742,6 @@ class TransactionLayer:
 
     def next_deadline(self):
         return min((queue[0][0] for queue in self.timers.values() if queue), default=None)
-
-    def pending_timers(self):
-        return sum(map(len, self.timers.values()))
 
     def poll(self, now):
         sends = []
@@ -6508,11 +6522,12 @@ class SipService:
         if data[:4] == b"ACK " and (self.transactions.absorb_ack(data, reliable, now) or acknowledges_stateless_answer(data)):
             return [], None
         arrived = now if arrived is None else min(arrived, now)
+        limit = self.settings.overload_after
+        overloaded = bool(limit) and (crowded or now - arrived > limit)
         if data[:7] == b"INVITE ":
             if self.shed_answers and now - self.shed_last > 64 * T1:  # no INVITE is retransmitted longer (Timer B)
                 self.shed_answers.clear()
-            limit = self.settings.overload_after
-            shed = limit and (crowded or now - arrived > limit) and self._shed_plain(data, endpoint, addr, now, now - arrived, crowded)
+            shed = overloaded and self._shed_plain(data, endpoint, addr, now, now - arrived, crowded)
             if shed:
                 return shed
             answered = self.shed_answers and self.shed_answers.get(TransactionLayer.invite_key(data))
@@ -6540,8 +6555,9 @@ class SipService:
             if msg.method == "ACK":
                 return [], None
             return [(dest, self._stateless(msg, exc.status, exc.reason, via_values))], None
-        if msg.method == "INVITE" and self.settings.overload_after and (crowded or now - arrived > self.settings.overload_after):
-            shed = self._shed(msg, top, dest, via_values, uri, from_addr, now, now - arrived, crowded)
+        if msg.method == "INVITE" and overloaded:
+            shed = self._shed(msg, self.transactions.key(msg, top), dest, via_values, uri.user,
+                              from_addr.uri.host or uri.host, now, now - arrived, crowded)
             if shed:
                 return shed
         try:
@@ -6595,43 +6611,18 @@ class SipService:
         self.trying.append((now + TRYING_DELAY, tx.key, tx.serial))
         return [], tx
 
-    def _shed(self, msg, top, dest, vias, uri, from_addr, now, waited, crowded):
+    def _shed(self, request, key, dest, vias, uri_user, from_host, now, waited, crowded):
         """An INVITE that waited longer than overload_after, or was read from a `crowded` queue,
         answered R98 at once and without a transaction: past the sustainable rate each answer
         must cost as little as it can. Its ACK is told by the To tag and dropped unread; the
         latest SHED_ANSWERS answers are kept for retransmissions, which get the same bytes (a
         later one is a request of its own). Returns (sends, ShedInvite), or None for the full
-        path: a retransmission of an INVITE held in a transaction, one to refuse, an exempt number."""
-        key = self.transactions.key(msg, top)
-        if key in self.transactions.table or self._refusal(msg, uri.user) or unsupported_extensions(msg):
+        path: a retransmission of an INVITE held in a transaction, one to refuse, an exempt number.
+        `request` is a SipMessage, or a PlainInvite (_shed_plain)."""
+        number = dialed_number(uri_user)
+        if (key in self.transactions.table or self._refusal(request, uri_user) or unsupported_extensions(request)
+                or self.exempt(number)):
             return None
-        number = dialed_number(uri.user)
-        if self.exempt(number):
-            return None
-        return self._answer_overload(msg, key, dest, vias, number, from_addr.uri.host or uri.host, now, waited, crowded)
-
-    def _shed_plain(self, data, endpoint, addr, now, waited, crowded):
-        """_shed for an INVITE that read_plain_invite reads, before parse_message: the common
-        INVITE costs a third less. Also answers its retransmissions. None for the full path."""
-        plain = read_plain_invite(data)
-        if plain is None:
-            return None
-        top = plain.vias[0]
-        if not top.branch.startswith(BRANCH_COOKIE):
-            return None
-        key = (top.branch, top.sent_by, "INVITE")
-        answered = self.shed_answers.get(key)
-        if answered:
-            return self._within_budget([answered], now), None
-        number = dialed_number(plain.user)
-        if key in self.transactions.table or self._refusal(plain, plain.user) or self.exempt(number):
-            return None
-        self.metrics.inc_key(INVITE_REQUESTS)
-        vias = [top_via_value(top, addr)] + [via.raw for via in plain.vias[1:]]
-        return self._answer_overload(plain, key, response_dest(endpoint, addr, top), vias, number, plain.from_host,
-                                     now, waited, crowded)
-
-    def _answer_overload(self, request, key, dest, vias, number, from_host, now, waited, crowded):
         verdict = overload_verdict(self.settings, None, waited, crowded)
         status, headers, _summary = self._verdict_response(verdict, number, from_host)
         self.metrics.inc_key(("sip_responses", (("status", status),)))
@@ -6642,6 +6633,24 @@ class SipService:
         self.shed_answers[key] = (dest, data)
         self.shed_last = now
         return [(dest, data)], ShedInvite(verdict, waited)
+
+    def _shed_plain(self, data, endpoint, addr, now, waited, crowded):
+        """_shed for an INVITE that read_plain_invite reads, before parse_message: the common
+        INVITE costs a third less. Also answers its retransmissions. None for the full path."""
+        plain = read_plain_invite(data)
+        if plain is None:
+            return None
+        top = plain.vias[0]
+        key = self.transactions.key(plain, top)
+        answered = self.shed_answers.get(key)
+        if answered:
+            return self._within_budget([answered], now), None
+        vias = [top_via_value(top, addr)] + [via.raw for via in plain.vias[1:]]
+        shed = self._shed(plain, key, response_dest(endpoint, addr, top), vias, plain.user, plain.from_host,
+                          now, waited, crowded)
+        if shed:  # else the full path counts it
+            self.metrics.inc_key(INVITE_REQUESTS)
+        return shed
 
     def _cancel(self, tx, msg, top, vias, now):
         invite = self.transactions.find_invite(msg, top)

@@ -519,7 +519,7 @@ class Fuzz:
             self.server._run_timers()
             self.answers(self.udp.sent, b"(timer retransmission)")
             self.max_table = max(self.max_table, len(self.server.sip.transactions.table))
-            self.max_timers = max(self.max_timers, self.server.sip.transactions.pending_timers())
+            self.max_timers = max(self.max_timers, sum(map(len, self.server.sip.transactions.timers.values())))
         if self.fed % RELOAD_EVERY == 0:
             self.server.engine.check_for_changes()
         if self.fed % FLUSH_EVERY == 0:

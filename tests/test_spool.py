@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import sys
+import time
 from types import SimpleNamespace
 import urllib.error
 import urllib.request
@@ -385,3 +386,39 @@ def test_the_call_log_writer_marks_first_seen_countries_and_hands_the_first_ones
         assert db.scalar("SELECT COUNT(*) FROM call_log") == 2
     finally:
         db.close()
+
+
+def test_the_call_log_writer_writes_what_waited_up_to_the_linger_in_one_transaction(tmp_path, db_url, monkeypatch):
+    """Rows handed over within CALL_LOG_LINGER go in one transaction (the index by account costs
+    a page per account and transaction); CALL_LOG_BATCH rows do not wait; closing writes at once."""
+    tfps.open_database(db_url).close()
+    batches = []
+    insert = tfps.CallLogWriter._insert
+
+    def counting_insert(self, rows, marks, seen, alerts):
+        insert(self, rows, marks, seen, alerts)
+        batches.append(len(rows))
+    monkeypatch.setattr(tfps.CallLogWriter, "_insert", counting_insert)
+    monkeypatch.setattr(tfps, "CALL_LOG_LINGER", 0.6)
+    rows = spool_rows(170)
+    ids = [r[1] for r in rows]
+    writer = tfps.CallLogWriter(db_url, tfps.CallLogSpool(str(tmp_path / "spool.jsonl"), 1 << 20), 100000, None)
+    try:
+        for start in range(0, 100, 20):  # five flushes' rows, 50 ms apart
+            writer.put(rows[start:start + 20])
+            time.sleep(0.05)
+        wait_until(lambda: every_call_logged_once(db_url, ids[:100]), 10, message="the rows of five flushes")
+        assert batches == [100], "written as they came, not together"
+        if db_url.startswith("sqlite"):
+            assert writer.db.scalar("PRAGMA wal_autocheckpoint") == 8000
+            assert writer.db.scalar("PRAGMA cache_size") == -32768
+        monkeypatch.setattr(tfps, "CALL_LOG_LINGER", 3600.0)
+        monkeypatch.setattr(tfps, "CALL_LOG_BATCH", 50)
+        writer.put(rows[100:130])
+        writer.put(rows[130:160])
+        wait_until(lambda: every_call_logged_once(db_url, ids[:160]), 10, message="a full batch, written without the linger")
+        assert batches == [100, 60]
+        writer.put(rows[160:])
+    finally:
+        assert writer.close(5) == 0
+    assert batches == [100, 60, 10] and every_call_logged_once(db_url, ids)

@@ -7013,10 +7013,11 @@ class WorkerHandoff:
     on the same port. What one read of the socket brings is handed over in one datagram per
     owner: waking another process costs more than the copy."""
 
-    def __init__(self, inboxes, number):
+    def __init__(self, inboxes, number, reports):
         self.inboxes = inboxes   # one Unix datagram socket pair per worker: (its end, the others' end)
         self.number = number
         self.batches = {}        # owner -> [header + address + datagram, ...] not sent yet
+        self.reports = reports   # a Unix datagram socket pair: (worker 0's end, the others' end)
 
     @staticmethod
     def sockets(workers):
@@ -7033,6 +7034,11 @@ class WorkerHandoff:
     @property
     def inbox(self):
         return self.inboxes[self.number][0]
+
+    def report(self, data):
+        """Send this worker's metrics to worker 0 (WorkerReports); left out when its socket is full."""
+        with contextlib.suppress(OSError):
+            self.reports[1].send(data)
 
     def owner(self, data):
         """The worker of the request's From URI (this one for a message without one: it is
@@ -7081,6 +7087,61 @@ class WorkerHandoff:
         return entries
 
 
+# Seconds between two reports of a worker's metrics to worker 0, and the age past which a report's
+# gauges are left out of /metrics (the worker stopped or hangs)
+METRICS_REPORT_INTERVAL = 1.0
+METRICS_REPORT_STALE = 5.0
+
+
+def add_counters(totals, counters):
+    """Add [kind, name, labels, value] items (Server.metrics_sample) into `totals`, keyed by
+    (kind, name, labels); a histogram's value is its slots, added slot by slot."""
+    for kind, name, labels, value in counters:
+        key = (kind, name, tuple(map(tuple, labels)))
+        if kind == "histogram":
+            slots = totals.setdefault(key, [0] * len(value))
+            totals[key] = [a + b for a, b in zip(slots, value)]
+        else:
+            totals[key] = totals.get(key, 0) + value
+
+
+class WorkerReports:
+    """What the other workers report of their metrics, every METRICS_REPORT_INTERVAL, to worker
+    0, whose /metrics adds it to its own. A worker started again counts from zero: the counters of
+    the last report of its predecessor (another pid) stay in the sums, so that they never go down
+    (what it counted after that report, a second's worth at most, is lost). Gauges are summed over
+    the reports of the last METRICS_REPORT_STALE seconds; the database is up when it is for all."""
+
+    def __init__(self):
+        self.latest = {}  # worker number -> (when received, monotonic; its latest sample)
+        self.bases = {}   # worker number -> counters of its predecessors, as add_counters keeps them
+
+    def take(self, sample, received):
+        previous = self.latest.get(sample["worker"])
+        if previous and previous[1]["pid"] != sample["pid"]:
+            add_counters(self.bases.setdefault(sample["worker"], {}), previous[1]["counters"])
+        self.latest[sample["worker"]] = (received, sample)
+
+    def totals(self, own, now):
+        """(counters, gauges, verdicts per worker, workers reporting) of this worker's sample
+        `own` and the others' reports."""
+        counters, gauges, per_worker, reporting = {}, dict(own["gauges"]), {}, 1
+        for number, sample, base in [(own["worker"], own, {})] + [
+                (number, sample, self.bases.get(number, {})) for number, (_, sample) in sorted(self.latest.items())]:
+            worker = {}
+            add_counters(worker, sample["counters"])
+            add_counters(worker, [(*key, value) for key, value in base.items()])
+            per_worker[number] = worker.get(("counter", "verdicts", ()), 0)
+            add_counters(counters, [(*key, value) for key, value in worker.items()])
+        for received, sample in self.latest.values():
+            if now - received > METRICS_REPORT_STALE:
+                continue
+            reporting += 1
+            for name, value in sample["gauges"].items():
+                gauges[name] = min(gauges.get(name, 1), value) if name == "database_up" else gauges.get(name, 0) + value
+        return counters, gauges, per_worker, reporting
+
+
 class Supervisor:
     """[server] workers > 1: that many worker processes, each a Server with its own loop and
     database connection on the same ports (SO_REUSEPORT). The kernel picks a port's socket by
@@ -7096,12 +7157,14 @@ class Supervisor:
         self.workers = {}              # pid -> (worker number, when started)
         self.stopping = False
         self.inboxes = None            # WorkerHandoff.sockets(), kept open here for workers started again
+        self.reports = None            # the socket pair of the workers' metrics reports to worker 0
 
     def run(self):
         probe_listeners(self.cfg.server.listen)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._pass_on)
         self.inboxes = WorkerHandoff.sockets(server_workers(self.cfg))
+        self.reports = WorkerHandoff.sockets(1)[0]
         for number in range(server_workers(self.cfg)):
             self._start(number)
         log.info("supervising %d workers", len(self.workers))
@@ -7133,7 +7196,7 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_DFL)
             status = 1
             try:
-                status = self.run_worker(number, WorkerHandoff(self.inboxes, number))
+                status = self.run_worker(number, WorkerHandoff(self.inboxes, number, self.reports))
             except UserError as exc:
                 log.error("worker %d: %s", number, exc)
                 status = 2
@@ -7157,7 +7220,9 @@ class Server:
         """`worker`: the number of this process among several workers (its own spool file);
         `worker_handoff`: how they share UDP requests (WorkerHandoff)."""
         self.cfg = cfg.freeze()
+        self.worker = worker or 0
         self.worker_handoff = worker_handoff
+        self.worker_reports = WorkerReports()  # worker 0's: the other workers' metrics
         self.udp_endpoints = []  # of the UDP listeners, in the order of [server] listen (as in every worker)
         self.config_path = config_path
         self.db = db
@@ -7232,6 +7297,8 @@ class Server:
             log.info("listening on %s", format_listen((transport, host, sock.getsockname()[1])))
         if self.worker_handoff:
             self.selector.register(self.worker_handoff.inbox, selectors.EVENT_READ, ("handoff", None))
+            if self.worker == 0:
+                self.selector.register(self.worker_handoff.reports[0], selectors.EVENT_READ, ("reports", None))
 
     def wake(self):
         """Make the loop look at what other threads queued for it. The loop clears wake_pending
@@ -7303,6 +7370,8 @@ class Server:
         self.every(self.cfg.database.reload_interval, self._check_for_changes)
         self.every(5.0, self._close_idle_connections)
         self.every(RECEIVE_QUEUE_PERIOD, self._bound_receive_queues)
+        if self.worker_handoff and self.worker:
+            self.every(METRICS_REPORT_INTERVAL, self._report_metrics)
         threading.Thread(target=self._run_daily_jobs, name="daily-jobs", daemon=True).start()
         self.dispatcher.start()
         # The threads (call log, reputation, HTTP) take turns with the loop on the interpreter
@@ -7323,6 +7392,8 @@ class Server:
                         self._read_udp(key.fileobj, obj)
                     elif kind == "handoff":
                         self._read_handoff(key.fileobj)
+                    elif kind == "reports":
+                        self._read_reports(key.fileobj)
                     elif kind == "listen":
                         self._accept(key.fileobj)
                     elif kind == "tcp":
@@ -7615,6 +7686,37 @@ class Server:
                     handled += 1
                     if listener < len(self.udp_endpoints):
                         self.on_message(data, self.udp_endpoints[listener], addr, arrived)
+
+    def _read_reports(self, inbox):
+        """The other workers' metrics (WorkerReports), for /metrics."""
+        for _ in range(64):
+            try:
+                data = inbox.recv(1 << 20)
+            except OSError:
+                return
+            sample = json.loads(data)
+            self.worker_reports.take(sample, time.monotonic())
+
+    def _report_metrics(self):
+        self.worker_handoff.report(json.dumps(self.metrics_sample()).encode())
+
+    def metrics_sample(self):
+        """This worker's counters (what only grows, as [kind, name, labels, value]; a histogram's
+        value is its slots) and gauges, for /metrics: worker 0 adds up those of every worker."""
+        counts, histograms = self.metrics.snapshot()
+        engine = self.engine
+        plain = {**self.counters, **self.sip.counters, "alert_delivery_failures": self.dispatcher.failures,
+                 "call_log_dropped_rows": engine.lost_rows(), "call_log_spooled_rows": engine.spool.spooled,
+                 "call_log_spool_damaged_lines": engine.spool.damaged}
+        counters = ([["count", name, labels, value] for (name, labels), value in counts.items()]
+                    + [["histogram", name, labels, slots] for (name, labels), slots in histograms.items()]
+                    + [["counter", name, (), value] for name, value in plain.items()]
+                    + [["reputation", result, (), n] for result, n in self.reputation.lookups.copy().items()])
+        gauges = {"sip_transactions": len(self.sip.transactions.table), "tcp_connections": len(self.connections),
+                  "reputation_lookups_in_flight": len(self.reputation.waiting),
+                  "call_log_unflushed_rows": engine.unwritten_rows(), "alerts_in_memory": engine.queued_alerts(),
+                  "database_up": int(self.database_down is None)}
+        return {"worker": self.worker, "pid": os.getpid(), "counters": counters, "gauges": gauges}
 
     def _accept(self, listener):
         try:
@@ -8942,6 +9044,8 @@ METRIC_HELP = {
     "call_log_spooled_rows": ("counter", "call log rows written to the spool file while the database was unavailable"),
     "call_log_spool_damaged_lines": ("counter", "spool lines skipped when replayed: cut short by a crash, or not a row"),
     "list_entries": ("gauge", "entries of the loaded lists"),
+    "worker_verdicts": ("counter", "verdicts by worker process (several workers: how the callers spread over them)"),
+    "workers_reporting": ("gauge", "worker processes whose counts are in these figures: this one, and those that reported in the last 5 s"),
     "accounts": ("gauge", "accounts by state (learning, enforcing, blocked)"),
     "http_requests": ("counter", "HTTP requests answered, by route and status"),
 }
@@ -8985,41 +9089,47 @@ def render_metrics(api):
     """The exposition text: state read where it lives (the loop's objects, read-only; the
     database through this request's own connection), counters from the Metrics objects."""
     server = api.server
-    counts, histograms = server.metrics.snapshot()
+    counters, gauges, per_worker, reporting = server.worker_reports.totals(server.metrics_sample(), time.monotonic())
     http_counts, _ = api.metrics.snapshot()
     grouped = {}
-    for (name, labels), value in list(counts.items()) + list(http_counts.items()):
+    for (name, labels), value in [((name, labels), value) for (kind, name, labels), value in counters.items()
+                                  if kind == "count"] + list(http_counts.items()):
         grouped.setdefault(name, []).append((dict(labels), value))
-    c = {**server.counters, **server.sip.counters}
-    engine = server.engine
+    c = {name: value for (kind, name, _), value in counters.items() if kind == "counter"}
+
+    def count(name, **labels):
+        return counters.get(("count", name, tuple(labels.items())), 0)
     samples = {
         "build_info": [({"version": __version__}, 1)],
         "start_time_seconds": [({}, round(api.started, 3))],
         "verdicts": grouped.get("verdicts", []),
-        "decision_duration_seconds": [(dict(labels), slots) for (name, labels), slots in histograms.items() if name == "decision"],
+        "decision_duration_seconds": [(dict(labels), slots) for (kind, name, labels), slots in counters.items()
+                                      if kind == "histogram" and name == "decision"],
         "sip_requests": grouped.get("sip_requests", []),
         "sip_responses": grouped.get("sip_responses", []),
         "sip_dropped": [({"reason": reason}, c[key]) for reason, key in (
             ("untrusted", "untrusted"), ("malformed", "malformed"), ("oversized", "oversized"),
             ("overloaded", "overflow"), ("resend_budget", "resend_dropped"), ("tcp_refused", "tcp_refused"))],
-        "sip_transactions": [({}, len(server.sip.transactions.table))],
-        "sip_overload": [({"answer": answer}, server.metrics.counter("sip_overload", answer=answer)) for answer in ("reject", "approve")],
-        "http_overload": [({"answer": answer}, server.metrics.counter("http_overload", answer=answer)) for answer in ("reject", "approve")],
-        "tcp_connections": [({}, len(server.connections))],
-        "reputation_lookups": [({"result": result}, n) for result, n in server.reputation.lookups.copy().items()],
-        "reputation_lookups_in_flight": [({}, len(server.reputation.waiting))],
-        "alert_delivery_failures": [({}, server.dispatcher.failures)],
-        "database_up": [({}, int(server.database_down is None))],
-        "database_errors": [({}, server.metrics.counter("database_errors"))],
-        "database_reconnects": [({}, server.metrics.counter("database_reconnects"))],
-        "call_log_unflushed_rows": [({}, engine.unwritten_rows())],
-        "call_log_dropped_rows": [({}, engine.lost_rows())],
-        "call_log_spooled_rows": [({}, engine.spool.spooled)],
-        "call_log_spool_damaged_lines": [({}, engine.spool.damaged)],
-        "list_entries": [({"list": name}, n) for name, n in list_sizes(engine.lists).items()],
+        "sip_transactions": [({}, gauges["sip_transactions"])],
+        "sip_overload": [({"answer": answer}, count("sip_overload", answer=answer)) for answer in ("reject", "approve")],
+        "http_overload": [({"answer": answer}, count("http_overload", answer=answer)) for answer in ("reject", "approve")],
+        "tcp_connections": [({}, gauges["tcp_connections"])],
+        "reputation_lookups": [({"result": result}, n) for (kind, result, _), n in counters.items() if kind == "reputation"],
+        "reputation_lookups_in_flight": [({}, gauges["reputation_lookups_in_flight"])],
+        "alert_delivery_failures": [({}, c["alert_delivery_failures"])],
+        "database_up": [({}, gauges["database_up"])],
+        "database_errors": [({}, count("database_errors"))],
+        "database_reconnects": [({}, count("database_reconnects"))],
+        "call_log_unflushed_rows": [({}, gauges["call_log_unflushed_rows"])],
+        "call_log_dropped_rows": [({}, c["call_log_dropped_rows"])],
+        "call_log_spooled_rows": [({}, c["call_log_spooled_rows"])],
+        "call_log_spool_damaged_lines": [({}, c["call_log_spool_damaged_lines"])],
+        "list_entries": [({"list": name}, n) for name, n in list_sizes(server.engine.lists).items()],
+        "worker_verdicts": [({"worker": number}, n) for number, n in sorted(per_worker.items())],
+        "workers_reporting": [({}, reporting)],
         "http_requests": grouped.get("http_requests", []),
     }
-    queued = engine.queued_alerts()
+    queued = gauges["alerts_in_memory"]
     try:
         if server.database_down is not None:
             raise HttpError(503, "database unavailable")

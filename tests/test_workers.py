@@ -34,6 +34,25 @@ def start_workers(start_server, url, workers=2, **database):
     return server
 
 
+def start_two_workers_with_http(tmp_path, start_server):
+    http_port = free_port()
+    server = start_server(f"sqlite://{tmp_path / 'tfps.db'}",
+                          {"policy": POLICY, "server": {"workers": "2", "overload_after": "0"},
+                           "http": {"listen": f"127.0.0.1:{http_port}"}})
+    wait_until(lambda: server.read_log().count("serving in") == 2, 15, message=server.read_log)
+    return server, http_port
+
+
+def scrape(http_port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def metric_sum(http_port, prefix):
+    """The sum of the samples whose line starts with `prefix`."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in scrape(http_port).splitlines() if line.startswith(prefix))
+
+
 def final_answer(sock, data, port):
     sock.sendto(data, ("127.0.0.1", port))
     while True:
@@ -75,11 +94,7 @@ def test_requests_from_one_port_are_shared_by_caller_and_retransmissions_answere
     request still goes to the worker its From URI hashes to, so both workers decide calls, each
     caller's on one worker, and the retransmissions and ACK of a call reach the worker that
     holds its transaction."""
-    http_port = free_port()
-    server = start_server(f"sqlite://{tmp_path / 'tfps.db'}",
-                          {"policy": POLICY, "server": {"workers": "2", "overload_after": "0"},
-                           "http": {"listen": f"127.0.0.1:{http_port}"}})
-    wait_until(lambda: server.read_log().count("serving in") == 2, 15, message=server.read_log)
+    server, http_port = start_two_workers_with_http(tmp_path, start_server)
     call_ids = [f"shared-{k}@test" for k in range(40)]
     users = [f"40{k % 20:02d}" for k in range(40)]   # 20 callers, two calls each
     of_worker_0 = sum(1 for user in users if zlib.crc32(f"sip:{user}@pbx.example.com".encode()) % 2 == 0)
@@ -99,10 +114,13 @@ def test_requests_from_one_port_are_shared_by_caller_and_retransmissions_answere
         assert answers_before_options(sock, server.port) == [], "an ACK did not reach the transaction's worker"
     finally:
         sock.close()
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
-        metrics = response.read().decode()
-    counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("tfps_verdicts_total{"))
-    assert counted == of_worker_0, "worker 0 decided the calls of its own callers, and only those"
+    wait_until(lambda: metric_sum(http_port, "tfps_verdicts_total{") == len(call_ids), 10,
+               message=lambda: f"worker 0's /metrics to count every worker's verdicts:\n{scrape(http_port)}")
+    assert metric_sum(http_port, 'tfps_worker_verdicts_total{worker="0"}') == of_worker_0, \
+        "worker 0 decided the calls of its own callers, and only those"
+    assert metric_sum(http_port, 'tfps_worker_verdicts_total{worker="1"}') == len(call_ids) - of_worker_0
+    assert metric_sum(http_port, 'tfps_sip_requests_total{method="INVITE"}') == 2 * len(call_ids)
+    assert metric_sum(http_port, "tfps_workers_reporting") == 2
     assert server.stop() == 0, server.read_log()
     db = tfps.open_database(f"sqlite://{tmp_path / 'tfps.db'}")
     try:
@@ -193,7 +211,7 @@ def test_workers_refuse_a_port_another_server_holds(tmp_path):
 def test_the_datagrams_of_one_read_reach_their_owner_in_one_handoff_and_come_back_when_it_has_no_room():
     pairs = tfps.WorkerHandoff.sockets(2)
     try:
-        reader = tfps.WorkerHandoff(pairs, 0)
+        reader = tfps.WorkerHandoff(pairs, 0, None)
         sent = [(0, ("127.0.0.1", 5060 + k), 100.0 + k, b"INVITE %d" % k) for k in range(3)]
         for listener, addr, arrived, data in sent:
             assert reader.forward(1, listener, addr, arrived, data) == []
@@ -215,3 +233,34 @@ def test_the_datagrams_of_one_read_reach_their_owner_in_one_handoff_and_come_bac
         for pair in pairs:
             for sock in pair:
                 sock.close()
+
+
+def test_metrics_add_up_every_worker_and_never_go_down_when_a_worker_is_killed(tmp_path, start_server):
+    """Worker 0 serves /metrics with the other worker's reports added in; once worker 1 is killed
+    (-9) and started again, what it counted before its last report stays in the sums."""
+    server, http_port = start_two_workers_with_http(tmp_path, start_server)
+    users = [f"42{k:02d}" for k in range(30)]
+    of_worker_1 = [user for user in users if zlib.crc32(f"sip:{user}@pbx.example.com".encode()) % 2 == 1]
+
+    def calls(tag, callers):
+        with udp_socket() as sock:
+            for k, user in enumerate(callers):
+                data = sip_invite(f"1212999{k:04d}", server.port, local_port=sock.getsockname()[1],
+                                  call_id=f"{tag}-{k}@test", user=user)
+                assert final_answer(sock, data, server.port)[0].status == 302
+    calls("before", users)
+    wait_until(lambda: metric_sum(http_port, "tfps_verdicts_total{") == len(users), 10, message=lambda: scrape(http_port))
+    assert metric_sum(http_port, "tfps_database_up") == 1 and metric_sum(http_port, "tfps_workers_reporting") == 2
+    histogram = metric_sum(http_port, 'tfps_decision_duration_seconds_count{via="sip"}')
+    assert histogram == len(users), "the latency histograms are added up too"
+    worker_1 = workers_of(server)[1]
+    os.kill(worker_1, signal.SIGKILL)
+    wait_until(lambda: len(workers_of(server)) == 2 and worker_1 not in workers_of(server), 10, message=server.read_log)
+    wait_until(lambda: server.read_log().count("serving in") == 3, 15, message=server.read_log)
+    assert metric_sum(http_port, "tfps_verdicts_total{") == len(users), "the killed worker's verdicts stay counted"
+    calls("after", of_worker_1)
+    wait_until(lambda: metric_sum(http_port, 'tfps_worker_verdicts_total{worker="1"}') == 2 * len(of_worker_1), 10,
+               message=lambda: scrape(http_port))
+    assert metric_sum(http_port, "tfps_verdicts_total{") == len(users) + len(of_worker_1)
+    assert metric_sum(http_port, "tfps_workers_reporting") == 2
+    assert server.stop() == 0, server.read_log()

@@ -7016,7 +7016,7 @@ class WorkerHandoff:
     def __init__(self, inboxes, number, reports):
         self.inboxes = inboxes   # one Unix datagram socket pair per worker: (its end, the others' end)
         self.number = number
-        self.batches = {}        # owner -> [header + address + datagram, ...] not sent yet
+        self.batches = {}        # owner -> headers, addresses and datagrams not sent yet
         self.reports = reports   # a Unix datagram socket pair: (worker 0's end, the others' end)
 
     @staticmethod
@@ -7051,9 +7051,13 @@ class WorkerHandoff:
         """Hand a datagram over, with the next send(). Returns the entries of a batch that went
         full and could not be sent (see send)."""
         host = addr[0].encode("ascii")
-        batch = self.batches.setdefault(owner, [])
-        batch.append(HANDOFF_HEADER.pack(arrived, addr[1], listener, len(host), len(data)) + host + data)
-        if sum(map(len, batch)) < HANDOFF_BATCH:
+        batch = self.batches.get(owner)
+        if batch is None:
+            batch = self.batches[owner] = bytearray()
+        batch += HANDOFF_HEADER.pack(arrived, addr[1], listener, len(host), len(data))
+        batch += host
+        batch += data
+        if len(batch) < HANDOFF_BATCH:
             return []
         del self.batches[owner]
         return self._send(owner, batch)
@@ -7067,10 +7071,10 @@ class WorkerHandoff:
 
     def _send(self, owner, batch):
         try:
-            self.inboxes[owner][1].send(b"".join(batch))
+            self.inboxes[owner][1].send(batch)
             return []
         except OSError:
-            return [entry for part in batch for entry in self.unpack(part)]
+            return self.unpack(bytes(batch))
 
     @staticmethod
     def unpack(packet):
@@ -7717,6 +7721,11 @@ class Server:
                   "call_log_unflushed_rows": engine.unwritten_rows(), "alerts_in_memory": engine.queued_alerts(),
                   "database_up": int(self.database_down is None)}
         return {"worker": self.worker, "pid": os.getpid(), "counters": counters, "gauges": gauges}
+
+    def metrics_totals(self):
+        """(counters, gauges, verdicts per worker, workers reporting): this worker's metrics_sample
+        and, in worker 0, the other workers' reports (WorkerReports.totals)."""
+        return self.worker_reports.totals(self.metrics_sample(), time.monotonic())
 
     def _accept(self, listener):
         try:
@@ -8942,7 +8951,7 @@ def most_first(counts, top=10):
 
 def http_dashboard(api, request):
     """What the dashboard shows: the last 24 h of the call log (every node's), and this node's
-    reputation lookups and alert queue."""
+    reputation lookups and alert queue (every worker's)."""
     server, now, tz = api.server, time.time(), api.cfg.policy.tz
     first_hour = int(now // 3600) - DASHBOARD_HOURS + 1
     hours = range(first_hour, first_hour + DASHBOARD_HOURS)
@@ -8950,6 +8959,7 @@ def http_dashboard(api, request):
         summaries = [api.call_log_hour(db, hour, now) for hour in hours]
         rejections = recent_rejections(db, first_hour * 3600, 50)
         outbox, failed, oldest = pending_alerts(db)
+    counters, gauges, _, _ = server.metrics_totals()
     per_code, nodes, accounts, countries = {}, {}, {}, {}
     for i, (verdicts, rejected) in enumerate(summaries):
         for code, node, calls, last in verdicts:
@@ -8968,10 +8978,12 @@ def http_dashboard(api, request):
         "top_accounts": [{"account": a, "rejected": n} for a, n in most_first(accounts)],
         "top_destinations": [{"country": c, "rejected": n} for c, n in most_first(countries)],
         "recent_rejections": [dict(zip(rejection_names, (fmt_time(r[0], tz), *r[1:]))) for r in rejections],
-        "reputation": {**server.reputation.lookups.copy(), "in_flight": len(server.reputation.waiting)},
-        "alerts": {"in_memory": server.engine.queued_alerts(), "outbox": outbox, "retrying": failed,
-                   "oldest": fmt_time(oldest, tz) if oldest else "", "delivery_failures": server.dispatcher.failures},
-        "database_up": server.database_down is None,
+        "reputation": {**{result: n for (kind, result, _), n in counters.items() if kind == "reputation"},
+                       "in_flight": gauges["reputation_lookups_in_flight"]},
+        "alerts": {"in_memory": gauges["alerts_in_memory"], "outbox": outbox, "retrying": failed,
+                   "oldest": fmt_time(oldest, tz) if oldest else "",
+                   "delivery_failures": counters[("counter", "alert_delivery_failures", ())]},
+        "database_up": gauges["database_up"] == 1,
         "nodes": [{"node": node, "calls": calls, "last_call": fmt_time(last, tz)} for node, (calls, last) in sorted(nodes.items())],
     }
 
@@ -9089,7 +9101,7 @@ def render_metrics(api):
     """The exposition text: state read where it lives (the loop's objects, read-only; the
     database through this request's own connection), counters from the Metrics objects."""
     server = api.server
-    counters, gauges, per_worker, reporting = server.worker_reports.totals(server.metrics_sample(), time.monotonic())
+    counters, gauges, per_worker, reporting = server.metrics_totals()
     http_counts, _ = api.metrics.snapshot()
     grouped = {}
     for (name, labels), value in [((name, labels), value) for (kind, name, labels), value in counters.items()

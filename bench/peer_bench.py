@@ -20,7 +20,8 @@ would count as successful calls, though nothing was checked.
 Each rate of --rates runs on every target in turn (the order flips from one rate to the next,
 so that no server always runs right after another one's load). Then, for each target, a search
 for the highest rate with 0 failed calls: doubling from its best ladder rate until a step fails
-(or --max-rate), then --search bisection steps. A step passes when sipp reports every call
+(or --max-rate), then --search bisection steps; the searches take turns, a step of each, so that
+a slow or fast phase of the machine falls on all of them alike. A step passes when sipp reports every call
 successful, 0 failed and an achieved rate of at least 95 % of the offered one (a 302 later than
 --recv-timeout-ms fails its call). A TFPS that failed a step is restarted before its next one.
 
@@ -310,17 +311,17 @@ def run_step(args, work, target, rate, tag):
     return r
 
 
-def search_max(args, work, target, ladder_results):
-    """Doubling from the best passing ladder rate, then bisection: the highest rate with 0 failed."""
+def search_max(args, ladder_results):
+    """Doubling from the best passing ladder rate, then bisection: the highest rate with 0 failed.
+    A generator: it yields the rate of each step and is sent the step's result; its return value
+    (StopIteration.value) is the highest rate that passed, or None."""
     passed = [rate for rate, r in ladder_results.items() if r["passed"]]
     failed = [rate for rate, r in ladder_results.items() if not r["passed"]]
     lo = max(passed, default=None)
     hi = min((rate for rate in failed if lo is None or rate > lo), default=None)
-    results = {}
     while hi is None and lo is not None and lo < args.max_rate:
         rate = min(args.max_rate, lo * 2)
-        results[rate] = run_step(args, work, target, rate, f"{target.name}-max-{rate}")
-        if results[rate]["passed"]:
+        if (yield rate)["passed"]:
             lo = rate
         else:
             hi = rate
@@ -328,12 +329,36 @@ def search_max(args, work, target, ladder_results):
         rate = int(round((lo + hi) / 2 / 100.0) * 100)
         if rate <= lo or rate >= hi:
             break
-        results[rate] = run_step(args, work, target, rate, f"{target.name}-max-{rate}")
-        if results[rate]["passed"]:
+        if (yield rate)["passed"]:
             lo = rate
         else:
             hi = rate
-    return lo, results
+    return lo
+
+
+def search_all(args, work, targets, ladder):
+    """The max-rate searches of all targets, a step of each in turn: the machine's speed drifts
+    over minutes, and a search run after another's would meet another phase of it. Returns
+    ({target: highest rate with 0 failed}, {target: {rate: result}})."""
+    best, searched, searches, pending = {}, {}, {}, {}
+    for target in targets:
+        searched[target.name] = {}
+        searches[target.name] = search_max(args, ladder[target.name])
+        try:
+            pending[target.name] = next(searches[target.name])
+        except StopIteration as stop:
+            best[target.name] = stop.value
+    while pending:
+        for target in targets:
+            if target.name not in pending:
+                continue
+            rate = pending.pop(target.name)
+            result = searched[target.name][rate] = run_step(args, work, target, rate, f"{target.name}-max-{rate}")
+            try:
+                pending[target.name] = searches[target.name].send(result)
+            except StopIteration as stop:
+                best[target.name] = stop.value
+    return best, searched
 
 
 def main():
@@ -454,8 +479,8 @@ def measure(args, work, rates, names):
                 ladder[target.name][rate] = run_step(args, work, target, rate, f"{target.name}-{rate}")
         best = {t.name: max((r for r, res in ladder[t.name].items() if res["passed"]), default=None) for t in targets}
         searched = {}
-        for target in targets if args.search else ():
-            best[target.name], searched[target.name] = search_max(args, work, target, ladder[target.name])
+        if args.search:
+            best, searched = search_all(args, work, targets, ladder)
     finally:
         for target in targets:
             target.stop()

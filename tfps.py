@@ -7121,23 +7121,28 @@ class WorkerReports:
         self.bases = {}   # worker number -> counters of its predecessors, as add_counters keeps them
 
     def take(self, sample, received):
+        """On the loop. A base is replaced, never changed, and the dicts copied whole where the
+        HTTP thread reads them (totals): it sees one state or the next."""
         previous = self.latest.get(sample["worker"])
         if previous and previous[1]["pid"] != sample["pid"]:
-            add_counters(self.bases.setdefault(sample["worker"], {}), previous[1]["counters"])
+            base = dict(self.bases.get(sample["worker"], {}))
+            add_counters(base, previous[1]["counters"])
+            self.bases[sample["worker"]] = base
         self.latest[sample["worker"]] = (received, sample)
 
     def totals(self, own, now):
         """(counters, gauges, verdicts per worker, workers reporting) of this worker's sample
         `own` and the others' reports."""
+        latest, bases = self.latest.copy(), self.bases.copy()
         counters, gauges, per_worker, reporting = {}, dict(own["gauges"]), {}, 1
         for number, sample, base in [(own["worker"], own, {})] + [
-                (number, sample, self.bases.get(number, {})) for number, (_, sample) in sorted(self.latest.items())]:
+                (number, sample, bases.get(number, {})) for number, (_, sample) in sorted(latest.items())]:
             worker = {}
             add_counters(worker, sample["counters"])
             add_counters(worker, [(*key, value) for key, value in base.items()])
             per_worker[number] = worker.get(("counter", "verdicts", ()), 0)
             add_counters(counters, [(*key, value) for key, value in worker.items()])
-        for received, sample in self.latest.values():
+        for received, sample in latest.values():
             if now - received > METRICS_REPORT_STALE:
                 continue
             reporting += 1

@@ -37,6 +37,7 @@ import bisect
 import configparser
 import contextlib
 import csv
+import ctypes
 import datetime as dt
 import decimal
 import errno
@@ -72,7 +73,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zlib
 import zoneinfo
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -7001,11 +7001,138 @@ HANDOFF_BATCH = 32768  # bytes of datagrams for one worker sent together: one wa
 UDP_SEND_GROUP = 8
 
 
+# What the From URI of a UDP request hashes to its worker with: the sum of its first 32 bytes,
+# each with bit 0x20 set (letters in lower case), modulo the workers. The kernel computes the
+# same in the program that steers each datagram to the socket of its worker (steering_program).
+STEERED_URI_BYTES = 32
+STEERING_CASE_FOLD = bytes(b | 0x20 for b in range(256))
+STEERING_WINDOW = 400  # bytes of a datagram in which the program looks for its From header
+SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
+BPF_SLOTS = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+
+
+def uri_worker(uri, workers):
+    """The worker of a From URI (bytes, as FROM_URI reads it)."""
+    return sum(uri[:STEERED_URI_BYTES].translate(STEERING_CASE_FOLD)) % workers
+
+
+def steering_program(workers):
+    """A classic BPF program for SO_ATTACH_REUSEPORT_CBPF that picks, for a UDP datagram, the
+    socket of the worker its From URI hashes to (uri_worker), the workers' sockets having joined
+    the port's group in their order. It looks for "\\nFrom:" (any case) in the first
+    STEERING_WINDOW bytes, then for "sip:" or "sips" in the 24 bytes after it, and sums up to
+    STEERED_URI_BYTES bytes up to the first of > ; ? or a byte up to a space. Where it finds no
+    From header (compact form, too far, no SIP), it returns `workers` and the kernel hashes the
+    source address as without a program; the worker that reads such a datagram hands it over as
+    before. Classic BPF has no loops: every position is a block of its own (4,096 at most)."""
+    code = []
+
+    def op(kind, k=0, jt=0, jf=0):
+        code.append((kind, jt, jf, k))
+
+    LD_W_ABS, LD_H_ABS, LD_W_IND, LD_B_IND, LD_MEM, LD_IMM = 0x20, 0x28, 0x40, 0x50, 0x60, 0x00
+    LDX_MEM, LDX_IMM, ST, STX, AND, OR, ADD, ADD_X, MOD = 0x61, 0x01, 0x02, 0x03, 0x54, 0x44, 0x04, 0x0c, 0x94
+    JA, JEQ, JGT = 0x05, 0x15, 0x25
+    TAX, TXA, RET_K, RET_A = 0x07, 0x87, 0x06, 0x16
+    found_from, found_scheme = [], []  # the JA instructions to point at the blocks below
+    for i in range(STEERING_WINDOW):  # "\nFRO" then "M:", bit 0x20 cleared in the letters
+        op(LD_W_ABS, i)
+        op(AND, 0xFFDFDFDF)
+        op(JEQ, 0x0A46524F, 0, 5)
+        op(LD_H_ABS, i + 4)
+        op(AND, 0xDFFF)
+        op(JEQ, 0x4D3A, 0, 2)
+        op(LDX_IMM, i + 6)
+        found_from.append(len(code))
+        op(JA)
+    op(RET_K, workers)
+    scheme_scan = len(code)
+    for k in range(24):  # "sip:" or "sips", bit 0x20 set in the letters
+        op(LD_W_IND, k)
+        op(OR, 0x20202000)
+        op(JEQ, 0x7369703A, 1, 0)
+        op(JEQ, 0x73697073, 0, 4)
+        op(TXA)
+        op(ADD, k)
+        op(TAX)
+        found_scheme.append(len(code))
+        op(JA)
+    op(RET_K, workers)
+    hashing = len(code)
+    op(LD_IMM, 0)
+    op(ST, 0)
+    op(STX, 1)
+    ends = []
+    for j in range(STEERED_URI_BYTES):
+        op(LDX_MEM, 1)
+        op(LD_B_IND, j)
+        op(JEQ, ord(">"), 3, 0)
+        op(JEQ, ord(";"), 2, 0)
+        op(JEQ, ord("?"), 1, 0)
+        op(JGT, 0x20, 1, 0)
+        ends.append(len(code))
+        op(JA)
+        op(OR, 0x20)
+        op(TAX)
+        op(LD_MEM, 0)
+        op(ADD_X)
+        op(ST, 0)
+    end = len(code)
+    op(LD_MEM, 0)
+    op(MOD, workers)
+    op(RET_A)
+    for at, target in [(at, scheme_scan) for at in found_from] + [(at, hashing) for at in found_scheme] + [(at, end) for at in ends]:
+        kind, jt, jf, _ = code[at]
+        code[at] = (kind, jt, jf, target - at - 1)
+    return code
+
+
+def bind_worker_sockets(listen, workers):
+    """Each worker's UDP sockets, bound by the supervisor in the workers' order, so that worker k's
+    socket is at index k of its port's SO_REUSEPORT group (steering_program) however the workers
+    start or are started again, and the group steered by caller."""
+    sockets = [[] for _ in range(workers)]
+    for item in listen:
+        if item[0] != "udp":
+            continue
+        group = []
+        try:
+            for _ in range(workers):
+                group.append(listening_socket(item, reuse_port=True))
+        except UserError:
+            for bound in [sock for own in sockets for sock in own] + group:
+                bound.close()
+            raise
+        if steer_by_caller(group, workers):
+            log.info("UDP requests on %s steered to the worker of their caller by the kernel", format_listen(item))
+        for number, sock in enumerate(group):
+            sockets[number].append(sock)
+    return sockets
+
+
+def steer_by_caller(sockets, workers):
+    """Attach steering_program to the SO_REUSEPORT group of `sockets` (one port's, in the
+    workers' order). False where the kernel refuses it (not Linux, no classic BPF for
+    reuseport): the workers then hand requests over as before."""
+    program = steering_program(workers)
+    if not hasattr(socket, "SO_REUSEPORT") or len(program) > 4096:
+        return False
+    filters = ctypes.create_string_buffer(b"".join(BPF_SLOTS.pack(*insn) for insn in program))
+    try:
+        sockets[0].setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF,
+                              struct.pack("@HP", len(program), ctypes.addressof(filters)))
+        return True
+    except OSError as exc:
+        log.info("UDP requests not steered to their workers by the kernel (%s): the workers hand them over", exc.strerror)
+        return False
+
+
 class WorkerHandoff:
     """How the workers share a PBX that sends every request from one port, which SO_REUSEPORT
-    gives to one worker alone: a UDP request belongs to the worker that the URI of its From
-    header hashes to, and the worker that read it hands it over on a Unix datagram socket (with
-    the peer's address and the datagram's arrival time). The From of a call's requests (INVITE,
+    alone gives to one worker: a UDP request belongs to the worker that the URI of its From
+    header hashes to (uri_worker). The kernel steers most requests to it (steering_program); the
+    worker that reads another's hands it over on a Unix datagram socket (with the peer's address
+    and the datagram's arrival time). The From of a call's requests (INVITE,
     retransmissions, ACK, CANCEL) is the same, so they reach the worker that holds the
     transaction, whichever port they come from; and the calls of one caller reach one worker,
     which keeps its per-minute, A->B and new-country windows (kept in each worker's memory)
@@ -7013,11 +7140,12 @@ class WorkerHandoff:
     on the same port. What one read of the socket brings is handed over in one datagram per
     owner: waking another process costs more than the copy."""
 
-    def __init__(self, inboxes, number, reports):
+    def __init__(self, inboxes, number, reports=None, udp_sockets=()):
         self.inboxes = inboxes   # one Unix datagram socket pair per worker: (its end, the others' end)
         self.number = number
         self.batches = {}        # owner -> headers, addresses and datagrams not sent yet
         self.reports = reports   # a Unix datagram socket pair: (worker 0's end, the others' end)
+        self.udp_sockets = udp_sockets  # this worker's, bound by the supervisor, in [server] listen order
 
     @staticmethod
     def sockets(workers):
@@ -7045,7 +7173,7 @@ class WorkerHandoff:
         answered 400 or dropped where it was read). The From header precedes any body, so the
         first match is the header's."""
         m = FROM_URI.search(data)
-        return zlib.crc32(m.group(1).lower()) % len(self.inboxes) if m else self.number
+        return uri_worker(m.group(1), len(self.inboxes)) if m else self.number
 
     def forward(self, owner, listener, addr, arrived, data):
         """Hand a datagram over, with the next send(). Returns the entries of a batch that went
@@ -7153,10 +7281,11 @@ class WorkerReports:
 
 class Supervisor:
     """[server] workers > 1: that many worker processes, each a Server with its own loop and
-    database connection on the same ports (SO_REUSEPORT). The kernel picks a port's socket by
-    the peer's address and port; each UDP request then goes to the worker of its From URI
-    (WorkerHandoff), so that the retransmissions of a transaction reach the worker that holds it. A
-    worker that dies is started again; SIGTERM, SIGINT and SIGHUP are passed on to the workers."""
+    database connection on the same ports (SO_REUSEPORT). Each UDP request goes to the worker of
+    its From URI, so that the retransmissions of a transaction reach the worker that holds it:
+    the kernel steers it there (bind_worker_sockets), and a worker that reads another's hands it
+    over (WorkerHandoff). A worker that dies is started again, on the same UDP sockets; SIGTERM,
+    SIGINT and SIGHUP are passed on to the workers."""
 
     RESTART_PAUSE = 1.0  # a worker that exits sooner after its start cannot serve: stop them all
 
@@ -7167,6 +7296,7 @@ class Supervisor:
         self.stopping = False
         self.inboxes = None            # WorkerHandoff.sockets(), kept open here for workers started again
         self.reports = None            # the socket pair of the workers' metrics reports to worker 0
+        self.udp_sockets = None        # bind_worker_sockets(): each worker's, kept open here
 
     def run(self):
         probe_listeners(self.cfg.server.listen)
@@ -7174,6 +7304,7 @@ class Supervisor:
             signal.signal(signum, self._pass_on)
         self.inboxes = WorkerHandoff.sockets(server_workers(self.cfg))
         self.reports = WorkerHandoff.sockets(1)[0]
+        self.udp_sockets = bind_worker_sockets(self.cfg.server.listen, server_workers(self.cfg))
         for number in range(server_workers(self.cfg)):
             self._start(number)
         log.info("supervising %d workers", len(self.workers))
@@ -7205,7 +7336,7 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_DFL)
             status = 1
             try:
-                status = self.run_worker(number, WorkerHandoff(self.inboxes, number, self.reports))
+                status = self.run_worker(number, WorkerHandoff(self.inboxes, number, self.reports, self.udp_sockets[number]))
             except UserError as exc:
                 log.error("worker %d: %s", number, exc)
                 status = 2
@@ -7251,7 +7382,8 @@ class Server:
         self.listeners = []
         self.stopping = False
         self.reload_requested = False
-        self.counters = {"untrusted": 0, "oversized": 0, "verdicts": 0, "accept_paused": 0, "tcp_refused": 0}
+        self.counters = {"untrusted": 0, "oversized": 0, "verdicts": 0, "accept_paused": 0, "tcp_refused": 0,
+                         "handed_over": 0}
         self.overload_noted = -OVERLOAD_NOTICE_INTERVAL  # when (monotonic) R98 answers were last logged and alerted
         self._trusted_cache = {}
         self._untrusted_logged = {}     # source -> when it was last logged
@@ -7282,14 +7414,18 @@ class Server:
         only on TCP (a restart must not wait for TIME_WAIT): on UDP it would let a second
         instance take the port silently. Several workers share each port with SO_REUSEPORT; the
         supervisor made sure beforehand that nobody else holds it (probe_listeners)."""
+        bound_for_us = list(self.worker_handoff.udp_sockets) if self.worker_handoff else []
         for item in self.cfg.server.listen:
-            try:
-                sock = listening_socket(item, reuse_port=server_workers(self.cfg) > 1)
-            except UserError:
-                for bound in self.listeners:
-                    bound.close()
-                raise
             transport, host, _ = item
+            if transport == "udp" and bound_for_us:
+                sock = bound_for_us.pop(0)
+            else:
+                try:
+                    sock = listening_socket(item, reuse_port=server_workers(self.cfg) > 1)
+                except UserError:
+                    for bound in self.listeners:
+                        bound.close()
+                    raise
             sock.setblocking(False)
             if transport == "udp":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
@@ -7672,6 +7808,7 @@ class Server:
                 if sharing:
                     owner = sharing.owner(data)
                     if owner != sharing.number:
+                        self.counters["handed_over"] += 1
                         own += sharing.forward(owner, endpoint.number, addr, arrived, data)
                         continue
                 own.append((endpoint.number, addr[:2], arrived, data))
@@ -9046,6 +9183,7 @@ METRIC_HELP = {
     "sip_responses": ("counter", "SIP responses sent, by status (retransmissions not counted)"),
     "sip_dropped": ("counter", "SIP packets or connections dropped, by reason"),
     "sip_transactions": ("gauge", "SIP transactions held"),
+    "sip_handed_over": ("counter", "UDP requests that a worker read and handed over to the worker of their caller"),
     "sip_overload": ("counter", "INVITEs answered R98 at once, having waited longer than overload_after or come from a crowded receive queue, by answer (reject, approve)"),
     "http_overload": ("counter", "HTTP checks answered R98 at once, having waited longer than overload_after, by answer (reject, approve)"),
     "tcp_connections": ("gauge", "SIP TCP connections open"),
@@ -9128,6 +9266,7 @@ def render_metrics(api):
             ("untrusted", "untrusted"), ("malformed", "malformed"), ("oversized", "oversized"),
             ("overloaded", "overflow"), ("resend_budget", "resend_dropped"), ("tcp_refused", "tcp_refused"))],
         "sip_transactions": [({}, gauges["sip_transactions"])],
+        "sip_handed_over": [({}, c["handed_over"])],
         "sip_overload": [({"answer": answer}, count("sip_overload", answer=answer)) for answer in ("reject", "approve")],
         "http_overload": [({"answer": answer}, count("http_overload", answer=answer)) for answer in ("reject", "approve")],
         "tcp_connections": [({}, gauges["tcp_connections"])],

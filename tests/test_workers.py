@@ -5,13 +5,15 @@ worker is started again and signals reach every worker."""
 
 import os
 import secrets
+import select
 import signal
 import socket
 import time
 import urllib.request
-import zlib
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 import tfps
 from conftest import (TfpsServer, answers_before_options, free_port, recv_response, run_cli, sip_invite, udp_socket,
@@ -89,21 +91,26 @@ def test_retransmissions_reach_the_worker_that_holds_the_transaction(tmp_path, s
         db.close()
 
 
-def test_requests_from_one_port_are_shared_by_caller_and_retransmissions_answered_alike(tmp_path, start_server):
-    """A PBX sends every request from one port, which SO_REUSEPORT gives to one worker: each
-    request still goes to the worker its From URI hashes to, so both workers decide calls, each
-    caller's on one worker, and the retransmissions and ACK of a call reach the worker that
-    holds its transaction."""
+@pytest.mark.parametrize("from_header", [b"From:", b"f:"])
+def test_requests_from_one_port_are_shared_by_caller_and_retransmissions_answered_alike(tmp_path, start_server,
+                                                                                        from_header):
+    """A PBX sends every request from one port, which SO_REUSEPORT alone would give to one
+    worker: each request still goes to the worker its From URI hashes to, so both workers decide
+    calls, each caller's on one worker, and the retransmissions and ACK of a call reach the worker
+    that holds its transaction. The kernel steers a request with a `From:` header to that worker
+    itself; one in the compact form `f:` reaches whichever worker the kernel picks, which hands
+    it over."""
     server, http_port = start_two_workers_with_http(tmp_path, start_server)
     call_ids = [f"shared-{k}@test" for k in range(40)]
     users = [f"40{k % 20:02d}" for k in range(40)]   # 20 callers, two calls each
-    of_worker_0 = sum(1 for user in users if zlib.crc32(f"sip:{user}@pbx.example.com".encode()) % 2 == 0)
+    of_worker_0 = sum(1 for user in users if tfps.uri_worker(f"sip:{user}@pbx.example.com".encode(), 2) == 0)
     assert 0 < of_worker_0 < len(call_ids)
     sock = udp_socket()
     try:
         port = sock.getsockname()[1]
         for k, call_id in enumerate(call_ids):
             data = sip_invite(f"1212777{k:04d}", server.port, local_port=port, call_id=call_id, user=users[k])
+            data = data.replace(b"\r\nFrom:", b"\r\n" + from_header, 1)
             msg, raw = final_answer(sock, data, server.port)
             assert msg.status == 302 and msg.header("x-tfps-code") == "A00", raw
             assert final_answer(sock, data, server.port)[1] == raw, "a retransmission got a verdict of its own"
@@ -121,6 +128,11 @@ def test_requests_from_one_port_are_shared_by_caller_and_retransmissions_answere
     assert metric_sum(http_port, 'tfps_worker_verdicts_total{worker="1"}') == len(call_ids) - of_worker_0
     assert metric_sum(http_port, 'tfps_sip_requests_total{method="INVITE"}') == 2 * len(call_ids)
     assert metric_sum(http_port, "tfps_workers_reporting") == 2
+    handed_over = metric_sum(http_port, "tfps_sip_handed_over_total")
+    if from_header == b"From:":
+        assert handed_over == 0, "the kernel steered every request to the worker of its caller"
+    else:
+        assert handed_over > 0
     assert server.stop() == 0, server.read_log()
     db = tfps.open_database(f"sqlite://{tmp_path / 'tfps.db'}")
     try:
@@ -240,7 +252,7 @@ def test_metrics_add_up_every_worker_and_never_go_down_when_a_worker_is_killed(t
     (-9) and started again, what it counted before its last report stays in the sums."""
     server, http_port = start_two_workers_with_http(tmp_path, start_server)
     users = [f"42{k:02d}" for k in range(30)]
-    of_worker_1 = [user for user in users if zlib.crc32(f"sip:{user}@pbx.example.com".encode()) % 2 == 1]
+    of_worker_1 = [user for user in users if tfps.uri_worker(f"sip:{user}@pbx.example.com".encode(), 2) == 1]
 
     def calls(tag, callers):
         with udp_socket() as sock:
@@ -263,4 +275,50 @@ def test_metrics_add_up_every_worker_and_never_go_down_when_a_worker_is_killed(t
                message=lambda: scrape(http_port))
     assert metric_sum(http_port, "tfps_verdicts_total{") == len(users) + len(of_worker_1)
     assert metric_sum(http_port, "tfps_workers_reporting") == 2
+    assert metric_sum(http_port, "tfps_sip_handed_over_total") == 0, "the new worker holds the socket of the old one"
     assert server.stop() == 0, server.read_log()
+
+
+def test_the_kernel_steers_each_datagram_to_the_socket_of_the_worker_of_its_from_uri():
+    """steering_program on a real SO_REUSEPORT group of three sockets, datagrams from one port:
+    where it finds the From header it picks the socket that uri_worker names, for the forms PBXs
+    write; where it does not (the compact form, a From past STEERING_WINDOW), the datagram still
+    arrives, on a socket the kernel picks, for the worker that reads it to hand over."""
+    workers = 3
+    group = []
+    for _ in range(workers):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", group[0].getsockname()[1] if group else 0))
+        group.append(sock)
+    sender = udp_socket()
+    try:
+        assert tfps.steer_by_caller(group, workers)
+        port = group[0].getsockname()[1]
+        handoff = tfps.WorkerHandoff([None] * workers, 0)
+
+        def arrives_at(data):
+            sender.sendto(data, ("127.0.0.1", port))
+            ready, _, _ = select.select(group, [], [], 2)
+            assert len(ready) == 1, "one datagram, one socket"
+            assert ready[0].recv(65536) == data
+            return group.index(ready[0])
+        forms = ["From: <sip:{u}@pbx.example.com>;tag=1", 'From: "Desk {u}" <sip:{u}@PBX.example.com>;tag=2',
+                 "FROM: sips:{u}@pbx.example.com;tag=3", "from: <sip:{u}-with-a-user-name-longer-than-32-bytes@pbx>",
+                 "From: <sip:{u}@pbx.example.com?subject=x>", "From: <SIP:{u}@pbx.example.com>;tag=4"]
+        picked = Counter()
+        for k in range(240):
+            head = "INVITE sip:4420794600@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK{k}\r\n"
+            data = (head.format(k=k) + forms[k % len(forms)].format(u=1000 + k * 7) +
+                    f"\r\nTo: <sip:4420794600@127.0.0.1>\r\nCall-ID: steer-{k}\r\nCSeq: 1 INVITE\r\n\r\n").encode()
+            worker = handoff.owner(data)
+            assert arrives_at(data) == worker, data
+            picked[worker] += 1
+        assert set(picked) == {0, 1, 2}, picked
+        far = b"INVITE sip:1@127.0.0.1 SIP/2.0\r\nX-Padding: " + b"p" * tfps.STEERING_WINDOW + b"\r\nFrom: <sip:9@h>\r\n\r\n"
+        for unsteered in (b"INVITE sip:1@127.0.0.1 SIP/2.0\r\nf: <sip:9@h>;tag=5\r\n\r\n", far, b"\r\n\r\n", b"x"):
+            assert arrives_at(unsteered) in range(workers)
+    finally:
+        sender.close()
+        for sock in group:
+            sock.close()

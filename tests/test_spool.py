@@ -396,8 +396,8 @@ def test_the_call_log_writer_writes_what_waited_up_to_the_linger_in_one_transact
     insert = tfps.CallLogWriter._insert
 
     def counting_insert(self, rows, marks, seen, alerts):
+        batches.append(len(rows))  # before the commit: the test sees the rows as soon as it is made
         insert(self, rows, marks, seen, alerts)
-        batches.append(len(rows))
     monkeypatch.setattr(tfps.CallLogWriter, "_insert", counting_insert)
     monkeypatch.setattr(tfps, "CALL_LOG_LINGER", 0.6)
     rows = spool_rows(170)

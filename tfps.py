@@ -7115,8 +7115,6 @@ def steer_by_caller(sockets, workers):
     workers' order). False where the kernel refuses it (not Linux, no classic BPF for
     reuseport): the workers then hand requests over as before."""
     program = steering_program(workers)
-    if not hasattr(socket, "SO_REUSEPORT") or len(program) > 4096:
-        return False
     filters = ctypes.create_string_buffer(b"".join(BPF_SLOTS.pack(*insn) for insn in program))
     try:
         sockets[0].setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF,
@@ -7225,16 +7223,22 @@ METRICS_REPORT_INTERVAL = 1.0
 METRICS_REPORT_STALE = 5.0
 
 
+def keyed_counters(counters):
+    """{(kind, name, labels): value} of the [kind, name, labels, value] items of a
+    Server.metrics_sample, as it comes, or read back from JSON (labels as lists)."""
+    return {(kind, name, tuple(map(tuple, labels))): value for kind, name, labels, value in counters}
+
+
 def add_counters(totals, counters):
-    """Add [kind, name, labels, value] items (Server.metrics_sample) into `totals`, keyed by
-    (kind, name, labels); a histogram's value is its slots, added slot by slot."""
-    for kind, name, labels, value in counters:
-        key = (kind, name, tuple(map(tuple, labels)))
-        if kind == "histogram":
-            slots = totals.setdefault(key, [0] * len(value))
-            totals[key] = [a + b for a, b in zip(slots, value)]
+    """Add keyed counters into `totals` (a histogram's value, its slots, slot by slot); returns it."""
+    for key, value in counters.items():
+        if key not in totals:
+            totals[key] = value
+        elif key[0] == "histogram":
+            totals[key] = [a + b for a, b in zip(totals[key], value)]
         else:
-            totals[key] = totals.get(key, 0) + value
+            totals[key] += value
+    return totals
 
 
 class WorkerReports:
@@ -7245,36 +7249,33 @@ class WorkerReports:
     the reports of the last METRICS_REPORT_STALE seconds; the database is up when it is for all."""
 
     def __init__(self):
-        self.latest = {}  # worker number -> (when received, monotonic; its latest sample)
-        self.bases = {}   # worker number -> counters of its predecessors, as add_counters keeps them
+        self.latest = {}  # worker number -> (when received, monotonic; pid; keyed counters; gauges)
+        self.bases = {}   # worker number -> keyed counters of its predecessors
 
     def take(self, sample, received):
-        """On the loop. A base is replaced, never changed, and the dicts copied whole where the
-        HTTP thread reads them (totals): it sees one state or the next."""
-        previous = self.latest.get(sample["worker"])
-        if previous and previous[1]["pid"] != sample["pid"]:
-            base = dict(self.bases.get(sample["worker"], {}))
-            add_counters(base, previous[1]["counters"])
-            self.bases[sample["worker"]] = base
-        self.latest[sample["worker"]] = (received, sample)
+        """On the loop. An entry is replaced, never changed, and the dicts are copied whole where
+        the HTTP thread reads them (totals): it sees one state or the next."""
+        number = sample["worker"]
+        previous = self.latest.get(number)
+        if previous and previous[1] != sample["pid"]:
+            self.bases[number] = add_counters(dict(self.bases.get(number, {})), previous[2])
+        self.latest[number] = (received, sample["pid"], keyed_counters(sample["counters"]), sample["gauges"])
 
     def totals(self, own, now):
         """(counters, gauges, verdicts per worker, workers reporting) of this worker's sample
         `own` and the others' reports."""
         latest, bases = self.latest.copy(), self.bases.copy()
         counters, gauges, per_worker, reporting = {}, dict(own["gauges"]), {}, 1
-        for number, sample, base in [(own["worker"], own, {})] + [
-                (number, sample, bases.get(number, {})) for number, (_, sample) in sorted(latest.items())]:
-            worker = {}
-            add_counters(worker, sample["counters"])
-            add_counters(worker, [(*key, value) for key, value in base.items()])
+        for number, worker in [(own["worker"], keyed_counters(own["counters"]))] + [
+                (number, add_counters(dict(counts), bases.get(number, {})))
+                for number, (_, _, counts, _) in sorted(latest.items())]:
             per_worker[number] = worker.get(("counter", "verdicts", ()), 0)
-            add_counters(counters, [(*key, value) for key, value in worker.items()])
-        for received, sample in latest.values():
+            add_counters(counters, worker)
+        for received, _, _, worker_gauges in latest.values():
             if now - received > METRICS_REPORT_STALE:
                 continue
             reporting += 1
-            for name, value in sample["gauges"].items():
+            for name, value in worker_gauges.items():
                 gauges[name] = min(gauges.get(name, 1), value) if name == "database_up" else gauges.get(name, 0) + value
         return counters, gauges, per_worker, reporting
 
@@ -9246,14 +9247,14 @@ def render_metrics(api):
     server = api.server
     counters, gauges, per_worker, reporting = server.metrics_totals()
     http_counts, _ = api.metrics.snapshot()
+    counts = {(name, labels): value for (kind, name, labels), value in counters.items() if kind == "count"}
     grouped = {}
-    for (name, labels), value in [((name, labels), value) for (kind, name, labels), value in counters.items()
-                                  if kind == "count"] + list(http_counts.items()):
+    for (name, labels), value in [*counts.items(), *http_counts.items()]:
         grouped.setdefault(name, []).append((dict(labels), value))
     c = {name: value for (kind, name, _), value in counters.items() if kind == "counter"}
 
     def count(name, **labels):
-        return counters.get(("count", name, tuple(labels.items())), 0)
+        return counts.get((name, tuple(labels.items())), 0)
     samples = {
         "build_info": [({"version": __version__}, 1)],
         "start_time_seconds": [({}, round(api.started, 3))],

@@ -20,10 +20,10 @@ would count as successful calls, though nothing was checked.
 Each rate of --rates runs on every target in turn (the order flips from one rate to the next,
 so that no server always runs right after another one's load). Then, for each target, a search
 for the highest rate with 0 failed calls: doubling from its best ladder rate until a step fails
-(or --max-rate), then --search bisection steps; the searches take turns, a step of each, so that
-a slow or fast phase of the machine falls on all of them alike. A step passes when sipp reports every call
-successful, 0 failed and an achieved rate of at least 95 % of the offered one (a 302 later than
---recv-timeout-ms fails its call). A TFPS that failed a step is restarted before its next one.
+(or --max-rate), then --search bisection steps; the searches take turns, a step of each, so
+that a slow or fast phase of the machine falls on all of them alike. A step passes when sipp
+reports every call successful, 0 failed and an achieved rate of at least 95 % of the offered one
+(a 302 later than --recv-timeout-ms fails its call). A TFPS that failed a step is restarted before its next one.
 
 The table gives, per rate and target: achieved calls/s, failed calls, sipp's INVITE -> 302 p50/p99
 (whole ms), the server's CPU per call (all its processes) and the ratio of TFPS's achieved rate and

@@ -117,17 +117,25 @@ def db_url(request, tmp_path):
         yield request.getfixturevalue("mysql_url")
 
 
+_ports_handed_out = set()
+
+
 def free_port():
-    """A port free for both UDP and TCP on 127.0.0.1."""
+    """A port free for both UDP and TCP on 127.0.0.1, never one this process was given before: a test
+    that asks for two ports before binding either (HTTP and SIP) would otherwise get the same one
+    back when the kernel hands out the port it just freed."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
             t.bind(("127.0.0.1", 0))
             port = t.getsockname()[1]
+            if port in _ports_handed_out:
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
                 try:
                     u.bind(("127.0.0.1", port))
                 except OSError:
                     continue
+            _ports_handed_out.add(port)
             return port
 
 

@@ -8,6 +8,7 @@ import random
 import re
 import secrets
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +24,31 @@ DESTINATIONS = [("1212", 7), ("1415", 7), ("1305", 7), ("1416", 7), ("44", 10), 
 USER_AGENTS = ["Yealink SIP-T46S 66.86.0.15", "Grandstream GXP2170 1.0.11.23", "PolycomVVX-VVX_411-UA/6.4.3.5018",
                "Zoiper rv2.10.19.3", "Linphone/5.2.0 (belle-sip/5.2.0)", "Cisco-CP8845/12.8.1", "snom D785/10.1.159.12",
                "Fanvil X6U 2.12.1", "MicroSIP/3.21.3", "FPBX-16.0.40(18.20.0)"]
+
+
+# systemd's search path for a service's commands: the zipapp's `#!/usr/bin/env python3` finds the
+# interpreter of `tfps serve` there
+SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def service_python():
+    """The python3 that runs TFPS as install.sh's systemd unit does: on Debian its python3
+    package's /usr/bin/python3, built with profile-guided and link-time optimization. A python3
+    built from source without them (pyenv's default) runs TFPS a fifth to a third slower. The
+    benchmark's own interpreter when there is none."""
+    return shutil.which("python3", path=SERVICE_PATH) or sys.executable
+
+
+def python_version(python):
+    """'3.11.2 /usr/bin/python3' of an interpreter; what a benchmark prints of the one it ran."""
+    try:
+        out = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                             capture_output=True, text=True, timeout=30)
+    except OSError as exc:
+        raise SystemExit(f"{python}: cannot run it: {exc}") from None
+    if out.returncode:
+        raise SystemExit(f"{python}: not a Python interpreter ({(out.stderr or out.stdout).strip()})")
+    return f"{out.stdout.strip()} {python}"
 
 
 def log(msg):

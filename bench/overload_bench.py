@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import TFPS, describe_version, fmt, free_port, log, percentile, write_config
+from benchlib import TFPS, describe_version, fmt, free_port, log, percentile, python_version, write_config
 from sip_bench import Server, add_sipp_arguments, cpu_seconds, last_call_id, print_profiles, rss_mb, run_sipp, write_inputs
 
 SETTINGS = (("off", "0", "reject"), ("reject", "0.2s", "reject"), ("approve", "0.2s", "approve"))
@@ -108,7 +108,7 @@ def started_server(args, work, name, overload_after, overload, profile=False):
     conf = write_config(work, port, db_path)
     conf.write_text(conf.read_text().replace("[server]\n", f"[server]\noverload_after = {overload_after}\n"
                                                            f"overload = {overload}\nworkers = {args.workers}\n", 1))
-    server = Server(work, conf, profile, args.tfps)
+    server = Server(work, conf, profile, args.tfps, args.python)
     server.start()
     try:
         warm = run_sipp(args, work, port, "warmup.csv", 500, args.users, "warmup", inputs=args.inputs)
@@ -229,6 +229,7 @@ def main():
     print(f"\nTFPS overload benchmark: {describe_version(args.tfps)}, UDP, SQLite WAL, redirect mode, sipp on 127.0.0.1; "
           f"{args.factor} x {args.sustainable} calls/s for {args.duration:g} s, then {args.sustainable // 2} calls/s for "
           f"{args.after:g} s; workers {args.workers}; recv timeout {args.recv_timeout_ms} ms; {os.cpu_count()} CPUs; total {time.time() - started:.0f} s")
+    print(f"interpreter: Python {python_version(args.python)}")
     head = (f"{'setting':<8} {'phase':<8} {'rate/s':>6} {'sent':>7} {'<=500ms':>8} {'failed':>7} {'R98':>7} "
             f"{'checked':>8} {'p50':>5} {'p99':>5} {'max':>5} {'>500ms':>6} {'µs/call':>7} {'RSS MB':>6} {'drops':>6}")
     if steps:

@@ -15,7 +15,9 @@ countries and scanner User-Agents, and --blacklist random blacklisted number pre
 load, a handful of INVITEs (a scanner, a blacklisted prefix, a high-risk and an unknown country,
 two P-tfps headers, an ordinary call) go to every server, and their codes are printed side by side.
 TFPS runs with overload control off (`overload_after = 0`): its R98 answers are 302s that sipp
-would count as successful calls, though nothing was checked.
+would count as successful calls, though nothing was checked. It runs on the interpreter that runs
+it as a service (--python, default the python3 that systemd finds: Debian's /usr/bin/python3, as
+Kamailio is Debian's package); `tfps-sqlite-n@PATH` adds a run on another interpreter.
 
 Each rate of --rates runs on every target in turn (the order flips from one rate to the next,
 so that no server always runs right after another one's load). Then, for each target, a search
@@ -46,7 +48,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchlib import TFPS, fmt, free_port, log, mysql_database, percentile, turns, write_config
+from benchlib import TFPS, fmt, free_port, log, mysql_database, percentile, python_version, service_python, turns, write_config
 from galera import GaleraCluster, GaleraError
 from sip_bench import Server, cpu_seconds, rss_mb, run_sipp, write_inputs
 
@@ -74,8 +76,8 @@ def config_sections(text):
     return sections
 
 
-def tfps_cli(tfps, conf, *argv):
-    result = subprocess.run([sys.executable, str(tfps), *argv, "-c", str(conf)], capture_output=True, text=True, timeout=120)
+def tfps_cli(python, tfps, conf, *argv):
+    result = subprocess.run([python, str(tfps), *argv, "-c", str(conf)], capture_output=True, text=True, timeout=120)
     if result.returncode:
         raise SystemExit(f"tfps.py {' '.join(argv)} failed ({result.returncode}): {(result.stderr or result.stdout).strip() or 'no output'}")
     return result.stdout
@@ -111,7 +113,7 @@ class TfpsTarget:
     Overload control is off where the version has it: an R98 answer is a 302 to sipp, but no
     checked verdict, and must not count as a call the server kept up with."""
 
-    def __init__(self, args, work, name, url, workers, overload_control):
+    def __init__(self, args, work, name, url, workers, overload_control, python):
         self.name, self.url, self.workers = name, url, workers
         self.work = work / name
         self.work.mkdir()
@@ -124,15 +126,15 @@ class TfpsTarget:
             text = text.replace("[server]\n", "[server]\noverload_after = 0\n", 1)
         conf.write_text(text)
         self.conf = conf
-        self.server = Server(self.work, conf, profile=False, tfps=args.tfps)
+        self.server = Server(self.work, conf, profile=False, tfps=args.tfps, python=python)
 
     @property
     def pid(self):
         return self.server.proc.pid if self.server.proc else None
 
     def prepare(self, blacklist_file):
-        tfps_cli(self.server.tfps, self.conf, "initdb")
-        tfps_cli(self.server.tfps, self.conf, "blacklist", "import", "number", str(blacklist_file))
+        tfps_cli(self.server.python, self.server.tfps, self.conf, "initdb")
+        tfps_cli(self.server.python, self.server.tfps, self.conf, "blacklist", "import", "number", str(blacklist_file))
 
     def start(self):
         if self.server.proc is None:
@@ -303,7 +305,7 @@ def run_step(args, work, target, rate, tag):
     r = run_sipp(args, work, target.port, "calls.csv", rate, calls, tag)
     r["srv_cpu_s"] = tree_cpu_seconds(target.pid) - cpu0 if target.pid else float("nan")
     r["srv_rss_mb"] = tree_rss_mb(target.pid) if target.pid else float("nan")
-    log(f"  {target.name:<18} {rate:>6}/s: {'PASS' if r['passed'] else 'FAIL'} ok {r.get('ok')} failed {r.get('failed')} "
+    log(f"  {target.name:<24} {rate:>6}/s: {'PASS' if r['passed'] else 'FAIL'} ok {r.get('ok')} failed {r.get('failed')} "
         f"achieved {answered_rate(r):.0f}/s p50 {fmt(percentile(r['rtt'], 50), 0)} p99 {fmt(percentile(r['rtt'], 99), 0)} ms "
         f"server CPU {r['srv_cpu_s']:.1f} s")
     if not r["passed"]:
@@ -380,6 +382,10 @@ def main():
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
     ap.add_argument("--tfps", type=Path, default=TFPS, help="the tfps.py to serve (default: this checkout's)")
+    ap.add_argument("--python", default=service_python(),
+                    help="the interpreter that runs tfps.py (default: the python3 a systemd service finds, as "
+                         "install.sh's unit runs it: %(default)s); a TFPS target may name its own after an @, "
+                         "e.g. tfps-sqlite-n@/usr/local/bin/python3.12, to run two interpreters side by side")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, sipp traces, databases)")
     args = ap.parse_args()
     if args.quick:
@@ -391,7 +397,7 @@ def main():
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
     known = ("kamailio", "kamailio-n", "tfps-sqlite", "tfps-sqlite-n", "tfps-mysql", "tfps-mysql-n", "tfps-galera",
              "tfps-galera-n")
-    unknown = [t for t in names if t not in known]
+    unknown = [t for t in names if t.partition("@")[0] not in known or (t.startswith("kamailio") and "@" in t)]
     if unknown or not names:
         ap.error(f"--targets: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
     if not rates or min(rates) < 1 or args.duration <= 0 or args.workers < 1:
@@ -426,9 +432,9 @@ def measure(args, work, rates, names):
     reference = work / "reference"
     reference.mkdir()
     conf = write_config(reference, free_port(), reference / "tfps.db")
-    tfps_cli(args.tfps, conf, "initdb")
-    tfps_cli(args.tfps, conf, "blacklist", "import", "number", str(work / "blacklist.txt"))
-    effective = config_sections(tfps_cli(args.tfps, conf, "config", "check"))
+    tfps_cli(args.python, args.tfps, conf, "initdb")
+    tfps_cli(args.python, args.tfps, conf, "blacklist", "import", "number", str(work / "blacklist.txt"))
+    effective = config_sections(tfps_cli(args.python, args.tfps, conf, "config", "check"))
     high_risk = [c.strip() for c in effective.get("policy", {}).get("high_risk_countries", "").split(",") if c.strip()]
     has_workers = "workers" in effective.get("server", {})
     has_overload_control = "overload_after" in effective.get("server", {})
@@ -439,6 +445,7 @@ def measure(args, work, rates, names):
     n = args.workers
     try:
         for name in names:
+            name, _, python = name.partition("@")
             if name.startswith("kamailio"):
                 workers = n if name.endswith("-n") else 1
                 targets.append(KamailioTarget(work, f"kamailio-{workers}w", workers, tables))
@@ -449,6 +456,12 @@ def measure(args, work, rates, names):
                 continue
             workers = (n if name.endswith("-n") else 1) if has_workers else None
             label = f"{name.removesuffix('-n')}-{workers or 1}w"
+            if python:
+                label += f"@{python_version(python).split()[0]}"
+            python = python or args.python
+            if ("mysql" in name or "galera" in name) and subprocess.run([python, "-c", "import pymysql"],
+                                                                          capture_output=True).returncode:
+                raise SystemExit(f"{name}: {python} has no PyMySQL (apt-get install python3-pymysql, or pip)")
             if "galera" in name:
                 if cluster is None:
                     cluster = GaleraCluster(n=3)
@@ -465,7 +478,7 @@ def measure(args, work, rates, names):
                 log(f"MariaDB {args.mysql}: innodb_flush_log_at_trx_commit = {flush}")
             else:
                 url = f"sqlite://{work / label / 'tfps.db'}"
-            targets.append(TfpsTarget(args, work, label, url, workers, has_overload_control))
+            targets.append(TfpsTarget(args, work, label, url, workers, has_overload_control, python))
         for target in targets:
             target.prepare(work / "blacklist.txt")
             target.start()
@@ -500,9 +513,11 @@ def report(args, targets, ladder, best, searched, skipped, seconds):
           f"{args.duration:g} s per step, recv timeout {args.recv_timeout_ms} ms, {os.cpu_count()} CPUs, "
           f"{args.blacklist} blacklisted prefixes, total {seconds:.0f} s; load average (1 min) "
           f"{args.load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+    for python in sorted({t.server.python for t in targets if isinstance(t, TfpsTarget)}):
+        print(f"TFPS interpreter: Python {python_version(python)}")
     for line in skipped:
         print(line)
-    head = (f"{'offered/s':>9} {'server':<18} {'achieved/s':>10} {'failed':>6} {'p50 ms':>6} {'p99 ms':>6} {'max ms':>6} "
+    head = (f"{'offered/s':>9} {'server':<24} {'achieved/s':>10} {'failed':>6} {'p50 ms':>6} {'p99 ms':>6} {'max ms':>6} "
             f"{'µs/call':>7} {'RSS MB':>6} {'sipp µs':>7}  {'vs Kamailio: rate, p99':<24}")
     print(head)
     print("-" * len(head))
@@ -521,7 +536,7 @@ def report(args, targets, ladder, best, searched, skipped, seconds):
         peer = peer_of(target, targets)
         ratio = (f"  ({best[target.name] / best[peer.name]:.2f} x {peer.name})"
                  if peer and peer is not target and best.get(target.name) and best.get(peer.name) else "")
-        print(f"  {target.name:<18} {best.get(target.name) or 'none':>6} calls/s{ratio}"
+        print(f"  {target.name:<24} {best.get(target.name) or 'none':>6} calls/s{ratio}"
               + (f"   search: {steps}" if steps else ""))
 
 
@@ -537,7 +552,7 @@ def row(rate, target, r, peer):
         p99, peer_p99 = percentile(r["rtt"], 99), percentile(peer["rtt"], 99)
         compared = f"{answered_rate(r) / max(answered_rate(peer), 1):.2f}, {'+' if p99 >= peer_p99 else ''}{fmt(p99 - peer_p99, 0)} ms"
     us, sipp_us = (1e6 * r[key] / max(1, r.get("ok", 0)) for key in ("srv_cpu_s", "sipp_cpu_s"))
-    return (f"{rate:>9} {target.name:<18} {answered_rate(r):>10.0f} {r.get('failed', 0):>6} {fmt(percentile(r['rtt'], 50), 0):>6} "
+    return (f"{rate:>9} {target.name:<24} {answered_rate(r):>10.0f} {r.get('failed', 0):>6} {fmt(percentile(r['rtt'], 50), 0):>6} "
             f"{fmt(percentile(r['rtt'], 99), 0):>6} {fmt(r['rtt'][-1] if r['rtt'] else None, 0):>6} {us:>7.0f} "
             f"{r['srv_rss_mb']:>6.0f} {sipp_us:>7.0f}  {compared}")
 

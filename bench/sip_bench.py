@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from benchlib import (TFPS, account_identities, describe_version, fmt, free_port, log, median, percentile,
-                      random_number, turns, write_config)
+                      python_version, random_number, service_python, turns, write_config)
 
 SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
@@ -133,8 +133,9 @@ cProfile.runctx("spec.loader.exec_module(module)", globals(), locals(), out)
 
 
 class Server:
-    def __init__(self, work, conf, profile, tfps=TFPS):
+    def __init__(self, work, conf, profile, tfps=TFPS, python=None):
         self.work, self.conf, self.profile, self.tfps = work, conf, profile, tfps
+        self.python = python or service_python()
         self.proc = None
         self.runs = 0
 
@@ -142,7 +143,7 @@ class Server:
         self.runs += 1
         self.log_path = self.work / f"serve-{self.runs}.log"
         self.log_fh = open(self.log_path, "w")
-        cmd = [sys.executable]
+        cmd = [self.python]
         if self.profile:
             cmd += ["-c", PROFILED, str(self.work / f"serve-{self.runs}.prof")]
         cmd += [str(self.tfps), "serve", "-c", str(self.conf)]
@@ -271,7 +272,7 @@ class Target:
         self.work, self.label = work, label
         self.db_path = work / "tfps.db"
         self.port = free_port()
-        self.server = Server(work, write_config(work, self.port, self.db_path), args.profile, tfps)
+        self.server = Server(work, write_config(work, self.port, self.db_path), args.profile, tfps, args.python)
 
     def warm_up(self, args, inputs):
         self.server.start()
@@ -312,6 +313,9 @@ def add_sipp_arguments(ap):
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, sipp traces, databases)")
     ap.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
     ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--python", default=service_python(),
+                    help="the interpreter that runs tfps.py serve (default: the python3 a systemd service finds, "
+                         "as install.sh's unit runs it: %(default)s)")
 
 
 def us_per_call(r):
@@ -404,6 +408,7 @@ def single(args, work, rates, started):
     print(f"\nTFPS SIP benchmark: tfps.py serve (UDP, SQLite WAL, full engine, redirect mode) vs sipp on 127.0.0.1, "
           f"{args.users} accounts, {args.duration:g} s per step, recv timeout {args.recv_timeout_ms} ms, "
           f"{os.cpu_count()} CPUs, total {time.time() - started:.0f} s")
+    print(f"interpreter: Python {python_version(args.python)}")
     if args.tfps.resolve() != TFPS.resolve():
         print(f"server: {describe_version(args.tfps)}")
     head = (f"{'offered/s':>9} {'calls':>7} {'ok':>7} {'failed':>6} {'retrans':>7} {'achieved/s':>10} "
@@ -462,6 +467,7 @@ def compare(args, work, ladder, started):
     print(f"\nTFPS SIP benchmark, two versions side by side: tfps.py serve (UDP, SQLite WAL, full engine, redirect mode) "
           f"vs sipp on 127.0.0.1, {args.users} accounts, {args.duration:g} s per step, recv timeout {args.recv_timeout_ms} ms, "
           f"{args.rounds} rounds, {os.cpu_count()} CPUs, total {time.time() - started:.0f} s")
+    print(f"interpreter: Python {python_version(args.python)}")
     for label, path in versions:
         print(f"{label}: {describe_version(path)}")
     cells = " ".join(f"{name:>{width}}" for name, _, width in COMPARED)

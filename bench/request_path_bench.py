@@ -24,7 +24,8 @@ chunks of 1,000 with the clock stopped, so neither its time nor most of its memo
            INVITEs with a duplicated identity header (two P-tfps); a hostile INVITE is never ACKed
   shed     the messages of `valid`, each INVITE having waited 1 s before its turn: overload
            control answers them all R98 (not run by default: --workloads valid,hostile,shed)
-Before the clock starts every account makes one call (enrollment), then `gc.freeze()` as serve does.
+Before the clock starts every account makes one call (enrollment), then the garbage collector is set
+as serve sets it (`gc.freeze()`, and no full collections where the version has that).
 
 Each (version, workload) runs in a child process of its own, so its peak RSS is its own. The
 versions take turns, the order flipping from one run to the next, for --rounds rounds (default 5):
@@ -214,7 +215,8 @@ def run(tfps_path, workload, invites, args):
             feed.items([(encode(lines), head, tail)])
         feed.flush()
         gc.collect()
-        gc.freeze()
+        # as serve does: what is loaded now frozen, and (where the version has it) no full collection on the request path
+        getattr(tfps, "keep_full_collections_off_the_request_path", gc.freeze)()
         feed.reset()
         endpoint.reset()
         profiler = None

@@ -55,6 +55,7 @@ import logging
 import math
 import operator
 import os
+import platform
 import random
 import re
 import resource
@@ -7529,7 +7530,8 @@ class Server:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup_signal)
-        log.info("TFPS %s serving in %s mode, database %s", __version__, self.cfg.server.mode, redact_url(self.db.url))
+        log.info("TFPS %s serving in %s mode, database %s, Python %s (%s)", __version__, self.cfg.server.mode,
+                 redact_url(self.db.url), platform.python_version(), sys.executable)
         while not self.stopping:
             for key, events in self.selector.select(self._timeout()):
                 kind, obj = key.data

@@ -4,11 +4,13 @@ the other methods, sanity answers, trusted_peers, TCP framing and limits, rport/
 
 import http.server
 import json
+import platform
 import re
 import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -569,6 +571,14 @@ def test_cancel_of_pending_invite_and_100_trying(start_server, udp):
 # ---------------------------------------------------------------------------------------------
 # other methods and sanity answers
 # ---------------------------------------------------------------------------------------------
+
+def test_the_start_line_names_the_interpreter(start_server):
+    """Which python3 runs the service decides how fast it is: the distribution's, built with
+    profile-guided and link-time optimization, or one built from source without them."""
+    server = start_server()
+    line = next(line for line in server.read_log().splitlines() if "serving in" in line)
+    assert line.endswith(f", Python {platform.python_version()} ({sys.executable})"), line
+
 
 def test_options_answers_200(start_server, udp):
     server = start_server()

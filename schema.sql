@@ -236,7 +236,8 @@ CREATE TABLE IF NOT EXISTS call_log (
   latency_ms DOUBLE NOT NULL DEFAULT 0,
   undo_command VARCHAR(255) NOT NULL DEFAULT '',
   cost DOUBLE NULL,
-  -- random, made with the row: a row written twice (replayed from the spool after a crash) is kept once
+  -- made with the row, the time first and then 64 random bits: a row written twice (replayed from
+  -- the spool after a crash) is kept once
   row_key CHAR(32) NULL,
   INDEX idx_call_log_ts (ts),
   INDEX idx_call_log_user (user, domain, ts),

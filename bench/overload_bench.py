@@ -229,7 +229,7 @@ def main():
     print(f"\nTFPS overload benchmark: {describe_version(args.tfps)}, UDP, SQLite WAL, redirect mode, sipp on 127.0.0.1; "
           f"{args.factor} x {args.sustainable} calls/s for {args.duration:g} s, then {args.sustainable // 2} calls/s for "
           f"{args.after:g} s; workers {args.workers}; recv timeout {args.recv_timeout_ms} ms; {os.cpu_count()} CPUs; total {time.time() - started:.0f} s")
-    print(f"interpreter: Python {python_version(args.python)}")
+    print(f"interpreter: Python {python_version(args.python)}" + (f"; sipp at niceness {args.sipp_nice}" if args.sipp_nice else ""))
     head = (f"{'setting':<8} {'phase':<8} {'rate/s':>6} {'sent':>7} {'<=500ms':>8} {'failed':>7} {'R98':>7} "
             f"{'checked':>8} {'p50':>5} {'p99':>5} {'max':>5} {'>500ms':>6} {'µs/call':>7} {'RSS MB':>6} {'drops':>6}")
     if steps:

@@ -206,6 +206,8 @@ def run_sipp(args, work, port, csv_name, rate, calls, tag, server_pid=None, inpu
            "-trace_rtt", "-rtt_freq", "1000", "-trace_err", "-error_file", str(step / "errors.log"),
            "-max_recv_loops", "10000", "-max_sched_loops", "10000", "-nostdin",
            "-buff_size", str(SIPP_BUFFER)]
+    if getattr(args, "sipp_nice", 0):
+        cmd = ["nice", "-n", str(args.sipp_nice)] + cmd
     started = time.time()
     srv_cpu0 = cpu_seconds(server_pid) if server_pid else float("nan")
     sipp_cpu = float("nan")
@@ -313,6 +315,9 @@ def add_sipp_arguments(ap):
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, sipp traces, databases)")
     ap.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
     ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--sipp-nice", type=int, default=0, metavar="N",
+                    help="run sipp at niceness N (default 0); -10 gives sipp the CPU it needs before the server, as "
+                         "if the PBX had a machine of its own (a negative N needs root)")
     ap.add_argument("--python", default=service_python(),
                     help="the interpreter that runs tfps.py serve (default: the python3 a systemd service finds, "
                          "as install.sh's unit runs it: %(default)s)")
@@ -408,7 +413,7 @@ def single(args, work, rates, started):
     print(f"\nTFPS SIP benchmark: tfps.py serve (UDP, SQLite WAL, full engine, redirect mode) vs sipp on 127.0.0.1, "
           f"{args.users} accounts, {args.duration:g} s per step, recv timeout {args.recv_timeout_ms} ms, "
           f"{os.cpu_count()} CPUs, total {time.time() - started:.0f} s")
-    print(f"interpreter: Python {python_version(args.python)}")
+    print(f"interpreter: Python {python_version(args.python)}" + (f"; sipp at niceness {args.sipp_nice}" if args.sipp_nice else ""))
     if args.tfps.resolve() != TFPS.resolve():
         print(f"server: {describe_version(args.tfps)}")
     head = (f"{'offered/s':>9} {'calls':>7} {'ok':>7} {'failed':>6} {'retrans':>7} {'achieved/s':>10} "
@@ -467,7 +472,7 @@ def compare(args, work, ladder, started):
     print(f"\nTFPS SIP benchmark, two versions side by side: tfps.py serve (UDP, SQLite WAL, full engine, redirect mode) "
           f"vs sipp on 127.0.0.1, {args.users} accounts, {args.duration:g} s per step, recv timeout {args.recv_timeout_ms} ms, "
           f"{args.rounds} rounds, {os.cpu_count()} CPUs, total {time.time() - started:.0f} s")
-    print(f"interpreter: Python {python_version(args.python)}")
+    print(f"interpreter: Python {python_version(args.python)}" + (f"; sipp at niceness {args.sipp_nice}" if args.sipp_nice else ""))
     for label, path in versions:
         print(f"{label}: {describe_version(path)}")
     cells = " ".join(f"{name:>{width}}" for name, _, width in COMPARED)

@@ -40,7 +40,7 @@ def service_python():
 
 
 def python_version(python):
-    """'3.11.2 /usr/bin/python3' of an interpreter; what a benchmark prints of the one it ran."""
+    """The version of an interpreter ('3.11.2'), which a benchmark prints with its path."""
     try:
         out = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
                              capture_output=True, text=True, timeout=30)
@@ -48,7 +48,7 @@ def python_version(python):
         raise SystemExit(f"{python}: cannot run it: {exc}") from None
     if out.returncode:
         raise SystemExit(f"{python}: not a Python interpreter ({(out.stderr or out.stdout).strip()})")
-    return f"{out.stdout.strip()} {python}"
+    return out.stdout.strip()
 
 
 def log(msg):

@@ -36,8 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import TFPS, describe_version, fmt, free_port, log, percentile, python_version, write_config
-from sip_bench import Server, add_sipp_arguments, cpu_seconds, last_call_id, print_profiles, rss_mb, run_sipp, write_inputs
+from benchlib import TFPS, describe_version, fmt, free_port, log, percentile, write_config
+from sip_bench import (Server, add_sipp_arguments, cpu_seconds, interpreter_line, last_call_id, print_profiles, rss_mb,
+                       run_sipp, write_inputs)
 
 SETTINGS = (("off", "0", "reject"), ("reject", "0.2s", "reject"), ("approve", "0.2s", "approve"))
 FIND_MAX = 64000  # calls/s: no search goes past it
@@ -229,7 +230,7 @@ def main():
     print(f"\nTFPS overload benchmark: {describe_version(args.tfps)}, UDP, SQLite WAL, redirect mode, sipp on 127.0.0.1; "
           f"{args.factor} x {args.sustainable} calls/s for {args.duration:g} s, then {args.sustainable // 2} calls/s for "
           f"{args.after:g} s; workers {args.workers}; recv timeout {args.recv_timeout_ms} ms; {os.cpu_count()} CPUs; total {time.time() - started:.0f} s")
-    print(f"interpreter: Python {python_version(args.python)}" + (f"; sipp at niceness {args.sipp_nice}" if args.sipp_nice else ""))
+    print(interpreter_line(args))
     head = (f"{'setting':<8} {'phase':<8} {'rate/s':>6} {'sent':>7} {'<=500ms':>8} {'failed':>7} {'R98':>7} "
             f"{'checked':>8} {'p50':>5} {'p99':>5} {'max':>5} {'>500ms':>6} {'µs/call':>7} {'RSS MB':>6} {'drops':>6}")
     if steps:

@@ -457,7 +457,7 @@ def measure(args, work, rates, names):
             workers = (n if name.endswith("-n") else 1) if has_workers else None
             label = f"{name.removesuffix('-n')}-{workers or 1}w"
             if python:
-                label += f"@{python_version(python).split()[0]}"
+                label += f"@{python_version(python)}"
             python = python or args.python
             if ("mysql" in name or "galera" in name) and subprocess.run([python, "-c", "import pymysql"],
                                                                           capture_output=True).returncode:
@@ -514,7 +514,7 @@ def report(args, targets, ladder, best, searched, skipped, seconds):
           f"{args.blacklist} blacklisted prefixes, total {seconds:.0f} s; load average (1 min) "
           f"{args.load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     for python in sorted({t.server.python for t in targets if isinstance(t, TfpsTarget)}):
-        print(f"TFPS interpreter: Python {python_version(python)}")
+        print(f"TFPS interpreter: Python {python_version(python)} {python}")
     for line in skipped:
         print(line)
     head = (f"{'offered/s':>9} {'server':<24} {'achieved/s':>10} {'failed':>6} {'p50 ms':>6} {'p99 ms':>6} {'max ms':>6} "

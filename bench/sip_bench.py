@@ -323,6 +323,12 @@ def add_sipp_arguments(ap):
                          "as install.sh's unit runs it: %(default)s)")
 
 
+def interpreter_line(args):
+    """What the report says of the interpreter that ran the server, and of sipp's niceness."""
+    return (f"interpreter: Python {python_version(args.python)} {args.python}"
+            + (f"; sipp at niceness {args.sipp_nice}" if args.sipp_nice else ""))
+
+
 def us_per_call(r):
     return 1e6 * r["srv_cpu_s"] / max(1, r.get("ok", 0))
 
@@ -413,7 +419,7 @@ def single(args, work, rates, started):
     print(f"\nTFPS SIP benchmark: tfps.py serve (UDP, SQLite WAL, full engine, redirect mode) vs sipp on 127.0.0.1, "
           f"{args.users} accounts, {args.duration:g} s per step, recv timeout {args.recv_timeout_ms} ms, "
           f"{os.cpu_count()} CPUs, total {time.time() - started:.0f} s")
-    print(f"interpreter: Python {python_version(args.python)}" + (f"; sipp at niceness {args.sipp_nice}" if args.sipp_nice else ""))
+    print(interpreter_line(args))
     if args.tfps.resolve() != TFPS.resolve():
         print(f"server: {describe_version(args.tfps)}")
     head = (f"{'offered/s':>9} {'calls':>7} {'ok':>7} {'failed':>6} {'retrans':>7} {'achieved/s':>10} "
@@ -472,7 +478,7 @@ def compare(args, work, ladder, started):
     print(f"\nTFPS SIP benchmark, two versions side by side: tfps.py serve (UDP, SQLite WAL, full engine, redirect mode) "
           f"vs sipp on 127.0.0.1, {args.users} accounts, {args.duration:g} s per step, recv timeout {args.recv_timeout_ms} ms, "
           f"{args.rounds} rounds, {os.cpu_count()} CPUs, total {time.time() - started:.0f} s")
-    print(f"interpreter: Python {python_version(args.python)}" + (f"; sipp at niceness {args.sipp_nice}" if args.sipp_nice else ""))
+    print(interpreter_line(args))
     for label, path in versions:
         print(f"{label}: {describe_version(path)}")
     cells = " ".join(f"{name:>{width}}" for name, _, width in COMPARED)

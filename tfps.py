@@ -7652,6 +7652,7 @@ class Server:
         self.threads_stop.set()
         self.dispatcher.stop()
         self.reputation.close()
+        self._try_the_database_once_more()
         try:
             self.engine.flush(release=True)
         except Exception as exc:
@@ -7674,6 +7675,33 @@ class Server:
                  c["untrusted"], s["malformed"], c["oversized"], s["overflow"], s["resend_dropped"], c["tcp_refused"],
                  self.engine.lost_rows())
 
+    def _try_the_database_once_more(self):
+        """Stopping while the database is down: take the reconnecting thread's connection, or try
+        one (within [database] timeout), so that the rows and counts kept meanwhile are written
+        now rather than spooled to wait for the next start."""
+        while self.reconnected and self.database_down is not None:
+            self._database_back(self.reconnected.popleft())
+        if self.database_down is None:
+            return
+        try:
+            db = self._connect_answering()
+        except Exception as exc:
+            log.info("stopping: the database is still unavailable: %s", exc)
+            return
+        self._database_back(db)
+
+    def _connect_answering(self, prepare=None):
+        """A new connection to the database that answers, with `prepare(db)` done on it."""
+        db = Database(self.db.url, timeout=self.cfg.database.timeout)
+        try:
+            db.probe()
+            if prepare:
+                prepare(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
     def _database_unavailable(self, exc):
         """True when `exc` says the database cannot be used now; the first time, verdicts turn to
         the [database] failure policy and a thread starts reconnecting."""
@@ -7695,13 +7723,7 @@ class Server:
         delay = 0.25
         while not self.stopping:
             try:
-                db = Database(self.db.url, timeout=self.cfg.database.timeout)
-                try:
-                    db.probe()
-                    self._replay_spools(db)  # here, off the loop: a long outage leaves many rows
-                except BaseException:
-                    db.close()
-                    raise
+                db = self._connect_answering(self._replay_spools)  # off the loop: a long outage leaves many rows
             except Exception as exc:
                 log.info("database still unavailable, next try in %.2g s: %s", delay, exc)
                 self.threads_stop.wait(delay)

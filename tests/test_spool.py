@@ -141,6 +141,24 @@ def test_a_restart_during_an_outage_loses_and_duplicates_no_call(tmp_path, proxi
     assert "Traceback" not in second.read_log()
 
 
+def test_a_stop_just_after_the_database_is_back_writes_the_rows_instead_of_spooling_them(tmp_path, proxied):
+    """The reconnecting thread waits longer between tries as an outage goes on: a stop that comes
+    after the database is back but before that thread's next try writes the rows kept meanwhile
+    to the database, not to the spool for the next start."""
+    proxy, url, direct = proxied
+    server = spool_server(tmp_path, url).start()
+    outage(server, proxy)
+    during = calls(server.port, 30)
+    wait_until(lambda: "next try in 2 s" in server.read_log(), 10, message=server.read_log)
+    proxy.restore()
+    assert server.stop() == 0
+    log_text = server.read_log()
+    assert "database back after" in log_text and "0 call log rows lost" in log_text, log_text
+    assert every_call_logged_once(direct, during)
+    assert not (tmp_path / "spool.jsonl").exists() and not (tmp_path / "spool.jsonl.replay").exists()
+    assert "Traceback" not in log_text
+
+
 def spool_rows(count):
     return [(1700000000.0 + i, f"call-{i}@spool", None, "1001", "pbx.example.com", "", "4420", "442079460000",
              "192.0.2.7", "TestPBX", "US", "GB", 0, 1, "A00", "", "", "302", None, "node-a", 0.3, "", None,

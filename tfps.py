@@ -6804,6 +6804,10 @@ RESERVED_FILES = 64  # descriptors kept for the database, logs, lookups and aler
 
 
 FULL_COLLECTION_INTERVAL = 600.0  # seconds between a server's full garbage collections
+# Seconds between two tries of an unavailable database at most: until a try succeeds, quotas
+# count from zero in memory (failure = continue), so a longer pause would let an account run up
+# its limits again well after the database is back; a connection every 2 s costs a database little.
+RECONNECT_PAUSE = 2.0
 
 
 def keep_full_collections_off_the_request_path():
@@ -7718,8 +7722,8 @@ class Server:
         return True
 
     def _reconnect(self):
-        """Off the loop, with back-off: connect until the database answers, then hand the new
-        connection to the loop."""
+        """Off the loop, with back-off up to RECONNECT_PAUSE: connect until the database answers,
+        then hand the new connection to the loop."""
         delay = 0.25
         while not self.stopping:
             try:
@@ -7727,7 +7731,7 @@ class Server:
             except Exception as exc:
                 log.info("database still unavailable, next try in %.2g s: %s", delay, exc)
                 self.threads_stop.wait(delay)
-                delay = min(2 * delay, 30.0)
+                delay = min(2 * delay, RECONNECT_PAUSE)
                 continue
             self.reconnected.append(db)
             self.wake()

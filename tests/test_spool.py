@@ -159,6 +159,24 @@ def test_a_stop_just_after_the_database_is_back_writes_the_rows_instead_of_spool
     assert "Traceback" not in log_text
 
 
+def test_the_reconnecting_thread_tries_the_database_every_2_s_at_most(tmp_path, proxied):
+    """Until it is back, verdicts count quotas from zero in memory: a server must notice the
+    database is back within seconds even after a long outage, not after a back-off grown long."""
+    proxy, url, _direct = proxied
+    server = spool_server(tmp_path, url).start()
+    try:
+        outage(server, proxy)
+        wait_until(lambda: server.read_log().count("next try in 2 s") >= 2, 15, message=server.read_log)
+        proxy.restore()
+        restored = time.monotonic()
+        wait_until(lambda: "database back after" in server.read_log(), 10, message=server.read_log)
+        assert time.monotonic() - restored < 3.0
+        assert readyz(server)[0] == 200
+    finally:
+        server.stop()
+    assert "Traceback" not in server.read_log()
+
+
 def spool_rows(count):
     return [(1700000000.0 + i, f"call-{i}@spool", None, "1001", "pbx.example.com", "", "4420", "442079460000",
              "192.0.2.7", "TestPBX", "US", "GB", 0, 1, "A00", "", "", "302", None, "node-a", 0.3, "", None,

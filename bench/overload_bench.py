@@ -19,7 +19,8 @@ failed calls (no 302 within --recv-timeout-ms), checked verdicts (call log rows)
 the "stopped after" line of each worker, for both phases; for a version whose line does not count
 them, from the call log: code R98, or A00 with would_code R98), p50/p99 of the answered calls, server CPU µs per call sent, the
 server's peak RSS and the datagrams the kernel dropped at full UDP receive buffers (the server's
-or sipp's: /proc/net/snmp counts them for the whole machine).
+or sipp's: /proc/net/snmp counts them for the whole machine), and of them those dropped at the
+server's sockets (/proc/net/udp counts them per socket).
 
     python3 bench/overload_bench.py                                # 3 x the sustainable rate found, for 30 s
     python3 bench/overload_bench.py --sustainable 2000 --duration 10
@@ -78,9 +79,28 @@ def udp_receive_buffer_errors():
         return None
 
 
+def udp_socket_drops(port):
+    """Datagrams dropped so far at the receive buffers of the UDP sockets bound to `port` (the
+    server's listeners, one per worker), from the drops column of /proc/net/udp and udp6; None
+    where neither can be read."""
+    total = None
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        total = total or 0
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                total += int(fields[-1])
+    return total
+
+
 def phase(args, work, server, port, db_path, rate, seconds, tag):
     before = last_call_id(db_path)
     dropped_before = udp_receive_buffer_errors()
+    server_dropped_before = udp_socket_drops(port)
     pids = process_tree(server.proc.pid)
     cpu_before = sum(cpu_seconds(pid) for pid in pids)
     calls = int(rate * seconds)
@@ -90,13 +110,17 @@ def phase(args, work, server, port, db_path, rate, seconds, tag):
     r["srv_hwm_mb"] = max(rss_mb(pid, "VmHWM") for pid in pids)
     dropped_after = udp_receive_buffer_errors()
     r["dropped"] = None if None in (dropped_before, dropped_after) else dropped_after - dropped_before
+    server_dropped_after = udp_socket_drops(port)
+    r["server_dropped"] = (None if None in (server_dropped_before, server_dropped_after)
+                           else server_dropped_after - server_dropped_before)
     time.sleep(2.0)  # the call log is written every flush_interval
     r["checked"], r["r98"] = overload_codes(db_path, before)
     # sipp writes its response times every 1,000 calls: the share is that of the calls it traced
     r["within_500"] = sum(1 for rtt in r["rtt"] if rtt <= 500) / max(1, len(r["rtt"]))
     log(f"  -> sent {r.get('sent')}, answered within 500 ms {100 * r['within_500']:.1f} %, failed {r.get('failed')}, "
         f"{r['checked']} checked verdicts, p99 {fmt(percentile(r['rtt'], 99), 0)} ms, "
-        f"server CPU {r['srv_cpu_s']:.1f} s, peak RSS {r['srv_hwm_mb']:.0f} MB, kernel drops {r['dropped']}")
+        f"server CPU {r['srv_cpu_s']:.1f} s, peak RSS {r['srv_hwm_mb']:.0f} MB, kernel drops {r['dropped']} "
+        f"(at the server's sockets {r['server_dropped']})")
     return r
 
 
@@ -232,7 +256,7 @@ def main():
           f"{args.after:g} s; workers {args.workers}; recv timeout {args.recv_timeout_ms} ms; {os.cpu_count()} CPUs; total {time.time() - started:.0f} s")
     print(interpreter_line(args))
     head = (f"{'setting':<8} {'phase':<8} {'rate/s':>6} {'sent':>7} {'<=500ms':>8} {'failed':>7} {'R98':>7} "
-            f"{'checked':>8} {'p50':>5} {'p99':>5} {'max':>5} {'>500ms':>6} {'µs/call':>7} {'RSS MB':>6} {'drops':>6}")
+            f"{'checked':>8} {'p50':>5} {'p99':>5} {'max':>5} {'>500ms':>6} {'µs/call':>7} {'RSS MB':>6} {'drops':>7} {'server':>7}")
     if steps:
         print(f"sustainable rate: {args.sustainable} calls/s, the highest that passed with overload control off "
               f"({args.find_seconds:g} s steps: " + ", ".join(f"{rate} {'pass' if r['passed'] else 'FAIL'}" for rate, r in steps) + ")")
@@ -243,12 +267,14 @@ def main():
             print(f"{name:<8} {label:<8} {r['rate']:>6} {r.get('sent', 0):>7} {100 * r['within_500']:>7.1f}% {r.get('failed', 0):>7} "
                   f"{r['r98']:>7} {r['checked']:>8} {fmt(percentile(r['rtt'], 50), 0):>5} {fmt(percentile(r['rtt'], 99), 0):>5} "
                   f"{fmt(max(r['rtt'], default=float('nan')), 0):>5} {sum(1 for rtt in r['rtt'] if rtt > 500):>6} "
-                  f"{1e6 * r['srv_cpu_s'] / max(1, r.get('sent', 0)):>7.0f} {r['srv_hwm_mb']:>6.0f} {'-' if r['dropped'] is None else r['dropped']:>6}")
+                  f"{1e6 * r['srv_cpu_s'] / max(1, r.get('sent', 0)):>7.0f} {r['srv_hwm_mb']:>6.0f} {'-' if r['dropped'] is None else r['dropped']:>7} "
+                  f"{'-' if r['server_dropped'] is None else r['server_dropped']:>7}")
     print("off = overload_after 0 (no overload control); reject/approve = overload_after 0.2 s with that answer. "
           "<=500ms = share of the calls sipp traced (every full 1,000) whose 302 came within 500 ms of the first INVITE; failed = no 302 within "
           "the recv timeout; R98 = R98 answers (counted by the workers, both phases in the overload row; for a version whose stop line does not count them, the call log rows with code or would_code R98); checked = verdicts of the engine (call log rows); p50/p99/max = sipp INVITE -> 302 (ms, "
           "answered calls); >500ms = traced calls answered later than 500 ms; µs/call = server CPU per call sent; RSS MB = peak RSS (VmHWM) so far of the largest server process; "
-          "drops = datagrams the kernel dropped at a full UDP receive buffer during the phase (all sockets: the server's and sipp's).")
+          "drops = datagrams the kernel dropped at a full UDP receive buffer during the phase (all sockets: the server's and sipp's); "
+          "server = those of them dropped at the server's sockets (the rest were sipp's).")
     return 0
 
 

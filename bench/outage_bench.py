@@ -61,6 +61,7 @@ class Caller:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.answered = []
+        self.from_memory = []  # when answers decided from memory (the database unavailable) came
 
     def run(self, port, seconds):
         """(sent, answered, response times in ms) of `seconds` of calls."""
@@ -83,7 +84,10 @@ class Caller:
         while (left := deadline - time.monotonic()) > 0:
             self.sock.settimeout(left)
             try:
-                if final_status(self.sock.recvfrom(65536)[0], call_id):
+                data = self.sock.recvfrom(65536)[0]
+                if final_status(data, call_id):
+                    if b"decided from memory" in data:
+                        self.from_memory.append(time.monotonic())
                     return True
             except (socket.timeout, ConnectionRefusedError):
                 return False
@@ -163,7 +167,8 @@ def run(tfps_path, args):
         wait_for_rows(direct, expected, time.monotonic() + 60)
         logged = call_ids(direct)
         direct.close()
-        return {"phases": phases, "expected": len(expected), "found": len(logged),
+        late = [when - back for when in caller.from_memory if when > back]
+        return {"phases": phases, "expected": len(expected), "found": len(logged), "memory_after": late,
                 "lost": len(expected - set(logged)), "duplicated": len(logged) - len(set(logged)),
                 "complete": None if complete is None else complete - back}
     finally:
@@ -201,6 +206,9 @@ def main():
         complete = "never (60 s)" if r["complete"] is None else f"{r['complete']:.1f} s after the restore"
         print(f"{'':<40} call log: {r['expected']} expected, {r['found']} found, {r['lost']} lost, "
               f"{r['duplicated']} duplicated; complete {complete}")
+        late = r["memory_after"]
+        print(f"{'':<40} verdicts from memory after the restore: {len(late)}"
+              + (f", the last {max(late):.1f} s after it (the phase lasts {args.after:g} s)" if late else ""))
 
 
 if __name__ == "__main__":

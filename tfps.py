@@ -7577,8 +7577,7 @@ class Server:
         while self.from_threads:
             callback, args = self.from_threads.popleft()
             callback(*args)
-        while self.reconnected:
-            self._database_back(self.reconnected.popleft())
+        self._take_reconnected()
         while self.loaded_lists:
             loaded = self.loaded_lists.popleft()
             self.loading_lists = False
@@ -7683,8 +7682,7 @@ class Server:
         """Stopping while the database is down: take the reconnecting thread's connection, or try
         one (within [database] timeout), so that the rows and counts kept meanwhile are written
         now rather than spooled to wait for the next start."""
-        while self.reconnected and self.database_down is not None:
-            self._database_back(self.reconnected.popleft())
+        self._take_reconnected()
         if self.database_down is None:
             return
         try:
@@ -7693,6 +7691,11 @@ class Server:
             log.info("stopping: the database is still unavailable: %s", exc)
             return
         self._database_back(db)
+
+    def _take_reconnected(self):
+        """Use the connection the reconnecting thread handed over, if any."""
+        while self.reconnected:
+            self._database_back(self.reconnected.popleft())
 
     def _connect_answering(self, prepare=None):
         """A new connection to the database that answers, with `prepare(db)` done on it."""

@@ -3,6 +3,7 @@ request_path_bench.py, outage_bench.py): the benchmark configuration, the call m
 tfps.py by path, the order in which two versions take turns, and a database connection that
 can be cut."""
 
+import argparse
 import importlib.util
 import random
 import re
@@ -46,9 +47,23 @@ def python_version(python):
                              capture_output=True, text=True, timeout=30)
     except OSError as exc:
         raise SystemExit(f"{python}: cannot run it: {exc}") from None
-    if out.returncode:
-        raise SystemExit(f"{python}: not a Python interpreter ({(out.stderr or out.stdout).strip()})")
-    return out.stdout.strip()
+    version = out.stdout.strip()
+    if out.returncode or not re.fullmatch(r"\d+\.\d+\.\d+\S*", version):
+        raise SystemExit(f"{python}: not a Python interpreter ({(out.stderr or out.stdout).strip() or 'no output'})")
+    return version
+
+
+def add_python_argument(ap, also=""):
+    """--python: the interpreter that runs tfps.py, checked before anything starts."""
+    def interpreter(path):
+        try:
+            python_version(path)
+        except SystemExit as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return path
+    ap.add_argument("--python", type=interpreter, default=service_python(),
+                    help="the interpreter that runs tfps.py (default: the python3 a systemd service finds, as "
+                         f"install.sh's unit runs it: %(default)s){also}")
 
 
 def log(msg):

@@ -83,24 +83,21 @@ def udp_socket_drops(port):
     """Datagrams dropped so far at the receive buffers of the UDP sockets bound to `port` (the
     server's listeners, one per worker), from the drops column of /proc/net/udp and udp6; None
     where neither can be read."""
-    total = None
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        total = total or 0
-        for line in lines:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                total += int(fields[-1])
-    return total
+    tables = [Path(name) for name in ("/proc/net/udp", "/proc/net/udp6") if Path(name).is_file()]
+    if not tables:
+        return None
+    rows = [line.split() for table in tables for line in table.read_text().splitlines()[1:]]
+    return sum(int(row[-1]) for row in rows if int(row[1].rsplit(":", 1)[1], 16) == port)
+
+
+def counted_since(before, now):
+    """now - before of a kernel counter, None where it cannot be read."""
+    return None if None in (before, now) else now - before
 
 
 def phase(args, work, server, port, db_path, rate, seconds, tag):
     before = last_call_id(db_path)
-    dropped_before = udp_receive_buffer_errors()
-    server_dropped_before = udp_socket_drops(port)
+    dropped_before, server_dropped_before = udp_receive_buffer_errors(), udp_socket_drops(port)
     pids = process_tree(server.proc.pid)
     cpu_before = sum(cpu_seconds(pid) for pid in pids)
     calls = int(rate * seconds)
@@ -108,11 +105,8 @@ def phase(args, work, server, port, db_path, rate, seconds, tag):
     r = run_sipp(args, work, port, "calls.csv", rate, calls, tag, None, args.inputs)
     r["srv_cpu_s"] = sum(cpu_seconds(pid) for pid in pids) - cpu_before
     r["srv_hwm_mb"] = max(rss_mb(pid, "VmHWM") for pid in pids)
-    dropped_after = udp_receive_buffer_errors()
-    r["dropped"] = None if None in (dropped_before, dropped_after) else dropped_after - dropped_before
-    server_dropped_after = udp_socket_drops(port)
-    r["server_dropped"] = (None if None in (server_dropped_before, server_dropped_after)
-                           else server_dropped_after - server_dropped_before)
+    r["dropped"] = counted_since(dropped_before, udp_receive_buffer_errors())
+    r["server_dropped"] = counted_since(server_dropped_before, udp_socket_drops(port))
     time.sleep(2.0)  # the call log is written every flush_interval
     r["checked"], r["r98"] = overload_codes(db_path, before)
     # sipp writes its response times every 1,000 calls: the share is that of the calls it traced

@@ -48,7 +48,8 @@ import time
 import uuid
 from pathlib import Path
 
-from benchlib import TFPS, fmt, free_port, log, mysql_database, percentile, python_version, service_python, turns, write_config
+from benchlib import (TFPS, add_python_argument, fmt, free_port, log, mysql_database, percentile, python_version, turns,
+                      write_config)
 from galera import GaleraCluster, GaleraError
 from sip_bench import Server, cpu_seconds, rss_mb, run_sipp, write_inputs
 
@@ -382,10 +383,8 @@ def main():
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
     ap.add_argument("--tfps", type=Path, default=TFPS, help="the tfps.py to serve (default: this checkout's)")
-    ap.add_argument("--python", default=service_python(),
-                    help="the interpreter that runs tfps.py (default: the python3 a systemd service finds, as "
-                         "install.sh's unit runs it: %(default)s); a TFPS target may name its own after an @, "
-                         "e.g. tfps-sqlite-n@/usr/local/bin/python3.12, to run two interpreters side by side")
+    add_python_argument(ap, "; a TFPS target may name its own after an @, e.g. "
+                            "tfps-sqlite-n@/usr/local/bin/python3.12, to run two interpreters side by side")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, sipp traces, databases)")
     args = ap.parse_args()
     if args.quick:

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from benchlib import (TFPS, account_identities, describe_version, fmt, free_port, log, median, percentile,
-                      python_version, random_number, service_python, turns, write_config)
+                      add_python_argument, python_version, random_number, service_python, turns, write_config)
 
 SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
@@ -307,6 +307,17 @@ class Target:
         return r
 
 
+def niceness(text):
+    """--sipp-nice: an integer from -20 to 19, as nice(1) takes."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not -20 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a niceness from -20 to 19")
+    return value
+
+
 def add_sipp_arguments(ap):
     """The options of the call mix and of sipp that the SIP benchmarks share."""
     ap.add_argument("--users", type=int, default=1000, help="accounts the calls are spread over (default 1000)")
@@ -315,12 +326,10 @@ def add_sipp_arguments(ap):
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, sipp traces, databases)")
     ap.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
     ap.add_argument("--seed", type=int, default=2)
-    ap.add_argument("--sipp-nice", type=int, default=0, metavar="N",
-                    help="run sipp at niceness N (default 0); -10 gives sipp the CPU it needs before the server, as "
-                         "if the PBX had a machine of its own (a negative N needs root)")
-    ap.add_argument("--python", default=service_python(),
-                    help="the interpreter that runs tfps.py serve (default: the python3 a systemd service finds, "
-                         "as install.sh's unit runs it: %(default)s)")
+    ap.add_argument("--sipp-nice", type=niceness, default=0, metavar="N",
+                    help="run sipp at niceness N, -20 to 19 (default 0); -10 gives sipp the CPU it needs before the "
+                         "server, as if the PBX had a machine of its own (a negative N needs root)")
+    add_python_argument(ap)
 
 
 def interpreter_line(args):

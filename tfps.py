@@ -1983,14 +1983,20 @@ class Database:
             raise DatabaseError(f"cannot open database {self.url}: {exc}") from None
         self.errors = (sqlite3.Error,)
 
-    def prefer_large_writes(self):
-        """For a connection that writes large transactions (the call log thread's): on SQLite, a
-        page cache that holds the index pages every transaction touches (one per account calling),
-        and a write-ahead log written back every 8,000 pages, not 1,000, so that a page that
-        every transaction changes is written back once in several."""
+    def tune_for_serving(self):
+        """For a connection of a server that writes verdicts or the call log: on SQLite, a page
+        cache that holds the index pages every transaction touches (one per account calling), and
+        no write-back of the write-ahead log into the database file at its commits. That write-back
+        ends with an fsync, 10 ms and more, which every call arriving meanwhile would wait out on
+        the event loop: a thread does it instead (Server._write_back_the_wal)."""
         if self.dialect == "sqlite":
             self.conn.execute("PRAGMA cache_size = -32768")
-            self.conn.execute("PRAGMA wal_autocheckpoint = 8000")
+            self.conn.execute("PRAGMA wal_autocheckpoint = 0")
+
+    def write_back_wal(self):
+        """SQLite: copy what the write-ahead log holds into the database file (PASSIVE: waiting for
+        no reader or writer), so that the next writer can start the log over."""
+        self.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _connect_mysql(self):
         try:
@@ -5025,7 +5031,7 @@ class CallLogWriter:
     def _connection(self):
         if self.db is None:
             self.db = Database(self.url, timeout=self.timeout)
-            self.db.prefer_large_writes()
+            self.db.tune_for_serving()
         return self.db
 
     def _insert(self, rows, marks, seen, alerts):
@@ -6808,6 +6814,9 @@ FULL_COLLECTION_INTERVAL = 600.0  # seconds between a server's full garbage coll
 # count from zero in memory (failure = continue), so a longer pause would let an account run up
 # its limits again well after the database is back; a connection every 2 s costs a database little.
 RECONNECT_PAUSE = 2.0
+# Seconds between two write-backs of SQLite's write-ahead log by a server: about 1 MB of log at
+# 1,000 calls/s, written back on a thread of its own (Database.tune_for_serving)
+WAL_WRITE_BACK_INTERVAL = 1.0
 
 
 def keep_full_collections_off_the_request_path():
@@ -7372,6 +7381,7 @@ class Server:
         self.udp_endpoints = []  # of the UDP listeners, in the order of [server] listen (as in every worker)
         self.config_path = config_path
         self.db = db
+        db.tune_for_serving()
         self.lease_block = block = lease_block(cfg)
         leases = LeasedCounters(db, f"{cfg.server.node_name}/{os.getpid()}", block, cfg.database.lease_ttl) if block else None
         self.engine = Engine(cfg, db, counters=leases)
@@ -7524,6 +7534,8 @@ class Server:
         if self.worker_handoff and self.worker:
             self.every(METRICS_REPORT_INTERVAL, self._report_metrics)
         threading.Thread(target=self._run_daily_jobs, name="daily-jobs", daemon=True).start()
+        if self.db.dialect == "sqlite" and not self.db.in_memory and self.worker == 0:
+            threading.Thread(target=self._write_back_the_wal, name="wal-write-back", daemon=True).start()
         self.dispatcher.start()
         # The threads (call log, reputation, HTTP) take turns with the loop on the interpreter
         # lock; Python's default of 5 ms a turn would show in the verdicts' latency.
@@ -7625,6 +7637,26 @@ class Server:
         if jobs.db:
             jobs.db.close()
 
+    def _write_back_the_wal(self):
+        """SQLite: the write-ahead log of every process serving the file written back into it every
+        WAL_WRITE_BACK_INTERVAL seconds, on this thread and a connection of its own; one process
+        does it (worker 0). The log would otherwise grow for as long as the server runs."""
+        db = failing = None
+        while not self.threads_stop.wait(WAL_WRITE_BACK_INTERVAL):
+            try:
+                db = db or Database(self.db.url)
+                db.write_back_wal()
+                failing = None
+            except Exception as exc:
+                if str(exc) != failing:
+                    log.error("write-ahead log not written back into %s: %s", redact_url(self.db.url), exc)
+                failing = str(exc)
+                if db:
+                    db.close()
+                db = None
+        if db:
+            db.close()
+
     def _start_loading_lists(self):
         """Large lists take a few hundred milliseconds to load: a thread does it, calls go on."""
         if not self.loading_lists:
@@ -7702,6 +7734,7 @@ class Server:
         db = Database(self.db.url, timeout=self.cfg.database.timeout)
         try:
             db.probe()
+            db.tune_for_serving()
             if prepare:
                 prepare(db)
         except BaseException:

@@ -446,7 +446,7 @@ def test_the_call_log_writer_writes_what_waited_up_to_the_linger_in_one_transact
         wait_until(lambda: every_call_logged_once(db_url, ids[:100]), 10, message="the rows of five flushes")
         assert batches == [100], "written as they came, not together"
         if db_url.startswith("sqlite"):
-            assert writer.db.scalar("PRAGMA wal_autocheckpoint") == 8000
+            assert writer.db.scalar("PRAGMA wal_autocheckpoint") == 0  # the write-back thread's work
             assert writer.db.scalar("PRAGMA cache_size") == -32768
         monkeypatch.setattr(tfps, "CALL_LOG_LINGER", 3600.0)
         monkeypatch.setattr(tfps, "CALL_LOG_BATCH", 50)
@@ -458,3 +458,69 @@ def test_the_call_log_writer_writes_what_waited_up_to_the_linger_in_one_transact
     finally:
         assert writer.close(5) == 0
     assert batches == [100, 60, 10] and every_call_logged_once(db_url, ids)
+
+
+# -- the write-ahead log of SQLite, written back off the event loop ------------------------------
+
+def call_ids_in_the_database_file(tmp_path, path):
+    """The Call-IDs of the call log as the database file holds them, without its write-ahead log:
+    what has been written back. A copy taken while a write-back writes may be torn: then None."""
+    copy = tmp_path / f"copy-{secrets.token_hex(4)}.db"
+    copy.write_bytes(path.read_bytes())
+    try:
+        return set(logged_call_ids(f"sqlite://{copy}"))
+    except tfps.DatabaseError:
+        return None
+    finally:
+        for name in (copy, copy.with_name(copy.name + "-wal"), copy.with_name(copy.name + "-shm")):
+            name.unlink(missing_ok=True)
+
+
+def test_a_servers_commits_leave_the_write_ahead_log_to_the_write_back_thread(tmp_path, monkeypatch):
+    """SQLite writes its log back at a commit that finds 1,000 pages in it, and ends with an fsync
+    that calls would wait out on the loop: the server's connection leaves that to a thread."""
+    path = tmp_path / "tfps.db"
+    conf = write_config(tmp_path / "tfps.conf", {"server": {"listen": f"udp:127.0.0.1:{free_port()}"},
+                                                 "database": {"url": f"sqlite://{path}"}})
+    cfg = tfps.Config.load(str(conf))
+    tfps.open_database(cfg.database.url).close()  # the schema in the file: the last connection closed writes the log back
+    db = tfps.open_database(cfg.database.url)
+    server = tfps.Server(cfg, db, str(conf))
+    try:
+        rows = [row[:3] + (str(1000 + i % 700),) + row[4:] for i, row in enumerate(spool_rows(3000))]
+        for start in range(0, len(rows), 10):  # over 1,000 pages of log: every commit writes a page of each index
+            with db.transaction():
+                tfps.insert_call_log(db, rows[start:start + 10])
+        assert os.path.getsize(f"{path}-wal") > 1000 * 4096
+        assert call_ids_in_the_database_file(tmp_path, path) == set(), "written back at a commit of the server's connection"
+        monkeypatch.setattr(tfps, "WAL_WRITE_BACK_INTERVAL", 0.05)
+        thread = tfps.threading.Thread(target=server._write_back_the_wal)
+        thread.start()
+        try:
+            wait_until(lambda: call_ids_in_the_database_file(tmp_path, path) == {row[1] for row in rows}, 10,
+                       message="the rows written back into the database file")
+        finally:
+            server.threads_stop.set()
+            thread.join(5)
+        assert not thread.is_alive()
+    finally:
+        server.reputation.close()
+        server.selector.close()
+        db.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_writes_the_write_ahead_log_back_within_seconds(tmp_path, workers):
+    """A few calls, far fewer than the 1,000 pages of log that would make SQLite write it back:
+    the server's write-back thread (one, whatever the workers) writes them into the file."""
+    path = tmp_path / "tfps.db"
+    url = f"sqlite://{path}"
+    server = TfpsServer(tmp_path, url, {"server": {"workers": workers}, "policy": POLICY}).start()
+    try:
+        ids = calls(server.port, 20)
+        wait_until(lambda: every_call_logged_once(url, ids), 10, message="the calls in the call log")
+        wait_until(lambda: call_ids_in_the_database_file(tmp_path, path) == set(ids), 10,
+                   message="the calls written back into the database file")
+        assert server.read_log().count("written back") == 0, server.read_log()
+    finally:
+        assert server.stop() == 0

@@ -38,8 +38,8 @@ import time
 from pathlib import Path
 
 from benchlib import TFPS, describe_version, fmt, free_port, log, percentile, write_config
-from sip_bench import (Server, add_sipp_arguments, cpu_seconds, interpreter_line, last_call_id, print_profiles, rss_mb,
-                       run_sipp, write_inputs)
+from sip_bench import (Server, add_sipp_arguments, cpu_seconds, interpreter_line, last_call_id, print_profiles, process_tree,
+                       rss_mb, run_sipp, write_inputs)
 
 SETTINGS = (("off", "0", "reject"), ("reject", "0.2s", "reject"), ("approve", "0.2s", "approve"))
 FIND_MAX = 64000  # calls/s: no search goes past it
@@ -58,15 +58,6 @@ def logged_r98(log_text):
     a version whose line does not count them."""
     counts = re.findall(r"stopped after \d+ verdicts, (\d+) of them R98", log_text)
     return sum(map(int, counts)) if counts else None
-
-
-def process_tree(pid):
-    """The server's processes: the supervisor and its workers when workers > 1."""
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in task.read_text().split():
-            pids += process_tree(int(child))
-    return pids
 
 
 def udp_receive_buffer_errors():

@@ -51,7 +51,7 @@ from pathlib import Path
 from benchlib import (TFPS, add_python_argument, fmt, free_port, log, mysql_database, percentile, python_version, turns,
                       write_config)
 from galera import GaleraCluster, GaleraError
-from sip_bench import Server, cpu_seconds, rss_mb, run_sipp, write_inputs
+from sip_bench import Server, run_sipp, tree_cpu_seconds, tree_rss_mb, write_inputs
 
 BENCH = Path(__file__).resolve().parent
 KAMAILIO_CFG = BENCH / "kamailio_redirect.cfg"
@@ -82,31 +82,6 @@ def tfps_cli(python, tfps, conf, *argv):
     if result.returncode:
         raise SystemExit(f"tfps.py {' '.join(argv)} failed ({result.returncode}): {(result.stderr or result.stdout).strip() or 'no output'}")
     return result.stdout
-
-
-def process_tree(pid):
-    """`pid` and its descendants."""
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, ()))
-    return tree
-
-
-def tree_cpu_seconds(pid):
-    return sum(v for v in (cpu_seconds(p) for p in process_tree(pid)) if v == v)
-
-
-def tree_rss_mb(pid):
-    return sum(v for v in (rss_mb(p, "VmHWM") for p in process_tree(pid)) if v == v)
 
 
 class TfpsTarget:
@@ -399,6 +374,9 @@ def main():
     unknown = [t for t in names if t.partition("@")[0] not in known or (t.startswith("kamailio") and "@" in t)]
     if unknown or not names:
         ap.error(f"--targets: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        ap.error(f"--targets: {', '.join(twice)} given twice")
     if not rates or min(rates) < 1 or args.duration <= 0 or args.workers < 1:
         ap.error("rates, --duration and --workers must be positive")
     if not shutil.which(args.sipp):
@@ -457,6 +435,8 @@ def measure(args, work, rates, names):
             label = f"{name.removesuffix('-n')}-{workers or 1}w"
             if python:
                 label += f"@{python_version(python)}"
+                if label in {t.name for t in targets}:   # another interpreter of the same version
+                    label += f"-{len(targets) + 1}"
             python = python or args.python
             if ("mysql" in name or "galera" in name) and subprocess.run([python, "-c", "import pymysql"],
                                                                           capture_output=True).returncode:

@@ -97,6 +97,29 @@ def cpu_seconds(pid):
         return float("nan")
 
 
+def process_tree(pid):
+    """`pid` and its descendants: a server's supervisor and its workers."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = task.read_text().split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for child in children:
+            pids += process_tree(int(child))
+    return pids
+
+
+def tree_cpu_seconds(pid):
+    """CPU time of a running process and its descendants (cpu_seconds)."""
+    return sum(v for v in map(cpu_seconds, process_tree(pid)) if v == v)
+
+
+def tree_rss_mb(pid):
+    """Peak RSS of a running process and its descendants, added up."""
+    return sum(v for v in (rss_mb(p, "VmHWM") for p in process_tree(pid)) if v == v)
+
+
 def rss_mb(pid, field="VmRSS"):
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -209,7 +232,7 @@ def run_sipp(args, work, port, csv_name, rate, calls, tag, server_pid=None, inpu
     if getattr(args, "sipp_nice", 0):
         cmd = ["nice", "-n", str(args.sipp_nice)] + cmd
     started = time.time()
-    srv_cpu0 = cpu_seconds(server_pid) if server_pid else float("nan")
+    srv_cpu0 = tree_cpu_seconds(server_pid) if server_pid else float("nan")
     sipp_cpu = float("nan")
     with open(step / "sipp.out", "w") as out:
         proc = subprocess.Popen(cmd, cwd=step, stdout=out, stderr=subprocess.STDOUT)
@@ -228,8 +251,8 @@ def run_sipp(args, work, port, csv_name, rate, calls, tag, server_pid=None, inpu
             else:
                 time.sleep(0.05)
     wall = time.time() - started
-    srv_cpu = (cpu_seconds(server_pid) - srv_cpu0) if server_pid else float("nan")
-    srv_hwm = rss_mb(server_pid, "VmHWM") if server_pid else float("nan")
+    srv_cpu = (tree_cpu_seconds(server_pid) - srv_cpu0) if server_pid else float("nan")
+    srv_hwm = tree_rss_mb(server_pid) if server_pid else float("nan")
     result = {"rate": rate, "calls": calls, "rc": rc, "wall_s": round(wall, 1), "srv_cpu_s": srv_cpu,
               "sipp_cpu_s": sipp_cpu, "srv_hwm_mb": srv_hwm}
     try:

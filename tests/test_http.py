@@ -327,8 +327,10 @@ def test_admin_api_mirrors_the_cli(served, db_url):
     status, accounts = api.get("/v1/accounts")
     assert status == 200 and [(a["user"], a["domain"], a["state"]) for a in accounts] == [("1001", "pbx.example.com", "enforcing")]
 
-    status, shown = api.post(account + "/set", {"daily_quota": 50, "concurrent_calls": "unlimited"})
-    assert status == 200 and shown["daily_quota"] == 50 and shown["concurrent_calls"] is None, shown
+    # off-hours too: the checks below approve a dozen calls, whatever the time of day
+    status, shown = api.post(account + "/set", {"daily_quota": 50, "daily_quota_off": 50, "concurrent_calls": "unlimited"})
+    assert status == 200 and shown["daily_quota"] == 50 and shown["daily_quota_off"] == 50, shown
+    assert shown["concurrent_calls"] is None, shown
     assert api.post(account + "/set", {"daily_quota": -1})[1]["parameter"] == "daily_quota"
     assert api.post(account + "/set", {})[0] == 400
     status, shown = api.post(account + "/allow", {"dest": ["GB", "FR"]})

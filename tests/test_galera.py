@@ -253,7 +253,8 @@ def test_a_galera_node_killed_mid_run_loses_no_verdict_and_no_call_log_row(clust
     for server in servers[:2]:
         assert server.stop() == 0
     logged = dict(read_synced(cluster.node(1), name, "SELECT node, COUNT(*) FROM call_log GROUP BY node"))
-    print(f"\ncluster evicted node 3 in {evicted:.1f} s; calls answered per server "
+    print(f"\ncluster evicted node 3 in {evicted:.1f} s (a primary component bootstrapped {cluster.primary_bootstrapped} "
+          f"time(s) among the two left); calls answered per server "
           f"{ {i: len(a) for i, a in answered.items()} }, of them from memory {from_memory}; "
           f"call log rows {logged}")
     for index in (1, 2):

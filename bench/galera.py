@@ -134,35 +134,27 @@ class GaleraNode:
     def status(self):
         """{'wsrep_cluster_size': '3', 'wsrep_local_state_comment': 'Synced', ...}, or None when
         the node does not answer."""
-        import pymysql
-        try:
-            conn = pymysql.connect(host="127.0.0.1", port=self.sql_port, user="root", password="",
-                                   connect_timeout=2, read_timeout=5)
-        except pymysql.MySQLError:
-            return None
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SHOW GLOBAL STATUS LIKE 'wsrep_%'")
-                return dict(cur.fetchall())
-        except pymysql.MySQLError:
-            return None
-        finally:
-            conn.close()
+        rows = self.query("SHOW GLOBAL STATUS LIKE 'wsrep_%'")
+        return None if rows is None else dict(rows)
 
     def execute(self, statement):
         """Run one statement as root; False when the node does not answer or refuses it."""
+        return self.query(statement) is not None
+
+    def query(self, statement):
+        """The rows of one statement run as root, or None when the node does not answer or refuses it."""
         import pymysql
         try:
             conn = pymysql.connect(host="127.0.0.1", port=self.sql_port, user="root", password="",
                                    connect_timeout=2, read_timeout=5)
         except pymysql.MySQLError:
-            return False
+            return None
         try:
             with conn.cursor() as cur:
                 cur.execute(statement)
-            return True
+                return cur.fetchall()
         except pymysql.MySQLError:
-            return False
+            return None
         finally:
             conn.close()
 

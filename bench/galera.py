@@ -40,11 +40,11 @@ DEFAULT_DIR = Path(tempfile.gettempdir()) / "tfps-galera"
 STATE_FILE = "cluster.json"
 # Failure detection in seconds rather than Galera's default tens of seconds: a killed node leaves
 # the cluster view (and the survivors accept writes again) about 3 s after it died.
+EVS_TIMEOUTS = ("evs.keepalive_period=PT0.5S;evs.inactive_check_period=PT0.5S;"
+                "evs.suspect_timeout=PT2S;evs.inactive_timeout=PT3S;evs.install_timeout=PT3S")
 # Seconds the nodes left after a kill may all be without a primary component before kill()
 # bootstraps one among them
 NON_PRIMARY_GRACE = 10.0
-EVS_TIMEOUTS = ("evs.keepalive_period=PT0.5S;evs.inactive_check_period=PT0.5S;"
-                "evs.suspect_timeout=PT2S;evs.inactive_timeout=PT3S;evs.install_timeout=PT3S")
 
 
 class GaleraError(Exception):

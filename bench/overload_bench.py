@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from benchlib import TFPS, describe_version, fmt, free_port, log, percentile, write_config
-from sip_bench import (Server, add_sipp_arguments, cpu_seconds, interpreter_line, last_call_id, print_profiles, process_tree,
+from sip_bench import (Server, add_sipp_arguments, interpreter_line, last_call_id, print_profiles, process_tree,
                        rss_mb, run_sipp, write_inputs)
 
 SETTINGS = (("off", "0", "reject"), ("reject", "0.2s", "reject"), ("approve", "0.2s", "approve"))
@@ -89,13 +89,10 @@ def counted_since(before, now):
 def phase(args, work, server, port, db_path, rate, seconds, tag):
     before = last_call_id(db_path)
     dropped_before, server_dropped_before = udp_receive_buffer_errors(), udp_socket_drops(port)
-    pids = process_tree(server.proc.pid)
-    cpu_before = sum(cpu_seconds(pid) for pid in pids)
     calls = int(rate * seconds)
     log(f"{tag}: {rate} calls/s for {seconds:g} s ...")
-    r = run_sipp(args, work, port, "calls.csv", rate, calls, tag, None, args.inputs)
-    r["srv_cpu_s"] = sum(cpu_seconds(pid) for pid in pids) - cpu_before
-    r["srv_hwm_mb"] = max(rss_mb(pid, "VmHWM") for pid in pids)
+    r = run_sipp(args, work, port, "calls.csv", rate, calls, tag, server.proc.pid, args.inputs)
+    r["srv_hwm_mb"] = max(rss_mb(pid, "VmHWM") for pid in process_tree(server.proc.pid))
     r["dropped"] = counted_since(dropped_before, udp_receive_buffer_errors())
     r["server_dropped"] = counted_since(server_dropped_before, udp_socket_drops(port))
     time.sleep(2.0)  # the call log is written every flush_interval

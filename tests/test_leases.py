@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 import tfps
-from conftest import wait_until
+from conftest import built_server, wait_until, write_config
 from test_multinode import DOMAIN, create_accounts, race_nodes
 
 
@@ -330,22 +330,17 @@ def test_a_write_behind_takes_calls_out_of_its_own_leases_only_in_one_statement_
 def test_every_server_leases_unless_told_not_to(tmp_path, url_kind, workers, quota_lease, leases):
     """With quota_lease = auto, one process on SQLite leases too: the call log goes to its thread
     instead of the event loop, which a group transaction holding the file would leave it on."""
-    cfg = tfps.Config.load(None)
-    cfg.set("server", "workers", str(workers))
-    cfg.set("database", "url", f"sqlite://{tmp_path / 'tfps.db'}" if url_kind == "sqlite" else "mysql://root@127.0.0.1/tfps")
+    database = {"url": f"sqlite://{tmp_path / 'tfps.db'}" if url_kind == "sqlite" else "mysql://root@127.0.0.1/tfps"}
     if quota_lease is not None:
-        cfg.set("database", "quota_lease", quota_lease)
-    assert tfps.lease_block(cfg) == leases
+        database["quota_lease"] = quota_lease
+    conf = write_config(tmp_path / "tfps.conf", {"server": {"workers": str(workers)}, "database": database})
+    assert tfps.lease_block(tfps.Config.load(str(conf))) == leases
     if url_kind == "sqlite" and workers == 1:
-        db = tfps.open_database(cfg.database.url)
-        server = tfps.Server(cfg, db)
-        try:
+        with built_server(conf) as server:
             server.start_call_log_writer()
-            assert isinstance(server.engine.counters, tfps.LeasedCounters) == bool(leases)
-            assert (server.engine.call_log is not None) == bool(leases)
-        finally:
-            if server.engine.call_log:
-                server.engine.call_log.close(5)
-            server.reputation.close()
-            server.selector.close()
-            db.close()
+            try:
+                assert isinstance(server.engine.counters, tfps.LeasedCounters) == bool(leases)
+                assert (server.engine.call_log is not None) == bool(leases)
+            finally:
+                if server.engine.call_log:
+                    server.engine.call_log.close(5)

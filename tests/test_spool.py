@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from conftest import MYSQL_HOST, MYSQL_PORT, REPO, TfpsServer, free_port, sip_invite, tfps, udp_socket, wait_until, write_config
+from conftest import MYSQL_HOST, MYSQL_PORT, REPO, TfpsServer, built_server, free_port, sip_invite, tfps, udp_socket, wait_until, write_config
 
 sys.path.insert(0, str(REPO / "bench"))
 from benchlib import CuttableProxy  # noqa: E402  (shared with bench/outage_bench.py)
@@ -482,11 +482,9 @@ def test_a_servers_commits_leave_the_write_ahead_log_to_the_write_back_thread(tm
     path = tmp_path / "tfps.db"
     conf = write_config(tmp_path / "tfps.conf", {"server": {"listen": f"udp:127.0.0.1:{free_port()}"},
                                                  "database": {"url": f"sqlite://{path}"}})
-    cfg = tfps.Config.load(str(conf))
-    tfps.open_database(cfg.database.url).close()  # the schema in the file: the last connection closed writes the log back
-    db = tfps.open_database(cfg.database.url)
-    server = tfps.Server(cfg, db, str(conf))
-    try:
+    tfps.open_database(f"sqlite://{path}").close()  # the schema in the file: the last connection closed writes the log back
+    with built_server(conf) as server:
+        db = server.db
         rows = [row[:3] + (str(1000 + i % 700),) + row[4:] for i, row in enumerate(spool_rows(3000))]
         for start in range(0, len(rows), 10):  # over 1,000 pages of log: every commit writes a page of each index
             with db.transaction():
@@ -503,10 +501,6 @@ def test_a_servers_commits_leave_the_write_ahead_log_to_the_write_back_thread(tm
             server.threads_stop.set()
             thread.join(5)
         assert not thread.is_alive()
-    finally:
-        server.reputation.close()
-        server.selector.close()
-        db.close()
 
 
 @pytest.mark.parametrize("workers", [1, 2])

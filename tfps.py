@@ -693,7 +693,7 @@ CONFIG_SPEC = {
         "overload_after": (_duration(0, 60), "0.2s", "an INVITE that waited longer than this before its turn is answered R98 at once, unchecked; 0 = off"),
         "overload": (_choice("reject", "approve"), "reject", "what R98 answers: reject (fail closed) or approve (fail open)"),
         "node_name": (_name(64), "", "this node's name in the call log; empty = the host name"),
-        "workers": (_auto_or(_integer(1, 256)), "auto", "processes serving the listen ports (SO_REUSEPORT), each with its own loop and database connection; auto = the number of CPUs; 1 = one process"),
+        "workers": (_auto_or(_integer(1, 256)), "auto", "processes serving the listen ports (SO_REUSEPORT), each with its own loop and database connection; auto = the number of CPUs the server may use (its affinity mask, lowered by a cgroup v2 CPU quota); 1 = one process"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info", "log verbosity on stderr"),
         "log_verdicts": (_boolean, "yes", "one log line per verdict; R98 answers get one a minute for all of them"),
     },
@@ -6949,7 +6949,33 @@ DEFAULT_LEASE = 32  # quota calls a server claims at a time when [database] quot
 
 
 def server_workers(cfg):
-    return cfg.server.workers or os.cpu_count() or 1
+    return cfg.server.workers or usable_cpus()
+
+
+def usable_cpus(proc_cgroup="/proc/self/cgroup", cgroup_root="/sys/fs/cgroup"):
+    """The CPUs this process can keep busy: those its affinity mask allows (taskset, systemd's
+    CPUAffinity=, a container's cpuset), fewer where a cgroup v2 CPU quota on its cgroup or a
+    parent's (systemd's CPUQuota=, docker --cpus) allows less, rounded up. os.cpu_count() counts
+    every CPU of the machine, and workers beyond these would only take turns on them."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        with open(proc_cgroup, encoding="utf-8", errors="surrogateescape") as fh:  # cgroup names are any bytes
+            group = next((line[4:].strip().strip("/") for line in fh if line.startswith("0::/")), None)
+    except (OSError, ValueError):
+        group = None
+    while group is not None:  # from the process's cgroup up to the root (cgroup v2 only)
+        try:
+            with open(os.path.join(cgroup_root, group, "cpu.max"), encoding="ascii") as fh:
+                quota, period = fh.read().split()[:2]
+            if quota != "max" and int(quota) > 0 and int(period) > 0:
+                cpus = min(cpus, -(-int(quota) // int(period)))
+        except (OSError, ValueError):
+            pass  # no CPU controller at this level, or no quota
+        group = None if not group else os.path.dirname(group)
+    return max(1, cpus)
 
 
 def orphan_spools(cfg, worker):

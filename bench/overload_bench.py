@@ -39,7 +39,7 @@ from pathlib import Path
 
 from benchlib import TFPS, describe_version, fmt, free_port, log, percentile, write_config
 from sip_bench import (Server, add_sipp_arguments, interpreter_line, last_call_id, print_profiles, process_tree,
-                       rss_mb, run_sipp, write_inputs)
+                       rss_mb, run_sipp, server_cpus, write_inputs)
 
 SETTINGS = (("off", "0", "reject"), ("reject", "0.2s", "reject"), ("approve", "0.2s", "approve"))
 FIND_MAX = 64000  # calls/s: no search goes past it
@@ -115,7 +115,7 @@ def started_server(args, work, name, overload_after, overload, profile=False):
     conf = write_config(work, port, db_path)
     conf.write_text(conf.read_text().replace("[server]\n", f"[server]\noverload_after = {overload_after}\n"
                                                            f"overload = {overload}\nworkers = {args.workers}\n", 1))
-    server = Server(work, conf, profile, args.tfps, args.python)
+    server = Server(work, conf, profile, args.tfps, args.python, server_cpus(args))
     server.start()
     try:
         warm = run_sipp(args, work, port, "warmup.csv", 500, args.users, "warmup", inputs=args.inputs)
@@ -187,6 +187,13 @@ def run_setting(args, work, name, overload_after, overload):
     return overloaded, after
 
 
+def workers(text):
+    """--workers: auto or a number of worker processes, as [server] workers takes."""
+    if text != "auto" and not (text.isdigit() and 1 <= int(text) <= 256):
+        raise argparse.ArgumentTypeError(f"{text!r}: auto or a number from 1 to 256")
+    return text
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sustainable", default="auto",
@@ -197,7 +204,8 @@ def main():
     ap.add_argument("--factor", type=int, default=3, help="offered rate = factor x sustainable (default 3)")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of overload (default 30)")
     ap.add_argument("--after", type=float, default=10.0, help="seconds at sustainable / 2 right after (default 10)")
-    ap.add_argument("--workers", type=int, default=1, help="[server] workers (default 1)")
+    ap.add_argument("--workers", type=workers, default="1",
+                    help="[server] workers: a number, or auto (one per CPU the server may use) (default 1)")
     ap.add_argument("--settings", default="off,reject,approve", help="which of off, reject, approve to run (default all)")
     add_sipp_arguments(ap)
     ap.add_argument("--tfps", type=Path, default=TFPS, help="the tfps.py to serve (default: this checkout's)")

@@ -156,9 +156,10 @@ cProfile.runctx("spec.loader.exec_module(module)", globals(), locals(), out)
 
 
 class Server:
-    def __init__(self, work, conf, profile, tfps=TFPS, python=None):
+    def __init__(self, work, conf, profile, tfps=TFPS, python=None, cpus=None):
         self.work, self.conf, self.profile, self.tfps = work, conf, profile, tfps
         self.python = python or service_python()
+        self.cpus = cpus  # the affinity mask of the server and its workers (None: this process's)
         self.proc = None
         self.runs = 0
 
@@ -170,7 +171,8 @@ class Server:
         if self.profile:
             cmd += ["-c", PROFILED, str(self.work / f"serve-{self.runs}.prof")]
         cmd += [str(self.tfps), "serve", "-c", str(self.conf)]
-        self.proc = subprocess.Popen(cmd, stdout=self.log_fh, stderr=subprocess.STDOUT, cwd=self.work)
+        self.proc = subprocess.Popen(cmd, stdout=self.log_fh, stderr=subprocess.STDOUT, cwd=self.work,
+                                     preexec_fn=pinned_to(self.cpus))
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -235,7 +237,8 @@ def run_sipp(args, work, port, csv_name, rate, calls, tag, server_pid=None, inpu
     srv_cpu0 = tree_cpu_seconds(server_pid) if server_pid else float("nan")
     sipp_cpu = float("nan")
     with open(step / "sipp.out", "w") as out:
-        proc = subprocess.Popen(cmd, cwd=step, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=step, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=pinned_to(getattr(args, "sipp_cpus", None)))
         deadline = started + timeout_s + 30
         rc = None
         while rc is None:
@@ -297,7 +300,8 @@ class Target:
         self.work, self.label = work, label
         self.db_path = work / "tfps.db"
         self.port = free_port()
-        self.server = Server(work, write_config(work, self.port, self.db_path), args.profile, tfps, args.python)
+        self.server = Server(work, write_config(work, self.port, self.db_path), args.profile, tfps, args.python,
+                             server_cpus(args))
 
     def warm_up(self, args, inputs):
         self.server.start()
@@ -341,6 +345,29 @@ def niceness(text):
     return value
 
 
+def sipp_cpus(text):
+    """--sipp-cpus: CPUs of this process's affinity mask, leaving at least one to the server."""
+    allowed = os.sched_getaffinity(0)
+    try:
+        cpus = {int(part) for part in text.split(",")}
+    except ValueError:
+        cpus = set()
+    if not cpus or not cpus <= allowed or cpus == allowed:
+        raise argparse.ArgumentTypeError(f"{text!r}: CPUs among {','.join(map(str, sorted(allowed)))} separated by "
+                                         "commas, leaving at least one to the server")
+    return cpus
+
+
+def server_cpus(args):
+    """The CPUs the server runs on: those --sipp-cpus leaves, or None (wherever the kernel puts it)."""
+    return os.sched_getaffinity(0) - args.sipp_cpus if getattr(args, "sipp_cpus", None) else None
+
+
+def pinned_to(cpus):
+    """A preexec_fn that confines the child (and its children) to `cpus`; None for no confinement."""
+    return None if not cpus else lambda: os.sched_setaffinity(0, cpus)
+
+
 def add_sipp_arguments(ap):
     """The options of the call mix and of sipp that the SIP benchmarks share."""
     ap.add_argument("--users", type=int, default=1000, help="accounts the calls are spread over (default 1000)")
@@ -352,13 +379,19 @@ def add_sipp_arguments(ap):
     ap.add_argument("--sipp-nice", type=niceness, default=0, metavar="N",
                     help="run sipp at niceness N, -20 to 19 (default 0); -10 gives sipp the CPU it needs before the "
                          "server, as if the PBX had a machine of its own (a negative N needs root)")
+    ap.add_argument("--sipp-cpus", type=sipp_cpus, metavar="LIST",
+                    help="run sipp on these CPUs (e.g. 0) and the server on the others, so that neither takes the "
+                         "other's CPU, as if the PBX had a machine of its own; [server] workers = auto then counts "
+                         "the server's CPUs (default: both wherever the kernel puts them)")
     add_python_argument(ap)
 
 
 def interpreter_line(args):
     """What the report says of the interpreter that ran the server, and of sipp's niceness."""
     return (f"interpreter: Python {python_version(args.python)} {args.python}"
-            + (f"; sipp at niceness {args.sipp_nice}" if args.sipp_nice else ""))
+            + (f"; sipp at niceness {args.sipp_nice}" if args.sipp_nice else "")
+            + (f"; sipp on CPU {','.join(map(str, sorted(args.sipp_cpus)))}, the server on CPU "
+               f"{','.join(map(str, sorted(server_cpus(args))))}" if args.sipp_cpus else ""))
 
 
 def us_per_call(r):

@@ -191,8 +191,9 @@ def built_server(config_path):
 class TfpsServer:
     """`tfps.py serve` as a real subprocess on a free loopback port (UDP and TCP)."""
 
-    def __init__(self, tmp_path, db_url, sections=None, mode="redirect", port=None, host="127.0.0.1"):
+    def __init__(self, tmp_path, db_url, sections=None, mode="redirect", port=None, host="127.0.0.1", cpus=None):
         self.port = port or free_port()
+        self.cpus = cpus  # the affinity mask to serve with (None: pytest's)
         self.host = host
         self.db_url = db_url
         sections = {k: dict(v) for k, v in (sections or {}).items()}
@@ -208,7 +209,8 @@ class TfpsServer:
     def start(self, timeout=15):
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, str(TFPS), "serve", "-c", self.config],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=None if self.cpus is None else lambda: os.sched_setaffinity(0, self.cpus))
         wait_until(self._started, timeout, message=lambda: f"serve to start:\n{self.read_log()}")
         return self
 

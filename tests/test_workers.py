@@ -4,11 +4,9 @@ from its table, byte for byte), quotas hold across workers on a shared SQLite fi
 worker is started again and signals reach every worker."""
 
 import os
-import secrets
 import select
 import signal
 import socket
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 import tfps
 from conftest import (TfpsServer, answers_before_options, free_port, recv_response, run_cli, sip_invite, udp_socket,
                       wait_until)
-from test_multinode import DOMAIN, create_accounts, race_nodes
+from test_multinode import create_accounts, race_nodes
 
 POLICY = {"learning_days": "0", "business_hours": "mon-sun 00:00-24:00", "max_calls_per_minute": "0"}
 
@@ -190,22 +188,65 @@ def test_a_killed_worker_is_started_again_and_signals_reach_every_worker(tmp_pat
                message=lambda: f"a new worker:\n{server.read_log()}")
     assert "was killed by signal 9; starting it again" in server.read_log()
     wait_until(lambda: server.read_log().count("serving in") == 3, 15, message=server.read_log)
-    with udp_socket() as sock:   # both workers answer, whichever the kernel picks
-        for k in range(8):
-            sock2 = udp_socket()
+    for k in range(8):   # both workers answer, whichever the kernel picks
+        sock = udp_socket()
+        try:
+            data = sip_invite(f"1212666{k:04d}", server.port, local_port=sock.getsockname()[1])
             try:
-                data = sip_invite(f"1212666{k:04d}", server.port, local_port=sock2.getsockname()[1])
-                try:
-                    assert final_answer(sock2, data, server.port)[0].status == 302
-                except (AssertionError, OSError) as exc:
-                    raise AssertionError(f"INVITE {k}: {exc!r}\n{server.read_log()}") from exc
-            finally:
-                sock2.close()
+                assert final_answer(sock, data, server.port)[0].status == 302
+            except (AssertionError, OSError) as exc:
+                raise AssertionError(f"INVITE {k}: {exc!r}\n{server.read_log()}") from exc
+        finally:
+            sock.close()
     server.signal(signal.SIGHUP)
     wait_until(lambda: server.read_log().count("SIGHUP: configuration and lists reloaded") == 2, 10,
                message=server.read_log)
     assert server.stop() == 0, server.read_log()
     assert server.read_log().count("stopped after") == 2, server.read_log()
+
+
+def test_auto_runs_one_worker_per_cpu_the_server_may_use(tmp_path, start_server):
+    """workers = auto counts the CPUs of the server's affinity mask (taskset, systemd's
+    CPUAffinity=), not every CPU of the machine."""
+    sections = {"policy": POLICY, "server": {"workers": "auto"}}
+    pinned = start_server(f"sqlite://{tmp_path / 'pinned.db'}", sections, cpus={min(os.sched_getaffinity(0))})
+    cpus = len(os.sched_getaffinity(0))
+    unpinned = start_server(f"sqlite://{tmp_path / 'unpinned.db'}", sections)
+    wait_until(lambda: unpinned.read_log().count("serving in") == cpus, 15, message=unpinned.read_log)
+    assert workers_of(pinned) == [] and "supervising" not in pinned.read_log(), pinned.read_log()
+    assert len(workers_of(unpinned)) == (cpus if cpus > 1 else 0), unpinned.read_log()
+    with udp_socket() as sock:
+        assert final_answer(sock, sip_invite("12126660001", pinned.port, local_port=sock.getsockname()[1]),
+                            pinned.port)[0].status == 302
+
+
+def write_cgroup(root, group, cpu_max):
+    """A cgroup v2 tree under `root`: `cpu_max` maps a cgroup path (\"\" = the root) to its cpu.max."""
+    for path, text in cpu_max.items():
+        directory = root / "fs" / path
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "cpu.max").write_text(text)
+    (root / "cgroup").write_text(f"1:name=systemd:/{group}\n0::/{group}\n")
+    return str(root / "cgroup"), str(root / "fs")
+
+
+@pytest.mark.parametrize("cpu_max, expected", [
+    ({}, None),                                                                   # no CPU controller: the affinity mask
+    ({"system.slice/tfps.service": "max 100000\n"}, None),                        # no quota
+    ({"system.slice/tfps.service": "50000 100000\n"}, 1),                         # half a CPU: one worker
+    ({"system.slice": "100000 100000\n", "system.slice/tfps.service": "max 100000\n"}, 1),  # a parent's quota
+    ({"system.slice/tfps.service": "6400000 100000\n"}, None),                    # more than the mask allows
+    ({"system.slice/tfps.service": "lots 100000\n", "system.slice": "0 100000"}, None),    # not a quota
+])
+def test_a_cgroup_cpu_quota_lowers_the_cpus_auto_counts(tmp_path, cpu_max, expected):
+    proc_cgroup, root = write_cgroup(tmp_path, "system.slice/tfps.service", cpu_max)
+    assert tfps.usable_cpus(proc_cgroup, root) == (expected or len(os.sched_getaffinity(0)))
+
+
+def test_without_cgroup_v2_auto_counts_the_affinity_mask(tmp_path):
+    (tmp_path / "cgroup").write_bytes(b"4:cpu,cpuacct:/tfps\n2:memory:/\xff\n")
+    assert tfps.usable_cpus(str(tmp_path / "cgroup"), str(tmp_path)) == len(os.sched_getaffinity(0))
+    assert tfps.usable_cpus(str(tmp_path / "missing"), str(tmp_path)) == len(os.sched_getaffinity(0))
 
 
 def test_workers_refuse_a_port_another_server_holds(tmp_path):

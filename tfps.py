@@ -6505,15 +6505,15 @@ class ShedInvite:
 def overload_verdict(settings, attempt, waited, crowded=False):
     """R98 for a request (an INVITE, an HTTP check) that waited longer than [server]
     overload_after before its turn, or that was read from a `crowded` receive queue (more than
-    half full: the next requests would be dropped), or None. Past the sustainable rate a late
-    answer is worse than a quick R98: the PBX times out and treats TFPS as down. `overload`
-    chooses what R98 answers; monitor mode approves. `attempt` is None for an INVITE, answered
-    without reading its identity."""
+    half full, until drained to an eighth: the next requests would be dropped), or None. Past the
+    sustainable rate a late answer is worse than a quick R98: the PBX times out and treats TFPS
+    as down. `overload` chooses what R98 answers; monitor mode approves. `attempt` is None for
+    an INVITE, answered without reading its identity."""
     limit = settings.overload_after
     if not limit or (waited <= limit and not crowded):
         return None
     reason = (f"TFPS overloaded: request waited {waited:.2f} s > overload_after {limit:g} s" if waited > limit else
-              f"TFPS overloaded: receive queue more than half full (request waited {waited:.2f} s)")
+              f"TFPS overloaded: receive queue crowded (request waited {waited:.2f} s)")
     if settings.overload == "approve" or settings.mode == "monitor":
         return Verdict(APPROVED, f"{OVERLOADED} {reason}; approved", attempt, would=Rejection(OVERLOADED, reason))
     return Verdict(OVERLOADED, reason, attempt)
@@ -6524,7 +6524,7 @@ class SipService:
 
     `receive(data, endpoint, addr, now, arrived, crowded)` takes one request (a datagram, or a
     message a StreamFramer cut from a stream) that arrived at `arrived` (default `now`), read
-    from a receive queue more than half full if `crowded`, and returns
+    from a crowded receive queue if `crowded` (receive_queue_crowded), and returns
     (sends, invite): the (dest, bytes) to send now, and the INVITE transaction that needs a
     verdict, or None. Its `data` is a PendingInvite whose `attempt` the owner decides (from
     any thread, in any time), then hands back with `answer(tx, verdict, now)`. An INVITE that
@@ -6892,17 +6892,19 @@ class ReceiveQueueBound:
         return size
 
 
-def receive_queue_crowded(sock):
-    """The socket's kernel receive queue is more than half full. Past the sustainable rate the
-    queue fills before its requests have waited overload_after (a 4 MB buffer holds about 0.3 s
-    of INVITEs and ACKs at 12,000 calls/s), and what does not fit is dropped, answered only
-    after the PBX's retransmission 500 ms later, or never: the INVITEs read from a crowded queue
-    are answered R98 at once."""
+def receive_queue_crowded(sock, was_crowded=False):
+    """The socket's kernel receive queue is crowded: more than half full, or, `was_crowded` at
+    the last look, not yet drained to an eighth. Past the sustainable rate the queue fills before
+    its requests have waited overload_after (a 4 MB buffer holds about 0.3 s of INVITEs and ACKs
+    at 12,000 calls/s), and what does not fit is dropped, answered only after the PBX's
+    retransmission 500 ms later, or never: the INVITEs read from a crowded queue are answered R98
+    at once. Were they answered R98 only while it is more than half full, the queue would stay at
+    half, and a stall of the loop of a tenth of a second would fill the rest (30,000 calls/s)."""
     try:
         queued, allowed = RECEIVE_QUEUE_USE.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, RECEIVE_QUEUE_USE.size))
     except (OSError, struct.error):  # no SO_MEMINFO here
         return False
-    return 2 * queued > allowed
+    return (8 if was_crowded else 2) * queued > allowed
 
 
 class UdpEndpoint:
@@ -6911,6 +6913,7 @@ class UdpEndpoint:
         self.number = number  # among the server's UDP listeners
         self.transport = "udp"
         self.receive_buffer = ReceiveQueueBound()  # its size, by how long requests wait in it
+        self.crowded = False  # its kernel queue at the last read (receive_queue_crowded)
 
     def send(self, data, addr):
         try:
@@ -7878,7 +7881,7 @@ class Server:
         sharing = self.worker_handoff
         receive_buffer = endpoint.receive_buffer
         own = []
-        crowded = bool(self.cfg.server.overload_after) and receive_queue_crowded(sock)
+        crowded = endpoint.crowded = bool(self.cfg.server.overload_after) and receive_queue_crowded(sock, endpoint.crowded)
         for _ in range(64):
             try:
                 data, ancillary, _flags, addr = sock.recvmsg(65536, TIMESTAMP_SPACE)
@@ -8150,7 +8153,7 @@ class Server:
         what = "approved" if verdict.approved else "rejected"
         limit = self.cfg.server.overload_after
         why = (f"waited longer than overload_after {limit:g} s before their turn (this one {waited:.2f} s)" if waited > limit else
-               f"came from a receive queue more than half full (this one waited {waited:.2f} s)")
+               f"came from a crowded receive queue, filled past half and not yet drained to an eighth (this one waited {waited:.2f} s)")
         text = (f"Requests {why}: answered R98 and {what} without checks (overload = {self.cfg.server.overload}); "
                 f"{answered['reject']} rejected and {answered['approve']} approved so far (counted, not written to the call log)")
         log.warning("%s", text)

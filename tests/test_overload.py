@@ -82,7 +82,7 @@ def test_an_invite_read_from_a_crowded_receive_queue_is_answered_r98_however_fre
     (_dest, packet), = sends
     msg = tfps.parse_message(packet)
     assert msg.header("x-tfps-code") == "R98"
-    assert msg.header("x-tfps-reason") == "TFPS overloaded: receive queue more than half full (request waited 0.05 s)"
+    assert msg.header("x-tfps-reason") == "TFPS overloaded: receive queue crowded (request waited 0.05 s)"
     # without overload control, a crowded queue changes nothing
     sends, tx = service(overload_after="0").receive(sip_invite(NUMBER, 5060), Endpoint(), PEER, 100.05, 100.0, crowded=True)
     assert sends == [] and isinstance(tx, tfps.ServerTransaction)
@@ -279,7 +279,7 @@ def test_invites_read_from_a_receive_queue_more_than_half_full_are_answered_r98_
         server._read_udp(listener, endpoint)
         answers = final_answers(client, crowd)
         assert {msg.header("x-tfps-code") for msg in answers.values()} == {"R98"}
-        assert all("receive queue more than half full" in msg.header("x-tfps-reason") for msg in answers.values())
+        assert all("receive queue crowded" in msg.header("x-tfps-reason") for msg in answers.values())
         assert not tfps.receive_queue_crowded(listener)
 
         client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id="fresh@test"), ("127.0.0.1", port))
@@ -287,7 +287,56 @@ def test_invites_read_from_a_receive_queue_more_than_half_full_are_answered_r98_
         server._read_udp(listener, endpoint)
         assert final_answers(client, {"fresh@test"})["fresh@test"].header("x-tfps-code") == "A00"
         assert server.metrics.counter("sip_overload", answer="reject") == len(crowd)
-        assert "Requests came from a receive queue more than half full" in caplog.text  # the warning says why
+        assert "Requests came from a crowded receive queue, filled past half" in caplog.text  # the warning says why
+
+
+def queue_use(sock):
+    """(bytes queued, bytes allowed) of the socket's kernel receive queue."""
+    return tfps.RECEIVE_QUEUE_USE.unpack(sock.getsockopt(tfps.socket.SOL_SOCKET, tfps.SO_MEMINFO,
+                                                         tfps.RECEIVE_QUEUE_USE.size))
+
+
+def send_invites_until(client, port, listener, enough, prefix):
+    """INVITEs to the listener until enough(queued, allowed): their Call-IDs."""
+    call_ids = set()
+    while not enough(*queue_use(listener)):
+        call_id = f"{prefix}-{len(call_ids)}@test"
+        client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id=call_id), ("127.0.0.1", port))
+        call_ids.add(call_id)
+        wait_until(lambda: queue_use(listener)[0] > 0)
+    return call_ids
+
+
+def test_a_receive_queue_that_was_more_than_half_full_is_crowded_until_drained_to_an_eighth(tmp_path):
+    """On a real UDP socket: a quarter full is not crowded for a listener that was not, and its
+    INVITEs are checked; once the queue was more than half full, a quarter full is still crowded
+    (R98), and an eighth or less is not."""
+    with listening_server(tmp_path) as (server, endpoint, client, port):
+        listener = endpoint.sock
+        listener.setsockopt(tfps.socket.SOL_SOCKET, tfps.socket.SO_RCVBUF, 16 << 10)
+        quarter = send_invites_until(client, port, listener, lambda queued, allowed: 4 * queued > allowed, "quarter")
+        assert 2 * queue_use(listener)[0] < queue_use(listener)[1]
+        server._read_udp(listener, endpoint)
+        assert "R98" not in {msg.header("x-tfps-code") for msg in final_answers(client, quarter).values()}  # checked
+        assert not endpoint.crowded
+
+        crowd = send_invites_until(client, port, listener, lambda queued, allowed: 2 * queued > allowed, "crowd")
+        server._read_udp(listener, endpoint)
+        assert {msg.header("x-tfps-code") for msg in final_answers(client, crowd).values()} == {"R98"}
+        assert endpoint.crowded
+
+        draining = send_invites_until(client, port, listener, lambda queued, allowed: 4 * queued > allowed, "draining")
+        server._read_udp(listener, endpoint)
+        answers = final_answers(client, draining)
+        assert {msg.header("x-tfps-code") for msg in answers.values()} == {"R98"}
+        assert all("receive queue crowded" in msg.header("x-tfps-reason") for msg in answers.values())
+
+        client.sendto(sip_invite(NUMBER, port, local_port=client.getsockname()[1], call_id="drained@test"), ("127.0.0.1", port))
+        wait_until(lambda: queue_use(listener)[0] > 0)
+        assert 8 * queue_use(listener)[0] <= queue_use(listener)[1]
+        server._read_udp(listener, endpoint)
+        assert final_answers(client, {"drained@test"})["drained@test"].header("x-tfps-code") != "R98"
+        assert not endpoint.crowded
 
 
 # -- a real server, stopped while INVITEs wait in its socket buffer -------------------------------

@@ -208,9 +208,9 @@ class TfpsServer:
 
     def start(self, timeout=15):
         self.log = open(self.log_path, "w")
+        pinned = {} if self.cpus is None else {"preexec_fn": lambda: os.sched_setaffinity(0, self.cpus)}
         self.proc = subprocess.Popen([sys.executable, str(TFPS), "serve", "-c", self.config],
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     preexec_fn=None if self.cpus is None else lambda: os.sched_setaffinity(0, self.cpus))
+                                     stdout=self.log, stderr=subprocess.STDOUT, **pinned)
         wait_until(self._started, timeout, message=lambda: f"serve to start:\n{self.read_log()}")
         return self
 

@@ -177,7 +177,8 @@ def test_a_running_server_answers_r17_and_follows_a_domain_budget(tmp_path, sqli
     server = start_server(sqlite_url, sections={"policy": {
         "learning_days": "0", "default_destination_countries": "*", "rate_deck": str(tmp_path / "rates.csv"),
         "assumed_call_minutes": "2", "default_daily_spend": "unlimited", "ab_max_calls": "1000",
-        "max_calls_per_minute": "0"}})   # probes until the server has read the change
+        "max_calls_per_minute": "0", "default_daily_quota": "unlimited", "default_daily_quota_off": "unlimited"}})
+    # the probes go on until the server has read the change (reload_interval): no quota may stop them first
 
     def probe(number):
         probed = run_cli("probe", number, "--server", f"127.0.0.1:{server.port}", "--from", f"1001@{DOMAIN}", timeout=30)

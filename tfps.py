@@ -6955,6 +6955,10 @@ def server_workers(cfg):
     return cfg.server.workers or usable_cpus()
 
 
+# Read once per process: the supervisor and every worker it forks, restarted ones too, must count
+# the same workers (whose spools are orphans, how the sockets are shared) though an operator may
+# change the quota while they run.
+@functools.cache
 def usable_cpus(proc_cgroup="/proc/self/cgroup", cgroup_root="/sys/fs/cgroup"):
     """The CPUs this process can keep busy: those its affinity mask allows (taskset, systemd's
     CPUAffinity=, a container's cpuset), fewer where a cgroup v2 CPU quota on its cgroup or a
